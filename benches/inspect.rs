@@ -1,0 +1,139 @@
+//! Throughput of the JPEG and PNG scanners through `Inspector`, on ~4 MB bodies
+//! fed in 16 KiB chunks (as the HTTP body adapter and the `scan` command do).
+//!
+//! The inputs are synthesised at start-up and checked to be accepted:
+//! * JPEG: a 4000 × 3000 baseline frame whose scan is ~4 MB of pseudo-random
+//!   entropy-coded bytes (every `FF` stuffed as `FF 00`, about 1 in 256 bytes, as
+//!   in real Huffman output) with RSTn markers every 4 KiB;
+//! * PNG: 1400 × 1000 RGB, pseudo-random pixels, zlib with stored blocks (flate2
+//!   level 0), split into 8 KiB IDAT chunks like libpng writes them.
+//!
+//! `cargo bench --bench inspect -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+use std::io::Write;
+
+use concur_gateway::inspect::{Limits, MediaType, inspect_all};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const CHUNK: usize = 16 * 1024;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next_u8(&mut self) -> u8 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 24) as u8
+    }
+}
+
+fn segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) {
+    out.extend_from_slice(&[0xFF, marker]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn synth_jpeg(entropy_bytes: usize) -> Vec<u8> {
+    let mut v = vec![0xFF, 0xD8];
+    segment(&mut v, 0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0");
+    let mut dqt = vec![0u8];
+    dqt.extend(1..=64u8);
+    segment(&mut v, 0xDB, &dqt);
+    // SOF0: 8-bit, 3000 high, 4000 wide, Y 2x2, Cb 1x1, Cr 1x1.
+    segment(
+        &mut v,
+        0xC0,
+        &[
+            8, 0x0B, 0xB8, 0x0F, 0xA0, 3, 1, 0x22, 0, 2, 0x11, 0, 3, 0x11, 0,
+        ],
+    );
+    // A (syntactically plausible) DHT: the scanner does not decode it.
+    let mut dht = vec![0x00, 0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+    dht.extend(0..12u8);
+    segment(&mut v, 0xC4, &dht);
+    segment(&mut v, 0xDD, &[0x00, 0x40]);
+    segment(&mut v, 0xDA, &[3, 1, 0x00, 2, 0x11, 3, 0x11, 0, 63, 0]);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rst = 0u8;
+    let start = v.len();
+    while v.len() - start < entropy_bytes {
+        for _ in 0..4096 {
+            let b = rng.next_u8();
+            v.push(b);
+            if b == 0xFF {
+                v.push(0x00);
+            }
+        }
+        v.extend_from_slice(&[0xFF, 0xD0 + rst]);
+        rst = (rst + 1) & 7;
+    }
+    v.extend_from_slice(&[0xFF, 0xD9]);
+    v
+}
+
+fn png_chunk(out: &mut Vec<u8>, ty: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(ty);
+    out.extend_from_slice(data);
+    let mut h = crc32fast::Hasher::new();
+    h.update(ty);
+    h.update(data);
+    out.extend_from_slice(&h.finalize().to_be_bytes());
+}
+
+fn synth_png(width: u32, height: u32) -> Vec<u8> {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut raw = Vec::with_capacity((height * (1 + 3 * width)) as usize);
+    for _ in 0..height {
+        raw.push(0); // filter: None
+        raw.extend((0..3 * width).map(|_| rng.next_u8()));
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::none());
+    z.write_all(&raw).unwrap();
+    let zdata = z.finish().unwrap();
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png_chunk(&mut v, b"IHDR", &ihdr);
+    png_chunk(&mut v, b"tEXt", b"Comment\0synthetic benchmark input");
+    for part in zdata.chunks(8192) {
+        png_chunk(&mut v, b"IDAT", part);
+    }
+    png_chunk(&mut v, b"IEND", b"");
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let limits = Limits::default();
+    let jpeg = synth_jpeg(4 * 1024 * 1024);
+    let png = synth_png(1400, 1000);
+    assert_eq!(
+        inspect_all(MediaType::Jpeg, &limits, &jpeg, CHUNK),
+        Ok(()),
+        "synthetic JPEG rejected"
+    );
+    assert_eq!(
+        inspect_all(MediaType::Png, &limits, &png, CHUNK),
+        Ok(()),
+        "synthetic PNG rejected"
+    );
+
+    let mut g = c.benchmark_group("inspect_16KiB_chunks");
+    for (name, ty, body) in [
+        ("jpeg", MediaType::Jpeg, &jpeg),
+        ("png", MediaType::Png, &png),
+    ] {
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(format!("{name}_{:.1}MB", body.len() as f64 / 1e6), |b| {
+            b.iter(|| inspect_all(ty, &limits, black_box(body), CHUNK))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,464 @@
+//! JWT authentication: step 1 of the request path.
+//!
+//! The caller's `Authorization: Bearer <JWT>` is verified against the configured
+//! keys (a JWKS file or an HS256 secret) and turned into an [`Identity`]
+//! (company, user) that the rest of the path uses. Rules:
+//! - the token is only read from the `Authorization` header (never a query string);
+//! - the header's `alg` must be in the allow-list *and* fit the selected key's type
+//!   (no `none`, no HS/RS confusion: a JWKS never yields an HMAC key);
+//! - `kid` selects the key; without `kid`, the only key of a fitting type is used;
+//! - `iss` and `aud` must match; `exp` is required and `nbf` honoured, both with
+//!   `leeway_s`, against an injected [`Clock`] so tests move time instead of sleeping;
+//! - `company_claim` and `user_claim` must be non-empty strings.
+//!
+//! Error reasons name what failed, never the token.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::config::{AuthConfig, KeySource};
+use crate::error::GatewayError;
+
+/// Who is calling, as the JWT says.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub company: String,
+    pub user: String,
+}
+
+/// Wall-clock seconds since the Unix epoch, injectable for tests.
+pub trait Clock: Send + Sync + 'static {
+    fn now_unix(&self) -> u64;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// A verification key and the algorithms it may verify.
+struct VerifyKey {
+    key: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+/// Loaded keys: by `kid`, plus those without one.
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    all: Vec<Arc<VerifyKey>>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("kids", &self.by_kid.keys().collect::<Vec<_>>())
+            .field("keys", &self.all.len())
+            .finish()
+    }
+}
+
+/// Asymmetric algorithms a JWKS key may verify, by key type.
+fn algorithms_for(params: &AlgorithmParameters) -> Result<Vec<Algorithm>, String> {
+    use Algorithm::*;
+    Ok(match params {
+        AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+        AlgorithmParameters::EllipticCurve(ec) => match &ec.curve {
+            EllipticCurve::P256 => vec![ES256],
+            EllipticCurve::P384 => vec![ES384],
+            other => return Err(format!("unsupported EC curve {other:?}")),
+        },
+        AlgorithmParameters::OctetKeyPair(okp) => match &okp.curve {
+            EllipticCurve::Ed25519 => vec![EdDSA],
+            other => return Err(format!("unsupported OKP curve {other:?}")),
+        },
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("symmetric (oct) keys are refused in a JWKS: use hs256_secret_file".into());
+        }
+        _ => return Err("unsupported key type".into()),
+    })
+}
+
+fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match alg {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+impl KeySet {
+    /// Parses a JWKS document. Keys meant for encryption (`use: enc`) are skipped.
+    pub fn from_jwks(json: &[u8]) -> Result<Self, String> {
+        let set: JwkSet =
+            serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut by_kid = HashMap::new();
+        let mut all = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let name = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
+            if matches!(
+                jwk.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            ) {
+                continue;
+            }
+            let mut algorithms =
+                algorithms_for(&jwk.algorithm).map_err(|e| format!("key {name}: {e}"))?;
+            if let Some(alg) = jwk.common.key_algorithm {
+                let alg = key_algorithm(alg)
+                    .filter(|a| algorithms.contains(a))
+                    .ok_or_else(|| {
+                        format!("key {name}: `alg` {alg:?} does not fit the key type")
+                    })?;
+                algorithms = vec![alg];
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {name}: {e}"))?;
+            let key = Arc::new(VerifyKey { key, algorithms });
+            if let Some(kid) = &jwk.common.key_id {
+                by_kid.insert(kid.clone(), key.clone());
+            }
+            all.push(key);
+        }
+        if all.is_empty() {
+            return Err("the JWKS has no signature keys".into());
+        }
+        Ok(Self { by_kid, all })
+    }
+
+    /// An HS256 shared secret (at least 32 bytes, RFC 7518 §3.2).
+    pub fn from_hs256_secret(secret: &[u8]) -> Result<Self, String> {
+        if secret.len() < 32 {
+            return Err(format!(
+                "the HS256 secret has {} bytes; at least 32 are required",
+                secret.len()
+            ));
+        }
+        let key = Arc::new(VerifyKey {
+            key: DecodingKey::from_secret(secret),
+            algorithms: vec![Algorithm::HS256],
+        });
+        Ok(Self {
+            by_kid: HashMap::new(),
+            all: vec![key],
+        })
+    }
+
+    /// Loads the configured key source.
+    pub fn load(source: &KeySource) -> Result<Self, String> {
+        match source {
+            KeySource::JwksFile(path) => {
+                let bytes = read(path)?;
+                Self::from_jwks(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            KeySource::Hs256SecretFile(path) => {
+                let bytes = read(path)?;
+                // A trailing newline from an editor is not part of the secret.
+                let trimmed = bytes
+                    .strip_suffix(b"\n")
+                    .map(|b| b.strip_suffix(b"\r").unwrap_or(b))
+                    .unwrap_or(&bytes);
+                Self::from_hs256_secret(trimmed).map_err(|e| format!("{}: {e}", path.display()))
+            }
+        }
+    }
+
+    fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&VerifyKey, String> {
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .map(|k| &**k)
+                .ok_or_else(|| "unknown key id".to_owned()),
+            None => {
+                let mut fitting = self.all.iter().filter(|k| k.algorithms.contains(&alg));
+                match (fitting.next(), fitting.next()) {
+                    (Some(k), None) => Ok(k),
+                    (None, _) => Err("no key for this algorithm".to_owned()),
+                    (Some(_), Some(_)) => {
+                        Err("several keys fit and the token has no kid".to_owned())
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Verifies bearer tokens.
+pub struct Authenticator {
+    keys: KeySet,
+    issuer: String,
+    audience: String,
+    user_claim: String,
+    company_claim: String,
+    leeway: u64,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig, keys: KeySet, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            keys,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            user_claim: config.user_claim.clone(),
+            company_claim: config.company_claim.clone(),
+            leeway: config.leeway.as_secs(),
+            clock,
+        }
+    }
+
+    /// Verifies the `Authorization` header's bearer token.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Identity, GatewayError> {
+        let token = bearer_token(authorization)?;
+        self.verify(token).map_err(GatewayError::InvalidToken)
+    }
+
+    /// Verifies a compact JWT; the error is a reason safe to show the caller.
+    pub fn verify(&self, token: &str) -> Result<Identity, String> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_owned())?;
+        let key = self.keys.select(header.kid.as_deref(), header.alg)?;
+        if !key.algorithms.contains(&header.alg) {
+            return Err(format!(
+                "algorithm {:?} is not allowed for this key",
+                header.alg
+            ));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        // Time claims are checked below against the injected clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.required_spec_claims.insert("iss".into());
+        validation.required_spec_claims.insert("aud".into());
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key.key,
+            &validation,
+        )
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind::*;
+            match e.kind() {
+                InvalidSignature => "bad signature".to_owned(),
+                InvalidIssuer => "wrong issuer".to_owned(),
+                InvalidAudience => "wrong audience".to_owned(),
+                MissingRequiredClaim(c) => format!("missing claim `{c}`"),
+                InvalidAlgorithm | InvalidAlgorithmName => "algorithm not allowed".to_owned(),
+                _ => "malformed token".to_owned(),
+            }
+        })?;
+        let claims = data.claims;
+        let now = self.clock.now_unix();
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_f64)
+            .ok_or("missing or non-numeric `exp`")?;
+        if now as f64 > exp + self.leeway as f64 {
+            return Err("token expired".into());
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf.as_f64().ok_or("non-numeric `nbf`")?;
+            if (now as f64) + (self.leeway as f64) < nbf {
+                return Err("token not yet valid".into());
+            }
+        }
+        let claim = |name: &str| -> Result<String, String> {
+            match claims.get(name) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(format!("claim `{name}` missing or not a string")),
+            }
+        };
+        Ok(Identity {
+            company: claim(&self.company_claim)?,
+            user: claim(&self.user_claim)?,
+        })
+    }
+}
+
+/// Extracts the token from `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer_token(value: Option<&HeaderValue>) -> Result<&str, GatewayError> {
+    let value = value.ok_or(GatewayError::MissingToken)?;
+    let value = value
+        .to_str()
+        .map_err(|_| GatewayError::InvalidToken("malformed Authorization header".into()))?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(GatewayError::MissingToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(GatewayError::MissingToken);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(GatewayError::MissingToken);
+    }
+    Ok(token)
+}
+
+/// A clock tests can set and advance.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    pub fn new(now_unix: u64) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(now_unix))
+    }
+    pub fn advance(&self, by: Duration) {
+        self.0
+            .fetch_add(by.as_secs(), std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn set(&self, now_unix: u64) {
+        self.0.store(now_unix, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_unix(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-secret";
+    const T0: u64 = 1_900_000_000;
+
+    fn authenticator(clock: Arc<ManualClock>) -> Authenticator {
+        let config = AuthConfig {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            keys: KeySource::Hs256SecretFile("unused".into()),
+            user_claim: "email".into(),
+            company_claim: "org".into(),
+            leeway: Duration::from_secs(30),
+        };
+        Authenticator::new(&config, KeySet::from_hs256_secret(SECRET).unwrap(), clock)
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn time_claims_follow_the_injected_clock_with_leeway() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let auth = authenticator(clock.clone());
+        let t = token(serde_json::json!({
+            "iss": "iss", "aud": "aud", "email": "u", "org": "c",
+            "nbf": T0 + 60, "exp": T0 + 600,
+        }));
+        assert_eq!(auth.verify(&t).unwrap_err(), "token not yet valid");
+        clock.set(T0 + 30); // nbf - leeway
+        assert_eq!(
+            auth.verify(&t).unwrap(),
+            Identity {
+                company: "c".into(),
+                user: "u".into()
+            }
+        );
+        clock.set(T0 + 630); // exp + leeway: still accepted
+        assert!(auth.verify(&t).is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(auth.verify(&t).unwrap_err(), "token expired");
+    }
+
+    #[test]
+    fn configured_claims_and_algorithms() {
+        let auth = authenticator(Arc::new(ManualClock::new(T0)));
+        let base = serde_json::json!({"iss": "iss", "aud": ["x", "aud"], "exp": T0 + 60});
+        let mut c = base.clone();
+        c["sub"] = "u".into();
+        c["org"] = "c".into();
+        assert!(auth.verify(&token(c)).unwrap_err().contains("`email`"));
+        let mut c = base.clone();
+        c["email"] = "u".into();
+        c["org"] = serde_json::json!(["c"]);
+        assert!(auth.verify(&token(c)).unwrap_err().contains("`org`"));
+        // HS384 with the same secret is not on this key's allow-list.
+        let mut c = base;
+        c["email"] = "u".into();
+        c["org"] = "c".into();
+        let hs384 = encode(
+            &Header::new(Algorithm::HS384),
+            &c,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(auth.verify(&hs384).is_err());
+        assert!(auth.verify(&token(c)).is_ok());
+    }
+
+    #[test]
+    fn short_secrets_and_symmetric_jwks_keys_are_refused() {
+        assert!(KeySet::from_hs256_secret(b"short").is_err());
+        let jwks = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"k"}]}"#;
+        assert!(KeySet::from_jwks(jwks).unwrap_err().contains("symmetric"));
+        assert!(KeySet::from_jwks(br#"{"keys":[]}"#).is_err());
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(bearer_token(Some(&v("Bearer abc"))).unwrap(), "abc");
+        assert_eq!(bearer_token(Some(&v("bearer  abc "))).unwrap(), "abc");
+        assert!(matches!(
+            bearer_token(None),
+            Err(GatewayError::MissingToken)
+        ));
+        assert!(matches!(
+            bearer_token(Some(&v("Basic abc"))),
+            Err(GatewayError::MissingToken)
+        ));
+        assert!(matches!(
+            bearer_token(Some(&v("Bearer"))),
+            Err(GatewayError::MissingToken)
+        ));
+    }
+}

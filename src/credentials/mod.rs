@@ -1,0 +1,437 @@
+//! Concur credentials: step 5 of the request path ("swap the caller's JWT for the
+//! right Concur OAuth token").
+//!
+//! [`CredentialSet`] is loaded from `credentials.toml` and validated as a whole; a
+//! [`CredentialStore`] holds the current set behind an `ArcSwap`, so a reload
+//! replaces it atomically while in-flight requests keep the `Arc<Credential>` they
+//! started with. [`select`] is the pure selection policy of SPEC.md.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+
+use crate::auth::Identity;
+use crate::route::RouteKind;
+
+/// A secret string: a token, a refresh token, a client secret. Its `Debug` and
+/// `Display` print `[redacted]`, so it cannot leak through a log line or a panic.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The `Authorization` scheme Concur expects for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum Scheme {
+    /// Legacy Concur tokens: `Authorization: OAuth <token>`.
+    #[default]
+    OAuth,
+    /// OAuth2 tokens: `Authorization: Bearer <token>`.
+    Bearer,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::OAuth => "OAuth",
+            Scheme::Bearer => "Bearer",
+        }
+    }
+}
+
+/// One Concur credential: a user's, or a company's admin credential (`user: None`).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub company: String,
+    pub user: Option<String>,
+    pub scheme: Scheme,
+    pub access_token: Secret,
+}
+
+impl Credential {
+    /// The value of the upstream `Authorization` header.
+    pub fn authorization(&self) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+        let mut v = http::HeaderValue::try_from(format!(
+            "{} {}",
+            self.scheme.as_str(),
+            self.access_token.expose()
+        ))?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+
+    /// For logs: whose credential this is, never the token.
+    pub fn label(&self) -> String {
+        match &self.user {
+            Some(u) => format!("{}/{u}", self.company),
+            None => format!("{}/(admin)", self.company),
+        }
+    }
+}
+
+/// Which credential acted, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acting {
+    User,
+    CompanyAdmin,
+}
+
+/// A validated set of credentials.
+#[derive(Debug, Default)]
+pub struct CredentialSet {
+    users: HashMap<(String, String), Arc<Credential>>,
+    admins: HashMap<String, Arc<Credential>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    credential: Vec<RawCredential>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    company: Option<String>,
+    user: Option<String>,
+    access_token: Option<Secret>,
+    refresh_token: Option<Secret>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    client_secret_file: Option<PathBuf>,
+    token_url: Option<String>,
+    scheme: Option<Scheme>,
+}
+
+impl CredentialSet {
+    /// Parses and validates `credentials.toml`; every problem is reported.
+    /// Error messages name entries by position and owner, never by secret.
+    pub fn from_toml(text: &str) -> Result<Self, Vec<String>> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            // toml's message can quote the offending line, which may hold a
+            // secret: keep only the message's first line and the position.
+            let first = e.message().lines().next().unwrap_or("").to_owned();
+            let at = e
+                .span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default();
+            vec![format!("credentials file: {first}{at}")]
+        })?;
+        let mut problems = Vec::new();
+        let mut set = CredentialSet::default();
+        for (i, c) in raw.credential.into_iter().enumerate() {
+            let n = i + 1;
+            let company = match c.company {
+                Some(company) if !company.is_empty() => company,
+                _ => {
+                    problems.push(format!("credential #{n}: `company` is required"));
+                    continue;
+                }
+            };
+            if c.user.as_deref() == Some("") {
+                problems.push(format!(
+                    "credential #{n} ({company}): `user` is empty; omit it for the admin credential"
+                ));
+                continue;
+            }
+            let owner = match &c.user {
+                Some(u) => format!("{company}/{u}"),
+                None => format!("{company}/(admin)"),
+            };
+            let refreshing = c.refresh_token.is_some()
+                || c.client_id.is_some()
+                || c.client_secret.is_some()
+                || c.client_secret_file.is_some()
+                || c.token_url.is_some();
+            if refreshing {
+                problems.push(format!(
+                    "credential #{n} ({owner}): refreshing OAuth2 credentials (refresh_token, client_id, client_secret) are not supported by this version; use a static access_token"
+                ));
+                continue;
+            }
+            let Some(access_token) = c.access_token else {
+                problems.push(format!(
+                    "credential #{n} ({owner}): `access_token` is required"
+                ));
+                continue;
+            };
+            let token = access_token.expose();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                problems.push(format!(
+                    "credential #{n} ({owner}): `access_token` must be non-empty printable ASCII without spaces"
+                ));
+                continue;
+            }
+            let cred = Arc::new(Credential {
+                company: company.clone(),
+                user: c.user.clone(),
+                scheme: c.scheme.unwrap_or_default(),
+                access_token,
+            });
+            let duplicate = match c.user {
+                Some(user) => set.users.insert((company, user), cred).is_some(),
+                None => set.admins.insert(company, cred).is_some(),
+            };
+            if duplicate {
+                problems.push(format!("credential #{n} ({owner}): duplicate entry"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(set)
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, Vec<String>> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        Self::from_toml(&text).map_err(|ps| {
+            ps.into_iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect()
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len() + self.admins.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The selection policy of SPEC.md, a pure function:
+/// - receipts go to the caller's own receipt store, so only the caller's user
+///   credential may act (never the admin's: the image would land in the wrong store);
+/// - entries, invoices and reports use the caller's credential, else the company's
+///   admin credential;
+/// - otherwise there is none (`403 no_credential`).
+pub fn select(
+    set: &CredentialSet,
+    identity: &Identity,
+    route: RouteKind,
+) -> Option<(Arc<Credential>, Acting)> {
+    let own = set
+        .users
+        .get(&(identity.company.clone(), identity.user.clone()))
+        .cloned();
+    if let Some(c) = own {
+        return Some((c, Acting::User));
+    }
+    match route {
+        RouteKind::Receipt => None,
+        RouteKind::ExpenseEntry | RouteKind::Invoice | RouteKind::Report => set
+            .admins
+            .get(&identity.company)
+            .cloned()
+            .map(|c| (c, Acting::CompanyAdmin)),
+    }
+}
+
+/// The live credential set, replaced atomically on reload.
+pub struct CredentialStore {
+    current: ArcSwap<CredentialSet>,
+    path: PathBuf,
+    /// (mtime, len, inode-ish identity) of the file last loaded, to notice changes.
+    stamp: std::sync::Mutex<Option<FileStamp>>,
+}
+
+impl fmt::Debug for CredentialStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialStore")
+            .field("path", &self.path)
+            .field("credentials", &self.current.load().len())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    canonical: Option<PathBuf>,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        // Kubernetes swaps a `..data` symlink: the resolved path changes.
+        canonical: std::fs::canonicalize(path).ok(),
+    })
+}
+
+/// What a reload check did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    Unchanged,
+    Replaced { credentials: usize },
+    Refused(Vec<String>),
+}
+
+impl CredentialStore {
+    /// Loads the file; fails when it does not validate.
+    pub fn open(path: &Path) -> Result<Self, Vec<String>> {
+        let before = stamp(path);
+        let set = CredentialSet::load(path)?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(set),
+            path: path.to_owned(),
+            stamp: std::sync::Mutex::new(before),
+        })
+    }
+
+    pub fn current(&self) -> Arc<CredentialSet> {
+        self.current.load_full()
+    }
+
+    /// Reloads the file if it changed. A file that does not validate is refused
+    /// and the previous set stays in use.
+    pub fn reload_if_changed(&self) -> Reload {
+        let now = stamp(&self.path);
+        let mut last = self.stamp.lock().expect("stamp lock");
+        if now == *last {
+            return Reload::Unchanged;
+        }
+        *last = now;
+        match CredentialSet::load(&self.path) {
+            Ok(set) => {
+                let credentials = set.len();
+                self.current.store(Arc::new(set));
+                Reload::Replaced { credentials }
+            }
+            Err(problems) => Reload::Refused(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[[credential]]
+company = "acme"
+user = "alice@acme.example"
+access_token = "alice-token"
+
+[[credential]]
+company = "acme"
+access_token = "acme-admin-token"
+scheme = "Bearer"
+
+[[credential]]
+company = "globex"
+user = "gina"
+access_token = "gina-token"
+"#;
+
+    fn who(company: &str, user: &str) -> Identity {
+        Identity {
+            company: company.into(),
+            user: user.into(),
+        }
+    }
+
+    #[test]
+    fn selection_policy() {
+        let set = CredentialSet::from_toml(FILE).unwrap();
+        let alice = who("acme", "alice@acme.example");
+        let bob = who("acme", "bob@acme.example");
+        let gus = who("globex", "gus");
+        for kind in [
+            RouteKind::Receipt,
+            RouteKind::ExpenseEntry,
+            RouteKind::Invoice,
+            RouteKind::Report,
+        ] {
+            let (c, acting) = select(&set, &alice, kind).unwrap();
+            assert_eq!(
+                (c.access_token.expose(), acting),
+                ("alice-token", Acting::User)
+            );
+            assert!(select(&set, &gus, kind).is_none(), "no admin for globex");
+        }
+        // Receipts never fall back to the admin credential.
+        assert!(select(&set, &bob, RouteKind::Receipt).is_none());
+        for kind in [
+            RouteKind::ExpenseEntry,
+            RouteKind::Invoice,
+            RouteKind::Report,
+        ] {
+            let (c, acting) = select(&set, &bob, kind).unwrap();
+            assert_eq!(acting, Acting::CompanyAdmin);
+            assert_eq!(c.authorization().unwrap(), "Bearer acme-admin-token");
+        }
+        // Another company's user never gets acme's admin.
+        assert!(select(&set, &who("evil", "alice@acme.example"), RouteKind::Report).is_none());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let set = CredentialSet::from_toml(FILE).unwrap();
+        let dump = format!("{set:?}");
+        assert!(!dump.contains("token\""), "{dump}");
+        assert!(!dump.contains("alice-token") && !dump.contains("acme-admin-token"));
+        assert_eq!(format!("{}", Secret::new("s3cr3t")), "[redacted]");
+    }
+
+    #[test]
+    fn invalid_files_report_every_problem_without_secrets() {
+        let text = r#"
+[[credential]]
+user = "x"
+access_token = "tok-1"
+[[credential]]
+company = "a"
+[[credential]]
+company = "a"
+access_token = "has space"
+[[credential]]
+company = "b"
+refresh_token = "rt-secret"
+client_id = "id"
+client_secret = "cs-secret"
+"#;
+        let problems = CredentialSet::from_toml(text).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        let all = problems.join("\n");
+        for s in ["tok-1", "has space", "rt-secret", "cs-secret"] {
+            assert!(!all.contains(s), "secret {s} leaked: {all}");
+        }
+        // A syntax error near a secret does not quote it.
+        let e = CredentialSet::from_toml("[[credential]]\naccess_token = \"abc\nsecret-xyz")
+            .unwrap_err();
+        assert!(!e.join("").contains("secret-xyz"), "{e:?}");
+    }
+}

@@ -1,0 +1,118 @@
+//! The gateway's shared state, built once from a validated [`Config`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
+use crate::config::Config;
+use crate::credentials::{CredentialStore, Reload};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::rate_limit::RateLimits;
+use crate::upstream::Upstream;
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Config,
+    pub auth: Authenticator,
+    pub rate_limits: RateLimits,
+    pub credentials: CredentialStore,
+    pub upstream: Upstream,
+    pub metrics: Metrics,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    /// Loads keys and credentials and builds the upstream client. Every problem
+    /// is reported (this is also what `check-config` runs).
+    pub fn new(config: Config) -> Result<Self, Vec<String>> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let keys = KeySet::load(&config.auth.keys).map_err(|e| problems.push(format!("auth: {e}")));
+        let credentials =
+            CredentialStore::open(&config.credentials.file).map_err(|ps| problems.extend(ps));
+        let upstream =
+            Upstream::new(&config.upstream).map_err(|e| problems.push(format!("upstream: {e}")));
+        match (keys, credentials, upstream) {
+            (Ok(keys), Ok(credentials), Ok(upstream)) if problems.is_empty() => Ok(Self {
+                auth: Authenticator::new(&config.auth, keys, clock),
+                rate_limits: RateLimits::new(&config.rate_limit),
+                credentials,
+                upstream,
+                metrics: Metrics::new(),
+                draining: AtomicBool::new(false),
+                config,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// Ready: configuration, keys and credentials are loaded (they are, once
+    /// constructed) and the gateway is not draining.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining: shutting down".into());
+        }
+        let creds = self.credentials.current();
+        if creds.is_empty() {
+            return Err("no Concur credentials loaded".into());
+        }
+        Ok(())
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Background housekeeping: credential reloads and rate-limiter pruning.
+    pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let gw = Arc::downgrade(self);
+        let every = self.config.credentials.reload_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks: u64 = 0;
+            loop {
+                tick.tick().await;
+                let Some(gw) = gw.upgrade() else { return };
+                ticks += 1;
+                gw.reload_credentials();
+                if ticks.is_multiple_of(12) {
+                    gw.rate_limits.prune();
+                }
+            }
+        })
+    }
+
+    /// Checks the credential file and swaps in a new valid set.
+    pub fn reload_credentials(&self) -> Reload {
+        let result = self.credentials.reload_if_changed();
+        match &result {
+            Reload::Unchanged => {}
+            Reload::Replaced { credentials } => {
+                tracing::info!(credentials, "credential file reloaded");
+                self.metrics
+                    .credential_reloads
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+            }
+            Reload::Refused(problems) => {
+                tracing::error!(
+                    ?problems,
+                    "credential file refused; the previous set stays in use"
+                );
+                self.metrics
+                    .credential_reloads
+                    .get_or_create(&ResultLabel { result: "refused" })
+                    .inc();
+            }
+        }
+        result
+    }
+}

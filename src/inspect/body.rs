@@ -1,0 +1,366 @@
+//! The body adapter: drives the sans-IO [`Inspector`] from an HTTP body while the
+//! bytes flow on to Concur.
+//!
+//! [`InspectBody`] wraps the client's body and is itself the body of the request
+//! to Concur. Each data frame is counted against `max_body_bytes`, fed to the
+//! inspector and to the digest, then forwarded, except for a **held-back tail**
+//! of at most [`HOLD_BACK`] bytes. The tail is released only once the client's
+//! body has ended and `finish()` accepted the file. On a rejection (or a client
+//! timeout, or a body over the limit) the body ends with an error instead: hyper
+//! aborts the upstream request, so Concur sees an incomplete body (its
+//! `Content-Length` is never reached) and creates nothing.
+//!
+//! The reason is left in the shared [`Outcome`], which the proxy reads to answer
+//! the client (a `422`, not the `502` the aborted exchange would suggest).
+//!
+//! Memory per upload: the hold-back window plus the scanner's bounded state.
+//! Between frames an idle timer runs: a client that stalls for
+//! `body_idle_timeout` gets `408 body_timeout`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use base64::Engine;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::{Inspector, Rejection};
+use crate::config::DigestAlgorithm;
+use crate::error::{BoxError, GatewayError};
+
+/// How many bytes of the body are held back until the verdict is known.
+pub const HOLD_BACK: usize = 64 * 1024;
+
+/// What became of the body, shared between the adapter and the proxy.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Why the body was cut short, if it was.
+    pub failure: Option<GatewayError>,
+    /// Bytes received from the client.
+    pub received: u64,
+    /// `true` once the inspection accepted the whole body.
+    pub accepted: bool,
+    /// RFC 9530 `Repr-Digest` value (`sha-256=:…:`) of the accepted body.
+    pub repr_digest: Option<String>,
+    /// Hex SHA digest, for the access log.
+    pub digest_hex: Option<String>,
+}
+
+pub type SharedOutcome = Arc<Mutex<Outcome>>;
+
+/// The error the body reports to hyper when it stops early. The real reason is
+/// in the [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+#[error("upload stopped by the gateway: {0}")]
+pub struct BodyAborted(&'static str);
+
+pub struct InspectBody<B> {
+    inner: B,
+    inspector: Inspector,
+    hasher: Option<(digest::Context, &'static str)>,
+    /// Bytes checked but held back; at most `HOLD_BACK` once `out` is drained.
+    held: VecDeque<Bytes>,
+    held_len: usize,
+    /// Bytes cleared for forwarding.
+    out: VecDeque<Bytes>,
+    max_bytes: u64,
+    received: u64,
+    declared_len: Option<u64>,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+    state: State,
+    outcome: SharedOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Streaming,
+    /// The verdict is in and accepted: only `out` remains.
+    Accepted,
+    Failed,
+}
+
+impl<B> std::fmt::Debug for InspectBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InspectBody")
+            .field("received", &self.received)
+            .field("held_len", &self.held_len)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One step of reading the client body.
+enum Step {
+    Data,
+    End,
+}
+
+impl<B> InspectBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(
+        inner: B,
+        inspector: Inspector,
+        digest: DigestAlgorithm,
+        max_bytes: u64,
+        declared_len: Option<u64>,
+        idle: Duration,
+    ) -> Self {
+        let hasher = match digest {
+            DigestAlgorithm::Sha256 => Some((digest::Context::new(&digest::SHA256), "sha-256")),
+            DigestAlgorithm::Sha512 => Some((digest::Context::new(&digest::SHA512), "sha-512")),
+            DigestAlgorithm::None => None,
+        };
+        Self {
+            inner,
+            inspector,
+            hasher,
+            held: VecDeque::new(),
+            held_len: 0,
+            out: VecDeque::new(),
+            max_bytes,
+            received: 0,
+            declared_len,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            state: State::Streaming,
+            outcome: SharedOutcome::default(),
+        }
+    }
+
+    pub fn outcome(&self) -> SharedOutcome {
+        self.outcome.clone()
+    }
+
+    /// Reads and checks the first chunk before anything is sent upstream: an
+    /// empty body, a slow client or a type mismatch never opens a Concur exchange.
+    pub async fn prime(&mut self) -> Result<(), GatewayError> {
+        let step = std::future::poll_fn(|cx| self.poll_step(cx)).await;
+        match step {
+            Ok(Step::Data) => Ok(()),
+            Ok(Step::End) if self.received == 0 => Err(GatewayError::EmptyBody),
+            Ok(Step::End) => Ok(()),
+            Err(()) => Err(self.take_failure()),
+        }
+    }
+
+    /// The next chunk cleared for forwarding, or `None` once the body ended
+    /// and was accepted. Used to spool chunked bodies: nothing is released
+    /// unless it passed the checks, and the tail only once the verdict is in.
+    pub async fn next_cleared(&mut self) -> Result<Option<Bytes>, GatewayError> {
+        loop {
+            if let Some(chunk) = self.out.pop_front() {
+                return Ok(Some(chunk));
+            }
+            if self.state == State::Accepted {
+                return Ok(None);
+            }
+            if std::future::poll_fn(|cx| self.poll_step(cx)).await.is_err() {
+                return Err(self.take_failure());
+            }
+        }
+    }
+
+    fn take_failure(&mut self) -> GatewayError {
+        self.outcome
+            .lock()
+            .expect("outcome lock")
+            .failure
+            .take()
+            .unwrap_or_else(|| GatewayError::Internal("body failed without a reason".into()))
+    }
+
+    fn fail(&mut self, error: GatewayError) {
+        self.state = State::Failed;
+        self.held.clear();
+        self.out.clear();
+        let mut o = self.outcome.lock().expect("outcome lock");
+        o.received = self.received;
+        o.failure = Some(error);
+    }
+
+    /// Reads one frame from the client and runs it through the checks.
+    /// `Err(())` means the body failed; the reason is in the outcome.
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, ()>> {
+        if self.state == State::Failed {
+            return Poll::Ready(Err(()));
+        }
+        if self.state == State::Accepted {
+            return Poll::Ready(Ok(Step::End));
+        }
+        loop {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers carry nothing we forward
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let deadline = Instant::now() + self.idle;
+                    self.sleep.as_mut().reset(deadline);
+                    self.on_data(data);
+                    return Poll::Ready(if self.state == State::Failed {
+                        Err(())
+                    } else {
+                        Ok(Step::Data)
+                    });
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let e: BoxError = e.into();
+                    self.fail(GatewayError::ClientAborted(e.to_string()));
+                    return Poll::Ready(Err(()));
+                }
+                Poll::Ready(None) => {
+                    self.on_end();
+                    return Poll::Ready(if self.state == State::Failed {
+                        Err(())
+                    } else {
+                        Ok(Step::End)
+                    });
+                }
+                Poll::Pending => {
+                    ready!(self.sleep.as_mut().poll(cx));
+                    self.fail(GatewayError::BodyTimeout(self.idle));
+                    return Poll::Ready(Err(()));
+                }
+            }
+        }
+    }
+
+    fn on_data(&mut self, data: Bytes) {
+        self.received += data.len() as u64;
+        if self.received > self.max_bytes {
+            self.fail(GatewayError::BodyTooLarge {
+                limit: self.max_bytes,
+            });
+            return;
+        }
+        if let Err(r) = self.inspector.feed(&data) {
+            self.fail(GatewayError::Rejected(r));
+            return;
+        }
+        if let Some((ctx, _)) = &mut self.hasher {
+            ctx.update(&data);
+        }
+        self.held_len += data.len();
+        self.held.push_back(data);
+        // Release everything but the last HOLD_BACK bytes (zero-copy splits).
+        while self.held_len > HOLD_BACK {
+            let excess = self.held_len - HOLD_BACK;
+            let front = self.held.front_mut().expect("held_len > 0");
+            if front.len() <= excess {
+                let chunk = self.held.pop_front().expect("front exists");
+                self.held_len -= chunk.len();
+                self.out.push_back(chunk);
+            } else {
+                let chunk = front.split_to(excess);
+                self.held_len -= chunk.len();
+                self.out.push_back(chunk);
+            }
+        }
+    }
+
+    fn on_end(&mut self) {
+        if let Some(declared) = self.declared_len
+            && declared != self.received
+        {
+            self.fail(GatewayError::ClientAborted(format!(
+                "client body ended after {} of {declared} bytes",
+                self.received
+            )));
+            return;
+        }
+        if self.received == 0 {
+            self.fail(GatewayError::EmptyBody);
+            return;
+        }
+        if let Err(r) = self.inspector.finish() {
+            self.fail(GatewayError::Rejected(r));
+            return;
+        }
+        let mut o = self.outcome.lock().expect("outcome lock");
+        o.received = self.received;
+        o.accepted = true;
+        if let Some((ctx, name)) = self.hasher.take() {
+            let d = ctx.finish();
+            o.repr_digest = Some(format!(
+                "{name}=:{}:",
+                base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+            ));
+            o.digest_hex = Some(hex(d.as_ref()));
+        }
+        drop(o);
+        self.out.extend(self.held.drain(..));
+        self.held_len = 0;
+        self.state = State::Accepted;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl<B> Body for InspectBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(chunk) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            match this.state {
+                State::Accepted => return Poll::Ready(None),
+                State::Failed => {
+                    return Poll::Ready(Some(Err(Box::new(BodyAborted("rejected")))));
+                }
+                State::Streaming => {}
+            }
+            match ready!(this.poll_step(cx)) {
+                Ok(_) => continue,
+                Err(()) => return Poll::Ready(Some(Err(Box::new(BodyAborted("rejected"))))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == State::Accepted && self.out.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.declared_len {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Convenience for tests and the `scan` command: a [`Rejection`] as a gateway error.
+impl From<Rejection> for GatewayError {
+    fn from(r: Rejection) -> Self {
+        GatewayError::Rejected(r)
+    }
+}

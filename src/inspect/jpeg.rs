@@ -1,0 +1,801 @@
+//! Streaming JPEG (JFIF/EXIF/MPO) structure scanner.
+//!
+//! Walks the marker segments and the entropy-coded data of every image in the body
+//! without decoding anything:
+//!
+//! * `FF D8` (SOI), then marker segments whose 2-byte lengths must be valid and fit
+//!   in the body; fill bytes `FF FF …` may precede any marker; standalone markers
+//!   (TEM, RST0–7) are allowed between segments.
+//! * Exactly one SOFn (`C0`–`CF` except `C4` DHT, `C8` JPG, `CC` DAC) before the
+//!   first SOS, with sane precision, 1–4 components, non-zero dimensions and
+//!   width × height ≤ [`Limits::max_pixels`].
+//! * SOS headers well formed (1–4 components, each one of the frame's); after each
+//!   SOS the entropy-coded data is skipped with `memchr`, honouring `FF 00` stuffing,
+//!   `FF D0`–`D7` restart markers and `FF FF` fill; any other marker ends the scan
+//!   (progressive files have many scans with DHT segments in between).
+//! * `FF D9` (EOI) ends the image; a body that ends before it is truncated.
+//! * After EOI: either another complete JPEG (`FF D8 FF`, multi-picture/MPO, at most
+//!   [`MAX_IMAGES`] in all, same rules) or a trailer of at most [`MAX_TRAILER`]
+//!   bytes that does not look like another format and holds no ZIP local header.
+//!
+//! State is a few dozen bytes whatever the body size, and `feed` never allocates
+//! (only a rejection allocates its detail).
+
+use memchr::memchr;
+
+use super::{Limits, Rejection};
+
+/// Most images one body may chain (primary image + MPO/multi-picture extras).
+pub const MAX_IMAGES: u32 = 16;
+/// Most bytes allowed after the last EOI (camera/maker trailers, padding).
+pub const MAX_TRAILER: u64 = 64 * 1024;
+
+/// Longest SOF payload we accept (after the length field): 6 + 3 × 4 components.
+const SOF_MAX_PAYLOAD: usize = 6 + 3 * 4;
+/// Longest SOS payload we accept: 1 + 2 × 4 components + 3.
+const SOS_MAX_PAYLOAD: usize = 1 + 2 * 4 + 3;
+const HDR_BUF: usize = if SOF_MAX_PAYLOAD > SOS_MAX_PAYLOAD {
+    SOF_MAX_PAYLOAD
+} else {
+    SOS_MAX_PAYLOAD
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Expecting byte `n` (0 or 1) of SOI.
+    Soi(u8),
+    /// Between segments: expecting `FF`.
+    Marker,
+    /// After one or more `FF`: expecting the marker code.
+    MarkerCode,
+    /// Reading the 2-byte segment length of marker `self.marker`.
+    Length { hi: Option<u8> },
+    /// Skipping the remaining bytes of a segment we do not parse.
+    Skip { remaining: u16 },
+    /// Buffering the payload of a SOF or SOS segment into `self.hdr`.
+    Header { need: u8 },
+    /// Inside entropy-coded data.
+    Entropy,
+    /// Inside entropy-coded data, just after an `FF`.
+    EntropyFf,
+    /// After EOI: collecting up to 3 bytes to see whether another image starts.
+    AfterEoi,
+    /// After EOI: trailer bytes (byte-at-a-time, bounded by `MAX_TRAILER`).
+    Trailer,
+}
+
+/// Trailer prefixes that mean "another file is hiding here", matched after optional
+/// leading whitespace / NUL bytes. The flag makes the match ASCII case-insensitive.
+const TRAILER_SIGS: &[(&[u8], &str, bool)] = &[
+    (b"PK\x03\x04", "ZIP", false),
+    (b"%PDF", "PDF", false),
+    (b"#!", "a script", false),
+    (b"MZ", "a Windows executable", false),
+    (b"\x89PNG", "PNG", false),
+    (b"GIF8", "GIF", false),
+    (b"Rar!", "RAR", false),
+    (b"7z\xBC\xAF", "7-Zip", false),
+    (b"\x1f\x8b", "gzip", false),
+    (b"<?xml", "XML", true),
+    (b"<svg", "SVG", true),
+    (b"<script", "a script", true),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sig {
+    /// The prefix is another format's signature.
+    Match(&'static str),
+    /// More bytes could still make it one.
+    Pending,
+    /// It is none of them.
+    NoMatch,
+}
+
+/// Classifies the start of a trailer (leading whitespace already stripped).
+/// `at_end`: no more bytes will come, so pending specific signatures are resolved.
+fn classify_trailer(prefix: &[u8], at_end: bool) -> Sig {
+    let eq = |a: &[u8], b: &[u8], ci: bool| {
+        if ci {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    let mut pending = false;
+    for &(sig, name, ci) in TRAILER_SIGS {
+        if prefix.len() >= sig.len() {
+            if eq(&prefix[..sig.len()], sig, ci) {
+                return Sig::Match(name);
+            }
+        } else if eq(prefix, &sig[..prefix.len()], ci) {
+            pending = true;
+        }
+    }
+    if pending && !at_end {
+        return Sig::Pending;
+    }
+    // Generic markup: '<' followed by a tag name, '!', '?' or '/'.
+    match prefix {
+        [b'<', c, ..] if c.is_ascii_alphabetic() || matches!(c, b'!' | b'?' | b'/') => {
+            Sig::Match("HTML")
+        }
+        [b'<'] if !at_end => Sig::Pending,
+        _ => Sig::NoMatch,
+    }
+}
+
+fn is_trailer_space(b: u8) -> bool {
+    matches!(b, 0 | b' ' | b'\t' | b'\r' | b'\n' | 0x0B | 0x0C)
+}
+
+fn marker_name(m: u8) -> String {
+    match m {
+        0xC4 => "DHT".into(),
+        0xC8 => "JPG".into(),
+        0xCC => "DAC".into(),
+        0xC0..=0xCF => format!("SOF{}", m - 0xC0),
+        0xD0..=0xD7 => format!("RST{}", m - 0xD0),
+        0xD8 => "SOI".into(),
+        0xD9 => "EOI".into(),
+        0xDA => "SOS".into(),
+        0xDB => "DQT".into(),
+        0xDC => "DNL".into(),
+        0xDD => "DRI".into(),
+        0xDE => "DHP".into(),
+        0xDF => "EXP".into(),
+        0xE0..=0xEF => format!("APP{}", m - 0xE0),
+        0xF0..=0xFD => format!("JPG{}", m - 0xF0),
+        0xFE => "COM".into(),
+        0x01 => "TEM".into(),
+        _ => format!("marker FF {m:02X}"),
+    }
+}
+
+fn is_sof(m: u8) -> bool {
+    matches!(m, 0xC0..=0xCF) && !matches!(m, 0xC4 | 0xC8 | 0xCC)
+}
+
+/// Streaming JPEG scanner; see the module documentation for the rules.
+#[derive(Debug, Clone)]
+pub struct JpegScanner {
+    max_pixels: u64,
+    state: State,
+    /// Absolute offset of the next byte to be fed.
+    pos: u64,
+    /// The marker whose segment is being read, and the offset of its `FF`.
+    marker: u8,
+    marker_off: u64,
+    /// Payload buffer for SOF / SOS segments.
+    hdr: [u8; HDR_BUF],
+    hdr_len: u8,
+    /// Per-image facts.
+    sof_seen: bool,
+    scans: u32,
+    components: u8,
+    component_ids: [u8; 4],
+    /// Images started so far (1 after the first SOI), and where the current began.
+    images: u32,
+    image_start: u64,
+    /// Offset of the last EOI's `FF`, and bytes seen after it.
+    eoi_off: u64,
+    after_eoi: [u8; 3],
+    after_eoi_len: u8,
+    trailer_len: u64,
+    /// Leading-whitespace skipping and signature detection at the trailer start.
+    trailer_prefix: [u8; 8],
+    trailer_prefix_len: u8,
+    trailer_prefix_done: bool,
+    trailer_start: u64,
+    /// Rolling window of the last 4 trailer bytes (for an embedded `PK\3\4`).
+    trailer_window: u32,
+    error: Option<Rejection>,
+    finished: bool,
+}
+
+impl JpegScanner {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            max_pixels: limits.max_pixels,
+            state: State::Soi(0),
+            pos: 0,
+            marker: 0,
+            marker_off: 0,
+            hdr: [0; HDR_BUF],
+            hdr_len: 0,
+            sof_seen: false,
+            scans: 0,
+            components: 0,
+            component_ids: [0; 4],
+            images: 0,
+            image_start: 0,
+            eoi_off: 0,
+            after_eoi: [0; 3],
+            after_eoi_len: 0,
+            trailer_len: 0,
+            trailer_prefix: [0; 8],
+            trailer_prefix_len: 0,
+            trailer_prefix_done: false,
+            trailer_start: 0,
+            trailer_window: 0,
+            error: None,
+            finished: false,
+        }
+    }
+
+    /// Feeds the next chunk of the body. `Err` is sticky.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        debug_assert!(!self.finished, "JpegScanner::feed after finish");
+        match self.run(chunk) {
+            Ok(()) => {
+                self.pos += chunk.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// End of body: the final verdict. Idempotent.
+    pub fn finish(&mut self) -> Result<(), Rejection> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if !self.finished {
+            self.finished = true;
+            if let Err(e) = self.end() {
+                self.error = Some(e.clone());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), Rejection> {
+        let at = self.pos;
+        match self.state {
+            State::Soi(_) if at == 0 => Err(Rejection::malformed("JPEG: empty body")),
+            State::Soi(_) => Err(Rejection::malformed(format!(
+                "JPEG truncated at offset {at}: incomplete SOI"
+            ))),
+            State::Marker | State::MarkerCode => Err(Rejection::malformed(format!(
+                "JPEG truncated at offset {at}: missing EOI (image {} started at offset {})",
+                self.images, self.image_start
+            ))),
+            State::Length { .. } | State::Skip { .. } | State::Header { .. } => {
+                Err(Rejection::malformed(format!(
+                    "JPEG {} segment at offset {}: truncated at offset {at} (missing EOI)",
+                    marker_name(self.marker),
+                    self.marker_off
+                )))
+            }
+            State::Entropy | State::EntropyFf => Err(Rejection::malformed(format!(
+                "JPEG truncated at offset {at} inside entropy-coded data of scan {} (missing EOI)",
+                self.scans
+            ))),
+            State::AfterEoi => {
+                // Fewer than 3 bytes after EOI: they can only be a (tiny) trailer.
+                let pending = self.after_eoi;
+                let n = self.after_eoi_len as usize;
+                self.state = State::Trailer;
+                self.trailer_start = self.eoi_off + 2;
+                let base = at - n as u64;
+                for (k, &b) in pending[..n].iter().enumerate() {
+                    self.trailer_byte(b, base + k as u64)?;
+                }
+                self.trailer_end()
+            }
+            State::Trailer => self.trailer_end(),
+        }
+    }
+
+    fn trailer_end(&mut self) -> Result<(), Rejection> {
+        if !self.trailer_prefix_done {
+            let n = self.trailer_prefix_len as usize;
+            if let Sig::Match(what) = classify_trailer(&self.trailer_prefix[..n], true) {
+                return Err(self.trailer_looks_like(what));
+            }
+        }
+        Ok(())
+    }
+
+    fn trailer_looks_like(&self, what: &str) -> Rejection {
+        Rejection::malformed(format!(
+            "JPEG: data after EOI (trailer at offset {}) looks like {what}",
+            self.trailer_start
+        ))
+    }
+
+    /// One trailer byte at absolute offset `off`.
+    fn trailer_byte(&mut self, b: u8, off: u64) -> Result<(), Rejection> {
+        self.trailer_len += 1;
+        if self.trailer_len > MAX_TRAILER {
+            return Err(Rejection::malformed(format!(
+                "JPEG: more than {MAX_TRAILER} bytes of data after EOI (trailer at offset {})",
+                self.trailer_start
+            )));
+        }
+        if !self.trailer_prefix_done {
+            let n = self.trailer_prefix_len as usize;
+            if n == 0 && is_trailer_space(b) {
+                // leading whitespace / NUL padding
+            } else {
+                self.trailer_prefix[n] = b;
+                self.trailer_prefix_len += 1;
+                match classify_trailer(&self.trailer_prefix[..n + 1], false) {
+                    Sig::Match(what) => return Err(self.trailer_looks_like(what)),
+                    Sig::Pending => {}
+                    Sig::NoMatch => self.trailer_prefix_done = true,
+                }
+            }
+        }
+        self.trailer_window = (self.trailer_window << 8) | u32::from(b);
+        if self.trailer_window == u32::from_be_bytes(*b"PK\x03\x04") {
+            return Err(Rejection::malformed(format!(
+                "JPEG: data after EOI holds a ZIP local file header at offset {}",
+                off - 3
+            )));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        let base = self.pos;
+        let len = chunk.len();
+        let mut i = 0usize;
+        while i < len {
+            match self.state {
+                State::Soi(n) => {
+                    let want = if n == 0 { 0xFF } else { 0xD8 };
+                    if chunk[i] != want {
+                        return Err(Rejection::malformed(format!(
+                            "JPEG at offset {}: missing SOI (FF D8)",
+                            base + i as u64
+                        )));
+                    }
+                    i += 1;
+                    if n == 0 {
+                        self.state = State::Soi(1);
+                    } else {
+                        self.images = 1;
+                        self.state = State::Marker;
+                    }
+                }
+                State::Marker => {
+                    let b = chunk[i];
+                    if b != 0xFF {
+                        return Err(Rejection::malformed(format!(
+                            "JPEG at offset {}: expected a marker, found byte {b:02X}",
+                            base + i as u64
+                        )));
+                    }
+                    self.marker_off = base + i as u64;
+                    i += 1;
+                    self.state = State::MarkerCode;
+                }
+                State::MarkerCode => {
+                    let b = chunk[i];
+                    i += 1;
+                    if b == 0xFF {
+                        // fill byte; the marker starts at the last FF
+                        self.marker_off = base + i as u64 - 1;
+                        continue;
+                    }
+                    self.marker_off = base + i as u64 - 2;
+                    self.on_marker(b, base + i as u64 - 2)?;
+                }
+                State::Length { hi } => match hi {
+                    None => {
+                        self.state = State::Length { hi: Some(chunk[i]) };
+                        i += 1;
+                    }
+                    Some(h) => {
+                        let seg_len = u16::from_be_bytes([h, chunk[i]]);
+                        i += 1;
+                        self.on_length(seg_len)?;
+                    }
+                },
+                State::Skip { remaining } => {
+                    let take = (remaining as usize).min(len - i);
+                    i += take;
+                    let left = remaining - take as u16;
+                    self.state = if left == 0 {
+                        State::Marker
+                    } else {
+                        State::Skip { remaining: left }
+                    };
+                }
+                State::Header { need } => {
+                    let have = self.hdr_len as usize;
+                    let take = (need as usize - have).min(len - i);
+                    self.hdr[have..have + take].copy_from_slice(&chunk[i..i + take]);
+                    self.hdr_len += take as u8;
+                    i += take;
+                    if self.hdr_len == need {
+                        self.on_header()?;
+                    }
+                }
+                State::Entropy | State::EntropyFf => {
+                    i = self.entropy(chunk, i, base)?;
+                }
+                State::AfterEoi => {
+                    let b = chunk[i];
+                    let n = self.after_eoi_len as usize;
+                    const SOI3: [u8; 3] = [0xFF, 0xD8, 0xFF];
+                    if b == SOI3[n] {
+                        self.after_eoi[n] = b;
+                        self.after_eoi_len += 1;
+                        i += 1;
+                        if self.after_eoi_len == 3 {
+                            self.start_next_image(base + i as u64 - 3)?;
+                        }
+                    } else {
+                        // Not another image: everything after EOI is a trailer.
+                        // Replay the held-back bytes, then continue byte-wise.
+                        self.state = State::Trailer;
+                        self.trailer_start = self.eoi_off + 2;
+                        let held = self.after_eoi;
+                        let start = base + i as u64 - n as u64;
+                        for (k, &hb) in held[..n].iter().enumerate() {
+                            self.trailer_byte(hb, start + k as u64)?;
+                        }
+                    }
+                }
+                State::Trailer => {
+                    // Bounded by MAX_TRAILER, so a byte loop is fine.
+                    for (k, &b) in chunk[i..].iter().enumerate() {
+                        self.trailer_byte(b, base + (i + k) as u64)?;
+                    }
+                    i = len;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Skips entropy-coded data from `chunk[i..]`; returns the new index.
+    #[inline]
+    fn entropy(&mut self, chunk: &[u8], mut i: usize, base: u64) -> Result<usize, Rejection> {
+        let len = chunk.len();
+        if self.state == State::EntropyFf {
+            // Resume after an FF that ended the previous chunk.
+            while i < len && chunk[i] == 0xFF {
+                i += 1;
+            }
+            if i == len {
+                return Ok(i);
+            }
+            let b = chunk[i];
+            i += 1;
+            if b == 0x00 || (0xD0..=0xD7).contains(&b) {
+                self.state = State::Entropy;
+            } else {
+                self.marker_off = base + i as u64 - 2;
+                self.on_marker(b, base + i as u64 - 2)?;
+                return Ok(i);
+            }
+        }
+        loop {
+            match memchr(0xFF, &chunk[i..]) {
+                None => return Ok(len),
+                Some(k) => {
+                    let mut j = i + k + 1;
+                    while j < len && chunk[j] == 0xFF {
+                        j += 1;
+                    }
+                    if j == len {
+                        self.state = State::EntropyFf;
+                        return Ok(len);
+                    }
+                    let b = chunk[j];
+                    i = j + 1;
+                    if b == 0x00 || (0xD0..=0xD7).contains(&b) {
+                        continue;
+                    }
+                    self.marker_off = base + j as u64 - 1;
+                    self.on_marker(b, base + j as u64 - 1)?;
+                    return Ok(i);
+                }
+            }
+        }
+    }
+
+    /// A marker code `m` whose (last) `FF` is at `off`.
+    fn on_marker(&mut self, m: u8, off: u64) -> Result<(), Rejection> {
+        self.marker = m;
+        match m {
+            0x00 => Err(Rejection::malformed(format!(
+                "JPEG at offset {off}: stuffed FF 00 outside entropy-coded data"
+            ))),
+            // TEM and RSTn outside a scan: standalone, nothing follows.
+            0x01 | 0xD0..=0xD7 => {
+                self.state = State::Marker;
+                Ok(())
+            }
+            0xD8 => Err(Rejection::malformed(format!(
+                "JPEG at offset {off}: unexpected SOI inside an image"
+            ))),
+            0xD9 => {
+                if !self.sof_seen {
+                    return Err(Rejection::malformed(format!(
+                        "JPEG EOI at offset {off}: no SOF (frame header) in the image"
+                    )));
+                }
+                if self.scans == 0 {
+                    return Err(Rejection::malformed(format!(
+                        "JPEG EOI at offset {off}: no SOS (scan) in the image"
+                    )));
+                }
+                self.eoi_off = off;
+                self.after_eoi_len = 0;
+                self.state = State::AfterEoi;
+                Ok(())
+            }
+            0x02..=0xBF => Err(Rejection::malformed(format!(
+                "JPEG at offset {off}: reserved marker FF {m:02X}"
+            ))),
+            _ => {
+                if m == 0xDA && !self.sof_seen {
+                    return Err(Rejection::malformed(format!(
+                        "JPEG SOS at offset {off}: no SOF (frame header) before the first scan"
+                    )));
+                }
+                if is_sof(m) && self.sof_seen {
+                    return Err(Rejection::malformed(format!(
+                        "JPEG {} at offset {off}: second frame header in one image",
+                        marker_name(m)
+                    )));
+                }
+                self.state = State::Length { hi: None };
+                Ok(())
+            }
+        }
+    }
+
+    fn on_length(&mut self, seg_len: u16) -> Result<(), Rejection> {
+        let m = self.marker;
+        let off = self.marker_off;
+        if seg_len < 2 {
+            return Err(Rejection::malformed(format!(
+                "JPEG {} segment at offset {off}: invalid length {seg_len}",
+                marker_name(m)
+            )));
+        }
+        let payload = seg_len - 2;
+        let bad_len = |what: &str| {
+            Rejection::malformed(format!(
+                "JPEG {} segment at offset {off}: length {seg_len} inconsistent with {what}",
+                marker_name(m)
+            ))
+        };
+        if is_sof(m) {
+            // P, Y, X, Nf, then 3 bytes per component (1..=4).
+            if !(9..=SOF_MAX_PAYLOAD as u16).contains(&payload) || !(payload - 6).is_multiple_of(3)
+            {
+                return Err(bad_len("a frame header of 1 to 4 components"));
+            }
+            self.hdr_len = 0;
+            self.state = State::Header {
+                need: payload as u8,
+            };
+        } else if m == 0xDA {
+            // Ns, 2 bytes per component (1..=4), Ss, Se, Ah/Al.
+            if !(6..=SOS_MAX_PAYLOAD as u16).contains(&payload) || !payload.is_multiple_of(2) {
+                return Err(bad_len("a scan header of 1 to 4 components"));
+            }
+            self.hdr_len = 0;
+            self.state = State::Header {
+                need: payload as u8,
+            };
+        } else if m == 0xDD && payload != 2 {
+            return Err(bad_len("a restart interval"));
+        } else if payload == 0 {
+            self.state = State::Marker;
+        } else {
+            self.state = State::Skip { remaining: payload };
+        }
+        Ok(())
+    }
+
+    fn on_header(&mut self) -> Result<(), Rejection> {
+        let m = self.marker;
+        let off = self.marker_off;
+        let h = &self.hdr[..self.hdr_len as usize];
+        let name = marker_name(m);
+        if m == 0xDA {
+            let ns = h[0] as usize;
+            if !(1..=4).contains(&ns) || h.len() != 1 + 2 * ns + 3 {
+                return Err(Rejection::malformed(format!(
+                    "JPEG SOS at offset {off}: {ns} components inconsistent with length {}",
+                    h.len() + 2
+                )));
+            }
+            if ns > self.components as usize {
+                return Err(Rejection::malformed(format!(
+                    "JPEG SOS at offset {off}: {ns} components but the frame has {}",
+                    self.components
+                )));
+            }
+            for k in 0..ns {
+                let id = h[1 + 2 * k];
+                if !self.component_ids[..self.components as usize].contains(&id) {
+                    return Err(Rejection::malformed(format!(
+                        "JPEG SOS at offset {off}: component {id} is not in the frame"
+                    )));
+                }
+            }
+            self.scans += 1;
+            self.state = State::Entropy;
+            return Ok(());
+        }
+        // SOFn
+        let precision = h[0];
+        let height = u16::from_be_bytes([h[1], h[2]]);
+        let width = u16::from_be_bytes([h[3], h[4]]);
+        let nf = h[5] as usize;
+        if !(1..=4).contains(&nf) || h.len() != 6 + 3 * nf {
+            return Err(Rejection::malformed(format!(
+                "JPEG {name} at offset {off}: {nf} components inconsistent with length {}",
+                h.len() + 2
+            )));
+        }
+        if !(2..=16).contains(&precision) {
+            return Err(Rejection::malformed(format!(
+                "JPEG {name} at offset {off}: invalid sample precision {precision}"
+            )));
+        }
+        if width == 0 || height == 0 {
+            return Err(Rejection::malformed(format!(
+                "JPEG {name} at offset {off}: zero dimension ({width} x {height})"
+            )));
+        }
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Err(Rejection::malformed(format!(
+                "JPEG {name} at offset {off}: {width} x {height} = {pixels} pixels exceeds the limit of {} (inspect.max_pixels)",
+                self.max_pixels
+            )));
+        }
+        for k in 0..nf {
+            let c = &h[6 + 3 * k..9 + 3 * k];
+            let (hs, vs) = (c[1] >> 4, c[1] & 0x0F);
+            if !(1..=4).contains(&hs) || !(1..=4).contains(&vs) || c[2] > 3 {
+                return Err(Rejection::malformed(format!(
+                    "JPEG {name} at offset {off}: component {} has invalid sampling factors or table",
+                    c[0]
+                )));
+            }
+            if self.component_ids[..k].contains(&c[0]) {
+                return Err(Rejection::malformed(format!(
+                    "JPEG {name} at offset {off}: duplicate component id {}",
+                    c[0]
+                )));
+            }
+            self.component_ids[k] = c[0];
+        }
+        self.components = nf as u8;
+        self.sof_seen = true;
+        self.state = State::Marker;
+        Ok(())
+    }
+
+    /// `FF D8 FF` right after an EOI: another image (MPO / multi-picture).
+    fn start_next_image(&mut self, off: u64) -> Result<(), Rejection> {
+        self.images += 1;
+        if self.images > MAX_IMAGES {
+            return Err(Rejection::malformed(format!(
+                "JPEG at offset {off}: more than {MAX_IMAGES} concatenated images"
+            )));
+        }
+        self.image_start = off;
+        self.sof_seen = false;
+        self.scans = 0;
+        self.components = 0;
+        self.component_ids = [0; 4];
+        // The third byte (FF) already started the first marker of the new image.
+        self.marker_off = off + 2;
+        self.state = State::MarkerCode;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(bytes: &[u8]) -> Result<(), Rejection> {
+        let mut s = JpegScanner::new(&Limits::default());
+        s.feed(bytes)?;
+        s.finish()
+    }
+
+    /// A tiny but structurally complete 8×8 grayscale JPEG (tables omitted: the
+    /// scanner does not decode).
+    fn tiny() -> Vec<u8> {
+        let mut v = vec![0xFF, 0xD8];
+        v.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x04, b'J', b'F']);
+        v.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x0B, 8, 0, 8, 0, 8, 1, 1, 0x11, 0]);
+        v.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 1, 1, 0x00, 0, 63, 0]);
+        v.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xFF, 0x00]);
+        v.extend_from_slice(&[0xFF, 0xD9]);
+        v
+    }
+
+    #[test]
+    fn tiny_ok_every_split() {
+        let t = tiny();
+        assert_eq!(scan(&t), Ok(()));
+        for k in 0..=t.len() {
+            let mut s = JpegScanner::new(&Limits::default());
+            assert_eq!(
+                s.feed(&t[..k])
+                    .and_then(|_| s.feed(&t[k..]))
+                    .and_then(|_| s.finish()),
+                Ok(()),
+                "split {k}"
+            );
+        }
+        let mut s = JpegScanner::new(&Limits::default());
+        for b in &t {
+            s.feed(std::slice::from_ref(b)).unwrap();
+        }
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn trailer_signatures() {
+        use Sig::*;
+        assert_eq!(classify_trailer(b"PK\x03\x04rest", false), Match("ZIP"));
+        assert_eq!(classify_trailer(b"PK\x03", false), Pending);
+        assert_eq!(classify_trailer(b"PK\x03", true), NoMatch);
+        assert_eq!(classify_trailer(b"M", false), Pending);
+        assert_eq!(
+            classify_trailer(b"MZ", false),
+            Match("a Windows executable")
+        );
+        assert_eq!(classify_trailer(b"<html>", false), Match("HTML"));
+        assert_eq!(classify_trailer(b"<s", false), Pending);
+        assert_eq!(classify_trailer(b"<s", true), Match("HTML"));
+        assert_eq!(classify_trailer(b"<sv", false), Pending);
+        assert_eq!(classify_trailer(b"<svx", false), Match("HTML"));
+        assert_eq!(classify_trailer(b"<SVG ", false), Match("SVG"));
+        assert_eq!(classify_trailer(b"<SCRIPT", false), Match("a script"));
+        assert_eq!(classify_trailer(b"<?xml v", false), Match("XML"));
+        assert_eq!(classify_trailer(b"<", false), Pending);
+        assert_eq!(classify_trailer(b"<", true), NoMatch);
+        assert_eq!(classify_trailer(b"<3 bin", false), NoMatch);
+        assert_eq!(classify_trailer(b"\x01\x02", false), NoMatch);
+    }
+
+    #[test]
+    fn trailer_after_whitespace() {
+        let mut t = tiny();
+        t.extend_from_slice(b"\0\0 \r\n%PDF-1.7");
+        let e = scan(&t).unwrap_err();
+        assert!(e.detail.contains("looks like PDF"), "{e}");
+        let mut t = tiny();
+        t.extend_from_slice(b"\0\0MZ");
+        assert!(scan(&t).unwrap_err().detail.contains("Windows executable"));
+        let mut t = tiny();
+        t.extend_from_slice(b"\0\0\0");
+        assert_eq!(scan(&t), Ok(()));
+        let mut t = tiny();
+        t.extend_from_slice(&[0xFF, 0xD8]);
+        assert_eq!(scan(&t), Ok(()), "two stray bytes are a trailer");
+    }
+
+    #[test]
+    fn sof_checks() {
+        let mut t = tiny();
+        t[13] = 0; // height hi
+        t[14] = 0; // height lo
+        assert!(scan(&t).unwrap_err().detail.contains("zero dimension"));
+        let mut t = tiny();
+        t[17] = 5; // Nf = 5
+        assert!(scan(&t).unwrap_err().detail.contains("components"));
+    }
+}

@@ -1,0 +1,1458 @@
+//! Streaming PDF scanner: a sans-IO [`PdfScanner`] fed the body in chunks.
+//!
+//! It is a bounded-state PDF *lexer*, not a parser: it never follows the
+//! cross-reference table and never buffers the file. What it checks:
+//!
+//! * **Header.** `%PDF-1.x` (any digit) or `%PDF-2.0`, with the five bytes of
+//!   `%PDF-` inside the first 1024 bytes of the body (bytes before it are allowed
+//!   and not lexed). No `%PDF-` there is `content_mismatch`; a `%PDF-` with
+//!   another version is `malformed_image`.
+//! * **Trailer.** The body must end with `%%EOF`, optionally followed by PDF
+//!   whitespace (space, tab, CR, LF, FF, NUL). Only the last five significant
+//!   bytes are kept for that.
+//! * **Encryption** (`pdf_encrypted`): a name equal, after `#xx` unescaping, to
+//!   `/Encrypt` used as a *key* at the top level of either a `trailer`
+//!   dictionary (every trailer of an incremental update is seen) or of a
+//!   dictionary whose `/Type` is `/XRef` (a cross-reference stream). `/Encrypt`
+//!   elsewhere (a value, a nested dictionary, a string, a stream) does not count:
+//!   readers only decrypt when the trailer says so.
+//! * **Active content** (`pdf_active_content`, unless the policy is `Allow`): a
+//!   name token equal, after unescaping, to `/JavaScript`, `/JS`, `/Launch`,
+//!   `/EmbeddedFile`, `/EmbeddedFiles` or `/RichMedia`, at any depth and in any
+//!   position (key or value), in the uncompressed object syntax *and* in the
+//!   decoded data of object streams (`/Type /ObjStm`). Names inside strings,
+//!   comments and ordinary stream data (content streams, images, fonts, ...) are
+//!   never looked at.
+//! * **Nesting** of `<<` / `[` deeper than `Limits::max_nesting` is
+//!   `malformed_image`, in the file and in object streams alike.
+//!
+//! # Lexing
+//!
+//! The lexer knows comments (`%` to end of line), literal strings with nesting
+//! and backslash escapes, hex strings, dictionaries, arrays, names (with `#xx`
+//! escapes) and keywords. Name and keyword buffers hold 32 bytes: longer tokens
+//! are truncated and never match anything. For the top-level dictionary of each
+//! object it keeps `/Type`, `/Filter`, `/Length`, `/DecodeParms` and `/Encrypt`
+//! (key position is tracked, `N G R` references included) so that the `stream`
+//! keyword that follows knows what it opens. The keywords `obj`, `endobj`,
+//! `stream`, `endstream`, `xref`, `startxref` and `trailer` only occur at the top
+//! level of a valid file, so they reset the nesting depth to zero: garbage with
+//! unbalanced brackets cannot desynchronise the rest of the file.
+//!
+//! # Streams
+//!
+//! After `stream` and its end-of-line marker (CRLF, LF or a lone CR) the data is
+//! skipped without lexing:
+//!
+//! * with a direct integer `/Length`, exactly that many bytes are skipped and
+//!   then optional whitespace and `endstream` must follow ("the data checks
+//!   out"). While skipping, `memmem` looks for an `endstream` inside the counted
+//!   data; a stream whose `/Length` does not check out although an `endstream`
+//!   occurred inside the counted bytes is `malformed_image`, since the bytes in
+//!   between could not be inspected;
+//! * otherwise (indirect `/Length`, none, or a `/Length` that is too short) the
+//!   data ends at the next `endstream`, found with `memmem` across chunk
+//!   boundaries.
+//!
+//! # Object streams
+//!
+//! A stream whose dictionary says `/Type /ObjStm` is decoded as it arrives and
+//! its objects are run through a second lexer (active names and nesting only;
+//! the `trailer`/`stream` keywords mean nothing there):
+//!
+//! * no `/Filter`: the raw data is lexed;
+//! * `/Filter /FlateDecode` or `[/FlateDecode]`: inflated with `flate2`, at most
+//!   `Limits::max_inflate_bytes` per stream and `Limits::max_inflate_total` per
+//!   file; going past either is `malformed_image` at once. The input is staged in
+//!   a fixed 16 KiB buffer so that the inflater sees the same calls whatever the
+//!   chunking;
+//! * any other filter (or filter chain), or a `/DecodeParms`: the stream cannot be
+//!   inspected, which is `malformed_image`;
+//! * corrupt Flate data, or an object stream whose `/Length` does not check out,
+//!   is `malformed_image` too.
+//!
+//! Those last three verdicts are *deferred* to [`PdfScanner::finish`]: in an
+//! encrypted file the object streams are encrypted and cannot be decoded, and the
+//! `/Encrypt` entry usually comes later, in the last trailer or cross-reference
+//! stream. An encryption or active-content verdict reached before the end wins.
+//!
+//! # Limits of the approach
+//!
+//! The cross-reference table is not followed, so objects that a reader would
+//! find by offset inside bytes the lexer treats as stream data or string content
+//! are not seen. The scanner is a filter for ordinary files, not a proof.
+
+use flate2::{Decompress, FlushDecompress, Status};
+use memchr::memmem;
+
+use super::{ActiveContentPolicy, Limits, RejectCode, Rejection};
+
+/// The `%PDF-` marker must lie within this many leading bytes.
+const HEADER_WINDOW: usize = 1024;
+/// Enough bytes to hold a marker that starts at `HEADER_WINDOW - 5`, its
+/// three-byte version and the byte after it.
+const HEADER_BUF: usize = HEADER_WINDOW + 4;
+const MARKER: &[u8] = b"%PDF-";
+/// Longest name or keyword kept for matching; longer ones match nothing.
+const TOKEN_CAP: usize = 32;
+const ENDSTREAM: &[u8; 9] = b"endstream";
+/// Object stream input is handed to the inflater in pieces of this size.
+const STAGE_SIZE: usize = 16 * 1024;
+/// Inflater output buffer.
+const INFLATE_BUF: usize = 32 * 1024;
+
+/// The names that make a PDF carry active content.
+const ACTIVE_NAMES: [&[u8]; 6] = [
+    b"JavaScript",
+    b"JS",
+    b"Launch",
+    b"EmbeddedFile",
+    b"EmbeddedFiles",
+    b"RichMedia",
+];
+
+const WS: u8 = 0;
+const REG: u8 = 1;
+const DELIM: u8 = 2;
+
+const fn class_table() -> [u8; 256] {
+    let mut t = [REG; 256];
+    t[0] = WS;
+    t[b'\t' as usize] = WS;
+    t[b'\n' as usize] = WS;
+    t[0x0C] = WS;
+    t[b'\r' as usize] = WS;
+    t[b' ' as usize] = WS;
+    let d = b"()<>[]{}/%";
+    let mut k = 0;
+    while k < d.len() {
+        t[d[k] as usize] = DELIM;
+        k += 1;
+    }
+    t
+}
+
+/// PDF character classes: white-space, regular, delimiter.
+static CLASS: [u8; 256] = class_table();
+
+fn is_ws(b: u8) -> bool {
+    CLASS[b as usize] == WS
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Feeds `bytes` to a new scanner in chunks of `chunk` bytes (at least 1) and
+/// returns the final verdict. For tests, the `scan` command and fuzzing.
+pub fn scan_pdf(limits: &Limits, bytes: &[u8], chunk: usize) -> Result<(), Rejection> {
+    let mut scanner = PdfScanner::new(limits);
+    for piece in bytes.chunks(chunk.max(1)) {
+        scanner.feed(piece)?;
+    }
+    scanner.finish()
+}
+
+// ---------------------------------------------------------------------------
+// Lexer
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The file itself: streams, trailers and cross-reference streams matter.
+    File,
+    /// The decoded data of an object stream: only names and nesting matter.
+    ObjStm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Normal,
+    Comment,
+    Name,
+    Word,
+    Literal,
+    Hex,
+    /// Saw `<`: `<<` or a hex string.
+    Lt,
+    /// Saw `>` outside a hex string: `>>` or a stray byte.
+    Gt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Top {
+    None,
+    Dict,
+    Array,
+}
+
+/// A top-level dictionary key the scanner cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    None,
+    Type,
+    Filter,
+    Length,
+    DecodeParms,
+    Encrypt,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DictType {
+    Unknown,
+    ObjStm,
+    XRef,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FilterKind {
+    None,
+    Flate,
+    Other,
+}
+
+/// What is kept of an object's top-level dictionary.
+#[derive(Debug, Clone, Copy)]
+struct DictInfo {
+    trailer: bool,
+    ty: DictType,
+    filter: FilterKind,
+    length: Option<u64>,
+    decode_parms: bool,
+    encrypt_at: Option<u64>,
+}
+
+impl DictInfo {
+    fn new(trailer: bool) -> Self {
+        Self {
+            trailer,
+            ty: DictType::Unknown,
+            filter: FilterKind::None,
+            length: None,
+            decode_parms: false,
+            encrypt_at: None,
+        }
+    }
+}
+
+/// A `/Filter [...]` array being read.
+#[derive(Debug, Clone, Copy, Default)]
+struct FilterArray {
+    count: u32,
+    other: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameVal {
+    ObjStm,
+    XRef,
+    FlateDecode,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Val {
+    Name(NameVal),
+    Int(u64),
+    Array(FilterArray),
+    Other,
+}
+
+/// What [`Lexer::lex`] stopped at.
+enum Step {
+    /// All input consumed.
+    Done,
+    /// The `stream` keyword ended at `consumed` (the byte there is not consumed).
+    Stream {
+        consumed: usize,
+        kw_at: u64,
+        dict: Option<DictInfo>,
+    },
+}
+
+struct Lexer {
+    mode: Mode,
+    reject_active: bool,
+    max_nesting: u32,
+    /// ObjStm mode: offset of the object stream's `stream` keyword, for details.
+    objstm_at: u64,
+    state: State,
+    /// Offset of the token being read.
+    tok_at: u64,
+    buf: [u8; TOKEN_CAP],
+    len: usize,
+    overflow: bool,
+    /// Name escape state: 0 none, 1 after `#`, 2 after `#` and one hex digit.
+    esc: u8,
+    esc_hi: u8,
+    str_depth: u32,
+    str_escape: bool,
+    depth: u32,
+    // File mode: the top-level dictionary of the current object.
+    top: Top,
+    dict: DictInfo,
+    expect_key: bool,
+    pending: Key,
+    last_valued: Key,
+    /// The depth-2 dictionary or array open now is the value of `pending`.
+    sub_is_value: bool,
+    filter_array: Option<FilterArray>,
+    trailer_pending: bool,
+    /// The top-level dictionary that just closed, until the next token.
+    ready: Option<DictInfo>,
+}
+
+impl Lexer {
+    fn new(mode: Mode, limits: &Limits) -> Self {
+        Self {
+            mode,
+            reject_active: limits.pdf_active_content == ActiveContentPolicy::Reject,
+            max_nesting: limits.max_nesting,
+            objstm_at: 0,
+            state: State::Normal,
+            tok_at: 0,
+            buf: [0; TOKEN_CAP],
+            len: 0,
+            overflow: false,
+            esc: 0,
+            esc_hi: 0,
+            str_depth: 0,
+            str_escape: false,
+            depth: 0,
+            top: Top::None,
+            dict: DictInfo::new(false),
+            expect_key: false,
+            pending: Key::None,
+            last_valued: Key::None,
+            sub_is_value: false,
+            filter_array: None,
+            trailer_pending: false,
+            ready: None,
+        }
+    }
+
+    /// Starts over for a new object stream.
+    fn reset(&mut self, objstm_at: u64) {
+        self.objstm_at = objstm_at;
+        self.state = State::Normal;
+        self.depth = 0;
+        self.resync();
+    }
+
+    fn in_string(&self) -> bool {
+        matches!(self.state, State::Literal | State::Hex | State::Lt)
+    }
+
+    fn where_(&self, at: u64) -> String {
+        match self.mode {
+            Mode::File => format!("at offset {at}"),
+            Mode::ObjStm => format!(
+                "in the object stream at offset {} (offset {at} of its decoded data)",
+                self.objstm_at
+            ),
+        }
+    }
+
+    fn lex(&mut self, data: &[u8], base: u64) -> Result<Step, Rejection> {
+        let n = data.len();
+        let mut i = 0;
+        while i < n {
+            match self.state {
+                State::Normal => {
+                    let b = data[i];
+                    match CLASS[b as usize] {
+                        WS => i += 1,
+                        REG => {
+                            self.begin_token(base + i as u64);
+                            self.state = State::Word;
+                        }
+                        _ => {
+                            let at = base + i as u64;
+                            i += 1;
+                            match b {
+                                b'%' => self.state = State::Comment,
+                                b'/' => {
+                                    self.begin_token(at);
+                                    self.esc = 0;
+                                    self.state = State::Name;
+                                }
+                                b'(' => {
+                                    self.tok_at = at;
+                                    self.str_depth = 1;
+                                    self.str_escape = false;
+                                    self.state = State::Literal;
+                                }
+                                b'<' => {
+                                    self.tok_at = at;
+                                    self.state = State::Lt;
+                                }
+                                b'>' => {
+                                    self.tok_at = at;
+                                    self.state = State::Gt;
+                                }
+                                b'[' => self.open(false, at)?,
+                                b']' => self.close()?,
+                                // Stray `)`, `{` or `}`.
+                                _ => self.on_value(),
+                            }
+                        }
+                    }
+                }
+                State::Comment => match memchr::memchr2(b'\n', b'\r', &data[i..]) {
+                    Some(p) => {
+                        i += p + 1;
+                        self.state = State::Normal;
+                    }
+                    None => i = n,
+                },
+                State::Name => {
+                    while i < n && CLASS[data[i] as usize] == REG {
+                        self.name_byte(data[i]);
+                        i += 1;
+                    }
+                    if i < n {
+                        self.state = State::Normal;
+                        self.end_name()?;
+                    }
+                }
+                State::Word => {
+                    while i < n && CLASS[data[i] as usize] == REG {
+                        self.push(data[i]);
+                        i += 1;
+                    }
+                    if i < n {
+                        self.state = State::Normal;
+                        if let Some((kw_at, dict)) = self.end_word() {
+                            return Ok(Step::Stream {
+                                consumed: i,
+                                kw_at,
+                                dict,
+                            });
+                        }
+                    }
+                }
+                State::Literal => {
+                    if self.str_escape {
+                        self.str_escape = false;
+                        i += 1;
+                        continue;
+                    }
+                    match memchr::memchr3(b'(', b')', b'\\', &data[i..]) {
+                        None => i = n,
+                        Some(p) => {
+                            let b = data[i + p];
+                            i += p + 1;
+                            match b {
+                                b'\\' => self.str_escape = true,
+                                b'(' => self.str_depth = self.str_depth.saturating_add(1),
+                                _ => {
+                                    self.str_depth -= 1;
+                                    if self.str_depth == 0 {
+                                        self.state = State::Normal;
+                                        self.on_value();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                State::Hex => match memchr::memchr(b'>', &data[i..]) {
+                    Some(p) => {
+                        i += p + 1;
+                        self.state = State::Normal;
+                        self.on_value();
+                    }
+                    None => i = n,
+                },
+                State::Lt => {
+                    if data[i] == b'<' {
+                        i += 1;
+                        self.state = State::Normal;
+                        self.open(true, self.tok_at)?;
+                    } else {
+                        // A hex string; this byte is its first (or its `>`).
+                        self.state = State::Hex;
+                    }
+                }
+                State::Gt => {
+                    self.state = State::Normal;
+                    if data[i] == b'>' {
+                        i += 1;
+                        self.close()?;
+                    } else {
+                        self.on_value();
+                    }
+                }
+            }
+        }
+        Ok(Step::Done)
+    }
+
+    /// End of input: completes a pending name or keyword (a `stream` keyword
+    /// here opens nothing).
+    fn flush(&mut self) -> Result<(), Rejection> {
+        match self.state {
+            State::Name => {
+                self.state = State::Normal;
+                self.end_name()
+            }
+            State::Word => {
+                self.state = State::Normal;
+                let _ = self.end_word();
+                Ok(())
+            }
+            State::Gt => {
+                self.state = State::Normal;
+                self.on_value();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn begin_token(&mut self, at: u64) {
+        self.tok_at = at;
+        self.len = 0;
+        self.overflow = false;
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.len < TOKEN_CAP {
+            self.buf[self.len] = b;
+            self.len += 1;
+        } else {
+            self.overflow = true;
+        }
+    }
+
+    fn name_byte(&mut self, b: u8) {
+        match self.esc {
+            0 => {
+                if b == b'#' {
+                    self.esc = 1;
+                } else {
+                    self.push(b);
+                }
+            }
+            1 => {
+                if hex_val(b).is_some() {
+                    self.esc_hi = b;
+                    self.esc = 2;
+                } else {
+                    // Not an escape: keep the `#` literally.
+                    self.push(b'#');
+                    self.esc = 0;
+                    self.name_byte(b);
+                }
+            }
+            _ => {
+                self.esc = 0;
+                match (hex_val(self.esc_hi), hex_val(b)) {
+                    (Some(hi), Some(lo)) => self.push(hi << 4 | lo),
+                    _ => {
+                        self.push(b'#');
+                        self.push(self.esc_hi);
+                        self.name_byte(b);
+                    }
+                }
+            }
+        }
+    }
+
+    fn end_name(&mut self) -> Result<(), Rejection> {
+        match self.esc {
+            1 => self.push(b'#'),
+            2 => {
+                self.push(b'#');
+                self.push(self.esc_hi);
+            }
+            _ => {}
+        }
+        self.esc = 0;
+        let name = &self.buf[..self.len];
+        if !self.overflow
+            && self.reject_active
+            && let Some(active) = ACTIVE_NAMES.iter().find(|a| **a == name)
+        {
+            return Err(Rejection::new(
+                RejectCode::PdfActiveContent,
+                format!(
+                    "PDF contains /{} {}",
+                    String::from_utf8_lossy(active),
+                    self.where_(self.tok_at)
+                ),
+            ));
+        }
+        if self.mode == Mode::ObjStm {
+            return Ok(());
+        }
+        let (key, val) = if self.overflow {
+            (Key::Other, NameVal::Other)
+        } else {
+            let key = match name {
+                b"Type" => Key::Type,
+                b"Filter" => Key::Filter,
+                b"Length" => Key::Length,
+                b"DecodeParms" => Key::DecodeParms,
+                b"Encrypt" => Key::Encrypt,
+                _ => Key::Other,
+            };
+            let val = match name {
+                b"ObjStm" => NameVal::ObjStm,
+                b"XRef" => NameVal::XRef,
+                b"FlateDecode" => NameVal::FlateDecode,
+                _ => NameVal::Other,
+            };
+            (key, val)
+        };
+        self.note_token();
+        if self.top != Top::Dict {
+            return Ok(());
+        }
+        if self.depth == 1 {
+            if self.expect_key {
+                self.expect_key = false;
+                self.pending = key;
+                match key {
+                    Key::Encrypt => {
+                        self.dict.encrypt_at.get_or_insert(self.tok_at);
+                        if self.dict.trailer {
+                            return Err(Rejection::new(
+                                RejectCode::PdfEncrypted,
+                                format!(
+                                    "PDF is encrypted (/Encrypt in trailer at offset {})",
+                                    self.tok_at
+                                ),
+                            ));
+                        }
+                    }
+                    Key::DecodeParms => self.dict.decode_parms = true,
+                    _ => {}
+                }
+            } else {
+                self.assign(Val::Name(val));
+            }
+        } else if self.depth == 2
+            && let Some(fa) = &mut self.filter_array
+        {
+            fa.count += 1;
+            if val != NameVal::FlateDecode {
+                fa.other = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// A keyword or number ended. Returns the `stream` keyword's offset and the
+    /// dictionary before it when the token opens a stream.
+    fn end_word(&mut self) -> Option<(u64, Option<DictInfo>)> {
+        if self.mode == Mode::ObjStm {
+            return None;
+        }
+        let word = if self.overflow {
+            &b""[..]
+        } else {
+            &self.buf[..self.len]
+        };
+        match word {
+            b"stream" => {
+                let dict = self.ready.take();
+                self.resync();
+                return Some((self.tok_at, dict));
+            }
+            b"endstream" | b"obj" | b"endobj" | b"xref" | b"startxref" => self.resync(),
+            b"trailer" => {
+                self.resync();
+                self.trailer_pending = true;
+            }
+            b"R" => {
+                self.note_token();
+                if self.depth == 1 && self.top == Top::Dict {
+                    if self.expect_key {
+                        // `N G R`: the value just assigned was a reference.
+                        match self.last_valued {
+                            Key::Length => self.dict.length = None,
+                            Key::Type => self.dict.ty = DictType::Unknown,
+                            Key::Filter => self.dict.filter = FilterKind::Other,
+                            _ => {}
+                        }
+                    } else {
+                        self.assign(Val::Other);
+                    }
+                } else if self.depth == 2
+                    && let Some(fa) = &mut self.filter_array
+                {
+                    fa.other = true;
+                }
+            }
+            _ => {
+                let int = parse_uint(word);
+                self.note_token();
+                if self.depth == 1 && self.top == Top::Dict {
+                    if !self.expect_key {
+                        self.assign(int.map_or(Val::Other, Val::Int));
+                    }
+                } else if self.depth == 2
+                    && let Some(fa) = &mut self.filter_array
+                {
+                    fa.other = true;
+                }
+            }
+        }
+        None
+    }
+
+    /// A string or other non-name, non-composite value ended.
+    fn on_value(&mut self) {
+        if self.mode == Mode::ObjStm {
+            return;
+        }
+        self.note_token();
+        if self.depth == 1 && self.top == Top::Dict {
+            if !self.expect_key {
+                self.assign(Val::Other);
+            }
+        } else if self.depth == 2
+            && let Some(fa) = &mut self.filter_array
+        {
+            fa.other = true;
+        }
+    }
+
+    fn open(&mut self, dict: bool, at: u64) -> Result<(), Rejection> {
+        if self.depth >= self.max_nesting {
+            return Err(Rejection::malformed(format!(
+                "dictionaries and arrays nest deeper than {} {}",
+                self.max_nesting,
+                self.where_(at)
+            )));
+        }
+        self.depth += 1;
+        if self.mode == Mode::ObjStm {
+            return Ok(());
+        }
+        let trailer = self.note_token();
+        match self.depth {
+            1 => {
+                if dict {
+                    self.top = Top::Dict;
+                    self.dict = DictInfo::new(trailer);
+                    self.expect_key = true;
+                    self.pending = Key::None;
+                    self.last_valued = Key::None;
+                    self.sub_is_value = false;
+                    self.filter_array = None;
+                } else {
+                    self.top = Top::Array;
+                }
+            }
+            2 if self.top == Top::Dict => {
+                self.sub_is_value = !self.expect_key;
+                if self.sub_is_value && self.pending == Key::Filter && !dict {
+                    self.filter_array = Some(FilterArray::default());
+                }
+            }
+            3 => {
+                if let Some(fa) = &mut self.filter_array {
+                    fa.other = true;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), Rejection> {
+        if self.depth == 0 {
+            // A stray `]` or `>>`.
+            self.on_value();
+            return Ok(());
+        }
+        self.depth -= 1;
+        if self.mode == Mode::ObjStm {
+            return Ok(());
+        }
+        self.note_token();
+        if self.depth == 0 {
+            if self.top == Top::Dict {
+                if self.dict.ty == DictType::XRef
+                    && let Some(at) = self.dict.encrypt_at
+                {
+                    return Err(Rejection::new(
+                        RejectCode::PdfEncrypted,
+                        format!(
+                            "PDF is encrypted (/Encrypt in cross-reference stream dictionary at offset {at})"
+                        ),
+                    ));
+                }
+                self.ready = Some(self.dict);
+            }
+            self.top = Top::None;
+        } else if self.depth == 1 && self.top == Top::Dict && self.sub_is_value {
+            self.sub_is_value = false;
+            let val = match self.filter_array.take() {
+                Some(fa) => Val::Array(fa),
+                None => Val::Other,
+            };
+            self.assign(val);
+        }
+        Ok(())
+    }
+
+    fn assign(&mut self, val: Val) {
+        match self.pending {
+            Key::Type => {
+                self.dict.ty = match val {
+                    Val::Name(NameVal::ObjStm) => DictType::ObjStm,
+                    Val::Name(NameVal::XRef) => DictType::XRef,
+                    _ => DictType::Unknown,
+                }
+            }
+            Key::Filter => {
+                self.dict.filter = match val {
+                    Val::Name(NameVal::FlateDecode) => FilterKind::Flate,
+                    Val::Array(fa) if !fa.other && fa.count == 0 => FilterKind::None,
+                    Val::Array(fa) if !fa.other && fa.count == 1 => FilterKind::Flate,
+                    _ => FilterKind::Other,
+                }
+            }
+            Key::Length => {
+                self.dict.length = match val {
+                    Val::Int(n) => Some(n),
+                    _ => None,
+                }
+            }
+            _ => {}
+        }
+        self.last_valued = self.pending;
+        self.pending = Key::None;
+        self.expect_key = true;
+    }
+
+    /// Any token: a closed dictionary is no longer followed by `stream`, and a
+    /// `trailer` keyword no longer by its dictionary. Returns whether a
+    /// `trailer` keyword came right before.
+    fn note_token(&mut self) -> bool {
+        self.ready = None;
+        std::mem::take(&mut self.trailer_pending)
+    }
+
+    /// Back to the top level (a keyword that only occurs there was seen).
+    fn resync(&mut self) {
+        self.depth = 0;
+        self.top = Top::None;
+        self.ready = None;
+        self.trailer_pending = false;
+        self.filter_array = None;
+        self.sub_is_value = false;
+        self.expect_key = false;
+        self.pending = Key::None;
+    }
+}
+
+fn parse_uint(word: &[u8]) -> Option<u64> {
+    if word.is_empty() || word.len() > 19 || !word.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(word.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+// ---------------------------------------------------------------------------
+// Object streams
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// Not an object stream, or nothing more to decode.
+    Off,
+    /// Unfiltered object stream: its data is lexed as is.
+    Raw,
+    /// FlateDecode object stream.
+    Inflate,
+}
+
+struct ObjStm {
+    sink: Sink,
+    /// Offset of the `stream` keyword.
+    at: u64,
+    /// Decoded bytes of this stream so far.
+    produced: u64,
+    /// Inflated bytes of the whole file so far.
+    total: u64,
+    max_bytes: u64,
+    max_total: u64,
+    lexer: Lexer,
+    inflater: Option<Decompress>,
+    stage: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl ObjStm {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            sink: Sink::Off,
+            at: 0,
+            produced: 0,
+            total: 0,
+            max_bytes: limits.max_inflate_bytes,
+            max_total: limits.max_inflate_total,
+            lexer: Lexer::new(Mode::ObjStm, limits),
+            inflater: None,
+            stage: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn begin(&mut self, sink: Sink, at: u64) {
+        self.sink = sink;
+        self.at = at;
+        self.produced = 0;
+        self.lexer.reset(at);
+        if sink == Sink::Inflate {
+            // Allocated once per scanner, on the first object stream.
+            match &mut self.inflater {
+                Some(d) => d.reset(true),
+                None => self.inflater = Some(Decompress::new(true)),
+            }
+            if self.out.is_empty() {
+                self.stage = Vec::with_capacity(STAGE_SIZE);
+                self.out = vec![0; INFLATE_BUF];
+            }
+            self.stage.clear();
+        }
+    }
+
+    fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        deferred: &mut Option<Rejection>,
+    ) -> Result<(), Rejection> {
+        match self.sink {
+            Sink::Off => Ok(()),
+            Sink::Raw => {
+                let base = self.produced;
+                self.produced += bytes.len() as u64;
+                self.lexer.lex(bytes, base).map(|_| ())
+            }
+            Sink::Inflate => {
+                while !bytes.is_empty() && self.sink == Sink::Inflate {
+                    let take = (STAGE_SIZE - self.stage.len()).min(bytes.len());
+                    self.stage.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if self.stage.len() == STAGE_SIZE {
+                        self.pump(false, deferred)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The stream ended.
+    fn end(&mut self, deferred: &mut Option<Rejection>) -> Result<(), Rejection> {
+        let result = match self.sink {
+            Sink::Off => Ok(()),
+            Sink::Raw => self.lexer.flush(),
+            Sink::Inflate => self.pump(true, deferred).and_then(|()| self.lexer.flush()),
+        };
+        self.sink = Sink::Off;
+        result
+    }
+
+    /// Inflates the staged input and lexes the output.
+    fn pump(&mut self, last: bool, deferred: &mut Option<Rejection>) -> Result<(), Rejection> {
+        let Some(inflater) = &mut self.inflater else {
+            return Ok(());
+        };
+        let flush = if last {
+            FlushDecompress::Finish
+        } else {
+            FlushDecompress::None
+        };
+        let mut input = &self.stage[..];
+        loop {
+            let room = (self.out.len() as u64)
+                .min(
+                    self.max_bytes
+                        .saturating_sub(self.produced)
+                        .saturating_add(1),
+                )
+                .min(self.max_total.saturating_sub(self.total).saturating_add(1))
+                as usize;
+            let (in0, out0) = (inflater.total_in(), inflater.total_out());
+            let status = inflater.decompress(input, &mut self.out[..room], flush);
+            let used = (inflater.total_in() - in0) as usize;
+            let made = (inflater.total_out() - out0) as usize;
+            input = &input[used..];
+            if made > 0 {
+                let base = self.produced;
+                self.produced += made as u64;
+                self.total += made as u64;
+                if self.produced > self.max_bytes {
+                    return Err(Rejection::malformed(format!(
+                        "object stream at offset {} inflates past {} bytes",
+                        self.at, self.max_bytes
+                    )));
+                }
+                if self.total > self.max_total {
+                    return Err(Rejection::malformed(format!(
+                        "object streams inflate past {} bytes in total",
+                        self.max_total
+                    )));
+                }
+                self.lexer.lex(&self.out[..made], base)?;
+            }
+            match status {
+                Err(_) => {
+                    deferred.get_or_insert_with(|| {
+                        Rejection::malformed(format!(
+                            "object stream at offset {} has corrupt FlateDecode data",
+                            self.at
+                        ))
+                    });
+                    self.sink = Sink::Off;
+                    break;
+                }
+                Ok(Status::StreamEnd) => {
+                    // Bytes after the end of the zlib stream are ignored.
+                    self.sink = Sink::Off;
+                    break;
+                }
+                Ok(_) => {
+                    if (used == 0 && made == 0) || (input.is_empty() && made < room) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.stage.clear();
+        if self.sink == Sink::Off {
+            // The lexer must still see the end of the decoded data.
+            self.lexer.flush()?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stream data
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Right after the `stream` keyword.
+    Eol,
+    /// After a CR there.
+    EolCr,
+    /// Skipping `/Length` bytes; this many remain.
+    Counted(u64),
+    /// After the counted bytes: optional white-space, then `endstream`; this
+    /// many bytes of it matched.
+    Verify(usize),
+    /// Looking for `endstream`.
+    Search,
+}
+
+struct StreamSkip {
+    kw_at: u64,
+    length: Option<u64>,
+    phase: Phase,
+    /// The last (up to 8) bytes of the stream, for matches across chunks.
+    carry: [u8; 8],
+    carry_len: usize,
+    /// An `endstream` inside the `/Length`-counted data.
+    early_end: Option<u64>,
+}
+
+impl StreamSkip {
+    fn push_carry(&mut self, bytes: &[u8]) {
+        if bytes.len() >= 8 {
+            self.carry.copy_from_slice(&bytes[bytes.len() - 8..]);
+            self.carry_len = 8;
+        } else {
+            let keep = (8 - bytes.len()).min(self.carry_len);
+            self.carry
+                .copy_within(self.carry_len - keep..self.carry_len, 0);
+            self.carry[keep..keep + bytes.len()].copy_from_slice(bytes);
+            self.carry_len = keep + bytes.len();
+        }
+    }
+
+    /// The end (exclusive, in `bytes`) of the first `endstream` that ends in
+    /// `bytes`, including one that started in the carried bytes.
+    fn find_end(&self, finder: &memmem::Finder<'_>, bytes: &[u8]) -> Option<usize> {
+        let k = self.carry_len;
+        let m = bytes.len().min(8);
+        if k > 0 && m > 0 {
+            let mut tmp = [0u8; 16];
+            tmp[..k].copy_from_slice(&self.carry[..k]);
+            tmp[k..k + m].copy_from_slice(&bytes[..m]);
+            if let Some(p) = finder.find(&tmp[..k + m]) {
+                return Some(p + ENDSTREAM.len() - k);
+            }
+        }
+        finder.find(bytes).map(|p| p + ENDSTREAM.len())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scanner
+// ---------------------------------------------------------------------------
+
+/// The streaming PDF scanner. See the module documentation for what it checks.
+pub struct PdfScanner {
+    /// Bytes fed so far.
+    offset: u64,
+    /// The first bytes, while the header is not found yet.
+    head: Option<Vec<u8>>,
+    lexer: Lexer,
+    stream: Option<StreamSkip>,
+    objstm: ObjStm,
+    endstream: memmem::Finder<'static>,
+    /// The last (up to 5) bytes fed.
+    raw_tail: [u8; 5],
+    raw_len: usize,
+    /// The last (up to 5) bytes ending at the last non-white-space byte.
+    sig_tail: [u8; 5],
+    sig_len: usize,
+    /// A malformed verdict held back until the end (see the module docs).
+    deferred: Option<Rejection>,
+    verdict: Option<Rejection>,
+    finished: Option<Result<(), Rejection>>,
+}
+
+impl PdfScanner {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            offset: 0,
+            head: Some(Vec::with_capacity(HEADER_BUF)),
+            lexer: Lexer::new(Mode::File, limits),
+            stream: None,
+            objstm: ObjStm::new(limits),
+            endstream: memmem::Finder::new(ENDSTREAM),
+            raw_tail: [0; 5],
+            raw_len: 0,
+            sig_tail: [0; 5],
+            sig_len: 0,
+            deferred: None,
+            verdict: None,
+            finished: None,
+        }
+    }
+
+    /// Feeds the next chunk. `Ok(())` = fine so far; `Err` = verdict (sticky:
+    /// later calls return the same `Err`).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        if let Some(v) = &self.verdict {
+            return Err(v.clone());
+        }
+        if let Some(f) = &self.finished {
+            return f.clone();
+        }
+        let result = self.feed_inner(chunk);
+        if let Err(e) = &result {
+            self.verdict = Some(e.clone());
+        }
+        result
+    }
+
+    /// End of body: the final verdict.
+    pub fn finish(&mut self) -> Result<(), Rejection> {
+        if let Some(v) = &self.verdict {
+            return Err(v.clone());
+        }
+        if let Some(f) = &self.finished {
+            return f.clone();
+        }
+        let result = self.finish_inner();
+        self.finished = Some(result.clone());
+        result
+    }
+
+    fn feed_inner(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        self.track_tail(chunk);
+        let base = self.offset;
+        self.offset += chunk.len() as u64;
+        if let Some(head) = &mut self.head {
+            let take = (HEADER_BUF - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            let Some(p) = header_state(head)? else {
+                return Ok(());
+            };
+            let head = self.head.take().unwrap_or_default();
+            self.body(&head[p..], p as u64)?;
+            return self.body(&chunk[take..], base + take as u64);
+        }
+        self.body(chunk, base)
+    }
+
+    fn finish_inner(&mut self) -> Result<(), Rejection> {
+        if let Some(head) = &self.head {
+            let window = &head[..head.len().min(HEADER_WINDOW)];
+            let Some(p) = memmem::find(window, MARKER) else {
+                return Err(no_header());
+            };
+            if let Some(v) = head.get(p + 5..p + 8)
+                && !version_ok(v)
+            {
+                return Err(bad_version(p, v));
+            }
+            return Err(no_eof());
+        }
+        self.lexer.flush()?;
+        if self.sig_tail[..self.sig_len] != *b"%%EOF" {
+            return Err(no_eof());
+        }
+        if let Some(s) = &self.stream {
+            return Err(Rejection::malformed(match s.length {
+                Some(len) if matches!(s.phase, Phase::Counted(_)) => format!(
+                    "stream at offset {}: /Length {len} runs past the end of the file",
+                    s.kw_at
+                ),
+                _ => format!("stream at offset {} has no endstream", s.kw_at),
+            }));
+        }
+        if self.lexer.in_string() {
+            return Err(Rejection::malformed(format!(
+                "string at offset {} is not terminated",
+                self.lexer.tok_at
+            )));
+        }
+        if let Some(d) = self.deferred.take() {
+            return Err(d);
+        }
+        Ok(())
+    }
+
+    /// Keeps the last five significant bytes for the `%%EOF` check.
+    fn track_tail(&mut self, chunk: &[u8]) {
+        if let Some(j) = chunk.iter().rposition(|&b| !is_ws(b)) {
+            let (t, l) = last5(&self.raw_tail[..self.raw_len], &chunk[..=j]);
+            self.sig_tail = t;
+            self.sig_len = l;
+        }
+        let (t, l) = last5(&self.raw_tail[..self.raw_len], chunk);
+        self.raw_tail = t;
+        self.raw_len = l;
+    }
+
+    fn body(&mut self, data: &[u8], base: u64) -> Result<(), Rejection> {
+        let mut i = 0;
+        while i < data.len() {
+            if self.stream.is_some() {
+                i += self.skip_stream(&data[i..], base + i as u64)?;
+            } else {
+                match self.lexer.lex(&data[i..], base + i as u64)? {
+                    Step::Done => break,
+                    Step::Stream {
+                        consumed,
+                        kw_at,
+                        dict,
+                    } => {
+                        i += consumed;
+                        self.start_stream(kw_at, dict);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_stream(&mut self, kw_at: u64, dict: Option<DictInfo>) {
+        if let Some(d) = dict
+            && d.ty == DictType::ObjStm
+        {
+            let problem = if d.decode_parms {
+                Some("has /DecodeParms (predictors are not supported)")
+            } else {
+                match d.filter {
+                    FilterKind::None => {
+                        self.objstm.begin(Sink::Raw, kw_at);
+                        None
+                    }
+                    FilterKind::Flate => {
+                        self.objstm.begin(Sink::Inflate, kw_at);
+                        None
+                    }
+                    FilterKind::Other => Some("uses a filter other than /FlateDecode"),
+                }
+            };
+            if let Some(problem) = problem {
+                self.deferred.get_or_insert_with(|| {
+                    Rejection::malformed(format!("object stream at offset {kw_at} {problem}"))
+                });
+            }
+        }
+        self.stream = Some(StreamSkip {
+            kw_at,
+            length: dict.and_then(|d| d.length),
+            phase: Phase::Eol,
+            carry: [0; 8],
+            carry_len: 0,
+            early_end: None,
+        });
+    }
+
+    /// Skips stream data; returns how many bytes of `data` were consumed. Ends
+    /// the stream when `endstream` is reached.
+    fn skip_stream(&mut self, data: &[u8], base: u64) -> Result<usize, Rejection> {
+        let Some(s) = &mut self.stream else {
+            return Ok(0);
+        };
+        let n = data.len();
+        let mut i = 0;
+        while i < n {
+            match s.phase {
+                Phase::Eol | Phase::EolCr => {
+                    let b = data[i];
+                    if s.phase == Phase::Eol && b == b'\r' {
+                        i += 1;
+                        s.phase = Phase::EolCr;
+                        continue;
+                    }
+                    if b == b'\n' {
+                        i += 1;
+                    }
+                    s.phase = match s.length {
+                        Some(0) => Phase::Verify(0),
+                        Some(len) => Phase::Counted(len),
+                        None => Phase::Search,
+                    };
+                }
+                Phase::Counted(left) => {
+                    let take = left.min((n - i) as u64) as usize;
+                    let bytes = &data[i..i + take];
+                    if s.early_end.is_none()
+                        && let Some(end) = s.find_end(&self.endstream, bytes)
+                    {
+                        s.early_end = Some(base + (i + end - ENDSTREAM.len()) as u64);
+                    }
+                    s.push_carry(bytes);
+                    self.objstm.feed(bytes, &mut self.deferred)?;
+                    i += take;
+                    s.phase = match left - take as u64 {
+                        0 => Phase::Verify(0),
+                        left => Phase::Counted(left),
+                    };
+                }
+                Phase::Verify(matched) => {
+                    let b = data[i];
+                    if matched == 0 && is_ws(b) {
+                        s.push_carry(&[b]);
+                        i += 1;
+                    } else if b == ENDSTREAM[matched] {
+                        s.push_carry(&[b]);
+                        i += 1;
+                        if matched + 1 == ENDSTREAM.len() {
+                            return self.end_stream(i);
+                        }
+                        s.phase = Phase::Verify(matched + 1);
+                    } else {
+                        // The data does not check out against /Length.
+                        if let Some(e) = s.early_end {
+                            return Err(Rejection::malformed(format!(
+                                "stream at offset {}: /Length {} runs past its endstream at offset {e}",
+                                s.kw_at,
+                                s.length.unwrap_or(0)
+                            )));
+                        }
+                        if self.objstm.sink != Sink::Off {
+                            self.objstm.sink = Sink::Off;
+                            self.deferred.get_or_insert_with(|| {
+                                Rejection::malformed(format!(
+                                    "object stream at offset {}: /Length does not match its data",
+                                    s.kw_at
+                                ))
+                            });
+                        }
+                        s.phase = Phase::Search;
+                    }
+                }
+                Phase::Search => {
+                    let bytes = &data[i..];
+                    match s.find_end(&self.endstream, bytes) {
+                        Some(end) => {
+                            let data_end = end.saturating_sub(ENDSTREAM.len());
+                            self.objstm.feed(&bytes[..data_end], &mut self.deferred)?;
+                            return self.end_stream(i + end);
+                        }
+                        None => {
+                            s.push_carry(bytes);
+                            self.objstm.feed(bytes, &mut self.deferred)?;
+                            i = n;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn end_stream(&mut self, consumed: usize) -> Result<usize, Rejection> {
+        self.stream = None;
+        self.objstm.end(&mut self.deferred)?;
+        self.lexer.resync();
+        Ok(consumed)
+    }
+}
+
+/// Looks for the header in the first bytes. `Ok(Some(p))`: a good header at
+/// `p`; `Ok(None)`: more bytes needed.
+fn header_state(head: &[u8]) -> Result<Option<usize>, Rejection> {
+    let window = &head[..head.len().min(HEADER_WINDOW)];
+    match memmem::find(window, MARKER) {
+        Some(p) => {
+            if head.len() < p + 9 {
+                return Ok(None);
+            }
+            let v = &head[p + 5..p + 8];
+            if !version_ok(v) || head[p + 8].is_ascii_digit() || head[p + 8] == b'.' {
+                return Err(bad_version(p, &head[p + 5..p + 9]));
+            }
+            Ok(Some(p))
+        }
+        None if head.len() >= HEADER_WINDOW => Err(no_header()),
+        None => Ok(None),
+    }
+}
+
+fn version_ok(v: &[u8]) -> bool {
+    (v[0] == b'1' && v[1] == b'.' && v[2].is_ascii_digit()) || v == b"2.0"
+}
+
+fn no_header() -> Rejection {
+    Rejection::new(
+        RejectCode::ContentMismatch,
+        "no %PDF- header in the first 1024 bytes",
+    )
+}
+
+fn bad_version(at: usize, v: &[u8]) -> Rejection {
+    Rejection::malformed(format!(
+        "PDF header at offset {at} has an unsupported version \"{}\"",
+        v.escape_ascii()
+    ))
+}
+
+fn no_eof() -> Rejection {
+    Rejection::malformed("PDF does not end with %%EOF (truncated?)")
+}
+
+/// The last five bytes of `a` followed by `b`.
+fn last5(a: &[u8], b: &[u8]) -> ([u8; 5], usize) {
+    let mut out = [0u8; 5];
+    if b.len() >= 5 {
+        out.copy_from_slice(&b[b.len() - 5..]);
+        return (out, 5);
+    }
+    let keep = (5 - b.len()).min(a.len());
+    out[..keep].copy_from_slice(&a[a.len() - keep..]);
+    out[keep..keep + b.len()].copy_from_slice(b);
+    (out, keep + b.len())
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics, served by the admin listener's `/metrics`.
+//!
+//! Labels are bounded sets (route, status, code, scope, result): never a user,
+//! company, token or request id, so cardinality stays small and nothing secret
+//! can reach a scrape.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub body_bytes: Family<DirectionLabel, Counter>,
+    pub inspection_rejections: Family<CodeLabel, Counter>,
+    pub rate_limited: Family<ScopeLabel, Counter>,
+    pub in_flight: Gauge,
+    pub credential_reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("concur_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, status and error code",
+            requests.clone(),
+        );
+        let request_duration: Family<RouteLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        let upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time of the exchange with Concur",
+            upstream_duration.clone(),
+        );
+        let body_bytes = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "body_bytes",
+            "Request body bytes received from clients (in) and delivered to Concur (out)",
+            body_bytes.clone(),
+        );
+        let inspection_rejections = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "inspection_rejections",
+            "Uploads rejected by the body inspection, by code",
+            inspection_rejections.clone(),
+        );
+        let rate_limited = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by scope",
+            rate_limited.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being served",
+            in_flight.clone(),
+        );
+        let credential_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "credential_reloads",
+            "Credential file reloads, by result",
+            credential_reloads.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            body_bytes,
+            inspection_rejections,
+            rate_limited,
+            in_flight,
+            credential_reloads,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,200 @@
+//! Keyed rate limits: step 2 of the request path, checked right after
+//! authentication and before anything of the body is read.
+//!
+//! Two GCRA limiters from `governor`: one keyed by (company, user), one by
+//! company. The user's limit is checked first, so a caller over its own limit
+//! does not spend its company's allowance. The limiter is generic over its clock
+//! so tests advance a `FakeRelativeClock` instead of sleeping.
+
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::auth::Identity;
+use crate::config::RateLimitConfig;
+use crate::error::GatewayError;
+
+type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+pub struct RateLimits<C: Clock = DefaultClock> {
+    user: Keyed<(String, String), C>,
+    company: Keyed<String, C>,
+    clock: C,
+}
+
+impl<C: Clock> std::fmt::Debug for RateLimits<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("users", &self.user.len())
+            .field("companies", &self.company.len())
+            .finish()
+    }
+}
+
+fn quota(per_second: f64, burst: u32) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
+    Quota::with_period(period)
+        .expect("period is positive")
+        .allow_burst(NonZeroU32::new(burst).expect("validated as >= 1"))
+}
+
+impl RateLimits<DefaultClock> {
+    pub fn new(config: &RateLimitConfig) -> Self {
+        Self::with_clock(config, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
+        Self {
+            user: RateLimiter::dashmap_with_clock(
+                quota(config.user_per_second, config.user_burst),
+                clock.clone(),
+            ),
+            company: RateLimiter::dashmap_with_clock(
+                quota(config.company_per_second, config.company_burst),
+                clock.clone(),
+            ),
+            clock,
+        }
+    }
+}
+
+impl<C: Clock> RateLimits<C> {
+    /// Admits one request, or says how long to wait (whole seconds, rounded up).
+    pub fn check(&self, who: &Identity) -> Result<(), GatewayError> {
+        let user_key = (who.company.clone(), who.user.clone());
+        self.check_one(&self.user, &user_key, "user")?;
+        self.check_one(&self.company, &who.company, "company")
+    }
+
+    fn check_one<K: Hash + Eq + Clone>(
+        &self,
+        limiter: &Keyed<K, C>,
+        key: &K,
+        scope: &'static str,
+    ) -> Result<(), GatewayError> {
+        limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            GatewayError::RateLimited {
+                scope,
+                retry_after_s: retry_after_secs(wait),
+            }
+        })
+    }
+
+    /// Forgets keys whose state is back to full capacity, so memory stays
+    /// bounded however many distinct callers there were.
+    pub fn prune(&self) {
+        self.user.retain_recent();
+        self.company.retain_recent();
+        self.user.shrink_to_fit();
+        self.company.shrink_to_fit();
+    }
+
+    /// Number of keys held (users, companies).
+    pub fn keys(&self) -> (usize, usize) {
+        (self.user.len(), self.company.len())
+    }
+}
+
+/// `Retry-After` is whole seconds: round up, and never say 0.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn who(c: &str, u: &str) -> Identity {
+        Identity {
+            company: c.into(),
+            user: u.into(),
+        }
+    }
+
+    fn config(user_rate: f64, user_burst: u32, co_rate: f64, co_burst: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            user_per_second: user_rate,
+            user_burst,
+            company_per_second: co_rate,
+            company_burst: co_burst,
+        }
+    }
+
+    #[test]
+    fn burst_then_refusal_with_exact_retry_after() {
+        let clock = FakeRelativeClock::default();
+        let rl = RateLimits::with_clock(&config(0.5, 3, 100.0, 100), clock.clone());
+        let alice = who("acme", "alice");
+        for _ in 0..3 {
+            rl.check(&alice).unwrap();
+        }
+        match rl.check(&alice) {
+            Err(GatewayError::RateLimited {
+                scope,
+                retry_after_s,
+            }) => {
+                assert_eq!((scope, retry_after_s), ("user", 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        clock.advance(Duration::from_millis(1500));
+        match rl.check(&alice) {
+            Err(GatewayError::RateLimited { retry_after_s, .. }) => assert_eq!(retry_after_s, 1),
+            other => panic!("{other:?}"),
+        }
+        clock.advance(Duration::from_millis(500));
+        rl.check(&alice).unwrap();
+    }
+
+    #[test]
+    fn users_are_isolated_and_the_company_limit_spans_users() {
+        let clock = FakeRelativeClock::default();
+        let rl = RateLimits::with_clock(&config(1.0, 2, 1.0, 3), clock.clone());
+        rl.check(&who("acme", "alice")).unwrap();
+        rl.check(&who("acme", "alice")).unwrap();
+        assert!(
+            rl.check(&who("acme", "alice")).is_err(),
+            "alice over her limit"
+        );
+        // bob is unaffected by alice's refusal (her refused request did not
+        // spend the company's allowance)...
+        rl.check(&who("acme", "bob")).unwrap();
+        // ...but the company's limit (3) now spans both.
+        match rl.check(&who("acme", "carol")) {
+            Err(GatewayError::RateLimited { scope, .. }) => assert_eq!(scope, "company"),
+            other => panic!("{other:?}"),
+        }
+        rl.check(&who("globex", "gus")).unwrap();
+    }
+
+    #[test]
+    fn pruning_forgets_idle_callers() {
+        let clock = FakeRelativeClock::default();
+        let rl = RateLimits::with_clock(&config(10.0, 1, 10.0, 1), clock.clone());
+        for i in 0..100 {
+            rl.check(&who(&format!("c{i}"), "u")).unwrap();
+        }
+        assert_eq!(rl.keys(), (100, 100));
+        clock.advance(Duration::from_secs(10));
+        rl.prune();
+        assert_eq!(rl.keys(), (0, 0));
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+}

@@ -1,0 +1,144 @@
+//! Accept loop, connection limits and graceful drain.
+//!
+//! Shutdown is part of the design (SPEC.md, `server.drain_delay_s` and
+//! `server.shutdown_grace_s`):
+//! 1. the shutdown future fires (SIGTERM): `/readyz` starts failing at once;
+//! 2. for `drain_delay` the listener keeps accepting and serving normally,
+//!    because Kubernetes endpoints take time to notice the pod is not ready;
+//! 3. then accept stops and open connections are told to finish: idle
+//!    keep-alive connections close, in-flight uploads get up to
+//!    `shutdown_grace` to complete;
+//! 4. `run` returns, and the process exits 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::admin;
+use crate::gateway::Gateway;
+use crate::stack;
+
+/// Largest request head accepted (request line + headers).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most headers accepted in one request.
+const MAX_HEADERS: usize = 64;
+
+/// Serves the gateway on `listener` and the admin endpoints on `admin` until
+/// `shutdown` completes, then drains as described above.
+pub async fn run(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let housekeeping = gw.spawn_housekeeping();
+    let admin_task = tokio::spawn(admin::serve(gw.clone(), admin));
+    let stop_accepting = tokio_util::sync::CancellationToken::new();
+    let graceful = Arc::new(GracefulShutdown::new());
+    let accept = tokio::spawn(accept_loop(
+        gw.clone(),
+        listener,
+        stop_accepting.clone(),
+        graceful.clone(),
+    ));
+
+    shutdown.await;
+    tracing::info!(
+        drain_delay_s = gw.config.server.drain_delay.as_secs_f64(),
+        "shutdown requested: readiness now fails; still serving during the drain delay"
+    );
+    gw.start_draining();
+    tokio::time::sleep(gw.config.server.drain_delay).await;
+    stop_accepting.cancel();
+    let _ = accept.await;
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    let grace = gw.config.server.shutdown_grace;
+    tracing::info!(
+        shutdown_grace_s = grace.as_secs_f64(),
+        "accept stopped; waiting for in-flight requests"
+    );
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections finished"),
+        Err(_) => tracing::warn!("shutdown grace elapsed; closing remaining connections"),
+    }
+    admin_task.abort();
+    housekeeping.abort();
+}
+
+async fn accept_loop(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+    graceful: Arc<GracefulShutdown>,
+) {
+    let connections = Arc::new(Semaphore::new(gw.config.server.max_connections));
+    let service = stack::build::<Incoming>(gw.clone());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Past the connection limit a new connection is closed at once: the
+        // cheapest possible refusal.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(gw.config.server.header_read_timeout)
+            .max_buf_size(MAX_HEAD_BYTES.max(8192))
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true);
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service.clone()),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT. A second signal exits
+/// at once (status 130): an operator who insists gets an immediate stop.
+pub async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

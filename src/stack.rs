@@ -1,0 +1,351 @@
+//! The tower stack, outermost layer first: top to bottom is request order.
+//!
+//! ```text
+//! AccessLog      request id (echoed or generated), in-flight gauge, metrics,
+//!                one structured log line per request
+//!   CatchPanic   a panic becomes a 500 problem+json; the connection survives
+//!     Guard(auth)        JWT -> Identity in the request's extensions (401)
+//!       Guard(rate)      keyed limits on that identity (429)
+//!         Proxy          route, credential, body, Concur, translation
+//! ```
+//!
+//! Ordering constraints:
+//! - AccessLog is outermost so that *every* answer, including 401s, 429s and
+//!   panics, carries `X-Request-Id` and is logged and counted exactly once.
+//! - CatchPanic sits inside AccessLog so a panic is still logged with its id.
+//! - Auth precedes rate limiting: limits are keyed by the authenticated
+//!   identity, and unauthenticated traffic must not spend a caller's allowance.
+//! - Rate limiting precedes the proxy: a refused caller costs no body read and
+//!   no upstream slot.
+//! - Only concerns that do not depend on the route are layers; route-specific
+//!   decisions are plain functions called from `proxy.rs`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use tower::{Layer, Service, ServiceBuilder};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::auth::Identity;
+use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
+use crate::gateway::Gateway;
+use crate::metrics::{RequestLabels, RouteLabel, ScopeLabel};
+use crate::proxy::{self, X_REQUEST_ID};
+
+/// The response body the server writes.
+pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Per-request fields for the access log line, filled in by the inner layers.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLog(Arc<Mutex<LogFields>>);
+
+#[derive(Debug, Default, Clone)]
+pub struct LogFields {
+    pub company: Option<String>,
+    pub user: Option<String>,
+    pub route: Option<&'static str>,
+    pub acting: Option<String>,
+    pub bytes: u64,
+    pub sha: Option<String>,
+    pub image_id: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub upstream_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl RequestLog {
+    pub fn update(&self, f: impl FnOnce(&mut LogFields)) {
+        f(&mut self.0.lock().expect("log lock"));
+    }
+    fn snapshot(&self) -> LogFields {
+        self.0.lock().expect("log lock").clone()
+    }
+}
+
+/// Marks the response CatchPanic built, so AccessLog can give it a request id.
+#[derive(Debug, Clone, Copy)]
+struct Panicked;
+
+/// Builds the whole stack over `gw`. Generic over the request body so that
+/// benches and tests can drive it with `oneshot`, without sockets.
+pub fn build<B>(
+    gw: Arc<Gateway>,
+) -> impl Service<Request<B>, Response = Response<HttpBody>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let auth = {
+        let gw = gw.clone();
+        move |req: &mut Request<B>| {
+            let identity = gw
+                .auth
+                .authenticate(req.headers().get(header::AUTHORIZATION))?;
+            if let Some(log) = req.extensions().get::<RequestLog>() {
+                log.update(|f| {
+                    f.company = Some(identity.company.clone());
+                    f.user = Some(identity.user.clone());
+                });
+            }
+            req.extensions_mut().insert(identity);
+            Ok(())
+        }
+    };
+    let rate = {
+        let gw = gw.clone();
+        move |req: &mut Request<B>| {
+            let identity = req
+                .extensions()
+                .get::<Identity>()
+                .ok_or_else(|| GatewayError::Internal("rate limit before auth".into()))?;
+            gw.rate_limits.check(identity).inspect_err(|e| {
+                if let GatewayError::RateLimited { scope, .. } = e {
+                    gw.metrics
+                        .rate_limited
+                        .get_or_create(&ScopeLabel { scope })
+                        .inc();
+                }
+            })
+        }
+    };
+    ServiceBuilder::new()
+        .layer(AccessLogLayer { gw: gw.clone() })
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(GuardLayer { check: auth })
+        .layer(GuardLayer { check: rate })
+        .service(ProxyService { gw })
+}
+
+fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response<ResponseBody> {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "request handler panicked");
+    let mut r = GatewayError::Internal("panic".into()).into_response("");
+    r.extensions_mut().insert(Panicked);
+    r
+}
+
+// ---- AccessLog ----
+
+#[derive(Clone)]
+struct AccessLogLayer {
+    gw: Arc<Gateway>,
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            gw: self.gw.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    gw: Arc<Gateway>,
+}
+
+/// A client's `X-Request-Id` is echoed only if it is a sane token; otherwise
+/// (or when absent) a fresh one is generated.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=@".contains(c))
+}
+
+pub fn new_request_id() -> String {
+    let mut bytes = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl<S, B, ResB> Service<Request<B>> for AccessLog<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+    B: Send + 'static,
+{
+    type Response = Response<HttpBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<HttpBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let request_id = match req.headers().get(X_REQUEST_ID) {
+            Some(v) if valid_request_id(v) => v.to_str().unwrap_or_default().to_owned(),
+            _ => new_request_id(),
+        };
+        let id_header = HeaderValue::from_str(&request_id).expect("validated or generated");
+        req.headers_mut().insert(X_REQUEST_ID, id_header.clone());
+        let log = RequestLog::default();
+        req.extensions_mut().insert(log.clone());
+        let method = req.method().clone();
+        // The path only: query strings may hold secrets and are never logged.
+        let path: String = req.uri().path().chars().take(256).collect();
+        let gw = self.gw.clone();
+        gw.metrics.in_flight.inc();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = match future.await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            let mut response = if response.extensions().get::<Panicked>().is_some() {
+                GatewayError::Internal("panic".into())
+                    .into_response(&request_id)
+                    .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+            } else {
+                response.map(|b| b.map_err(Into::into).boxed_unsync())
+            };
+            response.headers_mut().insert(X_REQUEST_ID, id_header);
+            gw.metrics.in_flight.dec();
+            let status = response.status().as_u16();
+            let code = response
+                .extensions()
+                .get::<ErrorCode>()
+                .map(|c| c.0)
+                .unwrap_or("ok");
+            let f = log.snapshot();
+            let route = f.route.unwrap_or("none");
+            let elapsed = started.elapsed();
+            gw.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route,
+                    status,
+                    code,
+                })
+                .inc();
+            gw.metrics
+                .request_duration
+                .get_or_create(&RouteLabel { route })
+                .observe(elapsed.as_secs_f64());
+            tracing::info!(
+                target: "concur_gateway::access",
+                request_id = %request_id,
+                method = %method,
+                path = %path,
+                route,
+                company = f.company.as_deref(),
+                user = f.user.as_deref(),
+                credential = f.acting.as_deref(),
+                status,
+                code,
+                bytes = f.bytes,
+                sha = f.sha.as_deref(),
+                image_id = f.image_id.as_deref(),
+                upstream_status = f.upstream_status,
+                upstream_ms = f.upstream_ms,
+                duration_ms = elapsed.as_millis() as u64,
+                error = f.error.as_deref(),
+                "request"
+            );
+            Ok(response)
+        })
+    }
+}
+
+// ---- Guard: a check that may answer in place of the inner service ----
+
+#[derive(Clone)]
+struct GuardLayer<F> {
+    check: F,
+}
+
+impl<S, F: Clone> Layer<S> for GuardLayer<F> {
+    type Service = Guard<S, F>;
+    fn layer(&self, inner: S) -> Guard<S, F> {
+        Guard {
+            inner,
+            check: self.check.clone(),
+        }
+    }
+}
+
+/// Runs `check` on the request; an `Err` is answered at once, without calling
+/// the inner service.
+#[derive(Clone)]
+pub struct Guard<S, F> {
+    inner: S,
+    check: F,
+}
+
+impl<S, F, B> Service<Request<B>> for Guard<S, F>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+    F: Fn(&mut Request<B>) -> Result<(), GatewayError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match (self.check)(&mut req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(e) => {
+                if let Some(log) = req.extensions().get::<RequestLog>() {
+                    log.update(|f| f.error = Some(e.to_string()));
+                }
+                let response = e.into_response(&proxy::request_id(&req));
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}
+
+// ---- the terminal service ----
+
+#[derive(Clone)]
+pub struct ProxyService {
+    gw: Arc<Gateway>,
+}
+
+impl<B> Service<Request<B>> for ProxyService
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let gw = self.gw.clone();
+        Box::pin(async move { Ok(proxy::serve(gw, req).await) })
+    }
+}

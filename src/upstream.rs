@@ -1,0 +1,135 @@
+//! The client side: step 6 of the request path ("forward the request to Concur
+//! over TLS").
+//!
+//! A hyper-util pooled client over rustls (aws-lc-rs provider), trusting the
+//! Mozilla roots plus `upstream.ca_file`, https only. `max_in_flight` bounds the
+//! exchanges open with Concur at once; a request waits at most `queue_timeout`
+//! for a slot, then gets `503 overloaded`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::UpstreamConfig;
+use crate::error::{BoxError, GatewayError};
+
+/// The body of a request to Concur: the inspected stream, or a spooled body.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    base: Uri,
+    pub timeout: Duration,
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rustls client configuration: Mozilla roots plus the optional extra CA file.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate found", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let tls = tls_config(config.ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.max_in_flight)
+            .build(https);
+        Ok(Self {
+            client,
+            base: config.base_url.clone(),
+            timeout: config.timeout,
+            slots: Arc::new(Semaphore::new(config.max_in_flight)),
+            queue_timeout: config.queue_timeout,
+        })
+    }
+
+    /// The Concur URL for a path built by `route::parse`.
+    pub fn uri(&self, path_and_query: &str) -> Uri {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(
+            path_and_query
+                .parse()
+                .expect("route::parse builds valid paths"),
+        );
+        Uri::from_parts(parts).expect("scheme and authority come from a valid base URL")
+    }
+
+    /// The `Host` header value for Concur.
+    pub fn authority(&self) -> &str {
+        self.base.authority().map(|a| a.as_str()).unwrap_or("")
+    }
+
+    /// Waits for an upstream slot (bounded by `queue_timeout`).
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
+        let wait = self.slots.clone().acquire_owned();
+        match tokio::time::timeout(self.queue_timeout, wait).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(GatewayError::ShuttingDown),
+            Err(_) => Err(GatewayError::Overloaded {
+                retry_after_s: self.queue_timeout.as_secs().max(1),
+            }),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(request).await
+    }
+}

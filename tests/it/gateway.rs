@@ -1,0 +1,792 @@
+//! The whole request path over real sockets: client → gateway (port 0) →
+//! sandbox (real TLS, certificate generated at test time). Every test asserts on
+//! what actually arrived upstream, not only on what the client saw.
+
+use std::time::Duration;
+
+use concur_gateway::sandbox::Fault;
+use jsonwebtoken::Algorithm;
+
+use crate::support::*;
+
+const ALICE: (&str, &str) = ("acme", "alice@acme.example");
+const BOB: (&str, &str) = ("acme", "bob@acme.example");
+
+fn auth(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Asserts nothing of the caller's JWT, and no gateway-side header, reached Concur.
+fn assert_clean_upstream_headers(record: &concur_gateway::sandbox::UploadRecord, jwt: &str) {
+    for (name, value) in &record.headers {
+        assert!(!value.contains(jwt), "JWT leaked upstream in {name}");
+        assert!(
+            !value.contains("eyJ"),
+            "something JWT-like upstream in {name}: {value}"
+        );
+        assert!(
+            !matches!(
+                name.as_str(),
+                "cookie" | "x-forwarded-for" | "proxy-authorization"
+            ),
+            "{name} forwarded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn receipt_happy_path_uses_the_callers_own_token() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let r = h
+        .post(
+            "/api/image/v1.0/receipt?x=1",
+            &[
+                ("authorization", &auth(&token)),
+                ("content-type", "image/jpeg"),
+                ("cookie", "session=abc"),
+                ("x-request-id", "client-chosen-id-1"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-request-id"), Some("client-chosen-id-1"));
+    let v = r.json();
+    let id = v["Image"]["Id"].as_str().expect("an image id");
+    assert_eq!(v, serde_json::json!({"Image": {"Id": id, "Url": null}}));
+
+    let ups = h.uploads();
+    assert_eq!(ups.len(), 1);
+    let u = &ups[0];
+    assert_eq!(u.path, "/api/image/v1.0/receipt", "query string dropped");
+    assert_eq!(u.auth_scheme.as_deref(), Some("OAuth"));
+    assert_eq!(u.token.as_deref(), Some(ALICE_TOKEN));
+    assert_eq!(u.user.as_deref(), Some(ALICE.1));
+    assert_eq!(u.content_type.as_deref(), Some("image/jpeg"));
+    assert_eq!(u.content_length, Some(JPEG.len() as u64));
+    assert!(u.complete && !u.chunked);
+    assert_eq!(u.sha256_hex, sha256_hex(JPEG));
+    assert_eq!(u.image_id.as_deref(), Some(id));
+    assert_clean_upstream_headers(u, &token);
+    // The digest of the bytes delivered (RFC 9530).
+    let expected = format!(
+        "sha-256=:{}:",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, JPEG).as_ref()
+        )
+    );
+    assert_eq!(r.header("repr-digest"), Some(expected.as_str()));
+}
+
+#[tokio::test]
+async fn entry_invoice_and_report_routes_keep_their_ids() {
+    let h = Harness::start().await;
+    for (path, kind, id) in [
+        (
+            "/api/image/v1.0/expenseentry/E$1-a_B",
+            "expenseentry",
+            "E$1-a_B",
+        ),
+        ("/api/image/v1.0/invoice/INV1", "invoice", "INV1"),
+        ("/api/image/v1.1/invoice/INV2", "invoice", "INV2"),
+        ("/api/image/v1.0/report/R-9", "report", "R-9"),
+    ] {
+        let r = h.upload(path, JPEG).await;
+        assert_eq!(r.status, 201, "{path}: {}", r.text());
+        assert_eq!(r.json()["Image"]["Id"], id);
+        let u = h.uploads().pop().unwrap();
+        assert_eq!((u.path.as_str(), u.kind.as_str()), (path, kind));
+        assert_eq!(u.token.as_deref(), Some(ALICE_TOKEN));
+        assert!(u.complete);
+    }
+}
+
+#[tokio::test]
+async fn selection_policy_falls_back_to_the_admin_token_except_for_receipts() {
+    let h = Harness::start().await;
+    let bob = jwt(BOB.0, BOB.1);
+    let headers = [
+        ("authorization", auth(&bob)),
+        ("content-type", "image/png; charset=binary".to_owned()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Receipts never use the admin's token: the image would land in the wrong store.
+    let r = h
+        .post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
+        .await;
+    r.problem(403, "no_credential");
+    assert!(h.uploads().is_empty());
+    // Entries use the company's admin token, with its own scheme.
+    let r = h
+        .post(
+            "/api/image/v1.0/expenseentry/E1",
+            &[
+                ("authorization", &auth(&bob)),
+                ("content-type", "image/jpeg"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let u = h.uploads().pop().unwrap();
+    assert_eq!(u.auth_scheme.as_deref(), Some("Bearer"));
+    assert_eq!(u.token.as_deref(), Some(ADMIN_TOKEN));
+    // A company with no admin credential and a user without one: 403.
+    let gus = jwt("globex", "gus@globex.example");
+    let r = h
+        .post(
+            "/api/image/v1.0/report/R1",
+            &[
+                ("authorization", &auth(&gus)),
+                ("content-type", "image/jpeg"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    r.problem(403, "no_credential");
+    assert_eq!(h.uploads().len(), 1);
+}
+
+#[tokio::test]
+async fn every_auth_failure_is_401_and_nothing_goes_upstream() {
+    let h = Harness::start().await;
+    let now = now();
+    let mut c = claims(ALICE.0, ALICE.1);
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c2 = c.clone();
+        f(&mut c2);
+        sign(Algorithm::ES256, Some("es"), &c2)
+    };
+    let expired = with(&|c| {
+        c["exp"] = (now - 3600).into();
+        c["nbf"] = (now - 7200).into();
+    });
+    let not_yet = with(&|c| c["nbf"] = (now + 3600).into());
+    let wrong_iss = with(&|c| c["iss"] = "https://evil.example".into());
+    let wrong_aud = with(&|c| c["aud"] = "someone-else".into());
+    let no_exp = with(&|c| {
+        c.as_object_mut().unwrap().remove("exp");
+    });
+    let no_company = with(&|c| {
+        c.as_object_mut().unwrap().remove("company");
+    });
+    let numeric_user = with(&|c| c["sub"] = 42.into());
+    let unknown_kid = sign(Algorithm::ES256, Some("nope"), &c);
+    let valid = sign(Algorithm::ES256, Some("es"), &c);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // alg: none, unsigned.
+    let none = {
+        let header = base64::Engine::encode(&b64, br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = base64::Engine::encode(&b64, c.to_string());
+        format!("{header}.{payload}.")
+    };
+    // HS256 "signed" with the RSA public key: the classic key-confusion attack.
+    let hs_confusion = {
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some("rsa".into());
+        jsonwebtoken::encode(
+            &header,
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(keys().rsa_public_pem.as_bytes()),
+        )
+        .unwrap()
+    };
+    // An RS256 token presented under the EC key's kid.
+    let kid_type_mismatch = sign(Algorithm::RS256, Some("es"), &c);
+    // Payload tampered after signing (company changed).
+    let tampered = {
+        let parts: Vec<&str> = valid.split('.').collect();
+        c["company"] = "globex".into();
+        let payload = base64::Engine::encode(&b64, c.to_string());
+        format!("{}.{payload}.{}", parts[0], parts[2])
+    };
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("missing", None, "missing_token"),
+        (
+            "basic scheme",
+            Some("Basic YWxpY2U6cHc=".into()),
+            "missing_token",
+        ),
+        ("garbage", Some(auth("not.a.jwt")), "invalid_token"),
+        ("expired", Some(auth(&expired)), "invalid_token"),
+        ("not yet valid", Some(auth(&not_yet)), "invalid_token"),
+        ("wrong iss", Some(auth(&wrong_iss)), "invalid_token"),
+        ("wrong aud", Some(auth(&wrong_aud)), "invalid_token"),
+        ("no exp", Some(auth(&no_exp)), "invalid_token"),
+        ("no company", Some(auth(&no_company)), "invalid_token"),
+        ("numeric user", Some(auth(&numeric_user)), "invalid_token"),
+        ("alg none", Some(auth(&none)), "invalid_token"),
+        (
+            "HS256 with RSA public key",
+            Some(auth(&hs_confusion)),
+            "invalid_token",
+        ),
+        (
+            "RS256 under EC kid",
+            Some(auth(&kid_type_mismatch)),
+            "invalid_token",
+        ),
+        ("unknown kid", Some(auth(&unknown_kid)), "invalid_token"),
+        ("tampered payload", Some(auth(&tampered)), "invalid_token"),
+    ];
+    for (name, authorization, code) in cases {
+        let mut headers = vec![("content-type", "image/jpeg")];
+        if let Some(a) = &authorization {
+            headers.push(("authorization", a.as_str()));
+        }
+        let r = h
+            .post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
+            .await;
+        let v = r.problem(401, code);
+        let www = r
+            .header("www-authenticate")
+            .unwrap_or_else(|| panic!("{name}: no WWW-Authenticate"));
+        assert!(
+            www.starts_with("Bearer ") && www.contains("error="),
+            "{name}: {www}"
+        );
+        if let Some(a) = &authorization {
+            let token = a.split(' ').nth(1).unwrap();
+            assert!(!r.text().contains(token), "{name}: token echoed in {v}");
+        }
+    }
+    // The token in the query string only: never read.
+    let r = h
+        .post(
+            &format!("/api/image/v1.0/receipt?access_token={valid}"),
+            &[("content-type", "image/jpeg")],
+            JPEG.to_vec(),
+        )
+        .await;
+    r.problem(401, "missing_token");
+    assert!(h.uploads().is_empty(), "nothing reached Concur");
+}
+
+#[tokio::test]
+async fn every_jwks_key_family_verifies() {
+    let h = Harness::start().await;
+    let c = claims(ALICE.0, ALICE.1);
+    for (alg, kid) in [
+        (Algorithm::ES256, Some("es")),
+        (Algorithm::RS256, Some("rsa")),
+        (Algorithm::RS512, Some("rsa")),
+        (Algorithm::PS256, Some("rsa")),
+        (Algorithm::EdDSA, Some("ed")),
+        // Without kid: the only key of the fitting type.
+        (Algorithm::EdDSA, None),
+    ] {
+        let token = sign(alg, kid, &c);
+        let r = h
+            .post(
+                "/api/image/v1.0/report/R1",
+                &[
+                    ("authorization", &auth(&token)),
+                    ("content-type", "image/jpeg"),
+                ],
+                JPEG.to_vec(),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{alg:?}/{kid:?}: {}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn bad_paths_ids_and_methods_never_reach_concur() {
+    let h = Harness::start().await;
+    let long = "a".repeat(129);
+    let cases = [
+        (
+            "POST",
+            "/api/image/v1.0/expenseentry/..".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            "POST",
+            "/api/image/v1.0/expenseentry/a%2Fb".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            "POST",
+            "/api/image/v1.0/expenseentry/a.b".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            "POST",
+            format!("/api/image/v1.0/report/{long}"),
+            400,
+            "invalid_id",
+        ),
+        (
+            "POST",
+            "/api/image/v1.0/expenseentry/a/b".to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/image/v1.0/expenseentry/".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            "POST",
+            "/api/image/v2.0/receipt".to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/expense/v1.0/report".to_owned(),
+            404,
+            "not_found",
+        ),
+        ("POST", "/oauth2/v0/token".to_owned(), 404, "not_found"),
+        (
+            "GET",
+            "/api/image/v1.0/receipt".to_owned(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "PUT",
+            "/api/image/v1.0/report/R1".to_owned(),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    let token = jwt(ALICE.0, ALICE.1);
+    for (method, path, status, code) in cases {
+        let r = request(
+            h.addr,
+            method,
+            &path,
+            &[
+                ("authorization", &auth(&token)),
+                ("content-type", "image/jpeg"),
+            ],
+            Payload::Full(JPEG.to_vec()),
+        )
+        .await;
+        r.problem(status, code);
+        if status == 405 {
+            assert_eq!(r.header("allow"), Some("POST"));
+        }
+    }
+    assert!(h.uploads().is_empty());
+}
+
+#[tokio::test]
+async fn body_limits_and_media_types() {
+    let h = Harness::with_config("[server]\nmax_body_bytes = 100000").await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let a = auth(&token);
+    let post = |ct: &'static str, body: Vec<u8>| {
+        let a = a.clone();
+        let h = &h;
+        async move {
+            h.post(
+                "/api/image/v1.0/receipt",
+                &[("authorization", &a), ("content-type", ct)],
+                body,
+            )
+            .await
+        }
+    };
+    post("text/plain", JPEG.to_vec())
+        .await
+        .problem(415, "unsupported_media_type");
+    post("image/gif", JPEG.to_vec())
+        .await
+        .problem(415, "unsupported_media_type");
+    h.post(
+        "/api/image/v1.0/receipt",
+        &[("authorization", &a)],
+        JPEG.to_vec(),
+    )
+    .await
+    .problem(415, "unsupported_media_type");
+    post("image/jpeg", Vec::new())
+        .await
+        .problem(400, "empty_body");
+    post("image/jpeg", big_jpeg(150_000))
+        .await
+        .problem(413, "body_too_large");
+    // Case-insensitive type with parameters, and image/jpg, are accepted.
+    assert_eq!(post("IMAGE/JPG; q=1", JPEG.to_vec()).await.status, 201);
+    // Chunked over the limit: refused as the bytes arrive.
+    let pieces: Vec<Vec<u8>> = big_jpeg(150_000)
+        .chunks(16_384)
+        .map(<[u8]>::to_vec)
+        .collect();
+    let r = request(
+        h.addr,
+        "POST",
+        "/api/image/v1.0/receipt",
+        &[("authorization", &a), ("content-type", "image/jpeg")],
+        Payload::Chunked(pieces),
+    )
+    .await;
+    r.problem(413, "body_too_large");
+    // A chunked body with no data at all.
+    let r = request(
+        h.addr,
+        "POST",
+        "/api/image/v1.0/receipt",
+        &[("authorization", &a), ("content-type", "image/jpeg")],
+        Payload::Chunked(vec![]),
+    )
+    .await;
+    r.problem(400, "empty_body");
+    assert_eq!(
+        h.uploads().len(),
+        1,
+        "only the accepted upload reached Concur"
+    );
+}
+
+#[tokio::test]
+async fn chunked_uploads_arrive_with_content_length_and_the_same_bytes() {
+    // A spool threshold below the body size exercises the temp-file path too.
+    let h = Harness::with_config("[server]\nspool_memory_bytes = 65536").await;
+    let token = jwt(ALICE.0, ALICE.1);
+    for size in [JPEG.len(), 300_000] {
+        let body = if size == JPEG.len() {
+            JPEG.to_vec()
+        } else {
+            big_jpeg(size)
+        };
+        let pieces: Vec<Vec<u8>> = body.chunks(7_001).map(<[u8]>::to_vec).collect();
+        let r = request(
+            h.addr,
+            "POST",
+            "/api/image/v1.0/report/R1",
+            &[
+                ("authorization", &auth(&token)),
+                ("content-type", "image/jpeg"),
+            ],
+            Payload::Chunked(pieces),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let u = h.uploads().pop().unwrap();
+        assert!(!u.chunked, "Concur never sees a chunked upload");
+        assert_eq!(u.content_length, Some(body.len() as u64));
+        assert_eq!(u.sha256_hex, sha256_hex(&body));
+        assert!(u.complete);
+    }
+}
+
+#[tokio::test]
+async fn a_large_upload_streams_byte_identical() {
+    let h = Harness::start().await;
+    let body = big_jpeg(9 * 1024 * 1024);
+    let r = h.upload("/api/image/v1.0/receipt", &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let u = h.uploads().pop().unwrap();
+    assert_eq!(u.received_bytes, body.len() as u64);
+    assert_eq!(u.sha256_hex, sha256_hex(&body));
+}
+
+#[tokio::test]
+async fn a_type_mismatch_never_opens_the_concur_exchange() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let r = h
+        .post(
+            "/api/image/v1.0/receipt",
+            &[
+                ("authorization", &auth(&token)),
+                ("content-type", "image/png"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    r.problem(422, "content_mismatch");
+    let r = h
+        .post(
+            "/api/image/v1.0/receipt",
+            &[
+                ("authorization", &auth(&token)),
+                ("content-type", "application/pdf"),
+            ],
+            b"<html><script>alert(1)</script></html>".to_vec(),
+        )
+        .await;
+    r.problem(422, "content_mismatch");
+    assert!(h.uploads().is_empty());
+}
+
+#[tokio::test]
+async fn concur_errors_map_as_specified() {
+    let h = Harness::with_config("[upstream]\ntimeout_s = 1").await;
+    let path = "/api/image/v1.0/report/R1";
+
+    h.sandbox.push_fault(Fault::Status {
+        status: 400,
+        message: "Bad & broken".into(),
+        retry_after: None,
+    });
+    let r = h.upload(path, JPEG).await;
+    let v = r.problem(400, "concur_error");
+    assert_eq!(v["detail"], "Bad & broken");
+    assert_eq!(v["concur"]["Error"]["Message"], "Bad & broken");
+    assert!(v["concur"]["Error"]["Server-Time"].is_string());
+    assert!(v["concur"]["Error"]["Id"].is_string());
+
+    h.sandbox.push_fault(Fault::Status {
+        status: 503,
+        message: "busy".into(),
+        retry_after: Some("7".into()),
+    });
+    let r = h.upload(path, JPEG).await;
+    r.problem(503, "concur_error");
+    assert_eq!(r.header("retry-after"), Some("7"));
+
+    h.sandbox.push_fault(Fault::Status {
+        status: 401,
+        message: "token rejected".into(),
+        retry_after: None,
+    });
+    h.upload(path, JPEG)
+        .await
+        .problem(502, "upstream_auth_failed");
+
+    h.sandbox.push_fault(Fault::Reset);
+    h.upload(path, JPEG)
+        .await
+        .problem(502, "upstream_unavailable");
+
+    h.sandbox.push_fault(Fault::MalformedXml);
+    h.upload(path, JPEG)
+        .await
+        .problem(502, "upstream_invalid_response");
+
+    h.sandbox.push_fault(Fault::Raw {
+        status: 201,
+        content_type: "application/xml".into(),
+        body: "<!DOCTYPE x [<!ENTITY a \"b\">]><Image><Id>&a;</Id></Image>".into(),
+    });
+    h.upload(path, JPEG)
+        .await
+        .problem(502, "upstream_invalid_response");
+
+    h.sandbox.push_fault(Fault::Raw {
+        status: 502,
+        content_type: "text/html".into(),
+        body: "<html>bad gateway</html>".into(),
+    });
+    // HTML that is XML-shaped enough to parse is still Concur's answer.
+    let r = h.upload(path, JPEG).await;
+    assert_eq!(r.status, 502);
+
+    h.sandbox.push_fault(Fault::Delay { millis: 2_500 });
+    h.upload(path, JPEG).await.problem(504, "upstream_timeout");
+
+    // A second image on the same entry: Concur's own 400.
+    let entry = "/api/image/v1.0/expenseentry/E77";
+    assert_eq!(h.upload(entry, JPEG).await.status, 201);
+    let v = h.upload(entry, JPEG).await.problem(400, "concur_error");
+    assert!(v["detail"].as_str().unwrap().contains("already"), "{v}");
+}
+
+#[tokio::test]
+async fn concur_unreachable_is_upstream_unavailable() {
+    let h = Harness::start().await;
+    // Point a second gateway at a closed port by shutting the sandbox down.
+    let addr = h.addr;
+    let token = jwt(ALICE.0, ALICE.1);
+    let Harness { sandbox, .. } = h;
+    sandbox.shutdown().await;
+    let r = request(
+        addr,
+        "POST",
+        "/api/image/v1.0/receipt",
+        &[
+            ("authorization", &auth(&token)),
+            ("content-type", "image/jpeg"),
+        ],
+        Payload::Full(JPEG.to_vec()),
+    )
+    .await;
+    r.problem(502, "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn xml_clients_get_concurs_answer_verbatim() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let r = h
+        .post(
+            "/api/image/v1.0/report/R1",
+            &[
+                ("authorization", &auth(&token)),
+                ("content-type", "image/jpeg"),
+                ("accept", "application/xml, application/json;q=0.5"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/xml")
+    );
+    assert!(r.text().starts_with("<?xml"), "{}", r.text());
+    assert!(r.text().contains("<Id>R1</Id>"));
+}
+
+#[tokio::test]
+async fn request_ids_are_generated_and_unsafe_ones_replaced() {
+    let h = Harness::start().await;
+    let r = h.post("/nope", &[], vec![]).await;
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert!(id.len() >= 16, "{id}");
+    r.problem(401, "missing_token");
+    let r = h
+        .post(
+            "/nope",
+            &[("x-request-id", "has spaces and {braces}")],
+            vec![],
+        )
+        .await;
+    assert_ne!(r.header("x-request-id"), Some("has spaces and {braces}"));
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_before_the_body_is_read() {
+    let h = Harness::with_config(
+        "[rate_limit]\nuser_per_second = 0.5\nuser_burst = 2\ncompany_per_second = 1000.0\ncompany_burst = 1000",
+    )
+    .await;
+    let path = "/api/image/v1.0/report/R1";
+    assert_eq!(h.upload(path, JPEG).await.status, 201);
+    assert_eq!(h.upload(path, JPEG).await.status, 201);
+    let r = h.upload(path, JPEG).await;
+    r.problem(429, "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Another user of the same company is unaffected.
+    let bob = jwt(BOB.0, BOB.1);
+    let r = h
+        .post(
+            path,
+            &[
+                ("authorization", &auth(&bob)),
+                ("content-type", "image/jpeg"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(h.uploads().len(), 3);
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408() {
+    let h = Harness::with_config("[server]\nbody_idle_timeout_s = 0.3").await;
+    let token = jwt(ALICE.0, ALICE.1);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        JPEG.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&JPEG[..1000]).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the gateway answers and closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"body_timeout\""), "{text}");
+    // The upstream exchange had started; Concur never got the whole body.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(h.uploads().iter().all(|u| !u.complete), "{:?}", h.uploads());
+}
+
+#[tokio::test]
+async fn admin_endpoints_and_drain() {
+    let mut h = Harness::with_config("[server]\ndrain_delay_s = 1").await;
+    assert_eq!(h.admin_get("/healthz").await.status, 200);
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
+    assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
+    let m = h.admin_get("/metrics").await.text();
+    assert!(
+        m.contains("concur_gateway_requests_total{route=\"receipt\",status=\"201\",code=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("concur_gateway_build_info"));
+    assert!(!m.contains(ALICE_TOKEN) && !m.contains("alice@acme"));
+    h.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = h.admin_get("/readyz").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("draining"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_credential_file_is_picked_up_and_an_invalid_one_refused() {
+    use concur_gateway::credentials::Reload;
+    let h = Harness::start().await;
+    let bob = jwt(BOB.0, BOB.1);
+    let headers = [
+        ("authorization", auth(&bob)),
+        ("content-type", "image/jpeg".to_owned()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    h.post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
+        .await
+        .problem(403, "no_credential");
+
+    // Kubernetes updates a mounted Secret by swapping a symlink: do the same.
+    let dir = h.dir.path();
+    let v2 = dir.join("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    let with_bob = format!(
+        "{CREDENTIALS}\n[[credential]]\ncompany = \"acme\"\nuser = \"bob@acme.example\"\naccess_token = \"{ALICE_TOKEN}\"\n"
+    );
+    std::fs::write(v2.join("credentials.toml"), with_bob).unwrap();
+    let link = dir.join("credentials.toml");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(v2.join("credentials.toml"), &link).unwrap();
+    assert_eq!(
+        h.gateway.reload_credentials(),
+        Reload::Replaced { credentials: 4 }
+    );
+    let r = h
+        .post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // An invalid file is refused; the previous set stays in use.
+    let v3 = dir.join("..v3");
+    std::fs::create_dir(&v3).unwrap();
+    std::fs::write(
+        v3.join("credentials.toml"),
+        "[[credential]]\ncompany = \"acme\"\n",
+    )
+    .unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(v3.join("credentials.toml"), &link).unwrap();
+    assert!(matches!(h.gateway.reload_credentials(), Reload::Refused(_)));
+    assert_eq!(h.gateway.reload_credentials(), Reload::Unchanged);
+    let r = h
+        .post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let m = h.admin_get("/metrics").await.text();
+    assert!(
+        m.contains("concur_gateway_credential_reloads_total{result=\"refused\"} 1"),
+        "{m}"
+    );
+}

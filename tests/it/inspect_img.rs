@@ -1,0 +1,1520 @@
+//! JPEG / PNG scanners, the dispatching `Inspector` and the `scan` command core.
+//!
+//! Fixtures under `tests/fixtures/inspect/` come from real encoders (see the
+//! README there); corrupt inputs are derived from them here.
+
+use std::path::{Path, PathBuf};
+
+use concur_gateway::inspect::jpeg::JpegScanner;
+use concur_gateway::inspect::png::PngScanner;
+use concur_gateway::inspect::scan_cmd::run_scan;
+use concur_gateway::inspect::{Inspector, Limits, MediaType, RejectCode, Rejection, inspect_all};
+use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------
+// Fixtures and helpers
+// ---------------------------------------------------------------------------
+
+const JPEGS: &[&str] = &[
+    "im-baseline.jpg",
+    "im-progressive.jpg",
+    "im-gray.jpg",
+    "cjpeg-restart.jpg",
+    "cjpeg-progressive-gray.jpg",
+    "cjpeg-arithmetic.jpg",
+    "guetzli.jpg",
+    "exif-thumb.jpg",
+    "pillow-exif-progressive.jpg",
+    "pillow-cmyk.jpg",
+];
+
+const PNGS: &[&str] = &[
+    "im-rgb.png",
+    "im-interlaced.png",
+    "im-rgb16.png",
+    "im-palette.png",
+    "im-rgba.png",
+    "optipng.png",
+    "pngcrush.png",
+    "pillow-palette.png",
+    "pillow-bilevel.png",
+    "pillow-gray-alpha.png",
+    "pillow-gray16.png",
+    "pillow-text.png",
+    "pillow-apng.png",
+    "pypng-rgb16-interlaced.png",
+    "pypng-gray2-smallidat.png",
+];
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inspect")
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = fixture_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Jpeg,
+    Png,
+    /// Through `Inspector` with this declared type.
+    Inspect(MediaType),
+}
+
+/// Object-safe view of the three feeders.
+trait Feed {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection>;
+    fn finish(&mut self) -> Result<(), Rejection>;
+}
+
+impl Feed for JpegScanner {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        JpegScanner::feed(self, chunk)
+    }
+    fn finish(&mut self) -> Result<(), Rejection> {
+        JpegScanner::finish(self)
+    }
+}
+
+impl Feed for PngScanner {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        PngScanner::feed(self, chunk)
+    }
+    fn finish(&mut self) -> Result<(), Rejection> {
+        PngScanner::finish(self)
+    }
+}
+
+impl Feed for Inspector {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        Inspector::feed(self, chunk)
+    }
+    fn finish(&mut self) -> Result<(), Rejection> {
+        Inspector::finish(self)
+    }
+}
+
+fn new_feeder(kind: Kind, limits: &Limits) -> Box<dyn Feed> {
+    match kind {
+        Kind::Jpeg => Box::new(JpegScanner::new(limits)),
+        Kind::Png => Box::new(PngScanner::new(limits)),
+        Kind::Inspect(t) => Box::new(Inspector::new(t, limits)),
+    }
+}
+
+/// Feeds `pieces` in order and returns the verdict, checking on the way that an
+/// `Err` is sticky (every later feed and the finish return the same `Err`).
+fn run_pieces(kind: Kind, limits: &Limits, pieces: &[&[u8]]) -> Result<(), Rejection> {
+    let mut s = new_feeder(kind, limits);
+    let mut first_err: Option<Rejection> = None;
+    for p in pieces {
+        let r = s.feed(p);
+        match (&first_err, r) {
+            (None, Ok(())) => {}
+            (None, Err(e)) => first_err = Some(e),
+            (Some(e), r) => assert_eq!(r.as_ref(), Err(e), "error is not sticky"),
+        }
+    }
+    let fin = s.finish();
+    if let Some(e) = &first_err {
+        assert_eq!(
+            fin.as_ref(),
+            Err(e),
+            "finish does not repeat the sticky error"
+        );
+    }
+    // finish is idempotent
+    assert_eq!(s.finish(), fin, "second finish differs");
+    fin
+}
+
+fn one_shot(kind: Kind, limits: &Limits, bytes: &[u8]) -> Result<(), Rejection> {
+    run_pieces(kind, limits, &[bytes])
+}
+
+/// Offsets worth splitting `bytes` at: all of them for small inputs; for larger
+/// ones the first and last 512 bytes, about 300 offsets spread over the rest, and
+/// the neighbourhoods of the `extra` offsets (chunk boundaries).
+fn split_points(len: usize, extra: &[usize]) -> Vec<usize> {
+    if len <= 4096 {
+        return (0..=len).collect();
+    }
+    let step = (len / 300).max(61);
+    let mut v: Vec<usize> = (0..=512)
+        .chain(len - 512..=len)
+        .chain((0..len).step_by(step))
+        .collect();
+    for &e in extra {
+        v.extend(e.saturating_sub(10)..=(e + 10).min(len));
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Every two-chunk split in `split_points`, plus byte-at-a-time and 3-byte
+/// chunking, gives the one-shot verdict (detail included). Returns it.
+fn check_chunking(
+    kind: Kind,
+    limits: &Limits,
+    bytes: &[u8],
+    extra: &[usize],
+) -> Result<(), Rejection> {
+    let expected = one_shot(kind, limits, bytes);
+    for k in split_points(bytes.len(), extra) {
+        let got = run_pieces(kind, limits, &[&bytes[..k], &bytes[k..]]);
+        assert_eq!(got, expected, "{kind:?}: split at {k} of {}", bytes.len());
+    }
+    // Empty chunks are harmless.
+    let got = run_pieces(kind, limits, &[&[], bytes, &[]]);
+    assert_eq!(got, expected, "{kind:?}: with empty chunks");
+    for size in [1usize, 3, 16 * 1024] {
+        let pieces: Vec<&[u8]> = bytes.chunks(size).collect();
+        assert_eq!(
+            run_pieces(kind, limits, &pieces),
+            expected,
+            "{kind:?}: {size}-byte chunks"
+        );
+        if let Kind::Inspect(t) = kind {
+            assert_eq!(
+                inspect_all(t, limits, bytes, size),
+                expected,
+                "inspect_all, {size}-byte chunks"
+            );
+        }
+    }
+    expected
+}
+
+fn expect_malformed(r: Result<(), Rejection>, needle: &str) -> Rejection {
+    let e = r.expect_err("expected a rejection");
+    assert_eq!(e.code, RejectCode::MalformedImage, "{e}");
+    assert!(
+        e.detail.contains(needle),
+        "detail {:?} lacks {needle:?}",
+        e.detail
+    );
+    e
+}
+
+// --- PNG surgery -----------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct PngChunk {
+    ty: [u8; 4],
+    data: Vec<u8>,
+}
+
+fn png_parse(bytes: &[u8]) -> Vec<PngChunk> {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let mut i = 8;
+    let mut out = Vec::new();
+    while i < bytes.len() {
+        let n = u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
+        let ty: [u8; 4] = bytes[i + 4..i + 8].try_into().unwrap();
+        out.push(PngChunk {
+            ty,
+            data: bytes[i + 8..i + 8 + n].to_vec(),
+        });
+        i += 12 + n;
+    }
+    out
+}
+
+fn png_chunk_bytes(ty: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut v = (data.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(ty);
+    v.extend_from_slice(data);
+    let mut h = crc32fast::Hasher::new();
+    h.update(ty);
+    h.update(data);
+    v.extend_from_slice(&h.finalize().to_be_bytes());
+    v
+}
+
+fn png_build(chunks: &[PngChunk]) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    for c in chunks {
+        v.extend(png_chunk_bytes(&c.ty, &c.data));
+    }
+    v
+}
+
+/// Offsets of the chunks (of their length fields).
+fn png_offsets(chunks: &[PngChunk]) -> Vec<usize> {
+    let mut off = 8;
+    chunks
+        .iter()
+        .map(|c| {
+            let o = off;
+            off += 12 + c.data.len();
+            o
+        })
+        .collect()
+}
+
+fn chunk(ty: &[u8; 4], data: &[u8]) -> PngChunk {
+    PngChunk {
+        ty: *ty,
+        data: data.to_vec(),
+    }
+}
+
+fn find_chunk(chunks: &[PngChunk], ty: &[u8; 4]) -> usize {
+    chunks
+        .iter()
+        .position(|c| &c.ty == ty)
+        .unwrap_or_else(|| panic!("no {ty:?} chunk"))
+}
+
+fn with_ihdr(bytes: &[u8], patch: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut chunks = png_parse(bytes);
+    patch(&mut chunks[0].data);
+    png_build(&chunks)
+}
+
+// --- JPEG surgery ----------------------------------------------------------
+
+/// (offset of FF, marker, segment length) for the segments before the first SOS
+/// (the SOS included).
+fn jpeg_segments(bytes: &[u8]) -> Vec<(usize, u8, usize)> {
+    assert_eq!(&bytes[..2], &[0xFF, 0xD8]);
+    let mut i = 2;
+    let mut out = Vec::new();
+    loop {
+        assert_eq!(bytes[i], 0xFF, "fixture has padding between segments");
+        let m = bytes[i + 1];
+        let n = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        out.push((i, m, n));
+        if m == 0xDA {
+            return out;
+        }
+        i += 2 + n;
+    }
+}
+
+fn first_segment(bytes: &[u8], pred: impl Fn(u8) -> bool) -> (usize, u8, usize) {
+    *jpeg_segments(bytes)
+        .iter()
+        .find(|s| pred(s.1))
+        .expect("segment")
+}
+
+fn is_sof(m: u8) -> bool {
+    (0xC0..=0xCF).contains(&m) && !matches!(m, 0xC4 | 0xC8 | 0xCC)
+}
+
+/// Sets the SOF dimensions of the first frame header.
+fn jpeg_with_dims(bytes: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let (off, _, _) = first_segment(bytes, is_sof);
+    let mut v = bytes.to_vec();
+    v[off + 5..off + 7].copy_from_slice(&height.to_be_bytes());
+    v[off + 7..off + 9].copy_from_slice(&width.to_be_bytes());
+    v
+}
+
+/// Deterministic pseudo-random bytes (xorshift), no crate needed.
+fn pseudo_random(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+fn concat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures are accepted, in any chunking
+// ---------------------------------------------------------------------------
+
+#[test]
+fn fixture_lists_match_directory() {
+    let mut listed: Vec<&str> = JPEGS.iter().chain(PNGS).copied().collect();
+    listed.sort_unstable();
+    let mut on_disk: Vec<String> = std::fs::read_dir(fixture_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".jpg") || n.ends_with(".png"))
+        .collect();
+    on_disk.sort_unstable();
+    assert_eq!(on_disk, listed);
+    let readme = String::from_utf8(fixture("README.md")).unwrap();
+    for name in &listed {
+        assert!(readme.contains(name), "README.md does not describe {name}");
+    }
+    let total: u64 = listed.iter().map(|n| fixture(n).len() as u64).sum();
+    assert!(total < 1024 * 1024, "fixtures total {total} bytes");
+}
+
+#[test]
+fn jpeg_fixtures_accepted_in_any_split() {
+    for name in JPEGS {
+        let bytes = fixture(name);
+        let r = check_chunking(Kind::Jpeg, &limits(), &bytes, &[]);
+        assert_eq!(r, Ok(()), "{name}");
+        let r = check_chunking(Kind::Inspect(MediaType::Jpeg), &limits(), &bytes, &[]);
+        assert_eq!(r, Ok(()), "{name} through Inspector");
+    }
+}
+
+#[test]
+fn png_fixtures_accepted_in_any_split() {
+    for name in PNGS {
+        let bytes = fixture(name);
+        let chunks = png_parse(&bytes);
+        let offsets = png_offsets(&chunks);
+        let r = check_chunking(Kind::Png, &limits(), &bytes, &offsets);
+        assert_eq!(r, Ok(()), "{name}");
+        let r = check_chunking(Kind::Inspect(MediaType::Png), &limits(), &bytes, &offsets);
+        assert_eq!(r, Ok(()), "{name} through Inspector");
+    }
+}
+
+#[test]
+fn fixtures_cover_the_required_variants() {
+    // PNG colour types / depths / interlace / palette / APNG.
+    let ihdr = |n: &str| {
+        let c = png_parse(&fixture(n));
+        (c[0].data[8], c[0].data[9], c[0].data[12])
+    };
+    assert_eq!(ihdr("im-palette.png").1, 3);
+    assert_eq!(ihdr("pillow-palette.png").1, 3);
+    assert_eq!(ihdr("im-rgb16.png").0, 16);
+    assert_eq!(ihdr("pillow-gray16.png"), (16, 0, 0));
+    assert_eq!(ihdr("im-interlaced.png").2, 1);
+    assert_eq!(ihdr("pypng-rgb16-interlaced.png"), (16, 2, 1));
+    assert_eq!(ihdr("pillow-bilevel.png"), (1, 0, 0));
+    assert_eq!(ihdr("pillow-gray-alpha.png").1, 4);
+    assert_eq!(ihdr("im-rgba.png").1, 6);
+    let apng = png_parse(&fixture("pillow-apng.png"));
+    assert!(apng.iter().any(|c| &c.ty == b"acTL") && apng.iter().any(|c| &c.ty == b"fdAT"));
+    let small = png_parse(&fixture("pypng-gray2-smallidat.png"));
+    assert!(small.iter().filter(|c| &c.ty == b"IDAT").count() >= 2);
+    // JPEG frame types.
+    let sof = |n: &str| first_segment(&fixture(n), is_sof).1;
+    assert_eq!(sof("im-baseline.jpg"), 0xC0);
+    assert_eq!(sof("im-progressive.jpg"), 0xC2);
+    assert_eq!(sof("cjpeg-progressive-gray.jpg"), 0xC2);
+    assert_eq!(sof("cjpeg-arithmetic.jpg"), 0xC9);
+    assert_eq!(sof("guetzli.jpg"), 0xC1);
+    let restart = fixture("cjpeg-restart.jpg");
+    assert!(restart.windows(2).any(|w| w == [0xFF, 0xD0]));
+    // EXIF thumbnail: a second SOI inside APP1.
+    let exif = fixture("exif-thumb.jpg");
+    let (app1, m, len) = first_segment(&exif, |m| m == 0xE1);
+    assert_eq!(m, 0xE1);
+    assert!(
+        exif[app1..app1 + 2 + len]
+            .windows(3)
+            .any(|w| w == [0xFF, 0xD8, 0xFF])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// PNG corruptions
+// ---------------------------------------------------------------------------
+
+/// Small PNG fixtures: every corruption is checked at every split offset.
+const SMALL_PNGS: &[&str] = &[
+    "pillow-palette.png",
+    "pillow-bilevel.png",
+    "pypng-gray2-smallidat.png",
+    "im-palette.png",
+];
+
+fn check_png_reject(bytes: &[u8], needle: &str) -> Rejection {
+    let r = check_chunking(Kind::Png, &limits(), bytes, &[]);
+    let e = expect_malformed(r, needle);
+    assert_eq!(
+        check_chunking(Kind::Inspect(MediaType::Png), &limits(), bytes, &[]),
+        Err(e.clone())
+    );
+    e
+}
+
+#[test]
+fn png_crc_flip() {
+    for name in SMALL_PNGS {
+        let bytes = fixture(name);
+        let chunks = png_parse(&bytes);
+        let offsets = png_offsets(&chunks);
+        for (idx, c) in chunks.iter().enumerate() {
+            let ty = String::from_utf8_lossy(&c.ty).into_owned();
+            let end = offsets[idx] + 12 + c.data.len();
+            // Flip a CRC bit, then a data/type bit.
+            for pos in [
+                end - 1,
+                offsets[idx] + 4,
+                offsets[idx] + 8 + c.data.len() / 2,
+            ] {
+                if pos == offsets[idx] + 8 + c.data.len() / 2 && c.data.is_empty() {
+                    continue; // no data: that's the CRC
+                }
+                let mut bad = bytes.clone();
+                bad[pos] ^= 0x01;
+                let e = check_png_reject(&bad, "");
+                if pos != offsets[idx] + 4 {
+                    assert_eq!(
+                        e.detail,
+                        format!("PNG chunk {ty} at offset {}: CRC mismatch", offsets[idx]),
+                        "{name}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn png_truncations() {
+    for name in SMALL_PNGS {
+        let bytes = fixture(name);
+        for k in 0..bytes.len() {
+            let r = one_shot(Kind::Png, &limits(), &bytes[..k]);
+            let e = r.expect_err("truncated PNG accepted");
+            assert_eq!(e.code, RejectCode::MalformedImage);
+        }
+    }
+    // Larger fixtures: a few points, each at every split.
+    let bytes = fixture("im-rgb.png");
+    let offsets = png_offsets(&png_parse(&bytes));
+    for k in [
+        1,
+        7,
+        8,
+        12,
+        20,
+        33,
+        offsets[offsets.len() - 1],
+        bytes.len() - 1,
+    ] {
+        let e = check_png_reject(&bytes[..k], "");
+        assert!(
+            e.detail.contains("truncated") || e.detail.contains("signature"),
+            "{e}"
+        );
+    }
+    check_png_reject(&bytes[..bytes.len() - 12], "truncated at offset");
+    assert_eq!(
+        one_shot(Kind::Png, &limits(), b""),
+        Err(Rejection::malformed("PNG: empty body"))
+    );
+}
+
+#[test]
+fn png_bad_chunk_length() {
+    let bytes = fixture("pillow-palette.png");
+    let chunks = png_parse(&bytes);
+    let offsets = png_offsets(&chunks);
+    let idat = find_chunk(&chunks, b"IDAT");
+    let at = offsets[idat];
+    let mut bad = bytes.clone();
+    bad[at..at + 4].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    let e = check_png_reject(&bad, "exceeds 2^31-1");
+    assert_eq!(
+        e.detail,
+        format!("PNG chunk IDAT at offset {at}: length 2147483648 exceeds 2^31-1")
+    );
+    // Longer than the data: runs past the end of the body.
+    let mut bad = bytes.clone();
+    bad[at..at + 4].copy_from_slice(&0x7FFF_FFFFu32.to_be_bytes());
+    check_png_reject(&bad, "truncated");
+    // Off by one: the CRC is read from the wrong place.
+    for delta in [-1i64, 1] {
+        let mut bad = bytes.clone();
+        let n = chunks[idat].data.len() as i64 + delta;
+        bad[at..at + 4].copy_from_slice(&(n as u32).to_be_bytes());
+        check_png_reject(&bad, "");
+    }
+    // IHDR of the wrong length (CRC recomputed).
+    let mut c = chunks.clone();
+    c[0].data.push(0);
+    check_png_reject(&png_build(&c), "length 14 (must be 13)");
+}
+
+#[test]
+fn png_data_after_iend() {
+    for name in SMALL_PNGS {
+        let bytes = fixture(name);
+        for tail in [&b"\0"[..], b"\n", b"PK\x03\x04", &[0u8; 100]] {
+            let bad = concat(&[&bytes, tail]);
+            let e = check_png_reject(&bad, "data after IEND");
+            assert_eq!(
+                e.detail,
+                format!("PNG: data after IEND at offset {}", bytes.len())
+            );
+        }
+    }
+}
+
+#[test]
+fn png_ihdr_not_first() {
+    let chunks = png_parse(&fixture("im-palette.png"));
+    let mut c = chunks.clone();
+    c.swap(0, 1);
+    let e = check_png_reject(&png_build(&c), "the first chunk must be IHDR");
+    assert!(e.detail.starts_with(&format!(
+        "PNG chunk {} at offset 8:",
+        String::from_utf8_lossy(&c[0].ty)
+    )));
+    // Two IHDRs.
+    let mut c = chunks.clone();
+    c.insert(1, c[0].clone());
+    check_png_reject(&png_build(&c), "second IHDR");
+}
+
+#[test]
+fn png_palette_rules() {
+    for name in ["im-palette.png", "pillow-palette.png"] {
+        let mut c = png_parse(&fixture(name));
+        let plte = find_chunk(&c, b"PLTE");
+        let palette = c.remove(plte);
+        check_png_reject(
+            &png_build(&c),
+            "colour type 3 needs a PLTE before the first IDAT",
+        );
+        // Moved after IDAT, the palette comes too late for the first IDAT.
+        let idat = find_chunk(&c, b"IDAT");
+        c.insert(idat + 1, palette.clone());
+        check_png_reject(
+            &png_build(&c),
+            "colour type 3 needs a PLTE before the first IDAT",
+        );
+        // Two palettes.
+        let mut c = png_parse(&fixture(name));
+        c.insert(plte, palette.clone());
+        check_png_reject(&png_build(&c), "second PLTE");
+        // Bad palette length.
+        let mut c = png_parse(&fixture(name));
+        c[plte].data.push(0);
+        check_png_reject(&png_build(&c), "invalid palette length");
+    }
+    // PLTE forbidden for grey (0) and grey+alpha (4); optional for truecolour.
+    for name in ["pillow-bilevel.png", "pillow-gray-alpha.png"] {
+        let mut c = png_parse(&fixture(name));
+        c.insert(1, chunk(b"PLTE", &[0; 6]));
+        check_png_reject(&png_build(&c), "PLTE is not allowed for colour type");
+    }
+    let mut c = png_parse(&fixture("pillow-text.png"));
+    c.insert(1, chunk(b"PLTE", &[0; 6]));
+    assert_eq!(one_shot(Kind::Png, &limits(), &png_build(&c)), Ok(()));
+    // A suggested palette must still come before IDAT.
+    let mut c = png_parse(&fixture("pillow-text.png"));
+    let idat = find_chunk(&c, b"IDAT");
+    c.insert(idat + 1, chunk(b"PLTE", &[0; 6]));
+    check_png_reject(&png_build(&c), "PLTE after IDAT");
+}
+
+#[test]
+fn png_dimensions_and_limits() {
+    let bytes = fixture("pillow-bilevel.png"); // 70 x 46 = 3220 pixels
+    let dims = |w: u32, h: u32| {
+        with_ihdr(&bytes, |d| {
+            d[..4].copy_from_slice(&w.to_be_bytes());
+            d[4..8].copy_from_slice(&h.to_be_bytes());
+        })
+    };
+    let e = check_png_reject(&dims(100_000, 100_000), "exceeds the limit");
+    assert_eq!(
+        e.detail,
+        "PNG chunk IHDR at offset 8: 100000 x 100000 = 10000000000 pixels exceeds the limit of 100000000 (inspect.max_pixels)"
+    );
+    check_png_reject(&dims(0, 46), "zero dimension");
+    check_png_reject(&dims(70, 0), "zero dimension");
+    check_png_reject(&dims(0x8000_0000, 1), "exceeds 2^31-1");
+    // Against a configured limit: exactly at the limit is fine.
+    let mut l = limits();
+    l.max_pixels = 3220;
+    assert_eq!(one_shot(Kind::Png, &l, &bytes), Ok(()));
+    l.max_pixels = 3219;
+    let e = check_chunking(Kind::Png, &l, &bytes, &[]).unwrap_err();
+    assert!(
+        e.detail
+            .contains("70 x 46 = 3220 pixels exceeds the limit of 3219"),
+        "{e}"
+    );
+}
+
+#[test]
+fn png_ihdr_fields() {
+    let bytes = fixture("pillow-text.png"); // 8-bit RGB
+    let patched = |idx: usize, v: u8| with_ihdr(&bytes, |d| d[idx] = v);
+    check_png_reject(&patched(8, 4), "bit depth 4 is invalid for colour type 2");
+    check_png_reject(&patched(9, 5), "invalid colour type 5");
+    check_png_reject(&patched(9, 1), "invalid colour type 1");
+    check_png_reject(&patched(10, 1), "compression method 1");
+    check_png_reject(&patched(11, 1), "filter method 1");
+    check_png_reject(&patched(12, 2), "interlace method 2");
+    // A 16-bit truecolour IHDR is fine syntactically (IDAT is not inflated).
+    assert_eq!(one_shot(Kind::Png, &limits(), &patched(8, 16)), Ok(()));
+}
+
+#[test]
+fn png_chunk_rules() {
+    let base = png_parse(&fixture("pypng-gray2-smallidat.png"));
+    let idats: Vec<usize> = base
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| &c.ty == b"IDAT")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(idats.len() >= 2);
+    // IDATs not consecutive.
+    let mut c = base.clone();
+    c.insert(idats[1], chunk(b"tEXt", b"k\0v"));
+    check_png_reject(&png_build(&c), "IDAT chunks are not consecutive");
+    // Unknown critical chunk, anywhere.
+    for at in [1, idats[0], base.len() - 1] {
+        let mut c = base.clone();
+        c.insert(at, chunk(b"ZZZZ", b"data"));
+        check_png_reject(&png_build(&c), "unknown critical chunk");
+    }
+    // Unknown ancillary chunks (any case of the other letters) are fine.
+    let mut c = base.clone();
+    c.insert(1, chunk(b"zzZZ", b"data"));
+    c.insert(1, chunk(b"prIV", b""));
+    c.insert(c.len() - 1, chunk(b"eXIf", b"MM\0*\0\0\0\x08\0\0"));
+    assert_eq!(
+        check_chunking(Kind::Png, &limits(), &png_build(&c), &[]),
+        Ok(())
+    );
+    // Type bytes must be letters.
+    let mut c = base.clone();
+    c.insert(1, chunk(b"te1t", b""));
+    check_png_reject(&png_build(&c), "chunk type is not four ASCII letters");
+    // No IDAT at all; no IEND at all; IEND with data.
+    let c: Vec<PngChunk> = base.iter().filter(|c| &c.ty != b"IDAT").cloned().collect();
+    check_png_reject(&png_build(&c), "no IDAT before IEND");
+    let c: Vec<PngChunk> = base.iter().filter(|c| &c.ty != b"IEND").cloned().collect();
+    check_png_reject(&png_build(&c), "no IEND chunk");
+    let mut c = base.clone();
+    c.last_mut().unwrap().data.push(0);
+    check_png_reject(&png_build(&c), "length 1 (must be 0)");
+    // Bad signature.
+    let mut bad = fixture("pillow-bilevel.png");
+    bad[4] = b'\n';
+    assert_eq!(
+        check_chunking(Kind::Png, &limits(), &bad, &[]),
+        Err(Rejection::malformed("PNG at offset 0: bad signature"))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// JPEG corruptions
+// ---------------------------------------------------------------------------
+
+fn check_jpeg(bytes: &[u8]) -> Result<(), Rejection> {
+    let r = check_chunking(Kind::Jpeg, &limits(), bytes, &[]);
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        assert_eq!(
+            check_chunking(Kind::Inspect(MediaType::Jpeg), &limits(), bytes, &[]),
+            r
+        );
+    }
+    r
+}
+
+fn check_jpeg_reject(bytes: &[u8], needle: &str) -> Rejection {
+    expect_malformed(check_jpeg(bytes), needle)
+}
+
+#[test]
+fn jpeg_every_truncation_rejected() {
+    for name in JPEGS {
+        let bytes = fixture(name);
+        for k in 0..bytes.len() {
+            let e =
+                one_shot(Kind::Jpeg, &limits(), &bytes[..k]).expect_err("truncated JPEG accepted");
+            assert_eq!(e.code, RejectCode::MalformedImage, "{name} cut at {k}");
+        }
+        // A few cuts at every split, with their details.
+        let n = bytes.len();
+        check_jpeg_reject(
+            &bytes[..n - 2],
+            &format!(
+                "JPEG truncated at offset {} inside entropy-coded data",
+                n - 2
+            ),
+        );
+        check_jpeg_reject(&bytes[..n - 1], "inside entropy-coded data");
+        check_jpeg_reject(&bytes[..n / 2], "missing EOI");
+        check_jpeg_reject(&bytes[..30], "truncated");
+    }
+    assert_eq!(
+        one_shot(Kind::Jpeg, &limits(), b""),
+        Err(Rejection::malformed("JPEG: empty body"))
+    );
+}
+
+#[test]
+fn jpeg_bad_segment_length() {
+    let bytes = fixture("im-baseline.jpg");
+    let (dqt, _, len) = first_segment(&bytes, |m| m == 0xDB);
+    for bad_len in [0u16, 1] {
+        let mut bad = bytes.clone();
+        bad[dqt + 2..dqt + 4].copy_from_slice(&bad_len.to_be_bytes());
+        let e = check_jpeg_reject(&bad, "invalid length");
+        assert_eq!(
+            e.detail,
+            format!("JPEG DQT segment at offset {dqt}: invalid length {bad_len}")
+        );
+    }
+    // Too long by one / too short by one: the next marker is misaligned.
+    for delta in [1i32, -1] {
+        let mut bad = bytes.clone();
+        bad[dqt + 2..dqt + 4].copy_from_slice(&((len as i32 + delta) as u16).to_be_bytes());
+        check_jpeg_reject(&bad, "expected a marker");
+    }
+    // A length running past the end of the body.
+    let (app0, _, _) = first_segment(&bytes, |m| m == 0xE0);
+    let mut bad = bytes[..app0 + 100].to_vec();
+    bad[app0 + 2..app0 + 4].copy_from_slice(&0xFFFFu16.to_be_bytes());
+    check_jpeg_reject(
+        &bad,
+        &format!(
+            "JPEG APP0 segment at offset {app0}: truncated at offset {}",
+            app0 + 100
+        ),
+    );
+    // SOF / SOS lengths inconsistent with their component counts.
+    let (sof, _, _) = first_segment(&bytes, is_sof);
+    let mut bad = bytes.clone();
+    bad[sof + 9] = 2; // Nf 3 -> 2 with the length of 3
+    check_jpeg_reject(&bad, "components inconsistent with length");
+    let (sos, _, _) = first_segment(&bytes, |m| m == 0xDA);
+    let mut bad = bytes.clone();
+    bad[sos + 4] = 2; // Ns 3 -> 2
+    check_jpeg_reject(&bad, "components inconsistent with length");
+    let mut bad = bytes.clone();
+    bad[sos + 5] = 9; // component id not in the frame
+    check_jpeg_reject(&bad, "component 9 is not in the frame");
+}
+
+#[test]
+fn jpeg_missing_sof() {
+    for name in [
+        "im-baseline.jpg",
+        "im-progressive.jpg",
+        "cjpeg-arithmetic.jpg",
+    ] {
+        let bytes = fixture(name);
+        let (sof, _, len) = first_segment(&bytes, is_sof);
+        let bad = concat(&[&bytes[..sof], &bytes[sof + 2 + len..]]);
+        check_jpeg_reject(&bad, "no SOF (frame header) before the first scan");
+    }
+    // A second frame header in one image.
+    let bytes = fixture("im-gray.jpg");
+    let (sof, _, len) = first_segment(&bytes, is_sof);
+    let seg = &bytes[sof..sof + 2 + len];
+    let bad = concat(&[&bytes[..sof + 2 + len], seg, &bytes[sof + 2 + len..]]);
+    check_jpeg_reject(&bad, "second frame header");
+}
+
+#[test]
+fn jpeg_dimensions_and_limits() {
+    let bytes = fixture("im-baseline.jpg"); // 70 x 46
+    let (sof, _, _) = first_segment(&bytes, is_sof);
+    check_jpeg_reject(&jpeg_with_dims(&bytes, 0, 46), "zero dimension (0 x 46)");
+    check_jpeg_reject(&jpeg_with_dims(&bytes, 70, 0), "zero dimension (70 x 0)");
+    let e = check_jpeg_reject(&jpeg_with_dims(&bytes, 65535, 65535), "exceeds the limit");
+    assert_eq!(
+        e.detail,
+        format!(
+            "JPEG SOF0 at offset {sof}: 65535 x 65535 = 4294836225 pixels exceeds the limit of 100000000 (inspect.max_pixels)"
+        )
+    );
+    let mut l = limits();
+    l.max_pixels = 3220;
+    assert_eq!(one_shot(Kind::Jpeg, &l, &bytes), Ok(()));
+    l.max_pixels = 3219;
+    let e = check_chunking(Kind::Jpeg, &l, &bytes, &[]).unwrap_err();
+    assert!(
+        e.detail
+            .contains("70 x 46 = 3220 pixels exceeds the limit of 3219"),
+        "{e}"
+    );
+    // Precision, sampling factors.
+    let mut bad = bytes.clone();
+    bad[sof + 4] = 0;
+    check_jpeg_reject(&bad, "invalid sample precision 0");
+    let mut bad = bytes.clone();
+    bad[sof + 11] = 0x51;
+    check_jpeg_reject(&bad, "invalid sampling factors");
+}
+
+#[test]
+fn jpeg_marker_rules() {
+    let bytes = fixture("im-baseline.jpg");
+    let (dqt, _, _) = first_segment(&bytes, |m| m == 0xDB);
+    let ins = |what: &[u8]| concat(&[&bytes[..dqt], what, &bytes[dqt..]]);
+    // Fill bytes before a marker, standalone markers between segments: fine.
+    assert_eq!(check_jpeg(&ins(&[0xFF, 0xFF, 0xFF])), Ok(()));
+    assert_eq!(check_jpeg(&ins(&[0xFF, 0x01, 0xFF, 0xD3])), Ok(()));
+    // COM and APPn may contain anything, even markers and other formats.
+    let mut com = vec![0xFF, 0xFE, 0x00, 0x00];
+    com.extend_from_slice(b"\xFF\xD9\xFF\xD8PK\x03\x04%PDF<html>");
+    let n = (com.len() - 2) as u16;
+    com[2..4].copy_from_slice(&n.to_be_bytes());
+    assert_eq!(check_jpeg(&ins(&com)), Ok(()));
+    let app15 = [&[0xFF, 0xEF, 0x00, 0x02][..]].concat();
+    assert_eq!(check_jpeg(&ins(&app15)), Ok(()));
+    // Garbage between segments.
+    let e = check_jpeg_reject(&ins(b"\x00"), "expected a marker, found byte 00");
+    assert_eq!(
+        e.detail,
+        format!("JPEG at offset {dqt}: expected a marker, found byte 00")
+    );
+    check_jpeg_reject(
+        &ins(&[0xFF, 0x00]),
+        "stuffed FF 00 outside entropy-coded data",
+    );
+    check_jpeg_reject(&ins(&[0xFF, 0xD8]), "unexpected SOI");
+    check_jpeg_reject(&ins(&[0xFF, 0x42, 0x00, 0x02]), "reserved marker FF 42");
+    check_jpeg_reject(
+        &ins(&[0xFF, 0xDD, 0x00, 0x05, 0, 0, 0]),
+        "inconsistent with a restart interval",
+    );
+    // EOI before any scan.
+    check_jpeg_reject(&ins(&[0xFF, 0xD9]), "no SOF");
+    let (sos, _, _) = first_segment(&bytes, |m| m == 0xDA);
+    let eoi_early = concat(&[&bytes[..sos], &[0xFF, 0xD9]]);
+    check_jpeg_reject(&eoi_early, "no SOS (scan) in the image");
+    // Not starting with SOI.
+    check_jpeg_reject(&bytes[2..], "missing SOI");
+    // Entropy data: FF 00, RSTn and FF FF fill are part of the scan; another
+    // marker ends it (here a COM between "scans" of a baseline file is fine too).
+    let body_end = bytes.len() - 2;
+    let patched = concat(&[
+        &bytes[..body_end],
+        &[0xFF, 0x00, 0xFF, 0xD5, 0x12, 0xFF, 0xFF, 0xD9],
+    ]);
+    assert_eq!(check_jpeg(&patched), Ok(()));
+    let patched = concat(&[
+        &bytes[..body_end],
+        &[0xFF, 0xFE, 0x00, 0x03, b'x'],
+        &bytes[body_end..],
+    ]);
+    assert_eq!(check_jpeg(&patched), Ok(()));
+    // ... but a marker inside the scan that is not allowed there is caught.
+    let patched = concat(&[&bytes[..body_end], &[0xFF, 0x07], &bytes[body_end..]]);
+    check_jpeg_reject(
+        &patched,
+        &format!("JPEG at offset {body_end}: reserved marker FF 07"),
+    );
+}
+
+#[test]
+fn jpeg_trailers_that_look_like_files() {
+    let bytes = fixture("im-baseline.jpg");
+    let end = bytes.len();
+    let cases: &[(&[u8], &str)] = &[
+        (b"PK\x03\x04\x14\x00\x00\x00\x08\x00", "looks like ZIP"),
+        (b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n", "looks like PDF"),
+        (b"<html><body>hi</body></html>", "looks like HTML"),
+        (b"<!DOCTYPE html>", "looks like HTML"),
+        (b"<?xml version=\"1.0\"?>", "looks like XML"),
+        (b"<script>alert(1)</script>", "looks like a script"),
+        (
+            b"<SVG xmlns=\"http://www.w3.org/2000/svg\">",
+            "looks like SVG",
+        ),
+        (b"#!/bin/sh\nrm -rf /\n", "looks like a script"),
+        (b"MZ\x90\x00\x03\x00", "looks like a Windows executable"),
+        (b"\x89PNG\r\n\x1a\n", "looks like PNG"),
+        (b"GIF89a\x01\x00", "looks like GIF"),
+        (b"Rar!\x1a\x07\x00", "looks like RAR"),
+        (b"7z\xBC\xAF\x27\x1C", "looks like 7-Zip"),
+        (b"\x1f\x8b\x08\x00", "looks like gzip"),
+    ];
+    for (trailer, needle) in cases {
+        for lead in [&b""[..], b"\0\0\0\0", b"\r\n \t", b"\n"] {
+            let bad = concat(&[&bytes, lead, trailer]);
+            let e = check_jpeg_reject(&bad, needle);
+            assert_eq!(
+                e.detail,
+                format!("JPEG: data after EOI (trailer at offset {end}) {needle}")
+            );
+        }
+    }
+    // A ZIP local header anywhere in the trailer (polyglot).
+    let mut junk = pseudo_random(3000, 7);
+    junk[0] = 0x42;
+    junk[1500..1504].copy_from_slice(b"PK\x03\x04");
+    let e = check_jpeg_reject(&concat(&[&bytes, &junk]), "ZIP local file header");
+    assert_eq!(
+        e.detail,
+        format!(
+            "JPEG: data after EOI holds a ZIP local file header at offset {}",
+            end + 1500
+        )
+    );
+    // At the very end of the trailer, too.
+    let tail = concat(&[&[0x01u8; 100], b"PK\x03\x04"]);
+    check_jpeg_reject(&concat(&[&bytes, &tail]), "ZIP local file header");
+    // Too long a trailer.
+    let e = check_jpeg_reject(
+        &concat(&[&bytes, &vec![0u8; 64 * 1024 + 1]]),
+        "more than 65536 bytes",
+    );
+    assert_eq!(
+        e.detail,
+        format!("JPEG: more than 65536 bytes of data after EOI (trailer at offset {end})")
+    );
+}
+
+#[test]
+fn jpeg_camera_trailers_accepted() {
+    let bytes = fixture("im-baseline.jpg");
+    let zeros = vec![0u8; 4096];
+    assert_eq!(check_jpeg(&concat(&[&bytes, &zeros])), Ok(()));
+    assert_eq!(
+        check_jpeg(&concat(&[&bytes, &vec![0u8; 64 * 1024]])),
+        Ok(())
+    );
+    // Random-ish maker-note-style binary.
+    let mut junk = pseudo_random(3000, 42);
+    junk[0] = 0x01;
+    assert!(!junk.windows(4).any(|w| w == b"PK\x03\x04"));
+    assert_eq!(check_jpeg(&concat(&[&bytes, &junk])), Ok(()));
+    // Short text-ish trailers that are no known format.
+    for t in [
+        &b"\xFF"[..],
+        b"\xFF\xD8",
+        b"\xFF\xD8\x00",
+        b"<",
+        b"< 3",
+        b"P",
+        b"PK",
+        b"PK\x03",
+        b"  hello",
+        b"\0\0<3",
+    ] {
+        assert_eq!(check_jpeg(&concat(&[&bytes, t])), Ok(()), "trailer {t:?}");
+    }
+}
+
+#[test]
+fn jpeg_concatenated_images() {
+    let a = fixture("im-baseline.jpg");
+    let b = fixture("cjpeg-progressive-gray.jpg");
+    let c = fixture("exif-thumb.jpg");
+    assert_eq!(check_jpeg(&concat(&[&a, &b])), Ok(()));
+    assert_eq!(check_jpeg(&concat(&[&a, &b, &c, &vec![0u8; 1000]])), Ok(()));
+    // The second image follows the same rules.
+    let e = check_jpeg_reject(&concat(&[&a, &b[..b.len() - 2]]), "missing EOI");
+    assert!(e.detail.contains("inside entropy-coded data"), "{e}");
+    let b_nosof = {
+        let (sof, _, len) = first_segment(&b, is_sof);
+        concat(&[&b[..sof], &b[sof + 2 + len..]])
+    };
+    check_jpeg_reject(&concat(&[&a, &b_nosof]), "no SOF");
+    check_jpeg_reject(&concat(&[&a, &jpeg_with_dims(&b, 0, 1)]), "zero dimension");
+    let e = check_jpeg_reject(&concat(&[&a, &b[..20]]), "missing EOI");
+    assert_eq!(
+        e.detail,
+        format!(
+            "JPEG truncated at offset {}: missing EOI (image 2 started at offset {})",
+            a.len() + 20,
+            a.len()
+        )
+    );
+    // A trailer after the last image is still checked.
+    check_jpeg_reject(&concat(&[&a, &b, b"%PDF-1.4"]), "looks like PDF");
+    // At most 16 images.
+    let sixteen: Vec<u8> = std::iter::repeat_n(&b[..], 16).flatten().copied().collect();
+    assert_eq!(one_shot(Kind::Jpeg, &limits(), &sixteen), Ok(()));
+    let seventeen = concat(&[&sixteen, &b]);
+    let e = expect_malformed(
+        one_shot(Kind::Jpeg, &limits(), &seventeen),
+        "more than 16 concatenated images",
+    );
+    assert_eq!(
+        e.detail,
+        format!(
+            "JPEG at offset {}: more than 16 concatenated images",
+            sixteen.len()
+        )
+    );
+    let e2 = check_chunking(Kind::Jpeg, &limits(), &seventeen, &[sixteen.len()]);
+    assert_eq!(e2, Err(e));
+}
+
+// ---------------------------------------------------------------------------
+// Inspector: declared type vs content
+// ---------------------------------------------------------------------------
+
+/// A small PDF-looking body (the PDF scanner's verdict on it is not asserted).
+const PDF: &[u8] =
+    b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n";
+
+fn mismatch(declared: MediaType, bytes: &[u8], detail: &str) {
+    let r = check_chunking(Kind::Inspect(declared), &limits(), bytes, &[]);
+    assert_eq!(
+        r,
+        Err(Rejection::new(RejectCode::ContentMismatch, detail)),
+        "declared {declared}"
+    );
+}
+
+#[test]
+fn inspector_type_mismatches() {
+    let jpeg = fixture("im-baseline.jpg");
+    let png = fixture("pillow-palette.png");
+    mismatch(
+        MediaType::Jpeg,
+        &png,
+        "declared image/jpeg but the body starts like a PNG",
+    );
+    mismatch(
+        MediaType::Png,
+        &jpeg,
+        "declared image/png but the body starts like a JPEG",
+    );
+    mismatch(
+        MediaType::Pdf,
+        &jpeg,
+        "declared application/pdf but the body starts like a JPEG",
+    );
+    mismatch(
+        MediaType::Pdf,
+        &png,
+        "declared application/pdf but the body starts like a PNG",
+    );
+    mismatch(
+        MediaType::Png,
+        PDF,
+        "declared image/png but the body starts like a PDF",
+    );
+    mismatch(
+        MediaType::Jpeg,
+        PDF,
+        "declared image/jpeg but the body starts like a PDF",
+    );
+    mismatch(
+        MediaType::Jpeg,
+        b"GIF89a\x01\x00\x01\x00",
+        "declared image/jpeg but the body is not a JPEG",
+    );
+    mismatch(
+        MediaType::Png,
+        b"<html></html>",
+        "declared image/png but the body is not a PNG",
+    );
+    // A JPEG signature without the third FF is not a JPEG.
+    mismatch(
+        MediaType::Jpeg,
+        b"\xFF\xD8\x00\x00\x00\x00\x00\x00\x00",
+        "declared image/jpeg but the body is not a JPEG",
+    );
+    // image/jpg is image/jpeg.
+    let t = MediaType::from_content_type("Image/JPG; q=1").unwrap();
+    assert_eq!(Inspector::new(t, &limits()).declared(), MediaType::Jpeg);
+    assert_eq!(inspect_all(t, &limits(), &jpeg, 1000), Ok(()));
+}
+
+#[test]
+fn inspector_short_bodies() {
+    // Too short to sniff, but could be the declared type: the scanner decides.
+    for (declared, body) in [
+        (MediaType::Jpeg, &b""[..]),
+        (MediaType::Jpeg, b"\xFF"),
+        (MediaType::Jpeg, b"\xFF\xD8"),
+        (MediaType::Jpeg, b"\xFF\xD8\xFF\xE0\x00"),
+        (MediaType::Png, b""),
+        (MediaType::Png, b"\x89PN"),
+        (MediaType::Png, b"\x89PNG\r\n\x1a"),
+    ] {
+        let r = check_chunking(Kind::Inspect(declared), &limits(), body, &[]);
+        assert_eq!(
+            r.unwrap_err().code,
+            RejectCode::MalformedImage,
+            "{declared} {body:?}"
+        );
+    }
+    // Too short, and cannot be the declared type.
+    mismatch(
+        MediaType::Jpeg,
+        b"\x89PN",
+        "declared image/jpeg but the body is not a JPEG",
+    );
+    mismatch(
+        MediaType::Png,
+        b"\xFF\xD8\xFF",
+        "declared image/png but the body starts like a JPEG",
+    );
+    mismatch(
+        MediaType::Png,
+        b"%PDF-",
+        "declared image/png but the body starts like a PDF",
+    );
+    mismatch(
+        MediaType::Png,
+        b"x",
+        "declared image/png but the body is not a PNG",
+    );
+    mismatch(
+        MediaType::Pdf,
+        b"\xFF\xD8\xFF",
+        "declared application/pdf but the body starts like a JPEG",
+    );
+}
+
+#[test]
+fn inspector_declared_pdf_goes_to_the_pdf_scanner() {
+    // A PDF header after junk is the PDF scanner's call, never content_mismatch
+    // from the sniff.
+    let junk_first = concat(&[b"garbage before the header\n", PDF]);
+    for body in [PDF, &junk_first[..]] {
+        let r = check_chunking(Kind::Inspect(MediaType::Pdf), &limits(), body, &[]);
+        if let Err(e) = &r {
+            assert_ne!(e.code, RejectCode::ContentMismatch, "{e}");
+        }
+    }
+    // Without any header, the PDF scanner itself says the bytes are no PDF.
+    let r = check_chunking(
+        Kind::Inspect(MediaType::Pdf),
+        &limits(),
+        b"not a pdf at all, but only the PDF scanner can say",
+        &[],
+    );
+    assert_eq!(r.unwrap_err().code, RejectCode::ContentMismatch);
+}
+
+#[test]
+fn inspector_passes_scanner_verdicts_through() {
+    let png = fixture("pillow-bilevel.png");
+    let mut bad = png.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xFF; // IEND CRC
+    let direct = one_shot(Kind::Png, &limits(), &bad);
+    assert_eq!(
+        check_chunking(Kind::Inspect(MediaType::Png), &limits(), &bad, &[]),
+        direct
+    );
+    assert!(direct.unwrap_err().detail.contains("PNG chunk IEND"));
+}
+
+// ---------------------------------------------------------------------------
+// Random chunkings and mutations (proptest)
+// ---------------------------------------------------------------------------
+
+fn all_fixtures() -> Vec<(Kind, Vec<u8>)> {
+    JPEGS
+        .iter()
+        .map(|n| (Kind::Jpeg, fixture(n)))
+        .chain(PNGS.iter().map(|n| (Kind::Png, fixture(n))))
+        .collect()
+}
+
+/// Cuts `bytes` at the (sorted, deduplicated) `cuts`, taken modulo its length.
+fn cut<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    at.sort_unstable();
+    at.dedup();
+    let mut pieces = Vec::new();
+    let mut prev = 0;
+    for a in at {
+        pieces.push(&bytes[prev..a]);
+        prev = a;
+    }
+    pieces.push(&bytes[prev..]);
+    pieces
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip { at: usize, mask: u8 },
+    Set { at: usize, value: u8 },
+    Insert { at: usize, bytes: Vec<u8> },
+    Delete { at: usize, len: usize },
+    Truncate { at: usize },
+    Append { bytes: Vec<u8> },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), 1u8..=255).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
+        (
+            any::<usize>(),
+            prop_oneof![
+                Just(0xFFu8),
+                Just(0x00),
+                Just(0xD9),
+                Just(0xD8),
+                any::<u8>()
+            ]
+        )
+            .prop_map(|(at, value)| Mutation::Set { at, value }),
+        (
+            any::<usize>(),
+            proptest::collection::vec(any::<u8>(), 1..16)
+        )
+            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        (any::<usize>(), 1usize..64).prop_map(|(at, len)| Mutation::Delete { at, len }),
+        any::<usize>().prop_map(|at| Mutation::Truncate { at }),
+        proptest::collection::vec(any::<u8>(), 1..32).prop_map(|bytes| Mutation::Append { bytes }),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
+    let n = bytes.len();
+    match m {
+        Mutation::Flip { at, mask } => bytes[at % n] ^= mask,
+        Mutation::Set { at, value } => bytes[at % n] = *value,
+        Mutation::Insert { at, bytes: ins } => {
+            let at = at % (n + 1);
+            bytes.splice(at..at, ins.iter().copied());
+        }
+        Mutation::Delete { at, len } => {
+            let at = at % n;
+            bytes.drain(at..(at + len).min(n));
+        }
+        Mutation::Truncate { at } => bytes.truncate(at % n),
+        Mutation::Append { bytes: extra } => bytes.extend_from_slice(extra),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_chunking_of_fixtures_is_accepted(idx in any::<usize>(), cuts in proptest::collection::vec(any::<usize>(), 0..40)) {
+        let fixtures = all_fixtures();
+        let (kind, bytes) = &fixtures[idx % fixtures.len()];
+        let pieces = cut(bytes, &cuts);
+        prop_assert_eq!(run_pieces(*kind, &limits(), &pieces), Ok(()));
+    }
+
+    #[test]
+    fn mutated_fixtures_same_verdict_in_any_chunking(
+        idx in any::<usize>(),
+        muts in proptest::collection::vec(mutation(), 1..4),
+        cuts in proptest::collection::vec(any::<usize>(), 1..24),
+        via_inspector in any::<bool>(),
+    ) {
+        let fixtures = all_fixtures();
+        let (kind, original) = &fixtures[idx % fixtures.len()];
+        let mut bytes = original.clone();
+        for m in &muts {
+            if !bytes.is_empty() {
+                apply(&mut bytes, m);
+            }
+        }
+        let kind = match (via_inspector, kind) {
+            (false, k) => *k,
+            (true, Kind::Jpeg) => Kind::Inspect(MediaType::Jpeg),
+            (true, _) => Kind::Inspect(MediaType::Png),
+        };
+        let expected = one_shot(kind, &limits(), &bytes);
+        let pieces = cut(&bytes, &cuts);
+        prop_assert_eq!(run_pieces(kind, &limits(), &pieces), expected.clone());
+        let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+        prop_assert_eq!(run_pieces(kind, &limits(), &bytewise), expected);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_are_chunking_invariant(
+        head in prop_oneof![Just(vec![0xFFu8, 0xD8, 0xFF]), Just(b"\x89PNG\r\n\x1a\n".to_vec()), Just(vec![])],
+        body in proptest::collection::vec(prop_oneof![Just(0xFFu8), Just(0x00), 0xC0u8..=0xDA, any::<u8>()], 0..512),
+        cuts in proptest::collection::vec(any::<usize>(), 0..16),
+        declared in prop_oneof![Just(MediaType::Jpeg), Just(MediaType::Png)],
+    ) {
+        let bytes = concat(&[&head, &body]);
+        for kind in [Kind::Jpeg, Kind::Png, Kind::Inspect(declared)] {
+            let expected = one_shot(kind, &limits(), &bytes);
+            prop_assert_eq!(run_pieces(kind, &limits(), &cut(&bytes, &cuts)), expected);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// scan command core
+// ---------------------------------------------------------------------------
+
+struct ScanOut {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+fn scan(files: &[PathBuf], content_type: Option<&str>, json: bool) -> ScanOut {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run_scan(files, content_type, json, &limits(), &mut out, &mut err);
+    ScanOut {
+        code,
+        out: String::from_utf8(out).unwrap(),
+        err: String::from_utf8(err).unwrap(),
+    }
+}
+
+fn fixture_path(name: &str) -> PathBuf {
+    fixture_dir().join(name)
+}
+
+fn write_temp(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn scan_all_accepted_plain() {
+    let files: Vec<PathBuf> = ["im-baseline.jpg", "im-rgb.png"]
+        .iter()
+        .map(|n| fixture_path(n))
+        .collect();
+    let r = scan(&files, None, false);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(
+        r.out,
+        format!(
+            "{}: accept (image/jpeg)\n{}: accept (image/png)\n",
+            files[0].display(),
+            files[1].display()
+        )
+    );
+    assert_eq!(r.err, "");
+}
+
+#[test]
+fn scan_json_lines_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = fixture_path("pillow-palette.png");
+    let txt = write_temp(&dir, "notes.txt", b"hello, world\n");
+    let mut bad_png = fixture("pillow-palette.png");
+    bad_png.push(0);
+    let bad = write_temp(&dir, "bad.png", &bad_png);
+    let r = scan(&[good.clone(), txt.clone(), bad.clone()], None, true);
+    assert_eq!(r.code, 1);
+    let lines: Vec<&str> = r.out.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let expected_accept = serde_json::json!({
+        "file": good.display().to_string(), "verdict": "accept", "type": "image/png", "code": null, "detail": null,
+    });
+    assert_eq!(lines[0], expected_accept.to_string());
+    assert_eq!(
+        lines[0],
+        format!(
+            r#"{{"file":{},"verdict":"accept","type":"image/png","code":null,"detail":null}}"#,
+            serde_json::to_string(&good.display().to_string()).unwrap()
+        )
+    );
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["file", "verdict", "type", "code", "detail"],
+            "{line}"
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(v["file"], txt.display().to_string());
+    assert_eq!(v["verdict"], "reject");
+    assert_eq!(v["type"], serde_json::Value::Null);
+    assert_eq!(v["code"], "unsupported_media_type");
+    assert!(v["detail"].is_string());
+    let v: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(v["verdict"], "reject");
+    assert_eq!(v["type"], "image/png");
+    assert_eq!(v["code"], "malformed_image");
+    assert_eq!(
+        v["detail"],
+        format!("PNG: data after IEND at offset {}", bad_png.len() - 1)
+    );
+}
+
+#[test]
+fn scan_reject_plain_and_content_type() {
+    let jpeg = fixture_path("im-baseline.jpg");
+    let png = fixture_path("im-rgb.png");
+    // Declared type used instead of sniffing; image/jpg is image/jpeg.
+    let r = scan(&[jpeg.clone(), png.clone()], Some("image/jpg"), false);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.out,
+        format!(
+            "{}: accept (image/jpeg)\n{}: reject content_mismatch (image/jpeg): declared image/jpeg but the body starts like a PNG\n",
+            jpeg.display(),
+            png.display()
+        )
+    );
+    // Unsupported declared type: every file rejected, type unknown / null.
+    let r = scan(std::slice::from_ref(&jpeg), Some("image/gif"), false);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.out.starts_with(&format!(
+            "{}: reject unsupported_media_type (unknown): ",
+            jpeg.display()
+        )),
+        "{}",
+        r.out
+    );
+    let r = scan(std::slice::from_ref(&jpeg), Some("text/html"), true);
+    let v: serde_json::Value = serde_json::from_str(r.out.trim_end()).unwrap();
+    assert_eq!(v["code"], "unsupported_media_type");
+    assert_eq!(v["type"], serde_json::Value::Null);
+}
+
+#[test]
+fn scan_io_errors_exit_2_and_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.jpg");
+    let good = fixture_path("im-baseline.jpg");
+    let bad = write_temp(&dir, "bad.jpg", &fixture("im-baseline.jpg")[..100]);
+    let r = scan(&[missing.clone(), good.clone(), bad.clone()], None, true);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.out.lines().count(), 2, "{}", r.out);
+    assert!(r.out.contains("\"verdict\":\"accept\"") && r.out.contains("\"verdict\":\"reject\""));
+    assert_eq!(r.err.lines().count(), 1);
+    assert!(r.err.contains(&missing.display().to_string()), "{}", r.err);
+    // A directory cannot be read as a file either.
+    let r = scan(&[dir.path().to_path_buf()], None, false);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.out, "");
+    // Usage error: no file.
+    let r = scan(&[], None, false);
+    assert_eq!(r.code, 2);
+    assert!(r.err.contains("usage"));
+}
+
+#[test]
+fn scan_reads_large_files_in_chunks() {
+    // ~200 KiB: APP15 segments of padding spread the image over many 16 KiB reads.
+    let bytes = fixture("im-baseline.jpg");
+    let mut big = bytes[..2].to_vec();
+    for k in 0..3u8 {
+        big.extend_from_slice(&[0xFF, 0xEF, 0xFF, 0xFF]);
+        big.extend(std::iter::repeat_n(0xFF - k, 0xFFFF - 2));
+    }
+    big.extend_from_slice(&bytes[2..]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_temp(&dir, "big.jpeg", &big);
+    let r = scan(std::slice::from_ref(&p), None, false);
+    assert_eq!(
+        (r.code, r.out),
+        (0, format!("{}: accept (image/jpeg)\n", p.display()))
+    );
+    // Truncated in the middle of the padding: rejected with the scanner's detail.
+    let p = write_temp(&dir, "cut.jpeg", &big[..100_000]);
+    let r = scan(std::slice::from_ref(&p), Some("image/jpeg"), false);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.out
+            .contains("reject malformed_image (image/jpeg): JPEG APP15 segment at offset"),
+        "{}",
+        r.out
+    );
+}

@@ -1,0 +1,6 @@
+//! One integration test binary (DESIGN.md): modules by area.
+
+mod gateway;
+mod inspect_img;
+mod sandbox;
+mod support;

@@ -1,0 +1,428 @@
+//! Test support: a whole gateway on port 0 in front of the real sandbox over
+//! real TLS, JWT keys generated at test time, and a small HTTP/1.1 client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::KeyPair as _;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use concur_gateway::config::Config;
+use concur_gateway::gateway::Gateway;
+use concur_gateway::sandbox::{Sandbox, SandboxConfig, SandboxToken, UploadRecord};
+use concur_gateway::server;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio::net::TcpListener;
+
+pub const ISSUER: &str = "https://idp.test.invalid";
+pub const AUDIENCE: &str = "concur-gateway";
+pub const ALICE_TOKEN: &str = "concur-alice-token-0001";
+pub const ADMIN_TOKEN: &str = "concur-acme-admin-token-0002";
+pub const GINA_TOKEN: &str = "concur-gina-token-0003";
+
+/// The sample receipt shipped with the demo: a real baseline JPEG.
+pub const JPEG: &[u8] = concur_gateway::demo::SAMPLE_RECEIPT;
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Signing keys of every supported family, generated once per test process.
+pub struct Keys {
+    pub es256_pkcs8: Vec<u8>,
+    pub rsa_pem: String,
+    pub rsa_public_pem: String,
+    pub ed25519_pkcs8: Vec<u8>,
+    pub jwks: String,
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+pub fn keys() -> &'static Keys {
+    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let es = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let es_raw = es.public_key_raw();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let rsa_pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&rsa).unwrap();
+        let rsa_pub = rsa.public_key();
+        let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der<'_>>::as_der(rsa_pub).unwrap();
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "es", "use": "sig",
+             "x": URL_SAFE_NO_PAD.encode(&es_raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&es_raw[33..65])},
+            {"kty": "RSA", "kid": "rsa", "use": "sig",
+             "n": URL_SAFE_NO_PAD.encode(rsa_pub.modulus().big_endian_without_leading_zero()),
+             "e": URL_SAFE_NO_PAD.encode(rsa_pub.exponent().big_endian_without_leading_zero())},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "use": "sig",
+             "x": URL_SAFE_NO_PAD.encode(ed.public_key_raw())},
+        ]});
+        Keys {
+            es256_pkcs8: es.serialize_der(),
+            rsa_pem: pem("PRIVATE KEY", rsa_pkcs8.as_ref()),
+            rsa_public_pem: pem("PUBLIC KEY", spki.as_ref()),
+            ed25519_pkcs8: ed.serialize_der(),
+            jwks: jwks.to_string(),
+        }
+    })
+}
+
+/// Standard claims for `company`/`user`, valid for an hour.
+pub fn claims(company: &str, user: &str) -> serde_json::Value {
+    let now = now();
+    serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": user, "company": company,
+        "iat": now, "nbf": now - 5, "exp": now + 3600,
+    })
+}
+
+/// Signs `claims` with the key of `alg` (`kid` as given).
+pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &serde_json::Value) -> String {
+    let k = keys();
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_der(&k.es256_pkcs8),
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
+            EncodingKey::from_rsa_pem(k.rsa_pem.as_bytes()).unwrap()
+        }
+        Algorithm::EdDSA => EncodingKey::from_ed_der(&k.ed25519_pkcs8),
+        other => panic!("no test key for {other:?}"),
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// A valid ES256 token for `company`/`user`.
+pub fn jwt(company: &str, user: &str) -> String {
+    sign(Algorithm::ES256, Some("es"), &claims(company, user))
+}
+
+pub const CREDENTIALS: &str = r#"
+[[credential]]
+company = "acme"
+user = "alice@acme.example"
+access_token = "concur-alice-token-0001"
+
+[[credential]]
+company = "acme"
+access_token = "concur-acme-admin-token-0002"
+scheme = "Bearer"
+
+[[credential]]
+company = "globex"
+user = "gina@globex.example"
+access_token = "concur-gina-token-0003"
+"#;
+
+/// A gateway and its sandbox, on port 0.
+pub struct Harness {
+    pub sandbox: Sandbox,
+    pub gateway: Arc<Gateway>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::with_config("").await
+    }
+
+    /// `extra` is TOML merged into the generated config (whole sections).
+    pub async fn with_config(extra: &str) -> Self {
+        let sandbox = Sandbox::start(
+            "127.0.0.1:0".parse().unwrap(),
+            SandboxConfig {
+                tokens: vec![
+                    SandboxToken {
+                        token: ALICE_TOKEN.into(),
+                        company: "acme".into(),
+                        user: Some("alice@acme.example".into()),
+                    },
+                    SandboxToken {
+                        token: ADMIN_TOKEN.into(),
+                        company: "acme".into(),
+                        user: None,
+                    },
+                    SandboxToken {
+                        token: GINA_TOKEN.into(),
+                        company: "globex".into(),
+                        user: Some("gina@globex.example".into()),
+                    },
+                ],
+                ..SandboxConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), sandbox.ca_cert_pem()).unwrap();
+        std::fs::write(dir.path().join("jwks.json"), &keys().jwks).unwrap();
+        std::fs::write(dir.path().join("credentials.toml"), CREDENTIALS).unwrap();
+        let mut sections: Vec<(String, String)> = vec![
+            (
+                "server".into(),
+                "drain_delay_s = 0\nshutdown_grace_s = 5\n".into(),
+            ),
+            (
+                "upstream".into(),
+                format!("base_url = \"{}\"\nca_file = \"ca.pem\"\n", sandbox.base_url()),
+            ),
+            (
+                "auth".into(),
+                format!("issuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n"),
+            ),
+            (
+                "rate_limit".into(),
+                "user_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\n"
+                    .into(),
+            ),
+            ("credentials".into(), "file = \"credentials.toml\"\n".into()),
+        ];
+        // Merge `extra`: keys under a [section] replace or extend that section.
+        let mut current: Option<usize> = None;
+        for line in extra.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                current = Some(match sections.iter().position(|(n, _)| n == name) {
+                    Some(i) => i,
+                    None => {
+                        sections.push((name.to_owned(), String::new()));
+                        sections.len() - 1
+                    }
+                });
+                continue;
+            }
+            let i = current.expect("extra config starts with a [section]");
+            let key = line.split('=').next().unwrap().trim();
+            let body = &mut sections[i].1;
+            let kept: Vec<&str> = body
+                .lines()
+                .filter(|l| l.split('=').next().unwrap().trim() != key)
+                .collect();
+            *body = kept.join("\n") + "\n" + line + "\n";
+        }
+        let text: String = sections
+            .iter()
+            .map(|(n, b)| format!("[{n}]\n{b}\n"))
+            .collect();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
+        let gateway = Arc::new(Gateway::new(config).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(gateway.clone(), listener, admin, async {
+            let _ = rx.await;
+        }));
+        Harness {
+            sandbox,
+            gateway,
+            addr,
+            admin: admin_addr,
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts the drain and waits for `server::run` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("server stopped in time")
+                .unwrap();
+        }
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn uploads(&self) -> Vec<UploadRecord> {
+        self.sandbox.uploads()
+    }
+
+    /// POSTs `body` with a valid alice token and `Content-Type: image/jpeg`.
+    pub async fn upload(&self, path: &str, body: &[u8]) -> Reply {
+        let token = jwt("acme", "alice@acme.example");
+        self.post(
+            path,
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "image/jpeg"),
+            ],
+            body.to_vec(),
+        )
+        .await
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        request(self.addr, "POST", path, headers, Payload::Full(body)).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        request(self.admin, "GET", path, &[], Payload::Full(Vec::new())).await
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Asserts a problem+json error with `status` and `code`, and returns it.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) -> serde_json::Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let v = self.json();
+        assert_eq!(v["code"], code, "{v}");
+        assert_eq!(v["status"], status);
+        assert_eq!(
+            v["request_id"].as_str(),
+            self.header("x-request-id"),
+            "request_id matches the header"
+        );
+        for key in ["type", "title", "detail"] {
+            assert!(v[key].is_string(), "{key} in {v}");
+        }
+        v
+    }
+}
+
+pub enum Payload {
+    Full(Vec<u8>),
+    /// Sent with `Transfer-Encoding: chunked`, in these pieces.
+    Chunked(Vec<Vec<u8>>),
+}
+
+/// One request on a fresh HTTP/1.1 connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    payload: Payload,
+) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let body = match payload {
+        Payload::Full(b) => Full::new(Bytes::from(b))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        Payload::Chunked(pieces) => {
+            Pieces(pieces.into_iter().map(Bytes::from).collect()).boxed_unsync()
+        }
+    };
+    let response = sender
+        .send_request(builder.body(body).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// A body of known pieces and unknown length: hyper sends it chunked.
+pub struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A valid JPEG of about `size` bytes: the sample receipt with APP15 segments
+/// of pseudo-random filler inserted after SOI.
+pub fn big_jpeg(size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size + JPEG.len());
+    out.extend_from_slice(&JPEG[..2]);
+    let mut x: u32 = 0x1234_5678;
+    while out.len() + JPEG.len() < size {
+        let n = (size - out.len() - JPEG.len()).clamp(16, 65_533);
+        out.extend_from_slice(&[0xFF, 0xEF]);
+        out.extend_from_slice(&((n + 2) as u16).to_be_bytes());
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            out.push(x as u8);
+        }
+    }
+    out.extend_from_slice(&JPEG[2..]);
+    out
+}
