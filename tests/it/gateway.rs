@@ -790,3 +790,72 @@ async fn a_new_credential_file_is_picked_up_and_an_invalid_one_refused() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_rejected_upload_never_reaches_concur_complete() {
+    let h = Harness::start().await;
+    // Valid for its first 300 kB (so the exchange with Concur starts and bytes
+    // flow), then a ZIP after EOI: only the end of the body decides.
+    let mut polyglot = big_jpeg(300_000);
+    polyglot.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x08\x00payload.exe");
+    let mut truncated = big_jpeg(300_000);
+    truncated.truncate(truncated.len() - 2); // no EOI
+    for body in [polyglot, truncated] {
+        let r = h.upload("/api/image/v1.0/expenseentry/E1", &body).await;
+        r.problem(422, "malformed_image");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ups = h.uploads();
+    assert!(
+        !ups.is_empty(),
+        "the upload had started streaming to Concur"
+    );
+    for u in &ups {
+        assert!(!u.complete, "{u:?}");
+        assert!(u.received_bytes < u.content_length.unwrap());
+        assert!(u.image_id.is_none());
+    }
+    // Concur created nothing: the entry can still take its one image.
+    assert_eq!(
+        h.upload("/api/image/v1.0/expenseentry/E1", JPEG)
+            .await
+            .status,
+        201
+    );
+}
+
+#[tokio::test]
+async fn an_upload_in_flight_when_the_drain_starts_completes() {
+    let mut h = Harness::with_config("[server]\ndrain_delay_s = 0.2\nshutdown_grace_s = 10").await;
+    let token = jwt(ALICE.0, ALICE.1);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        JPEG.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&JPEG[..2000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.begin_shutdown();
+    // Past the drain delay: accept has stopped, but this upload goes on.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        tokio::net::TcpStream::connect(h.addr).await.is_err(),
+        "accept stopped"
+    );
+    s.write_all(&JPEG[2000..]).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    assert!(
+        h.uploads()
+            .iter()
+            .any(|u| u.complete && u.sha256_hex == sha256_hex(JPEG))
+    );
+    h.stop().await;
+}

@@ -2,5 +2,6 @@
 
 mod gateway;
 mod inspect_img;
+mod process;
 mod sandbox;
 mod support;

@@ -1,0 +1,271 @@
+//! The binary itself: `demo`, `serve` with SIGTERM, `check-config`, and what
+//! reaches its logs.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_concur-gateway");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn demo_prints_a_curl_line_that_uploads() {
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("curl "), "{line}");
+    // curl -sS -X POST http://ADDR/path -H 'Authorization: Bearer JWT' -H 'Content-Type: image/jpeg' --data-binary @FILE
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap();
+    let (addr, path) = url["http://".len()..].split_once('/').unwrap();
+    let jwt = line
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let file = line.trim_end().rsplit('@').next().unwrap();
+    let body = std::fs::read(file).unwrap();
+    let r = request(
+        addr.parse().unwrap(),
+        "POST",
+        &format!("/{path}"),
+        &[
+            ("authorization", &format!("Bearer {jwt}")),
+            ("content-type", "image/jpeg"),
+        ],
+        Payload::Full(body),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["Image"]["Url"], serde_json::Value::Null);
+    assert_eq!(v["Image"]["Id"].as_str().unwrap().len(), 20);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Writes a config for a sandbox on `sandbox`, returns its path.
+fn write_config(
+    dir: &std::path::Path,
+    sandbox: &concur_gateway::sandbox::Sandbox,
+    port: u16,
+    admin: u16,
+) -> std::path::PathBuf {
+    std::fs::write(dir.join("ca.pem"), sandbox.ca_cert_pem()).unwrap();
+    std::fs::write(dir.join("jwks.json"), &keys().jwks).unwrap();
+    std::fs::write(dir.join("credentials.toml"), CREDENTIALS).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ndrain_delay_s = 0.5\nshutdown_grace_s = 5\n\
+             [upstream]\nbase_url = \"{}\"\nca_file = \"ca.pem\"\n\
+             [auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n\
+             [credentials]\nfile = \"credentials.toml\"\n",
+            sandbox.base_url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn wait_ready(admin: u16) {
+    for _ in 0..100 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+            drop(s);
+            let r = request(
+                format!("127.0.0.1:{admin}").parse().unwrap(),
+                "GET",
+                "/readyz",
+                &[],
+                Payload::Full(vec![]),
+            )
+            .await;
+            if r.status == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateway never became ready");
+}
+
+#[tokio::test]
+async fn serve_logs_no_secret_and_exits_zero_on_sigterm() {
+    let h = Harness::start().await; // for its sandbox
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = write_config(dir.path(), &h.sandbox, port, admin);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(admin).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let valid = jwt("acme", "alice@acme.example");
+    let mut expired_claims = claims("acme", "alice@acme.example");
+    expired_claims["exp"] = (now() - 1000).into();
+    let expired = sign(jsonwebtoken::Algorithm::ES256, Some("es"), &expired_claims);
+    for (token, path) in [
+        (
+            valid.as_str(),
+            "/api/image/v1.0/receipt?access_token=query-secret",
+        ),
+        (valid.as_str(), "/api/image/v1.0/report/R1"),
+        (expired.as_str(), "/api/image/v1.0/receipt"),
+        ("garbage-token-secret", "/api/image/v1.0/receipt"),
+    ] {
+        request(
+            addr,
+            "POST",
+            path,
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "image/jpeg"),
+            ],
+            Payload::Full(JPEG.to_vec()),
+        )
+        .await;
+    }
+    h.sandbox
+        .push_fault(concur_gateway::sandbox::Fault::Status {
+            status: 401,
+            message: "bad token".into(),
+            retry_after: None,
+        });
+    request(
+        addr,
+        "POST",
+        "/api/image/v1.0/report/R1",
+        &[
+            ("authorization", &format!("Bearer {valid}")),
+            ("content-type", "image/jpeg"),
+        ],
+        Payload::Full(JPEG.to_vec()),
+    )
+    .await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut logs = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        (child.wait().unwrap(), logs)
+    });
+    let (exit, logs) = tokio::time::timeout(Duration::from_secs(20), exit)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{logs}");
+    assert!(logs.contains("\"status\":201"), "{logs}");
+    assert!(logs.contains("\"code\":\"invalid_token\""), "{logs}");
+    for secret in [
+        valid.as_str(),
+        expired.as_str(),
+        "garbage-token-secret",
+        "query-secret",
+        ALICE_TOKEN,
+        ADMIN_TOKEN,
+        GINA_TOKEN,
+    ] {
+        assert!(!logs.contains(secret), "secret {secret:.12}… in the logs");
+    }
+    assert!(!logs.contains("eyJ"), "something JWT-like in the logs");
+}
+
+#[test]
+fn check_config_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"bad\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"missing.json\"\n[credentials]\nfile = \"nope.toml\"\n[typo]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("server.listen") && text.contains("unknown key `typo`"),
+        "{text}"
+    );
+
+    // Fix the config: now the files it names are checked too.
+    std::fs::write(
+        &path,
+        "[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"missing.json\"\n[credentials]\nfile = \"nope.toml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("missing.json") && text.contains("nope.toml"),
+        "{text}"
+    );
+
+    std::fs::write(dir.path().join("jwks.json"), &keys().jwks).unwrap();
+    std::fs::write(dir.path().join("credentials.toml"), CREDENTIALS).unwrap();
+    std::fs::write(
+        &path,
+        "[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"jwks.json\"\n[credentials]\nfile = \"credentials.toml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
