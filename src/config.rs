@@ -55,6 +55,15 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub spool_memory_bytes: usize,
+    pub min_body_rate: MinBodyRate,
+}
+
+/// A body must average at least `bytes_per_s` once `grace` has passed
+/// (0 disables the check); slower is `408 body_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MinBodyRate {
+    pub bytes_per_s: u64,
+    pub grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +159,11 @@ struct RawServer {
     max_connections: Option<usize>,
     /// Default 1 MiB: a chunked body is spooled in memory up to this, then to a temp file.
     spool_memory_bytes: Option<usize>,
+    /// Default 1024 bytes/s averaged over the body, checked once the grace has passed
+    /// (0 disables): a trickling client cannot hold a Concur slot for hours.
+    min_body_bytes_per_s: Option<u64>,
+    /// Default 10 s.
+    min_body_rate_grace_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +302,16 @@ impl Config {
                 1024,
             ),
             spool_memory_bytes: s.spool_memory_bytes.unwrap_or(1024 * 1024),
+            min_body_rate: MinBodyRate {
+                bytes_per_s: s.min_body_bytes_per_s.unwrap_or(1024),
+                grace: secs(
+                    &mut problems,
+                    "server.min_body_rate_grace_s",
+                    s.min_body_rate_grace_s,
+                    10.0,
+                    true,
+                ),
+            },
         };
 
         // [upstream]

@@ -55,6 +55,8 @@ pub enum GatewayError {
     MethodNotAllowed,
     #[error("the client stopped sending the body for longer than {0:?}")]
     BodyTimeout(Duration),
+    #[error("the client sent the body slower than {min_bytes_per_s} bytes/s")]
+    BodyTooSlow { min_bytes_per_s: u64 },
     #[error("the body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("{0}")]
@@ -102,7 +104,7 @@ impl GatewayError {
             NoCredential => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyTimeout(_) | BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejected(r) if r.code == RejectCode::UnsupportedMediaType => {
@@ -132,7 +134,7 @@ impl GatewayError {
             NoCredential => "no_credential",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
-            BodyTimeout(_) => "body_timeout",
+            BodyTimeout(_) | BodyTooSlow { .. } => "body_timeout",
             BodyTooLarge { .. } => "body_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",
             Rejected(r) => r.code.as_str(),
@@ -161,7 +163,7 @@ impl GatewayError {
             NoCredential => "No Concur credential",
             NotFound => "Not found",
             MethodNotAllowed => "Method not allowed",
-            BodyTimeout(_) => "Body timeout",
+            BodyTimeout(_) | BodyTooSlow { .. } => "Body timeout",
             BodyTooLarge { .. } => "Body too large",
             UnsupportedMediaType(_) => "Unsupported media type",
             Rejected(r) => match r.code {
@@ -269,7 +271,10 @@ impl GatewayError {
             }
             _ => {}
         }
-        if matches!(self, GatewayError::BodyTimeout(_)) {
+        if matches!(
+            self,
+            GatewayError::BodyTimeout(_) | GatewayError::BodyTooSlow { .. }
+        ) {
             // The rest of the body may never come: don't keep the connection.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

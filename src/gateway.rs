@@ -1,7 +1,9 @@
 //! The gateway's shared state, built once from a validated [`Config`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
 use crate::config::Config;
@@ -19,7 +21,13 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub metrics: Metrics,
     draining: AtomicBool,
+    /// Per company: until when Concur asked us (429/503 + Retry-After) to back off.
+    concur_backoff: Mutex<HashMap<String, Instant>>,
 }
+
+/// Longest back-off honoured from a Concur `Retry-After` (a guard against an
+/// absurd value stopping a company's traffic for hours).
+pub const MAX_CONCUR_BACKOFF: Duration = Duration::from_secs(300);
 
 impl Gateway {
     /// Loads keys and credentials and builds the upstream client. Every problem
@@ -43,6 +51,7 @@ impl Gateway {
                 upstream,
                 metrics: Metrics::new(),
                 draining: AtomicBool::new(false),
+                concur_backoff: Mutex::new(HashMap::new()),
                 config,
             }),
             _ => Err(problems),
@@ -60,6 +69,23 @@ impl Gateway {
             return Err("no Concur credentials loaded".into());
         }
         Ok(())
+    }
+
+    /// Concur throttled this company: pause its traffic for `for_`.
+    pub fn back_off_company(&self, company: &str, for_: Duration) {
+        let until = Instant::now() + for_.min(MAX_CONCUR_BACKOFF);
+        let mut map = self.concur_backoff.lock().expect("backoff lock");
+        map.retain(|_, t| *t > Instant::now());
+        let entry = map.entry(company.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Whole seconds (rounded up) this company must still wait, if any.
+    pub fn concur_backoff(&self, company: &str) -> Option<u64> {
+        let map = self.concur_backoff.lock().expect("backoff lock");
+        let until = *map.get(company)?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some(crate::rate_limit::retry_after_secs(left))
     }
 
     pub fn start_draining(&self) {

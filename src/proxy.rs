@@ -119,6 +119,7 @@ where
         max,
         declared_len,
         gw.config.server.body_idle_timeout,
+        gw.config.server.min_body_rate,
     );
     let outcome = body.outcome();
     let finish_log = |o: &Outcome| {
@@ -214,6 +215,21 @@ where
             f.upstream_ms = Some(started.elapsed().as_millis() as u64);
         });
     }
+    if matches!(
+        head.status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) && let Some(wait) = retry_after(&head.headers)
+    {
+        // Concur is throttling: hold this company's callers back instead of
+        // hammering it (they get 429 with the remaining time).
+        tracing::warn!(
+            company = %identity.company,
+            wait_s = wait.as_secs(),
+            status = head.status.as_u16(),
+            "Concur asked to back off"
+        );
+        gw.back_off_company(&identity.company, wait);
+    }
     translate(
         head.status,
         &head.headers,
@@ -222,6 +238,19 @@ where
         repr_digest,
         log,
     )
+}
+
+/// `Retry-After` as delta-seconds (Concur's form). An HTTP-date is not
+/// interpreted: the client still receives the header as Concur sent it.
+fn retry_after(headers: &HeaderMap) -> Option<std::time::Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
 }
 
 /// `Content-Type` must be one of the four image types (`415` otherwise).

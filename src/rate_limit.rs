@@ -11,7 +11,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
@@ -19,12 +19,49 @@ use crate::auth::Identity;
 use crate::config::RateLimitConfig;
 use crate::error::GatewayError;
 
-type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, StateInformationMiddleware>;
 
 pub struct RateLimits<C: Clock = DefaultClock> {
     user: Keyed<(String, String), C>,
     company: Keyed<String, C>,
     clock: C,
+    user_policy: Policy,
+    company_policy: Policy,
+}
+
+/// A limit as the IETF `RateLimit-Policy` header describes it: `q` requests
+/// per `w` seconds (for GCRA: the burst, and the time it takes to refill).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub scope: &'static str,
+    pub burst: u32,
+    pub per_second: f64,
+}
+
+impl Policy {
+    /// Seconds for an empty bucket to refill completely.
+    pub fn window_s(&self) -> u64 {
+        (f64::from(self.burst) / self.per_second).ceil().max(1.0) as u64
+    }
+
+    /// `"scope";q=N;w=S`
+    pub fn header_item(&self) -> String {
+        format!("\"{}\";q={};w={}", self.scope, self.burst, self.window_s())
+    }
+
+    /// `"scope";r=REMAINING;t=SECONDS-UNTIL-FULL`
+    pub fn usage_item(&self, remaining: u32) -> String {
+        let missing = f64::from(self.burst.saturating_sub(remaining));
+        let t = (missing / self.per_second).ceil() as u64;
+        format!("\"{}\";r={remaining};t={t}", self.scope)
+    }
+}
+
+/// What an admitted request leaves of each limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remaining {
+    pub user: u32,
+    pub company: u32,
 }
 
 impl<C: Clock> std::fmt::Debug for RateLimits<C> {
@@ -55,22 +92,43 @@ impl<C: Clock + Clone> RateLimits<C> {
             user: RateLimiter::dashmap_with_clock(
                 quota(config.user_per_second, config.user_burst),
                 clock.clone(),
-            ),
+            )
+            .with_middleware::<StateInformationMiddleware>(),
             company: RateLimiter::dashmap_with_clock(
                 quota(config.company_per_second, config.company_burst),
                 clock.clone(),
-            ),
+            )
+            .with_middleware::<StateInformationMiddleware>(),
             clock,
+            user_policy: Policy {
+                scope: "user",
+                burst: config.user_burst,
+                per_second: config.user_per_second,
+            },
+            company_policy: Policy {
+                scope: "company",
+                burst: config.company_burst,
+                per_second: config.company_per_second,
+            },
         }
     }
 }
 
 impl<C: Clock> RateLimits<C> {
     /// Admits one request, or says how long to wait (whole seconds, rounded up).
-    pub fn check(&self, who: &Identity) -> Result<(), GatewayError> {
+    pub fn check(&self, who: &Identity) -> Result<Remaining, GatewayError> {
         let user_key = (who.company.clone(), who.user.clone());
-        self.check_one(&self.user, &user_key, "user")?;
-        self.check_one(&self.company, &who.company, "company")
+        let user = self.check_one(&self.user, &user_key, "user")?;
+        let company = self.check_one(&self.company, &who.company, "company")?;
+        Ok(Remaining {
+            user: user.remaining_burst_capacity(),
+            company: company.remaining_burst_capacity(),
+        })
+    }
+
+    /// The two policies, for the `RateLimit-Policy` header.
+    pub fn policies(&self) -> [Policy; 2] {
+        [self.user_policy, self.company_policy]
     }
 
     fn check_one<K: Hash + Eq + Clone>(
@@ -78,7 +136,7 @@ impl<C: Clock> RateLimits<C> {
         limiter: &Keyed<K, C>,
         key: &K,
         scope: &'static str,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<StateSnapshot, GatewayError> {
         limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             GatewayError::RateLimited {
@@ -135,9 +193,8 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let rl = RateLimits::with_clock(&config(0.5, 3, 100.0, 100), clock.clone());
         let alice = who("acme", "alice");
-        for _ in 0..3 {
-            rl.check(&alice).unwrap();
-        }
+        let remaining: Vec<u32> = (0..3).map(|_| rl.check(&alice).unwrap().user).collect();
+        assert_eq!(remaining, [2, 1, 0]);
         match rl.check(&alice) {
             Err(GatewayError::RateLimited {
                 scope,
@@ -196,5 +253,23 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn ietf_header_items() {
+        let p = Policy {
+            scope: "user",
+            burst: 10,
+            per_second: 5.0,
+        };
+        assert_eq!(p.header_item(), "\"user\";q=10;w=2");
+        assert_eq!(p.usage_item(10), "\"user\";r=10;t=0");
+        assert_eq!(p.usage_item(7), "\"user\";r=7;t=1");
+        assert_eq!(p.usage_item(0), "\"user\";r=0;t=2");
     }
 }

@@ -5,7 +5,8 @@
 //!                one structured log line per request
 //!   CatchPanic   a panic becomes a 500 problem+json; the connection survives
 //!     Guard(auth)        JWT -> Identity in the request's extensions (401)
-//!       Guard(rate)      keyed limits on that identity (429)
+//!       RateLimit        keyed limits on that identity, and Concur's own
+//!                        back-off for the company (429); RateLimit headers
 //!         Proxy          route, credential, body, Concur, translation
 //! ```
 //!
@@ -104,28 +105,11 @@ where
             Ok(())
         }
     };
-    let rate = {
-        let gw = gw.clone();
-        move |req: &mut Request<B>| {
-            let identity = req
-                .extensions()
-                .get::<Identity>()
-                .ok_or_else(|| GatewayError::Internal("rate limit before auth".into()))?;
-            gw.rate_limits.check(identity).inspect_err(|e| {
-                if let GatewayError::RateLimited { scope, .. } = e {
-                    gw.metrics
-                        .rate_limited
-                        .get_or_create(&ScopeLabel { scope })
-                        .inc();
-                }
-            })
-        }
-    };
     ServiceBuilder::new()
         .layer(AccessLogLayer { gw: gw.clone() })
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(GuardLayer { check: auth })
-        .layer(GuardLayer { check: rate })
+        .layer(RateLimitLayer { gw: gw.clone() })
         .service(ProxyService { gw })
 }
 
@@ -319,6 +303,123 @@ where
                 }
                 let response = e.into_response(&proxy::request_id(&req));
                 Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}
+
+// ---- RateLimit: keyed limits, Concur back-off, IETF RateLimit headers ----
+
+#[derive(Clone)]
+struct RateLimitLayer {
+    gw: Arc<Gateway>,
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            gw: self.gw.clone(),
+        }
+    }
+}
+
+/// Admits the authenticated caller or answers `429 rate_limited` with
+/// `Retry-After`. Every answer carries `RateLimit-Policy`; admitted ones also
+/// `RateLimit` with what is left (draft-ietf-httpapi-ratelimit-headers).
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    gw: Arc<Gateway>,
+}
+
+impl<S> RateLimit<S> {
+    fn policy_header(&self) -> HeaderValue {
+        let items: Vec<String> = self
+            .gw
+            .rate_limits
+            .policies()
+            .iter()
+            .map(|p| p.header_item())
+            .collect();
+        HeaderValue::from_str(&items.join(", ")).expect("ASCII header items")
+    }
+}
+
+const RATELIMIT: &str = "ratelimit";
+const RATELIMIT_POLICY: &str = "ratelimit-policy";
+
+impl<S, B> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let policy = self.policy_header();
+        let Some(identity) = req.extensions().get::<Identity>() else {
+            let e = GatewayError::Internal("rate limit before auth".into());
+            return Box::pin(std::future::ready(Ok(
+                e.into_response(&proxy::request_id(&req))
+            )));
+        };
+        let admitted = match self.gw.concur_backoff(&identity.company) {
+            Some(retry_after_s) => Err(GatewayError::RateLimited {
+                scope: "concur",
+                retry_after_s,
+            }),
+            None => self.gw.rate_limits.check(identity),
+        };
+        match admitted {
+            Err(e) => {
+                let mut usage = None;
+                if let GatewayError::RateLimited {
+                    scope,
+                    retry_after_s,
+                } = &e
+                {
+                    self.gw
+                        .metrics
+                        .rate_limited
+                        .get_or_create(&ScopeLabel { scope })
+                        .inc();
+                    usage = Some(format!("\"{scope}\";r=0;t={retry_after_s}"));
+                }
+                if let Some(log) = req.extensions().get::<RequestLog>() {
+                    log.update(|f| f.error = Some(e.to_string()));
+                }
+                let mut response = e.into_response(&proxy::request_id(&req));
+                response.headers_mut().insert(RATELIMIT_POLICY, policy);
+                if let Some(v) = usage.and_then(|u| HeaderValue::from_str(&u).ok()) {
+                    response.headers_mut().insert(RATELIMIT, v);
+                }
+                Box::pin(std::future::ready(Ok(response)))
+            }
+            Ok(remaining) => {
+                let [user, company] = self.gw.rate_limits.policies();
+                let usage = format!(
+                    "{}, {}",
+                    user.usage_item(remaining.user),
+                    company.usage_item(remaining.company)
+                );
+                let future = self.inner.call(req);
+                Box::pin(async move {
+                    let Ok(mut response) = future.await;
+                    let headers = response.headers_mut();
+                    headers.insert(RATELIMIT_POLICY, policy);
+                    if let Ok(v) = HeaderValue::from_str(&usage) {
+                        headers.insert(RATELIMIT, v);
+                    }
+                    Ok(response)
+                })
             }
         }
     }

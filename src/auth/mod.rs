@@ -206,8 +206,21 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Most verified tokens remembered (see [`Authenticator::verify`]).
+pub const TOKEN_CACHE_CAPACITY: usize = 10_000;
+
+/// A verified token's outcome, remembered under the SHA-256 of the token (the
+/// token itself is never stored). Time claims are re-checked on every hit.
+#[derive(Debug, Clone)]
+struct Verified {
+    identity: Identity,
+    exp: f64,
+    nbf: Option<f64>,
+}
+
 /// Verifies bearer tokens.
 pub struct Authenticator {
+    cache: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
     keys: KeySet,
     issuer: String,
     audience: String,
@@ -230,6 +243,7 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     pub fn new(config: &AuthConfig, keys: KeySet, clock: Arc<dyn Clock>) -> Self {
         Self {
+            cache: std::sync::Mutex::new(HashMap::new()),
             keys,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -250,7 +264,58 @@ impl Authenticator {
     }
 
     /// Verifies a compact JWT; the error is a reason safe to show the caller.
+    ///
+    /// A caller reusing its JWT costs one SHA-256 and a map lookup instead of a
+    /// signature check: verified tokens are cached (bounded, keyed by the
+    /// token's hash), and a hit re-checks `exp` and `nbf` against the clock.
     pub fn verify(&self, token: &str) -> Result<Identity, String> {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let key: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let hit = self.cache.lock().expect("token cache").get(&key).cloned();
+        if let Some(v) = hit {
+            return match self.check_times(v.exp, v.nbf) {
+                Ok(()) => Ok(v.identity),
+                Err(e) => {
+                    self.cache.lock().expect("token cache").remove(&key);
+                    Err(e)
+                }
+            };
+        }
+        let verified = self.verify_uncached(token)?;
+        let identity = verified.identity.clone();
+        let mut cache = self.cache.lock().expect("token cache");
+        if cache.len() >= TOKEN_CACHE_CAPACITY {
+            let now = self.clock.now_unix() as f64;
+            let leeway = self.leeway as f64;
+            cache.retain(|_, v| v.exp + leeway >= now);
+            if cache.len() >= TOKEN_CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(key, verified);
+        Ok(identity)
+    }
+
+    /// Number of tokens cached.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.lock().expect("token cache").len()
+    }
+
+    fn check_times(&self, exp: f64, nbf: Option<f64>) -> Result<(), String> {
+        let now = self.clock.now_unix() as f64;
+        let leeway = self.leeway as f64;
+        if now > exp + leeway {
+            return Err("token expired".into());
+        }
+        if let Some(nbf) = nbf
+            && now + leeway < nbf
+        {
+            return Err("token not yet valid".into());
+        }
+        Ok(())
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Verified, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_owned())?;
         let key = self.keys.select(header.kid.as_deref(), header.alg)?;
@@ -287,29 +352,28 @@ impl Authenticator {
             }
         })?;
         let claims = data.claims;
-        let now = self.clock.now_unix();
         let exp = claims
             .get("exp")
             .and_then(serde_json::Value::as_f64)
             .ok_or("missing or non-numeric `exp`")?;
-        if now as f64 > exp + self.leeway as f64 {
-            return Err("token expired".into());
-        }
-        if let Some(nbf) = claims.get("nbf") {
-            let nbf = nbf.as_f64().ok_or("non-numeric `nbf`")?;
-            if (now as f64) + (self.leeway as f64) < nbf {
-                return Err("token not yet valid".into());
-            }
-        }
+        let nbf = match claims.get("nbf") {
+            None => None,
+            Some(v) => Some(v.as_f64().ok_or("non-numeric `nbf`")?),
+        };
+        self.check_times(exp, nbf)?;
         let claim = |name: &str| -> Result<String, String> {
             match claims.get(name) {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
                 _ => Err(format!("claim `{name}` missing or not a string")),
             }
         };
-        Ok(Identity {
-            company: claim(&self.company_claim)?,
-            user: claim(&self.user_claim)?,
+        Ok(Verified {
+            identity: Identity {
+                company: claim(&self.company_claim)?,
+                user: claim(&self.user_claim)?,
+            },
+            exp,
+            nbf,
         })
     }
 }
@@ -407,6 +471,25 @@ mod tests {
         assert!(auth.verify(&t).is_ok());
         clock.advance(Duration::from_secs(1));
         assert_eq!(auth.verify(&t).unwrap_err(), "token expired");
+    }
+
+    #[test]
+    fn the_token_cache_never_accepts_an_expired_token() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let auth = authenticator(clock.clone());
+        let t = token(serde_json::json!({
+            "iss": "iss", "aud": "aud", "email": "u", "org": "c", "exp": T0 + 100,
+        }));
+        assert!(auth.verify(&t).is_ok());
+        assert_eq!(auth.cached_tokens(), 1);
+        assert!(auth.verify(&t).is_ok(), "served from the cache");
+        clock.set(T0 + 131); // past exp + leeway
+        assert_eq!(auth.verify(&t).unwrap_err(), "token expired");
+        assert_eq!(auth.cached_tokens(), 0, "the expired entry is dropped");
+        // A failed verification is never cached.
+        let bad = format!("{t}x");
+        assert!(auth.verify(&bad).is_err());
+        assert_eq!(auth.cached_tokens(), 0);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::{Inspector, Rejection};
-use crate::config::DigestAlgorithm;
+use crate::config::{DigestAlgorithm, MinBodyRate};
 use crate::error::{BoxError, GatewayError};
 
 /// How many bytes of the body are held back until the verdict is known.
@@ -73,6 +73,8 @@ pub struct InspectBody<B> {
     declared_len: Option<u64>,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
+    min_rate: MinBodyRate,
+    started: Instant,
     state: State,
     outcome: SharedOutcome,
 }
@@ -113,6 +115,7 @@ where
         max_bytes: u64,
         declared_len: Option<u64>,
         idle: Duration,
+        min_rate: MinBodyRate,
     ) -> Self {
         let hasher = match digest {
             DigestAlgorithm::Sha256 => Some((digest::Context::new(&digest::SHA256), "sha-256")),
@@ -131,6 +134,8 @@ where
             declared_len,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
+            min_rate,
+            started: Instant::now(),
             state: State::Streaming,
             outcome: SharedOutcome::default(),
         }
@@ -205,9 +210,10 @@ where
                     if data.is_empty() {
                         continue;
                     }
-                    let deadline = Instant::now() + self.idle;
-                    self.sleep.as_mut().reset(deadline);
+                    let now = Instant::now();
+                    self.sleep.as_mut().reset(now + self.idle);
                     self.on_data(data);
+                    self.check_rate(now);
                     return Poll::Ready(if self.state == State::Failed {
                         Err(())
                     } else {
@@ -233,6 +239,21 @@ where
                     return Poll::Ready(Err(()));
                 }
             }
+        }
+    }
+
+    /// A client trickling bytes just often enough to dodge the idle timeout
+    /// is cut once its average rate, after the grace period, is too low.
+    fn check_rate(&mut self, now: Instant) {
+        let MinBodyRate { bytes_per_s, grace } = self.min_rate;
+        let elapsed = now.duration_since(self.started);
+        if self.state != State::Streaming || bytes_per_s == 0 || elapsed <= grace {
+            return;
+        }
+        if (self.received as f64) < bytes_per_s as f64 * elapsed.as_secs_f64() {
+            self.fail(GatewayError::BodyTooSlow {
+                min_bytes_per_s: bytes_per_s,
+            });
         }
     }
 

@@ -540,15 +540,6 @@ async fn concur_errors_map_as_specified() {
     assert!(v["concur"]["Error"]["Id"].is_string());
 
     h.sandbox.push_fault(Fault::Status {
-        status: 503,
-        message: "busy".into(),
-        retry_after: Some("7".into()),
-    });
-    let r = h.upload(path, JPEG).await;
-    r.problem(503, "concur_error");
-    assert_eq!(r.header("retry-after"), Some("7"));
-
-    h.sandbox.push_fault(Fault::Status {
         status: 401,
         message: "token rejected".into(),
         retry_after: None,
@@ -593,6 +584,16 @@ async fn concur_errors_map_as_specified() {
     assert_eq!(h.upload(entry, JPEG).await.status, 201);
     let v = h.upload(entry, JPEG).await.problem(400, "concur_error");
     assert!(v["detail"].as_str().unwrap().contains("already"), "{v}");
+
+    // Last, as it also pauses acme's traffic (see concur_throttling_…).
+    h.sandbox.push_fault(Fault::Status {
+        status: 503,
+        message: "busy".into(),
+        retry_after: Some("7".into()),
+    });
+    let r = h.upload(path, JPEG).await;
+    r.problem(503, "concur_error");
+    assert_eq!(r.header("retry-after"), Some("7"));
 }
 
 #[tokio::test]
@@ -858,4 +859,135 @@ async fn an_upload_in_flight_when_the_drain_starts_completes() {
             .any(|u| u.complete && u.sha256_hex == sha256_hex(JPEG))
     );
     h.stop().await;
+}
+
+#[tokio::test]
+async fn ratelimit_headers_follow_the_ietf_draft() {
+    let h = Harness::with_config(
+        "[rate_limit]\nuser_per_second = 1.0\nuser_burst = 3\ncompany_per_second = 10.0\ncompany_burst = 20",
+    )
+    .await;
+    let r = h.upload("/api/image/v1.0/report/R1", JPEG).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"user\";q=3;w=3, \"company\";q=20;w=2")
+    );
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"user\";r=2;t=1, \"company\";r=19;t=1")
+    );
+    h.upload("/api/image/v1.0/report/R1", JPEG).await;
+    h.upload("/api/image/v1.0/report/R1", JPEG).await;
+    let r = h.upload("/api/image/v1.0/report/R1", JPEG).await;
+    r.problem(429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("ratelimit"), Some("\"user\";r=0;t=1"));
+    assert!(r.header("ratelimit-policy").is_some());
+}
+
+#[tokio::test]
+async fn concur_throttling_pauses_that_company_only() {
+    let h = Harness::start().await;
+    h.sandbox.push_fault(Fault::Status {
+        status: 429,
+        message: "Too many requests".into(),
+        retry_after: Some("30".into()),
+    });
+    let r = h.upload("/api/image/v1.0/report/R1", JPEG).await;
+    r.problem(429, "concur_error");
+    assert_eq!(r.header("retry-after"), Some("30"));
+    // acme's callers now wait, without reaching Concur.
+    let r = h.upload("/api/image/v1.0/report/R2", JPEG).await;
+    let v = r.problem(429, "rate_limited");
+    assert!(v["detail"].as_str().unwrap().contains("concur"), "{v}");
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((28..=30).contains(&wait), "{wait}");
+    assert_eq!(h.uploads().len(), 1);
+    // Another company is unaffected.
+    let gina = jwt("globex", "gina@globex.example");
+    let r = h
+        .post(
+            "/api/image/v1.0/receipt",
+            &[
+                ("authorization", &auth(&gina)),
+                ("content-type", "image/jpeg"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_full_upstream_queue_answers_503_overloaded() {
+    let h = Harness::with_config("[upstream]\nmax_in_flight = 1\nqueue_timeout_s = 0.2").await;
+    h.sandbox.push_fault(Fault::Delay { millis: 1_500 });
+    let first = {
+        let token = jwt(ALICE.0, ALICE.1);
+        let addr = h.addr;
+        tokio::spawn(async move {
+            request(
+                addr,
+                "POST",
+                "/api/image/v1.0/report/R1",
+                &[
+                    ("authorization", &auth(&token)),
+                    ("content-type", "image/jpeg"),
+                ],
+                Payload::Full(JPEG.to_vec()),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = h.upload("/api/image/v1.0/report/R2", JPEG).await;
+    r.problem(503, "overloaded");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(first.await.unwrap().status, 201);
+    assert_eq!(
+        h.uploads().len(),
+        1,
+        "the refused request never reached Concur"
+    );
+}
+
+#[tokio::test]
+async fn slowloris_heads_and_trickling_bodies_are_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::with_config(
+        "[server]\nheader_read_timeout_s = 0.3\nmin_body_bytes_per_s = 100000\nmin_body_rate_grace_s = 0.2",
+    )
+    .await;
+    // A head that never ends: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"POST /api/image/v1.0/receipt HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf))
+        .await
+        .expect("the gateway closes a slow head")
+        .unwrap();
+    // A body that trickles (each piece well within the idle timeout).
+    let token = jwt(ALICE.0, ALICE.1);
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        JPEG.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for piece in JPEG[..3000].chunks(500) {
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h.uploads().iter().all(|u| !u.complete));
 }
