@@ -80,6 +80,19 @@ pub struct UpstreamConfig {
 pub enum KeySource {
     JwksFile(PathBuf),
     Hs256SecretFile(PathBuf),
+    /// Fetched over HTTPS at start and refreshed in the background.
+    JwksUrl(JwksUrl),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksUrl {
+    pub url: http::Uri,
+    /// Extra trust anchors for the IdP (PEM), besides the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// How often the key set is refetched.
+    pub refresh: Duration,
+    /// At most one refetch this often when a token names an unknown `kid`.
+    pub min_refetch: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +200,12 @@ struct RawAuth {
     audience: Option<String>,
     jwks_file: Option<PathBuf>,
     jwks_url: Option<String>,
+    /// Extra CA (PEM) for `jwks_url`.
+    jwks_ca_file: Option<PathBuf>,
+    /// Default 300 s.
+    jwks_refresh_s: Option<f64>,
+    /// Default 10 s.
+    jwks_min_refetch_s: Option<f64>,
     hs256_secret_file: Option<PathBuf>,
     /// Default `sub`.
     user_claim: Option<String>,
@@ -382,22 +401,54 @@ impl Config {
             problems.push("auth.audience is required".into());
             String::new()
         });
-        if a.jwks_url.is_some() {
-            problems.push(
-                "auth.jwks_url is not supported by this version; use auth.jwks_file (a mounted JWKS) or auth.hs256_secret_file".into(),
-            );
+        let jwks_url = a
+            .jwks_url
+            .as_deref()
+            .map(|text| match text.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => uri,
+                _ => {
+                    problems.push(format!("auth.jwks_url `{text}` must be an https:// URL"));
+                    http::Uri::from_static("https://invalid")
+                }
+            });
+        let jwks_ca_file = a.jwks_ca_file.map(resolve);
+        if let Some(ca) = &jwks_ca_file
+            && !ca.is_file()
+        {
+            problems.push(format!("auth.jwks_ca_file {}: no such file", ca.display()));
         }
-        let keys = match (a.jwks_file, a.hs256_secret_file) {
-            (Some(f), None) => KeySource::JwksFile(resolve(f)),
-            (None, Some(f)) => KeySource::Hs256SecretFile(resolve(f)),
-            (Some(_), Some(_)) => {
-                problems.push("auth: set only one of jwks_file and hs256_secret_file".into());
+        let refresh = secs(
+            &mut problems,
+            "auth.jwks_refresh_s",
+            a.jwks_refresh_s,
+            300.0,
+            false,
+        );
+        let min_refetch = secs(
+            &mut problems,
+            "auth.jwks_min_refetch_s",
+            a.jwks_min_refetch_s,
+            10.0,
+            true,
+        );
+        let keys = match (a.jwks_file, a.hs256_secret_file, jwks_url) {
+            (Some(f), None, None) => KeySource::JwksFile(resolve(f)),
+            (None, Some(f), None) => KeySource::Hs256SecretFile(resolve(f)),
+            (None, None, Some(url)) => KeySource::JwksUrl(JwksUrl {
+                url,
+                ca_file: jwks_ca_file,
+                refresh,
+                min_refetch,
+            }),
+            (None, None, None) => {
+                problems.push(
+                    "auth: one of jwks_file, jwks_url or hs256_secret_file is required".into(),
+                );
                 KeySource::JwksFile(PathBuf::new())
             }
-            (None, None) => {
-                if a.jwks_url.is_none() {
-                    problems.push("auth: one of jwks_file or hs256_secret_file is required".into());
-                }
+            _ => {
+                problems
+                    .push("auth: set only one of jwks_file, jwks_url and hs256_secret_file".into());
                 KeySource::JwksFile(PathBuf::new())
             }
         };
@@ -633,7 +684,7 @@ x = 1
             "server.header_read_timeout_s",
             "must be an https:// URL",
             "auth.issuer is required",
-            "one of jwks_file or hs256_secret_file",
+            "one of jwks_file, jwks_url or hs256_secret_file",
             "rate_limit.user_per_second",
             "inspect.digest `md5`",
             "credentials.file is required",

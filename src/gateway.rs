@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, KeySource};
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::rate_limit::RateLimits;
@@ -64,6 +64,9 @@ impl Gateway {
         if self.is_draining() {
             return Err("draining: shutting down".into());
         }
+        if !self.auth.keys_loaded() {
+            return Err("JWT verification keys not loaded yet (auth.jwks_url)".into());
+        }
         let creds = self.credentials.current();
         if creds.is_empty() {
             return Err("no Concur credentials loaded".into());
@@ -98,9 +101,18 @@ impl Gateway {
 
     /// Background housekeeping: credential reloads and rate-limiter pruning.
     pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let jwks = match &self.config.auth.keys {
+            KeySource::JwksUrl(config) => Some(tokio::spawn(crate::auth::jwks::refresher(
+                Arc::downgrade(self),
+                config.clone(),
+            ))),
+            _ => None,
+        };
         let gw = Arc::downgrade(self);
         let every = self.config.credentials.reload_interval;
         tokio::spawn(async move {
+            // Aborting housekeeping aborts the JWKS refresher with it.
+            let _jwks = jwks.map(AbortOnDrop);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut ticks: u64 = 0;
@@ -140,5 +152,13 @@ impl Gateway {
             }
         }
         result
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

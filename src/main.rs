@@ -24,7 +24,9 @@ fn main() {
                 cert_out,
                 tokens,
             } => cli::sandbox(listen, tls_cert.zip(tls_key), cert_out, tokens).await,
-            Command::CheckConfig { config } => cli::check_config(config, &mut std::io::stdout()),
+            Command::CheckConfig { config } => {
+                cli::check_config(config, &mut std::io::stdout()).await
+            }
             Command::Scan {
                 json,
                 content_type,

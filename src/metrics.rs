@@ -64,6 +64,7 @@ pub struct Metrics {
     pub rate_limited: Family<ScopeLabel, Counter>,
     pub in_flight: Gauge,
     pub credential_reloads: Family<ResultLabel, Counter>,
+    pub jwks_reloads: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,6 +126,12 @@ impl Metrics {
             "Credential file reloads, by result",
             credential_reloads.clone(),
         );
+        let jwks_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "jwks_reloads",
+            "JWKS fetches from auth.jwks_url, by result",
+            jwks_reloads.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -142,6 +149,7 @@ impl Metrics {
             rate_limited,
             in_flight,
             credential_reloads,
+            jwks_reloads,
         }
     }
 

@@ -25,6 +25,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use crate::config::{AuthConfig, KeySource};
 use crate::error::GatewayError;
 
+pub mod jwks;
+
 /// Who is calling, as the JWT says.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
@@ -144,6 +146,25 @@ impl KeySet {
         Ok(Self { by_kid, all })
     }
 
+    /// No keys: every token is refused (a JWKS URL not fetched yet).
+    pub fn empty() -> Self {
+        Self {
+            by_kid: HashMap::new(),
+            all: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// The key ids, for logs.
+    pub fn kids(&self) -> Vec<String> {
+        let mut kids: Vec<String> = self.by_kid.keys().cloned().collect();
+        kids.sort();
+        kids
+    }
+
     /// An HS256 shared secret (at least 32 bytes, RFC 7518 §3.2).
     pub fn from_hs256_secret(secret: &[u8]) -> Result<Self, String> {
         if secret.len() < 32 {
@@ -169,6 +190,9 @@ impl KeySet {
                 let bytes = read(path)?;
                 Self::from_jwks(&bytes).map_err(|e| format!("{}: {e}", path.display()))
             }
+            // Fetched by the background refresher (`jwks.rs`); until then the
+            // set is empty and the gateway is not ready.
+            KeySource::JwksUrl(_) => Ok(Self::empty()),
             KeySource::Hs256SecretFile(path) => {
                 let bytes = read(path)?;
                 // A trailing newline from an editor is not part of the secret.
@@ -221,7 +245,9 @@ struct Verified {
 /// Verifies bearer tokens.
 pub struct Authenticator {
     cache: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
-    keys: KeySet,
+    keys: arc_swap::ArcSwap<KeySet>,
+    /// Woken when a token names an unknown `kid` (the JWKS refresher listens).
+    unknown_kid: tokio::sync::Notify,
     issuer: String,
     audience: String,
     user_claim: String,
@@ -244,7 +270,8 @@ impl Authenticator {
     pub fn new(config: &AuthConfig, keys: KeySet, clock: Arc<dyn Clock>) -> Self {
         Self {
             cache: std::sync::Mutex::new(HashMap::new()),
-            keys,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
+            unknown_kid: tokio::sync::Notify::new(),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             user_claim: config.user_claim.clone(),
@@ -296,6 +323,23 @@ impl Authenticator {
         Ok(identity)
     }
 
+    /// Whether any verification key is loaded.
+    pub fn keys_loaded(&self) -> bool {
+        !self.keys.load().is_empty()
+    }
+
+    /// Swaps in a new key set (a JWKS refresh). Cached verifications are
+    /// dropped: a key that was removed must stop vouching for its tokens.
+    pub fn replace_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(keys));
+        self.cache.lock().expect("token cache").clear();
+    }
+
+    /// Notified when a token names a `kid` the key set lacks.
+    pub fn unknown_kid(&self) -> &tokio::sync::Notify {
+        &self.unknown_kid
+    }
+
     /// Number of tokens cached.
     pub fn cached_tokens(&self) -> usize {
         self.cache.lock().expect("token cache").len()
@@ -318,7 +362,14 @@ impl Authenticator {
     fn verify_uncached(&self, token: &str) -> Result<Verified, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_owned())?;
-        let key = self.keys.select(header.kid.as_deref(), header.alg)?;
+        let keys = self.keys.load();
+        let key = keys
+            .select(header.kid.as_deref(), header.alg)
+            .inspect_err(|_| {
+                if header.kid.is_some() {
+                    self.unknown_kid.notify_one();
+                }
+            })?;
         if !key.algorithms.contains(&header.alg) {
             return Err(format!(
                 "algorithm {:?} is not allowed for this key",

@@ -2,6 +2,7 @@
 
 mod gateway;
 mod inspect_img;
+mod jwks;
 mod process;
 mod sandbox;
 mod support;

@@ -156,6 +156,22 @@ impl Harness {
         Self::with_config("").await
     }
 
+    /// Verification keys from `idp` instead of a file; `auth_extra` adds
+    /// `[auth]` keys.
+    pub async fn with_jwks_url(idp: &JwksServer, auth_extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("idp-ca.pem");
+        std::fs::write(&ca, &idp.ca_pem).unwrap();
+        let h = Self::with_config(&format!(
+            "[auth]\njwks_file = \"\"\njwks_url = \"{}\"\njwks_ca_file = \"{}\"\n{auth_extra}",
+            idp.url,
+            ca.display()
+        ))
+        .await;
+        std::mem::forget(dir);
+        h
+    }
+
     /// `extra` is TOML merged into the generated config (whole sections).
     pub async fn with_config(extra: &str) -> Self {
         let sandbox = Sandbox::start(
@@ -227,7 +243,8 @@ impl Harness {
                 .lines()
                 .filter(|l| l.split('=').next().unwrap().trim() != key)
                 .collect();
-            *body = kept.join("\n") + "\n" + line + "\n";
+            let removal = line.ends_with("= \"\"");
+            *body = kept.join("\n") + "\n" + if removal { "" } else { line } + "\n";
         }
         let text: String = sections
             .iter()
@@ -425,4 +442,84 @@ pub fn big_jpeg(size: usize) -> Vec<u8> {
     }
     out.extend_from_slice(&JPEG[2..]);
     out
+}
+
+/// A local HTTPS server publishing a JWKS that tests can rotate or break.
+pub struct JwksServer {
+    pub url: String,
+    pub ca_pem: String,
+    pub jwks: Arc<std::sync::Mutex<Option<String>>>,
+    pub fetches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    pub async fn start(initial: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca_pem = cert.pem();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let jwks = Arc::new(std::sync::Mutex::new(Some(initial.to_owned())));
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (state, count) = (jwks.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, state, count) = (acceptor.clone(), state.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |_req| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let body = state.lock().unwrap().clone();
+                        async move {
+                            let mut r = http::Response::new(Full::new(Bytes::from(
+                                body.clone().unwrap_or_default(),
+                            )));
+                            if body.is_none() {
+                                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url: format!("https://localhost:{port}/.well-known/jwks.json"),
+            ca_pem,
+            jwks,
+            fetches,
+        }
+    }
+
+    /// Publishes another key set (`None`: the IdP answers 503).
+    pub fn publish(&self, jwks: Option<String>) {
+        *self.jwks.lock().unwrap() = jwks;
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
