@@ -991,3 +991,24 @@ async fn slowloris_heads_and_trickling_bodies_are_cut() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(h.uploads().iter().all(|u| !u.complete));
 }
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let h = Harness::with_config("[server]\nmax_connections = 1").await;
+    let held = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut refused = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf))
+        .await
+        .expect("closed promptly")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        h.upload("/api/image/v1.0/report/R1", JPEG).await.status,
+        201
+    );
+}

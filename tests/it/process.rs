@@ -269,3 +269,45 @@ fn check_config_reports_every_problem() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = write_config(dir.path(), &h.sandbox, port, admin);
+    // A long drain: only the second signal can end it quickly.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("drain_delay_s = 0.5", "drain_delay_s = 60");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin).await;
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Draining: not ready, still serving.
+    let r = request(
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+        "GET",
+        "/readyz",
+        &[],
+        Payload::Full(vec![]),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert!(child.try_wait().unwrap().is_none(), "still draining");
+    let started = std::time::Instant::now();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130));
+}
