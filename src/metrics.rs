@@ -64,6 +64,8 @@ pub struct Metrics {
     pub rate_limited: Family<ScopeLabel, Counter>,
     pub in_flight: Gauge,
     pub credential_reloads: Family<ResultLabel, Counter>,
+    pub credential_refreshes: Family<ResultLabel, Counter>,
+    pub credentials_unusable: Gauge,
 }
 
 impl Default for Metrics {
@@ -125,6 +127,18 @@ impl Metrics {
             "Credential file reloads, by result",
             credential_reloads.clone(),
         );
+        let credential_refreshes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "credential_refreshes",
+            "OAuth2 access-token refreshes, by result (ok, failed, rejected, persist_failed)",
+            credential_refreshes.clone(),
+        );
+        let credentials_unusable = Gauge::default();
+        registry.register(
+            "credentials_unusable",
+            "Refreshing credentials whose refresh token Concur rejected",
+            credentials_unusable.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -142,6 +156,8 @@ impl Metrics {
             rate_limited,
             in_flight,
             credential_reloads,
+            credential_refreshes,
+            credentials_unusable,
         }
     }
 
