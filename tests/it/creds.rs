@@ -298,3 +298,58 @@ async fn a_dead_refresh_token_makes_the_credential_unusable_until_the_file_chang
     let m = h.admin_get("/metrics").await.text();
     assert!(m.contains("concur_gateway_credentials_unusable 0"), "{m}");
 }
+
+#[tokio::test]
+async fn failing_refreshes_back_off_and_a_fixed_file_recovers() {
+    // A token_url where the sandbox answers 404 (and records the request).
+    let broken = |base: &str| {
+        format!(
+            "{}token_url = \"{base}/broken/oauth2/v0/token\"\n",
+            credentials_with_bob(BOB_REFRESH)
+        )
+    };
+    let h = harness(BOB_REFRESH, false, Duration::ZERO).await;
+    swap_credentials(&h, "v2", &broken(&h.sandbox.base_url()));
+    assert!(matches!(
+        h.gateway.reload_credentials(),
+        Reload::Replaced { .. }
+    ));
+    let attempts = |h: &Harness| {
+        h.uploads()
+            .iter()
+            .filter(|r| r.path == "/broken/oauth2/v0/token")
+            .count()
+    };
+    upload_as_bob(&h).await.problem(502, "upstream_unavailable");
+    assert_eq!(attempts(&h), 1);
+    // Within the backoff (at least 1 s after a first failure): no new attempt.
+    upload_as_bob(&h).await.problem(502, "upstream_unavailable");
+    assert_eq!(attempts(&h), 1);
+    h.advance(Duration::from_secs(2));
+    upload_as_bob(&h).await.problem(502, "upstream_unavailable");
+    assert_eq!(attempts(&h), 2);
+    // The second backoff is 1 to 2 s, the third 2 to 4 s.
+    upload_as_bob(&h).await.problem(502, "upstream_unavailable");
+    assert_eq!(attempts(&h), 2);
+    h.advance(Duration::from_secs(2));
+    upload_as_bob(&h).await;
+    assert_eq!(attempts(&h), 3);
+    h.advance(Duration::from_secs(1));
+    upload_as_bob(&h).await;
+    assert_eq!(attempts(&h), 3, "still backing off");
+    let m = h.admin_get("/metrics").await.text();
+    assert!(
+        m.contains("concur_gateway_credential_refreshes_total{result=\"failed\"} 3"),
+        "{m}"
+    );
+    assert_eq!(h.sandbox.token_requests(), 0);
+
+    // The operator fixes the file: the backoff is reset, the refresh succeeds.
+    swap_credentials(&h, "v3", &credentials_with_bob(BOB_REFRESH));
+    assert!(matches!(
+        h.gateway.reload_credentials(),
+        Reload::Replaced { .. }
+    ));
+    assert_eq!(upload_as_bob(&h).await.status, 201);
+    assert_eq!(h.sandbox.token_requests(), 1);
+}
