@@ -1,4 +1,5 @@
 //! Rate limiting under overload: does the gateway admit the configured rate
+#![allow(clippy::print_stdout)] // a bench reports on stdout
 //! (±5 %) when one caller offers 10× that, and do admitted requests keep their
 //! latency?
 //!

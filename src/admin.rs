@@ -41,7 +41,14 @@ fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match gw.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Ok(()) => {
+                let mut body = String::from("ready\n");
+                for detail in gw.readiness_details() {
+                    body.push_str(&detail);
+                    body.push('\n');
+                }
+                text(StatusCode::OK, body)
+            }
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),

@@ -74,6 +74,12 @@ pub enum GatewayError {
     UpstreamUnavailable(#[source] BoxError),
     #[error("Concur refused the gateway's credential")]
     UpstreamAuthFailed,
+    /// A refreshing credential whose refresh token (or client) Concur rejected:
+    /// unusable until the credentials file provides a new one.
+    #[error(
+        "the Concur credential for this caller can no longer be refreshed; an operator must provide a new refresh token"
+    )]
+    CredentialUnusable,
     #[error("Concur's answer could not be read: {0}")]
     UpstreamInvalidResponse(String),
     #[error("the gateway is at capacity; retry shortly")]
@@ -112,9 +118,10 @@ impl GatewayError {
             }
             Rejected(_) | MalwareDetected => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            UpstreamUnavailable(_) | UpstreamAuthFailed | UpstreamInvalidResponse(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            UpstreamUnavailable(_)
+            | UpstreamAuthFailed
+            | CredentialUnusable
+            | UpstreamInvalidResponse(_) => StatusCode::BAD_GATEWAY,
             Overloaded { .. } | ShuttingDown | ScanUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Concur(c) => c.status,
@@ -141,7 +148,7 @@ impl GatewayError {
             MalwareDetected => "malware_detected",
             RateLimited { .. } => "rate_limited",
             UpstreamUnavailable(_) => "upstream_unavailable",
-            UpstreamAuthFailed => "upstream_auth_failed",
+            UpstreamAuthFailed | CredentialUnusable => "upstream_auth_failed",
             UpstreamInvalidResponse(_) => "upstream_invalid_response",
             Overloaded { .. } => "overloaded",
             ShuttingDown => "shutting_down",
@@ -176,7 +183,7 @@ impl GatewayError {
             MalwareDetected => "Malware detected",
             RateLimited { .. } => "Rate limited",
             UpstreamUnavailable(_) => "Concur unavailable",
-            UpstreamAuthFailed => "Concur authentication failed",
+            UpstreamAuthFailed | CredentialUnusable => "Concur authentication failed",
             UpstreamInvalidResponse(_) => "Invalid answer from Concur",
             Overloaded { .. } => "Overloaded",
             ShuttingDown => "Shutting down",
@@ -205,6 +212,7 @@ impl GatewayError {
             self,
             GatewayError::UpstreamUnavailable(_)
                 | GatewayError::UpstreamAuthFailed
+                | GatewayError::CredentialUnusable
                 | GatewayError::UpstreamInvalidResponse(_)
                 | GatewayError::UpstreamTimeout(_)
                 | GatewayError::Concur(_)

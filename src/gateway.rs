@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
 use crate::config::{Config, KeySource};
+use crate::credentials::refresh::TokenManager;
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::rate_limit::RateLimits;
@@ -18,6 +19,8 @@ pub struct Gateway {
     pub auth: Authenticator,
     pub rate_limits: RateLimits,
     pub credentials: CredentialStore,
+    /// Live access tokens of the refreshing credentials (survives reloads).
+    pub tokens: TokenManager,
     pub upstream: Upstream,
     pub metrics: Metrics,
     draining: AtomicBool,
@@ -43,19 +46,33 @@ impl Gateway {
             CredentialStore::open(&config.credentials.file).map_err(|ps| problems.extend(ps));
         let upstream =
             Upstream::new(&config.upstream).map_err(|e| problems.push(format!("upstream: {e}")));
-        match (keys, credentials, upstream) {
-            (Ok(keys), Ok(credentials), Ok(upstream)) if problems.is_empty() => Ok(Self {
-                auth: Authenticator::new(&config.auth, keys, clock),
-                rate_limits: RateLimits::new(&config.rate_limit),
-                credentials,
-                upstream,
-                metrics: Metrics::new(),
-                draining: AtomicBool::new(false),
-                concur_backoff: Mutex::new(HashMap::new()),
-                config,
-            }),
+        let metrics = Metrics::new();
+        let tokens =
+            TokenManager::new(&config, clock.clone(), &metrics).map_err(|e| problems.push(e));
+        match (keys, credentials, upstream, tokens) {
+            (Ok(keys), Ok(credentials), Ok(upstream), Ok(tokens)) if problems.is_empty() => {
+                tokens.start(&credentials.current());
+                Ok(Self {
+                    auth: Authenticator::new(&config.auth, keys, clock),
+                    rate_limits: RateLimits::new(&config.rate_limit),
+                    credentials,
+                    tokens,
+                    upstream,
+                    metrics,
+                    draining: AtomicBool::new(false),
+                    concur_backoff: Mutex::new(HashMap::new()),
+                    config,
+                })
+            }
             _ => Err(problems),
         }
+    }
+
+    /// Details for `/readyz`: refreshing credentials Concur refused. They do not
+    /// make the gateway unready (it still serves every other caller, and a
+    /// restart would not help), but an operator must replace them.
+    pub fn readiness_details(&self) -> Vec<String> {
+        self.tokens.unusable()
     }
 
     /// Ready: configuration, keys and credentials are loaded (they are, once
@@ -134,6 +151,7 @@ impl Gateway {
         match &result {
             Reload::Unchanged => {}
             Reload::Replaced { credentials } => {
+                self.tokens.sync(&self.credentials.current());
                 tracing::info!(credentials, "credential file reloaded");
                 self.metrics
                     .credential_reloads

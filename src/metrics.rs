@@ -65,6 +65,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub credential_reloads: Family<ResultLabel, Counter>,
     pub jwks_reloads: Family<ResultLabel, Counter>,
+    pub credential_refreshes: Family<ResultLabel, Counter>,
+    pub credentials_unusable: Gauge,
 }
 
 impl Default for Metrics {
@@ -132,6 +134,18 @@ impl Metrics {
             "JWKS fetches from auth.jwks_url, by result",
             jwks_reloads.clone(),
         );
+        let credential_refreshes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "credential_refreshes",
+            "OAuth2 access-token refreshes, by result (ok, failed, rejected, persist_failed)",
+            credential_refreshes.clone(),
+        );
+        let credentials_unusable = Gauge::default();
+        registry.register(
+            "credentials_unusable",
+            "Refreshing credentials whose refresh token Concur rejected",
+            credentials_unusable.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -150,6 +164,8 @@ impl Metrics {
             in_flight,
             credential_reloads,
             jwks_reloads,
+            credential_refreshes,
+            credentials_unusable,
         }
     }
 

@@ -6,12 +6,16 @@
 //!
 //! 1. `route::parse`: which of the four routes, and a valid target ID;
 //! 2. `Content-Type` and `Content-Length` checks (415, 413, 400), before reading;
-//! 3. `credentials::select`: the Concur token that may act for this caller;
+//! 3. `credentials::select`: the Concur credential that may act for this caller
+//!    (a credential Concur has refused fails here, before the body is read);
 //! 4. `InspectBody`: the first chunk is read and checked *before* Concur is
 //!    contacted; a body sent with `Content-Length` then streams to Concur through
 //!    the inspection with its tail held back, while a chunked body is spooled
 //!    (bounded) and inspected whole, so that Concur always gets a `Content-Length`;
-//! 5. the exchange with Concur under one deadline (`upstream.timeout_s`);
+//! 5. `TokenManager::access`: the credential's access token (a refreshing one is
+//!    refreshed first if it could expire during the upload) and base URL, then
+//!    the exchange with Concur under one deadline (`upstream.timeout_s`); a 403
+//!    from Concur marks the access token stale for the next request;
 //! 6. `transform::xml_to_json` on Concur's answer (or the XML verbatim when the
 //!    client prefers it), or the mapping of Concur's error.
 
@@ -24,7 +28,8 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::auth::Identity;
-use crate::credentials::{self, Credential};
+use crate::credentials;
+use crate::credentials::refresh::Access;
 use crate::error::{BoxError, ConcurError, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
 use crate::inspect::body::{InspectBody, Outcome};
@@ -109,6 +114,8 @@ where
         let acting = format!("{} ({acting:?})", credential.label());
         log.update(|f| f.acting = Some(acting));
     }
+    // A credential Concur has refused fails before any body byte is read.
+    gw.tokens.check_usable(&credential)?;
 
     // The body: the first chunk is checked before Concur is contacted.
     let inspector = Inspector::new(media, &gw.config.inspect.limits);
@@ -149,11 +156,14 @@ where
         }
     };
 
+    // The access token, refreshed first when what is left of it could not
+    // cover this upload (never in the middle of a body: nothing is sent yet).
+    let access = gw.tokens.access(&credential).await?;
     let _permit = gw.upstream.acquire().await?;
     let request = upstream_request(
         gw,
         &route,
-        &credential,
+        &access,
         media,
         &parts.headers,
         length,
@@ -180,6 +190,14 @@ where
         Ok(Ok(response)) => response,
     };
     let (head, upstream_body) = response.into_parts();
+    if matches!(
+        head.status,
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
+    ) {
+        // Concur's answer to an expired or revoked token: refresh before the
+        // next request (this upload was streamed and cannot be replayed).
+        gw.tokens.mark_stale(&credential, &access);
+    }
     let read = Limited::new(upstream_body, transform::MAX_XML_BYTES).collect();
     let bytes = match tokio::time::timeout_at(deadline, read).await {
         Err(_) => return Err(GatewayError::UpstreamTimeout(gw.upstream.timeout)),
@@ -294,18 +312,16 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, GatewayError> {
 fn upstream_request(
     gw: &Gateway,
     route: &Route,
-    credential: &Credential,
+    access: &Access,
     media: MediaType,
     client_headers: &HeaderMap,
     length: u64,
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, GatewayError> {
-    let authorization = credential
-        .authorization()
-        .map_err(|_| GatewayError::Internal("credential is not a valid header value".into()))?;
-    let mut builder = Request::post(gw.upstream.uri(&route.upstream_path))
-        .header(header::HOST, gw.upstream.authority())
-        .header(header::AUTHORIZATION, authorization)
+    let base = access.base.as_ref();
+    let mut builder = Request::post(gw.upstream.uri_at(base, &route.upstream_path))
+        .header(header::HOST, gw.upstream.authority_at(base))
+        .header(header::AUTHORIZATION, access.authorization.clone())
         .header(header::CONTENT_TYPE, media.mime())
         .header(header::CONTENT_LENGTH, length)
         .header(header::ACCEPT, "application/xml")

@@ -100,7 +100,16 @@ impl Upstream {
 
     /// The Concur URL for a path built by `route::parse`.
     pub fn uri(&self, path_and_query: &str) -> Uri {
-        let mut parts = self.base.clone().into_parts();
+        self.uri_at(None, path_and_query)
+    }
+
+    /// The URL for a path at `base` (a credential's geolocation, as returned by
+    /// Concur's token endpoint and checked by `refresh::parse_base`: https and a
+    /// host only), or at `upstream.base_url` when `None`. The connector is
+    /// https-only whatever the base.
+    pub fn uri_at(&self, base: Option<&Uri>, path_and_query: &str) -> Uri {
+        let base = base.unwrap_or(&self.base);
+        let mut parts = base.clone().into_parts();
         parts.path_and_query = Some(
             path_and_query
                 .parse()
@@ -111,7 +120,15 @@ impl Upstream {
 
     /// The `Host` header value for Concur.
     pub fn authority(&self) -> &str {
-        self.base.authority().map(|a| a.as_str()).unwrap_or("")
+        self.authority_at(None)
+    }
+
+    /// The `Host` header value for `base` (see [`Upstream::uri_at`]).
+    pub fn authority_at<'a>(&'a self, base: Option<&'a Uri>) -> &'a str {
+        base.unwrap_or(&self.base)
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or("")
     }
 
     /// Waits for an upstream slot (bounded by `queue_timeout`).

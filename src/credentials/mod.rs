@@ -5,6 +5,13 @@
 //! [`CredentialStore`] holds the current set behind an `ArcSwap`, so a reload
 //! replaces it atomically while in-flight requests keep the `Arc<Credential>` they
 //! started with. [`select`] is the pure selection policy of SPEC.md.
+//!
+//! A credential is either a static token (legacy Concur tokens last about a
+//! year) or a refreshing OAuth2 credential (refresh token + client); the latter
+//! is turned into a live access token by [`refresh::TokenManager`], after
+//! selection and before the exchange with Concur.
+
+pub mod refresh;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -71,19 +78,55 @@ pub struct Credential {
     pub company: String,
     pub user: Option<String>,
     pub scheme: Scheme,
-    pub access_token: Secret,
+    pub source: Source,
+}
+
+/// Where a credential's access token comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A token given in the file, used as is.
+    Static(Secret),
+    /// An OAuth2 credential the gateway keeps fresh (see [`refresh`]).
+    Refresh(RefreshSpec),
+}
+
+/// What the file says about a refreshing credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshSpec {
+    /// The refresh token as written in the file (the state directory may hold
+    /// a newer one descending from it).
+    pub refresh_token: Secret,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Where the first refresh goes; `None`: `{upstream.base_url}/oauth2/v0/token`.
+    pub token_url: Option<http::Uri>,
 }
 
 impl Credential {
-    /// The value of the upstream `Authorization` header.
-    pub fn authorization(&self) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
-        let mut v = http::HeaderValue::try_from(format!(
-            "{} {}",
-            self.scheme.as_str(),
-            self.access_token.expose()
-        ))?;
+    /// The value of the upstream `Authorization` header for `token`.
+    pub fn authorization(
+        &self,
+        token: &Secret,
+    ) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+        let mut v =
+            http::HeaderValue::try_from(format!("{} {}", self.scheme.as_str(), token.expose()))?;
         v.set_sensitive(true);
         Ok(v)
+    }
+
+    /// The static token, if this is not a refreshing credential.
+    pub fn static_token(&self) -> Option<&Secret> {
+        match &self.source {
+            Source::Static(t) => Some(t),
+            Source::Refresh(_) => None,
+        }
+    }
+
+    pub fn refresh_spec(&self) -> Option<&RefreshSpec> {
+        match &self.source {
+            Source::Static(_) => None,
+            Source::Refresh(spec) => Some(spec),
+        }
     }
 
     /// For logs: whose credential this is, never the token.
@@ -133,7 +176,14 @@ struct RawCredential {
 impl CredentialSet {
     /// Parses and validates `credentials.toml`; every problem is reported.
     /// Error messages name entries by position and owner, never by secret.
+    /// A relative `client_secret_file` is resolved against the current folder.
     pub fn from_toml(text: &str) -> Result<Self, Vec<String>> {
+        Self::from_toml_in(text, Path::new("."))
+    }
+
+    /// As [`CredentialSet::from_toml`], resolving `client_secret_file` against
+    /// `base` (the credentials file's folder).
+    pub fn from_toml_in(text: &str, base: &Path) -> Result<Self, Vec<String>> {
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             // toml's message can quote the offending line, which may hold a
             // secret: keep only the message's first line and the position.
@@ -148,7 +198,7 @@ impl CredentialSet {
         let mut set = CredentialSet::default();
         for (i, c) in raw.credential.into_iter().enumerate() {
             let n = i + 1;
-            let company = match c.company {
+            let company = match c.company.clone() {
                 Some(company) if !company.is_empty() => company,
                 _ => {
                     problems.push(format!("credential #{n}: `company` is required"));
@@ -170,30 +220,39 @@ impl CredentialSet {
                 || c.client_secret.is_some()
                 || c.client_secret_file.is_some()
                 || c.token_url.is_some();
-            if refreshing {
-                problems.push(format!(
-                    "credential #{n} ({owner}): refreshing OAuth2 credentials (refresh_token, client_id, client_secret) are not supported by this version; use a static access_token"
-                ));
-                continue;
-            }
-            let Some(access_token) = c.access_token else {
-                problems.push(format!(
-                    "credential #{n} ({owner}): `access_token` is required"
-                ));
-                continue;
+            let source = if refreshing {
+                match refresh_spec(&c, &owner, n, base) {
+                    Ok(spec) => Source::Refresh(spec),
+                    Err(mut ps) => {
+                        problems.append(&mut ps);
+                        continue;
+                    }
+                }
+            } else {
+                let Some(access_token) = c.access_token.clone() else {
+                    problems.push(format!(
+                        "credential #{n} ({owner}): `access_token` (a static token) or `refresh_token`, `client_id` and `client_secret` (a refreshing one) are required"
+                    ));
+                    continue;
+                };
+                if !token_like(&access_token) {
+                    problems.push(format!(
+                        "credential #{n} ({owner}): `access_token` must be non-empty printable ASCII without spaces"
+                    ));
+                    continue;
+                }
+                Source::Static(access_token)
             };
-            let token = access_token.expose();
-            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                problems.push(format!(
-                    "credential #{n} ({owner}): `access_token` must be non-empty printable ASCII without spaces"
-                ));
-                continue;
-            }
+            // OAuth2 access tokens are sent as `Bearer`; legacy tokens as `OAuth`.
+            let scheme = c.scheme.unwrap_or(match source {
+                Source::Static(_) => Scheme::OAuth,
+                Source::Refresh(_) => Scheme::Bearer,
+            });
             let cred = Arc::new(Credential {
                 company: company.clone(),
                 user: c.user.clone(),
-                scheme: c.scheme.unwrap_or_default(),
-                access_token,
+                scheme,
+                source,
             });
             let duplicate = match c.user {
                 Some(user) => set.users.insert((company, user), cred).is_some(),
@@ -213,7 +272,8 @@ impl CredentialSet {
     pub fn load(path: &Path) -> Result<Self, Vec<String>> {
         let text =
             std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        Self::from_toml(&text).map_err(|ps| {
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml_in(&text, base).map_err(|ps| {
             ps.into_iter()
                 .map(|p| format!("{}: {p}", path.display()))
                 .collect()
@@ -226,6 +286,119 @@ impl CredentialSet {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every credential, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Credential>> {
+        self.users.values().chain(self.admins.values())
+    }
+}
+
+fn token_like(s: &Secret) -> bool {
+    let t = s.expose();
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Validates the refreshing half of an entry; problems name the owner only.
+fn refresh_spec(
+    c: &RawCredential,
+    owner: &str,
+    n: usize,
+    base: &Path,
+) -> Result<RefreshSpec, Vec<String>> {
+    let mut problems = Vec::new();
+    let at = format!("credential #{n} ({owner})");
+    if c.access_token.is_some() {
+        problems.push(format!(
+            "{at}: give either `access_token` (static) or `refresh_token` (refreshing), not both"
+        ));
+    }
+    let refresh_token = match &c.refresh_token {
+        Some(t) if token_like(t) => Some(t.clone()),
+        Some(_) => {
+            problems.push(format!(
+                "{at}: `refresh_token` must be non-empty printable ASCII without spaces"
+            ));
+            None
+        }
+        None => {
+            problems.push(format!("{at}: `refresh_token` is required"));
+            None
+        }
+    };
+    let client_id = match &c.client_id {
+        Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()) => Some(id.clone()),
+        Some(_) => {
+            problems.push(format!(
+                "{at}: `client_id` must be non-empty printable ASCII"
+            ));
+            None
+        }
+        None => {
+            problems.push(format!("{at}: `client_id` is required"));
+            None
+        }
+    };
+    let client_secret = match (&c.client_secret, &c.client_secret_file) {
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(file)) => {
+            let path = if file.is_absolute() {
+                file.clone()
+            } else {
+                base.join(file)
+            };
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    let text = text.strip_suffix('\r').unwrap_or(text);
+                    Some(Secret::new(text))
+                }
+                Err(e) => {
+                    problems.push(format!("{at}: client_secret_file {}: {e}", path.display()));
+                    None
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            problems.push(format!(
+                "{at}: give either `client_secret` or `client_secret_file`, not both"
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push(format!(
+                "{at}: `client_secret` or `client_secret_file` is required"
+            ));
+            None
+        }
+    };
+    if let Some(s) = &client_secret
+        && s.expose().is_empty()
+    {
+        problems.push(format!("{at}: the client secret is empty"));
+    }
+    let token_url = match &c.token_url {
+        None => None,
+        Some(text) => match text.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Some(uri),
+            _ => {
+                problems.push(format!(
+                    "{at}: `token_url` `{text}` must be an https:// URL"
+                ));
+                None
+            }
+        },
+    };
+    match (refresh_token, client_id, client_secret) {
+        (Some(refresh_token), Some(client_id), Some(client_secret)) if problems.is_empty() => {
+            Ok(RefreshSpec {
+                refresh_token,
+                client_id,
+                client_secret,
+                token_url,
+            })
+        }
+        _ => Err(problems),
     }
 }
 
@@ -377,7 +550,7 @@ access_token = "gina-token"
         ] {
             let (c, acting) = select(&set, &alice, kind).unwrap();
             assert_eq!(
-                (c.access_token.expose(), acting),
+                (c.static_token().unwrap().expose(), acting),
                 ("alice-token", Acting::User)
             );
             assert!(select(&set, &gus, kind).is_none(), "no admin for globex");
@@ -391,7 +564,8 @@ access_token = "gina-token"
         ] {
             let (c, acting) = select(&set, &bob, kind).unwrap();
             assert_eq!(acting, Acting::CompanyAdmin);
-            assert_eq!(c.authorization().unwrap(), "Bearer acme-admin-token");
+            let token = c.static_token().unwrap();
+            assert_eq!(c.authorization(token).unwrap(), "Bearer acme-admin-token");
         }
         // Another company's user never gets acme's admin.
         assert!(select(&set, &who("evil", "alice@acme.example"), RouteKind::Report).is_none());
@@ -420,11 +594,14 @@ access_token = "has space"
 [[credential]]
 company = "b"
 refresh_token = "rt-secret"
-client_id = "id"
 client_secret = "cs-secret"
 "#;
         let problems = CredentialSet::from_toml(text).unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(
+            problems[3].contains("`client_id` is required"),
+            "{problems:#?}"
+        );
         let all = problems.join("\n");
         for s in ["tok-1", "has space", "rt-secret", "cs-secret"] {
             assert!(!all.contains(s), "secret {s} leaked: {all}");
@@ -433,5 +610,76 @@ client_secret = "cs-secret"
         let e = CredentialSet::from_toml("[[credential]]\naccess_token = \"abc\nsecret-xyz")
             .unwrap_err();
         assert!(!e.join("").contains("secret-xyz"), "{e:?}");
+    }
+
+    #[test]
+    fn refreshing_credentials_parse_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.txt"), "cs-from-file\n").unwrap();
+        let text = r#"
+[[credential]]
+company = "acme"
+user = "bob"
+refresh_token = "rt-1"
+client_id = "client-bob"
+client_secret_file = "secret.txt"
+[[credential]]
+company = "acme"
+refresh_token = "rt-2"
+client_id = "client-admin"
+client_secret = "cs-2"
+token_url = "https://us.api.concursolutions.com/oauth2/v0/token"
+scheme = "OAuth"
+"#;
+        let set = CredentialSet::from_toml_in(text, dir.path()).unwrap();
+        let bob = who("acme", "bob");
+        let (c, _) = select(&set, &bob, RouteKind::Receipt).unwrap();
+        assert_eq!(
+            c.scheme,
+            Scheme::Bearer,
+            "refreshing credentials default to Bearer"
+        );
+        let spec = c.refresh_spec().unwrap();
+        assert_eq!(spec.client_secret.expose(), "cs-from-file");
+        assert_eq!(spec.refresh_token.expose(), "rt-1");
+        assert!(spec.token_url.is_none());
+        let (admin, _) = select(&set, &who("acme", "eve"), RouteKind::Report).unwrap();
+        assert_eq!(admin.scheme, Scheme::OAuth);
+        assert_eq!(
+            admin
+                .refresh_spec()
+                .unwrap()
+                .token_url
+                .as_ref()
+                .unwrap()
+                .host(),
+            Some("us.api.concursolutions.com")
+        );
+
+        let bad = r#"
+[[credential]]
+company = "acme"
+user = "bob"
+access_token = "at-secret"
+refresh_token = "rt-secret"
+client_id = "c"
+client_secret = "cs-secret"
+token_url = "http://plain.example/token"
+[[credential]]
+company = "acme"
+user = "carl"
+refresh_token = "rt-secret"
+client_id = "c"
+client_secret_file = "missing.txt"
+"#;
+        let problems = CredentialSet::from_toml_in(bad, dir.path()).unwrap_err();
+        let all = problems.join("\n");
+        assert_eq!(problems.len(), 3, "{all}");
+        assert!(
+            all.contains("not both") && all.contains("https://") && all.contains("missing.txt")
+        );
+        for s in ["at-secret", "rt-secret", "cs-secret"] {
+            assert!(!all.contains(s), "{all}");
+        }
     }
 }

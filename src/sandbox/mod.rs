@@ -51,6 +51,7 @@
 //! `expires_in` is answered as a JSON string on odd-numbered successful refreshes
 //! (1st, 3rd, …) and as a number on even-numbered ones, as Concur is inconsistent
 //! about it. `refresh_expires_in` is an absolute Unix time (as Concur sends it).
+//! `geolocation` is the sandbox's base URL unless [`Sandbox::set_geolocation`] says otherwise.
 //!
 //! ## What it records
 //!
@@ -332,6 +333,12 @@ impl Sandbox {
     /// The refresh token currently valid for `client_id`.
     pub fn current_refresh_token(&self, client_id: &str) -> Option<String> {
         self.state.current_refresh_token(client_id)
+    }
+
+    /// What the token endpoint answers as `geolocation` (`None`: [`Sandbox::base_url`]),
+    /// e.g. `https://127.0.0.1:PORT` to see a client follow it.
+    pub fn set_geolocation(&self, geolocation: Option<String>) {
+        self.state.set_geolocation(geolocation);
     }
 
     /// Lifetime of access tokens issued from now on (zero: they are born expired).

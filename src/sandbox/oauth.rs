@@ -102,7 +102,7 @@ pub(crate) async fn handle(req: Request<Incoming>, state: &State) -> Resp {
                     "refresh_expires_in": refresh_expires_in,
                     "scope": SCOPE,
                     "id_token": "x",
-                    "geolocation": state.base_url,
+                    "geolocation": state.geolocation(),
                 }),
             )
         }

@@ -50,6 +50,8 @@ struct Inner {
     access_token_ttl: Duration,
     refreshes: u64,
     clock_offset: Duration,
+    /// Answered as `geolocation` by the token endpoint; `None`: `base_url`.
+    geolocation: Option<String>,
 }
 
 pub(crate) struct State {
@@ -97,6 +99,7 @@ impl State {
                 access_token_ttl,
                 refreshes: 0,
                 clock_offset: Duration::ZERO,
+                geolocation: None,
             }),
             next_seq: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -243,6 +246,17 @@ impl State {
             .values()
             .map(|c| (c.client_id.clone(), c.refresh_token.clone()))
             .collect()
+    }
+
+    pub fn set_geolocation(&self, geolocation: Option<String>) {
+        self.lock().geolocation = geolocation;
+    }
+
+    pub fn geolocation(&self) -> String {
+        self.lock()
+            .geolocation
+            .clone()
+            .unwrap_or_else(|| self.base_url.clone())
     }
 
     pub fn set_access_token_ttl(&self, ttl: Duration) {

@@ -311,3 +311,130 @@ async fn a_second_signal_exits_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(status.code(), Some(130));
 }
+
+/// Spawns `serve` with its stderr in `log` (a file: a pipe could fill up).
+fn spawn_serve(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    crash_after_persist: bool,
+) -> std::process::Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    if crash_after_persist {
+        cmd.env(
+            concur_gateway::credentials::refresh::CRASH_AFTER_PERSIST_ENV,
+            "1",
+        );
+    }
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test]
+async fn a_crash_between_persisting_and_using_a_rotated_token_loses_nothing() {
+    use crate::creds::{
+        BOB, BOB_CLIENT, BOB_REFRESH, BOB_SECRET, bob_client, credentials_with_bob,
+    };
+    let h = Harness::with_options(Options {
+        oauth_clients: vec![bob_client(BOB_REFRESH)],
+        ..Options::default()
+    })
+    .await; // for its sandbox
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    let configure = |port: u16, admin: u16| {
+        let config = write_config(dir.path(), &h.sandbox, port, admin);
+        std::fs::write(
+            dir.path().join("credentials.toml"),
+            credentials_with_bob(BOB_REFRESH),
+        )
+        .unwrap();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("state_dir = \"state\"\n"); // [credentials] is the last section
+        std::fs::write(&config, text).unwrap();
+        config
+    };
+    let upload = |port: u16| async move {
+        let token = jwt(BOB.0, BOB.1);
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Spawned: when the process aborts mid-request, `request` panics.
+        tokio::spawn(async move {
+            request(
+                addr,
+                "POST",
+                "/api/image/v1.0/receipt",
+                &[
+                    ("authorization", &format!("Bearer {token}")),
+                    ("content-type", "image/jpeg"),
+                ],
+                Payload::Full(JPEG.to_vec()),
+            )
+            .await
+            .status
+            .as_u16()
+        })
+        .await
+        .ok()
+    };
+    let wait = |mut child: std::process::Child| async move {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::task::spawn_blocking(move || child.wait().unwrap()),
+        )
+        .await
+        .expect("the process exits")
+        .unwrap()
+    };
+
+    // First run: the refresh rotates the token at Concur, the gateway persists
+    // the new one, then aborts before using the new access token.
+    let (port, admin) = (free_port(), free_port());
+    let config = configure(port, admin);
+    let log1 = dir.path().join("run1.log");
+    let child = spawn_serve(&config, &log1, true);
+    wait_ready(admin).await;
+    assert_eq!(upload(port).await, None, "no answer: the process aborted");
+    let exit = wait(child).await;
+    assert!(!exit.success(), "aborted: {exit:?}");
+    assert_eq!(h.sandbox.token_requests(), 1);
+    let rotated = h.sandbox.current_refresh_token(BOB_CLIENT).unwrap();
+    assert_ne!(rotated, BOB_REFRESH, "the file's refresh token is now dead");
+    assert!(
+        h.uploads().is_empty(),
+        "the new access token was never used"
+    );
+
+    // Second run: the persisted token is used, and works.
+    let (port, admin) = (free_port(), free_port());
+    let config = configure(port, admin);
+    let log2 = dir.path().join("run2.log");
+    let child = spawn_serve(&config, &log2, false);
+    wait_ready(admin).await;
+    assert_eq!(upload(port).await, Some(201));
+    assert_eq!(h.sandbox.token_requests(), 2);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(wait(child).await.code(), Some(0));
+
+    // No secret in any log line of either run.
+    let logs = std::fs::read_to_string(&log1).unwrap() + &std::fs::read_to_string(&log2).unwrap();
+    assert!(logs.contains("rotated refresh token persisted"), "{logs}");
+    assert!(logs.contains("acme/bob@acme.example"), "{logs}");
+    let access = h.uploads().pop().unwrap().token.unwrap();
+    let latest = h.sandbox.current_refresh_token(BOB_CLIENT).unwrap();
+    for secret in [
+        BOB_REFRESH,
+        rotated.as_str(),
+        latest.as_str(),
+        BOB_SECRET,
+        access.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "secret {secret:.8}… in the logs");
+    }
+}

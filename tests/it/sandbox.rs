@@ -1052,6 +1052,10 @@ async fn logs_never_contain_secrets() {
         .finish();
     // current-thread runtime: the sandbox's tasks run on this thread.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests run the same callsites concurrently with no subscriber: a
+    // callsite first registered on their threads may have cached "never"
+    // around our dispatcher's registration. Recompute now that ours exists.
+    tracing::callsite::rebuild_interest_cache();
 
     let sb = start_with(SandboxConfig {
         tokens: tokens(),
@@ -1059,6 +1063,7 @@ async fn logs_never_contain_secrets() {
         ..SandboxConfig::default()
     })
     .await;
+    tracing::callsite::rebuild_interest_cache();
     upload(&sb, "/api/image/v1.0/receipt", ALICE).await;
     upload(&sb, "/api/image/v1.0/receipt", "unknown-secret-token").await;
     let issued = refresh(&sb, "client-1", "s3cret", "rt-initial")

@@ -10,9 +10,10 @@ use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
+use concur_gateway::auth::ManualClock;
 use concur_gateway::config::Config;
 use concur_gateway::gateway::Gateway;
-use concur_gateway::sandbox::{Sandbox, SandboxConfig, SandboxToken, UploadRecord};
+use concur_gateway::sandbox::{OAuthClient, Sandbox, SandboxConfig, SandboxToken, UploadRecord};
 use concur_gateway::server;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -140,6 +141,21 @@ user = "gina@globex.example"
 access_token = "concur-gina-token-0003"
 "#;
 
+/// How a [`Harness`] starts, beyond the defaults.
+#[derive(Default)]
+pub struct Options {
+    /// TOML merged into the generated config (whole sections).
+    pub extra: String,
+    /// The credentials file (default: [`CREDENTIALS`]).
+    pub credentials: Option<String>,
+    /// OAuth2 clients the sandbox's token endpoint knows.
+    pub oauth_clients: Vec<OAuthClient>,
+    /// Lifetime of the sandbox's access tokens (zero: 3600 s).
+    pub access_token_ttl: Duration,
+    /// The gateway's clock (default: the system clock).
+    pub clock: Option<Arc<ManualClock>>,
+}
+
 /// A gateway and its sandbox, on port 0.
 pub struct Harness {
     pub sandbox: Sandbox,
@@ -147,6 +163,7 @@ pub struct Harness {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
+    clock: Option<Arc<ManualClock>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -174,6 +191,15 @@ impl Harness {
 
     /// `extra` is TOML merged into the generated config (whole sections).
     pub async fn with_config(extra: &str) -> Self {
+        Self::with_options(Options {
+            extra: extra.to_owned(),
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub async fn with_options(options: Options) -> Self {
+        let extra = options.extra.as_str();
         let sandbox = Sandbox::start(
             "127.0.0.1:0".parse().unwrap(),
             SandboxConfig {
@@ -194,6 +220,8 @@ impl Harness {
                         user: Some("gina@globex.example".into()),
                     },
                 ],
+                oauth_clients: options.oauth_clients.clone(),
+                access_token_ttl: options.access_token_ttl,
                 ..SandboxConfig::default()
             },
         )
@@ -202,7 +230,13 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), sandbox.ca_cert_pem()).unwrap();
         std::fs::write(dir.path().join("jwks.json"), &keys().jwks).unwrap();
-        std::fs::write(dir.path().join("credentials.toml"), CREDENTIALS).unwrap();
+        std::fs::write(
+            dir.path().join("credentials.toml"),
+            options.credentials.as_deref().unwrap_or(CREDENTIALS),
+        )
+        .unwrap();
+        // For tests that set `credentials.state_dir = "state"`.
+        std::fs::create_dir(dir.path().join("state")).unwrap();
         let mut sections: Vec<(String, String)> = vec![
             (
                 "server".into(),
@@ -252,25 +286,46 @@ impl Harness {
             .collect();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &text).unwrap();
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
-        let gateway = Arc::new(Gateway::new(config).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let admin_addr = admin.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(gateway.clone(), listener, admin, async {
-            let _ = rx.await;
-        }));
+        let (gateway, addr, admin, tx, task) = launch(&path, options.clock.clone()).await;
         Harness {
             sandbox,
             gateway,
             addr,
-            admin: admin_addr,
+            admin,
             dir,
+            clock: options.clock,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Stops the gateway and starts a new one from the same files (same
+    /// sandbox, same clock), as a process restart would.
+    pub async fn restart(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("server stopped in time")
+                .unwrap();
+        }
+        let (gateway, addr, admin, tx, task) =
+            launch(&self.dir.path().join("gateway.toml"), self.clock.clone()).await;
+        self.gateway = gateway;
+        self.addr = addr;
+        self.admin = admin;
+        self.shutdown = Some(tx);
+        self.task = Some(task);
+    }
+
+    /// Moves the gateway's clock (if it has a manual one) and the sandbox's.
+    pub fn advance(&self, by: Duration) {
+        if let Some(clock) = &self.clock {
+            clock.advance(by);
+        }
+        self.sandbox.advance_clock(by);
     }
 
     /// Starts the drain and waits for `server::run` to return.
@@ -317,6 +372,31 @@ impl Harness {
     pub async fn admin_get(&self, path: &str) -> Reply {
         request(self.admin, "GET", path, &[], Payload::Full(Vec::new())).await
     }
+}
+
+type Launched = (
+    Arc<Gateway>,
+    SocketAddr,
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+async fn launch(path: &std::path::Path, clock: Option<Arc<ManualClock>>) -> Launched {
+    let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let gateway = Arc::new(match clock {
+        Some(clock) => Gateway::with_clock(config, clock).unwrap(),
+        None => Gateway::new(config).unwrap(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(gateway.clone(), listener, admin, async {
+        let _ = rx.await;
+    }));
+    (gateway, addr, admin_addr, tx, task)
 }
 
 /// A response, fully read.
