@@ -11,11 +11,13 @@
 //!   whitespace (space, tab, CR, LF, FF, NUL). Only the last five significant
 //!   bytes are kept for that.
 //! * **Encryption** (`pdf_encrypted`): a name equal, after `#xx` unescaping, to
-//!   `/Encrypt` used as a *key* at the top level of either a `trailer`
-//!   dictionary (every trailer of an incremental update is seen) or of a
-//!   dictionary whose `/Type` is `/XRef` (a cross-reference stream). `/Encrypt`
-//!   elsewhere (a value, a nested dictionary, a string, a stream) does not count:
-//!   readers only decrypt when the trailer says so.
+//!   `/Encrypt` used as a *key*, with a value other than `null`, at the top
+//!   level of either a `trailer` dictionary (every trailer of an incremental
+//!   update is seen) or of a dictionary whose `/Type` is `/XRef` (a
+//!   cross-reference stream; decided when that dictionary closes, so key order
+//!   does not matter). `/Encrypt` elsewhere (a value, a nested dictionary, another
+//!   object, a string, a stream) does not count: readers only decrypt when the
+//!   trailer says so.
 //! * **Active content** (`pdf_active_content`, unless the policy is `Allow`): a
 //!   name token equal, after unescaping, to `/JavaScript`, `/JS`, `/Launch`,
 //!   `/EmbeddedFile`, `/EmbeddedFiles` or `/RichMedia`, at any depth and in any
@@ -76,6 +78,18 @@
 //! `/Encrypt` entry usually comes later, in the last trailer or cross-reference
 //! stream. An encryption or active-content verdict reached before the end wins.
 //!
+//! # End of body
+//!
+//! Besides the `%%EOF` check, a body that ends inside stream data or inside a
+//! string is `malformed_image`.
+//!
+//! # State
+//!
+//! About 1 KiB until the header is found, then a few hundred bytes; the first
+//! object stream adds a 16 KiB staging buffer, a 32 KiB output buffer and the
+//! inflater, reused for the following ones. Nothing grows with the file, and
+//! nothing is allocated per chunk except the detail of a verdict.
+//!
 //! # Limits of the approach
 //!
 //! The cross-reference table is not followed, so objects that a reader would
@@ -100,16 +114,6 @@ const ENDSTREAM: &[u8; 9] = b"endstream";
 const STAGE_SIZE: usize = 16 * 1024;
 /// Inflater output buffer.
 const INFLATE_BUF: usize = 32 * 1024;
-
-/// The names that make a PDF carry active content.
-const ACTIVE_NAMES: [&[u8]; 6] = [
-    b"JavaScript",
-    b"JS",
-    b"Launch",
-    b"EmbeddedFile",
-    b"EmbeddedFiles",
-    b"RichMedia",
-];
 
 const WS: u8 = 0;
 const REG: u8 = 1;
@@ -137,6 +141,24 @@ static CLASS: [u8; 256] = class_table();
 
 fn is_ws(b: u8) -> bool {
     CLASS[b as usize] == WS
+}
+
+/// The end of the run of regular bytes that starts at `from`.
+#[inline]
+fn token_end(data: &[u8], from: usize) -> usize {
+    data[from..]
+        .iter()
+        .position(|&b| CLASS[b as usize] != REG)
+        .map_or(data.len(), |p| from + p)
+}
+
+/// Like [`token_end`], but also stops at `#` (a name escape).
+#[inline]
+fn name_stop(data: &[u8], from: usize) -> usize {
+    data[from..]
+        .iter()
+        .position(|&b| CLASS[b as usize] != REG || b == b'#')
+        .map_or(data.len(), |p| from + p)
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -261,6 +283,7 @@ enum Val {
     Name(NameVal),
     Int(u64),
     Array(FilterArray),
+    Null,
     Other,
 }
 
@@ -276,6 +299,7 @@ enum Step {
     },
 }
 
+#[derive(Debug)]
 struct Lexer {
     mode: Mode,
     reject_active: bool,
@@ -299,6 +323,8 @@ struct Lexer {
     dict: DictInfo,
     expect_key: bool,
     pending: Key,
+    /// Offset of the pending key.
+    key_at: u64,
     last_valued: Key,
     /// The depth-2 dictionary or array open now is the value of `pending`.
     sub_is_value: bool,
@@ -329,6 +355,7 @@ impl Lexer {
             dict: DictInfo::new(false),
             expect_key: false,
             pending: Key::None,
+            key_at: 0,
             last_valued: Key::None,
             sub_is_value: false,
             filter_array: None,
@@ -365,9 +392,14 @@ impl Lexer {
         while i < n {
             match self.state {
                 State::Normal => {
-                    let b = data[i];
+                    while i < n && CLASS[data[i] as usize] == WS {
+                        i += 1;
+                    }
+                    let Some(&b) = data.get(i) else {
+                        break;
+                    };
                     match CLASS[b as usize] {
-                        WS => i += 1,
+                        WS => {}
                         REG => {
                             self.begin_token(base + i as u64);
                             self.state = State::Word;
@@ -399,7 +431,7 @@ impl Lexer {
                                 b'[' => self.open(false, at)?,
                                 b']' => self.close()?,
                                 // Stray `)`, `{` or `}`.
-                                _ => self.on_value(),
+                                _ => self.on_value()?,
                             }
                         }
                     }
@@ -412,29 +444,54 @@ impl Lexer {
                     None => i = n,
                 },
                 State::Name => {
-                    while i < n && CLASS[data[i] as usize] == REG {
-                        self.name_byte(data[i]);
-                        i += 1;
+                    let stop = name_stop(data, i);
+                    let plain = data.get(stop) != Some(&b'#');
+                    let end = if plain { stop } else { token_end(data, stop) };
+                    let token = &data[i..end];
+                    if end < n && self.len == 0 && self.esc == 0 && plain {
+                        // The whole name is in this chunk and has no escapes.
+                        i = end;
+                        self.state = State::Normal;
+                        self.name(Some(token))?;
+                        continue;
                     }
+                    if self.esc == 0 && plain {
+                        self.push_slice(token);
+                    } else {
+                        for &b in token {
+                            self.name_byte(b);
+                        }
+                    }
+                    i = end;
                     if i < n {
                         self.state = State::Normal;
                         self.end_name()?;
                     }
                 }
                 State::Word => {
-                    while i < n && CLASS[data[i] as usize] == REG {
-                        self.push(data[i]);
-                        i += 1;
-                    }
-                    if i < n {
+                    let end = token_end(data, i);
+                    let token = &data[i..end];
+                    let step = if end < n && self.len == 0 {
+                        // The whole keyword or number is in this chunk.
+                        i = end;
                         self.state = State::Normal;
-                        if let Some((kw_at, dict)) = self.end_word() {
-                            return Ok(Step::Stream {
-                                consumed: i,
-                                kw_at,
-                                dict,
-                            });
+                        self.word(Some(token))?
+                    } else {
+                        self.push_slice(token);
+                        i = end;
+                        if i < n {
+                            self.state = State::Normal;
+                            self.end_word()?
+                        } else {
+                            None
                         }
+                    };
+                    if let Some((kw_at, dict)) = step {
+                        return Ok(Step::Stream {
+                            consumed: i,
+                            kw_at,
+                            dict,
+                        });
                     }
                 }
                 State::Literal => {
@@ -455,7 +512,7 @@ impl Lexer {
                                     self.str_depth -= 1;
                                     if self.str_depth == 0 {
                                         self.state = State::Normal;
-                                        self.on_value();
+                                        self.on_value()?;
                                     }
                                 }
                             }
@@ -466,7 +523,7 @@ impl Lexer {
                     Some(p) => {
                         i += p + 1;
                         self.state = State::Normal;
-                        self.on_value();
+                        self.on_value()?;
                     }
                     None => i = n,
                 },
@@ -486,7 +543,7 @@ impl Lexer {
                         i += 1;
                         self.close()?;
                     } else {
-                        self.on_value();
+                        self.on_value()?;
                     }
                 }
             }
@@ -504,13 +561,11 @@ impl Lexer {
             }
             State::Word => {
                 self.state = State::Normal;
-                let _ = self.end_word();
-                Ok(())
+                self.end_word().map(|_| ())
             }
             State::Gt => {
                 self.state = State::Normal;
-                self.on_value();
-                Ok(())
+                self.on_value()
             }
             _ => Ok(()),
         }
@@ -520,6 +575,15 @@ impl Lexer {
         self.tok_at = at;
         self.len = 0;
         self.overflow = false;
+    }
+
+    fn push_slice(&mut self, bytes: &[u8]) {
+        let take = bytes.len().min(TOKEN_CAP - self.len);
+        self.buf[self.len..self.len + take].copy_from_slice(&bytes[..take]);
+        self.len += take;
+        if take < bytes.len() {
+            self.overflow = true;
+        }
     }
 
     fn push(&mut self, b: u8) {
@@ -575,16 +639,21 @@ impl Lexer {
             _ => {}
         }
         self.esc = 0;
-        let name = &self.buf[..self.len];
-        if !self.overflow
-            && self.reject_active
-            && let Some(active) = ACTIVE_NAMES.iter().find(|a| **a == name)
-        {
+        let (buf, len) = (self.buf, self.len);
+        self.len = 0;
+        self.name((!self.overflow).then_some(&buf[..len]))
+    }
+
+    /// A name ended: its bytes after unescaping, `None` if it was too long to
+    /// keep.
+    fn name(&mut self, name: Option<&[u8]>) -> Result<(), Rejection> {
+        let class = name.map_or(NameClass::Other, classify);
+        if class == NameClass::Active && self.reject_active {
             return Err(Rejection::new(
                 RejectCode::PdfActiveContent,
                 format!(
                     "PDF contains /{} {}",
-                    String::from_utf8_lossy(active),
+                    String::from_utf8_lossy(name.unwrap_or_default()),
                     self.where_(self.tok_at)
                 ),
             ));
@@ -592,24 +661,13 @@ impl Lexer {
         if self.mode == Mode::ObjStm {
             return Ok(());
         }
-        let (key, val) = if self.overflow {
-            (Key::Other, NameVal::Other)
-        } else {
-            let key = match name {
-                b"Type" => Key::Type,
-                b"Filter" => Key::Filter,
-                b"Length" => Key::Length,
-                b"DecodeParms" => Key::DecodeParms,
-                b"Encrypt" => Key::Encrypt,
-                _ => Key::Other,
-            };
-            let val = match name {
-                b"ObjStm" => NameVal::ObjStm,
-                b"XRef" => NameVal::XRef,
-                b"FlateDecode" => NameVal::FlateDecode,
-                _ => NameVal::Other,
-            };
-            (key, val)
+        let key = match class {
+            NameClass::Key(k) => k,
+            _ => Key::Other,
+        };
+        let val = match class {
+            NameClass::Val(v) => v,
+            _ => NameVal::Other,
         };
         self.note_token();
         if self.top != Top::Dict {
@@ -619,24 +677,12 @@ impl Lexer {
             if self.expect_key {
                 self.expect_key = false;
                 self.pending = key;
-                match key {
-                    Key::Encrypt => {
-                        self.dict.encrypt_at.get_or_insert(self.tok_at);
-                        if self.dict.trailer {
-                            return Err(Rejection::new(
-                                RejectCode::PdfEncrypted,
-                                format!(
-                                    "PDF is encrypted (/Encrypt in trailer at offset {})",
-                                    self.tok_at
-                                ),
-                            ));
-                        }
-                    }
-                    Key::DecodeParms => self.dict.decode_parms = true,
-                    _ => {}
+                self.key_at = self.tok_at;
+                if key == Key::DecodeParms {
+                    self.dict.decode_parms = true;
                 }
             } else {
-                self.assign(Val::Name(val));
+                self.assign(Val::Name(val))?;
             }
         } else if self.depth == 2
             && let Some(fa) = &mut self.filter_array
@@ -651,20 +697,23 @@ impl Lexer {
 
     /// A keyword or number ended. Returns the `stream` keyword's offset and the
     /// dictionary before it when the token opens a stream.
-    fn end_word(&mut self) -> Option<(u64, Option<DictInfo>)> {
+    fn end_word(&mut self) -> Result<Option<(u64, Option<DictInfo>)>, Rejection> {
+        let (buf, len) = (self.buf, self.len);
+        self.len = 0;
+        self.word((!self.overflow).then_some(&buf[..len]))
+    }
+
+    /// A keyword or number ended (`None`: too long to keep).
+    fn word(&mut self, word: Option<&[u8]>) -> Result<Option<(u64, Option<DictInfo>)>, Rejection> {
         if self.mode == Mode::ObjStm {
-            return None;
+            return Ok(None);
         }
-        let word = if self.overflow {
-            &b""[..]
-        } else {
-            &self.buf[..self.len]
-        };
+        let word = word.unwrap_or_default();
         match word {
             b"stream" => {
                 let dict = self.ready.take();
                 self.resync();
-                return Some((self.tok_at, dict));
+                return Ok(Some((self.tok_at, dict)));
             }
             b"endstream" | b"obj" | b"endobj" | b"xref" | b"startxref" => self.resync(),
             b"trailer" => {
@@ -683,7 +732,7 @@ impl Lexer {
                             _ => {}
                         }
                     } else {
-                        self.assign(Val::Other);
+                        self.assign(Val::Other)?;
                     }
                 } else if self.depth == 2
                     && let Some(fa) = &mut self.filter_array
@@ -692,11 +741,15 @@ impl Lexer {
                 }
             }
             _ => {
-                let int = parse_uint(word);
                 self.note_token();
                 if self.depth == 1 && self.top == Top::Dict {
                     if !self.expect_key {
-                        self.assign(int.map_or(Val::Other, Val::Int));
+                        let val = match parse_uint(word) {
+                            Some(n) => Val::Int(n),
+                            None if word == b"null" => Val::Null,
+                            None => Val::Other,
+                        };
+                        self.assign(val)?;
                     }
                 } else if self.depth == 2
                     && let Some(fa) = &mut self.filter_array
@@ -705,24 +758,25 @@ impl Lexer {
                 }
             }
         }
-        None
+        Ok(None)
     }
 
     /// A string or other non-name, non-composite value ended.
-    fn on_value(&mut self) {
+    fn on_value(&mut self) -> Result<(), Rejection> {
         if self.mode == Mode::ObjStm {
-            return;
+            return Ok(());
         }
         self.note_token();
         if self.depth == 1 && self.top == Top::Dict {
             if !self.expect_key {
-                self.assign(Val::Other);
+                self.assign(Val::Other)?;
             }
         } else if self.depth == 2
             && let Some(fa) = &mut self.filter_array
         {
             fa.other = true;
         }
+        Ok(())
     }
 
     fn open(&mut self, dict: bool, at: u64) -> Result<(), Rejection> {
@@ -771,8 +825,7 @@ impl Lexer {
     fn close(&mut self) -> Result<(), Rejection> {
         if self.depth == 0 {
             // A stray `]` or `>>`.
-            self.on_value();
-            return Ok(());
+            return self.on_value();
         }
         self.depth -= 1;
         if self.mode == Mode::ObjStm {
@@ -800,13 +853,27 @@ impl Lexer {
                 Some(fa) => Val::Array(fa),
                 None => Val::Other,
             };
-            self.assign(val);
+            self.assign(val)?;
         }
         Ok(())
     }
 
-    fn assign(&mut self, val: Val) {
+    /// `val` is the value of the pending top-level key.
+    fn assign(&mut self, val: Val) -> Result<(), Rejection> {
         match self.pending {
+            // `/Encrypt null` is no encryption.
+            Key::Encrypt if !matches!(val, Val::Null) => {
+                if self.dict.trailer {
+                    return Err(Rejection::new(
+                        RejectCode::PdfEncrypted,
+                        format!(
+                            "PDF is encrypted (/Encrypt in trailer at offset {})",
+                            self.key_at
+                        ),
+                    ));
+                }
+                self.dict.encrypt_at.get_or_insert(self.key_at);
+            }
             Key::Type => {
                 self.dict.ty = match val {
                     Val::Name(NameVal::ObjStm) => DictType::ObjStm,
@@ -833,6 +900,7 @@ impl Lexer {
         self.last_valued = self.pending;
         self.pending = Key::None;
         self.expect_key = true;
+        Ok(())
     }
 
     /// Any token: a closed dictionary is no longer followed by `stream`, and a
@@ -853,6 +921,33 @@ impl Lexer {
         self.sub_is_value = false;
         self.expect_key = false;
         self.pending = Key::None;
+    }
+}
+
+/// What a name means to the scanner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameClass {
+    /// Active content.
+    Active,
+    Key(Key),
+    Val(NameVal),
+    Other,
+}
+
+fn classify(name: &[u8]) -> NameClass {
+    match name {
+        b"JavaScript" | b"JS" | b"Launch" | b"EmbeddedFile" | b"EmbeddedFiles" | b"RichMedia" => {
+            NameClass::Active
+        }
+        b"Type" => NameClass::Key(Key::Type),
+        b"Filter" => NameClass::Key(Key::Filter),
+        b"Length" => NameClass::Key(Key::Length),
+        b"DecodeParms" => NameClass::Key(Key::DecodeParms),
+        b"Encrypt" => NameClass::Key(Key::Encrypt),
+        b"ObjStm" => NameClass::Val(NameVal::ObjStm),
+        b"XRef" => NameClass::Val(NameVal::XRef),
+        b"FlateDecode" => NameClass::Val(NameVal::FlateDecode),
+        _ => NameClass::Other,
     }
 }
 
@@ -877,6 +972,7 @@ enum Sink {
     Inflate,
 }
 
+#[derive(Debug)]
 struct ObjStm {
     sink: Sink,
     /// Offset of the `stream` keyword.
@@ -946,7 +1042,7 @@ impl ObjStm {
                     self.stage.extend_from_slice(&bytes[..take]);
                     bytes = &bytes[take..];
                     if self.stage.len() == STAGE_SIZE {
-                        self.pump(false, deferred)?;
+                        self.pump(deferred)?;
                     }
                 }
                 Ok(())
@@ -959,21 +1055,16 @@ impl ObjStm {
         let result = match self.sink {
             Sink::Off => Ok(()),
             Sink::Raw => self.lexer.flush(),
-            Sink::Inflate => self.pump(true, deferred).and_then(|()| self.lexer.flush()),
+            Sink::Inflate => self.pump(deferred).and_then(|()| self.lexer.flush()),
         };
         self.sink = Sink::Off;
         result
     }
 
     /// Inflates the staged input and lexes the output.
-    fn pump(&mut self, last: bool, deferred: &mut Option<Rejection>) -> Result<(), Rejection> {
+    fn pump(&mut self, deferred: &mut Option<Rejection>) -> Result<(), Rejection> {
         let Some(inflater) = &mut self.inflater else {
             return Ok(());
-        };
-        let flush = if last {
-            FlushDecompress::Finish
-        } else {
-            FlushDecompress::None
         };
         let mut input = &self.stage[..];
         loop {
@@ -986,7 +1077,7 @@ impl ObjStm {
                 .min(self.max_total.saturating_sub(self.total).saturating_add(1))
                 as usize;
             let (in0, out0) = (inflater.total_in(), inflater.total_out());
-            let status = inflater.decompress(input, &mut self.out[..room], flush);
+            let status = inflater.decompress(input, &mut self.out[..room], FlushDecompress::None);
             let used = (inflater.total_in() - in0) as usize;
             let made = (inflater.total_out() - out0) as usize;
             input = &input[used..];
@@ -1055,12 +1146,17 @@ enum Phase {
     /// After the counted bytes: optional white-space, then `endstream`; this
     /// many bytes of it matched.
     Verify(usize),
-    /// Looking for `endstream`.
+    /// Looking for `endstream`. An object stream sink gets the data 8 bytes
+    /// late (see `skip_stream`); entered with an active sink only at the start
+    /// of the data, with nothing carried.
     Search,
 }
 
+#[derive(Debug)]
 struct StreamSkip {
     kw_at: u64,
+    /// The stream is an object stream.
+    objstm: bool,
     length: Option<u64>,
     phase: Phase,
     /// The last (up to 8) bytes of the stream, for matches across chunks.
@@ -1106,6 +1202,7 @@ impl StreamSkip {
 // ---------------------------------------------------------------------------
 
 /// The streaming PDF scanner. See the module documentation for what it checks.
+#[derive(Debug)]
 pub struct PdfScanner {
     /// Bytes fed so far.
     offset: u64,
@@ -1147,7 +1244,8 @@ impl PdfScanner {
     }
 
     /// Feeds the next chunk. `Ok(())` = fine so far; `Err` = verdict (sticky:
-    /// later calls return the same `Err`).
+    /// later calls return the same `Err`). Chunks fed after `finish` are
+    /// ignored.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
         if let Some(v) = &self.verdict {
             return Err(v.clone());
@@ -1291,6 +1389,7 @@ impl PdfScanner {
         }
         self.stream = Some(StreamSkip {
             kw_at,
+            objstm: dict.is_some_and(|d| d.ty == DictType::ObjStm),
             length: dict.and_then(|d| d.length),
             phase: Phase::Eol,
             carry: [0; 8],
@@ -1331,7 +1430,7 @@ impl PdfScanner {
                     if s.early_end.is_none()
                         && let Some(end) = s.find_end(&self.endstream, bytes)
                     {
-                        s.early_end = Some(base + (i + end - ENDSTREAM.len()) as u64);
+                        s.early_end = Some(base + (i + end) as u64 - ENDSTREAM.len() as u64);
                     }
                     s.push_carry(bytes);
                     self.objstm.feed(bytes, &mut self.deferred)?;
@@ -1362,7 +1461,7 @@ impl PdfScanner {
                                 s.length.unwrap_or(0)
                             )));
                         }
-                        if self.objstm.sink != Sink::Off {
+                        if s.objstm {
                             self.objstm.sink = Sink::Off;
                             self.deferred.get_or_insert_with(|| {
                                 Rejection::malformed(format!(
@@ -1375,19 +1474,26 @@ impl PdfScanner {
                     }
                 }
                 Phase::Search => {
+                    // The carried bytes (the last 8 of the stream) may start an
+                    // `endstream`: they reach the object stream sink only once
+                    // they are known to be data, so that the sink sees the same
+                    // bytes whatever the chunking.
                     let bytes = &data[i..];
-                    match s.find_end(&self.endstream, bytes) {
-                        Some(end) => {
-                            let data_end = end.saturating_sub(ENDSTREAM.len());
-                            self.objstm.feed(&bytes[..data_end], &mut self.deferred)?;
-                            return self.end_stream(i + end);
-                        }
-                        None => {
-                            s.push_carry(bytes);
-                            self.objstm.feed(bytes, &mut self.deferred)?;
-                            i = n;
-                        }
+                    let k = s.carry_len;
+                    let carry = s.carry;
+                    let (feed_to, done) = match s.find_end(&self.endstream, bytes) {
+                        Some(end) => (k + end - ENDSTREAM.len(), Some(end)),
+                        None => ((k + bytes.len()).saturating_sub(8), None),
+                    };
+                    self.objstm
+                        .feed(&carry[..feed_to.min(k)], &mut self.deferred)?;
+                    self.objstm
+                        .feed(&bytes[..feed_to.saturating_sub(k)], &mut self.deferred)?;
+                    if let Some(end) = done {
+                        return self.end_stream(i + end);
                     }
+                    s.push_carry(bytes);
+                    i = n;
                 }
             }
         }

@@ -1012,3 +1012,41 @@ async fn connections_past_the_limit_are_closed_at_once() {
         201
     );
 }
+
+#[tokio::test]
+async fn pdfs_through_the_gateway_encrypted_and_active_content_refused() {
+    use crate::inspect_pdf::{PS_JS, PS_SHAPES, gs, qpdf, tools_available};
+    if !tools_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plain = gs(dir.path(), "plain", PS_SHAPES);
+    let encrypted = qpdf(
+        dir.path(),
+        &plain,
+        &["--encrypt", "user", "owner", "256", "--"],
+    );
+    let javascript = gs(dir.path(), "js", PS_JS);
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let post = |body: Vec<u8>| {
+        let h = &h;
+        let a = auth(&token);
+        async move {
+            h.post(
+                "/api/image/v1.0/report/R1",
+                &[("authorization", &a), ("content-type", "application/pdf")],
+                body,
+            )
+            .await
+        }
+    };
+    let r = post(plain.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(h.uploads().pop().unwrap().sha256_hex, sha256_hex(&plain));
+    h.sandbox.clear_uploads();
+    post(encrypted).await.problem(422, "pdf_encrypted");
+    post(javascript).await.problem(422, "pdf_active_content");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h.uploads().iter().all(|u| !u.complete), "{:?}", h.uploads());
+}

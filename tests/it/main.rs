@@ -3,6 +3,7 @@
 mod creds;
 mod gateway;
 mod inspect_img;
+mod inspect_pdf;
 mod jwks;
 mod process;
 mod sandbox;
