@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::rate_limit::RateLimits;
+use crate::scan::Scanner;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct Gateway {
     pub credentials: CredentialStore,
     pub upstream: Upstream,
     pub metrics: Metrics,
+    /// The clamd client, with `[scan]`.
+    pub scanner: Option<Scanner>,
     draining: AtomicBool,
 }
 
@@ -36,21 +39,27 @@ impl Gateway {
         let upstream =
             Upstream::new(&config.upstream).map_err(|e| problems.push(format!("upstream: {e}")));
         match (keys, credentials, upstream) {
-            (Ok(keys), Ok(credentials), Ok(upstream)) if problems.is_empty() => Ok(Self {
-                auth: Authenticator::new(&config.auth, keys, clock),
-                rate_limits: RateLimits::new(&config.rate_limit),
-                credentials,
-                upstream,
-                metrics: Metrics::new(),
-                draining: AtomicBool::new(false),
-                config,
-            }),
+            (Ok(keys), Ok(credentials), Ok(upstream)) if problems.is_empty() => {
+                let metrics = Metrics::new();
+                let scanner = config.scan.as_ref().map(|s| Scanner::new(s, &metrics));
+                Ok(Self {
+                    auth: Authenticator::new(&config.auth, keys, clock),
+                    rate_limits: RateLimits::new(&config.rate_limit),
+                    credentials,
+                    upstream,
+                    metrics,
+                    scanner,
+                    draining: AtomicBool::new(false),
+                    config,
+                })
+            }
             _ => Err(problems),
         }
     }
 
     /// Ready: configuration, keys and credentials are loaded (they are, once
-    /// constructed) and the gateway is not draining.
+    /// constructed), the gateway is not draining, and with `[scan]` clamd
+    /// answered its last ping (unless `scan.on_error = "allow"`).
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_draining() {
             return Err("draining: shutting down".into());
@@ -58,6 +67,9 @@ impl Gateway {
         let creds = self.credentials.current();
         if creds.is_empty() {
             return Err("no Concur credentials loaded".into());
+        }
+        if let Some(scanner) = &self.scanner {
+            scanner.readiness()?;
         }
         Ok(())
     }
@@ -70,11 +82,20 @@ impl Gateway {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Background housekeeping: credential reloads and rate-limiter pruning.
+    /// Background housekeeping: credential reloads, rate-limiter pruning and,
+    /// with `[scan]`, clamd health pings (the first one at once).
     pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let gw = Arc::downgrade(self);
         let every = self.config.credentials.reload_interval;
-        tokio::spawn(async move {
+        let pings = self.scanner.clone().map(|scanner| async move {
+            let mut tick = tokio::time::interval(scanner.ping_interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _ = scanner.ping().await;
+            }
+        });
+        let credentials = async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut ticks: u64 = 0;
@@ -86,6 +107,14 @@ impl Gateway {
                 if ticks.is_multiple_of(12) {
                     gw.rate_limits.prune();
                 }
+            }
+        };
+        tokio::spawn(async move {
+            match pings {
+                Some(pings) => {
+                    tokio::join!(pings, credentials);
+                }
+                None => credentials.await,
             }
         })
     }

@@ -64,6 +64,11 @@ pub struct Metrics {
     pub rate_limited: Family<ScopeLabel, Counter>,
     pub in_flight: Gauge,
     pub credential_reloads: Family<ResultLabel, Counter>,
+    /// Malware scans by result: `clean`, `found`, `error`, `allowed_on_error`.
+    pub scans: Family<ResultLabel, Counter>,
+    pub scan_duration: Histogram,
+    /// 1 while clamd answers its health ping, 0 when not (absent without `[scan]`).
+    pub clamd_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -125,6 +130,24 @@ impl Metrics {
             "Credential file reloads, by result",
             credential_reloads.clone(),
         );
+        let scans = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "scans",
+            "Malware scans by ClamAV, by result (clean, found, error, allowed_on_error)",
+            scans.clone(),
+        );
+        let scan_duration = duration_histogram();
+        registry.register(
+            "scan_duration_seconds",
+            "Time from the start of an upload's scan to clamd's verdict",
+            scan_duration.clone(),
+        );
+        let clamd_up = Gauge::default();
+        registry.register(
+            "clamd_up",
+            "1 while clamd answers its health ping (only meaningful with [scan])",
+            clamd_up.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -142,6 +165,9 @@ impl Metrics {
             rate_limited,
             in_flight,
             credential_reloads,
+            scans,
+            scan_duration,
+            clamd_up,
         }
     }
 

@@ -11,6 +11,8 @@
 //!    contacted; a body sent with `Content-Length` then streams to Concur through
 //!    the inspection with its tail held back, while a chunked body is spooled
 //!    (bounded) and inspected whole, so that Concur always gets a `Content-Length`;
+//!    with `[scan]` the same stream is fed to clamd (`scan.rs`), and the tail
+//!    waits for its verdict too;
 //! 5. the exchange with Concur under one deadline (`upstream.timeout_s`);
 //! 6. `transform::xml_to_json` on Concur's answer (or the XML verbatim when the
 //!    client prefers it), or the mapping of Concur's error.
@@ -59,12 +61,13 @@ where
     match handle(&gw, req, log.as_ref()).await {
         Ok(response) => response,
         Err(error) => {
-            if let GatewayError::Rejected(r) = &error {
+            if matches!(
+                error,
+                GatewayError::Rejected(_) | GatewayError::MalwareDetected
+            ) {
                 gw.metrics
                     .inspection_rejections
-                    .get_or_create(&CodeLabel {
-                        code: r.code.as_str(),
-                    })
+                    .get_or_create(&CodeLabel { code: error.code() })
                     .inc();
             }
             if let Some(log) = &log {
@@ -120,6 +123,14 @@ where
         declared_len,
         gw.config.server.body_idle_timeout,
     );
+    if let Some(scanner) = &gw.scanner {
+        let request_id = parts
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        body = body.with_scan(scanner.session(request_id));
+    }
     let outcome = body.outcome();
     let finish_log = |o: &Outcome| {
         gw.metrics
