@@ -41,6 +41,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
     pub inspect: InspectConfig,
+    /// `None`: no `[scan]` section, no malware scanning.
+    pub scan: Option<ScanConfig>,
     pub credentials: CredentialsConfig,
 }
 
@@ -126,6 +128,42 @@ pub struct InspectConfig {
     pub digest: DigestAlgorithm,
 }
 
+/// Where clamd listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClamdAddr {
+    /// `tcp://host:port`; the host is resolved at each connection.
+    Tcp(String),
+    /// `unix:/path/to/clamd.sock`.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ClamdAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClamdAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            ClamdAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// What to do when clamd cannot give a verdict (down, erroring, too slow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnScanError {
+    /// `503 scan_unavailable`: fail closed (the default).
+    Reject,
+    /// Let the upload through unscanned, with a warning and a metric.
+    Allow,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanConfig {
+    pub clamd: ClamdAddr,
+    pub timeout: Duration,
+    pub on_error: OnScanError,
+    pub max_concurrent: usize,
+    pub ping_interval: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct CredentialsConfig {
     pub file: PathBuf,
@@ -147,7 +185,7 @@ struct RawConfig {
     rate_limit: RawRateLimit,
     #[serde(default)]
     inspect: RawInspect,
-    scan: Option<toml::Table>,
+    scan: Option<RawScan>,
     #[serde(default)]
     credentials: RawCredentials,
 }
@@ -236,6 +274,21 @@ struct RawInspect {
 }
 
 #[derive(Debug, Default, Deserialize)]
+struct RawScan {
+    /// Required in the section: `tcp://host:port` or `unix:/path`.
+    clamd: Option<String>,
+    /// Default 30 s: bounds each step with clamd (a permit, the connection,
+    /// each write, the verdict after the last byte).
+    timeout_s: Option<f64>,
+    /// Default `reject` (fail closed); or `allow`.
+    on_error: Option<String>,
+    /// Default 8 scans at once (clamd has a fixed pool of threads, 10 by default).
+    max_concurrent: Option<usize>,
+    /// Default 10 s between health pings (`/readyz`).
+    ping_interval_s: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct RawCredentials {
     file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
@@ -259,11 +312,13 @@ impl Config {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::parse(text)
             .map_err(|e| ConfigErrors(vec![format!("TOML syntax: {}", e.message())]))?;
-        let raw: RawConfig =
-            match serde_ignored::deserialize(de, |path| unknown.push(path.to_string())) {
-                Ok(raw) => raw,
-                Err(e) => return Err(ConfigErrors(vec![format!("{}", e.message())])),
-            };
+        let raw: RawConfig = match serde_ignored::deserialize(de, |path| {
+            // `?` is how serde_ignored shows an optional section.
+            unknown.push(path.to_string().replace(".?.", "."))
+        }) {
+            Ok(raw) => raw,
+            Err(e) => return Err(ConfigErrors(vec![format!("{}", e.message())])),
+        };
         for key in unknown {
             problems.push(format!("unknown key `{key}`"));
         }
@@ -521,12 +576,50 @@ impl Config {
             digest,
         };
 
-        // [scan]
-        if raw.scan.is_some() {
-            problems.push(
-                "[scan] (ClamAV) is not supported by this version: remove the section; uploads would not be scanned".into(),
-            );
-        }
+        // [scan]: absent, no malware scanning.
+        let scan = raw.scan.map(|sc| {
+            let clamd = match sc.clamd.as_deref() {
+                None => {
+                    problems.push(
+                        "scan.clamd is required in [scan] (\"tcp://host:port\" or \"unix:/path\")"
+                            .into(),
+                    );
+                    ClamdAddr::Tcp(String::new())
+                }
+                Some(text) => parse_clamd(text, base).unwrap_or_else(|why| {
+                    problems.push(format!("scan.clamd `{text}`: {why}"));
+                    ClamdAddr::Tcp(String::new())
+                }),
+            };
+            let on_error = match sc.on_error.as_deref() {
+                None | Some("reject") => OnScanError::Reject,
+                Some("allow") => OnScanError::Allow,
+                Some(other) => {
+                    problems.push(format!(
+                        "scan.on_error `{other}`: expected \"reject\" or \"allow\""
+                    ));
+                    OnScanError::Reject
+                }
+            };
+            ScanConfig {
+                clamd,
+                timeout: secs(&mut problems, "scan.timeout_s", sc.timeout_s, 30.0, false),
+                on_error,
+                max_concurrent: positive(
+                    &mut problems,
+                    "scan.max_concurrent",
+                    sc.max_concurrent,
+                    8,
+                ),
+                ping_interval: secs(
+                    &mut problems,
+                    "scan.ping_interval_s",
+                    sc.ping_interval_s,
+                    10.0,
+                    false,
+                ),
+            }
+        });
 
         // [credentials]
         let c = raw.credentials;
@@ -553,11 +646,50 @@ impl Config {
                 auth,
                 rate_limit,
                 inspect,
+                scan,
                 credentials,
             })
         } else {
             Err(ConfigErrors(problems))
         }
+    }
+}
+
+/// `tcp://host:port` or `unix:/path` (relative paths against the config folder).
+fn parse_clamd(text: &str, base: &Path) -> Result<ClamdAddr, String> {
+    if let Some(hostport) = text.strip_prefix("tcp://") {
+        let hostport = hostport.trim_end_matches('/');
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .ok_or("expected tcp://host:port (the port is required; clamd's usual is 3310)")?;
+        let host_ok = !host.is_empty()
+            && (host.parse::<std::net::IpAddr>().is_ok()
+                || host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !host_ok {
+            return Err(format!("`{host}` is not a host name or IP address"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(ClamdAddr::Tcp(hostport.to_owned())),
+            _ => Err(format!("`{port}` is not a port (1-65535)")),
+        }
+    } else if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("expected unix:/path/to/clamd.sock".into());
+        }
+        let path = PathBuf::from(path);
+        Ok(ClamdAddr::Unix(if path.is_absolute() {
+            path
+        } else {
+            base.join(path)
+        }))
+    } else {
+        Err("expected \"tcp://host:port\" or \"unix:/path/to/clamd.sock\"".into())
     }
 }
 
@@ -703,9 +835,69 @@ x = 1
     }
 
     #[test]
-    fn unsupported_features_are_refused_not_ignored() {
+    fn scan_is_off_without_the_section_and_defaults_to_fail_closed() {
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert!(c.scan.is_none());
         let text = format!("{MINIMAL}\n[scan]\nclamd = \"tcp://127.0.0.1:3310\"\n");
+        let s = Config::from_toml(&text, Path::new("/"))
+            .unwrap()
+            .scan
+            .unwrap();
+        assert_eq!(s.clamd, ClamdAddr::Tcp("127.0.0.1:3310".into()));
+        assert_eq!(s.timeout, Duration::from_secs(30));
+        assert_eq!(s.on_error, OnScanError::Reject);
+        assert_eq!(s.max_concurrent, 8);
+        assert_eq!(s.ping_interval, Duration::from_secs(10));
+        let text = format!(
+            "{MINIMAL}\n[scan]\nclamd = \"unix:clamd.ctl\"\non_error = \"allow\"\ntimeout_s = 2.5\nmax_concurrent = 3\n"
+        );
+        let s = Config::from_toml(&text, Path::new("/etc/gw"))
+            .unwrap()
+            .scan
+            .unwrap();
+        assert_eq!(s.clamd, ClamdAddr::Unix("/etc/gw/clamd.ctl".into()));
+        assert_eq!(s.on_error, OnScanError::Allow);
+        assert_eq!(s.timeout, Duration::from_millis(2500));
+        assert_eq!(s.max_concurrent, 3);
+        for ok in [
+            "tcp://clamav:3310",
+            "tcp://[::1]:3310",
+            "unix:/run/clamav/clamd.ctl",
+        ] {
+            parse_clamd(ok, Path::new("/")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn scan_problems_are_reported_together() {
+        let text = format!(
+            "{MINIMAL}\n[scan]\nclamd = \"127.0.0.1:3310\"\non_error = \"ignore\"\ntimeout_s = 0\nmax_concurrent = 0\nclamd_typo = 1\n"
+        );
+        let all = Config::from_toml(&text, Path::new("/"))
+            .unwrap_err()
+            .0
+            .join("\n");
+        for needle in [
+            "scan.clamd `127.0.0.1:3310`",
+            "scan.on_error `ignore`",
+            "scan.timeout_s",
+            "scan.max_concurrent",
+            "unknown key `scan.clamd_typo`",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        for bad in [
+            "tcp://127.0.0.1",
+            "tcp://127.0.0.1:0",
+            "tcp://127.0.0.1:99999",
+            "tcp://bad host:3310",
+            "unix:",
+            "http://clamd:3310",
+        ] {
+            assert!(parse_clamd(bad, Path::new("/")).is_err(), "{bad}");
+        }
+        let text = format!("{MINIMAL}\n[scan]\n");
         let errs = Config::from_toml(&text, Path::new("/")).unwrap_err().0;
-        assert!(errs[0].contains("[scan]"), "{errs:?}");
+        assert!(errs[0].contains("scan.clamd is required"), "{errs:?}");
     }
 }

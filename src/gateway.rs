@@ -11,6 +11,7 @@ use crate::credentials::refresh::TokenManager;
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::rate_limit::RateLimits;
+use crate::scan::Scanner;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Gateway {
     pub tokens: TokenManager,
     pub upstream: Upstream,
     pub metrics: Metrics,
+    /// The clamd client, with `[scan]`.
+    pub scanner: Option<Scanner>,
     draining: AtomicBool,
     /// Per company: until when Concur asked us (429/503 + Retry-After) to back off.
     concur_backoff: Mutex<HashMap<String, Instant>>,
@@ -52,6 +55,7 @@ impl Gateway {
         match (keys, credentials, upstream, tokens) {
             (Ok(keys), Ok(credentials), Ok(upstream), Ok(tokens)) if problems.is_empty() => {
                 tokens.start(&credentials.current());
+                let scanner = config.scan.as_ref().map(|s| Scanner::new(s, &metrics));
                 Ok(Self {
                     auth: Authenticator::new(&config.auth, keys, clock),
                     rate_limits: RateLimits::new(&config.rate_limit),
@@ -59,6 +63,7 @@ impl Gateway {
                     tokens,
                     upstream,
                     metrics,
+                    scanner,
                     draining: AtomicBool::new(false),
                     concur_backoff: Mutex::new(HashMap::new()),
                     config,
@@ -76,7 +81,8 @@ impl Gateway {
     }
 
     /// Ready: configuration, keys and credentials are loaded (they are, once
-    /// constructed) and the gateway is not draining.
+    /// constructed), the gateway is not draining, and with `[scan]` clamd
+    /// answered its last ping (unless `scan.on_error = "allow"`).
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_draining() {
             return Err("draining: shutting down".into());
@@ -87,6 +93,9 @@ impl Gateway {
         let creds = self.credentials.current();
         if creds.is_empty() {
             return Err("no Concur credentials loaded".into());
+        }
+        if let Some(scanner) = &self.scanner {
+            scanner.readiness()?;
         }
         Ok(())
     }
@@ -116,7 +125,8 @@ impl Gateway {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Background housekeeping: credential reloads and rate-limiter pruning.
+    /// Background housekeeping: credential reloads, rate-limiter pruning and,
+    /// with `[scan]`, clamd health pings (the first one at once).
     pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let jwks = match &self.config.auth.keys {
             KeySource::JwksUrl(config) => Some(tokio::spawn(crate::auth::jwks::refresher(
@@ -127,9 +137,15 @@ impl Gateway {
         };
         let gw = Arc::downgrade(self);
         let every = self.config.credentials.reload_interval;
-        tokio::spawn(async move {
-            // Aborting housekeeping aborts the JWKS refresher with it.
-            let _jwks = jwks.map(AbortOnDrop);
+        let pings = self.scanner.clone().map(|scanner| async move {
+            let mut tick = tokio::time::interval(scanner.ping_interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _ = scanner.ping().await;
+            }
+        });
+        let credentials = async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut ticks: u64 = 0;
@@ -141,6 +157,16 @@ impl Gateway {
                 if ticks.is_multiple_of(12) {
                     gw.rate_limits.prune();
                 }
+            }
+        };
+        tokio::spawn(async move {
+            // Aborting housekeeping aborts the JWKS refresher with it.
+            let _jwks = jwks.map(AbortOnDrop);
+            match pings {
+                Some(pings) => {
+                    tokio::join!(pings, credentials);
+                }
+                None => credentials.await,
             }
         })
     }

@@ -11,6 +11,8 @@
 //! 5. [`credentials`]: the Concur token that may act for this caller and route;
 //! 6. [`inspect`]: the body is validated *as a stream*, its tail held back until
 //!    the verdict is known; chunked bodies are [`spool`]ed to get a length;
+//!    with `[scan]`, the same stream goes to ClamAV ([`scan`]) and the tail
+//!    also waits for clamd's verdict;
 //! 7. [`upstream`]: the request to Concur over TLS;
 //! 8. [`transform`]: Concur's XML answer becomes JSON; errors map through [`error`].
 //!
@@ -34,6 +36,7 @@ pub mod proxy;
 pub mod rate_limit;
 pub mod route;
 pub mod sandbox;
+pub mod scan;
 pub mod server;
 pub mod spool;
 pub mod stack;

@@ -67,6 +67,11 @@ pub struct Metrics {
     pub jwks_reloads: Family<ResultLabel, Counter>,
     pub credential_refreshes: Family<ResultLabel, Counter>,
     pub credentials_unusable: Gauge,
+    /// Malware scans by result: `clean`, `found`, `error`, `allowed_on_error`.
+    pub scans: Family<ResultLabel, Counter>,
+    pub scan_duration: Histogram,
+    /// 1 while clamd answers its health ping, 0 when not (absent without `[scan]`).
+    pub clamd_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -146,6 +151,24 @@ impl Metrics {
             "Refreshing credentials whose refresh token Concur rejected",
             credentials_unusable.clone(),
         );
+        let scans = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "scans",
+            "Malware scans by ClamAV, by result (clean, found, error, allowed_on_error)",
+            scans.clone(),
+        );
+        let scan_duration = duration_histogram();
+        registry.register(
+            "scan_duration_seconds",
+            "Time from the start of an upload's scan to clamd's verdict",
+            scan_duration.clone(),
+        );
+        let clamd_up = Gauge::default();
+        registry.register(
+            "clamd_up",
+            "1 while clamd answers its health ping (only meaningful with [scan])",
+            clamd_up.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -166,6 +189,9 @@ impl Metrics {
             jwks_reloads,
             credential_refreshes,
             credentials_unusable,
+            scans,
+            scan_duration,
+            clamd_up,
         }
     }
 

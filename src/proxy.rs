@@ -12,6 +12,8 @@
 //!    contacted; a body sent with `Content-Length` then streams to Concur through
 //!    the inspection with its tail held back, while a chunked body is spooled
 //!    (bounded) and inspected whole, so that Concur always gets a `Content-Length`;
+//!    with `[scan]` the same stream is fed to clamd (`scan.rs`), and the tail
+//!    waits for its verdict too;
 //! 5. `TokenManager::access`: the credential's access token (a refreshing one is
 //!    refreshed first if it could expire during the upload) and base URL, then
 //!    the exchange with Concur under one deadline (`upstream.timeout_s`); a 403
@@ -64,12 +66,13 @@ where
     match handle(&gw, req, log.as_ref()).await {
         Ok(response) => response,
         Err(error) => {
-            if let GatewayError::Rejected(r) = &error {
+            if matches!(
+                error,
+                GatewayError::Rejected(_) | GatewayError::MalwareDetected
+            ) {
                 gw.metrics
                     .inspection_rejections
-                    .get_or_create(&CodeLabel {
-                        code: r.code.as_str(),
-                    })
+                    .get_or_create(&CodeLabel { code: error.code() })
                     .inc();
             }
             if let Some(log) = &log {
@@ -128,6 +131,14 @@ where
         gw.config.server.body_idle_timeout,
         gw.config.server.min_body_rate,
     );
+    if let Some(scanner) = &gw.scanner {
+        let request_id = parts
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        body = body.with_scan(scanner.session(request_id));
+    }
     let outcome = body.outcome();
     let finish_log = |o: &Outcome| {
         gw.metrics

@@ -13,6 +13,13 @@
 //! The reason is left in the shared [`Outcome`], which the proxy reads to answer
 //! the client (a `422`, not the `502` the aborted exchange would suggest).
 //!
+//! With malware scanning (`[scan]`), every chunk also goes to a [`ScanSession`]
+//! and the next client frame is not read until the scanner took the previous
+//! one (backpressure: a slow clamd slows the upload, nothing piles up here).
+//! At the end of the body the tail waits for both verdicts: the format's
+//! (`finish()`) and then clamd's. A detection or an unavailable scanner ends
+//! the body with an error like any rejection.
+//!
 //! Memory per upload: the hold-back window plus the scanner's bounded state.
 //! Between frames an idle timer runs: a client that stalls for
 //! `body_idle_timeout` gets `408 body_timeout`.
@@ -32,6 +39,7 @@ use tokio::time::{Instant, Sleep};
 use super::{Inspector, Rejection};
 use crate::config::{DigestAlgorithm, MinBodyRate};
 use crate::error::{BoxError, GatewayError};
+use crate::scan::{Decision, ScanSession};
 
 /// How many bytes of the body are held back until the verdict is known.
 pub const HOLD_BACK: usize = 64 * 1024;
@@ -77,11 +85,16 @@ pub struct InspectBody<B> {
     started: Instant,
     state: State,
     outcome: SharedOutcome,
+    /// The malware scan of this body, while it runs.
+    scan: Option<ScanSession>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Streaming,
+    /// The client's body ended and the format was accepted; the tail waits
+    /// for clamd's verdict.
+    Scanning,
     /// The verdict is in and accepted: only `out` remains.
     Accepted,
     Failed,
@@ -138,7 +151,14 @@ where
             started: Instant::now(),
             state: State::Streaming,
             outcome: SharedOutcome::default(),
+            scan: None,
         }
+    }
+
+    /// Scans the body for malware as it streams (see the module docs).
+    pub fn with_scan(mut self, scan: ScanSession) -> Self {
+        self.scan = Some(scan);
+        self
     }
 
     pub fn outcome(&self) -> SharedOutcome {
@@ -187,6 +207,7 @@ where
         self.state = State::Failed;
         self.held.clear();
         self.out.clear();
+        self.scan = None; // abandons the scan
         let mut o = self.outcome.lock().expect("outcome lock");
         o.received = self.received;
         o.failure = Some(error);
@@ -195,11 +216,25 @@ where
     /// Reads one frame from the client and runs it through the checks.
     /// `Err(())` means the body failed; the reason is in the outcome.
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, ()>> {
-        if self.state == State::Failed {
-            return Poll::Ready(Err(()));
+        match self.state {
+            State::Failed => return Poll::Ready(Err(())),
+            State::Accepted => return Poll::Ready(Ok(Step::End)),
+            State::Scanning => return self.poll_scan_verdict(cx),
+            State::Streaming => {}
         }
-        if self.state == State::Accepted {
-            return Poll::Ready(Ok(Step::End));
+        // Backpressure: the scanner takes the previous chunk before the next
+        // one is read from the client.
+        if let Some(scan) = &mut self.scan {
+            match ready!(scan.poll_feed(cx)) {
+                // Waiting for the scanner is not the client's idleness.
+                Ok(true) => self.sleep.as_mut().reset(Instant::now() + self.idle),
+                Ok(false) => {}
+                Err(decision) => {
+                    if !self.apply_scan(decision) {
+                        return Poll::Ready(Err(()));
+                    }
+                }
+            }
         }
         loop {
             match Pin::new(&mut self.inner).poll_frame(cx) {
@@ -227,11 +262,11 @@ where
                 }
                 Poll::Ready(None) => {
                     self.on_end();
-                    return Poll::Ready(if self.state == State::Failed {
-                        Err(())
-                    } else {
-                        Ok(Step::End)
-                    });
+                    return match self.state {
+                        State::Failed => Poll::Ready(Err(())),
+                        State::Scanning => self.poll_scan_verdict(cx),
+                        _ => Poll::Ready(Ok(Step::End)),
+                    };
                 }
                 Poll::Pending => {
                     ready!(self.sleep.as_mut().poll(cx));
@@ -272,6 +307,9 @@ where
         if let Some((ctx, _)) = &mut self.hasher {
             ctx.update(&data);
         }
+        if let Some(scan) = &mut self.scan {
+            scan.push(data.clone()); // a refcount, not a copy
+        }
         self.held_len += data.len();
         self.held.push_back(data);
         // Release everything but the last HOLD_BACK bytes (zero-copy splits).
@@ -310,7 +348,6 @@ where
         }
         let mut o = self.outcome.lock().expect("outcome lock");
         o.received = self.received;
-        o.accepted = true;
         if let Some((ctx, name)) = self.hasher.take() {
             let d = ctx.finish();
             o.repr_digest = Some(format!(
@@ -320,9 +357,52 @@ where
             o.digest_hex = Some(hex(d.as_ref()));
         }
         drop(o);
+        match &mut self.scan {
+            Some(scan) => {
+                scan.finish();
+                self.state = State::Scanning;
+            }
+            None => self.accept(),
+        }
+    }
+
+    /// Both verdicts are in: the tail goes on.
+    fn accept(&mut self) {
+        self.outcome.lock().expect("outcome lock").accepted = true;
         self.out.extend(self.held.drain(..));
         self.held_len = 0;
         self.state = State::Accepted;
+    }
+
+    fn poll_scan_verdict(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, ()>> {
+        let scan = self.scan.as_mut().expect("a scan runs while Scanning");
+        let decision = ready!(scan.poll_verdict(cx));
+        self.scan = None;
+        if self.apply_scan(decision) {
+            self.accept();
+            Poll::Ready(Ok(Step::End))
+        } else {
+            Poll::Ready(Err(()))
+        }
+    }
+
+    /// `false` when the decision fails the body.
+    fn apply_scan(&mut self, decision: Decision) -> bool {
+        match decision {
+            Decision::Clean => true,
+            Decision::AllowedOnError => {
+                self.scan = None; // go on unscanned
+                true
+            }
+            Decision::Malware => {
+                self.fail(GatewayError::MalwareDetected);
+                false
+            }
+            Decision::Unavailable => {
+                self.fail(GatewayError::ScanUnavailable);
+                false
+            }
+        }
     }
 }
 
@@ -358,7 +438,7 @@ where
                 State::Failed => {
                     return Poll::Ready(Some(Err(Box::new(BodyAborted("rejected")))));
                 }
-                State::Streaming => {}
+                State::Streaming | State::Scanning => {}
             }
             match ready!(this.poll_step(cx)) {
                 Ok(_) => continue,
@@ -383,5 +463,206 @@ where
 impl From<Rejection> for GatewayError {
     fn from(r: Rejection) -> Self {
         GatewayError::Rejected(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Waker;
+
+    use super::*;
+    use crate::config::{ClamdAddr, OnScanError, ScanConfig};
+    use crate::inspect::{Limits, MediaType};
+    use crate::metrics::Metrics;
+    use crate::scan::{CHANNEL_CHUNKS, Reply, Scanner, VerdictSender};
+
+    const FRAME: usize = 16 * 1024;
+
+    /// A client body in `FRAME`-sized frames that counts the frames taken.
+    struct Frames {
+        left: VecDeque<Bytes>,
+        taken: Arc<AtomicUsize>,
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let next = self.left.pop_front();
+            if next.is_some() {
+                self.taken.fetch_add(1, Ordering::SeqCst);
+            }
+            Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// A valid JPEG of about 300 KiB: the sample with APP15 filler segments.
+    fn jpeg() -> Vec<u8> {
+        let sample = crate::demo::SAMPLE_RECEIPT;
+        let mut out = sample[..2].to_vec();
+        for i in 0..5u8 {
+            out.extend_from_slice(&[0xFF, 0xEF, 0xFF, 0xFF]);
+            out.extend(std::iter::repeat_n(i, 0xFFFF - 2));
+        }
+        out.extend_from_slice(&sample[2..]);
+        out
+    }
+
+    fn scanned_body(
+        data: &[u8],
+    ) -> (
+        InspectBody<Frames>,
+        Arc<AtomicUsize>,
+        tokio::sync::mpsc::Receiver<Bytes>,
+        VerdictSender,
+    ) {
+        let scanner = Scanner::new(
+            &ScanConfig {
+                clamd: ClamdAddr::Tcp("127.0.0.1:9".into()),
+                timeout: Duration::from_secs(1),
+                on_error: OnScanError::Reject,
+                max_concurrent: 1,
+                ping_interval: Duration::from_secs(10),
+            },
+            &Metrics::new(),
+        );
+        let (session, rx, verdict) = scanner.detached();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let frames = Frames {
+            left: data.chunks(FRAME).map(Bytes::copy_from_slice).collect(),
+            taken: taken.clone(),
+        };
+        let body = InspectBody::new(
+            frames,
+            Inspector::new(MediaType::Jpeg, &Limits::default()),
+            DigestAlgorithm::None,
+            u64::MAX,
+            Some(data.len() as u64),
+            Duration::from_secs(30),
+            crate::config::MinBodyRate {
+                bytes_per_s: 0,
+                grace: Duration::ZERO,
+            },
+        )
+        .with_scan(session);
+        (body, taken, rx, verdict)
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Pumped {
+        Pending,
+        End,
+        Failed,
+    }
+
+    /// Polls until the body waits, ends or fails; forwarded bytes go to `out`.
+    fn pump(body: &mut InspectBody<Frames>, out: &mut Vec<u8>) -> Pumped {
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Pending => return Pumped::Pending,
+                Poll::Ready(None) => return Pumped::End,
+                Poll::Ready(Some(Ok(f))) => out.extend_from_slice(&f.into_data().unwrap()),
+                Poll::Ready(Some(Err(_))) => return Pumped::Failed,
+            }
+        }
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Bytes>, scanned: &mut Vec<u8>) {
+        while let Ok(chunk) = rx.try_recv() {
+            scanned.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Streams the whole body with a scanner that keeps up, up to the verdict.
+    fn to_verdict(
+        body: &mut InspectBody<Frames>,
+        taken: &AtomicUsize,
+        rx: &mut tokio::sync::mpsc::Receiver<Bytes>,
+        len: usize,
+        out: &mut Vec<u8>,
+        scanned: &mut Vec<u8>,
+    ) {
+        while taken.load(Ordering::SeqCst) * FRAME < len {
+            drain(rx, scanned);
+            assert_eq!(pump(body, out), Pumped::Pending);
+        }
+        drain(rx, scanned);
+        assert_eq!(pump(body, out), Pumped::Pending, "waits for the verdict");
+        drain(rx, scanned);
+    }
+
+    #[tokio::test]
+    async fn the_next_frame_waits_for_the_scanner_and_the_tail_for_its_verdict() {
+        let data = jpeg();
+        let (mut body, taken, mut rx, verdict) = scanned_body(&data);
+        let (mut out, mut scanned) = (Vec::new(), Vec::new());
+        // The scanner takes nothing: the channel fills, one frame waits, and
+        // no further client frame is read.
+        assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
+        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
+        assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
+        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
+        // The scanner keeps up: the body streams to its end, and everything
+        // but the held-back tail goes on before clamd's verdict.
+        to_verdict(
+            &mut body,
+            &taken,
+            &mut rx,
+            data.len(),
+            &mut out,
+            &mut scanned,
+        );
+        assert!(scanned == data, "clamd got every byte, in order");
+        assert_eq!(out.len(), data.len() - HOLD_BACK);
+        assert!(rx.recv().await.is_none(), "the stream to clamd was ended");
+        assert!(!body.outcome().lock().unwrap().accepted);
+        // Clean: the tail goes on.
+        verdict.send(Ok(Reply::Clean)).unwrap();
+        assert_eq!(pump(&mut body, &mut out), Pumped::End);
+        assert!(out == data, "the whole body went on, in order");
+        assert!(body.outcome().lock().unwrap().accepted);
+    }
+
+    #[tokio::test]
+    async fn a_detection_or_an_early_scanner_failure_aborts_the_body() {
+        let data = jpeg();
+        let (mut body, taken, mut rx, verdict) = scanned_body(&data);
+        let (mut out, mut scanned) = (Vec::new(), Vec::new());
+        to_verdict(
+            &mut body,
+            &taken,
+            &mut rx,
+            data.len(),
+            &mut out,
+            &mut scanned,
+        );
+        verdict.send(Ok(Reply::Found("Eicar-Test".into()))).unwrap();
+        assert_eq!(pump(&mut body, &mut out), Pumped::Failed);
+        assert_eq!(out.len(), data.len() - HOLD_BACK, "the tail never went on");
+        let failure = body.outcome().lock().unwrap().failure.take();
+        assert!(
+            matches!(failure, Some(GatewayError::MalwareDetected)),
+            "{failure:?}"
+        );
+
+        // The scan task dies mid-stream (clamd went away): fail closed at once.
+        let (mut body, taken, rx, verdict) = scanned_body(&data);
+        assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
+        drop(rx);
+        verdict
+            .send(Ok(Reply::Error("INSTREAM size limit exceeded.".into())))
+            .unwrap();
+        assert_eq!(pump(&mut body, &mut Vec::new()), Pumped::Failed);
+        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
+        let failure = body.outcome().lock().unwrap().failure.take();
+        assert!(
+            matches!(failure, Some(GatewayError::ScanUnavailable)),
+            "{failure:?}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! One integration test binary (DESIGN.md): modules by area.
 
+mod clamav;
 mod creds;
 mod gateway;
 mod inspect_img;
