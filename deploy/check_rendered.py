@@ -32,6 +32,7 @@ import tomllib
 import yaml
 
 GATEWAY = "concur-gateway"
+EXEMPT_ANNOTATION = "concur-gateway.dev/security-exempt-containers"
 # Defaults from README.md, "Configuration".
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN = "127.0.0.1:9090"
@@ -95,6 +96,7 @@ def main() -> int:
     dep = deployments[0]
     tmpl = dep["spec"]["template"]
     pod = tmpl["spec"]
+    pod_meta = tmpl.get("metadata") or {}
     pod_labels = tmpl["metadata"].get("labels") or {}
 
     print("Pod:")
@@ -114,10 +116,32 @@ def main() -> int:
     check(gw.get("restartPolicy") == "Always", f"{GATEWAY} is a native sidecar (restartPolicy: Always)")
     check(not any(c["name"] == GATEWAY for c in mains), f"{GATEWAY} is not also a main container")
 
+    # A third-party image that cannot run locked down (the official ClamAV
+    # image starts as root to prepare its folders) is named, with the reason,
+    # in the pod annotation below; it must still drop ALL capabilities but
+    # what it adds, forbid privilege escalation, and use RuntimeDefault.
+    exempt = set(
+        filter(None, ((pod_meta.get("annotations") or {}).get(EXEMPT_ANNOTATION, "")).replace(",", " ").split())
+    )
     print("Containers:")
     for c in inits + mains:
         n = c["name"]
         sc = c.get("securityContext") or {}
+        if n in exempt:
+            seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+            ok = (
+                sc.get("allowPrivilegeEscalation") is False
+                and not sc.get("privileged")
+                and "ALL" in ((sc.get("capabilities") or {}).get("drop") or [])
+                and seccomp == "RuntimeDefault"
+            )
+            check(ok, f"{n}: exempt from non-root ({EXEMPT_ANNOTATION}), still no escalation, drop ALL, RuntimeDefault")
+            res = c.get("resources") or {}
+            missing = [
+                f"{kind}.{r}" for kind in ("requests", "limits") for r in ("cpu", "memory") if r not in (res.get(kind) or {})
+            ]
+            check(not missing, f"{n}: cpu/memory requests and limits", "missing " + ", ".join(missing))
+            continue
         seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
         problems = []
         if sc.get("runAsNonRoot") is not True:

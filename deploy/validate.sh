@@ -115,8 +115,8 @@ ensure_tools() {
 }
 
 render() {
-  echo "kubectl kustomize $BASE_DIR"
-  kubectl kustomize "$BASE_DIR" >"$RENDERED"
+  echo "kubectl kustomize $TARGET_DIR"
+  kubectl kustomize "$TARGET_DIR" >"$RENDERED"
   "$PYTHON" - "$RENDERED" <<'EOF'
 import sys, yaml
 for d in yaml.safe_load_all(open(sys.argv[1])):
@@ -182,9 +182,15 @@ echo "deploy/validate.sh: offline checks of $DEPLOY_DIR"
 run_step "tools (kubectl, kubernetes-validate, hadolint)" ensure_tools
 # ensure_tools ran in a subshell: look hadolint up again for the lint step.
 HADOLINT="$(find_hadolint)"
-run_step "render: kubectl kustomize deploy/kubernetes/base" render
-run_step "schemas: kubernetes-validate --strict (${K8S_VERSIONS[*]})" schemas
-run_step "sidecar policy and gateway config" policy
+# The base, and each overlay (e.g. overlays/clamav adds ClamAV as a sidecar).
+for TARGET_DIR in "$BASE_DIR" "$DEPLOY_DIR"/kubernetes/overlays/*/; do
+  TARGET_DIR="${TARGET_DIR%/}"
+  name="${TARGET_DIR#"$DEPLOY_DIR"/}"
+  RENDERED="$WORK/$(echo "$name" | tr '/' '_').yaml"
+  run_step "render: kubectl kustomize deploy/$name" render
+  run_step "schemas ($name): kubernetes-validate --strict (${K8S_VERSIONS[*]})" schemas
+  run_step "sidecar policy and gateway config ($name)" policy
+done
 run_step "Dockerfile: hadolint (errors fail)" lint_dockerfile
 
 echo
