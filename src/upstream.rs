@@ -72,18 +72,28 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
     Ok(config)
 }
 
+/// An https-only HTTP/1.1 connector over rustls, trusting the Mozilla roots
+/// plus `ca_file`. Shared by the upstream client, the OAuth2 token client and
+/// the JWKS fetcher, so every outgoing connection has the same TLS policy.
+pub fn https_connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, String> {
+    let tls = tls_config(ca_file)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
-        let tls = tls_config(config.ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))

@@ -28,12 +28,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn client(config: &JwksUrl) -> Result<HttpsClient, String> {
-    let tls = crate::upstream::tls_config(config.ca_file.as_deref())?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
+    let https = crate::upstream::https_connector(config.ca_file.as_deref(), FETCH_TIMEOUT)?;
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 

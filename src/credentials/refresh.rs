@@ -251,16 +251,10 @@ fn jitter() -> f64 {
 
 impl TokenManager {
     pub fn new(config: &Config, clock: Arc<dyn Clock>, metrics: &Metrics) -> Result<Self, String> {
-        let tls = crate::upstream::tls_config(config.upstream.ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.upstream.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = crate::upstream::https_connector(
+            config.upstream.ca_file.as_deref(),
+            config.upstream.connect_timeout,
+        )?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
