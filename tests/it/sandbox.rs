@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -1028,34 +1028,11 @@ async fn shutdown_closes_idle_connections_and_stops_accepting() {
 
 // --- logging ------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn logs_never_contain_secrets() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // current-thread runtime: the sandbox's tasks run on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Other tests run the same callsites concurrently with no subscriber: a
-    // callsite first registered on their threads may have cached "never"
-    // around our dispatcher's registration. Recompute now that ours exists.
-    tracing::callsite::rebuild_interest_cache();
+    // A process-wide subscriber (see support::capture_logs): a scoped one
+    // raced with other tests registering the same callsites on their threads.
+    let capture = crate::support::capture_logs();
 
     let sb = start_with(SandboxConfig {
         tokens: tokens(),
@@ -1063,7 +1040,6 @@ async fn logs_never_contain_secrets() {
         ..SandboxConfig::default()
     })
     .await;
-    tracing::callsite::rebuild_interest_cache();
     upload(&sb, "/api/image/v1.0/receipt", ALICE).await;
     upload(&sb, "/api/image/v1.0/receipt", "unknown-secret-token").await;
     let issued = refresh(&sb, "client-1", "s3cret", "rt-initial")
@@ -1074,7 +1050,7 @@ async fn logs_never_contain_secrets() {
     upload(&sb, "/api/image/v1.0/receipt", &access).await;
     sb.shutdown().await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.finish();
     assert!(logs.contains("sandbox upload answered"), "{logs}");
     for secret in [
         ALICE,

@@ -603,3 +603,56 @@ impl JwksServer {
         self.fetches.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// Everything logged in this process (every test's events, at TRACE) while
+/// the returned guard lives. One capture at a time; the subscriber is global
+/// and installed once, so events on every thread are seen.
+pub fn capture_logs() -> LogCapture {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| CaptureWriter)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+    });
+    let serial = SERIAL.try_lock().expect("one log capture at a time");
+    *CAPTURED.lock().unwrap() = Some(Vec::new());
+    LogCapture { _serial: serial }
+}
+
+static CAPTURED: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
+
+pub struct LogCapture {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl LogCapture {
+    /// Stops capturing and returns what was logged.
+    pub fn finish(self) -> String {
+        let bytes = CAPTURED.lock().unwrap().take().unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        CAPTURED.lock().unwrap().take();
+    }
+}
+
+struct CaptureWriter;
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(v) = CAPTURED.lock().unwrap().as_mut() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
