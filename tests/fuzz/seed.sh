@@ -2,7 +2,8 @@
 # Regenerates the seed corpora in tests/fuzz/corpus/<target> (gitignored).
 # Needs python3, and gs + qpdf for the tool-made PDFs (skipped if missing).
 # Every seed gets an 8-byte control prefix (see fuzz_targets/common.rs): all
-# zeros, and for PDF also a copy with bit 0 set (policy Allow).
+# zeros; for PDF also a copy with bit 0 set (policy Allow), for PNG a copy
+# with bit 2 of byte 1 set (CRCs fixed by the harness).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 fixtures="$here/../fixtures/inspect"
@@ -12,7 +13,11 @@ prefix() { # prefix FIRST-BYTE-OCTAL SRC DST
     { printf "\\$1\\000\\000\\000\\000\\000\\000\\000"; cat "$2"; } > "$3"
 }
 for f in "$fixtures"/*.jpg; do prefix 000 "$f" "$corpus/jpeg/$(basename "$f")"; done
-for f in "$fixtures"/*.png; do prefix 000 "$f" "$corpus/png/$(basename "$f")"; done
+for f in "$fixtures"/*.png; do
+    prefix 000 "$f" "$corpus/png/$(basename "$f")"
+    # control byte 1 = 4: the harness fixes the CRCs (see fuzz_targets/png.rs)
+    { printf '\000\004\000\000\000\000\000\000'; cat "$f"; } > "$corpus/png/crcfix-$(basename "$f")"
+done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

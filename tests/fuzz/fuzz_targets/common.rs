@@ -9,6 +9,7 @@
 //!   active-content policy: 0 = `Reject` (the default), 1 = `Allow`.
 //! * Bit 1 of byte 1 picks tight limits (few pixels, shallow nesting, small
 //!   inflate caps), so that the limit checks are reached with small inputs.
+//! * Bit 2 of byte 1: the PNG target fixes every chunk CRC first (`png.rs`).
 //!
 //! Any chunking must give the verdict of one-shot feeding (DESIGN.md
 //! principle 1), `finish` must be idempotent, and no input may panic.
@@ -54,7 +55,12 @@ fn next(seed: &mut u64) -> u64 {
 }
 
 /// Feeds `body` through an [`Inspector`] in random 1–64 byte chunks.
-fn random_chunks(media: MediaType, limits: &Limits, body: &[u8], seed: &mut u64) -> Result<(), Rejection> {
+fn random_chunks(
+    media: MediaType,
+    limits: &Limits,
+    body: &[u8],
+    seed: &mut u64,
+) -> Result<(), Rejection> {
     let mut inspector = Inspector::new(media, limits);
     let mut rest = body;
     let mut got = Ok(());

@@ -3,7 +3,9 @@
 //! control block), plus the bare scanner (`scan_pdf`, which has no sniffing
 //! wrapper) across chunk sizes, under both active-content policies.
 use concur_gateway::inspect::pdf::scan_pdf;
-use concur_gateway::inspect::{ActiveContentPolicy, Limits, MediaType, RejectCode};
+use concur_gateway::inspect::{
+    ActiveContentPolicy, Limits, MediaType, RejectCode, inspect_all, sniff,
+};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -15,11 +17,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let one = scan_pdf(&limits, body, body.len());
+    // The Inspector adds only the sniff: unless the body starts like a JPEG or
+    // a PNG (content_mismatch), it must agree with the bare scanner.
+    if sniff(&body[..body.len().min(8)]).is_none_or(|t| t == MediaType::Pdf) {
+        assert_eq!(
+            inspect_all(MediaType::Pdf, &limits, body, 0),
+            one,
+            "Inspector and scan_pdf differ"
+        );
+    }
     for n in [1, 7, (seed >> 32) as usize % 512 + 1, 16 * 1024] {
         if n == 1 && body.len() > 2048 {
             continue;
         }
-        assert_eq!(scan_pdf(&limits, body, n), one, "scan_pdf in {n}-byte chunks");
+        assert_eq!(
+            scan_pdf(&limits, body, n),
+            one,
+            "scan_pdf in {n}-byte chunks"
+        );
     }
     // The other policy: `Allow` only drops the active-content verdict, so the
     // two policies agree unless `Reject` said `pdf_active_content`.
@@ -36,10 +51,17 @@ fuzz_target!(|data: &[u8]| {
         ActiveContentPolicy::Allow => (&two, &one),
     };
     if let Err(e) = allow {
-        assert_ne!(e.code, RejectCode::PdfActiveContent, "Allow gave pdf_active_content");
+        assert_ne!(
+            e.code,
+            RejectCode::PdfActiveContent,
+            "Allow gave pdf_active_content"
+        );
     }
     match reject {
         Err(e) if e.code == RejectCode::PdfActiveContent => {}
-        _ => assert_eq!(reject, allow, "the policies disagree on a file without active content"),
+        _ => assert_eq!(
+            reject, allow,
+            "the policies disagree on a file without active content"
+        ),
     }
 });
