@@ -1,0 +1,101 @@
+#!/bin/sh
+# Regenerates the seed corpora in tests/fuzz/corpus/<target> (gitignored).
+# Needs python3, and gs + qpdf for the tool-made PDFs (skipped if missing).
+# Every seed gets an 8-byte control prefix (see fuzz_targets/common.rs): all
+# zeros; for PDF also a copy with bit 0 set (policy Allow), for PNG a copy
+# with bit 2 of byte 1 set (CRCs fixed by the harness).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+fixtures="$here/../fixtures/inspect"
+corpus="$here/corpus"
+mkdir -p "$corpus/jpeg" "$corpus/png" "$corpus/pdf"
+prefix() { # prefix FIRST-BYTE-OCTAL SRC DST
+    { printf "\\$1\\000\\000\\000\\000\\000\\000\\000"; cat "$2"; } > "$3"
+}
+for f in "$fixtures"/*.jpg; do prefix 000 "$f" "$corpus/jpeg/$(basename "$f")"; done
+for f in "$fixtures"/*.png; do
+    prefix 000 "$f" "$corpus/png/$(basename "$f")"
+    # control byte 1 = 4: the harness fixes the CRCs (see fuzz_targets/png.rs)
+    { printf '\000\004\000\000\000\000\000\000'; cat "$f"; } > "$corpus/png/crcfix-$(basename "$f")"
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+if command -v gs >/dev/null && command -v qpdf >/dev/null; then
+    printf '%%!PS\n0.2 0.4 0.6 setrgbcolor\n72 72 200 100 rectfill\nnewpath 300 300 50 0 360 arc fill\nshowpage\n' > shapes.ps
+    printf '%%!PS\n[ {Catalog} << /OpenAction << /S /JavaScript /JS (app.alert\\(1\\);) >> >> /PUT pdfmark\n72 72 200 100 rectfill\nshowpage\n' > js.ps
+    printf '%%!PS\n[ /Rect [72 72 272 172] /Border [0 0 0] /Action << /S /Launch /F (calc.exe) >> /Subtype /Link /ANN pdfmark\n72 72 200 100 rectfill\nshowpage\n' > launch.ps
+    printf '%%!PS\n/Helvetica findfont 24 scalefont setfont\n72 700 moveto (Receipt: JavaScript /JS Launch 12.34) show\nshowpage\n' > text.ps
+    for n in shapes js launch text; do
+        gs -q -dNOPAUSE -dBATCH -dSAFER -sDEVICE=pdfwrite -o "gs-$n.pdf" "$n.ps"
+    done
+    q() { qpdf "$@" || [ $? -eq 3 ]; }
+    q --object-streams=generate gs-shapes.pdf q-objstm.pdf
+    q --object-streams=generate gs-js.pdf q-objstm-js.pdf
+    q --qdf gs-shapes.pdf q-qdf.pdf
+    q --linearize --object-streams=generate gs-shapes.pdf q-lin-objstm.pdf
+    q --stream-data=uncompress --object-streams=disable gs-js.pdf q-uncompressed-js.pdf
+    q --object-streams=generate --stream-data=uncompress gs-launch.pdf q-launch-objstm-unc.pdf
+    q --encrypt u o 256 -- gs-shapes.pdf q-aes256.pdf
+    q --encrypt u o 128 --use-aes=y -- gs-shapes.pdf q-aes128.pdf
+    q --object-streams=generate --encrypt u o 128 --use-aes=y -- gs-shapes.pdf q-aes128-objstm.pdf
+else
+    echo "gs or qpdf missing: only the hand-written PDF seeds" >&2
+fi
+python3 - <<'EOF'
+import zlib
+
+def pdf(objs, trailer=""):
+    out = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
+    offs = []
+    for i, o in enumerate(objs):
+        offs.append(len(out))
+        out += b"%d 0 obj\n" % (i + 1) + o + b"\nendobj\n"
+    x = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    for o in offs:
+        out += b"%010d 00000 n \n" % o
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objs) + 1, trailer.encode(), x)
+    return out
+
+def stream(extra, data):
+    return b"<< /Length %d %s >>\nstream\n" % (len(data), extra.encode()) + data + b"\nendstream"
+
+base = [
+    b"<< /Type /Catalog /Pages 2 0 R >>",
+    b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+    stream("", b"BT /F1 24 Tf 72 700 Td (Total 12.34) Tj ET\n"),
+]
+def w(n, b):
+    open("h-" + n + ".pdf", "wb").write(b)
+
+w("minimal", pdf(base))
+w("js-escaped", pdf(base + [b"<< /S /Java#53cript /J#53 (x) >>"]))
+w("encrypt-trailer", pdf(base, "/Encrypt 9 0 R"))
+w("encrypt-null", pdf(base, "/Encrypt null"))
+w("objstm-flate-js", pdf(base + [stream("/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode",
+                                        zlib.compress(b"6 0 << /S /JavaScript /JS (a) >>"))]))
+w("objstm-raw", pdf(base + [stream("/Type /ObjStm /N 1 /First 4",
+                                   b"6 0 << /A [1 2 (s) <414243>] /B /C#20d >>")]))
+w("objstm-array-filter", pdf(base + [stream("/Type /ObjStm /N 1 /First 4 /Filter [/FlateDecode]",
+                                            zlib.compress(b"6 0 << /A 1 >>"))]))
+w("objstm-parms", pdf(base + [stream(
+    "/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode /DecodeParms << /Predictor 12 >>",
+    zlib.compress(b"6 0 << >>"))]))
+w("indirect-length", pdf(base + [b"<< /Length 7 0 R >>\nstream\nabcendstreax\nendstream", b"3"]))
+w("xref-stream-encrypt", pdf(base + [stream("/Type /XRef /Encrypt 9 0 R /W [1 2 1]", b"\x00\x01\x02\x03")]))
+w("nested", pdf(base + [b"<< /A " + b"[ " * 40 + b"]" * 40 + b" >>"]))
+w("strings", pdf(base + [b"<< /A (nested (paren) \\) \\\\ /JS) /B <4a53> /C (%comment) >> % /JS comment\n"]))
+w("incremental", pdf(base) + b"5 0 obj\n<< /X 1 >>\nendobj\ntrailer\n"
+  b"<< /Size 6 /Prev 9 /Encrypt << /Filter /Standard >> >>\n%%EOF\n")
+w("junk-before", b"garbage\r\n" * 5 + pdf(base))
+w("pdf20-cr", pdf(base).replace(b"%PDF-1.7", b"%PDF-2.0").replace(b"stream\n", b"stream\r\n"))
+EOF
+for f in *.pdf; do
+    prefix 000 "$f" "$corpus/pdf/$f"
+    prefix 001 "$f" "$corpus/pdf/allow-$f"
+done
+echo "corpus files: $(ls "$corpus/jpeg" | wc -l) jpeg, $(ls "$corpus/png" | wc -l) png, $(ls "$corpus/pdf" | wc -l) pdf"
