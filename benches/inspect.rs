@@ -1,18 +1,25 @@
-//! Throughput of the JPEG and PNG scanners through `Inspector`, on ~4 MB bodies
-//! fed in 16 KiB chunks (as the HTTP body adapter and the `scan` command do).
+//! Throughput of the JPEG, PNG and PDF scanners through `Inspector`, on
+//! multi-MB bodies fed in 16 KiB chunks (as the HTTP body adapter and the `scan`
+//! command do), and of the request digest (SHA-256/512, aws-lc-rs) alone, fed
+//! the same way: together they are the per-byte CPU cost of an upload.
 //!
 //! The inputs are synthesised at start-up and checked to be accepted:
 //! * JPEG: a 4000 × 3000 baseline frame whose scan is ~4 MB of pseudo-random
 //!   entropy-coded bytes (every `FF` stuffed as `FF 00`, about 1 in 256 bytes, as
 //!   in real Huffman output) with RSTn markers every 4 KiB;
 //! * PNG: 1400 × 1000 RGB, pseudo-random pixels, zlib with stored blocks (flate2
-//!   level 0), split into 8 KiB IDAT chunks like libpng writes them.
+//!   level 0), split into 8 KiB IDAT chunks like libpng writes them;
+//! * PDF, two shapes: `pdf_image` is a page with one ~4 MB DCT image stream
+//!   (direct `/Length`, so the scanner skips the data and checks `endstream`),
+//!   `pdf_objects` ~2 MB of small uncompressed dictionaries (link annotations),
+//!   which the scanner lexes byte by byte: the slow end of real files.
 //!
 //! `cargo bench --bench inspect -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 use std::io::Write;
 
+use aws_lc_rs::digest;
 use concur_gateway::inspect::{Limits, MediaType, inspect_all};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -107,10 +114,68 @@ fn synth_png(width: u32, height: u32) -> Vec<u8> {
     v
 }
 
+/// A PDF whose bulk is one image stream of `image_bytes` (direct `/Length`).
+fn synth_pdf_image(image_bytes: usize) -> Vec<u8> {
+    let mut v = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n".to_vec();
+    v.extend_from_slice(b"1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n");
+    v.extend_from_slice(b"2 0 obj\n<< /Type /Pages /Kids [3 0 R] /Count 1 >>\nendobj\n");
+    v.extend_from_slice(
+        b"3 0 obj\n<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] \
+          /Resources << /XObject << /Im0 4 0 R >> >> /Contents 5 0 R >>\nendobj\n",
+    );
+    v.extend_from_slice(
+        format!(
+            "4 0 obj\n<< /Type /XObject /Subtype /Image /Width 4000 /Height 3000 \
+             /ColorSpace /DeviceRGB /BitsPerComponent 8 /Filter /DCTDecode /Length {image_bytes} >>\nstream\n"
+        )
+        .as_bytes(),
+    );
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    v.extend((0..image_bytes).map(|_| rng.next_u8()));
+    v.extend_from_slice(b"\nendstream\nendobj\n");
+    let content = b"q 612 0 0 792 0 0 cm /Im0 Do Q";
+    v.extend_from_slice(format!("5 0 obj\n<< /Length {} >>\nstream\n", content.len()).as_bytes());
+    v.extend_from_slice(content);
+    v.extend_from_slice(b"\nendstream\nendobj\n");
+    pdf_trailer(&mut v, 6);
+    v
+}
+
+/// A PDF of `count` small dictionaries the scanner has to lex.
+fn synth_pdf_objects(count: usize) -> Vec<u8> {
+    let mut v = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n".to_vec();
+    v.extend_from_slice(b"1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n");
+    v.extend_from_slice(b"2 0 obj\n<< /Type /Pages /Kids [] /Count 0 >>\nendobj\n");
+    for i in 3..count + 3 {
+        v.extend_from_slice(
+            format!(
+                "{i} 0 obj\n<< /Type /Annot /Subtype /Link /Border [0 0 0] /Rect [{} 72.5 {} 90.25] \
+                 /A << /S /URI /URI (https://receipts.example/item/{i}?q=\\(x\\)) >> /F 4 >>\nendobj\n",
+                i % 500,
+                i % 500 + 120
+            )
+            .as_bytes(),
+        );
+    }
+    pdf_trailer(&mut v, count + 3);
+    v
+}
+
+/// A (token) xref table and the trailer: the scanner never follows offsets.
+fn pdf_trailer(v: &mut Vec<u8>, size: usize) {
+    let xref = v.len();
+    v.extend_from_slice(b"xref\n0 1\n0000000000 65535 f \n");
+    v.extend_from_slice(
+        format!("trailer\n<< /Size {size} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes(),
+    );
+}
+
 fn bench(c: &mut Criterion) {
     let limits = Limits::default();
     let jpeg = synth_jpeg(4 * 1024 * 1024);
     let png = synth_png(1400, 1000);
+    let pdf_image = synth_pdf_image(4 * 1024 * 1024);
+    let pdf_objects = synth_pdf_objects(16_000);
     assert_eq!(
         inspect_all(MediaType::Jpeg, &limits, &jpeg, CHUNK),
         Ok(()),
@@ -121,15 +186,41 @@ fn bench(c: &mut Criterion) {
         Ok(()),
         "synthetic PNG rejected"
     );
+    for (name, pdf) in [("image", &pdf_image), ("objects", &pdf_objects)] {
+        assert_eq!(
+            inspect_all(MediaType::Pdf, &limits, pdf, CHUNK),
+            Ok(()),
+            "synthetic PDF ({name}) rejected"
+        );
+    }
 
     let mut g = c.benchmark_group("inspect_16KiB_chunks");
     for (name, ty, body) in [
         ("jpeg", MediaType::Jpeg, &jpeg),
         ("png", MediaType::Png, &png),
+        ("pdf_image", MediaType::Pdf, &pdf_image),
+        ("pdf_objects", MediaType::Pdf, &pdf_objects),
     ] {
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(format!("{name}_{:.1}MB", body.len() as f64 / 1e6), |b| {
             b.iter(|| inspect_all(ty, &limits, black_box(body), CHUNK))
+        });
+    }
+    g.finish();
+
+    // The digest alone, over the same 16 KiB chunks (what `InspectBody` adds
+    // per byte with `inspect.digest` on).
+    let mut g = c.benchmark_group("digest_16KiB_chunks");
+    g.throughput(Throughput::Bytes(jpeg.len() as u64));
+    for (name, alg) in [("sha256", &digest::SHA256), ("sha512", &digest::SHA512)] {
+        g.bench_function(format!("{name}_{:.1}MB", jpeg.len() as f64 / 1e6), |b| {
+            b.iter(|| {
+                let mut ctx = digest::Context::new(alg);
+                for chunk in black_box(&jpeg).chunks(CHUNK) {
+                    ctx.update(chunk);
+                }
+                ctx.finish()
+            })
         });
     }
     g.finish();

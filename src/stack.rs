@@ -109,7 +109,10 @@ where
         .layer(AccessLogLayer { gw: gw.clone() })
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(GuardLayer { check: auth })
-        .layer(RateLimitLayer { gw: gw.clone() })
+        .layer(RateLimitLayer {
+            policy: policy_header(&gw),
+            gw: gw.clone(),
+        })
         .service(ProxyService { gw })
 }
 
@@ -158,9 +161,16 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 pub fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 12];
     aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // One allocation, not one `format!` per byte: this runs for every request.
+    let mut id = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        id.push(HEX[usize::from(b >> 4)] as char);
+        id.push(HEX[usize::from(b & 0x0F)] as char);
+    }
+    id
 }
 
 impl<S, B, ResB> Service<Request<B>> for AccessLog<S>
@@ -313,6 +323,7 @@ where
 #[derive(Clone)]
 struct RateLimitLayer {
     gw: Arc<Gateway>,
+    policy: HeaderValue,
 }
 
 impl<S> Layer<S> for RateLimitLayer {
@@ -321,8 +332,21 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             gw: self.gw.clone(),
+            policy: self.policy.clone(),
         }
     }
+}
+
+/// `RateLimit-Policy`: the limits are fixed for the gateway's lifetime, so the
+/// header is built once, not per request.
+fn policy_header(gw: &Gateway) -> HeaderValue {
+    let items: Vec<String> = gw
+        .rate_limits
+        .policies()
+        .iter()
+        .map(|p| p.header_item())
+        .collect();
+    HeaderValue::from_str(&items.join(", ")).expect("ASCII header items")
 }
 
 /// Admits the authenticated caller or answers `429 rate_limited` with
@@ -332,19 +356,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     gw: Arc<Gateway>,
-}
-
-impl<S> RateLimit<S> {
-    fn policy_header(&self) -> HeaderValue {
-        let items: Vec<String> = self
-            .gw
-            .rate_limits
-            .policies()
-            .iter()
-            .map(|p| p.header_item())
-            .collect();
-        HeaderValue::from_str(&items.join(", ")).expect("ASCII header items")
-    }
+    policy: HeaderValue,
 }
 
 const RATELIMIT: &str = "ratelimit";
@@ -364,7 +376,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let policy = self.policy_header();
+        let policy = self.policy.clone();
         let Some(identity) = req.extensions().get::<Identity>() else {
             let e = GatewayError::Internal("rate limit before auth".into());
             return Box::pin(std::future::ready(Ok(
@@ -448,5 +460,23 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let gw = self.gw.clone();
         Box::pin(async move { Ok(proxy::serve(gw, req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_24_lowercase_hex_and_distinct() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 24);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
+        assert!(valid_request_id(&HeaderValue::from_str(&a).unwrap()));
+        assert_ne!(a, b);
     }
 }
