@@ -190,6 +190,8 @@ fn bench_limiter(c: &mut Criterion) {
         user_burst: 1_000_000,
         company_per_second: 1e9,
         company_burst: 1_000_000,
+        user_concurrent: 8,
+        company_concurrent: 32,
     };
     let limits = RateLimits::new(&config);
     let callers: Vec<Identity> = (0..1000)

@@ -57,11 +57,16 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub spool_memory_bytes: usize,
+    /// Total bytes of chunked bodies spooled at once (memory and disk); past
+    /// it a new spooled upload is `503 overloaded`.
+    pub spool_max_bytes: u64,
     pub min_body_rate: MinBodyRate,
+    /// The whole body must have arrived within this (`408 body_timeout`).
+    pub body_deadline: Duration,
 }
 
-/// A body must average at least `bytes_per_s` once `grace` has passed
-/// (0 disables the check); slower is `408 body_timeout`.
+/// Over every 10 s window that ends after `grace`, a body must bring at least
+/// `10 × bytes_per_s` bytes (0 disables the check); slower is `408 body_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MinBodyRate {
     pub bytes_per_s: u64,
@@ -113,6 +118,10 @@ pub struct RateLimitConfig {
     pub user_burst: u32,
     pub company_per_second: f64,
     pub company_burst: u32,
+    /// Uploads in flight at once per (company, user); past it `429 rate_limited`.
+    pub user_concurrent: usize,
+    /// Uploads in flight at once per company.
+    pub company_concurrent: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,9 +219,16 @@ struct RawServer {
     max_connections: Option<usize>,
     /// Default 1 MiB: a chunked body is spooled in memory up to this, then to a temp file.
     spool_memory_bytes: Option<usize>,
-    /// Default 1024 bytes/s averaged over the body, checked once the grace has passed
+    /// Default 1024 bytes/s over every 10 s window once the grace has passed
     /// (0 disables): a trickling client cannot hold a Concur slot for hours.
-    min_body_bytes_per_s: Option<u64>,
+    /// SPEC's name; `min_body_bytes_per_s` is the older spelling, still read.
+    #[serde(alias = "min_body_bytes_per_s")]
+    min_body_rate_bytes_per_s: Option<u64>,
+    /// Default 300 s: the whole body, however it arrives (spooled bodies included).
+    body_deadline_s: Option<f64>,
+    /// Default 256 MiB: chunked bodies spooled at once, memory and temp files
+    /// together (size the temp volume above it).
+    spool_max_bytes: Option<u64>,
     /// Default 10 s.
     min_body_rate_grace_s: Option<f64>,
 }
@@ -261,6 +277,10 @@ struct RawRateLimit {
     /// Default 50 requests/s per company, burst 100.
     company_per_second: Option<f64>,
     company_burst: Option<u32>,
+    /// Default 8 uploads in flight at once per (company, user).
+    user_concurrent: Option<usize>,
+    /// Default 32 uploads in flight at once per company.
+    company_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -376,8 +396,16 @@ impl Config {
                 1024,
             ),
             spool_memory_bytes: s.spool_memory_bytes.unwrap_or(1024 * 1024),
+            spool_max_bytes: s.spool_max_bytes.unwrap_or(256 * 1024 * 1024),
+            body_deadline: secs(
+                &mut problems,
+                "server.body_deadline_s",
+                s.body_deadline_s,
+                300.0,
+                false,
+            ),
             min_body_rate: MinBodyRate {
-                bytes_per_s: s.min_body_bytes_per_s.unwrap_or(1024),
+                bytes_per_s: s.min_body_rate_bytes_per_s.unwrap_or(1024),
                 grace: secs(
                     &mut problems,
                     "server.min_body_rate_grace_s",
@@ -537,6 +565,18 @@ impl Config {
                 "rate_limit.company_burst",
                 r.company_burst,
                 100,
+            ),
+            user_concurrent: positive(
+                &mut problems,
+                "rate_limit.user_concurrent",
+                r.user_concurrent,
+                8,
+            ),
+            company_concurrent: positive(
+                &mut problems,
+                "rate_limit.company_concurrent",
+                r.company_concurrent,
+                32,
             ),
         };
 

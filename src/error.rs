@@ -55,8 +55,10 @@ pub enum GatewayError {
     MethodNotAllowed,
     #[error("the client stopped sending the body for longer than {0:?}")]
     BodyTimeout(Duration),
-    #[error("the client sent the body slower than {min_bytes_per_s} bytes/s")]
+    #[error("the client sent the body slower than {min_bytes_per_s} bytes/s over 10 s")]
     BodyTooSlow { min_bytes_per_s: u64 },
+    #[error("the body was still arriving after {0:?}")]
+    BodyDeadline(Duration),
     #[error("the body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("{0}")]
@@ -97,6 +99,16 @@ pub enum GatewayError {
     /// this answer; the status and code are for logs and metrics.
     #[error("the client aborted the upload")]
     ClientAborted(String),
+    /// The request's framing or head breaks RFC 9112 (no or several `Host`,
+    /// several `Authorization` headers, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    /// A `Transfer-Encoding` other than a single `chunked` (RFC 9112 §6.1).
+    #[error("transfer coding not implemented: only `chunked` is accepted")]
+    NotImplemented,
+    /// The request head (request line and header fields) is over the limit.
+    #[error("the request head exceeds {limit} bytes or {max_fields} header fields")]
+    HeadTooLarge { limit: usize, max_fields: usize },
     #[error("internal error")]
     Internal(String),
 }
@@ -105,12 +117,14 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            InvalidId | EmptyBody => StatusCode::BAD_REQUEST,
+            InvalidId | EmptyBody | InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             MissingToken | InvalidToken(_) => StatusCode::UNAUTHORIZED,
             NoCredential => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            BodyTimeout(_) | BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
+            BodyTimeout(_) | BodyTooSlow { .. } | BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejected(r) if r.code == RejectCode::UnsupportedMediaType => {
@@ -141,7 +155,7 @@ impl GatewayError {
             NoCredential => "no_credential",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
-            BodyTimeout(_) | BodyTooSlow { .. } => "body_timeout",
+            BodyTimeout(_) | BodyTooSlow { .. } | BodyDeadline(_) => "body_timeout",
             BodyTooLarge { .. } => "body_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",
             Rejected(r) => r.code.as_str(),
@@ -156,6 +170,9 @@ impl GatewayError {
             UpstreamTimeout(_) => "upstream_timeout",
             Concur(_) => "concur_error",
             ClientAborted(_) => "client_aborted",
+            InvalidRequest(_) => "invalid_request",
+            NotImplemented => "not_implemented",
+            HeadTooLarge { .. } => "request_head_too_large",
             Internal(_) => "internal_error",
         }
     }
@@ -170,7 +187,7 @@ impl GatewayError {
             NoCredential => "No Concur credential",
             NotFound => "Not found",
             MethodNotAllowed => "Method not allowed",
-            BodyTimeout(_) | BodyTooSlow { .. } => "Body timeout",
+            BodyTimeout(_) | BodyTooSlow { .. } | BodyDeadline(_) => "Body timeout",
             BodyTooLarge { .. } => "Body too large",
             UnsupportedMediaType(_) => "Unsupported media type",
             Rejected(r) => match r.code {
@@ -191,6 +208,9 @@ impl GatewayError {
             UpstreamTimeout(_) => "Concur timed out",
             Concur(_) => "Concur error",
             ClientAborted(_) => "Client aborted",
+            InvalidRequest(_) => "Invalid request",
+            NotImplemented => "Not implemented",
+            HeadTooLarge { .. } => "Request head too large",
             Internal(_) => "Internal error",
         }
     }
@@ -281,9 +301,15 @@ impl GatewayError {
         }
         if matches!(
             self,
-            GatewayError::BodyTimeout(_) | GatewayError::BodyTooSlow { .. }
+            GatewayError::BodyTimeout(_)
+                | GatewayError::BodyTooSlow { .. }
+                | GatewayError::BodyDeadline(_)
+                | GatewayError::InvalidRequest(_)
+                | GatewayError::NotImplemented
+                | GatewayError::HeadTooLarge { .. }
         ) {
-            // The rest of the body may never come: don't keep the connection.
+            // The rest of the body may never come, or its framing cannot be
+            // trusted: don't keep the connection.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response.extensions_mut().insert(ErrorCode(code));
@@ -360,6 +386,20 @@ mod tests {
     fn every_code_has_its_spec_status() {
         let cases: Vec<(GatewayError, u16, &str)> = vec![
             (GatewayError::EmptyBody, 400, "empty_body"),
+            (
+                GatewayError::InvalidRequest("two Host headers"),
+                400,
+                "invalid_request",
+            ),
+            (GatewayError::NotImplemented, 501, "not_implemented"),
+            (
+                GatewayError::HeadTooLarge {
+                    limit: 65536,
+                    max_fields: 64,
+                },
+                431,
+                "request_head_too_large",
+            ),
             (GatewayError::NoCredential, 403, "no_credential"),
             (GatewayError::NotFound, 404, "not_found"),
             (

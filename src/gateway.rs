@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
+use crate::concurrency::InFlightLimits;
 use crate::config::{Config, KeySource};
 use crate::credentials::refresh::TokenManager;
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::rate_limit::RateLimits;
 use crate::scan::Scanner;
+use crate::spool::SpoolBudget;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -19,6 +21,8 @@ pub struct Gateway {
     pub config: Config,
     pub auth: Authenticator,
     pub rate_limits: RateLimits,
+    /// Uploads in flight per user and per company (`rate_limit.*_concurrent`).
+    pub in_flight: Arc<InFlightLimits>,
     pub credentials: CredentialStore,
     /// Live access tokens of the refreshing credentials (survives reloads).
     pub tokens: TokenManager,
@@ -26,6 +30,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// The clamd client, with `[scan]`.
     pub scanner: Option<Scanner>,
+    /// What chunked uploads may spool at once (`server.spool_max_bytes`).
+    pub spool_budget: Arc<SpoolBudget>,
     draining: AtomicBool,
     /// Per company: until when Concur asked us (429/503 + Retry-After) to back off.
     concur_backoff: Mutex<HashMap<String, Instant>>,
@@ -56,14 +62,21 @@ impl Gateway {
             (Ok(keys), Ok(credentials), Ok(upstream), Ok(tokens)) if problems.is_empty() => {
                 tokens.start(&credentials.current());
                 let scanner = config.scan.as_ref().map(|s| Scanner::new(s, &metrics));
+                let spool_budget =
+                    SpoolBudget::new(config.server.spool_max_bytes, metrics.spool_bytes.clone());
                 Ok(Self {
                     auth: Authenticator::new(&config.auth, keys, clock),
                     rate_limits: RateLimits::new(&config.rate_limit),
+                    in_flight: InFlightLimits::new(
+                        config.rate_limit.user_concurrent,
+                        config.rate_limit.company_concurrent,
+                    ),
                     credentials,
                     tokens,
                     upstream,
                     metrics,
                     scanner,
+                    spool_budget,
                     draining: AtomicBool::new(false),
                     concur_backoff: Mutex::new(HashMap::new()),
                     config,

@@ -72,6 +72,12 @@ pub struct Metrics {
     pub scan_duration: Histogram,
     /// 1 while clamd answers its health ping, 0 when not (absent without `[scan]`).
     pub clamd_up: Gauge,
+    /// Bytes of chunked bodies spooled now (memory and temp files).
+    pub spool_bytes: Gauge,
+    /// Idle client connections closed to make room for a new one at `max_connections`.
+    pub connections_evicted: Counter,
+    /// New client connections closed at once: the limit was reached and none was idle.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -169,6 +175,24 @@ impl Metrics {
             "1 while clamd answers its health ping (only meaningful with [scan])",
             clamd_up.clone(),
         );
+        let spool_bytes = Gauge::default();
+        registry.register(
+            "spool_bytes",
+            "Bytes of chunked bodies spooled now, memory and temp files (cap: server.spool_max_bytes)",
+            spool_bytes.clone(),
+        );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Idle client connections closed to make room at server.max_connections",
+            connections_evicted.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once: server.max_connections reached, none idle",
+            connections_refused.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -192,6 +216,9 @@ impl Metrics {
             scans,
             scan_duration,
             clamd_up,
+            spool_bytes,
+            connections_evicted,
+            connections_refused,
         }
     }
 

@@ -34,26 +34,15 @@ use crate::credentials;
 use crate::credentials::refresh::Access;
 use crate::error::{BoxError, ConcurError, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
-use crate::inspect::body::{InspectBody, Outcome};
+use crate::inspect::body::{BodyTiming, InspectBody, Outcome};
 use crate::inspect::{Inspector, MediaType};
 use crate::metrics::{CodeLabel, DirectionLabel, RouteLabel};
+use crate::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::route::{self, Route};
 use crate::spool::Spool;
 use crate::stack::RequestLog;
 use crate::transform;
 use crate::upstream::UpstreamBody;
-
-/// Header carrying the request id.
-pub const X_REQUEST_ID: &str = "x-request-id";
-
-/// The request id the stack assigned (or the client sent).
-pub fn request_id<B>(req: &Request<B>) -> String {
-    req.headers()
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
 
 /// Serves one request; errors become problem+json responses.
 pub async fn serve<B>(gw: Arc<Gateway>, req: Request<B>) -> Response<ResponseBody>
@@ -61,7 +50,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let request_id = request_id(&req);
+    let request_id = request_id::of(&req).to_owned();
     let log = req.extensions().get::<RequestLog>().cloned();
     match handle(&gw, req, log.as_ref()).await {
         Ok(response) => response,
@@ -128,16 +117,15 @@ where
         gw.config.inspect.digest,
         max,
         declared_len,
-        gw.config.server.body_idle_timeout,
-        gw.config.server.min_body_rate,
+        BodyTiming {
+            idle: gw.config.server.body_idle_timeout,
+            min_rate: gw.config.server.min_body_rate,
+            deadline: gw.config.server.body_deadline,
+        },
     );
+    let request_id = parts.extensions.get::<RequestId>();
     if let Some(scanner) = &gw.scanner {
-        let request_id = parts
-            .headers
-            .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        body = body.with_scan(scanner.session(request_id));
+        body = body.with_scan(scanner.session(request_id.map_or("", RequestId::as_str)));
     }
     let outcome = body.outcome();
     let finish_log = |o: &Outcome| {
@@ -159,7 +147,12 @@ where
     let (upstream_body, length): (UpstreamBody, u64) = match declared_len {
         Some(n) => (body.boxed_unsync(), n),
         None => {
-            let spooled = Spool::collect(&mut body, gw.config.server.spool_memory_bytes).await;
+            let spooled = Spool::collect(
+                &mut body,
+                gw.config.server.spool_memory_bytes,
+                &gw.spool_budget,
+            )
+            .await;
             finish_log(&outcome.lock().expect("outcome lock"));
             let spool = spooled?;
             let len = spool.len();
@@ -170,13 +163,13 @@ where
     // The access token, refreshed first when what is left of it could not
     // cover this upload (never in the middle of a body: nothing is sent yet).
     let access = gw.tokens.access(&credential).await?;
-    let _permit = gw.upstream.acquire().await?;
+    let _slot = gw.upstream.acquire(&identity.company).await?;
     let request = upstream_request(
         gw,
         &route,
         &access,
         media,
-        &parts.headers,
+        request_id,
         length,
         upstream_body,
     )?;
@@ -325,7 +318,7 @@ fn upstream_request(
     route: &Route,
     access: &Access,
     media: MediaType,
-    client_headers: &HeaderMap,
+    request_id: Option<&RequestId>,
     length: u64,
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, GatewayError> {
@@ -340,8 +333,8 @@ fn upstream_request(
             header::USER_AGENT,
             concat!("concur-gateway/", env!("CARGO_PKG_VERSION")),
         );
-    if let Some(id) = client_headers.get(X_REQUEST_ID) {
-        builder = builder.header(X_REQUEST_ID, id.clone());
+    if let Some(id) = request_id {
+        builder = builder.header(X_REQUEST_ID, id.header_value());
     }
     builder
         .body(body)

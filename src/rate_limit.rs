@@ -185,6 +185,8 @@ mod tests {
             user_burst,
             company_per_second: co_rate,
             company_burst: co_burst,
+            user_concurrent: 8,
+            company_concurrent: 32,
         }
     }
 

@@ -8,20 +8,27 @@
 //! 3. then accept stops and open connections are told to finish: idle
 //!    keep-alive connections close, in-flight uploads get up to
 //!    `shutdown_grace` to complete;
+//!
+//! At `server.max_connections` the longest-idle connection makes room for a
+//! new one (`connections.rs`).
 //! 4. `run` returns, and the process exits 0.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin;
+use crate::connections::{Activity, Admission, Connections};
 use crate::gateway::Gateway;
 use crate::stack;
 
@@ -34,8 +41,6 @@ use crate::stack;
 /// README "Benchmarks"). 64 KiB is also about Envoy's default head limit
 /// (60 KiB); nginx allows 4 × 8 KiB header lines.
 const READ_BUF_BYTES: usize = 64 * 1024;
-/// Most headers accepted in one request.
-const MAX_HEADERS: usize = 64;
 
 /// Serves the gateway on `listener` and the admin endpoints on `admin` until
 /// `shutdown` completes, then drains as described above.
@@ -47,13 +52,15 @@ pub async fn run(
 ) {
     let housekeeping = gw.spawn_housekeeping();
     let admin_task = tokio::spawn(admin::serve(gw.clone(), admin));
-    let stop_accepting = tokio_util::sync::CancellationToken::new();
-    let graceful = Arc::new(GracefulShutdown::new());
+    let stop_accepting = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let accept = tokio::spawn(accept_loop(
         gw.clone(),
         listener,
         stop_accepting.clone(),
-        graceful.clone(),
+        drain.clone(),
+        tracker.clone(),
     ));
 
     shutdown.await;
@@ -65,13 +72,15 @@ pub async fn run(
     tokio::time::sleep(gw.config.server.drain_delay).await;
     stop_accepting.cancel();
     let _ = accept.await;
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     let grace = gw.config.server.shutdown_grace;
     tracing::info!(
         shutdown_grace_s = grace.as_secs_f64(),
         "accept stopped; waiting for in-flight requests"
     );
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    // Idle connections close now; busy ones after their request.
+    drain.cancel();
+    tracker.close();
+    match tokio::time::timeout(grace, tracker.wait()).await {
         Ok(()) => tracing::info!("all connections finished"),
         Err(_) => tracing::warn!("shutdown grace elapsed; closing remaining connections"),
     }
@@ -82,11 +91,19 @@ pub async fn run(
 async fn accept_loop(
     gw: Arc<Gateway>,
     listener: TcpListener,
-    stop: tokio_util::sync::CancellationToken,
-    graceful: Arc<GracefulShutdown>,
+    stop: CancellationToken,
+    drain: CancellationToken,
+    tracker: TaskTracker,
 ) {
-    let connections = Arc::new(Semaphore::new(gw.config.server.max_connections));
+    let connections = Connections::new(gw.config.server.max_connections);
     let service = stack::build::<Incoming>(gw.clone());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(gw.config.server.header_read_timeout)
+        .max_buf_size(READ_BUF_BYTES)
+        .max_headers(crate::framing::MAX_HEADER_FIELDS)
+        .keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -100,32 +117,85 @@ async fn accept_loop(
                 }
             },
         };
-        // Past the connection limit a new connection is closed at once: the
-        // cheapest possible refusal.
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
-            drop(stream);
-            continue;
+        // At the limit the longest-idle connection makes room; with none
+        // idle, the new connection is closed at once: the cheapest refusal.
+        let ticket = match connections.admit() {
+            (Admission::Refused, _) | (_, None) => {
+                tracing::warn!(%peer, "connection limit reached, every connection busy; closing new connection");
+                gw.metrics.connections_refused.inc();
+                drop(stream);
+                continue;
+            }
+            (admission, Some(ticket)) => {
+                if admission == Admission::AdmittedByEviction {
+                    tracing::info!(%peer, "connection limit reached; closing the longest-idle connection");
+                    gw.metrics.connections_evicted.inc();
+                }
+                ticket
+            }
         };
         let _ = stream.set_nodelay(true);
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(gw.config.server.header_read_timeout)
-            .max_buf_size(READ_BUF_BYTES)
-            .max_headers(MAX_HEADERS)
-            .keep_alive(true);
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let service = Tracked {
+            inner: service.clone(),
+            activity: ticket.activity.clone(),
+        };
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let drain = drain.clone();
+        tracker.spawn(async move {
+            tokio::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = ticket.evict.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = drain.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
             }
-            drop(permit);
+            drop(ticket);
         });
+    }
+}
+
+/// The stack, marking its connection busy while a request is served.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Tracked<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let busy = self.activity.begin();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = future.await;
+            drop(busy);
+            response
+        })
     }
 }
 

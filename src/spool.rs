@@ -5,9 +5,18 @@
 //! inspection, digest), in memory up to `server.spool_memory_bytes` and then in
 //! an unnamed temporary file (deleted by the OS when closed). Only an accepted
 //! body is ever turned into an upstream body, now with a known length.
+//!
+//! Every spooled byte is reserved from one [`SpoolBudget`] shared by all
+//! uploads (`server.spool_max_bytes`) until the upstream body that carries it
+//! is dropped: many slow chunked uploads cannot fill the temp volume (or the
+//! memory). Past the budget the upload is `503 overloaded`.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -20,11 +29,67 @@ use crate::upstream::UpstreamBody;
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long a client refused for a full spool is asked to wait.
+const FULL_RETRY_AFTER_S: u64 = 5;
+
+/// The bytes all spooled uploads may hold at once.
+#[derive(Debug)]
+pub struct SpoolBudget {
+    used: AtomicU64,
+    max: u64,
+    gauge: Gauge,
+}
+
+impl SpoolBudget {
+    pub fn new(max: u64, gauge: Gauge) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicU64::new(0),
+            max,
+            gauge,
+        })
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` bytes to `held`, or refuses when the budget would overflow.
+    fn grow(&self, held: &mut Reservation, n: u64) -> bool {
+        let reserved = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.max)
+            })
+            .is_ok();
+        if reserved {
+            held.bytes += n;
+            self.gauge.inc_by(n as i64);
+        }
+        reserved
+    }
+}
+
+/// Bytes of one upload's spool, given back when dropped.
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<SpoolBudget>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.gauge.dec_by(self.bytes as i64);
+    }
+}
+
 #[derive(Debug)]
 pub struct Spool {
     len: u64,
     memory: Vec<Bytes>,
     file: Option<tokio::fs::File>,
+    reservation: Reservation,
 }
 
 impl Spool {
@@ -32,6 +97,7 @@ impl Spool {
     pub async fn collect<B>(
         body: &mut InspectBody<B>,
         memory_limit: usize,
+        budget: &Arc<SpoolBudget>,
     ) -> Result<Spool, GatewayError>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -41,10 +107,24 @@ impl Spool {
             len: 0,
             memory: Vec::new(),
             file: None,
+            reservation: Reservation {
+                budget: budget.clone(),
+                bytes: 0,
+            },
         };
         let mut in_memory = 0usize;
         let io = |e: std::io::Error| GatewayError::Internal(format!("spool: {e}"));
         while let Some(chunk) = body.next_cleared().await? {
+            if !budget.grow(&mut spool.reservation, chunk.len() as u64) {
+                tracing::warn!(
+                    spooled = budget.used(),
+                    limit = budget.max,
+                    "spool budget exhausted (server.spool_max_bytes): upload refused"
+                );
+                return Err(GatewayError::Overloaded {
+                    retry_after_s: FULL_RETRY_AFTER_S,
+                });
+            }
             spool.len += chunk.len() as u64;
             if spool.file.is_none() && in_memory + chunk.len() <= memory_limit {
                 in_memory += chunk.len();
@@ -80,6 +160,7 @@ impl Spool {
                 Ok(MemoryBody {
                     remaining: self.len,
                     chunks: frames.into_iter(),
+                    _reservation: self.reservation,
                 }
                 .boxed_unsync())
             }
@@ -91,6 +172,7 @@ impl Spool {
                     file,
                     remaining: self.len,
                     buf: BytesMut::new(),
+                    _reservation: self.reservation,
                 }
                 .boxed_unsync())
             }
@@ -101,6 +183,7 @@ impl Spool {
 struct MemoryBody {
     remaining: u64,
     chunks: std::vec::IntoIter<Bytes>,
+    _reservation: Reservation,
 }
 
 impl Body for MemoryBody {
@@ -130,6 +213,7 @@ struct FileBody {
     file: tokio::fs::File,
     remaining: u64,
     buf: BytesMut,
+    _reservation: Reservation,
 }
 
 impl Body for FileBody {

@@ -4,9 +4,12 @@
 //! AccessLog      request id (echoed or generated), in-flight gauge, metrics,
 //!                one structured log line per request
 //!   CatchPanic   a panic becomes a 500 problem+json; the connection survives
+//!    Guard(framing)      RFC 9112 checks hyper leaves to us: head size, Host,
+//!                        Transfer-Encoding, one Authorization (400/431/501)
 //!     Guard(auth)        JWT -> Identity in the request's extensions (401)
-//!       RateLimit        keyed limits on that identity, and Concur's own
-//!                        back-off for the company (429); RateLimit headers
+//!       RateLimit        keyed limits on that identity: uploads in flight,
+//!                        request rate, and Concur's own back-off for the
+//!                        company (429); RateLimit headers
 //!         Proxy          route, credential, body, Concur, translation
 //! ```
 //!
@@ -14,6 +17,8 @@
 //! - AccessLog is outermost so that *every* answer, including 401s, 429s and
 //!   panics, carries `X-Request-Id` and is logged and counted exactly once.
 //! - CatchPanic sits inside AccessLog so a panic is still logged with its id.
+//! - Framing precedes auth: a message whose framing cannot be trusted (two
+//!   `Authorization` headers, say) is refused before any of it is believed.
 //! - Auth precedes rate limiting: limits are keyed by the authenticated
 //!   identity, and unauthenticated traffic must not spend a caller's allowance.
 //! - Rate limiting precedes the proxy: a refused caller costs no body read and
@@ -40,7 +45,8 @@ use crate::auth::Identity;
 use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
 use crate::metrics::{RequestLabels, RouteLabel, ScopeLabel};
-use crate::proxy::{self, X_REQUEST_ID};
+use crate::proxy;
+use crate::request_id::{self, RequestId, X_REQUEST_ID};
 
 /// The response body the server writes.
 pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -105,9 +111,13 @@ where
             Ok(())
         }
     };
+    let framing = |req: &mut Request<B>| {
+        crate::framing::check(req.method(), req.uri(), req.version(), req.headers())
+    };
     ServiceBuilder::new()
         .layer(AccessLogLayer { gw: gw.clone() })
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(GuardLayer { check: framing })
         .layer(GuardLayer { check: auth })
         .layer(RateLimitLayer {
             policy: policy_header(&gw),
@@ -151,28 +161,6 @@ pub struct AccessLog<S> {
     gw: Arc<Gateway>,
 }
 
-/// A client's `X-Request-Id` is echoed only if it is a sane token; otherwise
-/// (or when absent) a fresh one is generated.
-fn valid_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    (1..=128).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=@".contains(c))
-}
-
-pub fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bytes = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
-    // One allocation, not one `format!` per byte: this runs for every request.
-    let mut id = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        id.push(HEX[usize::from(b >> 4)] as char);
-        id.push(HEX[usize::from(b & 0x0F)] as char);
-    }
-    id
-}
-
 impl<S, B, ResB> Service<Request<B>> for AccessLog<S>
 where
     S: Service<Request<B>, Response = Response<ResB>, Error = Infallible> + Send + 'static,
@@ -191,12 +179,10 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(v) if valid_request_id(v) => v.to_str().unwrap_or_default().to_owned(),
-            _ => new_request_id(),
-        };
-        let id_header = HeaderValue::from_str(&request_id).expect("validated or generated");
-        req.headers_mut().insert(X_REQUEST_ID, id_header.clone());
+        let id = RequestId::from_client(req.headers().get(X_REQUEST_ID));
+        let request_id = id.as_str().to_owned();
+        let id_header = id.header_value();
+        req.extensions_mut().insert(id);
         let log = RequestLog::default();
         req.extensions_mut().insert(log.clone());
         let method = req.method().clone();
@@ -311,7 +297,7 @@ where
                 if let Some(log) = req.extensions().get::<RequestLog>() {
                     log.update(|f| f.error = Some(e.to_string()));
                 }
-                let response = e.into_response(&proxy::request_id(&req));
+                let response = e.into_response(request_id::of(&req));
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
@@ -379,16 +365,23 @@ where
         let policy = self.policy.clone();
         let Some(identity) = req.extensions().get::<Identity>() else {
             let e = GatewayError::Internal("rate limit before auth".into());
-            return Box::pin(std::future::ready(Ok(
-                e.into_response(&proxy::request_id(&req))
-            )));
+            return Box::pin(std::future::ready(
+                Ok(e.into_response(request_id::of(&req))),
+            ));
         };
+        // Concurrency first: a caller refused for having too many uploads
+        // open spends none of its rate allowance. The place is held until
+        // the answer is ready (the whole upload, for a streamed body).
         let admitted = match self.gw.concur_backoff(&identity.company) {
             Some(retry_after_s) => Err(GatewayError::RateLimited {
                 scope: "concur",
                 retry_after_s,
             }),
-            None => self.gw.rate_limits.check(identity),
+            None => self
+                .gw
+                .in_flight
+                .try_acquire(identity)
+                .and_then(|place| Ok((place, self.gw.rate_limits.check(identity)?))),
         };
         match admitted {
             Err(e) => {
@@ -408,14 +401,14 @@ where
                 if let Some(log) = req.extensions().get::<RequestLog>() {
                     log.update(|f| f.error = Some(e.to_string()));
                 }
-                let mut response = e.into_response(&proxy::request_id(&req));
+                let mut response = e.into_response(request_id::of(&req));
                 response.headers_mut().insert(RATELIMIT_POLICY, policy);
                 if let Some(v) = usage.and_then(|u| HeaderValue::from_str(&u).ok()) {
                     response.headers_mut().insert(RATELIMIT, v);
                 }
                 Box::pin(std::future::ready(Ok(response)))
             }
-            Ok(remaining) => {
+            Ok((in_flight, remaining)) => {
                 let [user, company] = self.gw.rate_limits.policies();
                 let usage = format!(
                     "{}, {}",
@@ -425,6 +418,7 @@ where
                 let future = self.inner.call(req);
                 Box::pin(async move {
                     let Ok(mut response) = future.await;
+                    drop(in_flight);
                     let headers = response.headers_mut();
                     headers.insert(RATELIMIT_POLICY, policy);
                     if let Ok(v) = HeaderValue::from_str(&usage) {
@@ -460,23 +454,5 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let gw = self.gw.clone();
         Box::pin(async move { Ok(proxy::serve(gw, req).await) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_request_ids_are_24_lowercase_hex_and_distinct() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_eq!(a.len(), 24);
-        assert!(
-            a.bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-        );
-        assert!(valid_request_id(&HeaderValue::from_str(&a).unwrap()));
-        assert_ne!(a, b);
     }
 }

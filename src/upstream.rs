@@ -3,8 +3,9 @@
 //!
 //! A hyper-util pooled client over rustls (aws-lc-rs provider), trusting the
 //! Mozilla roots plus `upstream.ca_file`, https only. `max_in_flight` bounds the
-//! exchanges open with Concur at once; a request waits at most `queue_timeout`
-//! for a slot, then gets `503 overloaded`.
+//! exchanges open with Concur at once, shared fairly between companies
+//! ([`FairSlots`]); a request waits at most `queue_timeout` for a slot, then
+//! gets `503 overloaded`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::concurrency::{FairSlots, Slot};
 use crate::config::UpstreamConfig;
 use crate::error::{BoxError, GatewayError};
 
@@ -32,8 +33,7 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     base: Uri,
     pub timeout: Duration,
-    slots: Arc<Semaphore>,
-    queue_timeout: Duration,
+    slots: Arc<FairSlots>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -103,8 +103,7 @@ impl Upstream {
             client,
             base: config.base_url.clone(),
             timeout: config.timeout,
-            slots: Arc::new(Semaphore::new(config.max_in_flight)),
-            queue_timeout: config.queue_timeout,
+            slots: FairSlots::new(config.max_in_flight, config.queue_timeout),
         })
     }
 
@@ -141,16 +140,10 @@ impl Upstream {
             .unwrap_or("")
     }
 
-    /// Waits for an upstream slot (bounded by `queue_timeout`).
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
-        let wait = self.slots.clone().acquire_owned();
-        match tokio::time::timeout(self.queue_timeout, wait).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_closed)) => Err(GatewayError::ShuttingDown),
-            Err(_) => Err(GatewayError::Overloaded {
-                retry_after_s: self.queue_timeout.as_secs().max(1),
-            }),
-        }
+    /// Waits for an upstream slot for `company` (bounded by `queue_timeout`;
+    /// handed out fairly between companies, see `concurrency.rs`).
+    pub async fn acquire(&self, company: &str) -> Result<Slot, GatewayError> {
+        self.slots.acquire(company).await
     }
 
     pub async fn send(

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -43,6 +43,16 @@ use crate::scan::{Decision, ScanSession};
 
 /// How many bytes of the body are held back until the verdict is known.
 pub const HOLD_BACK: usize = 64 * 1024;
+
+/// Frames smaller than this are copied together into chunks of at least this
+/// size before anything else sees them. A client that sends its body in
+/// 1-byte chunked frames would otherwise cost one `Bytes` (pinning hyper's
+/// read buffer), one scanner call, one clamd hand-off and one spool write per
+/// byte: memory and CPU would grow with the frame count, not the byte count.
+pub const COALESCE: usize = 16 * 1024;
+
+/// The minimum body rate is judged over windows of this length.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// What became of the body, shared between the adapter and the proxy.
 #[derive(Debug, Default)]
@@ -81,8 +91,17 @@ pub struct InspectBody<B> {
     declared_len: Option<u64>,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// The whole body must have arrived by then.
+    deadline: Pin<Box<Sleep>>,
+    deadline_after: Duration,
     min_rate: MinBodyRate,
-    started: Instant,
+    window: RateWindow,
+    /// Wakes the rate check while the client sends nothing.
+    rate_tick: Pin<Box<Sleep>>,
+    /// Small frames copied together until they make a [`COALESCE`]-sized chunk.
+    coalesce: BytesMut,
+    /// The client's body has ended (what is coalesced may still be unchecked).
+    inner_done: bool,
     state: State,
     outcome: SharedOutcome,
     /// The malware scan of this body, while it runs.
@@ -110,6 +129,72 @@ impl<B> std::fmt::Debug for InspectBody<B> {
     }
 }
 
+/// The client's pace: idle timeout, minimum rate, whole-body deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTiming {
+    pub idle: Duration,
+    pub min_rate: MinBodyRate,
+    pub deadline: Duration,
+}
+
+/// Bytes received per second over the last [`RATE_WINDOW`], in one-second
+/// buckets: the window that is judged is the last ten *complete* seconds.
+#[derive(Debug)]
+struct RateWindow {
+    start: Instant,
+    /// `buckets[k % BUCKETS]` holds second `k` since `start`.
+    buckets: [u64; BUCKETS],
+    /// The current second.
+    sec: u64,
+}
+
+const BUCKETS: usize = RATE_WINDOW.as_secs() as usize + 1;
+
+impl RateWindow {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            buckets: [0; BUCKETS],
+            sec: 0,
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        let k = now.duration_since(self.start).as_secs();
+        if k > self.sec {
+            let steps = (k - self.sec).min(BUCKETS as u64);
+            for i in 1..=steps {
+                self.buckets[((self.sec + i) % BUCKETS as u64) as usize] = 0;
+            }
+            self.sec = k;
+        }
+    }
+
+    fn add(&mut self, now: Instant, n: u64) {
+        self.advance(now);
+        self.buckets[(self.sec % BUCKETS as u64) as usize] += n;
+    }
+
+    /// Whether the last full window (once it ends after `grace`) brought
+    /// fewer than `RATE_WINDOW × bytes_per_s` bytes.
+    fn too_slow(&mut self, now: Instant, grace: Duration, bytes_per_s: u64) -> bool {
+        self.advance(now);
+        let window = RATE_WINDOW.as_secs();
+        if self.sec < window.max(grace.as_secs_f64().ceil() as u64) {
+            return false;
+        }
+        let current = (self.sec % BUCKETS as u64) as usize;
+        let sum: u64 = self
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != current)
+            .map(|(_, n)| n)
+            .sum();
+        sum < bytes_per_s.saturating_mul(window)
+    }
+}
+
 /// One step of reading the client body.
 enum Step {
     Data,
@@ -127,9 +212,14 @@ where
         digest: DigestAlgorithm,
         max_bytes: u64,
         declared_len: Option<u64>,
-        idle: Duration,
-        min_rate: MinBodyRate,
+        timing: BodyTiming,
     ) -> Self {
+        let BodyTiming {
+            idle,
+            min_rate,
+            deadline,
+        } = timing;
+        let now = Instant::now();
         let hasher = match digest {
             DigestAlgorithm::Sha256 => Some((digest::Context::new(&digest::SHA256), "sha-256")),
             DigestAlgorithm::Sha512 => Some((digest::Context::new(&digest::SHA512), "sha-512")),
@@ -146,9 +236,16 @@ where
             received: 0,
             declared_len,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: Box::pin(tokio::time::sleep_until(now + idle)),
+            deadline: Box::pin(tokio::time::sleep_until(now + deadline)),
+            deadline_after: deadline,
             min_rate,
-            started: Instant::now(),
+            window: RateWindow::new(now),
+            rate_tick: Box::pin(tokio::time::sleep_until(
+                now + min_rate.grace.max(RATE_WINDOW),
+            )),
+            coalesce: BytesMut::new(),
+            inner_done: false,
             state: State::Streaming,
             outcome: SharedOutcome::default(),
             scan: None,
@@ -213,7 +310,8 @@ where
         o.failure = Some(error);
     }
 
-    /// Reads one frame from the client and runs it through the checks.
+    /// Reads from the client until one chunk has gone through the checks (or
+    /// the body ended), coalescing small frames on the way.
     /// `Err(())` means the body failed; the reason is in the outcome.
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, ()>> {
         match self.state {
@@ -236,6 +334,9 @@ where
                 }
             }
         }
+        if self.inner_done {
+            return self.poll_end(cx);
+        }
         loop {
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -247,13 +348,13 @@ where
                     }
                     let now = Instant::now();
                     self.sleep.as_mut().reset(now + self.idle);
-                    self.on_data(data);
-                    self.check_rate(now);
-                    return Poll::Ready(if self.state == State::Failed {
-                        Err(())
-                    } else {
-                        Ok(Step::Data)
-                    });
+                    let checked = self.on_data(data, now);
+                    if self.state == State::Failed {
+                        return Poll::Ready(Err(()));
+                    }
+                    if checked {
+                        return Poll::Ready(Ok(Step::Data));
+                    }
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let e: BoxError = e.into();
@@ -261,45 +362,107 @@ where
                     return Poll::Ready(Err(()));
                 }
                 Poll::Ready(None) => {
-                    self.on_end();
-                    return match self.state {
-                        State::Failed => Poll::Ready(Err(())),
-                        State::Scanning => self.poll_scan_verdict(cx),
-                        _ => Poll::Ready(Ok(Step::End)),
-                    };
+                    self.inner_done = true;
+                    if !self.coalesce.is_empty() {
+                        // The last coalesced bytes go through the checks first
+                        // (and to the scanner, which must take them before
+                        // the stream to it ends).
+                        let chunk = self.coalesce.split().freeze();
+                        self.check_chunk(chunk);
+                        if self.state == State::Failed {
+                            return Poll::Ready(Err(()));
+                        }
+                        return Poll::Ready(Ok(Step::Data));
+                    }
+                    return self.poll_end(cx);
                 }
                 Poll::Pending => {
-                    ready!(self.sleep.as_mut().poll(cx));
-                    self.fail(GatewayError::BodyTimeout(self.idle));
-                    return Poll::Ready(Err(()));
+                    self.poll_timers(cx);
+                    return if self.state == State::Failed {
+                        Poll::Ready(Err(()))
+                    } else {
+                        Poll::Pending
+                    };
                 }
             }
         }
     }
 
-    /// A client trickling bytes just often enough to dodge the idle timeout
-    /// is cut once its average rate, after the grace period, is too low.
-    fn check_rate(&mut self, now: Instant) {
-        let MinBodyRate { bytes_per_s, grace } = self.min_rate;
-        let elapsed = now.duration_since(self.started);
-        if self.state != State::Streaming || bytes_per_s == 0 || elapsed <= grace {
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, ()>> {
+        self.on_end();
+        match self.state {
+            State::Failed => Poll::Ready(Err(())),
+            State::Scanning => self.poll_scan_verdict(cx),
+            _ => Poll::Ready(Ok(Step::End)),
+        }
+    }
+
+    /// The client sends nothing: the idle timeout, the whole-body deadline and
+    /// the minimum rate (checked every second once the window is full).
+    fn poll_timers(&mut self, cx: &mut Context<'_>) {
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.fail(GatewayError::BodyTimeout(self.idle));
             return;
         }
-        if (self.received as f64) < bytes_per_s as f64 * elapsed.as_secs_f64() {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.fail(GatewayError::BodyDeadline(self.deadline_after));
+            return;
+        }
+        while self.rate_tick.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            self.check_rate(now);
+            if self.state == State::Failed {
+                return;
+            }
+            self.rate_tick.as_mut().reset(now + Duration::from_secs(1));
+        }
+    }
+
+    /// A client trickling bytes just often enough to dodge the idle timeout
+    /// is cut once a full window brought too little.
+    fn check_rate(&mut self, now: Instant) {
+        let MinBodyRate { bytes_per_s, grace } = self.min_rate;
+        if self.state != State::Streaming || bytes_per_s == 0 {
+            return;
+        }
+        if self.window.too_slow(now, grace, bytes_per_s) {
             self.fail(GatewayError::BodyTooSlow {
                 min_bytes_per_s: bytes_per_s,
             });
         }
     }
 
-    fn on_data(&mut self, data: Bytes) {
+    /// Counts a frame and coalesces it; returns whether a chunk went through
+    /// the checks.
+    fn on_data(&mut self, data: Bytes, now: Instant) -> bool {
         self.received += data.len() as u64;
         if self.received > self.max_bytes {
             self.fail(GatewayError::BodyTooLarge {
                 limit: self.max_bytes,
             });
-            return;
+            return false;
         }
+        self.window.add(now, data.len() as u64);
+        self.check_rate(now);
+        if self.state == State::Failed {
+            return false;
+        }
+        if self.coalesce.is_empty() && data.len() >= COALESCE {
+            self.check_chunk(data); // zero-copy: the common case
+            return true;
+        }
+        self.coalesce.extend_from_slice(&data);
+        if self.coalesce.len() >= COALESCE {
+            let chunk = self.coalesce.split().freeze();
+            self.check_chunk(chunk);
+            return true;
+        }
+        false
+    }
+
+    /// One chunk through the inspection, the digest and the scanner, then into
+    /// the held-back tail.
+    fn check_chunk(&mut self, data: Bytes) {
         if let Err(r) = self.inspector.feed(&data) {
             self.fail(GatewayError::Rejected(r));
             return;
@@ -542,10 +705,13 @@ mod tests {
             DigestAlgorithm::None,
             u64::MAX,
             Some(data.len() as u64),
-            Duration::from_secs(30),
-            crate::config::MinBodyRate {
-                bytes_per_s: 0,
-                grace: Duration::ZERO,
+            BodyTiming {
+                idle: Duration::from_secs(30),
+                min_rate: crate::config::MinBodyRate {
+                    bytes_per_s: 0,
+                    grace: Duration::ZERO,
+                },
+                deadline: Duration::from_secs(300),
             },
         )
         .with_scan(session);
@@ -594,6 +760,84 @@ mod tests {
         drain(rx, scanned);
         assert_eq!(pump(body, out), Pumped::Pending, "waits for the verdict");
         drain(rx, scanned);
+    }
+
+    #[tokio::test]
+    async fn tiny_frames_are_coalesced_before_the_checks() {
+        let data = jpeg();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let frames = Frames {
+            left: data.chunks(1).map(Bytes::copy_from_slice).collect(),
+            taken: taken.clone(),
+        };
+        let mut body = InspectBody::new(
+            frames,
+            Inspector::new(MediaType::Jpeg, &Limits::default()),
+            DigestAlgorithm::Sha256,
+            u64::MAX,
+            None,
+            BodyTiming {
+                idle: Duration::from_secs(30),
+                min_rate: crate::config::MinBodyRate {
+                    bytes_per_s: 0,
+                    grace: Duration::ZERO,
+                },
+                deadline: Duration::from_secs(300),
+            },
+        );
+        let mut chunks = Vec::new();
+        while let Some(chunk) = body.next_cleared().await.unwrap() {
+            chunks.push(chunk);
+        }
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            data.len(),
+            "one frame per byte"
+        );
+        let forwarded: Vec<u8> = chunks.iter().flatten().copied().collect();
+        assert!(forwarded == data, "every byte, in order");
+        // Each chunk that left the adapter (and went through the inspector,
+        // the digest and the spool) is a coalesced one: at most one per
+        // COALESCE bytes, plus the splits of the held-back tail.
+        assert!(
+            chunks.len() <= data.len() / COALESCE + 3,
+            "{} chunks for {} bytes",
+            chunks.len(),
+            data.len()
+        );
+        let outcome = body.outcome();
+        let o = outcome.lock().unwrap();
+        assert!(o.accepted && o.received == data.len() as u64);
+    }
+
+    #[test]
+    fn the_rate_window_counts_the_last_ten_full_seconds() {
+        let start = Instant::now();
+        let at = |s: f64| start + Duration::from_secs_f64(s);
+        let grace = Duration::from_secs(10);
+        let mut w = RateWindow::new(start);
+        // 40 KiB in the first second: enough for the first window...
+        w.add(at(0.5), 40 * 1024);
+        assert!(!w.too_slow(at(9.9), grace, 1024), "inside the grace");
+        assert!(
+            !w.too_slow(at(10.5), grace, 1024),
+            "window [0, 10) has 40 KiB"
+        );
+        // ...but not for the window that no longer holds second 0, whatever
+        // the average since the start says (40 KiB / 11 s > 1 KiB/s).
+        w.add(at(10.6), 100);
+        assert!(w.too_slow(at(11.2), grace, 1024));
+        // A steady 1.1 KiB/s passes every window.
+        let mut w = RateWindow::new(start);
+        for s in 0..40 {
+            w.add(at(f64::from(s) + 0.1), 1126);
+            assert!(
+                !w.too_slow(at(f64::from(s) + 0.2), grace, 1024),
+                "second {s}"
+            );
+        }
+        // A gap longer than the window empties it.
+        assert!(w.too_slow(at(60.0), grace, 1024));
     }
 
     #[tokio::test]

@@ -252,7 +252,7 @@ impl Harness {
             ),
             (
                 "rate_limit".into(),
-                "user_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\n"
+                "user_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\nuser_concurrent = 1000\ncompany_concurrent = 1000\n"
                     .into(),
             ),
             ("credentials".into(), "file = \"credentials.toml\"\n".into()),

@@ -1,0 +1,259 @@
+//! Request framing: the checks of RFC 9112 that hyper leaves to the
+//! application, run first on every request (before authentication: a message
+//! whose framing cannot be trusted is not a request to authenticate).
+//!
+//! hyper already refuses malformed request lines, conflicting
+//! `Content-Length` headers, a `Transfer-Encoding` whose last coding is not
+//! `chunked` (400, RFC 9112 §6.3) and more than [`MAX_HEADER_FIELDS`] fields
+//! while parsing. What is left, and checked here:
+//!
+//! - the head's size, however it arrived: hyper enforces its buffer cap only
+//!   while a head is still incomplete, so a head sent in one write can be
+//!   parsed past it; the size is recomputed from the parsed head
+//!   (`431 request_head_too_large`);
+//! - exactly one valid `Host` (RFC 9112 §3.2; `400 invalid_request`); for
+//!   HTTP/2 the `:authority` pseudo-header may stand in for it;
+//! - a `Transfer-Encoding` must be exactly `chunked`: `gzip, chunked` or
+//!   `identity, chunked` use codings the gateway does not implement
+//!   (`501 not_implemented`, RFC 9112 §6.1);
+//! - at most one `Authorization` header (`400 invalid_request`): with two,
+//!   which one a component honours is a matter of implementation, the classic
+//!   seed of a confused deputy.
+
+use http::{HeaderMap, Method, Uri, Version, header};
+
+use crate::error::GatewayError;
+
+/// Largest request head accepted: request line plus header fields.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields accepted in one request.
+pub const MAX_HEADER_FIELDS: usize = 64;
+
+/// Checks a request head; see the module docs.
+pub fn check(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(), GatewayError> {
+    check_size(method, uri, headers)?;
+    check_host(uri, version, headers)?;
+    check_transfer_encoding(headers)?;
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(GatewayError::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    Ok(())
+}
+
+/// The head's size as it was on the wire, give or take optional white space:
+/// `METHOD SP target SP HTTP/1.1 CRLF`, then `name: value CRLF` per field, then
+/// the final CRLF.
+fn check_size(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let too_large = GatewayError::HeadTooLarge {
+        limit: MAX_HEAD_BYTES,
+        max_fields: MAX_HEADER_FIELDS,
+    };
+    if headers.len() > MAX_HEADER_FIELDS {
+        return Err(too_large);
+    }
+    let target = uri
+        .path_and_query()
+        .map_or(uri.path().len(), |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let mut size = method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len() + 2;
+    for (name, value) in headers {
+        size += name.as_str().len() + 2 + value.len() + 2;
+        if size > MAX_HEAD_BYTES {
+            return Err(too_large);
+        }
+    }
+    if size > MAX_HEAD_BYTES {
+        return Err(too_large);
+    }
+    Ok(())
+}
+
+fn check_host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::InvalidRequest("more than one Host header"));
+    }
+    let value = match host {
+        Some(v) => v.as_bytes(),
+        // HTTP/2 carries the authority in `:authority`, which hyper puts in the URI.
+        None if version == Version::HTTP_2 && uri.authority().is_some() => return Ok(()),
+        None => return Err(GatewayError::InvalidRequest("no Host header")),
+    };
+    if !valid_host(value) {
+        return Err(GatewayError::InvalidRequest("invalid Host header"));
+    }
+    Ok(())
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2): a reg-name, IPv4 or bracketed IP
+/// literal, no user info, no path; an empty port is allowed by the grammar.
+fn valid_host(value: &[u8]) -> bool {
+    if value.is_empty() || value.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = http::uri::Authority::try_from(value) else {
+        return false;
+    };
+    // `Authority` accepts a few forms a Host may not have.
+    let host = authority.host();
+    let port_ok = match authority.as_str()[host.len()..].strip_prefix(':') {
+        None => authority.as_str().len() == host.len(),
+        Some(port) => port.bytes().all(|b| b.is_ascii_digit()) && port.len() <= 5,
+    };
+    port_ok
+        && !host.is_empty()
+        && (host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)))
+}
+
+fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    let Some(first) = codings.next() else {
+        return Ok(());
+    };
+    if first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none() {
+        Ok(())
+    } else {
+        Err(GatewayError::NotImplemented)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn head(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn run(fields: &[(&str, &str)]) -> Result<(), &'static str> {
+        check(
+            &Method::POST,
+            &Uri::from_static("/api/image/v1.0/receipt"),
+            Version::HTTP_11,
+            &head(fields),
+        )
+        .map_err(|e| e.code())
+    }
+
+    #[test]
+    fn host_must_be_one_and_valid() {
+        assert_eq!(run(&[("host", "gw.local:8080")]), Ok(()));
+        assert_eq!(run(&[("host", "[::1]:8080")]), Ok(()));
+        assert_eq!(run(&[("host", "127.0.0.1")]), Ok(()));
+        assert_eq!(run(&[]), Err("invalid_request"));
+        assert_eq!(
+            run(&[("host", "a.example"), ("host", "b.example")]),
+            Err("invalid_request")
+        );
+        for bad in [
+            "",
+            "user@gw.local",
+            "gw.local/x",
+            "gw local",
+            "gw.local:x",
+            "a\"b",
+        ] {
+            assert_eq!(run(&[("host", bad)]), Err("invalid_request"), "{bad:?}");
+        }
+        // HTTP/2: `:authority` stands in for Host.
+        assert!(
+            check(
+                &Method::POST,
+                &Uri::from_static("http://gw.local/api/image/v1.0/receipt"),
+                Version::HTTP_2,
+                &HeaderMap::new(),
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn only_plain_chunked_is_a_transfer_encoding() {
+        let h = ("host", "gw");
+        assert_eq!(run(&[h, ("transfer-encoding", "chunked")]), Ok(()));
+        assert_eq!(run(&[h, ("transfer-encoding", "Chunked")]), Ok(()));
+        for te in [
+            "gzip, chunked",
+            "identity, chunked",
+            "chunked, chunked",
+            "gzip",
+        ] {
+            assert_eq!(
+                run(&[h, ("transfer-encoding", te)]),
+                Err("not_implemented"),
+                "{te}"
+            );
+        }
+        assert_eq!(
+            run(&[
+                h,
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked")
+            ]),
+            Err("not_implemented")
+        );
+    }
+
+    #[test]
+    fn one_authorization_header_at_most() {
+        let h = ("host", "gw");
+        assert_eq!(run(&[h, ("authorization", "Bearer a")]), Ok(()));
+        assert_eq!(
+            run(&[
+                h,
+                ("authorization", "Bearer a"),
+                ("authorization", "Bearer b")
+            ]),
+            Err("invalid_request")
+        );
+    }
+
+    #[test]
+    fn the_head_limit_is_exact() {
+        // Request line "POST /api/image/v1.0/receipt HTTP/1.1\r\n" is 39 bytes,
+        // "host: gw\r\n" 10, the final CRLF 2; "x: " + value + CRLF is 5 + n.
+        let fixed = 39 + 10 + 2 + 5;
+        let fits = "a".repeat(MAX_HEAD_BYTES - fixed);
+        assert_eq!(run(&[("host", "gw"), ("x", &fits)]), Ok(()));
+        let over = "a".repeat(MAX_HEAD_BYTES - fixed + 1);
+        assert_eq!(
+            run(&[("host", "gw"), ("x", &over)]),
+            Err("request_head_too_large")
+        );
+        let many: Vec<(String, String)> = (0..MAX_HEADER_FIELDS)
+            .map(|i| (format!("x-{i}"), "v".into()))
+            .collect();
+        let mut fields: Vec<(&str, &str)> =
+            many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        fields.push(("host", "gw"));
+        assert_eq!(run(&fields), Err("request_head_too_large"));
+        fields.pop();
+        fields[0] = ("host", "gw");
+        assert_eq!(run(&fields), Ok(()));
+    }
+}

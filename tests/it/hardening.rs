@@ -1,0 +1,504 @@
+//! What an adversarial round got past the gateway, each case over real
+//! sockets: framing tricks, oversized heads sent in one write, trickling and
+//! endless bodies, tiny chunked frames, spool exhaustion, one caller holding
+//! every upload slot, idle connections filling the connection table. Every
+//! test asserts on what reached the sandbox, not only on the answer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const ALICE: (&str, &str) = ("acme", "alice@acme.example");
+const GINA: (&str, &str) = ("globex", "gina@globex.example");
+
+/// Sends `bytes` on a fresh connection and reads until the gateway closes it
+/// (or `wait` passes): the raw answer.
+async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The gateway may answer (and close) before it read everything.
+    let _ = s.write_all(bytes).await;
+    read_answer(&mut s, wait).await
+}
+
+/// Reads one answer head and its body (by `content-length`), or until close.
+async fn read_answer(s: &mut TcpStream, wait: Duration) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return String::from_utf8_lossy(&buf).into_owned(),
+        }
+    }
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+fn code_of(answer: &str) -> String {
+    let body = &answer[answer.find("\r\n\r\n").expect("a head") + 4..];
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    v["code"].as_str().unwrap_or_default().to_owned()
+}
+
+fn upload_head(token: &str, extra: &str) -> String {
+    format!(
+        "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\n{extra}\r\n"
+    )
+}
+
+/// `body` as chunked frames of `size` bytes each, with the last chunk.
+fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() * 2);
+    for piece in body.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+#[tokio::test]
+async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let body_len = format!("content-length: {}\r\n", JPEG.len());
+    let wait = Duration::from_secs(5);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "no Host",
+            format!(
+                "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\n{body_len}\r\n"
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "two Hosts",
+            upload_head(&token, &format!("host: other.test\r\n{body_len}")),
+            400,
+            "invalid_request",
+        ),
+        (
+            "a Host with user info",
+            format!(
+                "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: user@gw.test\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\n{body_len}\r\n"
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "two Authorization headers",
+            upload_head(
+                &token,
+                &format!("authorization: Bearer {token}\r\n{body_len}"),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "gzip, chunked",
+            upload_head(&token, "transfer-encoding: gzip, chunked\r\n"),
+            501,
+            "not_implemented",
+        ),
+        (
+            "identity, chunked",
+            upload_head(&token, "transfer-encoding: identity, chunked\r\n"),
+            501,
+            "not_implemented",
+        ),
+        (
+            "gzip then chunked in two fields",
+            upload_head(
+                &token,
+                "transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n",
+            ),
+            501,
+            "not_implemented",
+        ),
+    ];
+    for (name, head, status, code) in cases {
+        let mut wire = head.into_bytes();
+        if status == 501 {
+            wire.extend_from_slice(&chunked(JPEG, 4096));
+        } else {
+            wire.extend_from_slice(JPEG);
+        }
+        let answer = raw(h.addr, &wire, wait).await;
+        assert_eq!(status_of(&answer), status, "{name}: {answer}");
+        assert_eq!(code_of(&answer), code, "{name}");
+        assert!(
+            answer.to_ascii_lowercase().contains("x-request-id"),
+            "{name}"
+        );
+    }
+    // A `Transfer-Encoding` whose last coding is not chunked: hyper answers
+    // 400 itself (RFC 9112 §6.3), before the stack.
+    let answer = raw(
+        h.addr,
+        upload_head(&token, "transfer-encoding: gzip\r\n").as_bytes(),
+        wait,
+    )
+    .await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    // The control: the same request, well framed, goes through.
+    let answer = raw(
+        h.addr,
+        &[upload_head(&token, &body_len).as_bytes(), JPEG].concat(),
+        wait,
+    )
+    .await;
+    assert_eq!(status_of(&answer), 201, "{answer}");
+    settle().await;
+    assert_eq!(
+        h.uploads().len(),
+        1,
+        "only the well-framed upload reached Concur"
+    );
+}
+
+#[tokio::test]
+async fn a_head_over_64_kib_is_refused_however_it_arrives() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let wait = Duration::from_secs(5);
+    for size in [66 * 1024, 70 * 1024, 100 * 1024] {
+        let filler = format!("x-filler: {}\r\n", "a".repeat(size));
+        let head = upload_head(
+            &token,
+            &format!("{filler}content-length: {}\r\n", JPEG.len()),
+        );
+        assert!(head.len() > 64 * 1024);
+        // In one write: the whole head is in hyper's buffer at once.
+        let answer = raw(h.addr, &[head.as_bytes(), JPEG].concat(), wait).await;
+        assert_eq!(status_of(&answer), 431, "{size}: {answer}");
+    }
+    // Just under the limit, in one write: accepted.
+    let base = upload_head(&token, &format!("content-length: {}\r\n", JPEG.len())).len();
+    let room = 64 * 1024 - base - "x-filler: \r\n".len();
+    let head = upload_head(
+        &token,
+        &format!(
+            "x-filler: {}\r\ncontent-length: {}\r\n",
+            "a".repeat(room),
+            JPEG.len()
+        ),
+    );
+    assert_eq!(head.len(), 64 * 1024);
+    let answer = raw(h.addr, &[head.as_bytes(), JPEG].concat(), wait).await;
+    assert_eq!(status_of(&answer), 201, "{answer}");
+    settle().await;
+    assert_eq!(h.uploads().len(), 1);
+}
+
+#[tokio::test]
+async fn the_minimum_rate_is_judged_over_a_sliding_window() {
+    // A client that sends 40 KB at once, then trickles: averaged since the
+    // start it stays above 1 KiB/s for ~40 s, but no 10 s window after the
+    // first one brings 10 KiB.
+    let h = Harness::with_config("[server]\nbody_idle_timeout_s = 30").await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let body = big_jpeg(200 * 1024);
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let head = upload_head(&token, &format!("content-length: {}\r\n", body.len()));
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..40 * 1024]).await.unwrap();
+    let started = Instant::now();
+    let mut sent = 40 * 1024;
+    let answer = loop {
+        tokio::select! {
+            answer = read_answer(&mut s, Duration::from_secs(30)) => break answer,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if s.write_all(&body[sent..sent + 200]).await.is_err() {
+                    break read_answer(&mut s, Duration::from_secs(5)).await;
+                }
+                sent += 200;
+                assert!(started.elapsed() < Duration::from_secs(25), "never cut");
+            }
+        }
+    };
+    let took = started.elapsed();
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert_eq!(code_of(&answer), "body_timeout");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(16),
+        "cut after {took:?}: the first full window ends at 10 s"
+    );
+    settle().await;
+    assert!(h.uploads().iter().all(|u| !u.complete), "{:?}", h.uploads());
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_never_ends_meets_the_whole_body_deadline() {
+    // Spooled (chunked) bodies are read before any upstream slot or timeout
+    // exists: the deadline is what ends them.
+    let h = Harness::with_config(
+        "[server]\nbody_deadline_s = 2\nmin_body_rate_bytes_per_s = 0\nbody_idle_timeout_s = 30",
+    )
+    .await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(upload_head(&token, "transfer-encoding: chunked\r\n").as_bytes())
+        .await
+        .unwrap();
+    let body = big_jpeg(100 * 1024);
+    let started = Instant::now();
+    let mut at = 0;
+    let answer = loop {
+        tokio::select! {
+            answer = read_answer(&mut s, Duration::from_secs(10)) => break answer,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                let piece = &body[at..at + 1000];
+                at += 1000;
+                let frame = [format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat();
+                if s.write_all(&frame).await.is_err() {
+                    break read_answer(&mut s, Duration::from_secs(5)).await;
+                }
+                assert!(started.elapsed() < Duration::from_secs(10), "never cut");
+            }
+        }
+    };
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert_eq!(code_of(&answer), "body_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    settle().await;
+    assert!(
+        h.uploads().is_empty(),
+        "a spooled body never reached Concur"
+    );
+    assert!(
+        h.admin_get("/metrics")
+            .await
+            .text()
+            .contains("concur_gateway_spool_bytes 0"),
+        "its spool was given back"
+    );
+}
+
+#[tokio::test]
+async fn one_byte_chunked_frames_arrive_intact_through_memory_and_file_spools() {
+    // 1-byte frames used to cost a `Bytes` (pinning hyper's read buffer) and
+    // a spool write per byte. Coalesced, they cost what 16 KiB frames cost.
+    let h = Harness::with_config("[server]\nspool_memory_bytes = 65536").await;
+    let token = jwt(ALICE.0, ALICE.1);
+    for (i, size) in [(1, 48 * 1024), (2, 256 * 1024)] {
+        let body = big_jpeg(size);
+        let wire = [
+            upload_head(&token, "transfer-encoding: chunked\r\n")
+                .replace("R1", &format!("R{i}"))
+                .as_bytes(),
+            &chunked(&body, 1),
+        ]
+        .concat();
+        let answer = raw(h.addr, &wire, Duration::from_secs(60)).await;
+        assert_eq!(status_of(&answer), 201, "{answer}");
+        let up = h.uploads().pop().unwrap();
+        assert!(up.complete);
+        assert_eq!(up.sha256_hex, sha256_hex(&body), "byte-identical upstream");
+    }
+}
+
+#[tokio::test]
+async fn the_spool_budget_caps_what_chunked_uploads_hold_at_once() {
+    let h = Harness::with_config("[server]\nspool_memory_bytes = 65536\nspool_max_bytes = 200000")
+        .await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let send = |body: Vec<u8>| {
+        let wire = [
+            upload_head(&token, "transfer-encoding: chunked\r\n").as_bytes(),
+            &chunked(&body, 16 * 1024),
+        ]
+        .concat();
+        async move { raw(h.addr, &wire, Duration::from_secs(10)).await }
+    };
+    // Over the budget on its own: refused, nothing upstream.
+    let answer = send(big_jpeg(300 * 1024)).await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert_eq!(code_of(&answer), "overloaded");
+    assert!(answer.to_ascii_lowercase().contains("retry-after"));
+    settle().await;
+    assert!(h.uploads().is_empty());
+    assert!(
+        h.admin_get("/metrics")
+            .await
+            .text()
+            .contains("concur_gateway_spool_bytes 0")
+    );
+    // Within it: accepted, and the budget is given back afterwards.
+    let body = big_jpeg(150 * 1024);
+    let answer = send(body.clone()).await;
+    assert_eq!(status_of(&answer), 201, "{answer}");
+    assert_eq!(h.uploads().pop().unwrap().sha256_hex, sha256_hex(&body));
+    assert_eq!(h.gateway.spool_budget.used(), 0);
+}
+
+/// Opens an upload whose body trickles in until the returned sender is dropped.
+async fn slow_upload(addr: SocketAddr, who: (&str, &str), path: &str) -> TcpStream {
+    let token = jwt(who.0, who.1);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        JPEG.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&JPEG[..64]).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn one_caller_cannot_hold_every_upload_slot() {
+    // Four Concur slots; acme may hold two of them, alice one.
+    let h = Harness::with_config(
+        "[upstream]\nmax_in_flight = 4\nqueue_timeout_s = 1\n[rate_limit]\nuser_concurrent = 1\ncompany_concurrent = 2",
+    )
+    .await;
+    let alice1 = slow_upload(h.addr, ALICE, "/api/image/v1.0/report/A1").await;
+    settle().await;
+    // Alice's second upload at once: refused before its body is read.
+    let token = jwt(ALICE.0, ALICE.1);
+    let r = h
+        .post(
+            "/api/image/v1.0/report/A2",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "image/jpeg"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    r.problem(429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Another acme user fills the company's cap; a third acme user is refused.
+    let bob = slow_upload(
+        h.addr,
+        ("acme", "bob@acme.example"),
+        "/api/image/v1.0/report/B1",
+    )
+    .await;
+    settle().await;
+    let carol = jwt("acme", "carol@acme.example");
+    h.post(
+        "/api/image/v1.0/report/C1",
+        &[
+            ("authorization", &format!("Bearer {carol}")),
+            ("content-type", "image/jpeg"),
+        ],
+        JPEG.to_vec(),
+    )
+    .await
+    .problem(429, "rate_limited");
+    // Another company is served at once, however long acme's uploads last.
+    let gina = jwt(GINA.0, GINA.1);
+    let started = Instant::now();
+    let r = h
+        .post(
+            "/api/image/v1.0/report/G1",
+            &[
+                ("authorization", &format!("Bearer {gina}")),
+                ("content-type", "image/jpeg"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not queued behind acme"
+    );
+    let metrics = h.admin_get("/metrics").await.text();
+    assert!(metrics.contains("scope=\"user_concurrent\""), "{metrics}");
+    assert!(
+        metrics.contains("scope=\"company_concurrent\""),
+        "{metrics}"
+    );
+    // Alice's place comes back when her upload ends.
+    drop(alice1);
+    drop(bob);
+    settle().await;
+    assert_eq!(h.gateway.in_flight.current(&identity(ALICE)), (0, 0));
+    assert_eq!(
+        h.upload("/api/image/v1.0/report/A3", JPEG).await.status,
+        201
+    );
+    let ups = h.uploads();
+    assert!(ups.iter().all(|u| u.complete), "{ups:?}");
+    assert_eq!(ups.len(), 2, "gina's and alice's last upload");
+}
+
+fn identity(who: (&str, &str)) -> concur_gateway::auth::Identity {
+    concur_gateway::auth::Identity {
+        company: who.0.into(),
+        user: who.1.into(),
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_make_room_for_a_caller_with_a_request() {
+    let h = Harness::with_config("[server]\nmax_connections = 8").await;
+    // Eight connections that never send a byte fill the table.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(h.addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    settle().await;
+    // A normal caller still gets through, at once.
+    for i in 0..3 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            h.upload(&format!("/api/image/v1.0/report/N{i}"), JPEG),
+        )
+        .await
+        .expect("served without waiting for the header timeout");
+        assert_eq!(r.status, 201);
+    }
+    // The oldest idle connections were the ones closed.
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(2), idle[0].read(&mut buf))
+        .await
+        .expect("the oldest idle connection was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let still_open = tokio::time::timeout(Duration::from_millis(200), idle[7].read(&mut buf)).await;
+    assert!(
+        still_open.is_err(),
+        "the newest idle connection is still open"
+    );
+    let metrics = h.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains("concur_gateway_connections_evicted_total"),
+        "{metrics}"
+    );
+    assert_eq!(h.uploads().len(), 3);
+}
