@@ -851,7 +851,10 @@ async fn a_rejected_upload_never_reaches_concur_complete() {
     polyglot.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x08\x00payload.exe");
     let mut truncated = big_jpeg(300_000);
     truncated.truncate(truncated.len() - 2); // no EOI
-    for body in [polyglot, truncated] {
+    // A PDF one byte into the trailer (a signature anywhere in it counts).
+    let mut pdf_inside = big_jpeg(300_000);
+    pdf_inside.extend_from_slice(b"X%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n");
+    for body in [polyglot, truncated, pdf_inside] {
         let r = h.upload("/api/image/v1.0/expenseentry/E1", &body).await;
         r.problem(422, "malformed_image");
     }
