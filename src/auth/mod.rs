@@ -9,7 +9,9 @@
 //! - `kid` selects the key; without `kid`, the only key of a fitting type is used;
 //! - `iss` and `aud` must match; `exp` is required and `nbf` honoured, both with
 //!   `leeway_s`, against an injected [`Clock`] so tests move time instead of sleeping;
-//! - `company_claim` and `user_claim` must be non-empty strings.
+//! - `company_claim` and `user_claim` must be non-empty strings;
+//! - no JWS extension is understood, so a header with `crit` (in any form) or
+//!   `b64` is refused before any key is selected (RFC 7515 §4.1.11, RFC 7797 §6).
 //!
 //! Error reasons name what failed, never the token.
 
@@ -226,6 +228,43 @@ impl KeySet {
     }
 }
 
+/// Longest encoded JOSE header segment read (an `x5c` chain of a few
+/// certificates fits; the request head limit bounds it anyway).
+const MAX_HEADER_SEGMENT: usize = 8 * 1024;
+
+/// Refuses JWS extensions before anything else is looked at (RFC 7515 §4.1.11):
+/// the gateway understands none, so a `crit` header parameter, present in any
+/// form (even an empty list, which the RFC forbids, or `null`), makes the token
+/// invalid. `b64` (RFC 7797 unencoded payloads) is refused too: RFC 7797 §6
+/// requires it to be listed in `crit`, so without `crit` the header is invalid.
+///
+/// The header segment is decoded here (base64url, JSON object, bounded size)
+/// rather than through `jsonwebtoken::decode_header`, whose typed `Header` maps
+/// `"crit": null` to "absent" and keeps no trace of `b64`. Escaped spellings
+/// (`"cr\u0069t"`) are the same key once the JSON is parsed.
+fn refuse_jws_extensions(token: &str) -> Result<(), String> {
+    let malformed = || "malformed token".to_owned();
+    let mut segments = token.split('.');
+    let header = segments.next().unwrap_or_default();
+    if segments.count() != 2 {
+        return Err(malformed());
+    }
+    if header.len() > MAX_HEADER_SEGMENT {
+        return Err("token header too large".into());
+    }
+    let json = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+        .map_err(|_| malformed())?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|_| malformed())?;
+    if header.contains_key("crit") {
+        return Err("critical header parameter (`crit`) not supported".into());
+    }
+    if header.contains_key("b64") {
+        return Err("unencoded payload header parameter (`b64`) not supported".into());
+    }
+    Ok(())
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -360,6 +399,7 @@ impl Authenticator {
     }
 
     fn verify_uncached(&self, token: &str) -> Result<Verified, String> {
+        refuse_jws_extensions(token)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_owned())?;
         let keys = self.keys.load();
@@ -567,6 +607,85 @@ mod tests {
         .unwrap();
         assert!(auth.verify(&hs384).is_err());
         assert!(auth.verify(&token(c)).is_ok());
+    }
+
+    /// An HS256 token whose JOSE header is exactly `header` (raw JSON).
+    fn token_with_header(header: &str, claims: &serde_json::Value) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let message = format!("{}.{}", b64.encode(header), b64.encode(claims.to_string()));
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{message}.{sig}")
+    }
+
+    #[test]
+    fn any_crit_header_parameter_is_refused() {
+        let auth = authenticator(Arc::new(ManualClock::new(T0)));
+        let c = serde_json::json!({
+            "iss": "iss", "aud": "aud", "email": "u", "org": "c", "exp": T0 + 60,
+        });
+        // Control: the same construction without `crit` verifies.
+        let ok = token_with_header(r#"{"alg":"HS256","typ":"JWT"}"#, &c);
+        assert!(auth.verify(&ok).is_ok());
+        for header in [
+            r#"{"alg":"HS256","crit":["exp"]}"#,
+            r#"{"alg":"HS256","crit":["foo"],"foo":1}"#,
+            r#"{"alg":"HS256","b64":false,"crit":["b64"]}"#,
+            r#"{"alg":"HS256","crit":[]}"#,
+            r#"{"alg":"HS256","crit":null}"#,
+            r#"{"alg":"HS256","crit":"foo"}"#,
+            r#"{"alg":"HS256","cr\u0069t":["foo"]}"#,
+            r#"{"crit":["exp"],"alg":"HS256","typ":"JWT"}"#,
+        ] {
+            let t = token_with_header(header, &c);
+            assert_eq!(
+                auth.verify(&t).unwrap_err(),
+                "critical header parameter (`crit`) not supported",
+                "{header}"
+            );
+        }
+        // `b64` without `crit` is invalid too (RFC 7797 §6), whatever its value.
+        for header in [
+            r#"{"alg":"HS256","b64":false}"#,
+            r#"{"alg":"HS256","b64":true}"#,
+        ] {
+            let t = token_with_header(header, &c);
+            assert_eq!(
+                auth.verify(&t).unwrap_err(),
+                "unencoded payload header parameter (`b64`) not supported",
+                "{header}"
+            );
+        }
+        assert_eq!(auth.cached_tokens(), 1, "only the control token is cached");
+    }
+
+    #[test]
+    fn the_jose_header_is_bounded_and_must_be_a_json_object() {
+        let auth = authenticator(Arc::new(ManualClock::new(T0)));
+        let c = serde_json::json!({
+            "iss": "iss", "aud": "aud", "email": "u", "org": "c", "exp": T0 + 60,
+        });
+        let pad = "x".repeat(MAX_HEADER_SEGMENT);
+        let big = token_with_header(&format!(r#"{{"alg":"HS256","x":"{pad}"}}"#), &c);
+        assert_eq!(auth.verify(&big).unwrap_err(), "token header too large");
+        // Just under the bound is fine.
+        let pad = "x".repeat(MAX_HEADER_SEGMENT / 4 * 3 - 40);
+        let fits = token_with_header(&format!(r#"{{"alg":"HS256","x":"{pad}"}}"#), &c);
+        assert!(fits.split('.').next().unwrap().len() <= MAX_HEADER_SEGMENT);
+        assert!(auth.verify(&fits).is_ok());
+        for header in [r#"["alg","HS256"]"#, "null", r#"{"alg":"HS256""#] {
+            let t = token_with_header(header, &c);
+            assert_eq!(auth.verify(&t).unwrap_err(), "malformed token", "{header}");
+        }
+        let ok = token_with_header(r#"{"alg":"HS256"}"#, &c);
+        for bad in [format!("{ok}.x"), ok.replacen('.', "..", 1), "a.b".into()] {
+            assert_eq!(auth.verify(&bad).unwrap_err(), "malformed token", "{bad}");
+        }
     }
 
     #[test]

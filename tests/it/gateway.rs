@@ -265,6 +265,56 @@ async fn every_auth_failure_is_401_and_nothing_goes_upstream() {
     assert!(h.uploads().is_empty(), "nothing reached Concur");
 }
 
+/// RFC 7515 §4.1.11: the gateway understands no JWS extension, so a `crit`
+/// header parameter (in any form, even empty or `null`) makes a correctly signed
+/// token invalid; so does `b64` (RFC 7797 requires it to be listed in `crit`).
+#[tokio::test]
+async fn a_jws_crit_header_is_401_and_nothing_goes_upstream() {
+    let h = Harness::start().await;
+    let c = claims(ALICE.0, ALICE.1);
+    let headers = [
+        r#"{"alg":"ES256","kid":"es","crit":["exp"],"exp":1}"#,
+        r#"{"alg":"ES256","kid":"es","crit":["foo"],"foo":true}"#,
+        r#"{"alg":"ES256","kid":"es","b64":false,"crit":["b64"]}"#,
+        r#"{"alg":"ES256","kid":"es","crit":[]}"#,
+        r#"{"alg":"ES256","kid":"es","crit":null}"#,
+        r#"{"alg":"ES256","kid":"es","cr\u0069t":["foo"]}"#,
+        r#"{"alg":"ES256","kid":"es","b64":false}"#,
+    ];
+    for header in headers {
+        let token = sign_es256_with_raw_header(header, &c);
+        let r = h
+            .post(
+                "/api/image/v1.0/receipt",
+                &[
+                    ("authorization", &auth(&token)),
+                    ("content-type", "image/jpeg"),
+                ],
+                JPEG.to_vec(),
+            )
+            .await;
+        let v = r.problem(401, "invalid_token");
+        let www = r.header("www-authenticate").unwrap_or_default();
+        assert!(www.contains("error=\"invalid_token\""), "{header}: {www}");
+        assert!(!r.text().contains(&token), "{header}: token echoed in {v}");
+    }
+    assert!(h.uploads().is_empty(), "nothing reached Concur");
+    // The same helper without `crit` makes a token the gateway accepts.
+    let token = sign_es256_with_raw_header(r#"{"alg":"ES256","kid":"es","typ":"JWT"}"#, &c);
+    let r = h
+        .post(
+            "/api/image/v1.0/receipt",
+            &[
+                ("authorization", &auth(&token)),
+                ("content-type", "image/jpeg"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.text());
+    assert_eq!(h.uploads().len(), 1);
+}
+
 #[tokio::test]
 async fn every_jwks_key_family_verifies() {
     let h = Harness::start().await;
@@ -801,7 +851,10 @@ async fn a_rejected_upload_never_reaches_concur_complete() {
     polyglot.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x08\x00payload.exe");
     let mut truncated = big_jpeg(300_000);
     truncated.truncate(truncated.len() - 2); // no EOI
-    for body in [polyglot, truncated] {
+    // A PDF one byte into the trailer (a signature anywhere in it counts).
+    let mut pdf_inside = big_jpeg(300_000);
+    pdf_inside.extend_from_slice(b"X%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n");
+    for body in [polyglot, truncated, pdf_inside] {
         let r = h.upload("/api/image/v1.0/expenseentry/E1", &body).await;
         r.problem(422, "malformed_image");
     }

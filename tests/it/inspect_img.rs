@@ -730,6 +730,52 @@ fn check_jpeg_reject(bytes: &[u8], needle: &str) -> Rejection {
     expect_malformed(check_jpeg(bytes), needle)
 }
 
+/// [`check_jpeg`] with extra split points (for bodies over 4 KiB, where only some
+/// offsets are tried).
+fn check_jpeg_at(bytes: &[u8], extra: &[usize]) -> Result<(), Rejection> {
+    let r = check_chunking(Kind::Jpeg, &limits(), bytes, extra);
+    assert_eq!(
+        check_chunking(Kind::Inspect(MediaType::Jpeg), &limits(), bytes, extra),
+        r
+    );
+    r
+}
+
+/// `image` followed by `trailer`, checked for chunking invariance where the
+/// trailer logic lives: every two-chunk split from just before the EOI to the
+/// end, byte-at-a-time and 3-byte chunking of the whole body, and the same
+/// verdict through the `Inspector`. Cheaper than [`check_jpeg`] (which also
+/// splits inside the image) for many small trailers.
+fn check_jpeg_trailer(image: &[u8], trailer: &[u8]) -> Result<(), Rejection> {
+    let body = concat(&[image, trailer]);
+    let expected = one_shot(Kind::Jpeg, &limits(), &body);
+    for k in image.len() - 4..=body.len() {
+        let got = run_pieces(Kind::Jpeg, &limits(), &[&body[..k], &body[k..]]);
+        assert_eq!(got, expected, "split at {k} of {}", body.len());
+    }
+    for size in [1usize, 3] {
+        let pieces: Vec<&[u8]> = body.chunks(size).collect();
+        assert_eq!(
+            run_pieces(Kind::Jpeg, &limits(), &pieces),
+            expected,
+            "{size}-byte chunks"
+        );
+    }
+    let inspect = Kind::Inspect(MediaType::Jpeg);
+    assert_eq!(one_shot(inspect, &limits(), &body), expected, "inspector");
+    expected
+}
+
+/// UTF-16 little-endian code units of an ASCII string (NUL after every byte).
+fn utf16le(s: &[u8]) -> Vec<u8> {
+    s.iter().flat_map(|&b| [b, 0]).collect()
+}
+
+/// UTF-16 big-endian code units of an ASCII string (NUL before every byte).
+fn utf16be(s: &[u8]) -> Vec<u8> {
+    s.iter().flat_map(|&b| [0, b]).collect()
+}
+
 #[test]
 fn jpeg_every_truncation_rejected() {
     for name in JPEGS {
@@ -974,6 +1020,146 @@ fn jpeg_trailers_that_look_like_files() {
     );
 }
 
+/// SPEC: a trailer holding another format's signature *anywhere* is
+/// `malformed_image`, not only at its start; in any chunking.
+#[test]
+fn jpeg_trailer_signatures_anywhere() {
+    let bytes = fixture("im-baseline.jpg");
+    let end = bytes.len();
+    // (signature as written in the trailer, detail it must give)
+    let cases: &[(&[u8], &str)] = &[
+        (b"PK\x03\x04\x14\x00", "a ZIP local file header"),
+        (b"PK\x01\x02\x14\x00", "a ZIP central directory header"),
+        (
+            b"PK\x05\x06\x00\x00",
+            "a ZIP end of central directory record",
+        ),
+        (b"%PDF-1.7\n", "a PDF header (%PDF)"),
+        (b"<html>", "an HTML tag (<html)"),
+        (b"<HTML lang=en>", "an HTML tag (<html)"),
+        (b"<!doctype html>", "an HTML doctype (<!doctype)"),
+        (b"<!DOCTYPE html>", "an HTML doctype (<!doctype)"),
+        (b"<head>", "an HTML tag (<head)"),
+        (b"<Body onload=x()>", "an HTML tag (<body)"),
+        (b"<script>alert(1)</script>", "a script tag (<script)"),
+        (b"<ScRiPt\tsrc=//e.example>", "a script tag (<script)"),
+        (b"<iframe src=//e.example>", "an HTML tag (<iframe)"),
+        (b"<svg/onload=alert(1)>", "an SVG tag (<svg)"),
+        (
+            b"<SVG xmlns=\"http://www.w3.org/2000/svg\">",
+            "an SVG tag (<svg)",
+        ),
+        (
+            b"<svg:svg xmlns:svg=\"http://www.w3.org/2000/svg\">",
+            "an SVG tag (<svg)",
+        ),
+        (b"<?xml version=\"1.0\"?>", "an XML declaration (<?xml)"),
+        (b"<?php system($_GET['c']); ?>", "a PHP tag (<?php)"),
+        (b"<object data=x>", "an HTML tag (<object)"),
+        (b"<embed src=x>", "an HTML tag (<embed)"),
+        (b"<img src=x onerror=alert(1)>", "an HTML tag (<img)"),
+        (b"JavaScript:alert(1)", "a javascript: URL"),
+    ];
+    let mut junk = pseudo_random(600, 11);
+    junk[0] = 0x01;
+    for &(sig, what) in cases {
+        // One leading byte, after a BOM, deep inside binary data, as UTF-16 (with
+        // and without BOM), and at the very end.
+        let variants: Vec<(Vec<u8>, usize)> = vec![
+            (concat(&[b"X", sig]), 1),
+            (concat(&[b"\x01\x02 hello ", sig, b" bye"]), 9),
+            (concat(&[b"\xEF\xBB\xBFx", sig]), 4),
+            (concat(&[&junk[..300], sig, &junk[300..]]), 300),
+            (concat(&[b"\xFF\xFE", &utf16le(b"x"), &utf16le(sig)]), 4),
+            (concat(&[b"\xFE\xFF", &utf16be(b"x"), &utf16be(sig)]), 5),
+            (concat(&[&utf16le(b"ab"), &utf16le(sig)]), 4),
+            (concat(&[&junk[..100], sig]), 100),
+        ];
+        // Right at the start (after padding or a BOM) the start-of-trailer
+        // classifier may name the format first ("looks like …"): rejected either way.
+        for lead in [&b""[..], b"\xEF\xBB\xBF", b"\0\0 \r\n", b"\xFF\xFE"] {
+            let t = concat(&[lead, sig]);
+            let e = expect_malformed(check_jpeg_trailer(&bytes, &t), "");
+            assert!(e.detail.starts_with("JPEG: data after EOI"), "{e}");
+        }
+        for lead in [&b"\xFF\xFE"[..], b"\xFE\xFF\0", b""] {
+            let t = concat(&[lead, &utf16le(sig)]);
+            let e = expect_malformed(check_jpeg_trailer(&bytes, &t), "");
+            assert!(e.detail.starts_with("JPEG: data after EOI"), "{e}");
+        }
+        for (trailer, at) in variants {
+            let e = expect_malformed(check_jpeg_trailer(&bytes, &trailer), what);
+            assert_eq!(
+                e.detail,
+                format!("JPEG: data after EOI holds {what} at offset {}", end + at),
+                "trailer {trailer:?}"
+            );
+        }
+    }
+    // The brief's examples, one by one.
+    for (trailer, what) in [
+        (&b"X%PDF-1.4\n"[..], "a PDF header (%PDF)"),
+        (b"X<script>alert(1)</script>", "a script tag (<script)"),
+        (b"\xEF\xBB\xBF<html><body>", "looks like HTML"),
+        (b"\xFF\xFE<\0h\0t\0m\0l\0>\0", "looks like HTML"),
+        (b"\xEF\xBB\xBF\r\n%PDF-1.4", "looks like PDF"),
+    ] {
+        // Every split, inside the image too.
+        check_jpeg_reject(&concat(&[&bytes, trailer]), what);
+    }
+    // A signature straddling a 16 KiB chunk boundary far into a long trailer.
+    let mut long = pseudo_random(40_000, 5);
+    long[0] = 0x01;
+    let at = 16 * 1024 - end - 2;
+    long[at..at + 8].copy_from_slice(b"<svg\n/>x");
+    let body = concat(&[&bytes, &long]);
+    let e = expect_malformed(check_jpeg_at(&body, &[end + at, 16 * 1024]), "<svg");
+    assert_eq!(
+        e.detail,
+        format!(
+            "JPEG: data after EOI holds an SVG tag (<svg) at offset {}",
+            end + at
+        )
+    );
+}
+
+/// What stays accepted: tag-like text that is no tag (a tag name must end at
+/// whitespace, `/`, `>` or `:`), signatures cut off by the end of the body, and
+/// big trailers of random binary (see the false-positive note in `jpeg.rs`).
+#[test]
+fn jpeg_trailers_near_signatures_accepted() {
+    let bytes = fixture("im-baseline.jpg");
+    for t in [
+        &b"\x01<svgx <htmlfoo <scripted <headers"[..],
+        b"\x01 %PD %pdf PK\x03\x05 PK\x04\x03",
+        b"\x01 javascript alert",
+        b"\x01<svg",
+        b"\x01<scrip",
+        b"\x01PK\x05",
+        b"\x01 < html>",
+    ] {
+        assert_eq!(check_jpeg(&concat(&[&bytes, t])), Ok(()), "trailer {t:?}");
+    }
+    // 64 KiB of random binary (compressed or encrypted maker data), many seeds.
+    for seed in 1..=24u64 {
+        let mut junk = pseudo_random(64 * 1024, seed);
+        junk[0] = 0x01;
+        let body = concat(&[&bytes, &junk]);
+        assert_eq!(
+            one_shot(Kind::Jpeg, &limits(), &body),
+            Ok(()),
+            "seed {seed}"
+        );
+    }
+    let mut junk = pseudo_random(64 * 1024, 99);
+    junk[0] = 0x01;
+    let body = concat(&[&bytes, &junk]);
+    for size in [1usize, 7, 16 * 1024] {
+        let pieces: Vec<&[u8]> = body.chunks(size).collect();
+        assert_eq!(run_pieces(Kind::Jpeg, &limits(), &pieces), Ok(()), "{size}");
+    }
+}
+
 #[test]
 fn jpeg_camera_trailers_accepted() {
     let bytes = fixture("im-baseline.jpg");
@@ -988,6 +1174,23 @@ fn jpeg_camera_trailers_accepted() {
     junk[0] = 0x01;
     assert!(!junk.windows(4).any(|w| w == b"PK\x03\x04"));
     assert_eq!(check_jpeg(&concat(&[&bytes, &junk])), Ok(()));
+    // Maker data as cameras append it: a TIFF-style IFD (big- and little-endian),
+    // ASCII tags, a Samsung-style SEFH/SEFT directory, padding.
+    let mut maker = Vec::new();
+    maker.extend_from_slice(b"MM\x00\x2A\x00\x00\x00\x08\x00\x03");
+    maker.extend_from_slice(&[0x01, 0x0F, 0x00, 0x02, 0x00, 0x00, 0x00, 0x06]);
+    maker.extend_from_slice(b"Canon\x00Canon EOS 5D Mark IV\x00\x00");
+    maker.extend_from_slice(b"II\x2A\x00\x08\x00\x00\x00");
+    maker.extend_from_slice(&pseudo_random(1500, 3));
+    maker.extend_from_slice(b"Image_UTC_Data1458170015363\x00MCC_Data262\x00");
+    maker.extend_from_slice(b"SEFH\x6B\x00\x00\x00\x02\x00\x00\x00");
+    maker.extend_from_slice(&[0u8; 300]);
+    maker.extend_from_slice(b"<x:xmpmeta> <rdf:RDF> text <3 a<b c>d \x00SEFT");
+    maker[4] = 0x01; // no `FF D8 FF` / signature at the start
+    assert_eq!(check_jpeg_trailer(&bytes, &maker), Ok(()));
+    // Multi-picture: the maker trailer after the last of several images.
+    let second = fixture("cjpeg-progressive-gray.jpg");
+    assert_eq!(check_jpeg(&concat(&[&bytes, &second, &maker])), Ok(()));
     // Short text-ish trailers that are no known format.
     for t in [
         &b"\xFF"[..],
@@ -1488,6 +1691,49 @@ fn scan_io_errors_exit_2_and_continue() {
     let r = scan(&[], None, false);
     assert_eq!(r.code, 2);
     assert!(r.err.contains("usage"));
+}
+
+/// The `scan` command reports trailer signatures like the server (its 16 KiB
+/// reads are one more chunking).
+#[test]
+fn scan_reports_signatures_hidden_in_a_jpeg_trailer() {
+    let bytes = fixture("im-baseline.jpg");
+    let end = bytes.len();
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = write_temp(&dir, "pdf.jpg", &concat(&[&bytes, b"X%PDF-1.4\n"]));
+    let html = write_temp(
+        &dir,
+        "html.jpg",
+        &concat(&[&bytes, b"\xEF\xBB\xBF<html><body>"]),
+    );
+    // `<script` across the first 16 KiB read, in UTF-16.
+    let mut trailer = vec![0x01u8; 16 * 1024 - end - 3];
+    trailer.extend_from_slice(&utf16le(b"<script>"));
+    let straddle = write_temp(&dir, "straddle.jpg", &concat(&[&bytes, &trailer]));
+    let r = scan(&[pdf.clone(), html.clone(), straddle.clone()], None, false);
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert_eq!(
+        r.out,
+        format!(
+            "{}: reject malformed_image (image/jpeg): JPEG: data after EOI holds a PDF header (%PDF) at offset {}\n\
+             {}: reject malformed_image (image/jpeg): JPEG: data after EOI (trailer at offset {end}) looks like HTML\n\
+             {}: reject malformed_image (image/jpeg): JPEG: data after EOI holds a script tag (<script) at offset {}\n",
+            pdf.display(),
+            end + 1,
+            html.display(),
+            straddle.display(),
+            16 * 1024 - 3,
+        )
+    );
+    let r = scan(std::slice::from_ref(&pdf), Some("image/jpeg"), true);
+    let v: serde_json::Value = serde_json::from_str(r.out.trim_end()).unwrap();
+    assert_eq!(v["verdict"], "reject");
+    assert_eq!(v["type"], "image/jpeg");
+    assert_eq!(v["code"], "malformed_image");
+    // Declared as a PDF, the polyglot is a type mismatch.
+    let r = scan(std::slice::from_ref(&pdf), Some("application/pdf"), false);
+    assert_eq!(r.code, 1);
+    assert!(r.out.contains("reject content_mismatch"), "{}", r.out);
 }
 
 #[test]

@@ -119,6 +119,19 @@ pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &serde_json::Value) -> St
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
+/// An ES256 token (the `es` key) whose JOSE header is exactly `header_json`, for
+/// headers `jsonwebtoken::Header` cannot express (`crit`, `b64`, odd spellings).
+pub fn sign_es256_with_raw_header(header_json: &str, claims: &serde_json::Value) -> String {
+    let key = EncodingKey::from_ec_der(&keys().es256_pkcs8);
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header_json),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
+    format!("{message}.{signature}")
+}
+
 /// A valid ES256 token for `company`/`user`.
 pub fn jwt(company: &str, user: &str) -> String {
     sign(Algorithm::ES256, Some("es"), &claims(company, user))
