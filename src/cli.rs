@@ -251,7 +251,7 @@ pub fn scan(
         },
         ..Limits::default()
     };
-    crate::inspect::scan_cmd::run_scan(
+    crate::scan_cmd::run_scan(
         files,
         content_type,
         json,

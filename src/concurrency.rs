@@ -1,3 +1,5 @@
+//! Request path, step 5 (see `ARCHITECTURE.md`).
+//!
 //! How many uploads run at once, and who gets the next exchange with Concur.
 //!
 //! Rate limits bound how often a caller may *start* an upload; they say nothing

@@ -1,3 +1,5 @@
+//! Request path, step 1 (see `ARCHITECTURE.md`).
+//!
 //! The client connections the gateway holds, and which one gives way when
 //! `server.max_connections` is reached.
 //!

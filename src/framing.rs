@@ -1,3 +1,5 @@
+//! Request path, step 3 (see `ARCHITECTURE.md`).
+//!
 //! Request framing: the checks of RFC 9112 that hyper leaves to the
 //! application, run first on every request (before authentication: a message
 //! whose framing cannot be trusted is not a request to authenticate).

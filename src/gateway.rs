@@ -6,20 +6,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
+use crate::clamav::Scanner;
 use crate::concurrency::InFlightLimits;
 use crate::config::{Config, KeySource};
 use crate::credentials::refresh::TokenManager;
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::rate_limit::RateLimits;
-use crate::scan::Scanner;
 use crate::spool::SpoolBudget;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
 pub struct Gateway {
     pub config: Config,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub rate_limits: RateLimits,
     /// Uploads in flight per user and per company (`rate_limit.*_concurrent`).
     pub in_flight: Arc<InFlightLimits>,
@@ -65,7 +65,7 @@ impl Gateway {
                 let spool_budget =
                     SpoolBudget::new(config.server.spool_max_bytes, metrics.spool_bytes.clone());
                 Ok(Self {
-                    auth: Authenticator::new(&config.auth, keys, clock),
+                    auth: Arc::new(Authenticator::new(&config.auth, keys, clock)),
                     rate_limits: RateLimits::new(&config.rate_limit),
                     in_flight: InFlightLimits::new(
                         config.rate_limit.user_concurrent,
@@ -143,7 +143,8 @@ impl Gateway {
     pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let jwks = match &self.config.auth.keys {
             KeySource::JwksUrl(config) => Some(tokio::spawn(crate::auth::jwks::refresher(
-                Arc::downgrade(self),
+                self.auth.clone(),
+                self.metrics.jwks_reloads.clone(),
                 config.clone(),
             ))),
             _ => None,

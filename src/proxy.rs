@@ -1,58 +1,118 @@
+//! Request path, steps 6 to 10 (see `ARCHITECTURE.md`).
+//!
 //! The terminal service: everything that depends on the route.
 //!
-//! By the time a request gets here the stack has given it a request id, an
-//! authenticated [`Identity`] and a rate-limit admission. [`handle`] then reads
-//! as the rest of the request path, in order:
+//! By the time a request gets here the stack has given it a [`RequestCtx`]
+//! (request id, authenticated identity) and admitted it under the rate and
+//! concurrency limits. [`serve`] takes the context out of the request and runs
+//! four phases over it, in the manner of pingora's `ProxyHttp` phases over a
+//! per-request `CTX` (steps 5 to 9 of the request path in `lib.rs`):
 //!
-//! 1. `route::parse`: which of the four routes, and a valid target ID;
-//! 2. `Content-Type` and `Content-Length` checks (415, 413, 400), before reading;
-//! 3. `credentials::select`: the Concur credential that may act for this caller
-//!    (a credential Concur has refused fails here, before the body is read);
-//! 4. `InspectBody`: the first chunk is read and checked *before* Concur is
-//!    contacted; a body sent with `Content-Length` then streams to Concur through
-//!    the inspection with its tail held back, while a chunked body is spooled
-//!    (bounded) and inspected whole, so that Concur always gets a `Content-Length`;
-//!    with `[scan]` the same stream is fed to clamd (`scan.rs`), and the tail
-//!    waits for its verdict too;
-//! 5. `TokenManager::access`: the credential's access token (a refreshing one is
-//!    refreshed first if it could expire during the upload) and base URL, then
-//!    the exchange with Concur under one deadline (`upstream.timeout_s`); a 403
-//!    from Concur marks the access token stale for the next request;
-//! 6. `transform::xml_to_json` on Concur's answer (or the XML verbatim when the
-//!    client prefers it), or the mapping of Concur's error.
+//! 1. `admit`: the route and its target ID, the `Content-Type` and
+//!    `Content-Length` checks (415, 413, 400), and the Concur credential that
+//!    may act for this caller; nothing of the body is read yet;
+//! 2. `open_body`: the body behind the inspection adapter (`body.rs`); its
+//!    first chunk is checked before Concur is contacted; a `Content-Length`
+//!    body then streams with its tail held back, a chunked one is spooled
+//!    (`spool.rs`) so that Concur gets a `Content-Length`;
+//! 3. `exchange`: the access token (refreshed first if it could expire during
+//!    the upload), a fair Concur slot, and the exchange under one deadline
+//!    (`upstream.timeout_s`); a body failure explains any upstream error that
+//!    followed it; Concur's 401/403 mark the token stale, its 429/503 +
+//!    `Retry-After` pause the company;
+//! 4. `respond`: Concur's XML as JSON (or verbatim when the client prefers
+//!    XML), or the mapping of Concur's error.
+//!
+//! Whatever exit a request takes, [`serve`] records the body's facts (its
+//! adapter reports them once) and hands the context back in the response.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::auth::Identity;
-use crate::credentials;
+use crate::body::{BodyReport, BodyTiming, InspectBody};
+use crate::context::RequestCtx;
 use crate::credentials::refresh::Access;
+use crate::credentials::{self, Credential};
 use crate::error::{BoxError, ConcurError, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
-use crate::inspect::body::{BodyTiming, InspectBody, Outcome};
 use crate::inspect::{Inspector, MediaType};
 use crate::metrics::{CodeLabel, DirectionLabel, RouteLabel};
-use crate::request_id::{self, RequestId, X_REQUEST_ID};
+use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::route::{self, Route};
 use crate::spool::Spool;
-use crate::stack::RequestLog;
 use crate::transform;
 use crate::upstream::UpstreamBody;
 
-/// Serves one request; errors become problem+json responses.
+/// The terminal service of the stack (`stack.rs`).
+#[derive(Clone)]
+pub struct ProxyService {
+    gw: Arc<Gateway>,
+}
+
+impl ProxyService {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<B> tower::Service<Request<B>> for ProxyService
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let gw = self.gw.clone();
+        Box::pin(async move { Ok(serve(gw, req).await) })
+    }
+}
+
+/// Serves one request; errors become problem+json responses. The single exit:
+/// the body's facts and the error reach the context whatever failed, and the
+/// context goes back up in the response's extensions.
 pub async fn serve<B>(gw: Arc<Gateway>, req: Request<B>) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let request_id = request_id::of(&req).to_owned();
-    let log = req.extensions().get::<RequestLog>().cloned();
-    match handle(&gw, req, log.as_ref()).await {
+    let (mut parts, body) = req.into_parts();
+    let mut ctx = parts
+        .extensions
+        .remove::<RequestCtx>()
+        .unwrap_or_else(|| RequestCtx::new(RequestId::from_client(None)));
+    let mut report = None;
+    let result = handle(&gw, &mut ctx, &mut report, parts, body).await;
+    if let Some(outcome) = match report {
+        Some(report) => report.collect().await,
+        None => None,
+    } {
+        ctx.body = outcome.facts;
+    }
+    gw.metrics
+        .body_bytes
+        .get_or_create(&DirectionLabel { direction: "in" })
+        .inc_by(ctx.body.received);
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             if matches!(
@@ -64,33 +124,47 @@ where
                     .get_or_create(&CodeLabel { code: error.code() })
                     .inc();
             }
-            if let Some(log) = &log {
-                log.update(|f| f.error = Some(error.to_string()));
-            }
-            error.into_response(&request_id)
+            ctx.error = Some(error.to_string());
+            error.into_response(ctx.id.as_str())
         }
-    }
+    };
+    response.extensions_mut().insert(ctx);
+    response
 }
 
 async fn handle<B>(
     gw: &Gateway,
-    req: Request<B>,
-    log: Option<&RequestLog>,
+    ctx: &mut RequestCtx,
+    report: &mut Option<BodyReport>,
+    parts: Parts,
+    body: B,
 ) -> Result<Response<ResponseBody>, GatewayError>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = req.into_parts();
+    let admitted = admit(gw, ctx, &parts)?;
+    let outgoing = open_body(gw, ctx, &admitted, body, report).await?;
+    let answer = exchange(gw, ctx, &admitted, outgoing, report).await?;
+    respond(ctx, answer, &parts.headers)
+}
+
+/// What `admit` decided: where the upload goes, as whom, and what it declares.
+struct Admitted {
+    identity: Identity,
+    route: Route,
+    media: MediaType,
+    declared_len: Option<u64>,
+    credential: Arc<Credential>,
+}
+
+/// Phase 1: everything that needs no body byte.
+fn admit(gw: &Gateway, ctx: &mut RequestCtx, parts: &Parts) -> Result<Admitted, GatewayError> {
     let route = route::parse(&parts.method, parts.uri.path())?;
-    if let Some(log) = log {
-        log.update(|f| f.route = Some(route.kind.as_str()));
-    }
-    let identity = parts.extensions.get::<Identity>().cloned().ok_or_else(|| {
+    ctx.route = Some(route.kind);
+    let identity = ctx.identity.clone().ok_or_else(|| {
         GatewayError::Internal("request reached the proxy unauthenticated".into())
     })?;
-
-    // Checks that need no body byte.
     let media = content_type(&parts.headers)?;
     let max = gw.config.server.max_body_bytes;
     let declared_len = content_length(&parts.headers)?;
@@ -102,90 +176,113 @@ where
     let credentials = gw.credentials.current();
     let (credential, acting) = credentials::select(&credentials, &identity, route.kind)
         .ok_or(GatewayError::NoCredential)?;
-    if let Some(log) = log {
-        let acting = format!("{} ({acting:?})", credential.label());
-        log.update(|f| f.acting = Some(acting));
-    }
+    ctx.credential = Some(format!("{} ({acting:?})", credential.label()));
     // A credential Concur has refused fails before any body byte is read.
     gw.tokens.check_usable(&credential)?;
-
-    // The body: the first chunk is checked before Concur is contacted.
-    let inspector = Inspector::new(media, &gw.config.inspect.limits);
-    let mut body = InspectBody::new(
-        body,
-        inspector,
-        gw.config.inspect.digest,
-        max,
+    Ok(Admitted {
+        identity,
+        route,
+        media,
         declared_len,
+        credential,
+    })
+}
+
+/// The body as it goes to Concur, with its length.
+struct Outgoing {
+    body: UpstreamBody,
+    length: u64,
+}
+
+/// Phase 2: the body behind the inspection; its first chunk is checked
+/// before Concur is contacted, and a chunked body is spooled whole.
+async fn open_body<B>(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    admitted: &Admitted,
+    body: B,
+    report: &mut Option<BodyReport>,
+) -> Result<Outgoing, GatewayError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let server = &gw.config.server;
+    let (mut body, body_report) = InspectBody::new(
+        body,
+        Inspector::new(admitted.media, &gw.config.inspect.limits),
+        gw.config.inspect.digest,
+        server.max_body_bytes,
+        admitted.declared_len,
         BodyTiming {
-            idle: gw.config.server.body_idle_timeout,
-            min_rate: gw.config.server.min_body_rate,
-            deadline: gw.config.server.body_deadline,
+            idle: server.body_idle_timeout,
+            min_rate: server.min_body_rate,
+            deadline: server.body_deadline,
         },
     );
-    let request_id = parts.extensions.get::<RequestId>();
+    *report = Some(body_report);
     if let Some(scanner) = &gw.scanner {
-        body = body.with_scan(scanner.session(request_id.map_or("", RequestId::as_str)));
+        body = body.with_scan(scanner.session(ctx.id.as_str()));
     }
-    let outcome = body.outcome();
-    let finish_log = |o: &Outcome| {
-        gw.metrics
-            .body_bytes
-            .get_or_create(&DirectionLabel { direction: "in" })
-            .inc_by(o.received);
-        if let Some(log) = log {
-            log.update(|f| {
-                f.bytes = o.received;
-                f.sha = o.digest_hex.clone();
-            });
-        }
-    };
-    if let Err(e) = body.prime().await {
-        finish_log(&outcome.lock().expect("outcome lock"));
-        return Err(e);
-    }
-    let (upstream_body, length): (UpstreamBody, u64) = match declared_len {
-        Some(n) => (body.boxed_unsync(), n),
+    body.prime().await?;
+    match admitted.declared_len {
+        Some(length) => Ok(Outgoing {
+            body: body.boxed_unsync(),
+            length,
+        }),
         None => {
-            let spooled = Spool::collect(
-                &mut body,
-                gw.config.server.spool_memory_bytes,
-                &gw.spool_budget,
-            )
-            .await;
-            finish_log(&outcome.lock().expect("outcome lock"));
-            let spool = spooled?;
-            let len = spool.len();
-            (spool.into_body().await?, len)
+            let spool =
+                Spool::collect(&mut body, server.spool_memory_bytes, &gw.spool_budget).await?;
+            let length = spool.len();
+            Ok(Outgoing {
+                body: spool.into_body().await?,
+                length,
+            })
         }
-    };
+    }
+}
 
+/// Concur's answer, read whole (bounded).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    repr_digest: Option<String>,
+}
+
+/// Phase 3: the token, a slot, and the exchange with Concur.
+async fn exchange(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    admitted: &Admitted,
+    outgoing: Outgoing,
+    report: &mut Option<BodyReport>,
+) -> Result<Answer, GatewayError> {
     // The access token, refreshed first when what is left of it could not
     // cover this upload (never in the middle of a body: nothing is sent yet).
-    let access = gw.tokens.access(&credential).await?;
-    let _slot = gw.upstream.acquire(&identity.company).await?;
+    let access = gw.tokens.access(&admitted.credential).await?;
+    let _slot = gw.upstream.acquire(&admitted.identity.company).await?;
     let request = upstream_request(
         gw,
-        &route,
+        &admitted.route,
         &access,
-        media,
-        request_id,
-        length,
-        upstream_body,
+        admitted.media,
+        &ctx.id,
+        outgoing.length,
+        outgoing.body,
     )?;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + gw.upstream.timeout;
-    let exchange = tokio::time::timeout_at(deadline, gw.upstream.send(request)).await;
+    let sent = tokio::time::timeout_at(deadline, gw.upstream.send(request)).await;
     // A failure of our own body (rejection, timeout, client gone) explains any
     // upstream error that followed it, so it is checked first.
-    let body_failure = outcome.lock().expect("outcome lock").failure.take();
-    if declared_len.is_some() {
-        finish_log(&outcome.lock().expect("outcome lock"));
+    let body_now = report.as_mut().and_then(BodyReport::now);
+    if let Some(failure) = body_now.and_then(|o| o.failure.clone()) {
+        return Err(failure.into());
     }
-    if let Some(failure) = body_failure {
-        return Err(failure);
-    }
-    let response = match exchange {
+    let accepted = body_now.is_some_and(|o| o.facts.accepted);
+    let repr_digest = body_now.and_then(|o| o.facts.repr_digest.clone());
+    let response = match sent {
         Err(_) => return Err(GatewayError::UpstreamTimeout(gw.upstream.timeout)),
         Ok(Err(e)) => {
             tracing::warn!(error = %error_chain(&e), "Concur exchange failed");
@@ -200,10 +297,10 @@ where
     ) {
         // Concur's answer to an expired or revoked token: refresh before the
         // next request (this upload was streamed and cannot be replayed).
-        gw.tokens.mark_stale(&credential, &access);
+        gw.tokens.mark_stale(&admitted.credential, &access);
     }
     let read = Limited::new(upstream_body, transform::MAX_XML_BYTES).collect();
-    let bytes = match tokio::time::timeout_at(deadline, read).await {
+    let body = match tokio::time::timeout_at(deadline, read).await {
         Err(_) => return Err(GatewayError::UpstreamTimeout(gw.upstream.timeout)),
         Ok(Err(e)) => {
             return Err(if e.is::<http_body_util::LengthLimitError>() {
@@ -216,27 +313,20 @@ where
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    let elapsed = started.elapsed();
     gw.metrics
         .upstream_duration
         .get_or_create(&RouteLabel {
-            route: route.kind.as_str(),
+            route: admitted.route.kind.as_str(),
         })
-        .observe(started.elapsed().as_secs_f64());
-    let o = outcome.lock().expect("outcome lock");
-    if head.status.is_success() && o.accepted {
+        .observe(elapsed.as_secs_f64());
+    if head.status.is_success() && accepted {
         gw.metrics
             .body_bytes
             .get_or_create(&DirectionLabel { direction: "out" })
-            .inc_by(length);
+            .inc_by(outgoing.length);
     }
-    let repr_digest = o.repr_digest.clone();
-    drop(o);
-    if let Some(log) = log {
-        log.update(|f| {
-            f.upstream_status = Some(head.status.as_u16());
-            f.upstream_ms = Some(started.elapsed().as_millis() as u64);
-        });
-    }
+    ctx.upstream = Some((head.status.as_u16(), elapsed));
     if matches!(
         head.status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -245,21 +335,19 @@ where
         // Concur is throttling: hold this company's callers back instead of
         // hammering it (they get 429 with the remaining time).
         tracing::warn!(
-            company = %identity.company,
+            company = %admitted.identity.company,
             wait_s = wait.as_secs(),
             status = head.status.as_u16(),
             "Concur asked to back off"
         );
-        gw.back_off_company(&identity.company, wait);
+        gw.back_off_company(&admitted.identity.company, wait);
     }
-    translate(
-        head.status,
-        &head.headers,
-        bytes,
-        &parts.headers,
+    Ok(Answer {
+        status: head.status,
+        headers: head.headers,
+        body,
         repr_digest,
-        log,
-    )
+    })
 }
 
 /// `Retry-After` as delta-seconds (Concur's form). An HTTP-date is not
@@ -318,12 +406,12 @@ fn upstream_request(
     route: &Route,
     access: &Access,
     media: MediaType,
-    request_id: Option<&RequestId>,
+    request_id: &RequestId,
     length: u64,
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, GatewayError> {
     let base = access.base.as_ref();
-    let mut builder = Request::post(gw.upstream.uri_at(base, &route.upstream_path))
+    let builder = Request::post(gw.upstream.uri_at(base, &route.upstream_path))
         .header(header::HOST, gw.upstream.authority_at(base))
         .header(header::AUTHORIZATION, access.authorization.clone())
         .header(header::CONTENT_TYPE, media.mime())
@@ -332,24 +420,25 @@ fn upstream_request(
         .header(
             header::USER_AGENT,
             concat!("concur-gateway/", env!("CARGO_PKG_VERSION")),
-        );
-    if let Some(id) = request_id {
-        builder = builder.header(X_REQUEST_ID, id.header_value());
-    }
+        )
+        .header(X_REQUEST_ID, request_id.header_value());
     builder
         .body(body)
         .map_err(|e| GatewayError::Internal(format!("building the upstream request: {e}")))
 }
 
-/// Concur's answer, translated for the client.
-fn translate(
-    status: StatusCode,
-    upstream_headers: &HeaderMap,
-    body: Bytes,
+/// Phase 4: Concur's answer, translated for the client.
+fn respond(
+    ctx: &mut RequestCtx,
+    answer: Answer,
     client_headers: &HeaderMap,
-    repr_digest: Option<String>,
-    log: Option<&RequestLog>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    let Answer {
+        status,
+        headers: upstream_headers,
+        body,
+        repr_digest,
+    } = answer;
     let retry_after = upstream_headers.get(header::RETRY_AFTER).cloned();
     if status == StatusCode::UNAUTHORIZED {
         return Err(GatewayError::UpstreamAuthFailed);
@@ -391,11 +480,8 @@ fn translate(
 
     let json = transform::xml_to_json(&body)
         .map_err(|e| GatewayError::UpstreamInvalidResponse(e.to_string()))?;
-    if let Some(log) = log
-        && let Some(id) = json.pointer("/Image/Id").and_then(|v| v.as_str())
-    {
-        let id = id.to_owned();
-        log.update(|f| f.image_id = Some(id));
+    if let Some(id) = json.pointer("/Image/Id").and_then(|v| v.as_str()) {
+        ctx.image_id = Some(id.to_owned());
     }
     let (content_type, out) = if prefers_xml(client_headers) {
         let ct = upstream_headers

@@ -1,4 +1,6 @@
-//! Keyed rate limits: step 2 of the request path, checked right after
+//! Request path, step 5 (see `ARCHITECTURE.md`).
+//!
+//! Keyed rate limits, checked right after
 //! authentication and before anything of the body is read.
 //!
 //! Two GCRA limiters from `governor`: one keyed by (company, user), one by

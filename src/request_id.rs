@@ -1,3 +1,5 @@
+//! Request path, step 2 (see `ARCHITECTURE.md`).
+//!
 //! The request id: the client's `X-Request-Id` when it is a sane token,
 //! otherwise a fresh one. Assigned once by the outermost layer (`stack.rs`)
 //! and kept in the request's extensions, never written into the client's
@@ -5,7 +7,7 @@
 //! sent). It goes back to the client on every answer, to Concur on the
 //! upstream request, and into the access log.
 
-use http::{HeaderValue, Request};
+use http::HeaderValue;
 
 /// Header carrying the request id.
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -30,14 +32,6 @@ impl RequestId {
     pub fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }
-}
-
-/// The id assigned to `req` (empty if the stack did not run, as in unit tests
-/// of inner layers).
-pub fn of<B>(req: &Request<B>) -> &str {
-    req.extensions()
-        .get::<RequestId>()
-        .map_or("", RequestId::as_str)
 }
 
 /// A client's `X-Request-Id` is echoed only if it is a sane token: 1 to 128 of

@@ -1,4 +1,6 @@
-//! `(method, path) -> Route`: step 3 of the request path, a pure function.
+//! Request path, step 6 (see `ARCHITECTURE.md`).
+//!
+//! `(method, path) -> Route`, a pure function.
 //!
 //! Only the four Image v1.0 routes exist; anything else is `404`, so the gateway
 //! can never be used as an open proxy. The upstream path is rebuilt from the

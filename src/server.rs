@@ -1,3 +1,5 @@
+//! Request path, step 1 (see `ARCHITECTURE.md`).
+//!
 //! Accept loop, connection limits and graceful drain.
 //!
 //! Shutdown is part of the design (SPEC.md, `server.drain_delay_s` and

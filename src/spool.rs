@@ -1,3 +1,5 @@
+//! Request path, step 8 (see `ARCHITECTURE.md`).
+//!
 //! Spooling of chunked request bodies.
 //!
 //! Concur refuses chunked uploads, so a body sent without `Content-Length` is
@@ -23,8 +25,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use crate::body::InspectBody;
 use crate::error::{BoxError, GatewayError};
-use crate::inspect::body::InspectBody;
 use crate::upstream::UpstreamBody;
 
 const READ_CHUNK: usize = 64 * 1024;

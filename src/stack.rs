@@ -1,12 +1,15 @@
+//! Request path, step 2 (see `ARCHITECTURE.md`).
+//!
 //! The tower stack, outermost layer first: top to bottom is request order.
 //!
 //! ```text
-//! AccessLog      request id (echoed or generated), in-flight gauge, metrics,
-//!                one structured log line per request
+//! AccessLog      the request context (`context.rs`: request id echoed or
+//!                generated), in-flight gauge, metrics, one structured log
+//!                line per request from the context that comes back
 //!   CatchPanic   a panic becomes a 500 problem+json; the connection survives
 //!    Guard(framing)      RFC 9112 checks hyper leaves to us: head size, Host,
 //!                        Transfer-Encoding, one Authorization (400/431/501)
-//!     Guard(auth)        JWT -> Identity in the request's extensions (401)
+//!     Guard(auth)        JWT -> Identity in the request context (401)
 //!       RateLimit        keyed limits on that identity: uploads in flight,
 //!                        request rate, and Concur's own back-off for the
 //!                        company (429); RateLimit headers
@@ -25,13 +28,16 @@
 //!   no upstream slot.
 //! - Only concerns that do not depend on the route are layers; route-specific
 //!   decisions are plain functions called from `proxy.rs`.
+//!
+//! The [`RequestCtx`] travels by value: down in the request's extensions, back
+//! up in the response's. A layer that answers in place of the inner service
+//! moves it into its own answer (`refuse`), so the access log always gets it.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
@@ -41,42 +47,28 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::Identity;
+use crate::context::RequestCtx;
 use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
 use crate::metrics::{RequestLabels, RouteLabel, ScopeLabel};
-use crate::proxy;
-use crate::request_id::{self, RequestId, X_REQUEST_ID};
+use crate::proxy::ProxyService;
+use crate::request_id::{RequestId, X_REQUEST_ID};
 
 /// The response body the server writes.
 pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// Per-request fields for the access log line, filled in by the inner layers.
-#[derive(Debug, Clone, Default)]
-pub struct RequestLog(Arc<Mutex<LogFields>>);
-
-#[derive(Debug, Default, Clone)]
-pub struct LogFields {
-    pub company: Option<String>,
-    pub user: Option<String>,
-    pub route: Option<&'static str>,
-    pub acting: Option<String>,
-    pub bytes: u64,
-    pub sha: Option<String>,
-    pub image_id: Option<String>,
-    pub upstream_status: Option<u16>,
-    pub upstream_ms: Option<u64>,
-    pub error: Option<String>,
-}
-
-impl RequestLog {
-    pub fn update(&self, f: impl FnOnce(&mut LogFields)) {
-        f(&mut self.0.lock().expect("log lock"));
-    }
-    fn snapshot(&self) -> LogFields {
-        self.0.lock().expect("log lock").clone()
-    }
+/// Answers `error` in place of the inner service: the request's context
+/// moves into the answer, with the error for the log.
+fn refuse<B>(req: &mut Request<B>, error: GatewayError) -> Response<ResponseBody> {
+    let mut ctx = req
+        .extensions_mut()
+        .remove::<RequestCtx>()
+        .unwrap_or_else(|| RequestCtx::new(RequestId::from_client(None)));
+    ctx.error = Some(error.to_string());
+    let mut response = error.into_response(ctx.id.as_str());
+    response.extensions_mut().insert(ctx);
+    response
 }
 
 /// Marks the response CatchPanic built, so AccessLog can give it a request id.
@@ -101,13 +93,9 @@ where
             let identity = gw
                 .auth
                 .authenticate(req.headers().get(header::AUTHORIZATION))?;
-            if let Some(log) = req.extensions().get::<RequestLog>() {
-                log.update(|f| {
-                    f.company = Some(identity.company.clone());
-                    f.user = Some(identity.user.clone());
-                });
+            if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                ctx.identity = Some(identity);
             }
-            req.extensions_mut().insert(identity);
             Ok(())
         }
     };
@@ -123,7 +111,7 @@ where
             policy: policy_header(&gw),
             gw: gw.clone(),
         })
-        .service(ProxyService { gw })
+        .service(ProxyService::new(gw))
 }
 
 fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response<ResponseBody> {
@@ -178,13 +166,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let started = Instant::now();
         let id = RequestId::from_client(req.headers().get(X_REQUEST_ID));
-        let request_id = id.as_str().to_owned();
         let id_header = id.header_value();
-        req.extensions_mut().insert(id);
-        let log = RequestLog::default();
-        req.extensions_mut().insert(log.clone());
+        // Kept here too, for an answer that comes back without its context
+        // (a panic unwound the future that held it).
+        let fallback = RequestCtx::new(id.clone());
+        req.extensions_mut().insert(RequestCtx::new(id));
         let method = req.method().clone();
         // The path only: query strings may hold secrets and are never logged.
         let path: String = req.uri().path().chars().take(256).collect();
@@ -198,11 +185,15 @@ where
             };
             let mut response = if response.extensions().get::<Panicked>().is_some() {
                 GatewayError::Internal("panic".into())
-                    .into_response(&request_id)
+                    .into_response(fallback.id.as_str())
                     .map(|b| b.map_err(|never| match never {}).boxed_unsync())
             } else {
                 response.map(|b| b.map_err(Into::into).boxed_unsync())
             };
+            let ctx = response
+                .extensions_mut()
+                .remove::<RequestCtx>()
+                .unwrap_or(fallback);
             response.headers_mut().insert(X_REQUEST_ID, id_header);
             gw.metrics.in_flight.dec();
             let status = response.status().as_u16();
@@ -211,9 +202,8 @@ where
                 .get::<ErrorCode>()
                 .map(|c| c.0)
                 .unwrap_or("ok");
-            let f = log.snapshot();
-            let route = f.route.unwrap_or("none");
-            let elapsed = started.elapsed();
+            let route = ctx.route.map_or("none", |r| r.as_str());
+            let elapsed = ctx.started.elapsed();
             gw.metrics
                 .requests
                 .get_or_create(&RequestLabels {
@@ -226,24 +216,25 @@ where
                 .request_duration
                 .get_or_create(&RouteLabel { route })
                 .observe(elapsed.as_secs_f64());
+            let identity = ctx.identity.as_ref();
             tracing::info!(
                 target: "concur_gateway::access",
-                request_id = %request_id,
+                request_id = %ctx.id.as_str(),
                 method = %method,
                 path = %path,
                 route,
-                company = f.company.as_deref(),
-                user = f.user.as_deref(),
-                credential = f.acting.as_deref(),
+                company = identity.map(|i| i.company.as_str()),
+                user = identity.map(|i| i.user.as_str()),
+                credential = ctx.credential.as_deref(),
                 status,
                 code,
-                bytes = f.bytes,
-                sha = f.sha.as_deref(),
-                image_id = f.image_id.as_deref(),
-                upstream_status = f.upstream_status,
-                upstream_ms = f.upstream_ms,
+                bytes = ctx.body.received,
+                sha = ctx.body.digest_hex.as_deref(),
+                image_id = ctx.image_id.as_deref(),
+                upstream_status = ctx.upstream.map(|(s, _)| s),
+                upstream_ms = ctx.upstream.map(|(_, t)| t.as_millis() as u64),
                 duration_ms = elapsed.as_millis() as u64,
-                error = f.error.as_deref(),
+                error = ctx.error.as_deref(),
                 "request"
             );
             Ok(response)
@@ -293,13 +284,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match (self.check)(&mut req) {
             Ok(()) => Box::pin(self.inner.call(req)),
-            Err(e) => {
-                if let Some(log) = req.extensions().get::<RequestLog>() {
-                    log.update(|f| f.error = Some(e.to_string()));
-                }
-                let response = e.into_response(request_id::of(&req));
-                Box::pin(std::future::ready(Ok(response)))
-            }
+            Err(e) => Box::pin(std::future::ready(Ok(refuse(&mut req, e)))),
         }
     }
 }
@@ -361,13 +346,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let policy = self.policy.clone();
-        let Some(identity) = req.extensions().get::<Identity>() else {
+        let Some(identity) = req
+            .extensions()
+            .get::<RequestCtx>()
+            .and_then(|ctx| ctx.identity.clone())
+        else {
             let e = GatewayError::Internal("rate limit before auth".into());
-            return Box::pin(std::future::ready(
-                Ok(e.into_response(request_id::of(&req))),
-            ));
+            return Box::pin(std::future::ready(Ok(refuse(&mut req, e))));
         };
         // Concurrency first: a caller refused for having too many uploads
         // open spends none of its rate allowance. The place is held until
@@ -380,8 +367,8 @@ where
             None => self
                 .gw
                 .in_flight
-                .try_acquire(identity)
-                .and_then(|place| Ok((place, self.gw.rate_limits.check(identity)?))),
+                .try_acquire(&identity)
+                .and_then(|place| Ok((place, self.gw.rate_limits.check(&identity)?))),
         };
         match admitted {
             Err(e) => {
@@ -398,10 +385,7 @@ where
                         .inc();
                     usage = Some(format!("\"{scope}\";r=0;t={retry_after_s}"));
                 }
-                if let Some(log) = req.extensions().get::<RequestLog>() {
-                    log.update(|f| f.error = Some(e.to_string()));
-                }
-                let mut response = e.into_response(request_id::of(&req));
+                let mut response = refuse(&mut req, e);
                 response.headers_mut().insert(RATELIMIT_POLICY, policy);
                 if let Some(v) = usage.and_then(|u| HeaderValue::from_str(&u).ok()) {
                     response.headers_mut().insert(RATELIMIT, v);
@@ -428,31 +412,5 @@ where
                 })
             }
         }
-    }
-}
-
-// ---- the terminal service ----
-
-#[derive(Clone)]
-pub struct ProxyService {
-    gw: Arc<Gateway>,
-}
-
-impl<B> Service<Request<B>> for ProxyService
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ResponseBody>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let gw = self.gw.clone();
-        Box::pin(async move { Ok(proxy::serve(gw, req).await) })
     }
 }

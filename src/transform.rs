@@ -1,3 +1,5 @@
+//! Request path, step 10 (see `ARCHITECTURE.md`).
+//!
 //! XML → JSON translation of Concur's answers.
 //!
 //! This is step 7 of the request path: the gateway **returns Concur's XML

@@ -1,4 +1,6 @@
-//! The client side: step 6 of the request path ("forward the request to Concur
+//! Request path, step 9 (see `ARCHITECTURE.md`).
+//!
+//! The client side ("forward the request to Concur
 //! over TLS").
 //!
 //! A hyper-util pooled client over rustls (aws-lc-rs provider), trusting the

@@ -7,7 +7,7 @@
 //! A failed fetch keeps the last good key set: an IdP outage does not lock
 //! callers out.
 
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,9 +16,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::KeySet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use super::{Authenticator, KeySet};
 use crate::config::JwksUrl;
-use crate::gateway::Gateway;
 use crate::metrics::ResultLabel;
 
 /// Largest JWKS document accepted.
@@ -63,8 +65,13 @@ async fn fetch_with(client: &HttpsClient, config: &JwksUrl) -> Result<KeySet, St
         .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
 }
 
-/// Runs until the gateway is dropped.
-pub async fn refresher(gw: Weak<Gateway>, config: JwksUrl) {
+/// Keeps `auth`'s key set fresh; runs until its task is aborted (the
+/// gateway's housekeeping owns it). `reloads` counts fetches by result.
+pub async fn refresher(
+    auth: Arc<Authenticator>,
+    reloads: Family<ResultLabel, Counter>,
+    config: JwksUrl,
+) {
     let client = match client(&config) {
         Ok(c) => c,
         Err(e) => {
@@ -74,32 +81,25 @@ pub async fn refresher(gw: Weak<Gateway>, config: JwksUrl) {
     };
     let mut retry = Duration::from_secs(1);
     loop {
-        let Some(gateway) = gw.upgrade() else { return };
         let result = fetch_with(&client, &config).await;
         let fetched_at = tokio::time::Instant::now();
         let loaded = match result {
             Ok(keys) => {
                 tracing::info!(url = %config.url, kids = ?keys.kids(), "JWKS loaded");
-                gateway.auth.replace_keys(keys);
-                gateway
-                    .metrics
-                    .jwks_reloads
-                    .get_or_create(&ResultLabel { result: "ok" })
-                    .inc();
+                auth.replace_keys(keys);
+                reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
                 true
             }
             Err(e) => {
                 tracing::warn!(url = %config.url, error = %e, "JWKS fetch failed; keeping the last good key set");
-                gateway
-                    .metrics
-                    .jwks_reloads
+                reloads
                     .get_or_create(&ResultLabel { result: "error" })
                     .inc();
                 false
             }
         };
         // Until the first success, retry with back-off; then the regular period.
-        let wait = if loaded || gateway.auth.keys_loaded() {
+        let wait = if loaded || auth.keys_loaded() {
             retry = Duration::from_secs(1);
             config.refresh
         } else {
@@ -107,7 +107,7 @@ pub async fn refresher(gw: Weak<Gateway>, config: JwksUrl) {
             retry
         };
         let notified = async {
-            gateway.auth.unknown_kid().notified().await;
+            auth.unknown_kid().notified().await;
             // Rate-limit refetches triggered by unknown key ids.
             tokio::time::sleep_until(fetched_at + config.min_refetch).await;
         };
@@ -117,6 +117,5 @@ pub async fn refresher(gw: Weak<Gateway>, config: JwksUrl) {
                 tracing::info!("token with an unknown kid: refetching the JWKS");
             }
         }
-        drop(gateway);
     }
 }

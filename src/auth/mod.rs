@@ -1,4 +1,6 @@
-//! JWT authentication: step 1 of the request path.
+//! Request path, step 4 (see `ARCHITECTURE.md`).
+//!
+//! JWT authentication.
 //!
 //! The caller's `Authorization: Bearer <JWT>` is verified against the configured
 //! keys (a JWKS file or an HS256 secret) and turned into an [`Identity`]

@@ -1,4 +1,6 @@
-//! Concur credentials: step 5 of the request path ("swap the caller's JWT for the
+//! Request path, step 7 (see `ARCHITECTURE.md`).
+//!
+//! Concur credentials ("swap the caller's JWT for the
 //! right Concur OAuth token").
 //!
 //! [`CredentialSet`] is loaded from `credentials.toml` and validated as a whole; a

@@ -1,3 +1,5 @@
+//! Request path, step 7 (see `ARCHITECTURE.md`).
+//!
 //! Refreshing OAuth2 credentials: the step between `credentials::select` and the
 //! exchange with Concur in `proxy.rs`.
 //!
@@ -9,7 +11,7 @@
 //! when what is left of it is shorter than an upload may take
 //! (`upstream.timeout_s` + `upstream.queue_timeout_s`).
 //!
-//! Per credential there is one [`Slot`], keyed by a hash of (company, user,
+//! Per credential there is one `Slot`, keyed by a hash of (company, user,
 //! client_id), that outlives reloads of the credentials file:
 //! - **single flight**: a `tokio::sync::Mutex` per slot; the first request that
 //!   needs a refresh performs it, the others wait and re-check;

@@ -1,4 +1,6 @@
-//! Body inspection: step 4 of the request path.
+//! Request path, step 8 (see `ARCHITECTURE.md`).
+//!
+//! Body inspection: the format scanners.
 //!
 //! The scanners here are sans-IO state machines: they are fed the request body in
 //! arbitrary chunks (`feed`) and asked for a final verdict (`finish`). They never
@@ -10,11 +12,9 @@
 
 use std::fmt;
 
-pub mod body;
 pub mod jpeg;
 pub mod pdf;
 pub mod png;
-pub mod scan_cmd;
 
 /// The image types the gateway accepts, as declared by `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@ use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::server::{Resp, json_response, read_small_body};
+use super::http::{Resp, json_response, read_small_body};
 use super::state::State;
 use super::{Fault, SandboxToken};
 

@@ -88,6 +88,7 @@
 //! expiry can be tested without sleeping.
 
 mod control;
+mod http;
 mod oauth;
 mod server;
 mod state;

@@ -7,7 +7,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
-use super::server::{Resp, json_response, read_small_body};
+use super::http::{Resp, json_response, read_small_body};
 use super::state::{RefreshError, State};
 use super::util::{parse_form, unix_secs};
 

@@ -21,11 +21,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::http::Resp;
 use super::state::{Owner, State};
 use super::util::{concur_id, hex_lower, server_time, xml_escape};
 use super::{Fault, UploadRecord, control, oauth};
-
-pub(crate) type Resp = Response<Full<Bytes>>;
 
 const XML: &str = "application/xml; charset=utf-8";
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -561,26 +560,6 @@ fn normal_answer(
         (_, Some(id)) => Answer::created(id.to_owned()),
         (_, None) => Answer::created(concur_id()),
     }
-}
-
-/// A JSON response (control and token endpoints).
-pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    resp
-}
-
-/// Reads a small body completely (control and token endpoints).
-pub(crate) async fn read_small_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
-    http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| format!("cannot read the request body: {e}"))
 }
 
 #[cfg(test)]

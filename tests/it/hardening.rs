@@ -363,16 +363,19 @@ async fn the_spool_budget_caps_what_chunked_uploads_hold_at_once() {
     assert_eq!(h.gateway.spool_budget.used(), 0);
 }
 
-/// Opens an upload whose body trickles in until the returned sender is dropped.
+/// Opens an upload that sends its head and 20 KiB of a 200 KiB body (past
+/// the 16 KiB the gateway coalesces before its first check, so it takes a
+/// Concur slot), then stalls until the stream is dropped.
 async fn slow_upload(addr: SocketAddr, who: (&str, &str), path: &str) -> TcpStream {
     let token = jwt(who.0, who.1);
+    let body = big_jpeg(200 * 1024);
     let mut s = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
-        JPEG.len()
+        body.len()
     );
     s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&JPEG[..64]).await.unwrap();
+    s.write_all(&body[..20 * 1024]).await.unwrap();
     s
 }
 
@@ -452,8 +455,16 @@ async fn one_caller_cannot_hold_every_upload_slot() {
         201
     );
     let ups = h.uploads();
-    assert!(ups.iter().all(|u| u.complete), "{ups:?}");
-    assert_eq!(ups.len(), 2, "gina's and alice's last upload");
+    let complete: Vec<&str> = ups
+        .iter()
+        .filter(|u| u.complete)
+        .map(|u| u.path.as_str())
+        .collect();
+    assert_eq!(
+        complete,
+        ["/api/image/v1.0/report/G1", "/api/image/v1.0/report/A3"],
+        "the stalled uploads held Concur slots but never completed"
+    );
 }
 
 fn identity(who: (&str, &str)) -> concur_gateway::auth::Identity {
@@ -501,4 +512,52 @@ async fn idle_connections_make_room_for_a_caller_with_a_request() {
         "{metrics}"
     );
     assert_eq!(h.uploads().len(), 3);
+}
+
+#[tokio::test]
+async fn every_exit_records_the_body_facts() {
+    // An upload refused at the slot step (after its body was read): the
+    // access log line and the body_bytes metric still count what arrived.
+    let h = Harness::with_config("[upstream]\nmax_in_flight = 1\nqueue_timeout_s = 0.3").await;
+    let holder = slow_upload(h.addr, GINA, "/api/image/v1.0/report/H1").await;
+    settle().await;
+    let capture = capture_logs();
+    let token = jwt(ALICE.0, ALICE.1);
+    let r = h
+        .post(
+            "/api/image/v1.0/report/R1",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "image/jpeg"),
+                ("x-request-id", "facts-on-every-exit"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    r.problem(503, "overloaded");
+    let logs = capture.finish();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request_id=facts-on-every-exit"))
+        .unwrap_or_else(|| panic!("no access log line in {logs}"));
+    assert!(line.contains(&format!("bytes={}", JPEG.len())), "{line}");
+    assert!(
+        line.contains("code=\"overloaded\"") || line.contains("code=overloaded"),
+        "{line}"
+    );
+    let metrics = h.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains(&format!(
+            "concur_gateway_body_bytes_total{{direction=\"in\"}} {}",
+            JPEG.len()
+        )),
+        "{metrics}"
+    );
+    drop(holder);
+    settle().await;
+    assert!(
+        h.uploads()
+            .iter()
+            .all(|u| u.user.as_deref() != Some(ALICE.1))
+    );
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use concur_gateway::inspect::jpeg::JpegScanner;
 use concur_gateway::inspect::png::PngScanner;
-use concur_gateway::inspect::scan_cmd::run_scan;
 use concur_gateway::inspect::{Inspector, Limits, MediaType, RejectCode, Rejection, inspect_all};
+use concur_gateway::scan_cmd::run_scan;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------

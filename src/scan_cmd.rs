@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{Inspector, Limits, MediaType, RejectCode, Rejection, sniff};
+use crate::inspect::{Inspector, Limits, MediaType, RejectCode, Rejection, sniff};
 
 /// Size of the reads fed to the inspector, as the server's body frames would be.
 pub const CHUNK_SIZE: usize = 16 * 1024;

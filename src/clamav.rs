@@ -1,8 +1,10 @@
+//! Request path, step 8 (see `ARCHITECTURE.md`).
+//!
 //! Malware scanning with ClamAV (`[scan]`): the clamd client.
 //!
 //! Where it sits: step 4 of the request path, beside the format inspection.
 //! `proxy.rs` opens a [`ScanSession`] when an upload starts and hands it to
-//! [`InspectBody`](crate::inspect::body::InspectBody), which feeds it every
+//! [`InspectBody`](crate::body::InspectBody), which feeds it every
 //! chunk as that chunk goes on to Concur, and releases the held-back tail only
 //! once the format verdict *and* clamd's verdict are in and clean. A detection
 //! therefore ends the upstream body with an error: Concur never has it whole.

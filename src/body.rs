@@ -1,3 +1,5 @@
+//! Request path, step 8 (see `ARCHITECTURE.md`).
+//!
 //! The body adapter: drives the sans-IO [`Inspector`] from an HTTP body while the
 //! bytes flow on to Concur.
 //!
@@ -10,8 +12,11 @@
 //! aborts the upstream request, so Concur sees an incomplete body (its
 //! `Content-Length` is never reached) and creates nothing.
 //!
-//! The reason is left in the shared [`Outcome`], which the proxy reads to answer
-//! the client (a `422`, not the `502` the aborted exchange would suggest).
+//! What became of the body ([`BodyFacts`], and the [`BodyFailure`] if it was
+//! cut short) is sent once through a [`BodyReport`] the moment it is known:
+//! when the body is accepted or fails, or else when the adapter is dropped.
+//! The proxy reads it to answer the client (a `422`, not the `502` the
+//! aborted exchange would suggest) and to log what arrived.
 //!
 //! With malware scanning (`[scan]`), every chunk also goes to a [`ScanSession`]
 //! and the next client frame is not read until the scanner took the previous
@@ -26,7 +31,6 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -34,12 +38,14 @@ use aws_lc_rs::digest;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use super::{Inspector, Rejection};
+use crate::clamav::{Decision, ScanSession};
 use crate::config::{DigestAlgorithm, MinBodyRate};
+use crate::context::BodyFacts;
 use crate::error::{BoxError, GatewayError};
-use crate::scan::{Decision, ScanSession};
+use crate::inspect::{Inspector, Rejection};
 
 /// How many bytes of the body are held back until the verdict is known.
 pub const HOLD_BACK: usize = 64 * 1024;
@@ -54,25 +60,83 @@ pub const COALESCE: usize = 16 * 1024;
 /// The minimum body rate is judged over windows of this length.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
-/// What became of the body, shared between the adapter and the proxy.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Why the body was cut short, if it was.
-    pub failure: Option<GatewayError>,
-    /// Bytes received from the client.
-    pub received: u64,
-    /// `true` once the inspection accepted the whole body.
-    pub accepted: bool,
-    /// RFC 9530 `Repr-Digest` value (`sha-256=:…:`) of the accepted body.
-    pub repr_digest: Option<String>,
-    /// Hex SHA digest, for the access log.
-    pub digest_hex: Option<String>,
+/// Why a body was cut short: the client's doing, the inspection's verdict or
+/// the scanner's. Cloneable (unlike [`GatewayError`]) so that the adapter can
+/// both report it and return it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyFailure {
+    TooLarge {
+        limit: u64,
+    },
+    Idle(Duration),
+    TooSlow {
+        min_bytes_per_s: u64,
+    },
+    Deadline(Duration),
+    /// The client's body ended early or its framing broke.
+    ClientAborted(String),
+    Empty,
+    Rejected(Rejection),
+    Malware,
+    ScanUnavailable,
 }
 
-pub type SharedOutcome = Arc<Mutex<Outcome>>;
+impl From<BodyFailure> for GatewayError {
+    fn from(f: BodyFailure) -> Self {
+        match f {
+            BodyFailure::TooLarge { limit } => GatewayError::BodyTooLarge { limit },
+            BodyFailure::Idle(d) => GatewayError::BodyTimeout(d),
+            BodyFailure::TooSlow { min_bytes_per_s } => {
+                GatewayError::BodyTooSlow { min_bytes_per_s }
+            }
+            BodyFailure::Deadline(d) => GatewayError::BodyDeadline(d),
+            BodyFailure::ClientAborted(why) => GatewayError::ClientAborted(why),
+            BodyFailure::Empty => GatewayError::EmptyBody,
+            BodyFailure::Rejected(r) => GatewayError::Rejected(r),
+            BodyFailure::Malware => GatewayError::MalwareDetected,
+            BodyFailure::ScanUnavailable => GatewayError::ScanUnavailable,
+        }
+    }
+}
+
+/// The adapter's one report: its facts and, if it was cut short, why.
+#[derive(Debug, Clone, Default)]
+pub struct BodyOutcome {
+    pub facts: BodyFacts,
+    pub failure: Option<BodyFailure>,
+}
+
+/// The receiving end of an adapter's report.
+#[derive(Debug)]
+pub struct BodyReport {
+    rx: oneshot::Receiver<BodyOutcome>,
+    got: Option<BodyOutcome>,
+}
+
+/// How long the proxy waits for the report of a body that hyper still holds
+/// after the exchange failed (it drops it at once; this only bounds a race).
+const LATE_REPORT: Duration = Duration::from_millis(100);
+
+impl BodyReport {
+    /// The report if it was sent already.
+    pub fn now(&mut self) -> Option<&BodyOutcome> {
+        if self.got.is_none() {
+            self.got = self.rx.try_recv().ok();
+        }
+        self.got.as_ref()
+    }
+
+    /// The report, waiting briefly for a body whose adapter is being dropped.
+    pub async fn collect(mut self) -> Option<BodyOutcome> {
+        if self.now().is_some() {
+            return self.got;
+        }
+        tokio::time::timeout(LATE_REPORT, self.rx).await.ok()?.ok()
+    }
+}
 
 /// The error the body reports to hyper when it stops early. The real reason is
-/// in the [`Outcome`].
+/// in the [`BodyReport`].
 #[derive(Debug, thiserror::Error)]
 #[error("upload stopped by the gateway: {0}")]
 pub struct BodyAborted(&'static str);
@@ -103,7 +167,9 @@ pub struct InspectBody<B> {
     /// The client's body has ended (what is coalesced may still be unchecked).
     inner_done: bool,
     state: State,
-    outcome: SharedOutcome,
+    /// What is known of the body so far; sent once through `report`.
+    outcome: BodyOutcome,
+    report: Option<oneshot::Sender<BodyOutcome>>,
     /// The malware scan of this body, while it runs.
     scan: Option<ScanSession>,
 }
@@ -213,7 +279,8 @@ where
         max_bytes: u64,
         declared_len: Option<u64>,
         timing: BodyTiming,
-    ) -> Self {
+    ) -> (Self, BodyReport) {
+        let (report, rx) = oneshot::channel();
         let BodyTiming {
             idle,
             min_rate,
@@ -225,7 +292,7 @@ where
             DigestAlgorithm::Sha512 => Some((digest::Context::new(&digest::SHA512), "sha-512")),
             DigestAlgorithm::None => None,
         };
-        Self {
+        let body = Self {
             inner,
             inspector,
             hasher,
@@ -247,19 +314,17 @@ where
             coalesce: BytesMut::new(),
             inner_done: false,
             state: State::Streaming,
-            outcome: SharedOutcome::default(),
+            outcome: BodyOutcome::default(),
+            report: Some(report),
             scan: None,
-        }
+        };
+        (body, BodyReport { rx, got: None })
     }
 
     /// Scans the body for malware as it streams (see the module docs).
     pub fn with_scan(mut self, scan: ScanSession) -> Self {
         self.scan = Some(scan);
         self
-    }
-
-    pub fn outcome(&self) -> SharedOutcome {
-        self.outcome.clone()
     }
 
     /// Reads and checks the first chunk before anything is sent upstream: an
@@ -292,22 +357,27 @@ where
     }
 
     fn take_failure(&mut self) -> GatewayError {
-        self.outcome
-            .lock()
-            .expect("outcome lock")
-            .failure
-            .take()
-            .unwrap_or_else(|| GatewayError::Internal("body failed without a reason".into()))
+        self.outcome.failure.clone().map_or_else(
+            || GatewayError::Internal("body failed without a reason".into()),
+            Into::into,
+        )
     }
 
-    fn fail(&mut self, error: GatewayError) {
+    fn fail(&mut self, failure: BodyFailure) {
         self.state = State::Failed;
         self.held.clear();
         self.out.clear();
         self.scan = None; // abandons the scan
-        let mut o = self.outcome.lock().expect("outcome lock");
-        o.received = self.received;
-        o.failure = Some(error);
+        self.outcome.facts.received = self.received;
+        self.outcome.failure = Some(failure);
+        self.send_report();
+    }
+
+    /// Sends the report, once.
+    fn send_report(&mut self) {
+        if let Some(tx) = self.report.take() {
+            let _ = tx.send(self.outcome.clone());
+        }
     }
 
     /// Reads from the client until one chunk has gone through the checks (or
@@ -358,7 +428,7 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let e: BoxError = e.into();
-                    self.fail(GatewayError::ClientAborted(e.to_string()));
+                    self.fail(BodyFailure::ClientAborted(e.to_string()));
                     return Poll::Ready(Err(()));
                 }
                 Poll::Ready(None) => {
@@ -401,11 +471,11 @@ where
     /// the minimum rate (checked every second once the window is full).
     fn poll_timers(&mut self, cx: &mut Context<'_>) {
         if self.sleep.as_mut().poll(cx).is_ready() {
-            self.fail(GatewayError::BodyTimeout(self.idle));
+            self.fail(BodyFailure::Idle(self.idle));
             return;
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
-            self.fail(GatewayError::BodyDeadline(self.deadline_after));
+            self.fail(BodyFailure::Deadline(self.deadline_after));
             return;
         }
         while self.rate_tick.as_mut().poll(cx).is_ready() {
@@ -426,7 +496,7 @@ where
             return;
         }
         if self.window.too_slow(now, grace, bytes_per_s) {
-            self.fail(GatewayError::BodyTooSlow {
+            self.fail(BodyFailure::TooSlow {
                 min_bytes_per_s: bytes_per_s,
             });
         }
@@ -437,7 +507,7 @@ where
     fn on_data(&mut self, data: Bytes, now: Instant) -> bool {
         self.received += data.len() as u64;
         if self.received > self.max_bytes {
-            self.fail(GatewayError::BodyTooLarge {
+            self.fail(BodyFailure::TooLarge {
                 limit: self.max_bytes,
             });
             return false;
@@ -464,7 +534,7 @@ where
     /// the held-back tail.
     fn check_chunk(&mut self, data: Bytes) {
         if let Err(r) = self.inspector.feed(&data) {
-            self.fail(GatewayError::Rejected(r));
+            self.fail(BodyFailure::Rejected(r));
             return;
         }
         if let Some((ctx, _)) = &mut self.hasher {
@@ -495,31 +565,30 @@ where
         if let Some(declared) = self.declared_len
             && declared != self.received
         {
-            self.fail(GatewayError::ClientAborted(format!(
+            self.fail(BodyFailure::ClientAborted(format!(
                 "client body ended after {} of {declared} bytes",
                 self.received
             )));
             return;
         }
         if self.received == 0 {
-            self.fail(GatewayError::EmptyBody);
+            self.fail(BodyFailure::Empty);
             return;
         }
         if let Err(r) = self.inspector.finish() {
-            self.fail(GatewayError::Rejected(r));
+            self.fail(BodyFailure::Rejected(r));
             return;
         }
-        let mut o = self.outcome.lock().expect("outcome lock");
-        o.received = self.received;
+        let facts = &mut self.outcome.facts;
+        facts.received = self.received;
         if let Some((ctx, name)) = self.hasher.take() {
             let d = ctx.finish();
-            o.repr_digest = Some(format!(
+            facts.repr_digest = Some(format!(
                 "{name}=:{}:",
                 base64::engine::general_purpose::STANDARD.encode(d.as_ref())
             ));
-            o.digest_hex = Some(hex(d.as_ref()));
+            facts.digest_hex = Some(hex(d.as_ref()));
         }
-        drop(o);
         match &mut self.scan {
             Some(scan) => {
                 scan.finish();
@@ -531,7 +600,8 @@ where
 
     /// Both verdicts are in: the tail goes on.
     fn accept(&mut self) {
-        self.outcome.lock().expect("outcome lock").accepted = true;
+        self.outcome.facts.accepted = true;
+        self.send_report();
         self.out.extend(self.held.drain(..));
         self.held_len = 0;
         self.state = State::Accepted;
@@ -558,11 +628,11 @@ where
                 true
             }
             Decision::Malware => {
-                self.fail(GatewayError::MalwareDetected);
+                self.fail(BodyFailure::Malware);
                 false
             }
             Decision::Unavailable => {
-                self.fail(GatewayError::ScanUnavailable);
+                self.fail(BodyFailure::ScanUnavailable);
                 false
             }
         }
@@ -622,6 +692,17 @@ where
     }
 }
 
+impl<B> Drop for InspectBody<B> {
+    /// A body dropped before it ended (the exchange failed, the request was
+    /// abandoned) still reports what it received.
+    fn drop(&mut self) {
+        self.outcome.facts.received = self.received;
+        if let Some(tx) = self.report.take() {
+            let _ = tx.send(std::mem::take(&mut self.outcome));
+        }
+    }
+}
+
 /// Convenience for tests and the `scan` command: a [`Rejection`] as a gateway error.
 impl From<Rejection> for GatewayError {
     fn from(r: Rejection) -> Self {
@@ -631,14 +712,15 @@ impl From<Rejection> for GatewayError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Waker;
 
     use super::*;
+    use crate::clamav::{CHANNEL_CHUNKS, Reply, Scanner, VerdictSender};
     use crate::config::{ClamdAddr, OnScanError, ScanConfig};
     use crate::inspect::{Limits, MediaType};
     use crate::metrics::Metrics;
-    use crate::scan::{CHANNEL_CHUNKS, Reply, Scanner, VerdictSender};
 
     const FRAME: usize = 16 * 1024;
 
@@ -675,10 +757,22 @@ mod tests {
         out
     }
 
+    fn timing() -> BodyTiming {
+        BodyTiming {
+            idle: Duration::from_secs(30),
+            min_rate: crate::config::MinBodyRate {
+                bytes_per_s: 0,
+                grace: Duration::ZERO,
+            },
+            deadline: Duration::from_secs(300),
+        }
+    }
+
     fn scanned_body(
         data: &[u8],
     ) -> (
         InspectBody<Frames>,
+        BodyReport,
         Arc<AtomicUsize>,
         tokio::sync::mpsc::Receiver<Bytes>,
         VerdictSender,
@@ -699,23 +793,15 @@ mod tests {
             left: data.chunks(FRAME).map(Bytes::copy_from_slice).collect(),
             taken: taken.clone(),
         };
-        let body = InspectBody::new(
+        let (body, report) = InspectBody::new(
             frames,
             Inspector::new(MediaType::Jpeg, &Limits::default()),
             DigestAlgorithm::None,
             u64::MAX,
             Some(data.len() as u64),
-            BodyTiming {
-                idle: Duration::from_secs(30),
-                min_rate: crate::config::MinBodyRate {
-                    bytes_per_s: 0,
-                    grace: Duration::ZERO,
-                },
-                deadline: Duration::from_secs(300),
-            },
-        )
-        .with_scan(session);
-        (body, taken, rx, verdict)
+            timing(),
+        );
+        (body.with_scan(session), report, taken, rx, verdict)
     }
 
     #[derive(Debug, PartialEq)]
@@ -770,20 +856,13 @@ mod tests {
             left: data.chunks(1).map(Bytes::copy_from_slice).collect(),
             taken: taken.clone(),
         };
-        let mut body = InspectBody::new(
+        let (mut body, mut report) = InspectBody::new(
             frames,
             Inspector::new(MediaType::Jpeg, &Limits::default()),
             DigestAlgorithm::Sha256,
             u64::MAX,
             None,
-            BodyTiming {
-                idle: Duration::from_secs(30),
-                min_rate: crate::config::MinBodyRate {
-                    bytes_per_s: 0,
-                    grace: Duration::ZERO,
-                },
-                deadline: Duration::from_secs(300),
-            },
+            timing(),
         );
         let mut chunks = Vec::new();
         while let Some(chunk) = body.next_cleared().await.unwrap() {
@@ -805,9 +884,16 @@ mod tests {
             chunks.len(),
             data.len()
         );
-        let outcome = body.outcome();
-        let o = outcome.lock().unwrap();
-        assert!(o.accepted && o.received == data.len() as u64);
+        let o = report.now().expect("reported on acceptance");
+        assert!(o.facts.accepted && o.facts.received == data.len() as u64);
+        assert!(
+            o.facts
+                .repr_digest
+                .as_deref()
+                .unwrap()
+                .starts_with("sha-256=:")
+        );
+        assert!(o.failure.is_none());
     }
 
     #[test]
@@ -843,7 +929,7 @@ mod tests {
     #[tokio::test]
     async fn the_next_frame_waits_for_the_scanner_and_the_tail_for_its_verdict() {
         let data = jpeg();
-        let (mut body, taken, mut rx, verdict) = scanned_body(&data);
+        let (mut body, mut report, taken, mut rx, verdict) = scanned_body(&data);
         let (mut out, mut scanned) = (Vec::new(), Vec::new());
         // The scanner takes nothing: the channel fills, one frame waits, and
         // no further client frame is read.
@@ -864,18 +950,21 @@ mod tests {
         assert!(scanned == data, "clamd got every byte, in order");
         assert_eq!(out.len(), data.len() - HOLD_BACK);
         assert!(rx.recv().await.is_none(), "the stream to clamd was ended");
-        assert!(!body.outcome().lock().unwrap().accepted);
+        assert!(
+            report.now().is_none(),
+            "nothing reported before the verdict"
+        );
         // Clean: the tail goes on.
         verdict.send(Ok(Reply::Clean)).unwrap();
         assert_eq!(pump(&mut body, &mut out), Pumped::End);
         assert!(out == data, "the whole body went on, in order");
-        assert!(body.outcome().lock().unwrap().accepted);
+        assert!(report.now().unwrap().facts.accepted);
     }
 
     #[tokio::test]
     async fn a_detection_or_an_early_scanner_failure_aborts_the_body() {
         let data = jpeg();
-        let (mut body, taken, mut rx, verdict) = scanned_body(&data);
+        let (mut body, mut report, taken, mut rx, verdict) = scanned_body(&data);
         let (mut out, mut scanned) = (Vec::new(), Vec::new());
         to_verdict(
             &mut body,
@@ -886,16 +975,14 @@ mod tests {
             &mut scanned,
         );
         verdict.send(Ok(Reply::Found("Eicar-Test".into()))).unwrap();
+        assert!(report.now().is_none());
         assert_eq!(pump(&mut body, &mut out), Pumped::Failed);
         assert_eq!(out.len(), data.len() - HOLD_BACK, "the tail never went on");
-        let failure = body.outcome().lock().unwrap().failure.take();
-        assert!(
-            matches!(failure, Some(GatewayError::MalwareDetected)),
-            "{failure:?}"
-        );
+        let failure = report.now().and_then(|o| o.failure.clone());
+        assert_eq!(failure, Some(BodyFailure::Malware));
 
         // The scan task dies mid-stream (clamd went away): fail closed at once.
-        let (mut body, taken, rx, verdict) = scanned_body(&data);
+        let (mut body, mut report, taken, rx, verdict) = scanned_body(&data);
         assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
         drop(rx);
         verdict
@@ -903,10 +990,7 @@ mod tests {
             .unwrap();
         assert_eq!(pump(&mut body, &mut Vec::new()), Pumped::Failed);
         assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
-        let failure = body.outcome().lock().unwrap().failure.take();
-        assert!(
-            matches!(failure, Some(GatewayError::ScanUnavailable)),
-            "{failure:?}"
-        );
+        let failure = report.now().and_then(|o| o.failure.clone());
+        assert_eq!(failure, Some(BodyFailure::ScanUnavailable));
     }
 }
