@@ -134,25 +134,7 @@ pub async fn bind(gw: &Gateway) -> Result<(TcpListener, TcpListener), String> {
 }
 
 pub async fn check_config(path: PathBuf, out: &mut dyn std::io::Write) -> ExitCode {
-    let problems = match Config::load(&path) {
-        Err(errors) => errors.0,
-        Ok(config) => {
-            // What `serve` fetches at start is fetched here too.
-            let jwks = match &config.auth.keys {
-                crate::config::KeySource::JwksUrl(url) => crate::auth::jwks::fetch(url)
-                    .await
-                    .err()
-                    .map(|e| format!("auth.jwks_url {}: {e}", url.url)),
-                _ => None,
-            };
-            let mut problems = match Gateway::new(config) {
-                Ok(_) => Vec::new(),
-                Err(problems) => problems,
-            };
-            problems.extend(jwks);
-            problems
-        }
-    };
+    let problems = crate::gateway::check(&path).await;
     if problems.is_empty() {
         let _ = writeln!(out, "{}: OK", path.display());
         0

@@ -105,7 +105,7 @@ impl Config {
     pub fn read(path: &Path) -> Parsed {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path.parent().unwrap_or(Path::new("."))),
-            Err(e) => Parsed::unreadable(format!("{}: {e}", path.display())),
+            Err(e) => Parsed::unreadable(file_problem(path, &e)),
         }
     }
 
@@ -165,6 +165,16 @@ impl Parsed {
             config: Err(ConfigErrors(vec![problem])),
             files: Files::default(),
         }
+    }
+}
+
+/// `PATH: why` for a file that cannot be read; a missing one is `no such
+/// file`, as the config's own checks say it.
+pub fn file_problem(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!("{}: no such file", path.display())
+    } else {
+        format!("{}: {e}", path.display())
     }
 }
 
@@ -1133,5 +1143,41 @@ x = 1
         let text = format!("{MINIMAL}\n[scan]\n");
         let errs = Config::from_toml(&text, Path::new("/")).unwrap_err().0;
         assert!(errs[0].contains("scan.clamd is required"), "{errs:?}");
+    }
+
+    #[test]
+    fn files_are_named_even_when_the_config_has_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let text = "[upstream]\nca_file = \"ca.pem\"\n\
+            [auth]\njwks_file = \"jwks.json\"\nhs256_secret_file = \"/s\"\njwks_ca_file = \"gone.pem\"\n\
+            [rate_limit]\nuser_per_second = -1\n\
+            [credentials]\nfile = \"creds.toml\"\nstate_dir = \"state\"\n";
+        let parsed = Config::parse(text, dir.path());
+        let all = parsed.config.unwrap_err().0.join("\n");
+        for needle in [
+            "rate_limit.user_per_second",
+            "auth.issuer is required",
+            "set only one of jwks_file, jwks_url and hs256_secret_file",
+            "auth.jwks_ca_file",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let at = |name: &str| Some(dir.path().join(name));
+        assert_eq!(
+            parsed.files,
+            Files {
+                jwks_file: at("jwks.json"),
+                hs256_secret_file: Some("/s".into()),
+                // Reported already as missing: not loaded again.
+                jwks_ca_file: None,
+                upstream_ca_file: at("ca.pem"),
+                credentials_file: at("creds.toml"),
+                state_dir: at("state"),
+            }
+        );
+        let parsed = Config::parse("[server\n", dir.path());
+        assert!(parsed.config.unwrap_err().0[0].starts_with("TOML syntax"));
+        assert_eq!(parsed.files, Files::default());
     }
 }
