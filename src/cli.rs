@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::gateway::Gateway;
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxToken};
 use crate::server;
@@ -34,9 +34,9 @@ pub enum Command {
     /// Run the gateway wired to the built-in Concur sandbox, with generated keys
     /// and certificates, and print a ready `curl` command. Needs no files.
     Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = config::DEFAULT_LISTEN)]
         listen: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        #[arg(long, default_value = config::DEFAULT_ADMIN_LISTEN)]
         admin_listen: SocketAddr,
     },
     /// Run only the Concur sandbox (an emulator of the Image v1.0 POST API).
@@ -71,7 +71,7 @@ pub enum Command {
         #[arg(long)]
         content_type: Option<String>,
         /// Pixel limit, as `inspect.max_pixels`.
-        #[arg(long, default_value_t = 100_000_000)]
+        #[arg(long, default_value_t = config::DEFAULT_MAX_PIXELS)]
         max_pixels: u64,
         /// Accept PDF active content, as `inspect.pdf_active_content = "allow"`.
         #[arg(long)]
@@ -134,25 +134,7 @@ pub async fn bind(gw: &Gateway) -> Result<(TcpListener, TcpListener), String> {
 }
 
 pub async fn check_config(path: PathBuf, out: &mut dyn std::io::Write) -> ExitCode {
-    let problems = match Config::load(&path) {
-        Err(errors) => errors.0,
-        Ok(config) => {
-            // What `serve` fetches at start is fetched here too.
-            let jwks = match &config.auth.keys {
-                crate::config::KeySource::JwksUrl(url) => crate::auth::jwks::fetch(url)
-                    .await
-                    .err()
-                    .map(|e| format!("auth.jwks_url {}: {e}", url.url)),
-                _ => None,
-            };
-            let mut problems = match Gateway::new(config) {
-                Ok(_) => Vec::new(),
-                Err(problems) => problems,
-            };
-            problems.extend(jwks);
-            problems
-        }
-    };
+    let problems = crate::gateway::check(&path).await;
     if problems.is_empty() {
         let _ = writeln!(out, "{}: OK", path.display());
         0

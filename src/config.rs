@@ -2,11 +2,15 @@
 //!
 //! The TOML file is read into `Raw*` structs (serde, every key optional so one
 //! missing key does not hide the next), unknown keys are collected with
-//! `serde_ignored` (a typo must not pass silently), then [`Config::from_toml`]
-//! validates everything and returns either a [`Config`] or the full list of
+//! `serde_ignored` (a typo must not pass silently), then each section's
+//! `parse` validates its keys into a typed section, pushing every problem into
+//! one shared list. [`Config::from_toml`] returns either a [`Config`] or the
+//! full list of problems; [`Config::parse`] also returns the files the config
+//! names, so `check-config` can load them even when the config itself has
 //! problems. Relative paths are resolved against the config file's folder.
 //!
-//! Each key's default is documented where it is parsed, below, and in the README.
+//! Each key's default is a `DEFAULT_*` constant beside its section, named in
+//! the key's doc comment below (and documented in the README).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +50,239 @@ pub struct Config {
     pub credentials: CredentialsConfig,
 }
 
+/// A config file as far as it could be read: the validated config or every
+/// problem in it, and in both cases the files it names.
+#[derive(Debug)]
+pub struct Parsed {
+    pub config: Result<Config, ConfigErrors>,
+    pub files: Files,
+}
+
+/// The files and folders a config names, resolved against its folder, each
+/// `Some` when its key was given and passed validation — whether or not the
+/// rest of the config did. `serve` loads them at start; `check-config` loads
+/// them even from a config with problems, to report everything in one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Files {
+    /// `auth.jwks_file`.
+    pub jwks_file: Option<PathBuf>,
+    /// `auth.hs256_secret_file`.
+    pub hs256_secret_file: Option<PathBuf>,
+    /// `auth.jwks_ca_file` (it exists; its PEM is not yet read).
+    pub jwks_ca_file: Option<PathBuf>,
+    /// `upstream.ca_file` (it exists; its PEM is not yet read).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// `credentials.file`.
+    pub credentials_file: Option<PathBuf>,
+    /// `credentials.state_dir`.
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+    #[serde(default)]
+    inspect: RawInspect,
+    scan: Option<RawScan>,
+    #[serde(default)]
+    credentials: RawCredentials,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        Self::read(path).config
+    }
+
+    /// Reads a config file: [`Config::parse`] on its text.
+    pub fn read(path: &Path) -> Parsed {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path.parent().unwrap_or(Path::new("."))),
+            Err(e) => Parsed::unreadable(file_problem(path, &e)),
+        }
+    }
+
+    /// Parses and validates config text; `base` is the folder relative paths are
+    /// resolved against. This is the source tests swap.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigErrors> {
+        Self::parse(text, base).config
+    }
+
+    /// [`Config::from_toml`], and the files the text names.
+    pub fn parse(text: &str, base: &Path) -> Parsed {
+        let de = match toml::Deserializer::parse(text) {
+            Ok(de) => de,
+            Err(e) => return Parsed::unreadable(format!("TOML syntax: {}", e.message())),
+        };
+        let mut unknown = Vec::new();
+        let raw: RawConfig = match serde_ignored::deserialize(de, |path| {
+            // `?` is how serde_ignored shows an optional section.
+            unknown.push(path.to_string().replace(".?.", "."))
+        }) {
+            Ok(raw) => raw,
+            Err(e) => return Parsed::unreadable(e.message().to_owned()),
+        };
+        let mut cx = Cx {
+            base,
+            problems: unknown
+                .into_iter()
+                .map(|key| format!("unknown key `{key}`"))
+                .collect(),
+            files: Files::default(),
+        };
+        let config = Config {
+            server: raw.server.parse(&mut cx),
+            upstream: raw.upstream.parse(&mut cx),
+            auth: raw.auth.parse(&mut cx),
+            rate_limit: raw.rate_limit.parse(&mut cx),
+            inspect: raw.inspect.parse(&mut cx),
+            scan: raw.scan.map(|scan| scan.parse(&mut cx)),
+            credentials: raw.credentials.parse(&mut cx),
+        };
+        Parsed {
+            config: if cx.problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(ConfigErrors(cx.problems))
+            },
+            files: cx.files,
+        }
+    }
+}
+
+impl Parsed {
+    /// Text that is not a config at all (unreadable, not TOML, a value of the
+    /// wrong type): one problem, no files.
+    fn unreadable(problem: String) -> Self {
+        Parsed {
+            config: Err(ConfigErrors(vec![problem])),
+            files: Files::default(),
+        }
+    }
+}
+
+/// `PATH: why` for a file that cannot be read; a missing one is `no such
+/// file`, as the config's own checks say it.
+pub fn file_problem(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!("{}: no such file", path.display())
+    } else {
+        format!("{}: {e}", path.display())
+    }
+}
+
+/// What the section parsers share.
+struct Cx<'a> {
+    /// The folder relative paths are resolved against.
+    base: &'a Path,
+    /// Every problem found so far, one line each, starting with its key.
+    problems: Vec<String>,
+    /// The files named so far.
+    files: Files,
+}
+
+impl Cx<'_> {
+    fn resolve(&self, path: PathBuf) -> PathBuf {
+        if path.is_absolute() {
+            path
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    /// A CA file (PEM) key: resolved, and it must exist.
+    fn ca_file(&mut self, key: &str, path: Option<PathBuf>) -> Option<PathBuf> {
+        let path = self.resolve(path?);
+        if !path.is_file() {
+            self.problems
+                .push(format!("{key} {}: no such file", path.display()));
+        }
+        Some(path)
+    }
+
+    /// Seconds, greater than 0.
+    fn duration(&mut self, key: &str, value: Option<f64>, default: Duration) -> Duration {
+        self.secs(key, value, default, false)
+    }
+
+    /// Seconds, 0 allowed.
+    fn duration_or_zero(&mut self, key: &str, value: Option<f64>, default: Duration) -> Duration {
+        self.secs(key, value, default, true)
+    }
+
+    fn secs(
+        &mut self,
+        key: &str,
+        value: Option<f64>,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Duration {
+        let v = value.unwrap_or(default.as_secs_f64());
+        if !v.is_finite() || v < 0.0 || (!zero_ok && v == 0.0) || v > 86_400.0 * 365.0 {
+            let range = if zero_ok { ">= 0" } else { "> 0" };
+            self.problems
+                .push(format!("{key} = {v}: expected seconds {range}"));
+            return default;
+        }
+        Duration::from_secs_f64(v)
+    }
+
+    /// Requests per second.
+    fn rate(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        let v = value.unwrap_or(default);
+        if !v.is_finite() || v <= 0.0 || v > 1_000_000.0 {
+            self.problems.push(format!(
+                "{key} = {v}: expected a rate > 0 (requests per second)"
+            ));
+            return default;
+        }
+        v
+    }
+
+    fn burst(&mut self, key: &str, value: Option<u32>, default: u32) -> u32 {
+        let v = value.unwrap_or(default);
+        if v == 0 {
+            self.problems.push(format!("{key} must be at least 1"));
+            return default;
+        }
+        v
+    }
+
+    fn positive(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
+        let v = value.unwrap_or(default);
+        if v == 0 {
+            self.problems.push(format!("{key} must be greater than 0"));
+            return default;
+        }
+        v
+    }
+
+    fn addr(&mut self, key: &str, value: Option<String>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or_else(|| default.to_owned());
+        text.parse().unwrap_or_else(|e| {
+            self.problems
+                .push(format!("{key} `{text}`: {e} (expected IP:PORT)"));
+            default.parse().expect("default addresses parse")
+        })
+    }
+
+    fn required(&mut self, key: &str, value: Option<String>) -> String {
+        value.unwrap_or_else(|| {
+            self.problems.push(format!("{key} is required"));
+            String::new()
+        })
+    }
+}
+
+// ---- [server] ----
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -73,6 +310,129 @@ pub struct MinBodyRate {
     pub grace: Duration,
 }
 
+/// A sidecar listens on loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// 10 MiB, Concur's documented limit.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// 1 MiB.
+pub const DEFAULT_SPOOL_MEMORY_BYTES: usize = 1024 * 1024;
+/// 256 MiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_MIN_BODY_RATE_BYTES_PER_S: u64 = 1024;
+pub const DEFAULT_MIN_BODY_RATE_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Default, Deserialize)]
+struct RawServer {
+    /// Default [`DEFAULT_LISTEN`].
+    listen: Option<String>,
+    /// Default [`DEFAULT_ADMIN_LISTEN`].
+    admin_listen: Option<String>,
+    /// Default [`DEFAULT_MAX_BODY_BYTES`].
+    max_body_bytes: Option<u64>,
+    /// Default [`DEFAULT_HEADER_READ_TIMEOUT`].
+    header_read_timeout_s: Option<f64>,
+    /// Default [`DEFAULT_BODY_IDLE_TIMEOUT`].
+    body_idle_timeout_s: Option<f64>,
+    /// Default [`DEFAULT_DRAIN_DELAY`].
+    drain_delay_s: Option<f64>,
+    /// Default [`DEFAULT_SHUTDOWN_GRACE`].
+    shutdown_grace_s: Option<f64>,
+    /// Default [`DEFAULT_MAX_CONNECTIONS`] open client connections; past it new
+    /// connections are closed at once.
+    max_connections: Option<usize>,
+    /// Default [`DEFAULT_SPOOL_MEMORY_BYTES`]: a chunked body is spooled in
+    /// memory up to this, then to a temp file.
+    spool_memory_bytes: Option<usize>,
+    /// Default [`DEFAULT_MIN_BODY_RATE_BYTES_PER_S`] over every 10 s window once
+    /// the grace has passed (0 disables): a trickling client cannot hold a
+    /// Concur slot for hours. SPEC's name; `min_body_bytes_per_s` is the older
+    /// spelling, still read.
+    #[serde(alias = "min_body_bytes_per_s")]
+    min_body_rate_bytes_per_s: Option<u64>,
+    /// Default [`DEFAULT_BODY_DEADLINE`]: the whole body, however it arrives
+    /// (spooled bodies included).
+    body_deadline_s: Option<f64>,
+    /// Default [`DEFAULT_SPOOL_MAX_BYTES`]: chunked bodies spooled at once,
+    /// memory and temp files together (size the temp volume above it).
+    spool_max_bytes: Option<u64>,
+    /// Default [`DEFAULT_MIN_BODY_RATE_GRACE`].
+    min_body_rate_grace_s: Option<f64>,
+}
+
+impl RawServer {
+    fn parse(self, cx: &mut Cx<'_>) -> ServerConfig {
+        let listen = cx.addr("server.listen", self.listen, DEFAULT_LISTEN);
+        let admin_listen = cx.addr(
+            "server.admin_listen",
+            self.admin_listen,
+            DEFAULT_ADMIN_LISTEN,
+        );
+        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            cx.problems
+                .push("server.max_body_bytes must be greater than 0".into());
+        }
+        ServerConfig {
+            listen,
+            admin_listen,
+            max_body_bytes,
+            header_read_timeout: cx.duration(
+                "server.header_read_timeout_s",
+                self.header_read_timeout_s,
+                DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            body_idle_timeout: cx.duration(
+                "server.body_idle_timeout_s",
+                self.body_idle_timeout_s,
+                DEFAULT_BODY_IDLE_TIMEOUT,
+            ),
+            drain_delay: cx.duration_or_zero(
+                "server.drain_delay_s",
+                self.drain_delay_s,
+                DEFAULT_DRAIN_DELAY,
+            ),
+            shutdown_grace: cx.duration_or_zero(
+                "server.shutdown_grace_s",
+                self.shutdown_grace_s,
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+            max_connections: cx.positive(
+                "server.max_connections",
+                self.max_connections,
+                DEFAULT_MAX_CONNECTIONS,
+            ),
+            spool_memory_bytes: self
+                .spool_memory_bytes
+                .unwrap_or(DEFAULT_SPOOL_MEMORY_BYTES),
+            spool_max_bytes: self.spool_max_bytes.unwrap_or(DEFAULT_SPOOL_MAX_BYTES),
+            body_deadline: cx.duration(
+                "server.body_deadline_s",
+                self.body_deadline_s,
+                DEFAULT_BODY_DEADLINE,
+            ),
+            min_body_rate: MinBodyRate {
+                bytes_per_s: self
+                    .min_body_rate_bytes_per_s
+                    .unwrap_or(DEFAULT_MIN_BODY_RATE_BYTES_PER_S),
+                grace: cx.duration_or_zero(
+                    "server.min_body_rate_grace_s",
+                    self.min_body_rate_grace_s,
+                    DEFAULT_MIN_BODY_RATE_GRACE,
+                ),
+            },
+        }
+    }
+}
+
+// ---- [upstream] ----
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub base_url: http::Uri,
@@ -83,12 +443,109 @@ pub struct UpstreamConfig {
     pub queue_timeout: Duration,
 }
 
+pub const DEFAULT_BASE_URL: &str = "https://www.concursolutions.com";
+/// For the whole exchange with Concur.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(90);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Exchanges with Concur at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default, Deserialize)]
+struct RawUpstream {
+    /// Default [`DEFAULT_BASE_URL`].
+    base_url: Option<String>,
+    /// Extra trust anchors (PEM), besides the Mozilla roots.
+    ca_file: Option<PathBuf>,
+    /// Default [`DEFAULT_UPSTREAM_TIMEOUT`].
+    timeout_s: Option<f64>,
+    /// Default [`DEFAULT_CONNECT_TIMEOUT`].
+    connect_timeout_s: Option<f64>,
+    /// Default [`DEFAULT_MAX_IN_FLIGHT`].
+    max_in_flight: Option<usize>,
+    /// Default [`DEFAULT_QUEUE_TIMEOUT`]: how long a request waits for an
+    /// upstream slot before `503 overloaded`.
+    queue_timeout_s: Option<f64>,
+}
+
+impl RawUpstream {
+    fn parse(self, cx: &mut Cx<'_>) -> UpstreamConfig {
+        let base_url = parse_base_url(
+            &mut cx.problems,
+            self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
+        );
+        let ca_file = cx.ca_file("upstream.ca_file", self.ca_file);
+        cx.files.upstream_ca_file = ca_file.clone().filter(|p| p.is_file());
+        UpstreamConfig {
+            base_url,
+            ca_file,
+            timeout: cx.duration(
+                "upstream.timeout_s",
+                self.timeout_s,
+                DEFAULT_UPSTREAM_TIMEOUT,
+            ),
+            connect_timeout: cx.duration(
+                "upstream.connect_timeout_s",
+                self.connect_timeout_s,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            max_in_flight: cx.positive(
+                "upstream.max_in_flight",
+                self.max_in_flight,
+                DEFAULT_MAX_IN_FLIGHT,
+            ),
+            queue_timeout: cx.duration_or_zero(
+                "upstream.queue_timeout_s",
+                self.queue_timeout_s,
+                DEFAULT_QUEUE_TIMEOUT,
+            ),
+        }
+    }
+}
+
+/// `upstream.base_url`: https, a scheme and host only.
+fn parse_base_url(problems: &mut Vec<String>, text: &str) -> http::Uri {
+    match text.trim_end_matches('/').parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
+            if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+                problems.push(format!(
+                    "upstream.base_url `{text}` must be a scheme and host only (no path or query)"
+                ));
+            }
+            uri
+        }
+        Ok(_) => {
+            problems.push(format!(
+                "upstream.base_url `{text}` must be an https:// URL: Concur is only reached over TLS"
+            ));
+            http::Uri::from_static("https://invalid")
+        }
+        Err(e) => {
+            problems.push(format!("upstream.base_url `{text}`: {e}"));
+            http::Uri::from_static("https://invalid")
+        }
+    }
+}
+
+// ---- [auth] ----
+
 #[derive(Debug, Clone)]
 pub enum KeySource {
     JwksFile(PathBuf),
     Hs256SecretFile(PathBuf),
     /// Fetched over HTTPS at start and refreshed in the background.
     JwksUrl(JwksUrl),
+}
+
+impl KeySource {
+    /// The config key this source comes from.
+    pub fn key(&self) -> &'static str {
+        match self {
+            KeySource::JwksFile(_) => "auth.jwks_file",
+            KeySource::Hs256SecretFile(_) => "auth.hs256_secret_file",
+            KeySource::JwksUrl(_) => "auth.jwks_url",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +569,103 @@ pub struct AuthConfig {
     pub leeway: Duration,
 }
 
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+pub const DEFAULT_JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
+pub const DEFAULT_USER_CLAIM: &str = "sub";
+pub const DEFAULT_COMPANY_CLAIM: &str = "company";
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAuth {
+    /// Required.
+    issuer: Option<String>,
+    /// Required.
+    audience: Option<String>,
+    /// Exactly one of `jwks_file`, `jwks_url` and `hs256_secret_file`.
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    /// Extra CA (PEM) for `jwks_url`.
+    jwks_ca_file: Option<PathBuf>,
+    /// Default [`DEFAULT_JWKS_REFRESH`].
+    jwks_refresh_s: Option<f64>,
+    /// Default [`DEFAULT_JWKS_MIN_REFETCH`].
+    jwks_min_refetch_s: Option<f64>,
+    hs256_secret_file: Option<PathBuf>,
+    /// Default [`DEFAULT_USER_CLAIM`].
+    user_claim: Option<String>,
+    /// Default [`DEFAULT_COMPANY_CLAIM`].
+    company_claim: Option<String>,
+    /// Default [`DEFAULT_LEEWAY`].
+    leeway_s: Option<f64>,
+}
+
+impl RawAuth {
+    fn parse(self, cx: &mut Cx<'_>) -> AuthConfig {
+        let issuer = cx.required("auth.issuer", self.issuer);
+        let audience = cx.required("auth.audience", self.audience);
+        let jwks_url = self
+            .jwks_url
+            .as_deref()
+            .map(|text| match text.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => uri,
+                _ => {
+                    cx.problems
+                        .push(format!("auth.jwks_url `{text}` must be an https:// URL"));
+                    http::Uri::from_static("https://invalid")
+                }
+            });
+        let jwks_ca_file = cx.ca_file("auth.jwks_ca_file", self.jwks_ca_file);
+        cx.files.jwks_ca_file = jwks_ca_file.clone().filter(|p| p.is_file());
+        let refresh = cx.duration(
+            "auth.jwks_refresh_s",
+            self.jwks_refresh_s,
+            DEFAULT_JWKS_REFRESH,
+        );
+        let min_refetch = cx.duration_or_zero(
+            "auth.jwks_min_refetch_s",
+            self.jwks_min_refetch_s,
+            DEFAULT_JWKS_MIN_REFETCH,
+        );
+        let jwks_file = self.jwks_file.map(|f| cx.resolve(f));
+        let hs256_secret_file = self.hs256_secret_file.map(|f| cx.resolve(f));
+        cx.files.jwks_file = jwks_file.clone();
+        cx.files.hs256_secret_file = hs256_secret_file.clone();
+        let keys = match (jwks_file, hs256_secret_file, jwks_url) {
+            (Some(f), None, None) => KeySource::JwksFile(f),
+            (None, Some(f), None) => KeySource::Hs256SecretFile(f),
+            (None, None, Some(url)) => KeySource::JwksUrl(JwksUrl {
+                url,
+                ca_file: jwks_ca_file,
+                refresh,
+                min_refetch,
+            }),
+            (None, None, None) => {
+                cx.problems.push(
+                    "auth: one of jwks_file, jwks_url or hs256_secret_file is required".into(),
+                );
+                KeySource::JwksFile(PathBuf::new())
+            }
+            _ => {
+                cx.problems
+                    .push("auth: set only one of jwks_file, jwks_url and hs256_secret_file".into());
+                KeySource::JwksFile(PathBuf::new())
+            }
+        };
+        AuthConfig {
+            issuer,
+            audience,
+            keys,
+            user_claim: self.user_claim.unwrap_or_else(|| DEFAULT_USER_CLAIM.into()),
+            company_claim: self
+                .company_claim
+                .unwrap_or_else(|| DEFAULT_COMPANY_CLAIM.into()),
+            leeway: cx.duration_or_zero("auth.leeway_s", self.leeway_s, DEFAULT_LEEWAY),
+        }
+    }
+}
+
+// ---- [rate_limit] ----
+
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
     pub user_per_second: f64,
@@ -123,6 +677,68 @@ pub struct RateLimitConfig {
     /// Uploads in flight at once per company.
     pub company_concurrent: usize,
 }
+
+/// Requests per second per (company, user).
+pub const DEFAULT_USER_PER_SECOND: f64 = 5.0;
+pub const DEFAULT_USER_BURST: u32 = 10;
+/// Requests per second per company.
+pub const DEFAULT_COMPANY_PER_SECOND: f64 = 50.0;
+pub const DEFAULT_COMPANY_BURST: u32 = 100;
+/// Uploads in flight at once per (company, user).
+pub const DEFAULT_USER_CONCURRENT: usize = 8;
+/// Uploads in flight at once per company.
+pub const DEFAULT_COMPANY_CONCURRENT: usize = 32;
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRateLimit {
+    /// Default [`DEFAULT_USER_PER_SECOND`].
+    user_per_second: Option<f64>,
+    /// Default [`DEFAULT_USER_BURST`].
+    user_burst: Option<u32>,
+    /// Default [`DEFAULT_COMPANY_PER_SECOND`].
+    company_per_second: Option<f64>,
+    /// Default [`DEFAULT_COMPANY_BURST`].
+    company_burst: Option<u32>,
+    /// Default [`DEFAULT_USER_CONCURRENT`].
+    user_concurrent: Option<usize>,
+    /// Default [`DEFAULT_COMPANY_CONCURRENT`].
+    company_concurrent: Option<usize>,
+}
+
+impl RawRateLimit {
+    fn parse(self, cx: &mut Cx<'_>) -> RateLimitConfig {
+        RateLimitConfig {
+            user_per_second: cx.rate(
+                "rate_limit.user_per_second",
+                self.user_per_second,
+                DEFAULT_USER_PER_SECOND,
+            ),
+            user_burst: cx.burst("rate_limit.user_burst", self.user_burst, DEFAULT_USER_BURST),
+            company_per_second: cx.rate(
+                "rate_limit.company_per_second",
+                self.company_per_second,
+                DEFAULT_COMPANY_PER_SECOND,
+            ),
+            company_burst: cx.burst(
+                "rate_limit.company_burst",
+                self.company_burst,
+                DEFAULT_COMPANY_BURST,
+            ),
+            user_concurrent: cx.positive(
+                "rate_limit.user_concurrent",
+                self.user_concurrent,
+                DEFAULT_USER_CONCURRENT,
+            ),
+            company_concurrent: cx.positive(
+                "rate_limit.company_concurrent",
+                self.company_concurrent,
+                DEFAULT_COMPANY_CONCURRENT,
+            ),
+        }
+    }
+}
+
+// ---- [inspect] ----
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DigestAlgorithm {
@@ -136,6 +752,63 @@ pub struct InspectConfig {
     pub limits: Limits,
     pub digest: DigestAlgorithm,
 }
+
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+pub const DEFAULT_PDF_ACTIVE_CONTENT: ActiveContentPolicy = ActiveContentPolicy::Reject;
+pub const DEFAULT_DIGEST: DigestAlgorithm = DigestAlgorithm::Sha256;
+
+#[derive(Debug, Default, Deserialize)]
+struct RawInspect {
+    /// Default [`DEFAULT_MAX_PIXELS`].
+    max_pixels: Option<u64>,
+    /// `reject` or `allow`; default [`DEFAULT_PDF_ACTIVE_CONTENT`].
+    pdf_active_content: Option<String>,
+    /// `sha-256`, `sha-512` or `none`; default [`DEFAULT_DIGEST`].
+    digest: Option<String>,
+}
+
+impl RawInspect {
+    fn parse(self, cx: &mut Cx<'_>) -> InspectConfig {
+        let max_pixels = self.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS);
+        if max_pixels == 0 {
+            cx.problems
+                .push("inspect.max_pixels must be greater than 0".into());
+        }
+        let pdf_active_content = match self.pdf_active_content.as_deref() {
+            None => DEFAULT_PDF_ACTIVE_CONTENT,
+            Some("reject") => ActiveContentPolicy::Reject,
+            Some("allow") => ActiveContentPolicy::Allow,
+            Some(other) => {
+                cx.problems.push(format!(
+                    "inspect.pdf_active_content `{other}`: expected \"reject\" or \"allow\""
+                ));
+                DEFAULT_PDF_ACTIVE_CONTENT
+            }
+        };
+        let digest = match self.digest.as_deref() {
+            None => DEFAULT_DIGEST,
+            Some("sha-256") => DigestAlgorithm::Sha256,
+            Some("sha-512") => DigestAlgorithm::Sha512,
+            Some("none") => DigestAlgorithm::None,
+            Some(other) => {
+                cx.problems.push(format!(
+                    "inspect.digest `{other}`: expected \"sha-256\", \"sha-512\" or \"none\""
+                ));
+                DEFAULT_DIGEST
+            }
+        };
+        InspectConfig {
+            limits: Limits {
+                max_pixels,
+                pdf_active_content,
+                ..Limits::default()
+            },
+            digest,
+        }
+    }
+}
+
+// ---- [scan]: absent, no malware scanning ----
 
 /// Where clamd listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,524 +846,70 @@ pub struct ScanConfig {
     pub ping_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
-pub struct CredentialsConfig {
-    pub file: PathBuf,
-    pub state_dir: Option<PathBuf>,
-    pub reload_interval: Duration,
-}
-
-// ---- raw, as written in the file ----
-
-#[derive(Debug, Default, Deserialize)]
-struct RawConfig {
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    upstream: RawUpstream,
-    #[serde(default)]
-    auth: RawAuth,
-    #[serde(default)]
-    rate_limit: RawRateLimit,
-    #[serde(default)]
-    inspect: RawInspect,
-    scan: Option<RawScan>,
-    #[serde(default)]
-    credentials: RawCredentials,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawServer {
-    /// Default `127.0.0.1:8080`: a sidecar listens on loopback only.
-    listen: Option<String>,
-    /// Default `127.0.0.1:9090`.
-    admin_listen: Option<String>,
-    /// Default 10 MiB, Concur's documented limit.
-    max_body_bytes: Option<u64>,
-    /// Default 10 s.
-    header_read_timeout_s: Option<f64>,
-    /// Default 30 s.
-    body_idle_timeout_s: Option<f64>,
-    /// Default 5 s.
-    drain_delay_s: Option<f64>,
-    /// Default 30 s.
-    shutdown_grace_s: Option<f64>,
-    /// Default 1024 open client connections; past it new connections are closed at once.
-    max_connections: Option<usize>,
-    /// Default 1 MiB: a chunked body is spooled in memory up to this, then to a temp file.
-    spool_memory_bytes: Option<usize>,
-    /// Default 1024 bytes/s over every 10 s window once the grace has passed
-    /// (0 disables): a trickling client cannot hold a Concur slot for hours.
-    /// SPEC's name; `min_body_bytes_per_s` is the older spelling, still read.
-    #[serde(alias = "min_body_bytes_per_s")]
-    min_body_rate_bytes_per_s: Option<u64>,
-    /// Default 300 s: the whole body, however it arrives (spooled bodies included).
-    body_deadline_s: Option<f64>,
-    /// Default 256 MiB: chunked bodies spooled at once, memory and temp files
-    /// together (size the temp volume above it).
-    spool_max_bytes: Option<u64>,
-    /// Default 10 s.
-    min_body_rate_grace_s: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawUpstream {
-    /// Default `https://www.concursolutions.com`.
-    base_url: Option<String>,
-    ca_file: Option<PathBuf>,
-    /// Default 90 s for the whole exchange with Concur.
-    timeout_s: Option<f64>,
-    /// Default 10 s.
-    connect_timeout_s: Option<f64>,
-    /// Default 64 exchanges with Concur at once.
-    max_in_flight: Option<usize>,
-    /// Default 5 s: how long a request waits for an upstream slot before `503 overloaded`.
-    queue_timeout_s: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawAuth {
-    issuer: Option<String>,
-    audience: Option<String>,
-    jwks_file: Option<PathBuf>,
-    jwks_url: Option<String>,
-    /// Extra CA (PEM) for `jwks_url`.
-    jwks_ca_file: Option<PathBuf>,
-    /// Default 300 s.
-    jwks_refresh_s: Option<f64>,
-    /// Default 10 s.
-    jwks_min_refetch_s: Option<f64>,
-    hs256_secret_file: Option<PathBuf>,
-    /// Default `sub`.
-    user_claim: Option<String>,
-    /// Default `company`.
-    company_claim: Option<String>,
-    /// Default 30 s.
-    leeway_s: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawRateLimit {
-    /// Default 5 requests/s per (company, user), burst 10.
-    user_per_second: Option<f64>,
-    user_burst: Option<u32>,
-    /// Default 50 requests/s per company, burst 100.
-    company_per_second: Option<f64>,
-    company_burst: Option<u32>,
-    /// Default 8 uploads in flight at once per (company, user).
-    user_concurrent: Option<usize>,
-    /// Default 32 uploads in flight at once per company.
-    company_concurrent: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawInspect {
-    /// Default 100 000 000.
-    max_pixels: Option<u64>,
-    /// Default `reject`.
-    pdf_active_content: Option<String>,
-    /// Default `sha-256`.
-    digest: Option<String>,
-}
+/// Bounds each step with clamd (a permit, the connection, each write, the
+/// verdict after the last byte).
+pub const DEFAULT_SCAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fail closed.
+pub const DEFAULT_ON_SCAN_ERROR: OnScanError = OnScanError::Reject;
+/// Scans at once (clamd has a fixed pool of threads, 10 by default).
+pub const DEFAULT_SCAN_MAX_CONCURRENT: usize = 8;
+/// Between health pings (`/readyz`).
+pub const DEFAULT_SCAN_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default, Deserialize)]
 struct RawScan {
     /// Required in the section: `tcp://host:port` or `unix:/path`.
     clamd: Option<String>,
-    /// Default 30 s: bounds each step with clamd (a permit, the connection,
-    /// each write, the verdict after the last byte).
+    /// Default [`DEFAULT_SCAN_TIMEOUT`].
     timeout_s: Option<f64>,
-    /// Default `reject` (fail closed); or `allow`.
+    /// `reject` or `allow`; default [`DEFAULT_ON_SCAN_ERROR`].
     on_error: Option<String>,
-    /// Default 8 scans at once (clamd has a fixed pool of threads, 10 by default).
+    /// Default [`DEFAULT_SCAN_MAX_CONCURRENT`].
     max_concurrent: Option<usize>,
-    /// Default 10 s between health pings (`/readyz`).
+    /// Default [`DEFAULT_SCAN_PING_INTERVAL`].
     ping_interval_s: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct RawCredentials {
-    file: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    /// Default 5 s: how often the credential file is checked for changes.
-    reload_interval_s: Option<f64>,
-}
-
-impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, base)
-    }
-
-    /// Parses and validates config text; `base` is the folder relative paths are
-    /// resolved against. This is the source tests swap.
-    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigErrors> {
-        let mut problems = Vec::new();
-        let mut unknown = Vec::new();
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigErrors(vec![format!("TOML syntax: {}", e.message())]))?;
-        let raw: RawConfig = match serde_ignored::deserialize(de, |path| {
-            // `?` is how serde_ignored shows an optional section.
-            unknown.push(path.to_string().replace(".?.", "."))
-        }) {
-            Ok(raw) => raw,
-            Err(e) => return Err(ConfigErrors(vec![format!("{}", e.message())])),
-        };
-        for key in unknown {
-            problems.push(format!("unknown key `{key}`"));
-        }
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-
-        // [server]
-        let s = raw.server;
-        let listen = parse_addr(&mut problems, "server.listen", s.listen, "127.0.0.1:8080");
-        let admin_listen = parse_addr(
-            &mut problems,
-            "server.admin_listen",
-            s.admin_listen,
-            "127.0.0.1:9090",
-        );
-        let max_body_bytes = s.max_body_bytes.unwrap_or(10 * 1024 * 1024);
-        if max_body_bytes == 0 {
-            problems.push("server.max_body_bytes must be greater than 0".into());
-        }
-        let server = ServerConfig {
-            listen,
-            admin_listen,
-            max_body_bytes,
-            header_read_timeout: secs(
-                &mut problems,
-                "server.header_read_timeout_s",
-                s.header_read_timeout_s,
-                10.0,
-                false,
-            ),
-            body_idle_timeout: secs(
-                &mut problems,
-                "server.body_idle_timeout_s",
-                s.body_idle_timeout_s,
-                30.0,
-                false,
-            ),
-            drain_delay: secs(
-                &mut problems,
-                "server.drain_delay_s",
-                s.drain_delay_s,
-                5.0,
-                true,
-            ),
-            shutdown_grace: secs(
-                &mut problems,
-                "server.shutdown_grace_s",
-                s.shutdown_grace_s,
-                30.0,
-                true,
-            ),
-            max_connections: positive(
-                &mut problems,
-                "server.max_connections",
-                s.max_connections,
-                1024,
-            ),
-            spool_memory_bytes: s.spool_memory_bytes.unwrap_or(1024 * 1024),
-            spool_max_bytes: s.spool_max_bytes.unwrap_or(256 * 1024 * 1024),
-            body_deadline: secs(
-                &mut problems,
-                "server.body_deadline_s",
-                s.body_deadline_s,
-                300.0,
-                false,
-            ),
-            min_body_rate: MinBodyRate {
-                bytes_per_s: s.min_body_rate_bytes_per_s.unwrap_or(1024),
-                grace: secs(
-                    &mut problems,
-                    "server.min_body_rate_grace_s",
-                    s.min_body_rate_grace_s,
-                    10.0,
-                    true,
-                ),
-            },
-        };
-
-        // [upstream]
-        let u = raw.upstream;
-        let base_url_text = u
-            .base_url
-            .unwrap_or_else(|| "https://www.concursolutions.com".to_owned());
-        let base_url = match base_url_text.trim_end_matches('/').parse::<http::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
-                if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
-                    problems.push(format!(
-                        "upstream.base_url `{base_url_text}` must be a scheme and host only (no path or query)"
-                    ));
-                }
-                uri
-            }
-            Ok(_) => {
-                problems.push(format!(
-                    "upstream.base_url `{base_url_text}` must be an https:// URL: Concur is only reached over TLS"
-                ));
-                http::Uri::from_static("https://invalid")
-            }
-            Err(e) => {
-                problems.push(format!("upstream.base_url `{base_url_text}`: {e}"));
-                http::Uri::from_static("https://invalid")
-            }
-        };
-        let ca_file = u.ca_file.map(resolve);
-        if let Some(ca) = &ca_file
-            && !ca.is_file()
-        {
-            problems.push(format!("upstream.ca_file {}: no such file", ca.display()));
-        }
-        let upstream = UpstreamConfig {
-            base_url,
-            ca_file,
-            timeout: secs(
-                &mut problems,
-                "upstream.timeout_s",
-                u.timeout_s,
-                90.0,
-                false,
-            ),
-            connect_timeout: secs(
-                &mut problems,
-                "upstream.connect_timeout_s",
-                u.connect_timeout_s,
-                10.0,
-                false,
-            ),
-            max_in_flight: positive(&mut problems, "upstream.max_in_flight", u.max_in_flight, 64),
-            queue_timeout: secs(
-                &mut problems,
-                "upstream.queue_timeout_s",
-                u.queue_timeout_s,
-                5.0,
-                true,
-            ),
-        };
-
-        // [auth]
-        let a = raw.auth;
-        let issuer = a.issuer.unwrap_or_else(|| {
-            problems.push("auth.issuer is required".into());
-            String::new()
-        });
-        let audience = a.audience.unwrap_or_else(|| {
-            problems.push("auth.audience is required".into());
-            String::new()
-        });
-        let jwks_url = a
-            .jwks_url
-            .as_deref()
-            .map(|text| match text.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => uri,
-                _ => {
-                    problems.push(format!("auth.jwks_url `{text}` must be an https:// URL"));
-                    http::Uri::from_static("https://invalid")
-                }
-            });
-        let jwks_ca_file = a.jwks_ca_file.map(resolve);
-        if let Some(ca) = &jwks_ca_file
-            && !ca.is_file()
-        {
-            problems.push(format!("auth.jwks_ca_file {}: no such file", ca.display()));
-        }
-        let refresh = secs(
-            &mut problems,
-            "auth.jwks_refresh_s",
-            a.jwks_refresh_s,
-            300.0,
-            false,
-        );
-        let min_refetch = secs(
-            &mut problems,
-            "auth.jwks_min_refetch_s",
-            a.jwks_min_refetch_s,
-            10.0,
-            true,
-        );
-        let keys = match (a.jwks_file, a.hs256_secret_file, jwks_url) {
-            (Some(f), None, None) => KeySource::JwksFile(resolve(f)),
-            (None, Some(f), None) => KeySource::Hs256SecretFile(resolve(f)),
-            (None, None, Some(url)) => KeySource::JwksUrl(JwksUrl {
-                url,
-                ca_file: jwks_ca_file,
-                refresh,
-                min_refetch,
-            }),
-            (None, None, None) => {
-                problems.push(
-                    "auth: one of jwks_file, jwks_url or hs256_secret_file is required".into(),
+impl RawScan {
+    fn parse(self, cx: &mut Cx<'_>) -> ScanConfig {
+        let clamd = match self.clamd.as_deref() {
+            None => {
+                cx.problems.push(
+                    "scan.clamd is required in [scan] (\"tcp://host:port\" or \"unix:/path\")"
+                        .into(),
                 );
-                KeySource::JwksFile(PathBuf::new())
+                ClamdAddr::Tcp(String::new())
             }
-            _ => {
-                problems
-                    .push("auth: set only one of jwks_file, jwks_url and hs256_secret_file".into());
-                KeySource::JwksFile(PathBuf::new())
-            }
+            Some(text) => parse_clamd(text, cx.base).unwrap_or_else(|why| {
+                cx.problems.push(format!("scan.clamd `{text}`: {why}"));
+                ClamdAddr::Tcp(String::new())
+            }),
         };
-        let auth = AuthConfig {
-            issuer,
-            audience,
-            keys,
-            user_claim: a.user_claim.unwrap_or_else(|| "sub".into()),
-            company_claim: a.company_claim.unwrap_or_else(|| "company".into()),
-            leeway: secs(&mut problems, "auth.leeway_s", a.leeway_s, 30.0, true),
-        };
-
-        // [rate_limit]
-        let r = raw.rate_limit;
-        let rate_limit = RateLimitConfig {
-            user_per_second: rate(
-                &mut problems,
-                "rate_limit.user_per_second",
-                r.user_per_second,
-                5.0,
-            ),
-            user_burst: burst(&mut problems, "rate_limit.user_burst", r.user_burst, 10),
-            company_per_second: rate(
-                &mut problems,
-                "rate_limit.company_per_second",
-                r.company_per_second,
-                50.0,
-            ),
-            company_burst: burst(
-                &mut problems,
-                "rate_limit.company_burst",
-                r.company_burst,
-                100,
-            ),
-            user_concurrent: positive(
-                &mut problems,
-                "rate_limit.user_concurrent",
-                r.user_concurrent,
-                8,
-            ),
-            company_concurrent: positive(
-                &mut problems,
-                "rate_limit.company_concurrent",
-                r.company_concurrent,
-                32,
-            ),
-        };
-
-        // [inspect]
-        let i = raw.inspect;
-        let max_pixels = i.max_pixels.unwrap_or(100_000_000);
-        if max_pixels == 0 {
-            problems.push("inspect.max_pixels must be greater than 0".into());
-        }
-        let pdf_active_content = match i.pdf_active_content.as_deref() {
-            None | Some("reject") => ActiveContentPolicy::Reject,
-            Some("allow") => ActiveContentPolicy::Allow,
+        let on_error = match self.on_error.as_deref() {
+            None => DEFAULT_ON_SCAN_ERROR,
+            Some("reject") => OnScanError::Reject,
+            Some("allow") => OnScanError::Allow,
             Some(other) => {
-                problems.push(format!(
-                    "inspect.pdf_active_content `{other}`: expected \"reject\" or \"allow\""
+                cx.problems.push(format!(
+                    "scan.on_error `{other}`: expected \"reject\" or \"allow\""
                 ));
-                ActiveContentPolicy::Reject
+                DEFAULT_ON_SCAN_ERROR
             }
         };
-        let digest = match i.digest.as_deref() {
-            None | Some("sha-256") => DigestAlgorithm::Sha256,
-            Some("sha-512") => DigestAlgorithm::Sha512,
-            Some("none") => DigestAlgorithm::None,
-            Some(other) => {
-                problems.push(format!(
-                    "inspect.digest `{other}`: expected \"sha-256\", \"sha-512\" or \"none\""
-                ));
-                DigestAlgorithm::Sha256
-            }
-        };
-        let inspect = InspectConfig {
-            limits: Limits {
-                max_pixels,
-                pdf_active_content,
-                ..Limits::default()
-            },
-            digest,
-        };
-
-        // [scan]: absent, no malware scanning.
-        let scan = raw.scan.map(|sc| {
-            let clamd = match sc.clamd.as_deref() {
-                None => {
-                    problems.push(
-                        "scan.clamd is required in [scan] (\"tcp://host:port\" or \"unix:/path\")"
-                            .into(),
-                    );
-                    ClamdAddr::Tcp(String::new())
-                }
-                Some(text) => parse_clamd(text, base).unwrap_or_else(|why| {
-                    problems.push(format!("scan.clamd `{text}`: {why}"));
-                    ClamdAddr::Tcp(String::new())
-                }),
-            };
-            let on_error = match sc.on_error.as_deref() {
-                None | Some("reject") => OnScanError::Reject,
-                Some("allow") => OnScanError::Allow,
-                Some(other) => {
-                    problems.push(format!(
-                        "scan.on_error `{other}`: expected \"reject\" or \"allow\""
-                    ));
-                    OnScanError::Reject
-                }
-            };
-            ScanConfig {
-                clamd,
-                timeout: secs(&mut problems, "scan.timeout_s", sc.timeout_s, 30.0, false),
-                on_error,
-                max_concurrent: positive(
-                    &mut problems,
-                    "scan.max_concurrent",
-                    sc.max_concurrent,
-                    8,
-                ),
-                ping_interval: secs(
-                    &mut problems,
-                    "scan.ping_interval_s",
-                    sc.ping_interval_s,
-                    10.0,
-                    false,
-                ),
-            }
-        });
-
-        // [credentials]
-        let c = raw.credentials;
-        let file = c.file.map(resolve).unwrap_or_else(|| {
-            problems.push("credentials.file is required".into());
-            PathBuf::new()
-        });
-        let credentials = CredentialsConfig {
-            file,
-            state_dir: c.state_dir.map(resolve),
-            reload_interval: secs(
-                &mut problems,
-                "credentials.reload_interval_s",
-                c.reload_interval_s,
-                5.0,
-                false,
+        ScanConfig {
+            clamd,
+            timeout: cx.duration("scan.timeout_s", self.timeout_s, DEFAULT_SCAN_TIMEOUT),
+            on_error,
+            max_concurrent: cx.positive(
+                "scan.max_concurrent",
+                self.max_concurrent,
+                DEFAULT_SCAN_MAX_CONCURRENT,
             ),
-        };
-
-        if problems.is_empty() {
-            Ok(Config {
-                server,
-                upstream,
-                auth,
-                rate_limit,
-                inspect,
-                scan,
-                credentials,
-            })
-        } else {
-            Err(ConfigErrors(problems))
+            ping_interval: cx.duration(
+                "scan.ping_interval_s",
+                self.ping_interval_s,
+                DEFAULT_SCAN_PING_INTERVAL,
+            ),
         }
     }
 }
@@ -733,62 +952,47 @@ fn parse_clamd(text: &str, base: &Path) -> Result<ClamdAddr, String> {
     }
 }
 
-fn parse_addr(
-    problems: &mut Vec<String>,
-    key: &str,
-    value: Option<String>,
-    default: &str,
-) -> SocketAddr {
-    let text = value.unwrap_or_else(|| default.to_owned());
-    text.parse().unwrap_or_else(|e| {
-        problems.push(format!("{key} `{text}`: {e} (expected IP:PORT)"));
-        default.parse().expect("default addresses parse")
-    })
+// ---- [credentials] ----
+
+#[derive(Debug, Clone)]
+pub struct CredentialsConfig {
+    pub file: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    pub reload_interval: Duration,
 }
 
-fn secs(
-    problems: &mut Vec<String>,
-    key: &str,
-    value: Option<f64>,
-    default: f64,
-    zero_ok: bool,
-) -> Duration {
-    let v = value.unwrap_or(default);
-    if !v.is_finite() || v < 0.0 || (!zero_ok && v == 0.0) || v > 86_400.0 * 365.0 {
-        let range = if zero_ok { ">= 0" } else { "> 0" };
-        problems.push(format!("{key} = {v}: expected seconds {range}"));
-        return Duration::from_secs_f64(default);
-    }
-    Duration::from_secs_f64(v)
+/// How often the credential file is checked for changes.
+pub const DEFAULT_CREDENTIALS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default, Deserialize)]
+struct RawCredentials {
+    /// Required.
+    file: Option<PathBuf>,
+    /// Where rotated refresh tokens are kept; without it, in memory only.
+    state_dir: Option<PathBuf>,
+    /// Default [`DEFAULT_CREDENTIALS_RELOAD_INTERVAL`].
+    reload_interval_s: Option<f64>,
 }
 
-fn positive(problems: &mut Vec<String>, key: &str, value: Option<usize>, default: usize) -> usize {
-    let v = value.unwrap_or(default);
-    if v == 0 {
-        problems.push(format!("{key} must be greater than 0"));
-        return default;
+impl RawCredentials {
+    fn parse(self, cx: &mut Cx<'_>) -> CredentialsConfig {
+        let file = self.file.map(|f| cx.resolve(f));
+        let state_dir = self.state_dir.map(|d| cx.resolve(d));
+        cx.files.credentials_file = file.clone();
+        cx.files.state_dir = state_dir.clone();
+        CredentialsConfig {
+            file: file.unwrap_or_else(|| {
+                cx.problems.push("credentials.file is required".into());
+                PathBuf::new()
+            }),
+            state_dir,
+            reload_interval: cx.duration(
+                "credentials.reload_interval_s",
+                self.reload_interval_s,
+                DEFAULT_CREDENTIALS_RELOAD_INTERVAL,
+            ),
+        }
     }
-    v
-}
-
-fn rate(problems: &mut Vec<String>, key: &str, value: Option<f64>, default: f64) -> f64 {
-    let v = value.unwrap_or(default);
-    if !v.is_finite() || v <= 0.0 || v > 1_000_000.0 {
-        problems.push(format!(
-            "{key} = {v}: expected a rate > 0 (requests per second)"
-        ));
-        return default;
-    }
-    v
-}
-
-fn burst(problems: &mut Vec<String>, key: &str, value: Option<u32>, default: u32) -> u32 {
-    let v = value.unwrap_or(default);
-    if v == 0 {
-        problems.push(format!("{key} must be at least 1"));
-        return default;
-    }
-    v
 }
 
 #[cfg(test)]
@@ -939,5 +1143,41 @@ x = 1
         let text = format!("{MINIMAL}\n[scan]\n");
         let errs = Config::from_toml(&text, Path::new("/")).unwrap_err().0;
         assert!(errs[0].contains("scan.clamd is required"), "{errs:?}");
+    }
+
+    #[test]
+    fn files_are_named_even_when_the_config_has_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let text = "[upstream]\nca_file = \"ca.pem\"\n\
+            [auth]\njwks_file = \"jwks.json\"\nhs256_secret_file = \"/s\"\njwks_ca_file = \"gone.pem\"\n\
+            [rate_limit]\nuser_per_second = -1\n\
+            [credentials]\nfile = \"creds.toml\"\nstate_dir = \"state\"\n";
+        let parsed = Config::parse(text, dir.path());
+        let all = parsed.config.unwrap_err().0.join("\n");
+        for needle in [
+            "rate_limit.user_per_second",
+            "auth.issuer is required",
+            "set only one of jwks_file, jwks_url and hs256_secret_file",
+            "auth.jwks_ca_file",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let at = |name: &str| Some(dir.path().join(name));
+        assert_eq!(
+            parsed.files,
+            Files {
+                jwks_file: at("jwks.json"),
+                hs256_secret_file: Some("/s".into()),
+                // Reported already as missing: not loaded again.
+                jwks_ca_file: None,
+                upstream_ca_file: at("ca.pem"),
+                credentials_file: at("creds.toml"),
+                state_dir: at("state"),
+            }
+        );
+        let parsed = Config::parse("[server\n", dir.path());
+        assert!(parsed.config.unwrap_err().0[0].starts_with("TOML syntax"));
+        assert_eq!(parsed.files, Files::default());
     }
 }

@@ -1,20 +1,24 @@
 //! The gateway's shared state, built once from a validated [`Config`].
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+
 use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
 use crate::clamav::Scanner;
 use crate::concurrency::InFlightLimits;
-use crate::config::{Config, KeySource};
-use crate::credentials::refresh::TokenManager;
+use crate::config::{Config, Files, KeySource, Parsed, UpstreamConfig};
+use crate::credentials::refresh::{TokenManager, check_state_dir};
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::rate_limit::RateLimits;
 use crate::spool::SpoolBudget;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, https_connector, tls_config};
 
 #[derive(Debug)]
 pub struct Gateway {
@@ -43,23 +47,27 @@ pub const MAX_CONCUR_BACKOFF: Duration = Duration::from_secs(300);
 
 impl Gateway {
     /// Loads keys and credentials and builds the upstream client. Every problem
-    /// is reported (this is also what `check-config` runs).
+    /// is reported, naming its config key (this is also what `check-config` runs).
     pub fn new(config: Config) -> Result<Self, Vec<String>> {
         Self::with_clock(config, Arc::new(SystemClock))
     }
 
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
-        let keys = KeySet::load(&config.auth.keys).map_err(|e| problems.push(format!("auth: {e}")));
+        let keys = load_keys(&config.auth.keys).map_err(|e| problems.push(e));
         let credentials =
-            CredentialStore::open(&config.credentials.file).map_err(|ps| problems.extend(ps));
-        let upstream =
-            Upstream::new(&config.upstream).map_err(|e| problems.push(format!("upstream: {e}")));
+            open_credentials(&config.credentials.file).map_err(|ps| problems.extend(ps));
+        problems.extend(check_state_dir(config.credentials.state_dir.as_deref()).err());
         let metrics = Metrics::new();
-        let tokens =
-            TokenManager::new(&config, clock.clone(), &metrics).map_err(|e| problems.push(e));
-        match (keys, credentials, upstream, tokens) {
-            (Ok(keys), Ok(credentials), Ok(upstream), Ok(tokens)) if problems.is_empty() => {
+        let clients = upstream_connector(&config.upstream)
+            .map_err(|e| problems.push(e))
+            .and_then(|https| {
+                let tokens = TokenManager::new(&config, https.clone(), clock.clone(), &metrics)
+                    .map_err(|e| problems.push(e))?;
+                Ok((Upstream::new(&config.upstream, https), tokens))
+            });
+        match (keys, credentials, clients) {
+            (Ok(keys), Ok(credentials), Ok((upstream, tokens))) if problems.is_empty() => {
                 tokens.start(&credentials.current());
                 let scanner = config.scan.as_ref().map(|s| Scanner::new(s, &metrics));
                 let spool_budget =
@@ -213,10 +221,136 @@ impl Gateway {
     }
 }
 
+/// `check-config`: everything `serve` would load, every problem in one run.
+///
+/// The config file is validated and, even when it has problems, every file it
+/// names that could be resolved is loaded too (keys, credentials, CA files,
+/// the state folder), each problem naming its key. When all of that passes,
+/// the gateway is built as `serve` builds it. `auth.jwks_url` is fetched
+/// whenever the config itself is valid.
+pub async fn check(path: &Path) -> Vec<String> {
+    let Parsed { config, files } = Config::read(path);
+    let (config, mut problems) = match config {
+        Ok(config) => (Some(config), Vec::new()),
+        Err(errors) => (None, errors.0),
+    };
+    problems.extend(check_files(&files));
+    let Some(config) = config else {
+        return problems;
+    };
+    // What `serve` fetches at start is fetched here too (unless its CA file
+    // failed, which is reported already).
+    let jwks = match &config.auth.keys {
+        KeySource::JwksUrl(url) if tls_config(url.ca_file.as_deref()).is_ok() => {
+            crate::auth::jwks::fetch(url)
+                .await
+                .err()
+                .map(|e| format!("auth.jwks_url {}: {e}", url.url))
+        }
+        _ => None,
+    };
+    if problems.is_empty()
+        && let Err(ps) = Gateway::new(config)
+    {
+        problems.extend(ps);
+    }
+    problems.extend(jwks);
+    problems
+}
+
+/// Loads each file in `files`, as `serve` would; the problems name their keys.
+fn check_files(files: &Files) -> Vec<String> {
+    let mut problems = Vec::new();
+    let key_files = [
+        files.jwks_file.clone().map(KeySource::JwksFile),
+        files
+            .hs256_secret_file
+            .clone()
+            .map(KeySource::Hs256SecretFile),
+    ];
+    for source in key_files.into_iter().flatten() {
+        problems.extend(load_keys(&source).err());
+    }
+    if let Some(file) = &files.credentials_file {
+        problems.extend(open_credentials(file).err().unwrap_or_default());
+    }
+    for (key, ca_file) in [
+        ("upstream.ca_file", &files.upstream_ca_file),
+        ("auth.jwks_ca_file", &files.jwks_ca_file),
+    ] {
+        if let Some(ca_file) = ca_file
+            && let Err(e) = tls_config(Some(ca_file))
+        {
+            problems.push(format!("{key} {e}"));
+        }
+    }
+    problems.extend(check_state_dir(files.state_dir.as_deref()).err());
+    problems
+}
+
+/// `auth.jwks_file` or `auth.hs256_secret_file`, read and parsed (a JWKS URL
+/// is fetched later, in the background).
+fn load_keys(source: &KeySource) -> Result<KeySet, String> {
+    KeySet::load(source).map_err(|e| format!("{} {e}", source.key()))
+}
+
+/// `credentials.file`, read and validated.
+fn open_credentials(file: &Path) -> Result<CredentialStore, Vec<String>> {
+    CredentialStore::open(file).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| format!("credentials.file {p}"))
+            .collect()
+    })
+}
+
+/// The connector to Concur, trusting `upstream.ca_file` besides the Mozilla
+/// roots; shared by the upstream client and the OAuth2 token client.
+fn upstream_connector(config: &UpstreamConfig) -> Result<HttpsConnector<HttpConnector>, String> {
+    https_connector(config.ca_file.as_deref(), config.connect_timeout).map_err(|e| {
+        match config.ca_file {
+            Some(_) => format!("upstream.ca_file {e}"),
+            None => format!("upstream: {e}"),
+        }
+    })
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_problems_name_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "not PEM\n").unwrap();
+        let config = Config::from_toml(
+            "[upstream]\nca_file = \"ca.pem\"\n\
+             [auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"jwks.json\"\n\
+             [credentials]\nfile = \"creds.toml\"\nstate_dir = \"state\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let problems = Gateway::new(config).unwrap_err();
+        let at = |name: &str| dir.path().join(name).display().to_string();
+        assert_eq!(
+            problems,
+            [
+                format!("auth.jwks_file {}: no such file", at("jwks.json")),
+                format!("credentials.file {}: no such file", at("creds.toml")),
+                format!("credentials.state_dir {}: not a directory", at("state")),
+                format!(
+                    "upstream.ca_file {}: no PEM certificate found",
+                    at("ca.pem")
+                ),
+            ]
+        );
     }
 }

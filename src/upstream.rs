@@ -94,19 +94,19 @@ pub fn https_connector(
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
-        let https = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
+    /// `https` is [`https_connector`] for `config` (shared with the OAuth2 token client).
+    pub fn new(config: &UpstreamConfig, https: HttpsConnector<HttpConnector>) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_in_flight)
             .build(https);
-        Ok(Self {
+        Self {
             client,
             base: config.base_url.clone(),
             timeout: config.timeout,
             slots: FairSlots::new(config.max_in_flight, config.queue_timeout),
-        })
+        }
     }
 
     /// The Concur URL for a path built by `route::parse`.

@@ -268,7 +268,7 @@ fn refuse_jws_extensions(token: &str) -> Result<(), String> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::read(path).map_err(|e| crate::config::file_problem(path, &e))
 }
 
 /// Most verified tokens remembered (see [`Authenticator::verify`]).

@@ -272,8 +272,8 @@ impl CredentialSet {
     }
 
     pub fn load(path: &Path) -> Result<Self, Vec<String>> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![crate::config::file_problem(path, &e)])?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::from_toml_in(&text, base).map_err(|ps| {
             ps.into_iter()

@@ -251,12 +251,26 @@ fn jitter() -> f64 {
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
+/// `credentials.state_dir`, when set, must be a directory.
+pub fn check_state_dir(dir: Option<&Path>) -> Result<(), String> {
+    match dir {
+        Some(dir) if !dir.is_dir() => Err(format!(
+            "credentials.state_dir {}: not a directory",
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl TokenManager {
-    pub fn new(config: &Config, clock: Arc<dyn Clock>, metrics: &Metrics) -> Result<Self, String> {
-        let https = crate::upstream::https_connector(
-            config.upstream.ca_file.as_deref(),
-            config.upstream.connect_timeout,
-        )?;
+    /// `https` is the gateway's connector to Concur (trusting `upstream.ca_file`);
+    /// `credentials.state_dir` must have passed [`check_state_dir`].
+    pub fn new(
+        config: &Config,
+        https: HttpsConnector<HttpConnector>,
+        clock: Arc<dyn Clock>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -267,14 +281,6 @@ impl TokenManager {
         )
         .parse()
         .map_err(|e| format!("upstream.base_url: {e}"))?;
-        if let Some(dir) = &config.credentials.state_dir
-            && !dir.is_dir()
-        {
-            return Err(format!(
-                "credentials.state_dir {}: not a directory",
-                dir.display()
-            ));
-        }
         Ok(Self {
             slots: Mutex::new(HashMap::new()),
             client,

@@ -81,8 +81,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_pixels: 100_000_000,
-            pdf_active_content: ActiveContentPolicy::Reject,
+            max_pixels: crate::config::DEFAULT_MAX_PIXELS,
+            pdf_active_content: crate::config::DEFAULT_PDF_ACTIVE_CONTENT,
             max_inflate_bytes: 16 * 1024 * 1024,
             max_inflate_total: 64 * 1024 * 1024,
             max_nesting: 64,

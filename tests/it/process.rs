@@ -231,8 +231,13 @@ fn check_config_reports_every_problem() {
         text.contains("server.listen") && text.contains("unknown key `typo`"),
         "{text}"
     );
+    // The files it names are checked in the same run.
+    assert!(
+        text.contains("missing.json") && text.contains("nope.toml"),
+        "{text}"
+    );
 
-    // Fix the config: now the files it names are checked too.
+    // Fix the config: the missing files are still reported.
     std::fs::write(
         &path,
         "[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"missing.json\"\n[credentials]\nfile = \"nope.toml\"\n",
@@ -268,6 +273,67 @@ fn check_config_reports_every_problem() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn check_config_reports_config_and_file_problems_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[upstream]\nca_file = \"ca.pem\"\n\
+         [auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"jwks.json\"\n\
+         [rate_limit]\nuser_per_second = -1\n\
+         [credentials]\nfile = \"creds.toml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = |name: &str| dir.path().join(name).display().to_string();
+    let expected = [
+        "rate_limit.user_per_second = -1: expected a rate > 0 (requests per second)".to_owned(),
+        format!("upstream.ca_file {}: no such file", at("ca.pem")),
+        format!("auth.jwks_file {}: no such file", at("jwks.json")),
+        format!("credentials.file {}: no such file", at("creds.toml")),
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{text}");
+    for problem in &expected {
+        let line = format!("{}: {problem}", path.display());
+        assert!(
+            lines.contains(&line.as_str()),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+
+    // Files that exist but do not parse are reported the same way.
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(dir.path().join("jwks.json"), "{").unwrap();
+    std::fs::write(dir.path().join("creds.toml"), "[[credential]]\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for prefix in [
+        "rate_limit.user_per_second = -1".to_owned(),
+        format!("upstream.ca_file {}: ", at("ca.pem")),
+        format!("auth.jwks_file {}: ", at("jwks.json")),
+        format!("credentials.file {}: ", at("creds.toml")),
+    ] {
+        let line = format!("{}: {prefix}", path.display());
+        assert!(
+            text.lines().any(|l| l.starts_with(&line)),
+            "missing {line:?} in:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]
