@@ -33,7 +33,7 @@ import yaml
 
 GATEWAY = "concur-gateway"
 EXEMPT_ANNOTATION = "concur-gateway.dev/security-exempt-containers"
-# Defaults from README.md, "Configuration".
+# Defaults from docs/configuration.md.
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN = "127.0.0.1:9090"
 DEFAULT_DRAIN_DELAY_S = 5

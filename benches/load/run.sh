@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end load bench: concur-gateway vs nginx vs Envoy in front of the same
-# TLS sink (the Concur sandbox). See benches/load/loadbench.py and README
-# "Benchmarks".
+# TLS sink (the Concur sandbox). See benches/load/loadbench.py and
+# docs/benchmarks.md.
 #
 #   benches/load/run.sh            full run: release build, 4 targets x 3 sizes x 3 rounds,
 #                                  + peak RSS with 64 concurrent 8 MiB uploads (~8 min)
