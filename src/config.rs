@@ -10,7 +10,7 @@
 //! problems. Relative paths are resolved against the config file's folder.
 //!
 //! Each key's default is a `DEFAULT_*` constant beside its section, named in
-//! the key's doc comment below (and documented in the README).
+//! the key's doc comment below (and documented in `docs/configuration.md`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

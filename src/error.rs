@@ -2,7 +2,7 @@
 //!
 //! Every stage returns [`GatewayError`]; [`GatewayError::into_response`] turns it
 //! into an RFC 9457 `application/problem+json` body carrying the stable `code` of
-//! SPEC.md and the request id. Internal detail (sources, upstream messages that
+//! `docs/errors.md` and the request id. Internal detail (sources, upstream messages that
 //! are not Concur's own `Message`) stays in the logs.
 //!
 //! Secrets never reach this type's messages: variants carry reasons, never tokens.
@@ -144,7 +144,7 @@ impl GatewayError {
         }
     }
 
-    /// The stable code of SPEC.md.
+    /// The stable code (`docs/errors.md`).
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {

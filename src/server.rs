@@ -2,7 +2,7 @@
 //!
 //! Accept loop, connection limits and graceful drain.
 //!
-//! Shutdown is part of the design (SPEC.md, `server.drain_delay_s` and
+//! Shutdown is part of the design (`docs/operations.md`, `server.drain_delay_s` and
 //! `server.shutdown_grace_s`):
 //! 1. the shutdown future fires (SIGTERM): `/readyz` starts failing at once;
 //! 2. for `drain_delay` the listener keeps accepting and serving normally,
@@ -10,10 +10,10 @@
 //! 3. then accept stops and open connections are told to finish: idle
 //!    keep-alive connections close, in-flight uploads get up to
 //!    `shutdown_grace` to complete;
+//! 4. `run` returns, and the process exits 0.
 //!
 //! At `server.max_connections` the longest-idle connection makes room for a
 //! new one (`connections.rs`).
-//! 4. `run` returns, and the process exits 0.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use crate::stack;
 /// from the connection task to the upstream one (a task hand-off, a `recv` on
 /// the client socket, a TLS record batch and a `writev` upstream each), so
 /// 16 KiB chunks cost measurably more CPU per byte than 64 KiB ones (see
-/// README "Benchmarks"). 64 KiB is also about Envoy's default head limit
+/// `docs/benchmarks.md`). 64 KiB is also about Envoy's default head limit
 /// (60 KiB); nginx allows 4 × 8 KiB header lines.
 const READ_BUF_BYTES: usize = 64 * 1024;
 

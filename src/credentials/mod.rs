@@ -6,7 +6,7 @@
 //! [`CredentialSet`] is loaded from `credentials.toml` and validated as a whole; a
 //! [`CredentialStore`] holds the current set behind an `ArcSwap`, so a reload
 //! replaces it atomically while in-flight requests keep the `Arc<Credential>` they
-//! started with. [`select`] is the pure selection policy of SPEC.md.
+//! started with. [`select`] is the pure selection policy (`docs/credentials.md`).
 //!
 //! A credential is either a static token (legacy Concur tokens last about a
 //! year) or a refreshing OAuth2 credential (refresh token + client); the latter
@@ -404,7 +404,7 @@ fn refresh_spec(
     }
 }
 
-/// The selection policy of SPEC.md, a pure function:
+/// The selection policy (`docs/credentials.md`), a pure function:
 /// - receipts go to the caller's own receipt store, so only the caller's user
 ///   credential may act (never the admin's: the image would land in the wrong store);
 /// - entries, invoices and reports use the caller's credential, else the company's

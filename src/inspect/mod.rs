@@ -90,7 +90,7 @@ impl Default for Limits {
     }
 }
 
-/// The stable SPEC.md codes an inspection can end with.
+/// The stable codes (`docs/errors.md`) an inspection can end with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectCode {
     /// The bytes are not of the declared type (422).

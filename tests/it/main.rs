@@ -1,4 +1,4 @@
-//! One integration test binary (DESIGN.md): modules by area.
+//! One integration test binary (see ARCHITECTURE.md): modules by area.
 
 mod clamav;
 mod creds;

@@ -11,7 +11,7 @@
 //!   inflate caps), so that the limit checks are reached with small inputs.
 //! * Bit 2 of byte 1: the PNG target fixes every chunk CRC first (`png.rs`).
 //!
-//! Any chunking must give the verdict of one-shot feeding (DESIGN.md
+//! Any chunking must give the verdict of one-shot feeding (ARCHITECTURE.md
 //! principle 1), `finish` must be idempotent, and no input may panic.
 
 use concur_gateway::inspect::{
