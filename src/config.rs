@@ -48,6 +48,7 @@ pub struct Config {
     /// `None`: no `[scan]` section, no malware scanning.
     pub scan: Option<ScanConfig>,
     pub credentials: CredentialsConfig,
+    pub store: StoreConfig,
 }
 
 /// A config file as far as it could be read: the validated config or every
@@ -93,6 +94,8 @@ struct RawConfig {
     scan: Option<RawScan>,
     #[serde(default)]
     credentials: RawCredentials,
+    #[serde(default)]
+    store: RawStore,
 }
 
 impl Config {
@@ -145,6 +148,7 @@ impl Config {
             inspect: raw.inspect.parse(&mut cx),
             scan: raw.scan.map(|scan| scan.parse(&mut cx)),
             credentials: raw.credentials.parse(&mut cx),
+            store: raw.store.parse(&mut cx),
         };
         Parsed {
             config: if cx.problems.is_empty() {
@@ -993,6 +997,183 @@ impl RawCredentials {
             ),
         }
     }
+}
+
+// ---- [store] ----
+
+/// Where state that must hold across replicas lives.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `None`: `backend = "memory"`, the state of this process only.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `backend = "redis"`.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// One URL (`redis://` or `rediss://`), or several: the seeds of a Redis
+    /// Cluster.
+    pub urls: Vec<String>,
+    /// Extra trust anchors (PEM) for `rediss://`.
+    pub ca_file: Option<PathBuf>,
+    pub key_prefix: String,
+    /// 32 random bytes, base64: the AES-256-GCM key of stored secrets.
+    pub encryption_key_file: PathBuf,
+    /// A store call slower than this counts as the store being unavailable.
+    pub timeout: Duration,
+}
+
+/// Prefix of every Redis key the gateway writes.
+pub const DEFAULT_STORE_KEY_PREFIX: &str = "concur-gateway:";
+/// A store call slower than this counts as unavailable.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Default, Deserialize)]
+struct RawStore {
+    /// `"memory"` (default) or `"redis"`.
+    backend: Option<String>,
+    /// Required with redis: `redis://host:port/db`, `rediss://…` for TLS, or
+    /// several comma-separated seed URLs for a Redis Cluster.
+    url: Option<String>,
+    /// Extra CA (PEM) for `rediss://`, besides the Mozilla roots.
+    ca_file: Option<PathBuf>,
+    /// Default [`DEFAULT_STORE_KEY_PREFIX`].
+    key_prefix: Option<String>,
+    /// Required with redis.
+    encryption_key_file: Option<PathBuf>,
+    /// Default [`DEFAULT_STORE_TIMEOUT`] (50 ms).
+    timeout_ms: Option<u64>,
+}
+
+impl RawStore {
+    fn parse(self, cx: &mut Cx<'_>) -> StoreConfig {
+        match self.backend.as_deref() {
+            None | Some("memory") => {
+                for (key, set) in [
+                    ("url", self.url.is_some()),
+                    ("ca_file", self.ca_file.is_some()),
+                    ("encryption_key_file", self.encryption_key_file.is_some()),
+                ] {
+                    if set {
+                        cx.problems.push(format!(
+                            "store.{key} is only used with store.backend = \"redis\""
+                        ));
+                    }
+                }
+                return StoreConfig { redis: None };
+            }
+            Some("redis") => {}
+            Some(other) => {
+                cx.problems.push(format!(
+                    "store.backend `{other}`: expected \"memory\" or \"redis\""
+                ));
+                return StoreConfig { redis: None };
+            }
+        }
+        let urls: Vec<String> = match &self.url {
+            None => {
+                cx.problems
+                    .push("store.url is required with store.backend = \"redis\"".into());
+                Vec::new()
+            }
+            Some(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        for url in &urls {
+            if let Err(why) = check_redis_url(url) {
+                cx.problems.push(format!("store.url `{url}`: {why}"));
+            }
+        }
+        if urls.len() > 1
+            && urls.iter().any(|u| u.starts_with("rediss://"))
+                != urls.iter().all(|u| u.starts_with("rediss://"))
+        {
+            cx.problems.push(
+                "store.url: the seed URLs of a cluster must all be redis:// or all rediss://"
+                    .into(),
+            );
+        }
+        let ca_file = self.ca_file.map(|p| cx.resolve(p));
+        if let Some(ca) = &ca_file
+            && !ca.is_file()
+        {
+            cx.problems
+                .push(format!("store.ca_file {}: no such file", ca.display()));
+        }
+        let encryption_key_file = match self.encryption_key_file.map(|p| cx.resolve(p)) {
+            None => {
+                cx.problems.push(
+                    "store.encryption_key_file is required with store.backend = \"redis\" (32 random bytes, base64: `openssl rand -base64 32`)".into(),
+                );
+                PathBuf::new()
+            }
+            Some(path) => {
+                if let Err(why) = crate::store::crypto::load_key(&path) {
+                    cx.problems.push(format!(
+                        "store.encryption_key_file {}: {why}",
+                        path.display()
+                    ));
+                }
+                path
+            }
+        };
+        let timeout = match self.timeout_ms {
+            None => DEFAULT_STORE_TIMEOUT,
+            Some(0) => {
+                cx.problems
+                    .push("store.timeout_ms must be greater than 0".into());
+                DEFAULT_STORE_TIMEOUT
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
+        StoreConfig {
+            redis: Some(RedisConfig {
+                urls,
+                ca_file,
+                key_prefix: self
+                    .key_prefix
+                    .unwrap_or_else(|| DEFAULT_STORE_KEY_PREFIX.to_owned()),
+                encryption_key_file,
+                timeout,
+            }),
+        }
+    }
+}
+
+/// `redis://[user:pass@]host[:port][/db]` or `rediss://…`; checked without
+/// connecting.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or("expected redis://host:port or rediss://host:port")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let hostport = authority.rsplit('@').next().unwrap_or("");
+    if hostport.is_empty() {
+        return Err("no host".into());
+    }
+    if let Some((host, port)) = hostport.rsplit_once(':')
+        && !hostport.ends_with(']')
+    {
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        port.parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("`{port}` is not a port"))?;
+    }
+    if let Some(db) = rest.split('/').nth(1)
+        && !db.is_empty()
+        && db.parse::<u32>().is_err()
+    {
+        return Err(format!("`{db}` is not a database number"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

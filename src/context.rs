@@ -36,6 +36,8 @@ pub struct RequestCtx {
     pub image_id: Option<String>,
     /// Why the request failed, for the log (the client got the stable code).
     pub error: Option<String>,
+    /// The `RateLimit` header value once the request went through admission.
+    pub rate_limit: Option<String>,
 }
 
 impl RequestCtx {
@@ -50,6 +52,7 @@ impl RequestCtx {
             upstream: None,
             image_id: None,
             error: None,
+            rate_limit: None,
         }
     }
 }

@@ -1,32 +1,29 @@
 //! The gateway's shared state, built once from a validated [`Config`].
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
 use crate::clamav::Scanner;
-use crate::concurrency::InFlightLimits;
 use crate::config::{Config, Files, KeySource, Parsed, UpstreamConfig};
 use crate::credentials::refresh::{TokenManager, check_state_dir};
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
-use crate::rate_limit::RateLimits;
 use crate::spool::SpoolBudget;
+use crate::store::Store;
 use crate::upstream::{Upstream, https_connector, tls_config};
 
 #[derive(Debug)]
 pub struct Gateway {
     pub config: Config,
     pub auth: Arc<Authenticator>,
-    pub rate_limits: RateLimits,
-    /// Uploads in flight per user and per company (`rate_limit.*_concurrent`).
-    pub in_flight: Arc<InFlightLimits>,
+    /// Rate limits, uploads in flight, Concur back-off and shared token
+    /// state: this process's own, or shared on Redis (`store/`).
+    pub store: Arc<Store>,
     pub credentials: CredentialStore,
     /// Live access tokens of the refreshing credentials (survives reloads).
     pub tokens: TokenManager,
@@ -37,13 +34,7 @@ pub struct Gateway {
     /// What chunked uploads may spool at once (`server.spool_max_bytes`).
     pub spool_budget: Arc<SpoolBudget>,
     draining: AtomicBool,
-    /// Per company: until when Concur asked us (429/503 + Retry-After) to back off.
-    concur_backoff: Mutex<HashMap<String, Instant>>,
 }
-
-/// Longest back-off honoured from a Concur `Retry-After` (a guard against an
-/// absurd value stopping a company's traffic for hours).
-pub const MAX_CONCUR_BACKOFF: Duration = Duration::from_secs(300);
 
 impl Gateway {
     /// Loads keys and credentials and builds the upstream client. Every problem
@@ -59,6 +50,9 @@ impl Gateway {
             open_credentials(&config.credentials.file).map_err(|ps| problems.extend(ps));
         problems.extend(check_state_dir(config.credentials.state_dir.as_deref()).err());
         let metrics = Metrics::new();
+        let store = Store::new(&config.store, &config.rate_limit, &metrics)
+            .map(Arc::new)
+            .map_err(|e| problems.push(e));
         let clients = upstream_connector(&config.upstream)
             .map_err(|e| problems.push(e))
             .and_then(|https| {
@@ -66,19 +60,17 @@ impl Gateway {
                     .map_err(|e| problems.push(e))?;
                 Ok((Upstream::new(&config.upstream, https), tokens))
             });
-        match (keys, credentials, clients) {
-            (Ok(keys), Ok(credentials), Ok((upstream, tokens))) if problems.is_empty() => {
+        match (keys, credentials, clients, store) {
+            (Ok(keys), Ok(credentials), Ok((upstream, tokens)), Ok(store))
+                if problems.is_empty() =>
+            {
                 tokens.start(&credentials.current());
                 let scanner = config.scan.as_ref().map(|s| Scanner::new(s, &metrics));
                 let spool_budget =
                     SpoolBudget::new(config.server.spool_max_bytes, metrics.spool_bytes.clone());
                 Ok(Self {
                     auth: Arc::new(Authenticator::new(&config.auth, keys, clock)),
-                    rate_limits: RateLimits::new(&config.rate_limit),
-                    in_flight: InFlightLimits::new(
-                        config.rate_limit.user_concurrent,
-                        config.rate_limit.company_concurrent,
-                    ),
+                    store,
                     credentials,
                     tokens,
                     upstream,
@@ -86,7 +78,6 @@ impl Gateway {
                     scanner,
                     spool_budget,
                     draining: AtomicBool::new(false),
-                    concur_backoff: Mutex::new(HashMap::new()),
                     config,
                 })
             }
@@ -98,7 +89,9 @@ impl Gateway {
     /// make the gateway unready (it still serves every other caller, and a
     /// restart would not help), but an operator must replace them.
     pub fn readiness_details(&self) -> Vec<String> {
-        self.tokens.unusable()
+        let mut details = self.tokens.unusable();
+        details.extend(self.store.readiness_details());
+        details
     }
 
     /// Ready: configuration, keys and credentials are loaded (they are, once
@@ -119,23 +112,6 @@ impl Gateway {
             scanner.readiness()?;
         }
         Ok(())
-    }
-
-    /// Concur throttled this company: pause its traffic for `for_`.
-    pub fn back_off_company(&self, company: &str, for_: Duration) {
-        let until = Instant::now() + for_.min(MAX_CONCUR_BACKOFF);
-        let mut map = self.concur_backoff.lock().expect("backoff lock");
-        map.retain(|_, t| *t > Instant::now());
-        let entry = map.entry(company.to_owned()).or_insert(until);
-        *entry = (*entry).max(until);
-    }
-
-    /// Whole seconds (rounded up) this company must still wait, if any.
-    pub fn concur_backoff(&self, company: &str) -> Option<u64> {
-        let map = self.concur_backoff.lock().expect("backoff lock");
-        let until = *map.get(company)?;
-        let left = until.checked_duration_since(Instant::now())?;
-        Some(crate::rate_limit::retry_after_secs(left))
     }
 
     pub fn start_draining(&self) {
@@ -177,13 +153,16 @@ impl Gateway {
                 ticks += 1;
                 gw.reload_credentials();
                 if ticks.is_multiple_of(12) {
-                    gw.rate_limits.prune();
+                    gw.store.prune();
                 }
             }
         };
+        let store_health = self.store.spawn_health();
         tokio::spawn(async move {
-            // Aborting housekeeping aborts the JWKS refresher with it.
+            // Aborting housekeeping aborts the JWKS refresher and the store's
+            // health loop with it.
             let _jwks = jwks.map(AbortOnDrop);
+            let _store = store_health.map(AbortOnDrop);
             match pings {
                 Some(pings) => {
                     tokio::join!(pings, credentials);

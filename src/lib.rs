@@ -55,5 +55,6 @@ pub mod scan_cmd;
 pub mod server;
 pub mod spool;
 pub mod stack;
+pub mod store;
 pub mod transform;
 pub mod upstream;

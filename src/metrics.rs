@@ -39,6 +39,11 @@ pub struct DirectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -78,6 +83,10 @@ pub struct Metrics {
     pub connections_evicted: Counter,
     /// New client connections closed at once: the limit was reached and none was idle.
     pub connections_refused: Counter,
+    /// Store calls that failed or timed out and fell back to local state, by operation.
+    pub store_fallbacks: Family<OpLabel, Counter>,
+    /// 1 while the shared store (Redis) answers, 0 when not (absent with the memory backend).
+    pub store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -193,6 +202,18 @@ impl Metrics {
             "Client connections closed at once: server.max_connections reached, none idle",
             connections_refused.clone(),
         );
+        let store_fallbacks = Family::<OpLabel, Counter>::default();
+        registry.register(
+            "store_fallbacks",
+            "Store calls that failed or timed out and fell back to this replica's own state, by operation",
+            store_fallbacks.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the shared store (Redis) answers (only meaningful with [store] backend = \"redis\")",
+            store_up.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -219,6 +240,8 @@ impl Metrics {
             spool_bytes,
             connections_evicted,
             connections_refused,
+            store_fallbacks,
+            store_up,
         }
     }
 

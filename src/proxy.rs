@@ -47,10 +47,11 @@ use crate::credentials::{self, Credential};
 use crate::error::{BoxError, ConcurError, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
 use crate::inspect::{Inspector, MediaType};
-use crate::metrics::{CodeLabel, DirectionLabel, RouteLabel};
+use crate::metrics::{CodeLabel, DirectionLabel, RouteLabel, ScopeLabel};
 use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::route::{self, Route};
 use crate::spool::Spool;
+use crate::store::{self, Place};
 use crate::transform;
 use crate::upstream::UpstreamBody;
 
@@ -128,9 +129,22 @@ where
             error.into_response(ctx.id.as_str())
         }
     };
+    if let Some(usage) = ctx
+        .rate_limit
+        .as_deref()
+        .and_then(|u| HeaderValue::from_str(u).ok())
+    {
+        let headers = response.headers_mut();
+        headers.insert(RATELIMIT_POLICY, gw.store.policy_header());
+        headers.insert(RATELIMIT, usage);
+    }
     response.extensions_mut().insert(ctx);
     response
 }
+
+/// draft-ietf-httpapi-ratelimit-headers: the limits, and what is left of them.
+const RATELIMIT_POLICY: &str = "ratelimit-policy";
+const RATELIMIT: &str = "ratelimit";
 
 async fn handle<B>(
     gw: &Gateway,
@@ -143,7 +157,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let admitted = admit(gw, ctx, &parts)?;
+    let admitted = admit(gw, ctx, &parts).await?;
     let outgoing = open_body(gw, ctx, &admitted, body, report).await?;
     let answer = exchange(gw, ctx, &admitted, outgoing, report).await?;
     respond(ctx, answer, &parts.headers)
@@ -156,10 +170,21 @@ struct Admitted {
     media: MediaType,
     declared_len: Option<u64>,
     credential: Arc<Credential>,
+    /// The credential's name in the store (back-off, token state).
+    credential_key: String,
+    /// The upload's place among the uploads in flight, held until the
+    /// answer is ready.
+    _place: Place,
 }
 
-/// Phase 1: everything that needs no body byte.
-fn admit(gw: &Gateway, ctx: &mut RequestCtx, parts: &Parts) -> Result<Admitted, GatewayError> {
+/// Phase 1: everything that needs no body byte, ending with the admission
+/// under the limits (Concur's back-off for the credential, uploads in flight,
+/// request rate: one store call).
+async fn admit(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    parts: &Parts,
+) -> Result<Admitted, GatewayError> {
     let route = route::parse(&parts.method, parts.uri.path())?;
     ctx.route = Some(route.kind);
     let identity = ctx.identity.clone().ok_or_else(|| {
@@ -179,12 +204,38 @@ fn admit(gw: &Gateway, ctx: &mut RequestCtx, parts: &Parts) -> Result<Admitted, 
     ctx.credential = Some(format!("{} ({acting:?})", credential.label()));
     // A credential Concur has refused fails before any body byte is read.
     gw.tokens.check_usable(&credential)?;
+    let credential_key = store::credential_key(&credential.company, credential.user.as_deref());
+    let admission = match gw.store.admit(&identity, &credential_key).await {
+        Ok(admission) => admission,
+        Err(e) => {
+            if let GatewayError::RateLimited {
+                scope,
+                retry_after_s,
+            } = &e
+            {
+                gw.metrics
+                    .rate_limited
+                    .get_or_create(&ScopeLabel { scope })
+                    .inc();
+                ctx.rate_limit = Some(format!("\"{scope}\";r=0;t={retry_after_s}"));
+            }
+            return Err(e);
+        }
+    };
+    let [user, company] = gw.store.local_limits().policies();
+    ctx.rate_limit = Some(format!(
+        "{}, {}",
+        user.usage_item(admission.remaining.user),
+        company.usage_item(admission.remaining.company)
+    ));
     Ok(Admitted {
         identity,
         route,
         media,
         declared_len,
         credential,
+        credential_key,
+        _place: admission.place,
     })
 }
 
@@ -332,15 +383,17 @@ async fn exchange(
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
     ) && let Some(wait) = retry_after(&head.headers)
     {
-        // Concur is throttling: hold this company's callers back instead of
-        // hammering it (they get 429 with the remaining time).
+        // Concur is throttling this credential: hold its callers back, on
+        // every replica, instead of hammering it (429 with the time left).
         tracing::warn!(
             company = %admitted.identity.company,
             wait_s = wait.as_secs(),
             status = head.status.as_u16(),
             "Concur asked to back off"
         );
-        gw.back_off_company(&admitted.identity.company, wait);
+        gw.store
+            .back_off(&admitted.identity.company, &admitted.credential_key, wait)
+            .await;
     }
     Ok(Answer {
         status: head.status,

@@ -10,10 +10,9 @@
 //!    Guard(framing)      RFC 9112 checks hyper leaves to us: head size, Host,
 //!                        Transfer-Encoding, one Authorization (400/431/501)
 //!     Guard(auth)        JWT -> Identity in the request context (401)
-//!       RateLimit        keyed limits on that identity: uploads in flight,
-//!                        request rate, and Concur's own back-off for the
-//!                        company (429); RateLimit headers
-//!         Proxy          route, credential, body, Concur, translation
+//!       Proxy            route, credential, admission under the limits
+//!                        (store.rs: Concur back-off, uploads in flight,
+//!                        request rate; 429), body, Concur, translation
 //! ```
 //!
 //! Ordering constraints:
@@ -22,10 +21,11 @@
 //! - CatchPanic sits inside AccessLog so a panic is still logged with its id.
 //! - Framing precedes auth: a message whose framing cannot be trusted (two
 //!   `Authorization` headers, say) is refused before any of it is believed.
-//! - Auth precedes rate limiting: limits are keyed by the authenticated
-//!   identity, and unauthenticated traffic must not spend a caller's allowance.
-//! - Rate limiting precedes the proxy: a refused caller costs no body read and
-//!   no upstream slot.
+//! - Auth precedes the proxy, where the limits are: limits are keyed by the
+//!   authenticated identity, and unauthenticated traffic must not spend a
+//!   caller's allowance. The admission under the limits is the proxy's first
+//!   phase, once the route and the Concur credential are known (Concur's
+//!   back-off is per credential), and before any body byte is read.
 //! - Only concerns that do not depend on the route are layers; route-specific
 //!   decisions are plain functions called from `proxy.rs`.
 //!
@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{Request, Response, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -50,7 +50,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::context::RequestCtx;
 use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
-use crate::metrics::{RequestLabels, RouteLabel, ScopeLabel};
+use crate::metrics::{RequestLabels, RouteLabel};
 use crate::proxy::ProxyService;
 use crate::request_id::{RequestId, X_REQUEST_ID};
 
@@ -107,10 +107,6 @@ where
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(GuardLayer { check: framing })
         .layer(GuardLayer { check: auth })
-        .layer(RateLimitLayer {
-            policy: policy_header(&gw),
-            gw: gw.clone(),
-        })
         .service(ProxyService::new(gw))
 }
 
@@ -285,132 +281,6 @@ where
         match (self.check)(&mut req) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(e) => Box::pin(std::future::ready(Ok(refuse(&mut req, e)))),
-        }
-    }
-}
-
-// ---- RateLimit: keyed limits, Concur back-off, IETF RateLimit headers ----
-
-#[derive(Clone)]
-struct RateLimitLayer {
-    gw: Arc<Gateway>,
-    policy: HeaderValue,
-}
-
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            gw: self.gw.clone(),
-            policy: self.policy.clone(),
-        }
-    }
-}
-
-/// `RateLimit-Policy`: the limits are fixed for the gateway's lifetime, so the
-/// header is built once, not per request.
-fn policy_header(gw: &Gateway) -> HeaderValue {
-    let items: Vec<String> = gw
-        .rate_limits
-        .policies()
-        .iter()
-        .map(|p| p.header_item())
-        .collect();
-    HeaderValue::from_str(&items.join(", ")).expect("ASCII header items")
-}
-
-/// Admits the authenticated caller or answers `429 rate_limited` with
-/// `Retry-After`. Every answer carries `RateLimit-Policy`; admitted ones also
-/// `RateLimit` with what is left (draft-ietf-httpapi-ratelimit-headers).
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    gw: Arc<Gateway>,
-    policy: HeaderValue,
-}
-
-const RATELIMIT: &str = "ratelimit";
-const RATELIMIT_POLICY: &str = "ratelimit-policy";
-
-impl<S, B> Service<Request<B>> for RateLimit<S>
-where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ResponseBody>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let policy = self.policy.clone();
-        let Some(identity) = req
-            .extensions()
-            .get::<RequestCtx>()
-            .and_then(|ctx| ctx.identity.clone())
-        else {
-            let e = GatewayError::Internal("rate limit before auth".into());
-            return Box::pin(std::future::ready(Ok(refuse(&mut req, e))));
-        };
-        // Concurrency first: a caller refused for having too many uploads
-        // open spends none of its rate allowance. The place is held until
-        // the answer is ready (the whole upload, for a streamed body).
-        let admitted = match self.gw.concur_backoff(&identity.company) {
-            Some(retry_after_s) => Err(GatewayError::RateLimited {
-                scope: "concur",
-                retry_after_s,
-            }),
-            None => self
-                .gw
-                .in_flight
-                .try_acquire(&identity)
-                .and_then(|place| Ok((place, self.gw.rate_limits.check(&identity)?))),
-        };
-        match admitted {
-            Err(e) => {
-                let mut usage = None;
-                if let GatewayError::RateLimited {
-                    scope,
-                    retry_after_s,
-                } = &e
-                {
-                    self.gw
-                        .metrics
-                        .rate_limited
-                        .get_or_create(&ScopeLabel { scope })
-                        .inc();
-                    usage = Some(format!("\"{scope}\";r=0;t={retry_after_s}"));
-                }
-                let mut response = refuse(&mut req, e);
-                response.headers_mut().insert(RATELIMIT_POLICY, policy);
-                if let Some(v) = usage.and_then(|u| HeaderValue::from_str(&u).ok()) {
-                    response.headers_mut().insert(RATELIMIT, v);
-                }
-                Box::pin(std::future::ready(Ok(response)))
-            }
-            Ok((in_flight, remaining)) => {
-                let [user, company] = self.gw.rate_limits.policies();
-                let usage = format!(
-                    "{}, {}",
-                    user.usage_item(remaining.user),
-                    company.usage_item(remaining.company)
-                );
-                let future = self.inner.call(req);
-                Box::pin(async move {
-                    let Ok(mut response) = future.await;
-                    drop(in_flight);
-                    let headers = response.headers_mut();
-                    headers.insert(RATELIMIT_POLICY, policy);
-                    if let Ok(v) = HeaderValue::from_str(&usage) {
-                        headers.insert(RATELIMIT, v);
-                    }
-                    Ok(response)
-                })
-            }
         }
     }
 }

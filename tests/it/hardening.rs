@@ -449,7 +449,10 @@ async fn one_caller_cannot_hold_every_upload_slot() {
     drop(alice1);
     drop(bob);
     settle().await;
-    assert_eq!(h.gateway.in_flight.current(&identity(ALICE)), (0, 0));
+    assert_eq!(
+        h.gateway.store.local_in_flight().current(&identity(ALICE)),
+        (0, 0)
+    );
     assert_eq!(
         h.upload("/api/image/v1.0/report/A3", JPEG).await.status,
         201

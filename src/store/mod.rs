@@ -1,0 +1,409 @@
+//! Request path, step 5 (see `ARCHITECTURE.md`).
+//!
+//! The store: state that must hold across replicas, behind one seam.
+//!
+//! A sidecar runs once per replica of its service, so ten replicas are ten
+//! gateways in front of one Concur company. With `[store] backend = "redis"`
+//! the rate limits, the uploads in flight, Concur's back-off and the token
+//! state of refreshing credentials (`credentials/refresh.rs`) are shared
+//! through Redis ([`redis`]: one atomic script or command per operation).
+//! With the default `backend = "memory"` they are this process's own: the
+//! governor limiters of `rate_limit.rs`, the counters of `concurrency.rs` and
+//! a map of back-offs; the same policy, no network.
+//!
+//! **Redis unavailable** (down, slower than `store.timeout_ms`, failing over):
+//! requests keep flowing on the local state, which is always kept, so limits
+//! fall back to this replica's own; each fallback is counted
+//! (`store_fallbacks_total{op}`), `/readyz` names the problem (and stays
+//! 200: restarting pods does not bring Redis back), and shared behaviour
+//! resumes by itself when Redis answers again. What must not happen without
+//! Redis, a refresh that rotates a token without the lock, is the token
+//! manager's to refuse (`503 store_unavailable`).
+
+pub mod crypto;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use self::redis::{AdmitKeys, AdmitLimits, AdmitReply, Redis, StoreError};
+use crate::auth::Identity;
+use crate::concurrency::{InFlight, InFlightLimits};
+use crate::config::{RateLimitConfig, StoreConfig};
+use crate::error::GatewayError;
+use crate::metrics::{Metrics, OpLabel};
+use crate::rate_limit::{RateLimits, Remaining, retry_after_secs};
+
+/// Longest back-off honoured from a Concur `Retry-After` (a guard against an
+/// absurd value stopping a credential's traffic for hours).
+pub const MAX_CONCUR_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long an upload's in-flight place lives in Redis without renewal: a
+/// replica that dies mid-upload frees its places after this.
+pub const IN_FLIGHT_LEASE: Duration = Duration::from_secs(30);
+
+/// The state that must hold across replicas; see the module docs.
+#[derive(Debug)]
+pub struct Store {
+    limits: RateLimits,
+    in_flight: Arc<InFlightLimits>,
+    /// Per credential key: until when Concur asked us to back off.
+    backoff: Mutex<HashMap<String, Instant>>,
+    shared: Option<Arc<Redis>>,
+    shared_limits: AdmitLimits,
+    /// The last store call failed (cleared by the next success).
+    degraded: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    fallbacks: Family<OpLabel, Counter>,
+    up: Gauge,
+    /// `RateLimit-Policy`: fixed for the gateway's lifetime, built once.
+    policy: http::HeaderValue,
+}
+
+/// An admitted request: what is left of the limits, and its place among the
+/// uploads in flight (given back when dropped).
+#[derive(Debug)]
+pub struct Admission {
+    pub remaining: Remaining,
+    pub place: Place,
+}
+
+/// An upload's place under `rate_limit.*_concurrent`.
+#[derive(Debug)]
+pub enum Place {
+    Local(#[allow(dead_code)] InFlight),
+    Shared(SharedPlace),
+}
+
+/// A place in Redis: renewed while held, released when dropped.
+#[derive(Debug)]
+pub struct SharedPlace {
+    redis: Arc<Redis>,
+    keys: [String; 2],
+    member: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SharedPlace {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        let (redis, keys, member) = (
+            self.redis.clone(),
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.member),
+        );
+        // Off the request's path; a lost release expires with its lease.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = redis.release([&keys[0], &keys[1]], &member).await;
+            });
+        }
+    }
+}
+
+/// The hash tag of a company's keys: `{c:` + 16 hex digits of SHA-256 + `}`.
+pub fn company_tag(company: &str) -> String {
+    format!("{{c:{}}}", short_hash(company.as_bytes()))
+}
+
+/// 16 hex digits of SHA-256: names in keys that do not spell out users.
+pub fn short_hash(data: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn gcra(per_second: f64, burst: u32) -> (u64, u64) {
+    let emission = (1e6 / per_second).round().max(1.0) as u64;
+    (emission, emission * u64::from(burst.max(1) - 1))
+}
+
+impl Store {
+    /// The store of a validated config. With Redis, the connection is made in
+    /// the background ([`Store::spawn_health`]): a gateway starts while Redis
+    /// is down, on local state.
+    pub fn new(
+        config: &StoreConfig,
+        rate_limit: &RateLimitConfig,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        let shared = match &config.redis {
+            Some(redis) => Some(Arc::new(Redis::new(redis)?)),
+            None => None,
+        };
+        let (user_emission_us, user_tolerance_us) =
+            gcra(rate_limit.user_per_second, rate_limit.user_burst);
+        let (company_emission_us, company_tolerance_us) =
+            gcra(rate_limit.company_per_second, rate_limit.company_burst);
+        let limits = RateLimits::new(rate_limit);
+        let policy = limits
+            .policies()
+            .iter()
+            .map(|p| p.header_item())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Self {
+            policy: http::HeaderValue::from_str(&policy).expect("ASCII header items"),
+            limits,
+            in_flight: InFlightLimits::new(
+                rate_limit.user_concurrent,
+                rate_limit.company_concurrent,
+            ),
+            backoff: Mutex::new(HashMap::new()),
+            shared,
+            shared_limits: AdmitLimits {
+                user_emission_us,
+                user_tolerance_us,
+                company_emission_us,
+                company_tolerance_us,
+                user_concurrent: rate_limit.user_concurrent,
+                company_concurrent: rate_limit.company_concurrent,
+                lease: IN_FLIGHT_LEASE,
+            },
+            degraded: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            fallbacks: metrics.store_fallbacks.clone(),
+            up: metrics.store_up.clone(),
+        })
+    }
+
+    /// The `RateLimit-Policy` header value.
+    pub fn policy_header(&self) -> http::HeaderValue {
+        self.policy.clone()
+    }
+
+    /// The shared backend, when configured.
+    pub fn redis(&self) -> Option<&Arc<Redis>> {
+        self.shared.as_ref()
+    }
+
+    /// The rate limits this replica enforces on its own (memory backend, and
+    /// the fallback).
+    pub fn local_limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
+    /// Local uploads in flight (memory backend, and the fallback).
+    pub fn local_in_flight(&self) -> &Arc<InFlightLimits> {
+        &self.in_flight
+    }
+
+    /// Counts a fallback to local state and remembers why.
+    pub fn fell_back(&self, op: &'static str, error: &StoreError) {
+        self.fallbacks.get_or_create(&OpLabel { op }).inc();
+        if !self.degraded.swap(true, Ordering::AcqRel) {
+            tracing::warn!(op, error = %error, "store unavailable: falling back to this replica's own state");
+        }
+        self.up.set(0);
+        *self.last_error.lock().expect("store lock") = Some(error.to_string());
+    }
+
+    /// A store call succeeded.
+    pub fn recovered(&self) {
+        if self.degraded.swap(false, Ordering::AcqRel) {
+            tracing::info!("store available again: shared state resumes");
+            *self.last_error.lock().expect("store lock") = None;
+        }
+        self.up.set(1);
+    }
+
+    /// Details for `/readyz` (never a reason to be unready).
+    pub fn readiness_details(&self) -> Vec<String> {
+        let Some(redis) = &self.shared else {
+            return Vec::new();
+        };
+        if !redis.connected() {
+            return vec!["store: not connected to Redis yet; limits are this replica's own, refreshes that need the lock wait".into()];
+        }
+        if self.degraded.load(Ordering::Acquire) {
+            let why = self
+                .last_error
+                .lock()
+                .expect("store lock")
+                .clone()
+                .unwrap_or_default();
+            return vec![format!(
+                "store: Redis unavailable ({why}); limits are this replica's own, refreshes that need the lock wait"
+            )];
+        }
+        Vec::new()
+    }
+
+    /// Connects to Redis (retrying) and pings it every second, so that the
+    /// readiness details and the `store_up` gauge follow Redis even when no
+    /// request comes. Nothing to do for the memory backend.
+    pub fn spawn_health(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let redis = self.shared.clone()?;
+        let store = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { return };
+                let result = match redis.connect().await {
+                    Ok(()) => redis.ping().await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => store.recovered(),
+                    Err(e) => store.fell_back("ping", &e),
+                }
+            }
+        }))
+    }
+
+    /// Admits `who` to upload with the credential named `credential` (its key,
+    /// [`credential_key`]): Concur's back-off for that credential, uploads in
+    /// flight per user and per company, then the request rate per user and
+    /// per company. One Redis round trip with the shared backend.
+    pub async fn admit(&self, who: &Identity, credential: &str) -> Result<Admission, GatewayError> {
+        if let Some(redis) = &self.shared {
+            match self.admit_shared(redis, who, credential).await {
+                Ok(admission) => {
+                    self.recovered();
+                    return admission;
+                }
+                Err(e) => self.fell_back("admit", &e),
+            }
+        }
+        self.admit_local(who, credential)
+    }
+
+    async fn admit_shared(
+        &self,
+        redis: &Arc<Redis>,
+        who: &Identity,
+        credential: &str,
+    ) -> Result<Result<Admission, GatewayError>, StoreError> {
+        let p = redis.prefix();
+        let tag = company_tag(&who.company);
+        let user = short_hash(who.user.as_bytes());
+        let keys = AdmitKeys {
+            user_rate: format!("{p}{tag}:rl:u:{user}"),
+            company_rate: format!("{p}{tag}:rl:c"),
+            backoff: format!("{p}{tag}:bo:{credential}"),
+            user_in_flight: format!("{p}{tag}:if:u:{user}"),
+            company_in_flight: format!("{p}{tag}:if:c"),
+        };
+        let member = crate::request_id::generate();
+        match redis.admit(&keys, self.shared_limits, &member).await? {
+            AdmitReply::Admitted { user, company } => {
+                let in_flight = [keys.user_in_flight, keys.company_in_flight];
+                let renewal = {
+                    let (redis, keys, member) = (redis.clone(), in_flight.clone(), member.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(IN_FLIGHT_LEASE / 3).await;
+                            let _ = redis
+                                .renew([&keys[0], &keys[1]], &member, IN_FLIGHT_LEASE)
+                                .await;
+                        }
+                    })
+                };
+                Ok(Ok(Admission {
+                    remaining: Remaining { user, company },
+                    place: Place::Shared(SharedPlace {
+                        redis: redis.clone(),
+                        keys: in_flight,
+                        member,
+                        renewal,
+                    }),
+                }))
+            }
+            AdmitReply::Refused { scope, retry_after } => Ok(Err(GatewayError::RateLimited {
+                scope,
+                retry_after_s: retry_after_secs(retry_after),
+            })),
+        }
+    }
+
+    fn admit_local(&self, who: &Identity, credential: &str) -> Result<Admission, GatewayError> {
+        if let Some(retry_after_s) = self.local_backoff(credential) {
+            return Err(GatewayError::RateLimited {
+                scope: "concur",
+                retry_after_s,
+            });
+        }
+        // Concurrency first: a caller refused for having too many uploads
+        // open spends none of its rate allowance.
+        let place = self.in_flight.try_acquire(who)?;
+        let remaining = self.limits.check(who)?;
+        Ok(Admission {
+            remaining,
+            place: Place::Local(place),
+        })
+    }
+
+    /// Whole seconds (rounded up) the credential must still wait, locally.
+    fn local_backoff(&self, credential: &str) -> Option<u64> {
+        let map = self.backoff.lock().expect("backoff lock");
+        let left = map
+            .get(credential)?
+            .checked_duration_since(Instant::now())?;
+        Some(retry_after_secs(left))
+    }
+
+    /// Concur throttled this credential (429/503 + `Retry-After`): pause it
+    /// for `wait` (at most [`MAX_CONCUR_BACKOFF`]) on every replica, and on
+    /// this one in any case (the fallback honours it too).
+    pub async fn back_off(&self, company: &str, credential: &str, wait: Duration) {
+        let wait = wait.min(MAX_CONCUR_BACKOFF);
+        {
+            let until = Instant::now() + wait;
+            let mut map = self.backoff.lock().expect("backoff lock");
+            map.retain(|_, t| *t > Instant::now());
+            let entry = map.entry(credential.to_owned()).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+        if let Some(redis) = &self.shared {
+            let key = format!("{}{}:bo:{credential}", redis.prefix(), company_tag(company));
+            match redis.back_off(&key, wait).await {
+                Ok(()) => self.recovered(),
+                Err(e) => self.fell_back("back_off", &e),
+            }
+        }
+    }
+
+    /// Forgets idle local limiter state (housekeeping).
+    pub fn prune(&self) {
+        self.limits.prune();
+        self.backoff
+            .lock()
+            .expect("backoff lock")
+            .retain(|_, t| *t > Instant::now());
+    }
+}
+
+/// The key naming a Concur credential in the store (back-off, token state):
+/// a hash of its owner, never the token.
+pub fn credential_key(company: &str, user: Option<&str>) -> String {
+    short_hash(format!("{company}\0{}", user.unwrap_or("\0admin")).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_parameters_match_the_configured_rate_and_burst() {
+        assert_eq!(gcra(5.0, 10), (200_000, 1_800_000));
+        assert_eq!(gcra(1000.0, 1), (1000, 0));
+    }
+
+    #[test]
+    fn keys_of_one_company_share_a_hash_tag_and_spell_out_nobody() {
+        let tag = company_tag("acme");
+        assert!(tag.starts_with("{c:") && tag.ends_with('}') && tag.len() == 20);
+        assert_eq!(tag, company_tag("acme"));
+        assert_ne!(tag, company_tag("globex"));
+        let k = credential_key("acme", Some("alice@acme.example"));
+        assert!(!k.contains("alice") && k.len() == 16);
+        assert_ne!(k, credential_key("acme", None));
+    }
+}
