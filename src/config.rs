@@ -1021,12 +1021,18 @@ pub struct RedisConfig {
     pub encryption_key_file: PathBuf,
     /// A store call slower than this counts as the store being unavailable.
     pub timeout: Duration,
+    /// Life of the refresh lock; renewed every third of it while a refresh
+    /// runs, so it only matters when its holder dies.
+    pub refresh_lock_ttl: Duration,
 }
 
 /// Prefix of every Redis key the gateway writes.
 pub const DEFAULT_STORE_KEY_PREFIX: &str = "concur-gateway:";
 /// A store call slower than this counts as unavailable.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Life of the refresh lock (renewed while held): how long the other replicas
+/// wait before taking over from a replica that died mid-refresh.
+pub const DEFAULT_REFRESH_LOCK_TTL: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Default, Deserialize)]
 struct RawStore {
@@ -1043,6 +1049,8 @@ struct RawStore {
     encryption_key_file: Option<PathBuf>,
     /// Default [`DEFAULT_STORE_TIMEOUT`] (50 ms).
     timeout_ms: Option<u64>,
+    /// Default [`DEFAULT_REFRESH_LOCK_TTL`] (15 s).
+    refresh_lock_ttl_ms: Option<u64>,
 }
 
 impl RawStore {
@@ -1130,8 +1138,18 @@ impl RawStore {
             }
             Some(ms) => Duration::from_millis(ms),
         };
+        let refresh_lock_ttl = match self.refresh_lock_ttl_ms {
+            None => DEFAULT_REFRESH_LOCK_TTL,
+            Some(ms) if ms < 300 => {
+                cx.problems
+                    .push("store.refresh_lock_ttl_ms must be at least 300".into());
+                DEFAULT_REFRESH_LOCK_TTL
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
         StoreConfig {
             redis: Some(RedisConfig {
+                refresh_lock_ttl,
                 urls,
                 ca_file,
                 key_prefix: self

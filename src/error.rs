@@ -90,6 +90,10 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("the malware scanner is unavailable")]
     ScanUnavailable,
+    /// The shared store is needed (a refresh that must hold the lock) and
+    /// does not answer.
+    #[error("the shared store is unavailable; retry in {retry_after_s} s")]
+    StoreUnavailable { retry_after_s: u64 },
     #[error("Concur did not answer within {0:?}")]
     UpstreamTimeout(Duration),
     /// Concur answered with an error (boxed: it is the largest variant).
@@ -136,7 +140,9 @@ impl GatewayError {
             | UpstreamAuthFailed
             | CredentialUnusable
             | UpstreamInvalidResponse(_) => StatusCode::BAD_GATEWAY,
-            Overloaded { .. } | ShuttingDown | ScanUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded { .. } | ShuttingDown | ScanUnavailable | StoreUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Concur(c) => c.status,
             ClientAborted(_) => StatusCode::BAD_REQUEST,
@@ -167,6 +173,7 @@ impl GatewayError {
             Overloaded { .. } => "overloaded",
             ShuttingDown => "shutting_down",
             ScanUnavailable => "scan_unavailable",
+            StoreUnavailable { .. } => "store_unavailable",
             UpstreamTimeout(_) => "upstream_timeout",
             Concur(_) => "concur_error",
             ClientAborted(_) => "client_aborted",
@@ -205,6 +212,7 @@ impl GatewayError {
             Overloaded { .. } => "Overloaded",
             ShuttingDown => "Shutting down",
             ScanUnavailable => "Malware scanner unavailable",
+            StoreUnavailable { .. } => "Shared store unavailable",
             UpstreamTimeout(_) => "Concur timed out",
             Concur(_) => "Concur error",
             ClientAborted(_) => "Client aborted",
@@ -286,7 +294,8 @@ impl GatewayError {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
             GatewayError::RateLimited { retry_after_s, .. }
-            | GatewayError::Overloaded { retry_after_s } => {
+            | GatewayError::Overloaded { retry_after_s }
+            | GatewayError::StoreUnavailable { retry_after_s } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             GatewayError::ShuttingDown | GatewayError::ScanUnavailable => {
@@ -443,6 +452,11 @@ mod tests {
             ),
             (GatewayError::ShuttingDown, 503, "shutting_down"),
             (GatewayError::ScanUnavailable, 503, "scan_unavailable"),
+            (
+                GatewayError::StoreUnavailable { retry_after_s: 5 },
+                503,
+                "store_unavailable",
+            ),
             (
                 GatewayError::UpstreamTimeout(Duration::from_secs(1)),
                 504,

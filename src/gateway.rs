@@ -10,7 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::auth::{Authenticator, Clock, KeySet, SystemClock};
 use crate::clamav::Scanner;
 use crate::config::{Config, Files, KeySource, Parsed, UpstreamConfig};
-use crate::credentials::refresh::{TokenManager, check_state_dir};
+use crate::credentials::refresh::{SharedTokens, TokenManager, check_state_dir};
 use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::spool::SpoolBudget;
@@ -56,8 +56,23 @@ impl Gateway {
         let clients = upstream_connector(&config.upstream)
             .map_err(|e| problems.push(e))
             .and_then(|https| {
-                let tokens = TokenManager::new(&config, https.clone(), clock.clone(), &metrics)
+                let mut tokens = TokenManager::new(&config, https.clone(), clock.clone(), &metrics)
                     .map_err(|e| problems.push(e))?;
+                if let (Some(redis), Ok(store)) = (&config.store.redis, &store) {
+                    let key = crate::store::crypto::load_key(&redis.encryption_key_file).map_err(
+                        |e| {
+                            problems.push(format!(
+                                "store.encryption_key_file {}: {e}",
+                                redis.encryption_key_file.display()
+                            ))
+                        },
+                    )?;
+                    if let Some(shared) =
+                        SharedTokens::new(store.clone(), &key, redis.refresh_lock_ttl)
+                    {
+                        tokens = tokens.with_shared(shared);
+                    }
+                }
                 Ok((Upstream::new(&config.upstream, https), tokens))
             });
         match (keys, credentials, clients, store) {

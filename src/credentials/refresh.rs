@@ -50,10 +50,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use super::{Credential, CredentialSet, RefreshSpec, Secret};
+
+mod shared;
 use crate::auth::Clock;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, ResultLabel};
+pub use shared::{CRASH_AFTER_TOKEN_ANSWER_ENV, SharedTokens};
 
 /// Test hook: when set (to anything), the process aborts right after persisting
 /// a rotated refresh token and before using the new access token, to prove that
@@ -113,6 +116,8 @@ pub struct TokenManager {
     crash_after_persist: bool,
     refreshes: Family<ResultLabel, Counter>,
     unusable: Gauge,
+    /// With `[store] backend = "redis"`: the token state every replica shares.
+    shared: Option<SharedTokens>,
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -294,14 +299,22 @@ impl TokenManager {
             crash_after_persist: std::env::var_os(CRASH_AFTER_PERSIST_ENV).is_some(),
             refreshes: metrics.credential_refreshes.clone(),
             unusable: metrics.credentials_unusable.clone(),
+            shared: None,
         })
+    }
+
+    /// Shares the token state of refreshing credentials through the store
+    /// (`shared.rs`); `credentials.state_dir` is then not used.
+    pub fn with_shared(mut self, shared: SharedTokens) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Start-up: loads the refreshing credentials of `set` (and their persisted
     /// state) and warns when rotation cannot be persisted.
     pub fn start(&self, set: &CredentialSet) {
         let refreshing = set.iter().filter(|c| c.refresh_spec().is_some()).count();
-        if refreshing > 0 && self.state_dir.is_none() {
+        if refreshing > 0 && self.state_dir.is_none() && self.shared.is_none() {
             tracing::warn!(
                 refreshing,
                 "credentials.state_dir is not set: rotated refresh tokens are kept in memory only and are lost on restart"
@@ -467,6 +480,9 @@ impl TokenManager {
         if let Some(access) = slot.current(cred, now, Some(self.margin_s))? {
             return Ok(access);
         }
+        if let Some(shared) = &self.shared {
+            return self.access_shared(shared, &slot, cred).await;
+        }
         let retry_at = slot.state.lock().expect("slot lock").retry_at;
         if now < retry_at {
             return slot.current(cred, now, None)?.ok_or_else(|| {
@@ -555,10 +571,15 @@ impl TokenManager {
         }
     }
 
-    /// One token request; on success the new state is in the slot (and the
-    /// rotated refresh token on disk) before the new access token is handed out.
-    async fn refresh(&self, slot: &Slot) -> Result<(), Failure> {
-        let (url, form, sent_refresh, origin) = {
+    /// One token request with `refresh_token` (I/O only; the answer is parsed
+    /// by [`parse_token_answer`]). The client, its secret and where to send
+    /// come from the slot.
+    async fn request_token(
+        &self,
+        slot: &Slot,
+        refresh_token: &Secret,
+    ) -> Result<TokenAnswer, Failure> {
+        let (url, form) = {
             let st = slot.state.lock().expect("slot lock");
             let url = match &st.geolocation {
                 Some(geo) => token_url_at(geo).unwrap_or_else(|| self.default_token_url.clone()),
@@ -571,9 +592,9 @@ impl TokenManager {
                 ("grant_type", "refresh_token"),
                 ("client_id", &st.client_id),
                 ("client_secret", st.client_secret.expose()),
-                ("refresh_token", st.refresh_token.expose()),
+                ("refresh_token", refresh_token.expose()),
             ]);
-            (url, form, st.refresh_token.clone(), st.origin.clone())
+            (url, form)
         };
         let host = url.host().unwrap_or("").to_owned();
         let request = Request::post(url)
@@ -608,45 +629,22 @@ impl TokenManager {
                 ))
             })?
             .map_err(Failure::Transient)?;
-        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        if !status.is_success() {
-            return Err(classify_error(status, json.as_ref()));
-        }
-        let json = json.ok_or_else(|| {
-            Failure::Transient(format!("token endpoint answered {status} without JSON"))
-        })?;
-        let access_token = json
-            .get("access_token")
-            .and_then(|v| v.as_str())
-            .map(Secret::new)
-            .filter(super::token_like)
-            .ok_or_else(|| Failure::Transient("the token answer has no access_token".into()))?;
-        // Concur sends `expires_in` as a number or as a string.
-        let expires_in = match json.get("expires_in") {
-            Some(serde_json::Value::Number(n)) => n.as_u64(),
-            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
-            _ => None,
-        };
-        let expires_in = expires_in.filter(|&s| s > 0).unwrap_or_else(|| {
-            tracing::warn!(credential = %slot.owner, "token answer without a usable expires_in; assuming one hour");
-            DEFAULT_EXPIRES_IN
-        });
-        let new_refresh = json
-            .get("refresh_token")
-            .and_then(|v| v.as_str())
-            .map(Secret::new)
-            .filter(super::token_like);
-        let geolocation = match json.get("geolocation").and_then(|v| v.as_str()) {
-            None => None,
-            Some(text) => {
-                let base = parse_base(text);
-                if base.is_none() {
-                    tracing::warn!(credential = %slot.owner, geolocation = %text, "ignoring a geolocation that is not an https base URL");
-                }
-                base
-            }
-        };
+        parse_token_answer(status, &body, &slot.owner)
+    }
 
+    /// One token request; on success the new state is in the slot (and the
+    /// rotated refresh token on disk) before the new access token is handed out.
+    async fn refresh(&self, slot: &Slot) -> Result<(), Failure> {
+        let (sent_refresh, origin) = {
+            let st = slot.state.lock().expect("slot lock");
+            (st.refresh_token.clone(), st.origin.clone())
+        };
+        let TokenAnswer {
+            access_token,
+            expires_in,
+            refresh_token: new_refresh,
+            geolocation,
+        } = self.request_token(slot, &sent_refresh).await?;
         let rotated = new_refresh.filter(|rt| *rt != sent_refresh);
         if let Some(rt) = &rotated {
             {
@@ -728,6 +726,68 @@ impl TokenManager {
         );
         Ok(())
     }
+}
+
+/// A successful token answer, parsed.
+struct TokenAnswer {
+    access_token: Secret,
+    expires_in: u64,
+    /// A refresh token in the answer (the same as sent, or a rotated one).
+    refresh_token: Option<Secret>,
+    geolocation: Option<Uri>,
+}
+
+/// Concur's answer to a token request, a pure function: the tokens, their
+/// lifetime (`expires_in` as a number or a string) and the geolocation, or
+/// the failure it means. `owner` names the credential in warnings.
+fn parse_token_answer(
+    status: StatusCode,
+    body: &[u8],
+    owner: &str,
+) -> Result<TokenAnswer, Failure> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if !status.is_success() {
+        return Err(classify_error(status, json.as_ref()));
+    }
+    let json = json.ok_or_else(|| {
+        Failure::Transient(format!("token endpoint answered {status} without JSON"))
+    })?;
+    let access_token = json
+        .get("access_token")
+        .and_then(|v| v.as_str())
+        .map(Secret::new)
+        .filter(super::token_like)
+        .ok_or_else(|| Failure::Transient("the token answer has no access_token".into()))?;
+    let expires_in = match json.get("expires_in") {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    };
+    let expires_in = expires_in.filter(|&s| s > 0).unwrap_or_else(|| {
+        tracing::warn!(credential = %owner, "token answer without a usable expires_in; assuming one hour");
+        DEFAULT_EXPIRES_IN
+    });
+    let refresh_token = json
+        .get("refresh_token")
+        .and_then(|v| v.as_str())
+        .map(Secret::new)
+        .filter(super::token_like);
+    let geolocation = match json.get("geolocation").and_then(|v| v.as_str()) {
+        None => None,
+        Some(text) => {
+            let base = parse_base(text);
+            if base.is_none() {
+                tracing::warn!(credential = %owner, geolocation = %text, "ignoring a geolocation that is not an https base URL");
+            }
+            base
+        }
+    };
+    Ok(TokenAnswer {
+        access_token,
+        expires_in,
+        refresh_token,
+        geolocation,
+    })
 }
 
 fn classify_error(status: StatusCode, json: Option<&serde_json::Value>) -> Failure {

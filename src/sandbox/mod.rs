@@ -331,6 +331,12 @@ impl Sandbox {
         self.state.token_requests()
     }
 
+    /// Requests on `/oauth2/v0/token` that got a new access token (the others
+    /// were refused: a dead refresh token, a bad client).
+    pub fn successful_refreshes(&self) -> u64 {
+        self.state.successful_refreshes()
+    }
+
     /// The refresh token currently valid for `client_id`.
     pub fn current_refresh_token(&self, client_id: &str) -> Option<String> {
         self.state.current_refresh_token(client_id)

@@ -146,6 +146,11 @@ impl State {
         self.token_requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Token requests that were answered with a new access token.
+    pub fn successful_refreshes(&self) -> u64 {
+        self.lock().refreshes
+    }
+
     pub fn token_requests(&self) -> u64 {
         self.token_requests.load(Ordering::Relaxed)
     }

@@ -9,4 +9,5 @@ mod inspect_pdf;
 mod jwks;
 mod process;
 mod sandbox;
+mod store;
 mod support;

@@ -1,0 +1,537 @@
+//! Refreshing credentials shared by every replica (`[store] backend = "redis"`).
+//!
+//! Concur may hand back a new refresh token on any refresh and then refuses
+//! the old one. With ten replicas each refreshing from its own copy, the first
+//! rotation would kill the other nine. So, per credential, the store holds
+//! **one token state** (`tok:K`: the latest refresh token, the access token,
+//! its lifetime, the geolocation; sealed with AES-256-GCM) under a version,
+//! and **one refresh lock** (`lock:K`):
+//!
+//! 1. A valid access token cached in this process is used as is: no store
+//!    call at all.
+//! 2. Otherwise the state is read; a fresh access token there (another
+//!    replica refreshed) is adopted.
+//! 3. Otherwise the lock is taken (`SET NX PX`, renewed every third of its
+//!    life while the refresh runs, so a slow token endpoint cannot make it
+//!    expire under us); the others wait for the version to move and take the
+//!    winner's result.
+//! 4. The winner refreshes with the stored refresh token and writes the new
+//!    state with a compare-and-set (it still holds the lock, the version is
+//!    the one it read) **before** it uses the new access token: no replica
+//!    ever refreshes with a dead token.
+//!
+//! `credentials.file` stays the operator's input: the state records the
+//! fingerprint of the file's refresh token it descends from, and the
+//! fingerprints of older file tokens it replaced. A file token the store has
+//! not seen is a Secret update: it replaces the stored one. A file token the
+//! store lists as replaced is a replica whose Secret has not caught up yet:
+//! the stored one wins.
+//!
+//! **Store unavailable**: a cached access token that has not expired keeps
+//! being used; a credential that needs a refresh is *not* refreshed without
+//! the lock (a lost rotation would need a person to issue a new refresh
+//! token): its callers get `503 store_unavailable`.
+//!
+//! **The window no client can close**: Concur rotated the refresh token but
+//! its answer never reached the store (the replica died, or the store went
+//! away between the answer and the write). The stored refresh token is then
+//! dead; the next refresh gets `invalid_grant`, and the credential is
+//! reported unusable (log, metric, `/readyz`) until the Secret provides a new
+//! refresh token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Access, AccessToken, Failure, Slot, TokenAnswer, TokenManager, backoff_secs, jitter};
+use crate::credentials::{Credential, Secret};
+use crate::error::GatewayError;
+use crate::metrics::ResultLabel;
+use crate::store::crypto::Sealer;
+use crate::store::redis::{CasResult, Redis, StoreError};
+use crate::store::{Store, company_tag};
+
+/// How often a waiter looks whether the lock holder stored its result.
+const POLL: Duration = Duration::from_millis(50);
+/// Older file fingerprints remembered as replaced.
+const SUPERSEDED_KEPT: usize = 16;
+
+/// Test hook: when set (to anything), the process aborts right after the token
+/// endpoint answered and before the answer is stored, while it holds the
+/// refresh lock: the window of the module docs.
+pub const CRASH_AFTER_TOKEN_ANSWER_ENV: &str = "CONCUR_GATEWAY_TEST_CRASH_AFTER_TOKEN_ANSWER";
+
+/// The shared side of the token manager.
+pub struct SharedTokens {
+    redis: Arc<Redis>,
+    store: Arc<Store>,
+    sealer: Sealer,
+    /// The refresh lock's life (`store.refresh_lock_ttl_ms`), renewed every
+    /// third of it while a refresh runs.
+    lock_ttl: Duration,
+    crash_after_answer: bool,
+}
+
+impl std::fmt::Debug for SharedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTokens").finish_non_exhaustive()
+    }
+}
+
+/// One credential's state in the store. Sealed as a whole; no `Debug`.
+#[derive(Serialize, Deserialize, Clone)]
+struct Record {
+    refresh_token: String,
+    /// Fingerprint of the file's refresh token this state descends from.
+    descends_from: String,
+    /// Fingerprints of file tokens this lineage replaced (newest last).
+    superseded: Vec<String>,
+    access_token: Option<String>,
+    obtained: u64,
+    expires_at: u64,
+    geolocation: Option<String>,
+    /// Concur refused this lineage's refresh token (or the client).
+    dead: Option<String>,
+    written_at: u64,
+}
+
+/// What the stored state means for this replica's file.
+enum Lineage {
+    /// Nothing stored yet, or the file has a token the store has not seen:
+    /// refresh with the file's token.
+    File,
+    /// The stored state is the current lineage.
+    Stored,
+}
+
+impl SharedTokens {
+    pub fn new(store: Arc<Store>, key: &[u8; 32], lock_ttl: Duration) -> Option<Self> {
+        Some(Self {
+            lock_ttl,
+            redis: store.redis()?.clone(),
+            store,
+            sealer: Sealer::new(key),
+            crash_after_answer: std::env::var_os(CRASH_AFTER_TOKEN_ANSWER_ENV).is_some(),
+        })
+    }
+
+    fn keys(&self, slot: &Slot) -> (String, String) {
+        let p = self.redis.prefix();
+        let tag = company_tag(&slot.company);
+        (
+            format!("{p}{tag}:tok:{}", slot.key),
+            format!("{p}{tag}:lock:{}", slot.key),
+        )
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(u64, Record)>, StoreError> {
+        let Some((version, sealed)) = self.redis.token_read(key).await? else {
+            return Ok(None);
+        };
+        let plain = self.sealer.open(key, &sealed).ok_or_else(|| {
+            StoreError::Protocol(
+                "a stored token state does not open with store.encryption_key_file".into(),
+            )
+        })?;
+        let record = serde_json::from_slice(&plain)
+            .map_err(|e| StoreError::Protocol(format!("a stored token state: {e}")))?;
+        Ok(Some((version, record)))
+    }
+}
+
+/// The lineage of `record` against the file's refresh token `file_fp`.
+fn lineage(record: Option<&Record>, file_fp: &str) -> Lineage {
+    match record {
+        None => Lineage::File,
+        Some(r) if r.descends_from == file_fp || r.superseded.iter().any(|s| s == file_fp) => {
+            Lineage::Stored
+        }
+        Some(_) => Lineage::File,
+    }
+}
+
+impl TokenManager {
+    /// `access` for a refreshing credential whose cached token cannot be
+    /// used, with the shared store (see the module docs). Called under the
+    /// slot's local single flight.
+    pub(super) async fn access_shared(
+        &self,
+        shared: &SharedTokens,
+        slot: &Slot,
+        cred: &Credential,
+    ) -> Result<Access, GatewayError> {
+        let (key, lock) = shared.keys(slot);
+        // Waiting for another replica's refresh is bounded by what a refresh
+        // may take, plus the lock's life (a holder that died).
+        let give_up = tokio::time::Instant::now() + self.request_timeout + shared.lock_ttl * 2;
+        loop {
+            let stored = match shared.read(&key).await {
+                Ok(stored) => {
+                    shared.store.recovered();
+                    stored
+                }
+                Err(e) => return self.without_store(shared, slot, cred, "token_read", &e),
+            };
+            let (version, record) = match stored {
+                Some((v, r)) => (v, Some(r)),
+                None => (0, None),
+            };
+            let now = self.clock.now_unix();
+            let file_fp = slot.state.lock().expect("slot lock").origin.clone();
+            if let (Lineage::Stored, Some(r)) = (lineage(record.as_ref(), &file_fp), &record) {
+                if let Some(why) = &r.dead {
+                    self.mark_dead(slot, why.clone());
+                    return Err(GatewayError::CredentialUnusable);
+                }
+                if adopt(slot, version, r, now, Some(self.margin_s)) {
+                    return self.current_or(slot, cred, now);
+                }
+            }
+            let retry_at = slot.state.lock().expect("slot lock").retry_at;
+            if now < retry_at {
+                if let Some(r) = &record {
+                    adopt(slot, version, r, now, None);
+                }
+                return slot.current(cred, now, None)?.ok_or_else(|| {
+                    GatewayError::UpstreamUnavailable(
+                        format!(
+                            "refreshing the Concur access token failed; next attempt in {} s",
+                            retry_at - now
+                        )
+                        .into(),
+                    )
+                });
+            }
+            // Take the lock, or wait for the one who has it.
+            let owner = crate::request_id::generate();
+            match shared.redis.lock(&lock, &owner, shared.lock_ttl).await {
+                Err(e) => return self.without_store(shared, slot, cred, "token_lock", &e),
+                Ok(false) => {
+                    if tokio::time::Instant::now() >= give_up {
+                        return Err(GatewayError::UpstreamUnavailable(
+                            "waiting for another replica's token refresh took too long".into(),
+                        ));
+                    }
+                    self.wait_for_holder(shared, &key, &lock, version).await;
+                    continue;
+                }
+                Ok(true) => {}
+            }
+            let result = self
+                .refresh_under_lock(shared, slot, cred, &key, &lock, &owner)
+                .await;
+            let _ = shared.redis.unlock(&lock, &owner).await;
+            return result;
+        }
+    }
+
+    /// Waits until the stored version moves past `seen` or the lock is gone.
+    async fn wait_for_holder(&self, shared: &SharedTokens, key: &str, lock: &str, seen: u64) {
+        let until = tokio::time::Instant::now() + shared.lock_ttl;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(POLL).await;
+            match shared.redis.token_version(key).await {
+                Ok(v) if v != seen => return,
+                Ok(_) => {}
+                Err(_) => return, // the caller's next read reports it
+            }
+            if let Ok(false) = shared.redis.locked(lock).await {
+                return;
+            }
+        }
+    }
+
+    /// The refresh itself, holding the lock: re-read, refresh, store, use.
+    async fn refresh_under_lock(
+        &self,
+        shared: &SharedTokens,
+        slot: &Slot,
+        cred: &Credential,
+        key: &str,
+        lock: &str,
+        owner: &str,
+    ) -> Result<Access, GatewayError> {
+        // Keep the lock alive while the token endpoint takes its time.
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewal = {
+            let (redis, lock, owner, lost, ttl) = (
+                shared.redis.clone(),
+                lock.to_owned(),
+                owner.to_owned(),
+                lost.clone(),
+                shared.lock_ttl,
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if !matches!(redis.extend_lock(&lock, &owner, ttl).await, Ok(true)) {
+                        lost.store(true, Ordering::Release);
+                    }
+                }
+            })
+        };
+        let _renewal = AbortOnDrop(renewal);
+        // Someone may have refreshed between our read and our lock.
+        let (version, record) = match shared.read(key).await {
+            Ok(Some((v, r))) => (v, Some(r)),
+            Ok(None) => (0, None),
+            Err(e) => return self.without_store(shared, slot, cred, "token_read", &e),
+        };
+        let now = self.clock.now_unix();
+        let file_fp = slot.state.lock().expect("slot lock").origin.clone();
+        let lineage = lineage(record.as_ref(), &file_fp);
+        if let (Lineage::Stored, Some(r)) = (&lineage, &record) {
+            if let Some(why) = &r.dead {
+                self.mark_dead(slot, why.clone());
+                return Err(GatewayError::CredentialUnusable);
+            }
+            if adopt(slot, version, r, now, Some(self.margin_s)) {
+                return self.current_or(slot, cred, now);
+            }
+        }
+        let (refresh_token, descends_from, superseded) = match (&lineage, &record) {
+            (Lineage::Stored, Some(r)) => (
+                Secret::new(r.refresh_token.clone()),
+                r.descends_from.clone(),
+                r.superseded.clone(),
+            ),
+            _ => {
+                let st = slot.state.lock().expect("slot lock");
+                let mut superseded = record
+                    .as_ref()
+                    .map(|r| r.superseded.clone())
+                    .unwrap_or_default();
+                if let Some(r) = &record {
+                    tracing::info!(credential = %slot.owner, "the credentials file provides a refresh token the store has not seen; it replaces the stored one");
+                    superseded.push(r.descends_from.clone());
+                    let excess = superseded.len().saturating_sub(SUPERSEDED_KEPT);
+                    superseded.drain(..excess);
+                }
+                (st.refresh_token.clone(), st.origin.clone(), superseded)
+            }
+        };
+        let answer = self.request_token(slot, &refresh_token).await;
+        if shared.crash_after_answer {
+            tracing::error!(
+                credential = %slot.owner,
+                "{CRASH_AFTER_TOKEN_ANSWER_ENV} is set: aborting after the token answer, before storing it"
+            );
+            std::process::abort();
+        }
+        let now = self.clock.now_unix();
+        let write = |record: &Record| {
+            let plain = serde_json::to_vec(record).expect("a record serialises");
+            shared.sealer.seal(key, &plain)
+        };
+        match answer {
+            Ok(TokenAnswer {
+                access_token,
+                expires_in,
+                refresh_token: new_refresh,
+                geolocation,
+            }) => {
+                let rotated = new_refresh.as_ref().is_some_and(|rt| *rt != refresh_token);
+                let new = Record {
+                    refresh_token: new_refresh.unwrap_or(refresh_token).expose().to_owned(),
+                    descends_from,
+                    superseded,
+                    access_token: Some(access_token.expose().to_owned()),
+                    obtained: now,
+                    expires_at: now + expires_in,
+                    geolocation: geolocation
+                        .map(|g| g.to_string())
+                        .or_else(|| record.as_ref().and_then(|r| r.geolocation.clone())),
+                    dead: None,
+                    written_at: now,
+                };
+                // Stored BEFORE it is used (see the module docs).
+                let stored = if lost.load(Ordering::Acquire) {
+                    Ok(CasResult::LockLost)
+                } else {
+                    shared
+                        .redis
+                        .token_cas(key, lock, owner, version, &write(&new))
+                        .await
+                };
+                match stored {
+                    Ok(CasResult::Written) => {
+                        self.refreshes
+                            .get_or_create(&ResultLabel { result: "ok" })
+                            .inc();
+                        tracing::info!(
+                            credential = %slot.owner,
+                            expires_in,
+                            rotated,
+                            version = version + 1,
+                            "Concur access token refreshed and stored for every replica"
+                        );
+                        adopt(slot, version + 1, &new, now, None);
+                        {
+                            let mut st = slot.state.lock().expect("slot lock");
+                            st.failures = 0;
+                            st.retry_at = 0;
+                        }
+                        self.current_or(slot, cred, now)
+                    }
+                    other => {
+                        // The window of the module docs: Concur answered, the
+                        // store did not take it. Reported, not hidden.
+                        let why = match other {
+                            Ok(CasResult::LockLost) => "the refresh lock expired".to_owned(),
+                            Ok(_) => "another replica stored a newer state".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        self.refreshes
+                            .get_or_create(&ResultLabel {
+                                result: "store_failed",
+                            })
+                            .inc();
+                        tracing::error!(
+                            credential = %slot.owner,
+                            rotated,
+                            reason = %why,
+                            "Concur answered the refresh but the store did not take the new state; if Concur rotated the refresh token, this credential needs a new one"
+                        );
+                        Err(GatewayError::StoreUnavailable { retry_after_s: 5 })
+                    }
+                }
+            }
+            Err(Failure::Rejected(why)) => {
+                tracing::error!(
+                    credential = %slot.owner,
+                    reason = %why,
+                    "Concur rejected the credential's refresh; it is unusable until the credentials file provides a new refresh token"
+                );
+                self.refreshes
+                    .get_or_create(&ResultLabel { result: "rejected" })
+                    .inc();
+                let dead = Record {
+                    refresh_token: refresh_token.expose().to_owned(),
+                    descends_from,
+                    superseded,
+                    access_token: None,
+                    obtained: 0,
+                    expires_at: 0,
+                    geolocation: None,
+                    dead: Some(why.clone()),
+                    written_at: now,
+                };
+                // Tell the other replicas, so they do not hammer Concur.
+                let _ = shared
+                    .redis
+                    .token_cas(key, lock, owner, version, &write(&dead))
+                    .await;
+                self.mark_dead(slot, why);
+                Err(GatewayError::CredentialUnusable)
+            }
+            Err(Failure::Superseded) => Err(GatewayError::UpstreamUnavailable(
+                "the credentials file changed during the token refresh; retry".into(),
+            )),
+            Err(Failure::Transient(why)) => {
+                let wait = {
+                    let mut st = slot.state.lock().expect("slot lock");
+                    st.failures += 1;
+                    let wait = backoff_secs(st.failures, jitter());
+                    st.retry_at = now + wait;
+                    wait
+                };
+                tracing::warn!(
+                    credential = %slot.owner,
+                    reason = %why,
+                    retry_in_s = wait,
+                    "refreshing the Concur access token failed"
+                );
+                self.refreshes
+                    .get_or_create(&ResultLabel { result: "failed" })
+                    .inc();
+                slot.current(cred, now, None)?.ok_or_else(|| {
+                    GatewayError::UpstreamUnavailable(
+                        format!("refreshing the Concur access token failed: {why}").into(),
+                    )
+                })
+            }
+        }
+    }
+
+    /// The store did not answer: a cached token that has not expired is
+    /// still used; nothing is refreshed without the lock.
+    fn without_store(
+        &self,
+        shared: &SharedTokens,
+        slot: &Slot,
+        cred: &Credential,
+        op: &'static str,
+        error: &StoreError,
+    ) -> Result<Access, GatewayError> {
+        shared.store.fell_back(op, error);
+        let now = self.clock.now_unix();
+        match slot.current(cred, now, None)? {
+            Some(access) => Ok(access),
+            None => {
+                tracing::warn!(
+                    credential = %slot.owner,
+                    error = %error,
+                    "the access token needs a refresh and the store is unavailable: not refreshing without the lock"
+                );
+                Err(GatewayError::StoreUnavailable { retry_after_s: 5 })
+            }
+        }
+    }
+
+    fn current_or(&self, slot: &Slot, cred: &Credential, now: u64) -> Result<Access, GatewayError> {
+        slot.current(cred, now, None)?
+            .ok_or_else(|| GatewayError::Internal("refreshed token already expired".into()))
+    }
+
+    fn mark_dead(&self, slot: &Slot, why: String) {
+        {
+            let mut st = slot.state.lock().expect("slot lock");
+            st.dead = Some(why);
+            st.access = None;
+        }
+        let slots = self.slots.lock().expect("slots lock");
+        self.update_gauge(&slots);
+    }
+}
+
+/// Takes the stored access token into the slot when it is usable at `now`
+/// (under `margin`, as for a cached one); returns whether it was.
+fn adopt(slot: &Slot, version: u64, r: &Record, now: u64, margin: Option<u64>) -> bool {
+    let Some(token) = &r.access_token else {
+        return false;
+    };
+    let usable = match margin {
+        Some(m) => !super::needs_refresh(now, r.obtained, r.expires_at, m),
+        None => now < r.expires_at,
+    };
+    if !usable {
+        return false;
+    }
+    let mut st = slot.state.lock().expect("slot lock");
+    // A stale mark on the same token stays (Concur refused it).
+    if st.generation == version && st.access.as_ref().is_some_and(|a| a.stale) {
+        return false;
+    }
+    st.refresh_token = Secret::new(r.refresh_token.clone());
+    st.generation = version;
+    st.access = Some(AccessToken {
+        token: Secret::new(token.clone()),
+        obtained: r.obtained,
+        expires_at: r.expires_at,
+        stale: false,
+    });
+    if let Some(geo) = r.geolocation.as_deref().and_then(super::parse_base) {
+        st.geolocation = Some(geo);
+    }
+    true
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

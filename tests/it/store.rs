@@ -1,0 +1,1041 @@
+//! Many replicas, one truth: gateways sharing state on a real Redis.
+//!
+//! The tests start Debian's `redis-server` themselves on free loopback ports:
+//! a single node, a TLS node (certificate generated here), and a three-master
+//! Cluster (`redis-cli --cluster create`). Several gateways run in this
+//! process in front of one Concur sandbox, each with its own listeners, so
+//! what one replica does is seen by the others only through Redis. Without
+//! `redis-server` the tests skip with a loud notice, except under `CI`,
+//! where they fail.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use concur_gateway::config::Config;
+use concur_gateway::gateway::Gateway;
+use concur_gateway::sandbox::{OAuthClient, Sandbox, SandboxConfig, SandboxToken};
+use concur_gateway::server;
+
+use crate::support::*;
+
+const ALICE: (&str, &str) = ("acme", "alice@acme.example");
+const GINA: (&str, &str) = ("globex", "gina@globex.example");
+const BOB: (&str, &str) = ("acme", "bob@acme.example");
+const BOB_CLIENT: &str = "bob-client-id";
+const BOB_SECRET: &str = "bob-client-secret-5ecret";
+const BOB_REFRESH: &str = "bob-refresh-token-initial-0001";
+
+// ---------------------------------------------------------------------------
+// redis-server, started by the tests
+// ---------------------------------------------------------------------------
+
+fn redis_available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is required under CI (apt-get install redis-server)"
+        );
+        eprintln!("!!! SKIPPED: redis-server not installed; the shared-store tests did not run");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `redis-server` process, killed when dropped.
+struct RedisNode {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl RedisNode {
+    fn spawn(dir: Arc<tempfile::TempDir>, extra: &[String]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.replace("{port}", &port.to_string())));
+        if !extra.iter().any(|a| a == "--port") {
+            args.push("--port".into());
+            args.push(port.to_string());
+        }
+        let mut node = RedisNode {
+            child: None,
+            port,
+            args,
+            _dir: dir,
+        };
+        node.start();
+        node
+    }
+
+    fn start(&mut self) {
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn single_node() -> RedisNode {
+    RedisNode::spawn(Arc::new(tempfile::tempdir().unwrap()), &[])
+}
+
+/// A TLS-only node with a certificate generated here; returns the node and
+/// the PEM a client must trust.
+fn tls_node() -> (RedisNode, String) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("redis.crt");
+    let key = dir.path().join("redis.key");
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let extra: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &cert.display().to_string(),
+        "--tls-key-file",
+        &key.display().to_string(),
+        "--tls-ca-cert-file",
+        &cert.display().to_string(),
+        "--tls-auth-clients",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    (RedisNode::spawn(dir, &extra), generated.cert.pem())
+}
+
+/// Three masters, slots assigned by `redis-cli --cluster create`.
+fn cluster() -> Vec<RedisNode> {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let nodes: Vec<RedisNode> = (0..3)
+        .map(|i| {
+            RedisNode::spawn(
+                dir.clone(),
+                &[
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    format!("nodes-{i}-{{port}}.conf"),
+                ],
+            )
+        })
+        .collect();
+    let mut cmd = Command::new("redis-cli");
+    cmd.arg("--cluster").arg("create");
+    for n in &nodes {
+        cmd.arg(format!("127.0.0.1:{}", n.port));
+    }
+    let out = cmd
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ok = nodes.iter().all(|n| {
+            Command::new("redis-cli")
+                .args(["-p", &n.port.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        });
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not become ok");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes
+}
+
+// ---------------------------------------------------------------------------
+// A fleet: one sandbox, several gateways sharing one store
+// ---------------------------------------------------------------------------
+
+struct Replica {
+    gateway: Arc<Gateway>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Fleet {
+    sandbox: Sandbox,
+    replicas: Vec<Replica>,
+    dir: tempfile::TempDir,
+}
+
+fn bob_client() -> OAuthClient {
+    OAuthClient {
+        client_id: BOB_CLIENT.into(),
+        client_secret: BOB_SECRET.into(),
+        company: BOB.0.into(),
+        user: Some(BOB.1.into()),
+        refresh_token: BOB_REFRESH.into(),
+    }
+}
+
+fn credentials() -> String {
+    format!(
+        "{CREDENTIALS}\n[[credential]]\ncompany = \"{}\"\nuser = \"{}\"\nrefresh_token = \"{BOB_REFRESH}\"\nclient_id = \"{BOB_CLIENT}\"\nclient_secret = \"{BOB_SECRET}\"\n",
+        BOB.0, BOB.1
+    )
+}
+
+/// The `[store]` section for `urls`, with `ca` (PEM) for TLS.
+fn store_section(dir: &Path, urls: &str, ca: Option<&str>, extra: &str) -> String {
+    let key = dir.join("store.key");
+    if !key.exists() {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).unwrap();
+        std::fs::write(
+            &key,
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+        )
+        .unwrap();
+    }
+    let mut s = format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{urls}\"\nencryption_key_file = \"store.key\"\ntimeout_ms = 200\n{extra}"
+    );
+    if let Some(pem) = ca {
+        std::fs::write(dir.join("redis-ca.pem"), pem).unwrap();
+        s.push_str("ca_file = \"redis-ca.pem\"\n");
+    }
+    s
+}
+
+impl Fleet {
+    /// A sandbox (access tokens living `ttl`; zero: an hour) and `n` gateways
+    /// configured with `sections` (TOML sections appended to the base config).
+    async fn start(n: usize, ttl: Duration, sections: impl Fn(&Path) -> String) -> Fleet {
+        let sandbox = Sandbox::start(
+            "127.0.0.1:0".parse().unwrap(),
+            SandboxConfig {
+                tokens: vec![
+                    SandboxToken {
+                        token: ALICE_TOKEN.into(),
+                        company: "acme".into(),
+                        user: Some(ALICE.1.into()),
+                    },
+                    SandboxToken {
+                        token: ADMIN_TOKEN.into(),
+                        company: "acme".into(),
+                        user: None,
+                    },
+                    SandboxToken {
+                        token: GINA_TOKEN.into(),
+                        company: "globex".into(),
+                        user: Some(GINA.1.into()),
+                    },
+                ],
+                tls: None,
+                access_token_ttl: ttl,
+                oauth_clients: vec![bob_client()],
+            },
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), sandbox.ca_cert_pem()).unwrap();
+        std::fs::write(dir.path().join("jwks.json"), &keys().jwks).unwrap();
+        std::fs::write(dir.path().join("credentials.toml"), credentials()).unwrap();
+        let text = format!(
+            "[server]\ndrain_delay_s = 0\nshutdown_grace_s = 2\n[upstream]\nbase_url = \"{}\"\nca_file = \"ca.pem\"\ntimeout_s = 10\n[auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n[credentials]\nfile = \"credentials.toml\"\n{}",
+            sandbox.base_url(),
+            sections(dir.path())
+        );
+        let mut replicas = Vec::new();
+        for _ in 0..n {
+            replicas.push(Self::replica(&text, dir.path()).await);
+        }
+        Fleet {
+            sandbox,
+            replicas,
+            dir,
+        }
+    }
+
+    async fn replica(text: &str, dir: &Path) -> Replica {
+        let config = Config::from_toml(text, dir).unwrap_or_else(|e| panic!("{e}"));
+        let gateway = Arc::new(Gateway::new(config).unwrap_or_else(|e| panic!("{e:?}")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(gateway.clone(), listener, admin, async {
+            let _ = rx.await;
+        }));
+        let replica = Replica {
+            gateway,
+            addr,
+            admin: admin_addr,
+            stop: Some(tx),
+            task,
+        };
+        // Wait until the store is connected (the health loop runs every second).
+        if let Some(redis) = replica.gateway.store.redis() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !redis.connected() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the gateway did not connect to Redis"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        replica
+    }
+
+    async fn stop(mut self) {
+        for r in &mut self.replicas {
+            let _ = r.stop.take().map(|tx| tx.send(()));
+        }
+        for r in self.replicas.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r.task).await;
+        }
+        self.sandbox.shutdown().await;
+    }
+}
+
+async fn upload(addr: SocketAddr, who: (&str, &str), path: &str) -> Reply {
+    let token = jwt(who.0, who.1);
+    request(
+        addr,
+        "POST",
+        path,
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "image/jpeg"),
+        ],
+        Payload::Full(JPEG.to_vec()),
+    )
+    .await
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    request(admin, "GET", "/metrics", &[], Payload::Full(Vec::new()))
+        .await
+        .text()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+/// Fires uploads from `callers` round-robin over the replicas for `for_`,
+/// `workers` at a time; returns (admitted, refused).
+async fn hammer(
+    fleet: &Fleet,
+    callers: &[(&'static str, &'static str)],
+    for_: Duration,
+    workers: usize,
+) -> (usize, usize) {
+    let addrs: Vec<SocketAddr> = fleet.replicas.iter().map(|r| r.addr).collect();
+    let until = Instant::now() + for_;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let addrs = addrs.clone();
+        let callers = callers.to_vec();
+        tasks.spawn(async move {
+            let (mut ok, mut refused, mut i) = (0, 0, w);
+            while Instant::now() < until {
+                let who = callers[i % callers.len()];
+                let r = upload(
+                    addrs[i % addrs.len()],
+                    who,
+                    &format!("/api/image/v1.0/report/W{w}N{i}"),
+                )
+                .await;
+                match r.status.as_u16() {
+                    201 => ok += 1,
+                    429 => refused += 1,
+                    other => panic!("unexpected {other}: {}", r.text()),
+                }
+                i += workers;
+            }
+            (ok, refused)
+        });
+    }
+    let (mut ok, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (o, f) = r.unwrap();
+        ok += o;
+        refused += f;
+    }
+    (ok, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_for_the_sum_of_three_gateways() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // The company: 20/s with a burst of 5; users unlimited. (A burst of 1
+    // would count every request's lateness against the rate: GCRA with no
+    // tolerance admits at most one per period *after* the last admission.)
+    let fleet = Fleet::start(3, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 20.0\ncompany_burst = 5\nuser_concurrent = 1000\ncompany_concurrent = 1000\n{}",
+            store_section(dir, &url, None, "")
+        )
+    })
+    .await;
+    let users = [
+        ALICE,
+        ("acme", "u2@acme.example"),
+        ("acme", "u3@acme.example"),
+        ("acme", "u4@acme.example"),
+    ];
+    let window = Duration::from_secs(5);
+    let (ok, refused) = hammer(&fleet, &users, window, 8).await;
+    // GCRA on Redis time: 5 at once, then one every 50 ms, whichever replica.
+    let expected = 5.0 + 20.0 * window.as_secs_f64();
+    eprintln!(
+        "company limit across 3 gateways: {ok} admitted, {refused} refused, expected {expected}"
+    );
+    assert!(refused > ok, "the limit was exercised");
+    assert!(
+        (ok as f64 - expected).abs() <= expected * 0.05,
+        "{ok} admitted vs {expected} (within 5%)"
+    );
+    assert_eq!(
+        fleet.sandbox.uploads().len(),
+        ok,
+        "every admitted upload and nothing else reached Concur"
+    );
+    fleet.stop().await;
+
+    // The user limit likewise: one user, 5/s, over three gateways.
+    let fleet = Fleet::start(3, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 5.0\nuser_burst = 2\ncompany_per_second = 1000.0\ncompany_burst = 1000\n{}",
+            store_section(dir, &url, None, "key_prefix = \"t2:\"\n")
+        )
+    })
+    .await;
+    let window = Duration::from_secs(4);
+    let (ok, _) = hammer(&fleet, &[ALICE], window, 6).await;
+    let expected = 2.0 + 5.0 * window.as_secs_f64();
+    eprintln!("user limit across 3 gateways: {ok} admitted, expected {expected}");
+    assert!(
+        (ok as f64 - expected).abs() <= (expected * 0.05).max(1.0),
+        "{ok} admitted vs {expected}"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concur_back_off_and_in_flight_caps_hold_on_every_replica() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(2, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\nuser_concurrent = 1\n{}",
+            store_section(dir, &url, None, "")
+        )
+    })
+    .await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    // Concur throttles alice's credential through replica A...
+    fleet
+        .sandbox
+        .push_fault(concur_gateway::sandbox::Fault::Status {
+            status: 429,
+            message: "slow down".into(),
+            retry_after: Some("30".into()),
+        });
+    let r = upload(a, ALICE, "/api/image/v1.0/report/R1").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["code"], "concur_error");
+    // ...and replica B holds alice back without calling Concur.
+    let before = fleet.sandbox.uploads().len();
+    let r = upload(b, ALICE, "/api/image/v1.0/report/R2").await;
+    r.problem(429, "rate_limited");
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((25..=30).contains(&wait), "{wait}");
+    assert_eq!(
+        fleet.sandbox.uploads().len(),
+        before,
+        "nothing reached Concur"
+    );
+    // Another credential of the same company is not throttled.
+    assert_eq!(
+        upload(
+            b,
+            ("acme", "carol@acme.example"),
+            "/api/image/v1.0/report/R3"
+        )
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        upload(b, GINA, "/api/image/v1.0/report/R4").await.status,
+        201
+    );
+    // One upload in flight per user, across replicas: a stalled upload on A
+    // makes carol's next one on B a 429.
+    let token = jwt("acme", "carol@acme.example");
+    let mut slow = tokio::net::TcpStream::connect(a).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    slow.write_all(
+        format!(
+            "POST /api/image/v1.0/report/S1 HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+            JPEG.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = upload(
+        b,
+        ("acme", "carol@acme.example"),
+        "/api/image/v1.0/report/R5",
+    )
+    .await;
+    r.problem(429, "rate_limited");
+    drop(slow);
+    // The place comes back (released by A when its upload ends).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = upload(
+            b,
+            ("acme", "carol@acme.example"),
+            "/api/image/v1.0/report/R6",
+        )
+        .await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the place never came back: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.stop().await;
+}
+
+/// The refresh token the store holds for bob, opened with the fleet's key.
+async fn stored_refresh_token(port: u16, dir: &Path, prefix: &str) -> String {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*:tok:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let sealed: String = redis::cmd("HGET")
+        .arg(&keys[0])
+        .arg("s")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!sealed.contains("bob-refresh"), "nothing stored in clear");
+    let key = concur_gateway::store::crypto::load_key(&dir.join("store.key")).unwrap();
+    let plain = concur_gateway::store::crypto::Sealer::new(&key)
+        .open(&keys[0], &sealed)
+        .expect("opens with the key");
+    let v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    v["refresh_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_gateways_share_one_rotating_refresh_token() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // Access tokens live 3 s (refreshed after 2 s); every refresh rotates the
+    // refresh token and kills the one that was used.
+    let ttl = Duration::from_secs(3);
+    let fleet = Fleet::start(4, ttl, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 10000.0\nuser_burst = 10000\ncompany_per_second = 10000.0\ncompany_burst = 10000\nuser_concurrent = 1000\ncompany_concurrent = 1000\n{}",
+            store_section(dir, &url, None, "")
+        )
+    })
+    .await;
+    let addrs: Vec<SocketAddr> = fleet.replicas.iter().map(|r| r.addr).collect();
+    let started = Instant::now();
+    let total = 2000;
+    // Paced over at least three lifetimes: 16 workers, 125 uploads each.
+    let pace = (ttl * 3 + Duration::from_secs(1)) / (total / 16) as u32;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let addrs = addrs.clone();
+        tasks.spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..(total / 16) {
+                let next = Instant::now() + pace;
+                let r = upload(addrs[(w + i) % 4], BOB, "/api/image/v1.0/receipt").await;
+                statuses.push((r.status.as_u16(), r.text()));
+                tokio::time::sleep_until(next.into()).await;
+            }
+            statuses
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        statuses.extend(r.unwrap());
+    }
+    let took = started.elapsed();
+    let failed: Vec<_> = statuses.iter().filter(|(s, _)| *s != 201).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {total} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(took >= ttl * 3, "ran {took:?}, at least three lifetimes");
+    let requests = fleet.sandbox.token_requests();
+    let ok = fleet.sandbox.successful_refreshes();
+    assert_eq!(
+        requests, ok,
+        "zero invalid_grant: every token request succeeded"
+    );
+    // One refresh per lifetime (refreshed at 2/3 of 3 s): never one per
+    // replica per expiry.
+    let lifetimes = took.as_secs_f64() / 2.0;
+    eprintln!(
+        "{total} uploads over 4 gateways in {took:?}: {requests} token requests for ~{lifetimes:.1} refresh periods"
+    );
+    assert!(
+        (requests as f64) <= lifetimes.ceil() + 1.0,
+        "{requests} token requests in {took:?}"
+    );
+    let tokens: std::collections::HashSet<String> = fleet
+        .sandbox
+        .uploads()
+        .iter()
+        .filter_map(|u| u.token.clone())
+        .collect();
+    assert_eq!(
+        tokens.len() as u64,
+        requests,
+        "every access token obtained was used by the fleet, none obtained twice"
+    );
+    let live = fleet.sandbox.current_refresh_token(BOB_CLIENT).unwrap();
+    assert_eq!(
+        stored_refresh_token(redis.port, fleet.dir.path(), "concur-gateway:").await,
+        live,
+        "the store holds the sandbox's live refresh token"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_falls_back_to_local_state_and_comes_back() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // Bob's access token lives an hour: once fetched it stays valid.
+    let fleet = Fleet::start(2, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 0.01\nuser_burst = 2\ncompany_per_second = 1000.0\ncompany_burst = 1000\n{}",
+            store_section(dir, &url, None, "")
+        )
+    })
+    .await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    // Shared: two uploads for alice in all, wherever they land.
+    assert_eq!(
+        upload(a, ALICE, "/api/image/v1.0/report/A1").await.status,
+        201
+    );
+    assert_eq!(
+        upload(b, ALICE, "/api/image/v1.0/report/A2").await.status,
+        201
+    );
+    upload(a, ALICE, "/api/image/v1.0/report/A3")
+        .await
+        .problem(429, "rate_limited");
+    // Bob's refreshing credential gets its token while Redis is up.
+    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
+
+    redis.stop();
+    // Requests keep flowing, each within timeout_ms + its own time, on each
+    // replica's own limits (gina has a fresh allowance on each replica).
+    for (i, addr) in [a, b, a, b].into_iter().enumerate() {
+        let started = Instant::now();
+        let r = upload(addr, GINA, &format!("/api/image/v1.0/report/G{i}")).await;
+        let took = started.elapsed();
+        assert!(r.status == 201 || r.status == 429, "{}", r.text());
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+    // A valid cached access token keeps being used without the store.
+    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    let m = metrics(fleet.replicas[0].admin).await;
+    assert!(
+        m.contains("concur_gateway_store_fallbacks_total{op=\"admit\"}"),
+        "{m}"
+    );
+    let ready = request(
+        fleet.replicas[0].admin,
+        "GET",
+        "/readyz",
+        &[],
+        Payload::Full(Vec::new()),
+    )
+    .await;
+    assert_eq!(ready.status, 200, "readiness stays up");
+    assert!(ready.text().contains("store"), "{}", ready.text());
+
+    redis.start();
+    // Shared again without a restart: limits are global (a fresh Redis has
+    // no state: gina gets two uploads in all, then 429 on either replica).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics(fleet.replicas[0].admin)
+        .await
+        .contains("concur_gateway_store_up 0")
+        || metrics(fleet.replicas[1].admin)
+            .await
+            .contains("concur_gateway_store_up 0")
+    {
+        assert!(Instant::now() < deadline, "the store did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let carol = ("acme", "carol@acme.example");
+    assert_eq!(
+        upload(a, carol, "/api/image/v1.0/report/C1").await.status,
+        201
+    );
+    assert_eq!(
+        upload(b, carol, "/api/image/v1.0/report/C2").await.status,
+        201
+    );
+    upload(a, carol, "/api/image/v1.0/report/C3")
+        .await
+        .problem(429, "rate_limited");
+    upload(b, carol, "/api/image/v1.0/report/C4")
+        .await
+        .problem(429, "rate_limited");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_needing_the_lock_is_refused_while_redis_is_down() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(1, Duration::ZERO, |dir| store_section(dir, &url, None, "")).await;
+    let a = fleet.replicas[0].addr;
+    redis.stop();
+    // Bob has no access token yet: it needs a refresh, which needs the lock.
+    let r = upload(a, BOB, "/api/image/v1.0/receipt").await;
+    r.problem(503, "store_unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        fleet.sandbox.token_requests(),
+        0,
+        "no refresh without the lock"
+    );
+    // Other callers are served.
+    assert_eq!(
+        upload(a, ALICE, "/api/image/v1.0/report/R1").await.status,
+        201
+    );
+    redis.start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = upload(a, BOB, "/api/image/v1.0/receipt").await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_state_over_tls() {
+    if !redis_available() {
+        return;
+    }
+    let (redis, ca) = tls_node();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(2, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 0.01\nuser_burst = 2\n{}",
+            store_section(dir, &url, Some(&ca), "")
+        )
+    })
+    .await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    assert_eq!(
+        upload(a, ALICE, "/api/image/v1.0/report/A1").await.status,
+        201
+    );
+    assert_eq!(
+        upload(b, ALICE, "/api/image/v1.0/report/A2").await.status,
+        201
+    );
+    upload(b, ALICE, "/api/image/v1.0/report/A3")
+        .await
+        .problem(429, "rate_limited");
+    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    assert_eq!(upload(b, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    assert_eq!(
+        fleet.sandbox.token_requests(),
+        1,
+        "one refresh for both replicas"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_state_on_a_cluster() {
+    if !redis_available() {
+        return;
+    }
+    let nodes = cluster();
+    let urls = nodes
+        .iter()
+        .map(|n| format!("redis://127.0.0.1:{}", n.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let fleet = Fleet::start(2, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 0.01\nuser_burst = 2\n{}",
+            store_section(dir, &urls, None, "")
+        )
+    })
+    .await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    // Several companies, so the keys spread over the slots of all masters.
+    for who in [ALICE, GINA] {
+        assert_eq!(
+            upload(a, who, "/api/image/v1.0/report/X1").await.status,
+            201
+        );
+        assert_eq!(
+            upload(b, who, "/api/image/v1.0/report/X2").await.status,
+            201
+        );
+        upload(a, who, "/api/image/v1.0/report/X3")
+            .await
+            .problem(429, "rate_limited");
+    }
+    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    assert_eq!(upload(b, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    assert_eq!(
+        fleet.sandbox.token_requests(),
+        1,
+        "one refresh for both replicas"
+    );
+    fleet
+        .sandbox
+        .push_fault(concur_gateway::sandbox::Fault::Status {
+            status: 503,
+            message: "busy".into(),
+            retry_after: Some("20".into()),
+        });
+    // Acme's admin credential (used for dave and erin) is throttled by Concur
+    // through one replica, and held back on the other.
+    let r = upload(
+        a,
+        ("acme", "dave@acme.example"),
+        "/api/image/v1.0/report/D1",
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = upload(
+        b,
+        ("acme", "erin@acme.example"),
+        "/api/image/v1.0/report/E1",
+    )
+    .await;
+    r.problem(429, "rate_limited");
+    assert!(r.text().contains("concur"), "{}", r.text());
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_holding_the_refresh_lock_is_taken_over() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let lock = "refresh_lock_ttl_ms = 1500\n";
+    let fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        store_section(dir, &url, None, lock)
+    })
+    .await;
+    // A second replica, as a process that aborts after Concur answered its
+    // refresh and before it stored the answer (kill -9 at the worst moment).
+    let config = fleet.dir.path().join("crashing.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n[upstream]\nbase_url = \"{}\"\nca_file = \"ca.pem\"\n[auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n[credentials]\nfile = \"credentials.toml\"\n{}",
+        free_port(),
+        free_port(),
+        fleet.sandbox.base_url(),
+        store_section(fleet.dir.path(), &url, None, lock)
+    );
+    std::fs::write(&config, &text).unwrap();
+    let listen: SocketAddr = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut crashing = Command::new(env!("CARGO_BIN_EXE_concur-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env(
+            concur_gateway::credentials::refresh::CRASH_AFTER_TOKEN_ANSWER_ENV,
+            "1",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the crashing replica did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give it time to connect to Redis (its health loop ticks every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        // Raw: the process dies under this request.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let token = jwt(BOB.0, BOB.1);
+        let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let head = format!(
+            "POST /api/image/v1.0/receipt HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+            JPEG.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let _ = s.write_all(JPEG).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer)).await;
+        assert!(
+            answer.is_empty(),
+            "the replica died mid-refresh without answering"
+        );
+    }
+    let status = crashing.wait().unwrap();
+    assert!(!status.success(), "aborted: {status:?}");
+    let mut log = String::new();
+    use std::io::Read;
+    crashing
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        !log.contains(BOB_REFRESH) && !log.contains(BOB_SECRET),
+        "no secret logged"
+    );
+    assert_eq!(
+        fleet.sandbox.token_requests(),
+        1,
+        "Concur rotated: the window"
+    );
+
+    // The surviving replica waits for the dead holder's lock to expire, then
+    // takes over: the stored token is the file's, which Concur killed, so the
+    // credential is reported unusable, not hidden. Everyone else is served.
+    let a = fleet.replicas[0].addr;
+    let started = Instant::now();
+    let r = upload(a, BOB, "/api/image/v1.0/receipt").await;
+    r.problem(502, "upstream_auth_failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fleet.sandbox.token_requests(), 2);
+    assert_eq!(fleet.sandbox.successful_refreshes(), 1);
+    let ready = request(
+        fleet.replicas[0].admin,
+        "GET",
+        "/readyz",
+        &[],
+        Payload::Full(Vec::new()),
+    )
+    .await;
+    assert!(ready.text().contains("unusable"), "{}", ready.text());
+    assert_eq!(
+        upload(a, ALICE, "/api/image/v1.0/report/R1").await.status,
+        201
+    );
+    fleet.stop().await;
+}
