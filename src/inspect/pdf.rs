@@ -3,10 +3,11 @@
 //! It is a bounded-state PDF *lexer*, not a parser: it never follows the
 //! cross-reference table and never buffers the file. What it checks:
 //!
-//! * **Header.** `%PDF-1.x` (any digit) or `%PDF-2.0`, with the five bytes of
-//!   `%PDF-` inside the first 1024 bytes of the body (bytes before it are allowed
-//!   and not lexed). No `%PDF-` there is `content_mismatch`; a `%PDF-` with
-//!   another version is `malformed_image`.
+//! * **Header.** The body starts with `%PDF-1.x` (any digit) or `%PDF-2.0` at
+//!   byte 0: nothing may come before it (no BOM, white-space or junk, which is
+//!   how HTML/PDF polyglots are made). A body that does not start with `%PDF-`
+//!   is `content_mismatch`, decided as soon as the first differing byte
+//!   arrives; a `%PDF-` with another version is `malformed_image`.
 //! * **Trailer.** The body must end with `%%EOF`, optionally followed by PDF
 //!   whitespace (space, tab, CR, LF, FF, NUL). Only the last five significant
 //!   bytes are kept for that.
@@ -85,7 +86,7 @@
 //!
 //! # State
 //!
-//! About 1 KiB until the header is found, then a few hundred bytes; the first
+//! A few hundred bytes; the first
 //! object stream adds a 16 KiB staging buffer, a 32 KiB output buffer and the
 //! inflater, reused for the following ones. Nothing grows with the file, and
 //! nothing is allocated per chunk except the detail of a verdict.
@@ -101,11 +102,8 @@ use memchr::memmem;
 
 use super::{ActiveContentPolicy, Limits, RejectCode, Rejection};
 
-/// The `%PDF-` marker must lie within this many leading bytes.
-const HEADER_WINDOW: usize = 1024;
-/// Enough bytes to hold a marker that starts at `HEADER_WINDOW - 5`, its
-/// three-byte version and the byte after it.
-const HEADER_BUF: usize = HEADER_WINDOW + 4;
+/// The marker, its three-byte version and the byte after it.
+const HEADER_BUF: usize = 9;
 const MARKER: &[u8] = b"%PDF-";
 /// Longest name or keyword kept for matching; longer ones match nothing.
 const TOKEN_CAP: usize = 32;
@@ -1206,8 +1204,11 @@ impl StreamSkip {
 pub struct PdfScanner {
     /// Bytes fed so far.
     offset: u64,
-    /// The first bytes, while the header is not found yet.
-    head: Option<Vec<u8>>,
+    /// The first bytes, while the header is not checked yet.
+    head: [u8; HEADER_BUF],
+    head_len: usize,
+    /// The header checked out; the lexer has the bytes so far.
+    header_done: bool,
     lexer: Lexer,
     stream: Option<StreamSkip>,
     objstm: ObjStm,
@@ -1228,7 +1229,9 @@ impl PdfScanner {
     pub fn new(limits: &Limits) -> Self {
         Self {
             offset: 0,
-            head: Some(Vec::with_capacity(HEADER_BUF)),
+            head: [0; HEADER_BUF],
+            head_len: 0,
+            header_done: false,
             lexer: Lexer::new(Mode::File, limits),
             stream: None,
             objstm: ObjStm::new(limits),
@@ -1277,29 +1280,31 @@ impl PdfScanner {
         self.track_tail(chunk);
         let base = self.offset;
         self.offset += chunk.len() as u64;
-        if let Some(head) = &mut self.head {
-            let take = (HEADER_BUF - head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..take]);
-            let Some(p) = header_state(head)? else {
+        if !self.header_done {
+            let take = (HEADER_BUF - self.head_len).min(chunk.len());
+            self.head[self.head_len..self.head_len + take].copy_from_slice(&chunk[..take]);
+            self.head_len += take;
+            if !header_state(&self.head[..self.head_len])? {
                 return Ok(());
-            };
-            let head = self.head.take().unwrap_or_default();
-            self.body(&head[p..], p as u64)?;
+            }
+            self.header_done = true;
+            let head = self.head;
+            self.body(&head, 0)?;
             return self.body(&chunk[take..], base + take as u64);
         }
         self.body(chunk, base)
     }
 
     fn finish_inner(&mut self) -> Result<(), Rejection> {
-        if let Some(head) = &self.head {
-            let window = &head[..head.len().min(HEADER_WINDOW)];
-            let Some(p) = memmem::find(window, MARKER) else {
+        if !self.header_done {
+            let head = &self.head[..self.head_len];
+            if !head.starts_with(MARKER) {
                 return Err(no_header());
-            };
-            if let Some(v) = head.get(p + 5..p + 8)
+            }
+            if let Some(v) = head.get(5..8)
                 && !version_ok(v)
             {
-                return Err(bad_version(p, v));
+                return Err(bad_version(v));
             }
             return Err(no_eof());
         }
@@ -1508,24 +1513,21 @@ impl PdfScanner {
     }
 }
 
-/// Looks for the header in the first bytes. `Ok(Some(p))`: a good header at
-/// `p`; `Ok(None)`: more bytes needed.
-fn header_state(head: &[u8]) -> Result<Option<usize>, Rejection> {
-    let window = &head[..head.len().min(HEADER_WINDOW)];
-    match memmem::find(window, MARKER) {
-        Some(p) => {
-            if head.len() < p + 9 {
-                return Ok(None);
-            }
-            let v = &head[p + 5..p + 8];
-            if !version_ok(v) || head[p + 8].is_ascii_digit() || head[p + 8] == b'.' {
-                return Err(bad_version(p, &head[p + 5..p + 9]));
-            }
-            Ok(Some(p))
-        }
-        None if head.len() >= HEADER_WINDOW => Err(no_header()),
-        None => Ok(None),
+/// Checks the first bytes. `Ok(true)`: a good header; `Ok(false)`: more bytes
+/// needed.
+fn header_state(head: &[u8]) -> Result<bool, Rejection> {
+    let n = head.len().min(MARKER.len());
+    if head[..n] != MARKER[..n] {
+        return Err(no_header());
     }
+    if head.len() < HEADER_BUF {
+        return Ok(false);
+    }
+    let v = &head[5..8];
+    if !version_ok(v) || head[8].is_ascii_digit() || head[8] == b'.' {
+        return Err(bad_version(&head[5..9]));
+    }
+    Ok(true)
 }
 
 fn version_ok(v: &[u8]) -> bool {
@@ -1535,13 +1537,13 @@ fn version_ok(v: &[u8]) -> bool {
 fn no_header() -> Rejection {
     Rejection::new(
         RejectCode::ContentMismatch,
-        "no %PDF- header in the first 1024 bytes",
+        "the body does not start with %PDF-",
     )
 }
 
-fn bad_version(at: usize, v: &[u8]) -> Rejection {
+fn bad_version(v: &[u8]) -> Rejection {
     Rejection::malformed(format!(
-        "PDF header at offset {at} has an unsupported version \"{}\"",
+        "PDF header has an unsupported version \"{}\"",
         v.escape_ascii()
     ))
 }

@@ -448,9 +448,8 @@ fn hand_cases() -> Vec<Case> {
     let mut trailing = minimal();
     trailing.extend_from_slice(b"\r\n  \t\x0c\0\0\0\n");
     add(case("h_trailing_whitespace_and_nuls", trailing, Want::Ok));
-    // Up to 1019 bytes of junk before the header.
-    let prefix = |n: usize| [vec![b'x'; n], minimal()].concat();
-    add(case("h_header_at_1019", prefix(1019), Want::Ok));
+    // Nothing may come before the header (SPEC: "nothing before it").
+    let prefix = |junk: &[u8]| [junk, &minimal()].concat();
     add(case("h_deep_64", nested(64), Want::Ok));
     add(case(
         "h_objstm_benign",
@@ -484,22 +483,40 @@ fn hand_cases() -> Vec<Case> {
     add(case(
         "h_empty",
         Vec::new(),
-        Want::Reject(ContentMismatch, "no %PDF- header in the first 1024 bytes"),
+        Want::Reject(ContentMismatch, "the body does not start with %PDF-"),
     ));
     add(case(
         "h_jpeg",
         [b"\xff\xd8\xff\xe0\0\x10JFIF\0".as_slice(), &noise(3000, 3)].concat(),
-        Want::Reject(ContentMismatch, "no %PDF- header"),
+        Want::Reject(ContentMismatch, "does not start with %PDF-"),
+    ));
+    for (name, junk) in [
+        ("h_header_at_1", &b"x"[..]),
+        ("h_header_after_bom", b"\xEF\xBB\xBF"),
+        ("h_header_after_whitespace", b"\n \r\n"),
+        ("h_header_after_nul", b"\0"),
+        (
+            "h_header_after_html_script",
+            b"<html><script>alert(document.cookie)</script><!--\n",
+        ),
+        ("h_header_at_1019", &[b'x'; 1019]),
+        ("h_header_after_1024", &[b'x'; 1100]),
+    ] {
+        add(case(
+            name,
+            prefix(junk),
+            Want::Reject(ContentMismatch, "does not start with %PDF-"),
+        ));
+    }
+    add(case(
+        "h_header_prefix_only",
+        b"%PD".to_vec(),
+        Want::Reject(ContentMismatch, "does not start with %PDF-"),
     ));
     add(case(
-        "h_header_at_1020",
-        prefix(1020),
-        Want::Reject(ContentMismatch, "no %PDF- header"),
-    ));
-    add(case(
-        "h_header_after_1024",
-        prefix(1100),
-        Want::Reject(ContentMismatch, "no %PDF- header"),
+        "h_header_lowercase",
+        [b"%pdf-1.7".as_slice(), &minimal()[8..]].concat(),
+        Want::Reject(ContentMismatch, "does not start with %PDF-"),
     ));
     add(case(
         "h_bad_version_3_0",
@@ -1474,14 +1491,20 @@ cases!(
     h_length_right_with_endstream_in_data,
     h_length_right_with_endstream_in_data_then_launch,
     h_trailing_whitespace_and_nuls,
-    h_header_at_1019,
     h_deep_64,
     h_objstm_benign,
     h_incremental_benign,
     h_empty,
     h_jpeg,
-    h_header_at_1020,
+    h_header_at_1,
+    h_header_after_bom,
+    h_header_after_whitespace,
+    h_header_after_nul,
+    h_header_after_html_script,
+    h_header_at_1019,
     h_header_after_1024,
+    h_header_prefix_only,
+    h_header_lowercase,
     h_bad_version_3_0,
     h_bad_version_1_10,
     h_bad_version_short,
