@@ -669,7 +669,7 @@ fn hand_cases() -> Vec<Case> {
             ),
             "",
         ),
-        Want::Reject(PdfActiveContent, "PDF contains /EmbeddedFiles"),
+        Want::Reject(PdfActiveContent, "(/EmbeddedFile stream at offset"),
     ));
     add(case(
         "h_escaped_javascript",
@@ -1098,12 +1098,832 @@ fn hand_cases() -> Vec<Case> {
         xref_stream("/Type /XRef /W [1 2 1] /Size 7 /Root 1 0 R /Info << /Encrypt 1 >>"),
         Want::Ok,
     ));
+    // Any stream dictionary with /Encrypt is a cross-reference stream to a
+    // reader, whatever its /Type says.
     add(case(
         "h_encrypt_in_other_object_dict",
         xref_stream("/Type /XObject /Encrypt 7 0 R"),
-        Want::Ok,
+        Want::Reject(PdfEncrypted, "/Encrypt in stream dictionary at offset"),
     ));
     cases
+}
+
+/// The XML of a Factur-X invoice (shortened).
+const INVOICE_XML: &[u8] = b"<?xml version='1.0' encoding='UTF-8'?>\n\
+<rsm:CrossIndustryInvoice xmlns:rsm=\"urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100\">\
+<rsm:ExchangedDocument><ram:ID xmlns:ram=\"urn:x\">INV-42</ram:ID></rsm:ExchangedDocument>\
+</rsm:CrossIndustryInvoice>\n";
+
+/// An embedded file stream: FlateDecode unless `raw`.
+fn ef_stream(dict: &str, data: &[u8], raw: bool) -> Vec<u8> {
+    if raw {
+        stream(dict, data)
+    } else {
+        stream(&format!("{dict} /Filter /FlateDecode"), &zlib(data))
+    }
+}
+
+const XML_EF_DICT: &str = "/Type /EmbeddedFile /Subtype /text#2Fxml /Params << /Size 300 >>";
+
+/// A PDF with an attachment the way Factur-X writes it: the catalog's
+/// `/Names /EmbeddedFiles` tree and `/AF` name file specification 6, whose
+/// `/EF` names stream 7 (`file`); then `more`.
+fn with_attachment(file: Vec<u8>, more: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![
+        obj(
+            "<< /Type /Filespec /F (factur-x.xml) /UF (factur-x.xml) /AFRelationship /Data \
+             /Desc (Factur-X invoice) /EF << /F 7 0 R /UF 7 0 R >> >>",
+        ),
+        file,
+    ];
+    v.extend_from_slice(more);
+    pdf(
+        &objects(
+            "/Names << /EmbeddedFiles << /Names [(factur-x.xml) 6 0 R] >> >> /AF [6 0 R]",
+            "",
+            CONTENT,
+            &v,
+        ),
+        "",
+    )
+}
+
+/// An object stream object whose dictionary is `dict` (no `/Length`, no
+/// `/Filter`), holding `objects` from number `first_num`, FlateDecode-compressed.
+fn objstm_with_dict(dict: &str, first_num: u32, objects: &[&str]) -> Vec<u8> {
+    let (data, n, first) = objstm_data(first_num, objects);
+    let dict = dict
+        .replace("{n}", &n.to_string())
+        .replace("{first}", &first.to_string());
+    stream(&dict, &zlib(&data))
+}
+
+fn uri_case(value: &str) -> Vec<u8> {
+    pdf(
+        &objects(
+            "",
+            &format!(
+                "/Annots [<< /Type /Annot /Subtype /Link /Rect [0 0 100 100] /A << /S /URI /URI {value} >> >>]"
+            ),
+            CONTENT,
+            &[],
+        ),
+        "",
+    )
+}
+
+/// Hand-built cases for object streams however their dictionary is written,
+/// the extended active-content list, `/URI` schemes and XML embedded files.
+fn hand_cases_2() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut add = |c: Case| cases.push(c);
+    let js_obj = "<< /S /JavaScript /JS (app.alert(1)) >>";
+
+    // --- object streams whatever their /Type says
+    add(case(
+        "h_objstm_indirect_type_js",
+        pdf(
+            &objects(
+                "/OpenAction 8 0 R",
+                "",
+                CONTENT,
+                &[
+                    obj("/ObjStm"),
+                    objstm_with_dict(
+                        "/Type 6 0 R /N {n} /First {first} /Filter /FlateDecode",
+                        8,
+                        &[js_obj],
+                    ),
+                ],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/JavaScript in the object stream"),
+    ));
+    // Object 8 (the name) comes after the stream: unresolved, so looked into.
+    add(case(
+        "h_objstm_indirect_type_forward_no_n_js",
+        pdf(
+            &objects(
+                "/OpenAction 20 0 R",
+                "",
+                CONTENT,
+                &[
+                    objstm_with_dict("/Type 8 0 R /Filter /FlateDecode", 20, &[js_obj]),
+                    obj("/Foo"),
+                    obj("/ObjStm"),
+                ],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/JavaScript in the object stream"),
+    ));
+    add(case(
+        "h_objstm_no_type_js",
+        pdf(
+            &objects(
+                "/OpenAction 7 0 R",
+                "",
+                CONTENT,
+                &[objstm_with_dict(
+                    "/N {n} /First {first} /Filter /FlateDecode",
+                    7,
+                    &[js_obj],
+                )],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/JavaScript in the object stream"),
+    ));
+    add(case(
+        "h_objstm_other_type_js",
+        pdf(
+            &objects(
+                "/OpenAction 7 0 R",
+                "",
+                CONTENT,
+                &[objstm_with_dict(
+                    "/Type /XObject /N {n} /First {first} /Filter /FlateDecode",
+                    7,
+                    &[js_obj],
+                )],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/JavaScript in the object stream"),
+    ));
+    add(case(
+        "h_objstm_escaped_reordered_keys_launch",
+        pdf(
+            &objects(
+                "",
+                "",
+                CONTENT,
+                &[objstm_with_dict(
+                    "/Fi#6cter /Fl#61teDecode /Fir#73t {first} /#4E {n}",
+                    7,
+                    &["<< /S /Launch /F (calc.exe) >>"],
+                )],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/Launch in the object stream"),
+    ));
+    add(case(
+        "h_objstm_no_type_raw_js",
+        pdf(
+            &objects(
+                "",
+                "",
+                CONTENT,
+                &[{
+                    let (data, n, first) = objstm_data(7, &[js_obj]);
+                    stream(&format!("/First {first} /N {n}"), &data)
+                }],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/JavaScript in the object stream"),
+    ));
+    add(case(
+        "h_objstm_no_type_other_filter",
+        pdf(
+            &objects(
+                "",
+                "",
+                CONTENT,
+                &[{
+                    let (data, n, first) = objstm_data(7, &["<< /X 1 >>"]);
+                    stream(
+                        &format!("/N {n} /First {first} /Filter /ASCIIHexDecode"),
+                        &data,
+                    )
+                }],
+            ),
+            "",
+        ),
+        Want::Reject(MalformedImage, "filter other than /FlateDecode"),
+    ));
+    // An ICC profile has /N but no /First; an image with an indirect /Type
+    // naming /XObject: neither is looked into.
+    add(case(
+        "h_stream_with_n_only",
+        pdf(
+            &objects(
+                "",
+                "",
+                CONTENT,
+                &[stream("/N 3 /Alternate /DeviceRGB", &noise(600, 11))],
+            ),
+            "",
+        ),
+        Want::Ok,
+    ));
+    add(case(
+        "h_indirect_type_resolved_not_objstm",
+        pdf(
+            &objects(
+                "",
+                "",
+                CONTENT,
+                &[
+                    obj("/XObject"),
+                    stream(
+                        "/Type 6 0 R /Subtype /Image /Width 1 /Height 1 /Filter /DCTDecode",
+                        &noise(300, 12),
+                    ),
+                ],
+            ),
+            "",
+        ),
+        Want::Ok,
+    ));
+
+    // --- /Encrypt in any stream dictionary
+    let xref_stream = |dict: &str| {
+        let mut v = objects("", "", CONTENT, &[]);
+        v.push(stream(dict, &[1, 0, 0, 0, 1, 0, 9, 0]));
+        let mut out = HEADER.to_vec();
+        for (i, body) in v.iter().enumerate() {
+            out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\nendobj\n");
+        }
+        out.extend_from_slice(b"startxref\n0\n%%EOF\n");
+        out
+    };
+    add(case(
+        "h_encrypt_in_stream_without_type",
+        xref_stream("/W [1 2 1] /Size 7 /Root 1 0 R /Encrypt 7 0 R"),
+        Want::Reject(PdfEncrypted, "/Encrypt in stream dictionary at offset"),
+    ));
+    add(case(
+        "h_encrypt_in_stream_indirect_type",
+        xref_stream("/Type 9 0 R /W [1 2 1] /Size 7 /Root 1 0 R /Encr#79pt 7 0 R"),
+        Want::Reject(PdfEncrypted, "/Encrypt in stream dictionary"),
+    ));
+    add(case(
+        "h_encrypt_null_in_stream",
+        xref_stream("/W [1 2 1] /Size 7 /Root 1 0 R /Encrypt null"),
+        Want::Ok,
+    ));
+    add(case(
+        "h_encrypt_nested_in_stream_dict",
+        xref_stream("/W [1 2 1] /Size 7 /Root 1 0 R /X << /Encrypt 7 0 R >>"),
+        Want::Ok,
+    ));
+
+    // --- more active content
+    for (name, catalog, want) in [
+        (
+            "h_xfa",
+            "/AcroForm << /Fields [] /XFA 6 0 R >>",
+            "PDF contains /XFA at offset",
+        ),
+        (
+            "h_submitform",
+            "/OpenAction << /S /SubmitForm /F (https://evil.example/) >>",
+            "PDF contains /SubmitForm",
+        ),
+        (
+            "h_importdata",
+            "/OpenAction << /S /ImportData /F (data.fdf) >>",
+            "PDF contains /ImportData",
+        ),
+        ("h_xfa_escaped", "/AcroForm << /#58FA [] >>", "/XFA"),
+    ] {
+        add(case(
+            name,
+            pdf(&objects(catalog, "", CONTENT, &[obj("[]")]), ""),
+            Want::Reject(PdfActiveContent, want),
+        ));
+    }
+    add(case(
+        "h_submitform_in_objstm",
+        pdf(
+            &objects(
+                "",
+                "",
+                CONTENT,
+                &[objstm(7, &["<< /S /Submit#46orm /F (x) >>"], None)],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/SubmitForm in the object stream"),
+    ));
+
+    // --- /URI: the scheme of the string decides
+    for (name, value) in [
+        ("h_uri_https", "(https://example.com/receipt?id=1)"),
+        ("h_uri_http_upper", "(HTTP://EXAMPLE.COM/)"),
+        ("h_uri_mailto", "(mailto:billing@example.com)"),
+        ("h_uri_no_scheme", "(www.example.com/a:b)"),
+        ("h_uri_relative", "(/path/to:x)"),
+        ("h_uri_digit_first", "(1javascript:x)"),
+        ("h_uri_colon_first", "(:javascript:x)"),
+        ("h_uri_empty", "()"),
+        ("h_uri_parens", "(https://example.com/\\(a\\)/(b))"),
+        (
+            "h_uri_long_no_scheme",
+            "(www.a-very-long-host-name-of-more-than-sixty-four-characters.example.com/x)",
+        ),
+        ("h_uri_hex_https", "<68747470733A2F2F782E6578616D706C65>"),
+        (
+            "h_uri_utf16_https",
+            "<FEFF00680074007400700073003A002F002F0078>",
+        ),
+        ("h_uri_name_value", "/javascript"),
+        ("h_uri_null", "null"),
+        ("h_uri_non_ascii_first", "(\u{e9}javascript:x)"),
+    ] {
+        add(case(name, uri_case(value), Want::Ok));
+    }
+    for (name, value, scheme) in [
+        (
+            "h_uri_javascript",
+            "(javascript:app.alert\\(1\\))",
+            "javascript",
+        ),
+        (
+            "h_uri_javascript_nested_parens",
+            "(javascript:alert(1))",
+            "javascript",
+        ),
+        (
+            "h_uri_file",
+            "(file:///C:/Windows/System32/calc.exe)",
+            "file",
+        ),
+        ("h_uri_data", "(data:text/html,<script>x</script>)", "data"),
+        ("h_uri_smb_upper", "(SMB://host/share)", "smb"),
+        ("h_uri_ms_msdt", "(ms-msdt:/id PCWDiagnostic)", "ms-msdt"),
+        (
+            "h_uri_leading_space_and_c0",
+            "(\\001\\037  javascript:x)",
+            "javascript",
+        ),
+        ("h_uri_tab_escape_inside", "(java\\tscript:x)", "javascript"),
+        (
+            "h_uri_raw_newline_inside",
+            "(java\nscr\r\nipt:x)",
+            "javascript",
+        ),
+        ("h_uri_octal", "(\\152\\141vascript:x)", "javascript"),
+        ("h_uri_octal_short", "(\\12javascript:x)", "javascript"),
+        (
+            "h_uri_line_continuation",
+            "(java\\\nscript:x)",
+            "javascript",
+        ),
+        (
+            "h_uri_line_continuation_crlf",
+            "(java\\\r\nscript:x)",
+            "javascript",
+        ),
+        (
+            "h_uri_escaped_letters",
+            "(\\j\\a\\v\\ascript:x)",
+            "javascript",
+        ),
+        ("h_uri_hex", "<6A617661 73637269 70743A78>", "javascript"),
+        ("h_uri_hex_lower_odd", "<66696c653a2f2f2f6>", "file"),
+        (
+            "h_uri_utf16",
+            "<FEFF006A006100760061007300630072006900700074003A0078>",
+            "javascript",
+        ),
+        (
+            "h_uri_utf16_real",
+            "<FEFF006A00610076006100730063007200690070 0074\n003A0078>",
+            "javascript",
+        ),
+        (
+            "h_uri_utf8_bom",
+            "<EFBBBF6A6176617363726970743A78>",
+            "javascript",
+        ),
+        (
+            "h_uri_long_scheme",
+            "(aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:x)",
+            "aaaaaaaaaaaaaaaa...",
+        ),
+        ("h_uri_https_lookalike", "(https+x:y)", "https+x"),
+    ] {
+        add(case(
+            name,
+            uri_case(value),
+            Want::Reject(PdfActiveContent, scheme_detail(scheme)),
+        ));
+    }
+    add(case(
+        "h_uri_indirect",
+        uri_case("7 0 R"),
+        Want::Reject(PdfActiveContent, "a /URI whose value is not a string"),
+    ));
+    add(case(
+        "h_uri_catalog_base_dict",
+        pdf(
+            &objects("/URI << /Base (file:///C:/) >>", "", CONTENT, &[]),
+            "",
+        ),
+        Want::Ok,
+    ));
+    add(case(
+        "h_uri_key_before_s",
+        pdf(
+            &objects(
+                "/OpenAction << /URI (javascript:x) /S /URI >>",
+                "",
+                CONTENT,
+                &[],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, scheme_detail("javascript")),
+    ));
+    add(case(
+        "h_uri_escaped_name",
+        pdf(
+            &objects(
+                "/OpenAction << /S /U#52I /#55#52#49 (javascript:x) >>",
+                "",
+                CONTENT,
+                &[],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, scheme_detail("javascript")),
+    ));
+    add(case(
+        "h_uri_in_objstm",
+        pdf(
+            &objects(
+                "/OpenAction 7 0 R",
+                "",
+                CONTENT,
+                &[objstm(
+                    7,
+                    &["<< /S /URI /URI (file:///etc/passwd) >>"],
+                    None,
+                )],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "in the object stream"),
+    ));
+    add(case(
+        "h_uri_in_objstm_ok",
+        pdf(
+            &objects(
+                "/OpenAction 7 0 R",
+                "",
+                CONTENT,
+                &[objstm(
+                    7,
+                    &["<< /S /URI /URI (https://x.example/) >>"],
+                    None,
+                )],
+            ),
+            "",
+        ),
+        Want::Ok,
+    ));
+    add(case(
+        "h_uri_in_incremental",
+        incremental(
+            &minimal(),
+            &[(6, obj("<< /S /URI /URI <6A6176617363726970743A78> >>"))],
+            "",
+        ),
+        Want::Reject(PdfActiveContent, scheme_detail("javascript")),
+    ));
+
+    // --- embedded files: only XML data (e-invoices) passes
+    add(case(
+        "h_ef_xml",
+        with_attachment(ef_stream(XML_EF_DICT, INVOICE_XML, false), &[]),
+        Want::Ok,
+    ));
+    add(case(
+        "h_ef_xml_raw",
+        with_attachment(ef_stream(XML_EF_DICT, INVOICE_XML, true), &[]),
+        Want::Ok,
+    ));
+    add(case(
+        "h_ef_xml_bom_whitespace",
+        with_attachment(
+            ef_stream(
+                "/Type /EmbeddedFile /Subtype /application#2Fxml",
+                &[b"\xEF\xBB\xBF\r\n \t".as_slice(), INVOICE_XML].concat(),
+                false,
+            ),
+            &[],
+        ),
+        Want::Ok,
+    ));
+    add(case(
+        "h_ef_xml_subtype_case_and_escapes",
+        with_attachment(
+            ef_stream(
+                "/Type /Embedded#46ile /Sub#74ype /Text#2FXML",
+                INVOICE_XML,
+                false,
+            ),
+            &[],
+        ),
+        Want::Ok,
+    ));
+    // The file specification in an object stream, after the file.
+    add(case(
+        "h_ef_xml_filespec_in_objstm",
+        pdf(
+            &objects(
+                "/Names << /EmbeddedFiles << /Names [(factur-x.xml) 9 0 R] >> >> /AF [9 0 R]",
+                "",
+                CONTENT,
+                &[
+                    ef_stream(XML_EF_DICT, INVOICE_XML, false),
+                    obj("null"),
+                    objstm(
+                        9,
+                        &[
+                            "<< /Type /Filespec /F (factur-x.xml) /AFRelationship /Data /E#46 << /F 6 0 R /UF 6 0 R >> >>",
+                        ],
+                        None,
+                    ),
+                ],
+            ),
+            "",
+        ),
+        Want::Ok,
+    ));
+    let not_xml = [
+        (
+            "h_ef_xml_subtype_exe_bytes",
+            b"MZ\x90\0\x03\0\0\0PE\0\0".as_slice(),
+        ),
+        ("h_ef_xml_subtype_pdf_bytes", b"%PDF-1.7\n<< >>\n%%EOF\n"),
+        ("h_ef_xml_subtype_empty", b""),
+        ("h_ef_xml_subtype_only_whitespace", b"  \n\n  "),
+        ("h_ef_xml_subtype_text_before", b"hello <x/>"),
+        ("h_ef_xml_subtype_partial_bom", b"\xEF\xBB<x/>"),
+    ];
+    for (name, data) in not_xml {
+        add(case(
+            name,
+            with_attachment(ef_stream(XML_EF_DICT, data, false), &[]),
+            Want::Reject(PdfActiveContent, "that is not XML data"),
+        ));
+    }
+    add(case(
+        "h_ef_xml_too_much_whitespace",
+        with_attachment(
+            ef_stream(
+                XML_EF_DICT,
+                &[vec![b' '; 2000], INVOICE_XML.to_vec()].concat(),
+                false,
+            ),
+            &[],
+        ),
+        Want::Reject(PdfActiveContent, "that is not XML data"),
+    ));
+    add(case(
+        "h_ef_no_subtype",
+        with_attachment(ef_stream("/Type /EmbeddedFile", INVOICE_XML, false), &[]),
+        Want::Reject(PdfActiveContent, "/EmbeddedFile stream at offset"),
+    ));
+    add(case(
+        "h_ef_other_subtype",
+        with_attachment(
+            ef_stream(
+                "/Type /EmbeddedFile /Subtype /application#2Fpdf",
+                INVOICE_XML,
+                false,
+            ),
+            &[],
+        ),
+        Want::Reject(PdfActiveContent, "not XML data"),
+    ));
+    add(case(
+        "h_ef_no_type",
+        with_attachment(ef_stream("/Subtype /text#2Fxml", INVOICE_XML, false), &[]),
+        Want::Reject(PdfActiveContent, "(object 7, referenced from /EF)"),
+    ));
+    add(case(
+        "h_ef_xml_other_filter",
+        with_attachment(
+            stream(
+                &format!("{XML_EF_DICT} /Filter /ASCIIHexDecode"),
+                b"3C3F786D6C3E>",
+            ),
+            &[],
+        ),
+        Want::Reject(PdfActiveContent, "not XML data"),
+    ));
+    add(case(
+        "h_ef_xml_predictor",
+        with_attachment(
+            ef_stream(
+                &format!("{XML_EF_DICT} /DecodeParms << /Predictor 2 >>"),
+                INVOICE_XML,
+                false,
+            ),
+            &[],
+        ),
+        Want::Reject(PdfActiveContent, "not XML data"),
+    ));
+    add(case(
+        "h_ef_xml_corrupt_flate",
+        with_attachment(
+            stream(
+                &format!("{XML_EF_DICT} /Filter /FlateDecode"),
+                b"\x78\x9c\x07garbage",
+            ),
+            &[],
+        ),
+        Want::Reject(PdfActiveContent, "not XML data"),
+    ));
+    // A second file beside the XML one.
+    add(case(
+        "h_ef_xml_and_exe",
+        with_attachment(
+            ef_stream(XML_EF_DICT, INVOICE_XML, false),
+            &[
+                obj("<< /Type /Filespec /F (x.exe) /EF << /F 9 0 R >> >>"),
+                stream("/Subtype /application#2Foctet-stream", b"MZ\x90\0"),
+            ],
+        ),
+        Want::Reject(PdfActiveContent, "(object 9, referenced from /EF)"),
+    ));
+    add(case(
+        "h_ef_xml_and_unreferenced_embedded_file",
+        with_attachment(
+            ef_stream(XML_EF_DICT, INVOICE_XML, false),
+            &[stream("/Type /EmbeddedFile", b"MZ\x90\0")],
+        ),
+        Want::Reject(PdfActiveContent, "/EmbeddedFile stream at offset"),
+    ));
+    add(case(
+        "h_ef_indirect_dict",
+        pdf(
+            &objects(
+                "/AF [6 0 R]",
+                "",
+                CONTENT,
+                &[
+                    obj("<< /Type /Filespec /F (a.xml) /EF 8 0 R >>"),
+                    ef_stream(XML_EF_DICT, INVOICE_XML, false),
+                    obj("<< /F 7 0 R >>"),
+                ],
+            ),
+            "",
+        ),
+        Want::Reject(
+            PdfActiveContent,
+            "an /EF that is not a dictionary of references",
+        ),
+    ));
+    add(case(
+        "h_ef_direct_stream_value",
+        with_attachment(
+            ef_stream(XML_EF_DICT, INVOICE_XML, false),
+            &[obj("<< /EF << /F << /Length 3 >> >> >>")],
+        ),
+        Want::Reject(
+            PdfActiveContent,
+            "an /EF that is not a dictionary of references",
+        ),
+    ));
+    add(case(
+        "h_ef_reference_never_defined",
+        pdf(
+            &objects(
+                "/AF [6 0 R]",
+                "",
+                CONTENT,
+                &[obj("<< /Type /Filespec /F (a.xml) /EF << /F 99 0 R >> >>")],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "(object 99, referenced from /EF)"),
+    ));
+    add(case(
+        "h_ef_empty_dict",
+        pdf(
+            &objects(
+                "/AF [6 0 R]",
+                "",
+                CONTENT,
+                &[obj("<< /Type /Filespec /F (a.xml) /EF << >> >>")],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/EF at offset"),
+    ));
+    add(case(
+        "h_embedded_files_name_only",
+        pdf(
+            &objects(
+                "/Names << /EmbeddedFiles 6 0 R >>",
+                "",
+                CONTENT,
+                &[obj("<< /Names [] >>")],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "PDF contains /EmbeddedFiles at offset"),
+    ));
+    // Object 7 redefined by an incremental update: every definition counts.
+    let exe = stream("/Subtype /text#2Fxml", b"MZ\x90\0");
+    add(case(
+        "h_ef_xml_then_redefined_as_exe",
+        incremental(
+            &with_attachment(ef_stream(XML_EF_DICT, INVOICE_XML, false), &[]),
+            &[(7, exe.clone())],
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "(object 7, referenced from /EF)"),
+    ));
+    add(case(
+        "h_ef_exe_then_redefined_as_xml",
+        incremental(
+            &with_attachment(exe, &[]),
+            &[(7, ef_stream(XML_EF_DICT, INVOICE_XML, false))],
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "(object 7, referenced from /EF)"),
+    ));
+    add(case(
+        "h_ef_xml_redefined_as_xml",
+        incremental(
+            &with_attachment(ef_stream(XML_EF_DICT, INVOICE_XML, false), &[]),
+            &[(7, ef_stream(XML_EF_DICT, b"<x/>", true))],
+            "",
+        ),
+        Want::Ok,
+    ));
+    // Large object numbers (past the exact bitmap).
+    add(case(
+        "h_ef_xml_big_object_number",
+        incremental(
+            &minimal(),
+            &[
+                (
+                    70_000,
+                    obj("<< /Type /Filespec /F (a.xml) /EF << /F 70001 0 R >> >>"),
+                ),
+                (70_001, ef_stream(XML_EF_DICT, INVOICE_XML, false)),
+            ],
+            "",
+        ),
+        Want::Ok,
+    ));
+    add(case(
+        "h_ef_big_object_number_exe_beside",
+        incremental(
+            &minimal(),
+            &[
+                (
+                    70_000,
+                    obj("<< /Type /Filespec /F (a.xml) /EF << /F 70001 0 R >> >>"),
+                ),
+                (70_001, ef_stream(XML_EF_DICT, INVOICE_XML, false)),
+                (80_000, stream("/Subtype /Image", b"MZ")),
+            ],
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "(object 70001, referenced from /EF)"),
+    ));
+    // More /EF references than are remembered.
+    let many: Vec<Vec<u8>> = (0..65)
+        .map(|i| {
+            obj(&format!(
+                "<< /Type /Filespec /EF << /F {} 0 R >> >>",
+                100 + i
+            ))
+        })
+        .collect();
+    add(case(
+        "h_ef_too_many_references",
+        pdf(&objects("", "", CONTENT, &many), ""),
+        Want::Reject(PdfActiveContent, "more than 64 embedded files"),
+    ));
+    add(case(
+        "h_ef_in_objstm_not_a_dict",
+        pdf(
+            &objects("", "", CONTENT, &[objstm(7, &["<< /EF [7 0 R] >>"], None)]),
+            "",
+        ),
+        Want::Reject(
+            PdfActiveContent,
+            "an /EF that is not a dictionary of references in the object stream",
+        ),
+    ));
+    cases
+}
+
+fn scheme_detail(scheme: &str) -> &'static str {
+    Box::leak(format!("a /URI with the scheme \"{scheme}").into_boxed_str())
 }
 
 // ---------------------------------------------------------------------------
@@ -1430,6 +2250,7 @@ fn corpus() -> &'static Corpus {
     static CORPUS: OnceLock<Corpus> = OnceLock::new();
     CORPUS.get_or_init(|| {
         let mut cases = hand_cases();
+        cases.extend(hand_cases_2());
         let tools = tools_available();
         if tools {
             cases.extend(tool_cases());
@@ -1557,6 +2378,104 @@ cases!(
     h_encrypt_before_type_xref,
     h_xref_stream_plain,
     h_encrypt_in_other_object_dict,
+);
+
+// Hand-built: object streams however written, more active content, /URI, XML
+// embedded files.
+cases!(
+    h_objstm_indirect_type_js,
+    h_objstm_indirect_type_forward_no_n_js,
+    h_objstm_no_type_js,
+    h_objstm_other_type_js,
+    h_objstm_escaped_reordered_keys_launch,
+    h_objstm_no_type_raw_js,
+    h_objstm_no_type_other_filter,
+    h_stream_with_n_only,
+    h_indirect_type_resolved_not_objstm,
+    h_encrypt_in_stream_without_type,
+    h_encrypt_in_stream_indirect_type,
+    h_encrypt_null_in_stream,
+    h_encrypt_nested_in_stream_dict,
+    h_xfa,
+    h_submitform,
+    h_importdata,
+    h_xfa_escaped,
+    h_submitform_in_objstm,
+    h_uri_https,
+    h_uri_http_upper,
+    h_uri_mailto,
+    h_uri_no_scheme,
+    h_uri_relative,
+    h_uri_digit_first,
+    h_uri_colon_first,
+    h_uri_empty,
+    h_uri_parens,
+    h_uri_long_no_scheme,
+    h_uri_hex_https,
+    h_uri_utf16_https,
+    h_uri_name_value,
+    h_uri_null,
+    h_uri_non_ascii_first,
+    h_uri_javascript,
+    h_uri_javascript_nested_parens,
+    h_uri_file,
+    h_uri_data,
+    h_uri_smb_upper,
+    h_uri_ms_msdt,
+    h_uri_leading_space_and_c0,
+    h_uri_tab_escape_inside,
+    h_uri_raw_newline_inside,
+    h_uri_octal,
+    h_uri_octal_short,
+    h_uri_line_continuation,
+    h_uri_line_continuation_crlf,
+    h_uri_escaped_letters,
+    h_uri_hex,
+    h_uri_hex_lower_odd,
+    h_uri_utf16,
+    h_uri_utf16_real,
+    h_uri_utf8_bom,
+    h_uri_long_scheme,
+    h_uri_https_lookalike,
+    h_uri_indirect,
+    h_uri_catalog_base_dict,
+    h_uri_key_before_s,
+    h_uri_escaped_name,
+    h_uri_in_objstm,
+    h_uri_in_objstm_ok,
+    h_uri_in_incremental,
+    h_ef_xml,
+    h_ef_xml_raw,
+    h_ef_xml_bom_whitespace,
+    h_ef_xml_subtype_case_and_escapes,
+    h_ef_xml_filespec_in_objstm,
+    h_ef_xml_subtype_exe_bytes,
+    h_ef_xml_subtype_pdf_bytes,
+    h_ef_xml_subtype_empty,
+    h_ef_xml_subtype_only_whitespace,
+    h_ef_xml_subtype_text_before,
+    h_ef_xml_subtype_partial_bom,
+    h_ef_xml_too_much_whitespace,
+    h_ef_no_subtype,
+    h_ef_other_subtype,
+    h_ef_no_type,
+    h_ef_xml_other_filter,
+    h_ef_xml_predictor,
+    h_ef_xml_corrupt_flate,
+    h_ef_xml_and_exe,
+    h_ef_xml_and_unreferenced_embedded_file,
+    h_ef_indirect_dict,
+    h_ef_direct_stream_value,
+    h_ef_reference_never_defined,
+    h_ef_empty_dict,
+    h_embedded_files_name_only,
+    h_ef_xml_then_redefined_as_exe,
+    h_ef_exe_then_redefined_as_xml,
+    h_ef_xml_redefined_as_xml,
+    h_ef_xml_big_object_number,
+    h_ef_big_object_number_exe_beside,
+    h_ef_too_many_references,
+    h_ef_in_objstm_not_a_dict,
 );
 
 // Made by gs and qpdf.
