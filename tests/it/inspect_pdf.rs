@@ -1927,6 +1927,42 @@ fn scheme_detail(scheme: &str) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------
+// Committed fixtures (tests/fixtures/pdf, made by its regen.py)
+// ---------------------------------------------------------------------------
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pdf")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A real Factur-X invoice (the `factur-x` package) and pikepdf edits of it.
+fn fixture_cases() -> Vec<Case> {
+    vec![
+        case("f_facturx", fixture("facturx.pdf"), Want::Ok),
+        case(
+            "f_facturx_xml_subtype_exe_bytes",
+            fixture("facturx-xml-subtype-exe.pdf"),
+            Want::Reject(PdfActiveContent, "that is not XML data"),
+        ),
+        case(
+            "f_facturx_xml_subtype_pdf_bytes",
+            fixture("facturx-xml-subtype-pdf.pdf"),
+            Want::Reject(PdfActiveContent, "that is not XML data"),
+        ),
+        case(
+            "f_facturx_ef_stream_without_type",
+            fixture("facturx-ef-no-type.pdf"),
+            Want::Reject(
+                PdfActiveContent,
+                "referenced from /EF) that is not XML data",
+            ),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------
 // Tool-made PDFs
 // ---------------------------------------------------------------------------
 
@@ -2152,6 +2188,70 @@ fn tool_cases() -> Vec<Case> {
         qpdf(d, &attached, &["--object-streams=generate"]),
         Want::Reject(PdfActiveContent, "/Embedded"),
     ));
+    // --- Factur-X: the XML invoice is the one embedded file allowed
+    let fx = fixture("facturx.pdf");
+    for (name, args) in [
+        (
+            "qpdf_facturx_object_streams",
+            &["--object-streams=generate"][..],
+        ),
+        ("qpdf_facturx_qdf", &["--qdf", "--object-streams=disable"]),
+        (
+            "qpdf_facturx_linearize_object_streams",
+            &["--linearize", "--object-streams=generate"],
+        ),
+    ] {
+        cases.push(case(name, qpdf(d, &fx, args), Want::Ok));
+    }
+    std::fs::write(d.join("extra.xml"), b"<?xml version=\"1.0\"?>\n<note/>\n").unwrap();
+    cases.push(case(
+        "qpdf_facturx_plus_xml_attachment",
+        qpdf(
+            d,
+            &fx,
+            &[
+                "--add-attachment",
+                "extra.xml",
+                "--mimetype=text/xml",
+                "--",
+                "--object-streams=generate",
+            ],
+        ),
+        Want::Ok,
+    ));
+    let fx_note = qpdf(d, &fx, &["--add-attachment", "note.txt", "--"]);
+    cases.push(case(
+        "qpdf_facturx_plus_attachment",
+        fx_note.clone(),
+        Want::Reject(PdfActiveContent, "/EmbeddedFile stream at offset"),
+    ));
+    cases.push(case(
+        "qpdf_facturx_plus_attachment_object_streams",
+        qpdf(d, &fx_note, &["--object-streams=generate"]),
+        Want::Reject(PdfActiveContent, "/EmbeddedFile stream at offset"),
+    ));
+    // Claims text/xml, holds an executable.
+    std::fs::write(d.join("invoice.xml"), b"MZ\x90\0\x03\0\0\0PE\0\0").unwrap();
+    cases.push(case(
+        "qpdf_facturx_plus_fake_xml_attachment",
+        qpdf(
+            d,
+            &fx,
+            &[
+                "--add-attachment",
+                "invoice.xml",
+                "--mimetype=application/xml",
+                "--",
+            ],
+        ),
+        Want::Reject(PdfActiveContent, "that is not XML data"),
+    ));
+    cases.push(case(
+        "qpdf_facturx_encrypted",
+        qpdf(d, &fx, &["--encrypt", "", "owner", "256", "--"]),
+        Want::Reject(PdfEncrypted, "PDF is encrypted"),
+    ));
+
     // --- encryption
     for (label, key_args) in [
         ("rc4_40", &["40", "--"][..]),
@@ -2251,6 +2351,7 @@ fn corpus() -> &'static Corpus {
     CORPUS.get_or_init(|| {
         let mut cases = hand_cases();
         cases.extend(hand_cases_2());
+        cases.extend(fixture_cases());
         let tools = tools_available();
         if tools {
             cases.extend(tool_cases());
@@ -2268,7 +2369,9 @@ fn get(name: &str) -> Option<&'static Case> {
     let c = corpus();
     match c.cases.iter().find(|c| c.name == name) {
         Some(case) => Some(case),
-        None if name.starts_with("h_") || c.tools => panic!("no case {name}"),
+        None if name.starts_with("h_") || name.starts_with("f_") || c.tools => {
+            panic!("no case {name}")
+        }
         None => {
             let _ = writeln!(std::io::stderr(), "SKIPPED {name}: qpdf/gs missing");
             None
@@ -2525,6 +2628,22 @@ cases!(
     qpdf_encrypt_aes_256_linearized,
     qpdf_encrypt_aes_256_linearized_object_streams,
     qpdf_encrypt_js_object_streams,
+    qpdf_facturx_object_streams,
+    qpdf_facturx_qdf,
+    qpdf_facturx_linearize_object_streams,
+    qpdf_facturx_plus_xml_attachment,
+    qpdf_facturx_plus_attachment,
+    qpdf_facturx_plus_attachment_object_streams,
+    qpdf_facturx_plus_fake_xml_attachment,
+    qpdf_facturx_encrypted,
+);
+
+// Committed fixtures.
+cases!(
+    f_facturx,
+    f_facturx_xml_subtype_exe_bytes,
+    f_facturx_xml_subtype_pdf_bytes,
+    f_facturx_ef_stream_without_type,
 );
 
 /// Every case in the corpus has a test of its own above.
