@@ -2352,6 +2352,7 @@ fn corpus() -> &'static Corpus {
         let mut cases = hand_cases();
         cases.extend(hand_cases_2());
         cases.extend(fixture_cases());
+        cases.extend(generated_cases());
         let tools = tools_available();
         if tools {
             cases.extend(tool_cases());
@@ -2650,7 +2651,8 @@ cases!(
 #[test]
 fn every_case_has_a_test() {
     let src = include_str!("inspect_pdf.rs");
-    for c in &corpus().cases {
+    // The generated cases are all checked by `generated_markers_agree_with_qpdf`.
+    for c in corpus().cases.iter().filter(|c| !c.name.starts_with("g_")) {
         assert!(
             src.contains(&format!("    {},\n", c.name)),
             "case {} has no test",
@@ -2685,7 +2687,7 @@ fn feed_chunks(
 }
 
 /// Two chunks, split at every offset (files up to 8 KiB) or at 2,000 offsets
-/// spread over the file. The `Allow` policy only where its verdict differs.
+/// spread over the file (200 for the generated files). The `Allow` policy only where its verdict differs.
 /// Sharded so that the test threads share the work.
 fn split_points(shard: usize, shards: usize) {
     for c in corpus().cases.iter().skip(shard).step_by(shards) {
@@ -2698,7 +2700,14 @@ fn split_points(shard: usize, shards: usize) {
         }
         for (limits, one) in runs {
             let n = c.bytes.len();
-            let step = if n <= 8 * 1024 { 1 } else { n / 2000 + 1 };
+            // The many generated files: 200 split points each.
+            let step = if c.name.starts_with("g_") {
+                n / 200 + 1
+            } else if n <= 8 * 1024 {
+                1
+            } else {
+                n / 2000 + 1
+            };
             for at in (0..=n).step_by(step) {
                 let (a, b) = c.bytes.split_at(at);
                 let mut s = PdfScanner::new(&limits);
@@ -2977,4 +2986,591 @@ fn large_inputs() {
         .collect();
     let bytes = pdf(&many, "");
     assert_eq!(scan_pdf(&Limits::default(), &bytes, 16 * 1024), Ok(()));
+}
+
+// ---------------------------------------------------------------------------
+// Structure-aware generator, checked against qpdf's own reading
+// ---------------------------------------------------------------------------
+
+/// A small PDF writer: top-level objects and object streams, then a classic
+/// cross-reference table or a cross-reference stream. Offsets are exact, so
+/// qpdf reads the files without reconstruction.
+struct Gen {
+    out: Vec<u8>,
+    xref: Vec<(u32, Loc)>,
+}
+
+/// Where an object is: at an offset, or (object stream, index).
+enum Loc {
+    At(usize),
+    InStm(u32, u32),
+}
+
+impl Gen {
+    fn new() -> Self {
+        Gen {
+            out: HEADER.to_vec(),
+            xref: Vec::new(),
+        }
+    }
+
+    fn obj(&mut self, num: u32, body: &[u8]) {
+        self.xref.push((num, Loc::At(self.out.len())));
+        self.out
+            .extend_from_slice(format!("{num} 0 obj\n").as_bytes());
+        self.out.extend_from_slice(body);
+        self.out.extend_from_slice(b"\nendobj\n");
+    }
+
+    /// An object stream `num` holding `objects`; `dict` is its dictionary
+    /// without `/Length`, with `{n}` and `{first}` in it; FlateDecode data
+    /// when `dict` names a filter.
+    fn objstm(&mut self, num: u32, dict: &str, objects: &[(u32, String)]) {
+        let mut header = String::new();
+        let mut body = String::new();
+        for (i, (n, o)) in objects.iter().enumerate() {
+            header.push_str(&format!("{n} {} ", body.len()));
+            body.push_str(o);
+            body.push('\n');
+            self.xref.push((*n, Loc::InStm(num, i as u32)));
+        }
+        let first = header.len();
+        let data = (header + &body).into_bytes();
+        let dict = dict
+            .replace("{n}", &objects.len().to_string())
+            .replace("{first}", &first.to_string());
+        let data = if dict.contains("Filter") || dict.contains("F#69lter") {
+            zlib(&data)
+        } else {
+            data
+        };
+        self.obj(num, &stream(&dict, &data));
+    }
+
+    fn size(&self) -> u32 {
+        self.xref.iter().map(|e| e.0).max().unwrap_or(0) + 1
+    }
+
+    /// A classic table and trailer (no object streams).
+    fn finish_table(mut self, trailer: &str) -> Vec<u8> {
+        let size = self.size();
+        let at = self.out.len();
+        let mut t = format!("xref\n0 {size}\n");
+        for n in 0..size {
+            match self.xref.iter().find(|e| e.0 == n) {
+                Some((_, Loc::At(off))) => t.push_str(&format!("{off:010} 00000 n \n")),
+                Some((_, Loc::InStm(..))) => panic!("object {n} is in an object stream"),
+                None => t.push_str("0000000000 65535 f \n"),
+            }
+        }
+        self.out.extend_from_slice(t.as_bytes());
+        self.out.extend_from_slice(
+            format!("trailer\n<< /Size {size} /Root 1 0 R {trailer} >>\nstartxref\n{at}\n%%EOF\n")
+                .as_bytes(),
+        );
+        self.out
+    }
+
+    /// A cross-reference stream (object `num`), whose dictionary is `dict`
+    /// followed by `/Size`, `/W`, `/Root` and `/Length`.
+    fn finish_stream(mut self, num: u32, dict: &str) -> Vec<u8> {
+        let at = self.out.len();
+        self.xref.push((num, Loc::At(at)));
+        let size = self.size();
+        let mut data = Vec::new();
+        for n in 0..size {
+            let (t, a, b): (u8, u32, u16) = match self.xref.iter().find(|e| e.0 == n) {
+                Some((_, Loc::At(off))) => (1, *off as u32, 0),
+                Some((_, Loc::InStm(s, i))) => (2, *s, *i as u16),
+                None => (0, 0, if n == 0 { 65535 } else { 0 }),
+            };
+            data.push(t);
+            data.extend_from_slice(&a.to_be_bytes());
+            data.extend_from_slice(&b.to_be_bytes());
+        }
+        let body = stream(
+            &format!("{dict} /Size {size} /W [1 4 2] /Root 1 0 R"),
+            &data,
+        );
+        self.out
+            .extend_from_slice(format!("{num} 0 obj\n").as_bytes());
+        self.out.extend_from_slice(&body);
+        self.out
+            .extend_from_slice(format!("\nendobj\nstartxref\n{at}\n%%EOF\n").as_bytes());
+        self.out
+    }
+}
+
+/// Escapes the first character of every name in `pdf_text` as `#xx`.
+fn escape_names(pdf_text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pdf_text.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '/'
+            && let Some(&n) = chars.peek()
+            && n.is_ascii_alphanumeric()
+        {
+            out.push_str(&format!("#{:02X}", n as u32));
+            chars.next();
+        }
+    }
+    out
+}
+
+/// What the generator hides.
+struct Marker {
+    name: &'static str,
+    /// Object 10; the catalog points at it with `/X 10 0 R`.
+    payload: &'static str,
+    /// An embedded file: object 11 is a stream with this data and
+    /// `/Subtype`, named by the catalog's `/EmbeddedFiles`.
+    file: Option<(&'static str, &'static [u8])>,
+    /// A control: the scanner must accept it and qpdf must find no marker.
+    benign: bool,
+}
+
+const MARKERS: &[Marker] = &[
+    Marker {
+        name: "javascript",
+        payload: "<< /S /JavaScript /JS (app.alert\\(1\\)) >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "launch",
+        payload: "<< /S /Launch /F (calc.exe) >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "xfa",
+        payload: "<< /Fields [] /XFA (<xdp/>) >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "submitform",
+        payload: "<< /S /SubmitForm /F (https://e.example/) >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "importdata",
+        payload: "<< /S /ImportData /F (x.fdf) >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "richmedia",
+        payload: "<< /Type /Annot /Subtype /RichMedia /Rect [0 0 1 1] >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "uri_javascript",
+        payload: "<< /S /URI /URI (javascript:app.alert\\(1\\)) >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "uri_file_key_first",
+        payload: "<< /URI (file:///etc/passwd) /S /URI >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "uri_hex",
+        payload: "<< /S /URI /URI <6A6176617363726970743A78> >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "uri_octal_tab",
+        payload: "<< /S /URI /URI ( \\t\\152ava\\tscript:x) >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "uri_utf16",
+        payload: "<< /S /URI /URI <FEFF0064006100740061003A0078> >>",
+        file: None,
+        benign: false,
+    },
+    Marker {
+        name: "embedded_exe",
+        payload: "<< /Type /Filespec /F (a.bin) /UF (a.bin) /EF << /F 11 0 R /UF 11 0 R >> >>",
+        file: Some(("/application#2Foctet-stream", b"MZ\x90\0\x03\0\0\0PE\0\0")),
+        benign: false,
+    },
+    Marker {
+        name: "embedded_exe_as_xml",
+        payload: "<< /Type /Filespec /F (a.xml) /UF (a.xml) /EF << /F 11 0 R >> >>",
+        file: Some(("/text#2Fxml", b"MZ\x90\0\x03\0\0\0PE\0\0")),
+        benign: false,
+    },
+    Marker {
+        name: "control_goto",
+        payload: "<< /S /GoTo /D [3 0 R /Fit] >>",
+        file: None,
+        benign: true,
+    },
+    Marker {
+        name: "control_uri_https",
+        payload: "<< /S /URI /URI (https://example.com/a?b=javascript:x) >>",
+        file: None,
+        benign: true,
+    },
+    Marker {
+        name: "control_embedded_xml",
+        payload: "<< /Type /Filespec /F (a.xml) /UF (a.xml) /AFRelationship /Data /EF << /F 11 0 R >> >>",
+        file: Some((
+            "/text#2Fxml",
+            b"<?xml version=\"1.0\"?>\n<Invoice>42</Invoice>\n",
+        )),
+        benign: true,
+    },
+];
+
+const PLACEMENTS: &[&str] = &[
+    "direct",
+    "escaped_names",
+    "incremental",
+    "objstm_type",
+    "objstm_indirect_type",
+    "objstm_no_type",
+    "objstm_escaped_keys",
+    "objstm_reordered_raw",
+    "objstm_escaped_names",
+];
+
+/// The file for `marker` in `placement`.
+fn generate(marker: &Marker, placement: &str) -> Vec<u8> {
+    let names = if marker.file.is_some() {
+        "/Names << /EmbeddedFiles << /Names [(a) 10 0 R] >> >>"
+    } else {
+        ""
+    };
+    let catalog = format!("<< /Type /Catalog /Pages 2 0 R /X 10 0 R {names} >>");
+    let payload = match placement {
+        "escaped_names" | "objstm_escaped_names" => escape_names(marker.payload),
+        _ => marker.payload.to_owned(),
+    };
+    let base = objects("", "", CONTENT, &[]);
+    let file = marker
+        .file
+        .map(|(subtype, data)| stream(&format!("/Type /EmbeddedFile /Subtype {subtype}"), data));
+    let mut g = Gen::new();
+    if placement == "incremental" {
+        for (i, o) in base.iter().enumerate() {
+            g.obj(i as u32 + 1, o);
+        }
+        let original = g.finish_table("");
+        let mut update = vec![(1, obj(&catalog)), (10, obj(&payload))];
+        if let Some(f) = file {
+            update.push((11, f));
+        }
+        return incremental(&original, &update, "");
+    }
+    g.obj(1, catalog.as_bytes());
+    for (i, o) in base.iter().enumerate().skip(1) {
+        g.obj(i as u32 + 1, o);
+    }
+    if let Some(f) = &file {
+        g.obj(11, f);
+    }
+    let stm_dict = match placement {
+        "direct" | "escaped_names" => {
+            g.obj(10, payload.as_bytes());
+            return g.finish_table("");
+        }
+        "objstm_type" | "objstm_escaped_names" => {
+            "/Type /ObjStm /N {n} /First {first} /Filter /FlateDecode"
+        }
+        "objstm_indirect_type" => {
+            g.obj(21, b"/ObjStm");
+            "/Type 21 0 R /N {n} /First {first} /Filter /FlateDecode"
+        }
+        "objstm_no_type" => "/N {n} /First {first} /Filter /FlateDecode",
+        "objstm_escaped_keys" => {
+            "/Ty#70e /Obj#53tm /#4E {n} /Fi#72st {first} /F#69lter /Fl#61teDecode"
+        }
+        "objstm_reordered_raw" => "/First {first} /N {n} /Type /ObjStm",
+        other => panic!("no placement {other}"),
+    };
+    g.objstm(20, stm_dict, &[(10, payload)]);
+    g.finish_stream(30, "/Type /XRef")
+}
+
+/// The generated files, for the chunking tests (their verdicts are checked
+/// against qpdf by `generated_markers_agree_with_qpdf`).
+fn generated_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for marker in MARKERS {
+        for placement in PLACEMENTS {
+            let want = if marker.benign {
+                Want::Ok
+            } else {
+                Want::Reject(PdfActiveContent, "")
+            };
+            cases.push(case(
+                &format!("g_{}_{placement}", marker.name),
+                generate(marker, placement),
+                want,
+            ));
+        }
+    }
+    cases
+}
+
+/// qpdf's reading of a file: every object (object streams resolved, names
+/// unescaped, strings decoded) as JSON, and the bytes of each attachment.
+struct QpdfView {
+    objects: serde_json::Value,
+    attachments: Vec<Vec<u8>>,
+}
+
+fn qpdf_view(dir: &Path, bytes: &[u8]) -> Result<QpdfView, String> {
+    std::fs::write(dir.join("gen.pdf"), bytes).unwrap();
+    let out = Command::new("qpdf")
+        .args(["--json=2", "--json-key=qpdf", "gen.pdf"])
+        .current_dir(dir)
+        .output()
+        .expect("cannot run qpdf");
+    if !(out.status.success() || out.status.code() == Some(3)) {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let objects = json["qpdf"][1].clone();
+    let list = Command::new("qpdf")
+        .args(["--list-attachments", "gen.pdf"])
+        .current_dir(dir)
+        .output()
+        .expect("cannot run qpdf");
+    let mut attachments = Vec::new();
+    for line in String::from_utf8_lossy(&list.stdout).lines() {
+        if let Some((key, _)) = line.split_once(" -> ") {
+            let shown = Command::new("qpdf")
+                .args([&format!("--show-attachment={}", key.trim()), "gen.pdf"])
+                .current_dir(dir)
+                .output()
+                .expect("cannot run qpdf");
+            attachments.push(shown.stdout);
+        }
+    }
+    Ok(QpdfView {
+        objects,
+        attachments,
+    })
+}
+
+/// What qpdf sees of the active-content markers: the names (keys or values)
+/// of the SPEC's list, `/URI` strings with a scheme other than http, https or
+/// mailto (read the WHATWG way), and attachments that are not XML.
+fn qpdf_markers(view: &QpdfView) -> Vec<String> {
+    fn walk(v: &serde_json::Value, found: &mut Vec<String>) {
+        const NAMES: &[&str] = &[
+            "/JavaScript",
+            "/JS",
+            "/Launch",
+            "/XFA",
+            "/RichMedia",
+            "/SubmitForm",
+            "/ImportData",
+        ];
+        match v {
+            serde_json::Value::String(s) if NAMES.contains(&s.as_str()) => found.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, found)),
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    if NAMES.contains(&k.as_str()) {
+                        found.push(k.clone());
+                    }
+                    if k == "/URI"
+                        && let Some(s) = x.as_str().and_then(|s| s.strip_prefix("u:"))
+                    {
+                        let s: String = s
+                            .chars()
+                            .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+                            .collect();
+                        let s = s
+                            .trim_start_matches(|c: char| c <= ' ')
+                            .to_ascii_lowercase();
+                        if let Some((scheme, _)) = s.split_once(':')
+                            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                            && scheme
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                            && !["http", "https", "mailto"].contains(&scheme)
+                        {
+                            found.push(format!("/URI {scheme}:"));
+                        }
+                    }
+                    walk(x, found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(&view.objects, &mut found);
+    for a in &view.attachments {
+        if !a.trim_ascii_start().starts_with(b"<") {
+            found.push(format!(
+                "attachment {:?}",
+                String::from_utf8_lossy(&a[..a.len().min(8)])
+            ));
+        }
+    }
+    found
+}
+
+/// Every marker in every place the syntax allows: whenever qpdf finds the
+/// marker, the scanner rejects the file (under `Allow` it accepts it); the
+/// controls are read by qpdf without a marker and accepted. Each file is
+/// also scanned in several chunkings.
+#[test]
+fn generated_markers_agree_with_qpdf() {
+    if !tools_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for marker in MARKERS {
+        for placement in PLACEMENTS {
+            let label = format!("{} / {placement}", marker.name);
+            let bytes = generate(marker, placement);
+            let view = qpdf_view(dir.path(), &bytes)
+                .unwrap_or_else(|e| panic!("{label}: qpdf cannot read the file: {e}"));
+            assert!(
+                view.objects.get("obj:10 0 R").is_some(),
+                "{label}: qpdf does not see object 10"
+            );
+            let found = qpdf_markers(&view);
+            let limits = Limits::default();
+            let got = scan_pdf(&limits, &bytes, bytes.len());
+            for n in [1, 7, 64, 1000] {
+                assert_eq!(
+                    scan_pdf(&limits, &bytes, n),
+                    got,
+                    "{label}: {n}-byte chunks"
+                );
+            }
+            assert_eq!(
+                scan_pdf(&allow(&limits), &bytes, 64),
+                Ok(()),
+                "{label}: under Allow"
+            );
+            if marker.benign {
+                assert!(
+                    found.is_empty(),
+                    "{label}: qpdf sees {found:?} in a control"
+                );
+                assert_eq!(got, Ok(()), "{label}: a control is rejected");
+            } else {
+                assert!(!found.is_empty(), "{label}: qpdf does not see the marker");
+                match &got {
+                    Err(r) if r.code == PdfActiveContent => {}
+                    _ => panic!("{label}: qpdf sees {found:?}, the scanner says {got:?}"),
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, MARKERS.len() * PLACEMENTS.len());
+}
+
+/// `/Encrypt` in every place the syntax allows: whenever qpdf takes the file
+/// for encrypted (`--requires-password` exits 0 or 3), the scanner says
+/// `pdf_encrypted`; the same files without `/Encrypt` are read as not
+/// encrypted and accepted.
+#[test]
+fn generated_encryption_agrees_with_qpdf() {
+    if !tools_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fake = b"<< /Filter /Standard /V 1 /R 2 /O <00> /U <00> /P -4 >>";
+    let build = |placement: &str, encrypt: &str| -> Vec<u8> {
+        let mut g = Gen::new();
+        for (i, o) in objects("", "", CONTENT, &[]).iter().enumerate() {
+            g.obj(i as u32 + 1, o);
+        }
+        g.obj(9, fake);
+        let key = if encrypt.is_empty() {
+            ""
+        } else {
+            "/Encrypt 9 0 R"
+        };
+        match placement {
+            "trailer" => g.finish_table(key),
+            "trailer_escaped" => g.finish_table(&encrypt.replace("/Encrypt", "/Encr#79pt")),
+            "incremental" => {
+                let base = g.finish_table("");
+                incremental(&base, &[(12, obj("(x)"))], key)
+            }
+            "xref_stream" => g.finish_stream(30, &format!("/Type /XRef {key}")),
+            "xref_stream_indirect_type" => {
+                g.obj(21, b"/XRef");
+                g.finish_stream(30, &format!("/Type 21 0 R {key}"))
+            }
+            "xref_stream_no_type" => g.finish_stream(30, key),
+            "xref_stream_escaped" => g.finish_stream(
+                30,
+                &format!("{} /T#79pe /XR#65f", key.replace("/Encrypt", "/#45ncrypt")),
+            ),
+            other => panic!("no placement {other}"),
+        }
+    };
+    let mut seen = Vec::new();
+    for placement in [
+        "trailer",
+        "trailer_escaped",
+        "incremental",
+        "xref_stream",
+        "xref_stream_indirect_type",
+        "xref_stream_no_type",
+        "xref_stream_escaped",
+    ] {
+        for encrypted in [true, false] {
+            let bytes = build(placement, if encrypted { "/Encrypt 9 0 R" } else { "" });
+            std::fs::write(dir.path().join("enc.pdf"), &bytes).unwrap();
+            let out = Command::new("qpdf")
+                .args(["--requires-password", "enc.pdf"])
+                .current_dir(dir.path())
+                .output()
+                .expect("cannot run qpdf");
+            let qpdf_encrypted = matches!(out.status.code(), Some(0 | 3));
+            let got = scan_pdf(&Limits::default(), &bytes, 64);
+            assert_eq!(got, scan_pdf(&Limits::default(), &bytes, bytes.len()));
+            if encrypted {
+                // Where qpdf does not take the file for encrypted (it does not
+                // read that cross-reference stream), rejecting is conservative.
+                assert!(
+                    matches!(&got, Err(r) if r.code == PdfEncrypted),
+                    "{placement}: the scanner says {got:?} (qpdf encrypted: {qpdf_encrypted})"
+                );
+                if qpdf_encrypted {
+                    seen.push(placement);
+                }
+            } else {
+                assert_eq!(
+                    out.status.code(),
+                    Some(2),
+                    "{placement}: qpdf says encrypted"
+                );
+                assert_eq!(got, Ok(()), "{placement}: control rejected");
+            }
+        }
+    }
+    let _ = writeln!(std::io::stderr(), "qpdf sees /Encrypt in: {seen:?}");
+    for p in [
+        "trailer",
+        "trailer_escaped",
+        "incremental",
+        "xref_stream",
+        "xref_stream_escaped",
+    ] {
+        assert!(seen.contains(&p), "qpdf does not see /Encrypt in {p}");
+    }
 }
