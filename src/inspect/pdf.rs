@@ -14,18 +14,52 @@
 //! * **Encryption** (`pdf_encrypted`): a name equal, after `#xx` unescaping, to
 //!   `/Encrypt` used as a *key*, with a value other than `null`, at the top
 //!   level of either a `trailer` dictionary (every trailer of an incremental
-//!   update is seen) or of a dictionary whose `/Type` is `/XRef` (a
-//!   cross-reference stream; decided when that dictionary closes, so key order
-//!   does not matter). `/Encrypt` elsewhere (a value, a nested dictionary, another
-//!   object, a string, a stream) does not count: readers only decrypt when the
-//!   trailer says so.
-//! * **Active content** (`pdf_active_content`, unless the policy is `Allow`): a
-//!   name token equal, after unescaping, to `/JavaScript`, `/JS`, `/Launch`,
-//!   `/EmbeddedFile`, `/EmbeddedFiles` or `/RichMedia`, at any depth and in any
-//!   position (key or value), in the uncompressed object syntax *and* in the
-//!   decoded data of object streams (`/Type /ObjStm`). Names inside strings,
-//!   comments and ordinary stream data (content streams, images, fonts, ...) are
-//!   never looked at.
+//!   update is seen) or of any dictionary followed by `stream` (whatever its
+//!   `/Type` says, or leaves out: only a cross-reference stream has one, and a
+//!   reader takes it for one), decided at the `stream` keyword, so key order
+//!   does not matter; a `/Type /XRef` dictionary with `/Encrypt` is rejected as
+//!   soon as it closes. `/Encrypt` elsewhere (a value, a nested dictionary, a
+//!   dictionary that is no stream's, a string, stream data) does not count:
+//!   readers only decrypt when the trailer says so.
+//! * **Active content** (`pdf_active_content`, unless the policy is `Allow`,
+//!   under which none of the following is even tracked), in the uncompressed
+//!   object syntax *and* in the decoded data of object streams, names compared
+//!   after unescaping:
+//!   * a name `/JavaScript`, `/JS`, `/Launch`, `/XFA`, `/RichMedia`,
+//!     `/SubmitForm` or `/ImportData`, at any depth and in any position (key or
+//!     value), at once;
+//!   * a `/URI` name followed by a string (literal, with its escapes, octal
+//!     `\ddd` and line continuations decoded, or hex; a UTF-16BE string with its
+//!     `FE FF` BOM is read by code units, a UTF-8 BOM is skipped) whose scheme,
+//!     read as a WHATWG URL parser does (ASCII tab, LF and CR removed anywhere,
+//!     leading C0 controls and spaces stripped, `ALPHA *(ALPHA / DIGIT / "+" /
+//!     "-" / ".")` before `:`, lowercased), is not `http`, `https` or `mailto`.
+//!     A URI without a scheme is fine. Only the first 16 scheme bytes are kept
+//!     (a longer scheme is not one of the three). A `/URI` followed by a
+//!     number (`/URI 7 0 R`: the string is elsewhere, and the lexer never
+//!     follows references) is active content, since it cannot be checked;
+//!     followed by a dictionary (the catalog's `/URI << /Base ... >>`), a name
+//!     (`/S /URI`) or anything else it is no URI string and is fine;
+//!   * embedded files, with one exception for XML data (e-invoices: Factur-X,
+//!     ZUGFeRD and XRechnung embed their XML invoice). Every `/EF` must be
+//!     followed by a direct dictionary whose values are all references `N G
+//!     R` (anything else cannot be verified and is active content at once).
+//!     Every stream object (`N G obj << ... >> stream`) is classified as an
+//!     *approved* XML file or not: approved means `/Type /EmbeddedFile`,
+//!     `/Subtype` `text/xml` or `application/xml` (as a name, e.g.
+//!     `/text#2Fxml`, any case), no filter or FlateDecode without
+//!     `/DecodeParms`, and decoded data starting with `<` after an optional
+//!     UTF-8 BOM and at most 1 KiB of XML white-space (only those first bytes
+//!     are inflated, outside the inflate limits). At the end of the body, every
+//!     object number an `/EF` references must have been approved in *every*
+//!     definition (incremental updates included); a `/Type /EmbeddedFile`
+//!     stream that is not approved, or an `/EF`, `/EmbeddedFile` or
+//!     `/EmbeddedFiles` name in a file without any `/EF` reference, is active
+//!     content. These verdicts come at [`PdfScanner::finish`], after the
+//!     deferred ones below.
+//!
+//!   Names inside strings, comments and ordinary stream data (content
+//!   streams, images, fonts, ...) are never looked at.
 //! * **Nesting** of `<<` / `[` deeper than `Limits::max_nesting` is
 //!   `malformed_image`, in the file and in object streams alike.
 //!
@@ -35,9 +69,12 @@
 //! and backslash escapes, hex strings, dictionaries, arrays, names (with `#xx`
 //! escapes) and keywords. Name and keyword buffers hold 32 bytes: longer tokens
 //! are truncated and never match anything. For the top-level dictionary of each
-//! object it keeps `/Type`, `/Filter`, `/Length`, `/DecodeParms` and `/Encrypt`
-//! (key position is tracked, `N G R` references included) so that the `stream`
-//! keyword that follows knows what it opens. The keywords `obj`, `endobj`,
+//! object it keeps `/Type`, `/Subtype`, `/Filter`, `/Length`, `/DecodeParms`,
+//! `/Encrypt`, and whether `/N` and `/First` are there (key position is
+//! tracked, `N G R` references included) so that the `stream` keyword that
+//! follows knows what it opens; it also keeps the number of the object that
+//! `N G obj` opened, and remembers top-level objects that are a bare name
+//! (`6 0 obj /ObjStm endobj`, at most 16) to resolve an indirect `/Type`. The keywords `obj`, `endobj`,
 //! `stream`, `endstream`, `xref`, `startxref` and `trailer` only occur at the top
 //! level of a valid file, so they reset the nesting depth to zero: garbage with
 //! unbalanced brackets cannot desynchronise the rest of the file.
@@ -59,9 +96,14 @@
 //!
 //! # Object streams
 //!
-//! A stream whose dictionary says `/Type /ObjStm` is decoded as it arrives and
-//! its objects are run through a second lexer (active names and nesting only;
-//! the `trailer`/`stream` keywords mean nothing there):
+//! A stream is taken for an object stream, as a reader would (qpdf reads one
+//! through its `/N` and `/First`, whatever `/Type` says), when its dictionary
+//! has both `/N` and `/First`, or a `/Type` that is `/ObjStm` directly or
+//! through a bare name object seen before, or an indirect `/Type` that cannot
+//! be resolved (conservatively: that includes a reference to an object that
+//! comes later, or past the 16 remembered). It is decoded as it arrives and its
+//! objects are run through a second lexer (active content and nesting only; the
+//! `trailer`/`stream` keywords mean nothing there):
 //!
 //! * no `/Filter`: the raw data is lexed;
 //! * `/Filter /FlateDecode` or `[/FlateDecode]`: inflated with `flate2`, at most
@@ -86,16 +128,25 @@
 //!
 //! # State
 //!
-//! A few hundred bytes; the first
-//! object stream adds a 16 KiB staging buffer, a 32 KiB output buffer and the
-//! inflater, reused for the following ones. Nothing grows with the file, and
-//! nothing is allocated per chunk except the detail of a verdict.
+//! About 4 KiB inline: the two lexers, each with at most 64 `/EF` references
+//! (more is `pdf_active_content`: they could not all be checked) and 16 bare
+//! name objects, and at most 64 approved XML streams (past that a stream counts
+//! as not approved). Under the Reject policy the first stream object adds an
+//! 8 KiB bitmap: one bit per object number below 65,536 that has an unapproved
+//! stream definition, one flag for all larger numbers, one for streams without
+//! `N G obj`. The first decoded stream (object stream or probed XML file) adds
+//! a 16 KiB staging buffer, a 32 KiB output buffer and the inflater, reused for
+//! the following ones. Nothing grows with the file, and nothing is allocated
+//! per chunk except the detail of a verdict.
 //!
 //! # Limits of the approach
 //!
 //! The cross-reference table is not followed, so objects that a reader would
 //! find by offset inside bytes the lexer treats as stream data or string content
-//! are not seen. The scanner is a filter for ordinary files, not a proof.
+//! are not seen, references are never resolved (hence the conservative rules
+//! for `/URI N G R`, `/EF N G R` and an unresolved `/Type`), and object numbers
+//! inside object streams are not tracked (a stream cannot live there). The
+//! scanner is a filter for ordinary files, not a proof.
 
 use flate2::{Decompress, FlushDecompress, Status};
 use memchr::memmem;
