@@ -1032,7 +1032,7 @@ impl Lexer {
                                     self.str_depth = 1;
                                     self.str_escape = false;
                                     self.state = State::Literal;
-                                    if self.reject_active {
+                                    if self.watch != Watch::Idle {
                                         self.watch(Ev::StrStart)?;
                                     }
                                 }
@@ -1154,7 +1154,7 @@ impl Lexer {
                     } else {
                         // A hex string; this byte is its first (or its `>`).
                         self.state = State::Hex;
-                        if self.reject_active {
+                        if self.watch != Watch::Idle {
                             self.watch(Ev::StrStart)?;
                         }
                     }
@@ -1293,7 +1293,9 @@ impl Lexer {
                     ),
                 ));
             }
-            self.watch(Ev::Name(class))?;
+            if self.watch != Watch::Idle || class.is_watched() {
+                self.watch(Ev::Name(class))?;
+            }
         }
         if self.mode == Mode::ObjStm {
             return Ok(());
@@ -1348,7 +1350,8 @@ impl Lexer {
     fn word(&mut self, word: Option<&[u8]>) -> Result<Option<StreamStart>, Rejection> {
         let word = word.unwrap_or_default();
         let num = parse_uint(word);
-        if self.reject_active {
+        // `watch` is only ever set under the Reject policy.
+        if self.watch != Watch::Idle {
             self.watch(match num {
                 Some(n) => Ev::Num(n),
                 None if word == b"R" => Ev::R,
@@ -1439,7 +1442,7 @@ impl Lexer {
 
     /// A string or other non-name, non-composite value ended.
     fn on_value(&mut self) -> Result<(), Rejection> {
-        if self.reject_active {
+        if self.watch != Watch::Idle {
             self.watch(Ev::Value)?;
         }
         if self.mode == Mode::ObjStm {
@@ -1466,7 +1469,7 @@ impl Lexer {
                 self.where_(at)
             )));
         }
-        if self.reject_active {
+        if self.watch != Watch::Idle {
             self.watch(Ev::Open(dict))?;
         }
         self.depth += 1;
@@ -1509,7 +1512,7 @@ impl Lexer {
             // A stray `]` or `>>`.
             return self.on_value();
         }
-        if self.reject_active {
+        if self.watch != Watch::Idle {
             self.watch(Ev::Close(dict))?;
         }
         self.depth -= 1;
@@ -1631,6 +1634,19 @@ enum NameClass {
     Key(Key),
     Val(NameVal),
     Other,
+}
+
+impl NameClass {
+    /// `Lexer::watch` has something to do with it even when idle.
+    fn is_watched(self) -> bool {
+        matches!(
+            self,
+            NameClass::Uri
+                | NameClass::Ef
+                | NameClass::EmbeddedFiles
+                | NameClass::Val(NameVal::EmbeddedFile)
+        )
+    }
 }
 
 fn classify(name: &[u8]) -> NameClass {
@@ -2540,4 +2556,137 @@ fn last5(a: &[u8], b: &[u8]) -> ([u8; 5], usize) {
     out[..keep].copy_from_slice(&a[a.len() - keep..]);
     out[keep..keep + b.len()].copy_from_slice(b);
     (out, keep + b.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds already-decoded string bytes to a `UriCheck`.
+    fn uri(bytes: &[u8]) -> UriVerdict {
+        let mut u = UriCheck::new(0);
+        for &b in bytes {
+            match u.byte(b) {
+                UriVerdict::Pending => {}
+                v => return v,
+            }
+        }
+        // The string ended undecided: no scheme.
+        UriVerdict::Fine
+    }
+
+    #[test]
+    fn uri_schemes() {
+        for ok in [
+            &b"https://x"[..],
+            b"HTTP://x",
+            b"mailto:a@b",
+            b"www.example.com/a:b",
+            b"/rel:x",
+            b"1a:b",
+            b":x",
+            b"",
+            b"\xC3\xA9javascript:x",
+            b"\xFE",
+            b"\xFE\xFF\x00h\x00t\x00t\x00p\x00:",
+            b"\xEF\xBB\xBFhttps:",
+            b"\xEF\xBBjavascript:",
+        ] {
+            assert_eq!(uri(ok), UriVerdict::Fine, "{}", ok.escape_ascii());
+        }
+        for bad in [
+            &b"javascript:x"[..],
+            b"JaVaScRiPt:x",
+            b" \x01\x1f javascript:x",
+            b"java\tscr\nipt\r:x",
+            b"\t\n javascript:",
+            b"file:///x",
+            b"ms-msdt:x",
+            b"a+b.c-d:x",
+            b"https+x:",
+            b"\xFE\xFF\x00j\x00s\x00:",
+            b"\xEF\xBB\xBFdata:",
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:",
+        ] {
+            assert_eq!(uri(bad), UriVerdict::Bad, "{}", bad.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn uri_utf16_non_ascii_unit_ends_the_scheme() {
+        // U+FF4A (fullwidth j) is no ASCII letter.
+        assert_eq!(uri(b"\xFE\xFF\xFF\x4A\x00s\x00:"), UriVerdict::Fine);
+        assert_eq!(uri(b"\xFE\xFF\x00j\x01s\x00:"), UriVerdict::Fine);
+    }
+
+    fn probe(data: &[u8]) -> bool {
+        let mut p = Probe::Bom(0);
+        p.feed(data);
+        p == Probe::Xml
+    }
+
+    #[test]
+    fn xml_probe() {
+        assert!(probe(b"<?xml version='1.0'?>"));
+        assert!(probe(b"\xEF\xBB\xBF<a/>"));
+        assert!(probe(b"\xEF\xBB\xBF \r\n\t<a/>"));
+        assert!(probe(b"\n\n<a/>"));
+        assert!(!probe(b""));
+        assert!(!probe(b"   "));
+        assert!(!probe(b"MZ"));
+        assert!(!probe(b"%PDF-1.7"));
+        assert!(!probe(b"\xEF\xBB<a/>"));
+        assert!(!probe(b"\xEF\xBB\xBF\xEF\xBB\xBF<a/>"));
+        assert!(!probe(b"\xFE\xFF\x00<"));
+        assert!(!probe(&[vec![b' '; 1025], b"<a/>".to_vec()].concat()));
+        assert!(probe(&[vec![b' '; 1024], b"<a/>".to_vec()].concat()));
+        // Fed in pieces: the same.
+        let mut p = Probe::Bom(0);
+        for b in b"\xEF\xBB\xBF  <" {
+            p.feed(&[*b]);
+        }
+        assert_eq!(p, Probe::Xml);
+    }
+
+    #[test]
+    fn ef_log_dedups_and_caps() {
+        let at = Sighting {
+            name: "EF",
+            at: 1,
+            objstm: None,
+        };
+        let mut log = EfLog::new();
+        for n in 0..EF_CAP as u64 {
+            log.add(n, at);
+            log.add(n, at);
+        }
+        assert_eq!(log.len, EF_CAP);
+        assert!(log.overflow.is_none());
+        log.add(1000, at);
+        assert!(log.overflow.is_some());
+    }
+
+    #[test]
+    fn files_every_definition_counts() {
+        let mut f = Files::new();
+        f.stream(Some(7), true);
+        assert!(f.ok(7));
+        f.stream(Some(7), false);
+        assert!(!f.ok(7));
+        let mut f = Files::new();
+        f.stream(Some(70_000), true);
+        assert!(f.ok(70_000));
+        f.stream(Some(90_000), false);
+        assert!(!f.ok(70_000), "one flag stands for all big numbers");
+        let mut f = Files::new();
+        f.stream(Some(8), true);
+        f.stream(None, false);
+        assert!(!f.ok(8), "a stream without N G obj could be any object");
+        let mut f = Files::new();
+        for n in 0..APPROVED_CAP as u64 + 1 {
+            f.stream(Some(n), true);
+        }
+        assert!(f.ok(0));
+        assert!(!f.ok(APPROVED_CAP as u64), "past the cap: not approved");
+    }
 }
