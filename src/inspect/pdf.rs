@@ -30,7 +30,8 @@
 //!     value), at once;
 //!   * a `/URI` name followed by a string (literal, with its escapes, octal
 //!     `\ddd` and line continuations decoded, or hex; a UTF-16BE string with its
-//!     `FE FF` BOM is read by code units, a UTF-8 BOM is skipped) whose scheme,
+//!     `FE FF` BOM is read by code units, and so, conservatively, is a
+//!     UTF-16LE one (`FF FE`); a UTF-8 BOM is skipped) whose scheme,
 //!     read as a WHATWG URL parser does (ASCII tab, LF and CR removed anywhere,
 //!     leading C0 controls and spaces stripped, `ALPHA *(ALPHA / DIGIT / "+" /
 //!     "-" / ".")` before `:`, lowercased), is not `http`, `https` or `mailto`.
@@ -143,7 +144,8 @@
 //!
 //! The cross-reference table is not followed, so objects that a reader would
 //! find by offset inside bytes the lexer treats as stream data or string content
-//! are not seen, references are never resolved (hence the conservative rules
+//! are not seen (nor those hidden in a comment line that an offset points
+//! into), references are never resolved (hence the conservative rules
 //! for `/URI N G R`, `/EF N G R` and an unresolved `/Type`), and object numbers
 //! inside object streams are not tracked (a stream cannot live there). The
 //! scanner is a filter for ordinary files, not a proof.
@@ -472,8 +474,9 @@ enum UriVerdict {
 /// `http`, `https` or `mailto`, reading it as a URL parser would (WHATWG):
 /// ASCII tab, LF and CR are removed anywhere, leading C0 controls and spaces
 /// are stripped, and a scheme is `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`
-/// followed by `:`. A UTF-16BE (`FE FF`) string is read by code units, a UTF-8
-/// BOM is skipped. Only the first 16 bytes of the scheme are kept.
+/// followed by `:`. A UTF-16BE (`FE FF`) string is read by code units, and so,
+/// conservatively, is a UTF-16LE (`FF FE`) one; a UTF-8 BOM is skipped. Only
+/// the first 16 bytes of the scheme are kept.
 #[derive(Debug, Clone, Copy)]
 struct UriCheck {
     /// Offset of the `/URI` name.
@@ -484,8 +487,11 @@ struct UriCheck {
     /// The first decoded bytes while a BOM is possible.
     pre: [u8; 2],
     pre_len: u8,
-    /// Reading UTF-16BE: `Some(high byte)` between the two bytes of a unit.
+    /// Reading UTF-16: `Some(first byte)` between the two bytes of a unit.
     utf16: Option<Option<u8>>,
+    /// UTF-16 little-endian (an `FF FE` BOM, which PDF does not define but
+    /// some readers may honour).
+    utf16_le: bool,
     /// A BOM is no longer possible.
     bom_done: bool,
     /// Still stripping leading C0 controls and spaces.
@@ -503,6 +509,7 @@ impl UriCheck {
             pre: [0; 2],
             pre_len: 0,
             utf16: None,
+            utf16_le: false,
             bom_done: false,
             lead: true,
             scheme: [0; 16],
@@ -515,7 +522,7 @@ impl UriCheck {
         if !self.bom_done {
             let k = self.pre_len as usize;
             match (k, b) {
-                (0, 0xFE | 0xEF) | (1, 0xBB) if k == 0 || self.pre[0] == 0xEF => {
+                (0, 0xFE | 0xFF | 0xEF) | (1, 0xBB) if k == 0 || self.pre[0] == 0xEF => {
                     self.pre[k] = b;
                     self.pre_len += 1;
                     return UriVerdict::Pending;
@@ -523,6 +530,12 @@ impl UriCheck {
                 (1, 0xFF) if self.pre[0] == 0xFE => {
                     self.bom_done = true;
                     self.utf16 = Some(None);
+                    return UriVerdict::Pending;
+                }
+                (1, 0xFE) if self.pre[0] == 0xFF => {
+                    self.bom_done = true;
+                    self.utf16 = Some(None);
+                    self.utf16_le = true;
                     return UriVerdict::Pending;
                 }
                 (2, 0xBF) => {
@@ -540,9 +553,14 @@ impl UriCheck {
                 self.utf16 = Some(Some(b));
                 UriVerdict::Pending
             }
-            Some(Some(hi)) => {
+            Some(Some(first)) => {
                 self.utf16 = Some(None);
-                self.char(if hi == 0 { b } else { 0x80 })
+                let (hi, lo) = if self.utf16_le {
+                    (b, first)
+                } else {
+                    (first, b)
+                };
+                self.char(if hi == 0 { lo } else { 0x80 })
             }
         }
     }
@@ -2588,6 +2606,8 @@ mod tests {
             b"",
             b"\xC3\xA9javascript:x",
             b"\xFE",
+            b"\xFF\xFEh\x00t\x00t\x00p\x00:\x00",
+            b"\xFF\xFF",
             b"\xFE\xFF\x00h\x00t\x00t\x00p\x00:",
             b"\xEF\xBB\xBFhttps:",
             b"\xEF\xBBjavascript:",
@@ -2605,6 +2625,7 @@ mod tests {
             b"a+b.c-d:x",
             b"https+x:",
             b"\xFE\xFF\x00j\x00s\x00:",
+            b"\xFF\xFEj\x00s\x00:\x00",
             b"\xEF\xBB\xBFdata:",
             b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:",
         ] {

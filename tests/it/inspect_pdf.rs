@@ -1502,6 +1502,7 @@ fn hand_cases_2() -> Vec<Case> {
             "<EFBBBF6A6176617363726970743A78>",
             "javascript",
         ),
+        ("h_uri_utf16le", "<FFFE6A00730061003A007800>", "jsa"),
         (
             "h_uri_long_scheme",
             "(aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:x)",
@@ -2539,6 +2540,7 @@ cases!(
     h_uri_utf16,
     h_uri_utf16_real,
     h_uri_utf8_bom,
+    h_uri_utf16le,
     h_uri_long_scheme,
     h_uri_https_lookalike,
     h_uri_indirect,
