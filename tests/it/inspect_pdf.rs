@@ -2770,7 +2770,8 @@ proptest! {
         prop_assert_eq!(got, one, "{}", c.name);
     }
 
-    /// Mutated files: any verdict, but the same in any chunking, and no panic.
+    /// Mutated files: any verdict, but the same in any chunking, no panic, and
+    /// the two policies agree but for `pdf_active_content`.
     /// An edit overwrites a byte or splices in a piece of PDF syntax.
     #[test]
     fn mutated_files_are_chunking_invariant(
@@ -2797,7 +2798,21 @@ proptest! {
             }
         }
         let one = scan_pdf(&limits, &bytes, bytes.len().max(1));
-        prop_assert_eq!(feed_chunks(&limits, &bytes, sizes.iter().copied().cycle()), one);
+        prop_assert_eq!(feed_chunks(&limits, &bytes, sizes.iter().copied().cycle()), one.clone());
+        // As the fuzz target checks: `Allow` only drops the active-content
+        // verdict.
+        let (reject, allowed) = if allow_active {
+            (scan_pdf(&c.limits, &bytes, bytes.len().max(1)), one)
+        } else {
+            let allowed = scan_pdf(&allow(&c.limits), &bytes, bytes.len().max(1));
+            (one, allowed)
+        };
+        if let Err(e) = &allowed {
+            prop_assert_ne!(e.code, PdfActiveContent);
+        }
+        if !matches!(&reject, Err(e) if e.code == PdfActiveContent) {
+            prop_assert_eq!(reject, allowed);
+        }
     }
 }
 
@@ -2833,6 +2848,17 @@ const SPLICES: &[&[u8]] = &[
     b"endobj",
     b"null",
     b"%%EOF",
+    b"/URI (javascript:",
+    b"/URI (ht\\\ntp:",
+    b"/URI <FEFF006A",
+    b"/URI 7 0 R",
+    b"\\15",
+    b"/EF << /F 7 0 R >>",
+    b"/EF <<",
+    b"/N 1 /First 4",
+    b"/Type /EmbeddedFile /Subtype /text#2Fxml",
+    b"7 0 obj /ObjStm endobj",
+    b"/Type 7 0 R",
 ];
 
 // ---------------------------------------------------------------------------
