@@ -3,28 +3,64 @@
 //! It is a bounded-state PDF *lexer*, not a parser: it never follows the
 //! cross-reference table and never buffers the file. What it checks:
 //!
-//! * **Header.** `%PDF-1.x` (any digit) or `%PDF-2.0`, with the five bytes of
-//!   `%PDF-` inside the first 1024 bytes of the body (bytes before it are allowed
-//!   and not lexed). No `%PDF-` there is `content_mismatch`; a `%PDF-` with
-//!   another version is `malformed_image`.
+//! * **Header.** The body starts with `%PDF-1.x` (any digit) or `%PDF-2.0` at
+//!   byte 0: nothing may come before it (no BOM, white-space or junk, which is
+//!   how HTML/PDF polyglots are made). A body that does not start with `%PDF-`
+//!   is `content_mismatch`, decided as soon as the first differing byte
+//!   arrives; a `%PDF-` with another version is `malformed_image`.
 //! * **Trailer.** The body must end with `%%EOF`, optionally followed by PDF
 //!   whitespace (space, tab, CR, LF, FF, NUL). Only the last five significant
 //!   bytes are kept for that.
 //! * **Encryption** (`pdf_encrypted`): a name equal, after `#xx` unescaping, to
 //!   `/Encrypt` used as a *key*, with a value other than `null`, at the top
 //!   level of either a `trailer` dictionary (every trailer of an incremental
-//!   update is seen) or of a dictionary whose `/Type` is `/XRef` (a
-//!   cross-reference stream; decided when that dictionary closes, so key order
-//!   does not matter). `/Encrypt` elsewhere (a value, a nested dictionary, another
-//!   object, a string, a stream) does not count: readers only decrypt when the
-//!   trailer says so.
-//! * **Active content** (`pdf_active_content`, unless the policy is `Allow`): a
-//!   name token equal, after unescaping, to `/JavaScript`, `/JS`, `/Launch`,
-//!   `/EmbeddedFile`, `/EmbeddedFiles` or `/RichMedia`, at any depth and in any
-//!   position (key or value), in the uncompressed object syntax *and* in the
-//!   decoded data of object streams (`/Type /ObjStm`). Names inside strings,
-//!   comments and ordinary stream data (content streams, images, fonts, ...) are
-//!   never looked at.
+//!   update is seen) or of any dictionary followed by `stream` (whatever its
+//!   `/Type` says, or leaves out: only a cross-reference stream has one, and a
+//!   reader takes it for one), decided at the `stream` keyword, so key order
+//!   does not matter; a `/Type /XRef` dictionary with `/Encrypt` is rejected as
+//!   soon as it closes. `/Encrypt` elsewhere (a value, a nested dictionary, a
+//!   dictionary that is no stream's, a string, stream data) does not count:
+//!   readers only decrypt when the trailer says so.
+//! * **Active content** (`pdf_active_content`, unless the policy is `Allow`,
+//!   under which none of the following is even tracked), in the uncompressed
+//!   object syntax *and* in the decoded data of object streams, names compared
+//!   after unescaping:
+//!   * a name `/JavaScript`, `/JS`, `/Launch`, `/XFA`, `/RichMedia`,
+//!     `/SubmitForm` or `/ImportData`, at any depth and in any position (key or
+//!     value), at once;
+//!   * a `/URI` name followed by a string (literal, with its escapes, octal
+//!     `\ddd` and line continuations decoded, or hex; a UTF-16BE string with its
+//!     `FE FF` BOM is read by code units, and so, conservatively, is a
+//!     UTF-16LE one (`FF FE`); a UTF-8 BOM is skipped) whose scheme,
+//!     read as a WHATWG URL parser does (ASCII tab, LF and CR removed anywhere,
+//!     leading C0 controls and spaces stripped, `ALPHA *(ALPHA / DIGIT / "+" /
+//!     "-" / ".")` before `:`, lowercased), is not `http`, `https` or `mailto`.
+//!     A URI without a scheme is fine. Only the first 16 scheme bytes are kept
+//!     (a longer scheme is not one of the three). A `/URI` followed by a
+//!     number (`/URI 7 0 R`: the string is elsewhere, and the lexer never
+//!     follows references) is active content, since it cannot be checked;
+//!     followed by a dictionary (the catalog's `/URI << /Base ... >>`), a name
+//!     (`/S /URI`) or anything else it is no URI string and is fine;
+//!   * embedded files, with one exception for XML data (e-invoices: Factur-X,
+//!     ZUGFeRD and XRechnung embed their XML invoice). Every `/EF` must be
+//!     followed by a direct dictionary whose values are all references `N G
+//!     R` (anything else cannot be verified and is active content at once).
+//!     Every stream object (`N G obj << ... >> stream`) is classified as an
+//!     *approved* XML file or not: approved means `/Type /EmbeddedFile`,
+//!     `/Subtype` `text/xml` or `application/xml` (as a name, e.g.
+//!     `/text#2Fxml`, any case), no filter or FlateDecode without
+//!     `/DecodeParms`, and decoded data starting with `<` after an optional
+//!     UTF-8 BOM and at most 1 KiB of XML white-space (only those first bytes
+//!     are inflated, outside the inflate limits). At the end of the body, every
+//!     object number an `/EF` references must have been approved in *every*
+//!     definition (incremental updates included); a `/Type /EmbeddedFile`
+//!     stream that is not approved, or an `/EF`, `/EmbeddedFile` or
+//!     `/EmbeddedFiles` name in a file without any `/EF` reference, is active
+//!     content. These verdicts come at [`PdfScanner::finish`], after the
+//!     deferred ones below.
+//!
+//!   Names inside strings, comments and ordinary stream data (content
+//!   streams, images, fonts, ...) are never looked at.
 //! * **Nesting** of `<<` / `[` deeper than `Limits::max_nesting` is
 //!   `malformed_image`, in the file and in object streams alike.
 //!
@@ -34,9 +70,12 @@
 //! and backslash escapes, hex strings, dictionaries, arrays, names (with `#xx`
 //! escapes) and keywords. Name and keyword buffers hold 32 bytes: longer tokens
 //! are truncated and never match anything. For the top-level dictionary of each
-//! object it keeps `/Type`, `/Filter`, `/Length`, `/DecodeParms` and `/Encrypt`
-//! (key position is tracked, `N G R` references included) so that the `stream`
-//! keyword that follows knows what it opens. The keywords `obj`, `endobj`,
+//! object it keeps `/Type`, `/Subtype`, `/Filter`, `/Length`, `/DecodeParms`,
+//! `/Encrypt`, and whether `/N` and `/First` are there (key position is
+//! tracked, `N G R` references included) so that the `stream` keyword that
+//! follows knows what it opens; it also keeps the number of the object that
+//! `N G obj` opened, and remembers top-level objects that are a bare name
+//! (`6 0 obj /ObjStm endobj`, at most 16) to resolve an indirect `/Type`. The keywords `obj`, `endobj`,
 //! `stream`, `endstream`, `xref`, `startxref` and `trailer` only occur at the top
 //! level of a valid file, so they reset the nesting depth to zero: garbage with
 //! unbalanced brackets cannot desynchronise the rest of the file.
@@ -58,9 +97,14 @@
 //!
 //! # Object streams
 //!
-//! A stream whose dictionary says `/Type /ObjStm` is decoded as it arrives and
-//! its objects are run through a second lexer (active names and nesting only;
-//! the `trailer`/`stream` keywords mean nothing there):
+//! A stream is taken for an object stream, as a reader would (qpdf reads one
+//! through its `/N` and `/First`, whatever `/Type` says), when its dictionary
+//! has both `/N` and `/First`, or a `/Type` that is `/ObjStm` directly or
+//! through a bare name object seen before, or an indirect `/Type` that cannot
+//! be resolved (conservatively: that includes a reference to an object that
+//! comes later, or past the 16 remembered). It is decoded as it arrives and its
+//! objects are run through a second lexer (active content and nesting only; the
+//! `trailer`/`stream` keywords mean nothing there):
 //!
 //! * no `/Filter`: the raw data is lexed;
 //! * `/Filter /FlateDecode` or `[/FlateDecode]`: inflated with `flate2`, at most
@@ -85,27 +129,34 @@
 //!
 //! # State
 //!
-//! About 1 KiB until the header is found, then a few hundred bytes; the first
-//! object stream adds a 16 KiB staging buffer, a 32 KiB output buffer and the
-//! inflater, reused for the following ones. Nothing grows with the file, and
-//! nothing is allocated per chunk except the detail of a verdict.
+//! About 4 KiB inline: the two lexers, each with at most 64 `/EF` references
+//! (more is `pdf_active_content`: they could not all be checked) and 16 bare
+//! name objects, and at most 64 approved XML streams (past that a stream counts
+//! as not approved). Under the Reject policy the first stream object adds an
+//! 8 KiB bitmap: one bit per object number below 65,536 that has an unapproved
+//! stream definition, one flag for all larger numbers, one for streams without
+//! `N G obj`. The first decoded stream (object stream or probed XML file) adds
+//! a 16 KiB staging buffer, a 32 KiB output buffer and the inflater, reused for
+//! the following ones. Nothing grows with the file, and nothing is allocated
+//! per chunk except the detail of a verdict.
 //!
 //! # Limits of the approach
 //!
 //! The cross-reference table is not followed, so objects that a reader would
 //! find by offset inside bytes the lexer treats as stream data or string content
-//! are not seen. The scanner is a filter for ordinary files, not a proof.
+//! are not seen (nor those hidden in a comment line that an offset points
+//! into), references are never resolved (hence the conservative rules
+//! for `/URI N G R`, `/EF N G R` and an unresolved `/Type`), and object numbers
+//! inside object streams are not tracked (a stream cannot live there). The
+//! scanner is a filter for ordinary files, not a proof.
 
 use flate2::{Decompress, FlushDecompress, Status};
 use memchr::memmem;
 
 use super::{ActiveContentPolicy, Limits, RejectCode, Rejection};
 
-/// The `%PDF-` marker must lie within this many leading bytes.
-const HEADER_WINDOW: usize = 1024;
-/// Enough bytes to hold a marker that starts at `HEADER_WINDOW - 5`, its
-/// three-byte version and the byte after it.
-const HEADER_BUF: usize = HEADER_WINDOW + 4;
+/// The marker, its three-byte version and the byte after it.
+const HEADER_BUF: usize = 9;
 const MARKER: &[u8] = b"%PDF-";
 /// Longest name or keyword kept for matching; longer ones match nothing.
 const TOKEN_CAP: usize = 32;
@@ -222,6 +273,9 @@ enum Key {
     Length,
     DecodeParms,
     Encrypt,
+    N,
+    First,
+    Subtype,
     Other,
 }
 
@@ -230,6 +284,21 @@ enum DictType {
     Unknown,
     ObjStm,
     XRef,
+    EmbeddedFile,
+    /// `/Type N G R` where object `N` is not a known bare name: the stream is
+    /// looked into as if it were an object stream.
+    Unresolved,
+}
+
+impl DictType {
+    fn of(v: NameVal) -> Self {
+        match v {
+            NameVal::ObjStm => Self::ObjStm,
+            NameVal::XRef => Self::XRef,
+            NameVal::EmbeddedFile => Self::EmbeddedFile,
+            _ => Self::Unknown,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +317,10 @@ struct DictInfo {
     length: Option<u64>,
     decode_parms: bool,
     encrypt_at: Option<u64>,
+    has_n: bool,
+    has_first: bool,
+    /// `/Subtype` is `text/xml` or `application/xml`.
+    subtype_xml: bool,
 }
 
 impl DictInfo {
@@ -259,6 +332,9 @@ impl DictInfo {
             length: None,
             decode_parms: false,
             encrypt_at: None,
+            has_n: false,
+            has_first: false,
+            subtype_xml: false,
         }
     }
 }
@@ -275,6 +351,9 @@ enum NameVal {
     ObjStm,
     XRef,
     FlateDecode,
+    EmbeddedFile,
+    /// `text/xml` or `application/xml`, any case.
+    Xml,
     Other,
 }
 
@@ -287,16 +366,358 @@ enum Val {
     Other,
 }
 
+/// A token, as [`Lexer::watch`] sees it.
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Name(NameClass),
+    /// A non-negative integer.
+    Num(u64),
+    R,
+    /// Another keyword or number.
+    Word,
+    /// `<<` (true) or `[`.
+    Open(bool),
+    /// `>>` (true) or `]`.
+    Close(bool),
+    /// `(` or `<` of a string.
+    StrStart,
+    /// The end of a string, or a stray delimiter.
+    Value,
+}
+
 /// What [`Lexer::lex`] stopped at.
 enum Step {
     /// All input consumed.
     Done,
     /// The `stream` keyword ended at `consumed` (the byte there is not consumed).
-    Stream {
-        consumed: usize,
-        kw_at: u64,
-        dict: Option<DictInfo>,
-    },
+    Stream { consumed: usize, start: StreamStart },
+}
+
+/// A `stream` keyword and what came before it.
+#[derive(Debug, Clone, Copy)]
+struct StreamStart {
+    kw_at: u64,
+    /// The top-level dictionary right before it.
+    dict: Option<DictInfo>,
+    /// The number of the object (`N G obj`) it belongs to.
+    obj: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------
+// Values the lexer looks at: `/URI` strings and `/EF` dictionaries
+// ---------------------------------------------------------------------------
+
+/// How many distinct object numbers `/EF` dictionaries may reference; more is
+/// `pdf_active_content` (they could not all be checked).
+const EF_CAP: usize = 64;
+/// How many approved XML embedded-file streams are remembered; past it a stream
+/// is treated as not approved.
+const APPROVED_CAP: usize = 64;
+/// Object numbers below this have an exact "defined as an unapproved stream"
+/// bit (8 KiB); above it one flag stands for all of them.
+const UNAPPROVED_BITS: u64 = 1 << 16;
+/// How many top-level bare name objects (`6 0 obj /ObjStm endobj`) are
+/// remembered to resolve an indirect `/Type`.
+const NAME_OBJ_CAP: usize = 16;
+/// An XML embedded file may start with at most this much white-space.
+const XML_WS_CAP: u32 = 1024;
+
+/// A name or value the lexer is following across tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Idle,
+    /// After `/URI`: its value decides.
+    Uri,
+    /// Inside the string value of a `/URI`, still deciding on its scheme.
+    UriStr,
+    /// After `/EF`: a dictionary of references must follow.
+    Ef(EfStep),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EfStep {
+    /// Expecting `<<`.
+    Open,
+    /// Expecting a key or `>>`.
+    Key,
+    /// Expecting the object number of a reference.
+    Num,
+    /// Expecting the generation; the object number read.
+    Gen(u64),
+    /// Expecting `R`.
+    R(u64),
+}
+
+/// Escape state of a literal string whose bytes are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LitEsc {
+    None,
+    /// After `\`.
+    Backslash,
+    /// In `\ddd`: digits read so far and their value.
+    Octal(u8, u8),
+    /// After `\` CR: a LF here belongs to the line continuation.
+    Cr,
+}
+
+/// What a `/URI` string turned out to be, so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UriVerdict {
+    Pending,
+    /// No scheme, or http, https or mailto.
+    Fine,
+    /// Another scheme.
+    Bad,
+}
+
+/// Decides whether the string value of a `/URI` has a scheme other than
+/// `http`, `https` or `mailto`, reading it as a URL parser would (WHATWG):
+/// ASCII tab, LF and CR are removed anywhere, leading C0 controls and spaces
+/// are stripped, and a scheme is `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`
+/// followed by `:`. A UTF-16BE (`FE FF`) string is read by code units, and so,
+/// conservatively, is a UTF-16LE (`FF FE`) one; a UTF-8 BOM is skipped. Only
+/// the first 16 bytes of the scheme are kept.
+#[derive(Debug, Clone, Copy)]
+struct UriCheck {
+    /// Offset of the `/URI` name.
+    at: u64,
+    lit: LitEsc,
+    /// Hex string: the first digit of a pair.
+    hex_hi: Option<u8>,
+    /// The first decoded bytes while a BOM is possible.
+    pre: [u8; 2],
+    pre_len: u8,
+    /// Reading UTF-16: `Some(first byte)` between the two bytes of a unit.
+    utf16: Option<Option<u8>>,
+    /// UTF-16 little-endian (an `FF FE` BOM, which PDF does not define but
+    /// some readers may honour).
+    utf16_le: bool,
+    /// A BOM is no longer possible.
+    bom_done: bool,
+    /// Still stripping leading C0 controls and spaces.
+    lead: bool,
+    scheme: [u8; 16],
+    scheme_len: usize,
+}
+
+impl UriCheck {
+    fn new(at: u64) -> Self {
+        Self {
+            at,
+            lit: LitEsc::None,
+            hex_hi: None,
+            pre: [0; 2],
+            pre_len: 0,
+            utf16: None,
+            utf16_le: false,
+            bom_done: false,
+            lead: true,
+            scheme: [0; 16],
+            scheme_len: 0,
+        }
+    }
+
+    /// The next decoded byte of the string.
+    fn byte(&mut self, b: u8) -> UriVerdict {
+        if !self.bom_done {
+            let k = self.pre_len as usize;
+            match (k, b) {
+                (0, 0xFE | 0xFF | 0xEF) | (1, 0xBB) if k == 0 || self.pre[0] == 0xEF => {
+                    self.pre[k] = b;
+                    self.pre_len += 1;
+                    return UriVerdict::Pending;
+                }
+                (1, 0xFF) if self.pre[0] == 0xFE => {
+                    self.bom_done = true;
+                    self.utf16 = Some(None);
+                    return UriVerdict::Pending;
+                }
+                (1, 0xFE) if self.pre[0] == 0xFF => {
+                    self.bom_done = true;
+                    self.utf16 = Some(None);
+                    self.utf16_le = true;
+                    return UriVerdict::Pending;
+                }
+                (2, 0xBF) => {
+                    self.bom_done = true;
+                    return UriVerdict::Pending;
+                }
+                // A partial BOM is a non-ASCII first character: no scheme.
+                (1.., _) => return UriVerdict::Fine,
+                _ => self.bom_done = true,
+            }
+        }
+        match self.utf16 {
+            None => self.char(b),
+            Some(None) => {
+                self.utf16 = Some(Some(b));
+                UriVerdict::Pending
+            }
+            Some(Some(first)) => {
+                self.utf16 = Some(None);
+                let (hi, lo) = if self.utf16_le {
+                    (b, first)
+                } else {
+                    (first, b)
+                };
+                self.char(if hi == 0 { lo } else { 0x80 })
+            }
+        }
+    }
+
+    /// The next character (ASCII, or 0x80 for anything else).
+    fn char(&mut self, c: u8) -> UriVerdict {
+        if matches!(c, b'\t' | b'\n' | b'\r') || (self.lead && c <= 0x20) {
+            return UriVerdict::Pending;
+        }
+        self.lead = false;
+        let scheme_char = if self.scheme_len == 0 {
+            c.is_ascii_alphabetic()
+        } else {
+            c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')
+        };
+        if scheme_char {
+            if let Some(slot) = self.scheme.get_mut(self.scheme_len) {
+                *slot = c.to_ascii_lowercase();
+            }
+            self.scheme_len += 1;
+            return UriVerdict::Pending;
+        }
+        if c != b':' || self.scheme_len == 0 {
+            // No scheme: a relative reference.
+            return UriVerdict::Fine;
+        }
+        match &self.scheme[..self.scheme_len.min(16)] {
+            b"http" | b"https" | b"mailto" if self.scheme_len <= 16 => UriVerdict::Fine,
+            _ => UriVerdict::Bad,
+        }
+    }
+
+    fn rejection(&self, where_: String) -> Rejection {
+        let shown = &self.scheme[..self.scheme_len.min(16)];
+        let more = if self.scheme_len > 16 { "..." } else { "" };
+        Rejection::new(
+            RejectCode::PdfActiveContent,
+            format!(
+                "PDF contains a /URI with the scheme \"{}{more}:\" {where_}",
+                shown.escape_ascii()
+            ),
+        )
+    }
+}
+
+/// Where a name was seen, for the detail of a verdict given later.
+#[derive(Debug, Clone, Copy)]
+struct Sighting {
+    name: &'static str,
+    at: u64,
+    /// In the object stream whose `stream` keyword is at this offset.
+    objstm: Option<u64>,
+}
+
+fn where_str(objstm: Option<u64>, at: u64) -> String {
+    match objstm {
+        None => format!("at offset {at}"),
+        Some(s) => format!("in the object stream at offset {s} (offset {at} of its decoded data)"),
+    }
+}
+
+/// What a lexer saw of embedded files: the object numbers that `/EF`
+/// dictionaries reference, and the first `/EF`, `/EmbeddedFile` or
+/// `/EmbeddedFiles` name.
+#[derive(Debug, Clone, Copy)]
+struct EfLog {
+    refs: [u64; EF_CAP],
+    len: usize,
+    /// More than `EF_CAP` distinct references: where the first extra one was.
+    overflow: Option<Sighting>,
+    seen: Option<Sighting>,
+}
+
+impl EfLog {
+    fn new() -> Self {
+        Self {
+            refs: [0; EF_CAP],
+            len: 0,
+            overflow: None,
+            seen: None,
+        }
+    }
+
+    fn add(&mut self, n: u64, at: Sighting) {
+        if self.refs[..self.len].contains(&n) {
+            return;
+        }
+        match self.refs.get_mut(self.len) {
+            Some(slot) => {
+                *slot = n;
+                self.len += 1;
+            }
+            None => {
+                self.overflow.get_or_insert(at);
+            }
+        }
+    }
+
+    /// Takes over what `other` saw, and clears it.
+    fn merge(&mut self, other: &mut EfLog) {
+        if let Some(s) = other.seen {
+            self.seen.get_or_insert(s);
+        }
+        let at = other.overflow.or(other.seen);
+        for &n in &other.refs[..other.len] {
+            // `other.seen` is set whenever it has references.
+            if let Some(at) = at {
+                self.add(n, at);
+            }
+        }
+        if let Some(o) = other.overflow {
+            self.overflow.get_or_insert(o);
+        }
+        *other = EfLog::new();
+    }
+}
+
+/// Top-level objects that are a bare name (`6 0 obj /ObjStm endobj`), so that
+/// an indirect `/Type 6 0 R` can be resolved when its target came first.
+#[derive(Debug, Clone, Copy)]
+struct NameObjs {
+    /// Object number and value; `None` when the object was defined twice with
+    /// different names.
+    entries: [(u64, Option<NameVal>); NAME_OBJ_CAP],
+    len: usize,
+}
+
+impl NameObjs {
+    fn record(&mut self, n: u64, v: NameVal) {
+        if let Some(e) = self.entries[..self.len].iter_mut().find(|e| e.0 == n) {
+            if e.1 != Some(v) {
+                e.1 = None;
+            }
+        } else if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = (n, Some(v));
+            self.len += 1;
+        }
+        // Past the cap the object is not remembered: a `/Type` pointing at it
+        // is unresolved, which is the conservative reading (see `DictType`).
+    }
+
+    fn get(&self, n: u64) -> Option<NameVal> {
+        self.entries[..self.len]
+            .iter()
+            .find(|e| e.0 == n)
+            .and_then(|e| e.1)
+    }
+}
+
+/// Where the lexer is in `N G obj ... endobj` (file mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjBody {
+    None,
+    /// Right after `N G obj`.
+    Start(u64),
+    /// After `N G obj /Name`.
+    Name(u64, NameVal),
 }
 
 #[derive(Debug)]
@@ -332,6 +753,19 @@ struct Lexer {
     trailer_pending: bool,
     /// The top-level dictionary that just closed, until the next token.
     ready: Option<DictInfo>,
+    // Reject policy, both modes: values followed across tokens.
+    watch: Watch,
+    uri: UriCheck,
+    /// Offset of the `/EF` name being followed.
+    ef_at: u64,
+    ef: EfLog,
+    // File mode: object boundaries.
+    /// The last two tokens when they were non-negative integers, oldest first.
+    ints: [Option<u64>; 2],
+    /// The number of the object whose `N G obj` came last.
+    cur_obj: Option<u64>,
+    obj_body: ObjBody,
+    names: NameObjs,
 }
 
 impl Lexer {
@@ -361,6 +795,17 @@ impl Lexer {
             filter_array: None,
             trailer_pending: false,
             ready: None,
+            watch: Watch::Idle,
+            uri: UriCheck::new(0),
+            ef_at: 0,
+            ef: EfLog::new(),
+            ints: [None; 2],
+            cur_obj: None,
+            obj_body: ObjBody::None,
+            names: NameObjs {
+                entries: [(0, None); NAME_OBJ_CAP],
+                len: 0,
+            },
         }
     }
 
@@ -369,6 +814,7 @@ impl Lexer {
         self.objstm_at = objstm_at;
         self.state = State::Normal;
         self.depth = 0;
+        self.watch = Watch::Idle;
         self.resync();
     }
 
@@ -376,14 +822,199 @@ impl Lexer {
         matches!(self.state, State::Literal | State::Hex | State::Lt)
     }
 
+    /// The object stream this lexer reads, if any.
+    fn objstm(&self) -> Option<u64> {
+        (self.mode == Mode::ObjStm).then_some(self.objstm_at)
+    }
+
     fn where_(&self, at: u64) -> String {
-        match self.mode {
-            Mode::File => format!("at offset {at}"),
-            Mode::ObjStm => format!(
-                "in the object stream at offset {} (offset {at} of its decoded data)",
-                self.objstm_at
-            ),
+        where_str(self.objstm(), at)
+    }
+
+    fn sighting(&self, name: &'static str, at: u64) -> Sighting {
+        Sighting {
+            name,
+            at,
+            objstm: self.objstm(),
         }
+    }
+
+    fn active(&self, what: &str, at: u64) -> Rejection {
+        Rejection::new(
+            RejectCode::PdfActiveContent,
+            format!("PDF contains {what} {}", self.where_(at)),
+        )
+    }
+
+    /// A token ended (Reject policy): follows `/URI` and `/EF` values.
+    fn watch(&mut self, ev: Ev) -> Result<(), Rejection> {
+        match self.watch {
+            Watch::Idle => {}
+            Watch::Uri => match ev {
+                Ev::StrStart => {
+                    self.watch = Watch::UriStr;
+                    self.uri = UriCheck::new(self.uri.at);
+                    return Ok(());
+                }
+                // `/URI 7 0 R`: the string is elsewhere and cannot be checked.
+                Ev::Num(_) | Ev::R => {
+                    return Err(self.active("a /URI whose value is not a string", self.uri.at));
+                }
+                // A dictionary (the catalog's `/URI << /Base ... >>`), a name
+                // (`/S /URI /URI (...)`: the next name is looked at below) or
+                // anything else: no URI string.
+                _ => self.watch = Watch::Idle,
+            },
+            Watch::UriStr => {
+                // The string ended before its scheme was decided: no scheme.
+                self.watch = Watch::Idle;
+                return Ok(());
+            }
+            Watch::Ef(step) => {
+                self.watch = match (step, ev) {
+                    (EfStep::Open, Ev::Open(true)) => Watch::Ef(EfStep::Key),
+                    (EfStep::Key, Ev::Name(_)) => Watch::Ef(EfStep::Num),
+                    (EfStep::Key, Ev::Close(true)) => Watch::Idle,
+                    (EfStep::Num, Ev::Num(n)) => Watch::Ef(EfStep::Gen(n)),
+                    (EfStep::Gen(n), Ev::Num(_)) => Watch::Ef(EfStep::R(n)),
+                    (EfStep::R(n), Ev::R) => {
+                        let at = self.sighting("EF", self.ef_at);
+                        self.ef.add(n, at);
+                        Watch::Ef(EfStep::Key)
+                    }
+                    _ => {
+                        self.watch = Watch::Idle;
+                        return Err(self
+                            .active("an /EF that is not a dictionary of references", self.ef_at));
+                    }
+                };
+                // The token belonged to the `/EF` value.
+                return Ok(());
+            }
+        }
+        if let Ev::Name(class) = ev {
+            match class {
+                NameClass::Uri => {
+                    self.watch = Watch::Uri;
+                    self.uri.at = self.tok_at;
+                }
+                NameClass::Ef => {
+                    self.watch = Watch::Ef(EfStep::Open);
+                    self.ef_at = self.tok_at;
+                    let at = self.sighting("EF", self.tok_at);
+                    self.ef.seen.get_or_insert(at);
+                }
+                NameClass::EmbeddedFiles => {
+                    let at = self.sighting("EmbeddedFiles", self.tok_at);
+                    self.ef.seen.get_or_insert(at);
+                }
+                NameClass::Val(NameVal::EmbeddedFile) => {
+                    let at = self.sighting("EmbeddedFile", self.tok_at);
+                    self.ef.seen.get_or_insert(at);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The next decoded byte of a `/URI` string.
+    fn uri_byte(&mut self, b: u8) -> Result<(), Rejection> {
+        match self.uri.byte(b) {
+            UriVerdict::Pending => Ok(()),
+            UriVerdict::Fine => {
+                // Back to skipping the rest of the string.
+                self.watch = Watch::Idle;
+                Ok(())
+            }
+            UriVerdict::Bad => {
+                self.watch = Watch::Idle;
+                Err(self.uri.rejection(self.where_(self.uri.at)))
+            }
+        }
+    }
+
+    /// One byte of a literal string that is a `/URI` value (its escapes
+    /// decoded). Returns how many bytes were consumed (0 or 1).
+    fn uri_literal(&mut self, b: u8) -> Result<usize, Rejection> {
+        match self.uri.lit {
+            LitEsc::None => match b {
+                b'\\' => self.uri.lit = LitEsc::Backslash,
+                b'(' => {
+                    self.str_depth = self.str_depth.saturating_add(1);
+                    self.uri_byte(b)?;
+                }
+                b')' => {
+                    self.str_depth -= 1;
+                    if self.str_depth == 0 {
+                        self.state = State::Normal;
+                        self.on_value()?;
+                    } else {
+                        self.uri_byte(b)?;
+                    }
+                }
+                _ => self.uri_byte(b)?,
+            },
+            LitEsc::Backslash => {
+                self.uri.lit = LitEsc::None;
+                match b {
+                    b'n' => self.uri_byte(b'\n')?,
+                    b'r' => self.uri_byte(b'\r')?,
+                    b't' => self.uri_byte(b'\t')?,
+                    b'b' => self.uri_byte(0x08)?,
+                    b'f' => self.uri_byte(0x0C)?,
+                    b'0'..=b'7' => self.uri.lit = LitEsc::Octal(1, b - b'0'),
+                    // A line continuation: `\` and the end of line vanish.
+                    b'\r' => self.uri.lit = LitEsc::Cr,
+                    b'\n' => {}
+                    // `\(`, `\)`, `\\`, and an unknown escape: the byte itself.
+                    _ => self.uri_byte(b)?,
+                }
+            }
+            LitEsc::Octal(k, v) => {
+                if k < 3 && (b'0'..=b'7').contains(&b) {
+                    let v = v.wrapping_mul(8).wrapping_add(b - b'0');
+                    if k == 2 {
+                        self.uri.lit = LitEsc::None;
+                        self.uri_byte(v)?;
+                    } else {
+                        self.uri.lit = LitEsc::Octal(k + 1, v);
+                    }
+                } else {
+                    // The escape ended before this byte, which is read again.
+                    self.uri.lit = LitEsc::None;
+                    self.uri_byte(v)?;
+                    return Ok(0);
+                }
+            }
+            LitEsc::Cr => {
+                self.uri.lit = LitEsc::None;
+                if b != b'\n' {
+                    return Ok(0);
+                }
+            }
+        }
+        Ok(1)
+    }
+
+    /// One byte of a hex string that is a `/URI` value.
+    fn uri_hex(&mut self, b: u8) -> Result<(), Rejection> {
+        if b == b'>' {
+            if let Some(hi) = self.uri.hex_hi.take() {
+                // An odd final digit is followed by an implicit 0.
+                self.uri_byte(hi << 4)?;
+            }
+            self.state = State::Normal;
+            return self.on_value();
+        }
+        if let Some(v) = hex_val(b) {
+            match self.uri.hex_hi.take() {
+                None => self.uri.hex_hi = Some(v),
+                Some(hi) => self.uri_byte(hi << 4 | v)?,
+            }
+        }
+        // White-space (and any other byte) inside a hex string is skipped.
+        Ok(())
     }
 
     fn lex(&mut self, data: &[u8], base: u64) -> Result<Step, Rejection> {
@@ -419,6 +1050,9 @@ impl Lexer {
                                     self.str_depth = 1;
                                     self.str_escape = false;
                                     self.state = State::Literal;
+                                    if self.watch != Watch::Idle {
+                                        self.watch(Ev::StrStart)?;
+                                    }
                                 }
                                 b'<' => {
                                     self.tok_at = at;
@@ -429,7 +1063,7 @@ impl Lexer {
                                     self.state = State::Gt;
                                 }
                                 b'[' => self.open(false, at)?,
-                                b']' => self.close()?,
+                                b']' => self.close(false)?,
                                 // Stray `)`, `{` or `}`.
                                 _ => self.on_value()?,
                             }
@@ -486,13 +1120,12 @@ impl Lexer {
                             None
                         }
                     };
-                    if let Some((kw_at, dict)) = step {
-                        return Ok(Step::Stream {
-                            consumed: i,
-                            kw_at,
-                            dict,
-                        });
+                    if let Some(start) = step {
+                        return Ok(Step::Stream { consumed: i, start });
                     }
+                }
+                State::Literal if self.watch == Watch::UriStr => {
+                    i += self.uri_literal(data[i])?;
                 }
                 State::Literal => {
                     if self.str_escape {
@@ -519,6 +1152,10 @@ impl Lexer {
                         }
                     }
                 }
+                State::Hex if self.watch == Watch::UriStr => {
+                    self.uri_hex(data[i])?;
+                    i += 1;
+                }
                 State::Hex => match memchr::memchr(b'>', &data[i..]) {
                     Some(p) => {
                         i += p + 1;
@@ -535,13 +1172,16 @@ impl Lexer {
                     } else {
                         // A hex string; this byte is its first (or its `>`).
                         self.state = State::Hex;
+                        if self.watch != Watch::Idle {
+                            self.watch(Ev::StrStart)?;
+                        }
                     }
                 }
                 State::Gt => {
                     self.state = State::Normal;
                     if data[i] == b'>' {
                         i += 1;
-                        self.close()?;
+                        self.close(true)?;
                     } else {
                         self.on_value()?;
                     }
@@ -568,6 +1208,18 @@ impl Lexer {
                 self.on_value()
             }
             _ => Ok(()),
+        }?;
+        match self.watch {
+            // The data ended inside an `/EF` value.
+            Watch::Ef(_) => {
+                self.watch = Watch::Idle;
+                Err(self.active("an /EF that is not a dictionary of references", self.ef_at))
+            }
+            // A string that does not end: the file is malformed anyway.
+            _ => {
+                self.watch = Watch::Idle;
+                Ok(())
+            }
         }
     }
 
@@ -648,15 +1300,20 @@ impl Lexer {
     /// keep.
     fn name(&mut self, name: Option<&[u8]>) -> Result<(), Rejection> {
         let class = name.map_or(NameClass::Other, classify);
-        if class == NameClass::Active && self.reject_active {
-            return Err(Rejection::new(
-                RejectCode::PdfActiveContent,
-                format!(
-                    "PDF contains /{} {}",
-                    String::from_utf8_lossy(name.unwrap_or_default()),
-                    self.where_(self.tok_at)
-                ),
-            ));
+        if self.reject_active {
+            if class == NameClass::Active {
+                return Err(Rejection::new(
+                    RejectCode::PdfActiveContent,
+                    format!(
+                        "PDF contains /{} {}",
+                        String::from_utf8_lossy(name.unwrap_or_default()),
+                        self.where_(self.tok_at)
+                    ),
+                ));
+            }
+            if self.watch != Watch::Idle || class.is_watched() {
+                self.watch(Ev::Name(class))?;
+            }
         }
         if self.mode == Mode::ObjStm {
             return Ok(());
@@ -669,7 +1326,11 @@ impl Lexer {
             NameClass::Val(v) => v,
             _ => NameVal::Other,
         };
+        let body = self.obj_body;
         self.note_token();
+        if let ObjBody::Start(n) = body {
+            self.obj_body = ObjBody::Name(n, val);
+        }
         if self.top != Top::Dict {
             return Ok(());
         }
@@ -697,25 +1358,52 @@ impl Lexer {
 
     /// A keyword or number ended. Returns the `stream` keyword's offset and the
     /// dictionary before it when the token opens a stream.
-    fn end_word(&mut self) -> Result<Option<(u64, Option<DictInfo>)>, Rejection> {
+    fn end_word(&mut self) -> Result<Option<StreamStart>, Rejection> {
         let (buf, len) = (self.buf, self.len);
         self.len = 0;
         self.word((!self.overflow).then_some(&buf[..len]))
     }
 
     /// A keyword or number ended (`None`: too long to keep).
-    fn word(&mut self, word: Option<&[u8]>) -> Result<Option<(u64, Option<DictInfo>)>, Rejection> {
+    fn word(&mut self, word: Option<&[u8]>) -> Result<Option<StreamStart>, Rejection> {
+        let word = word.unwrap_or_default();
+        let num = parse_uint(word);
+        // `watch` is only ever set under the Reject policy.
+        if self.watch != Watch::Idle {
+            self.watch(match num {
+                Some(n) => Ev::Num(n),
+                None if word == b"R" => Ev::R,
+                None => Ev::Word,
+            })?;
+        }
         if self.mode == Mode::ObjStm {
             return Ok(None);
         }
-        let word = word.unwrap_or_default();
+        let ints = self.ints;
         match word {
             b"stream" => {
-                let dict = self.ready.take();
+                let start = StreamStart {
+                    kw_at: self.tok_at,
+                    dict: self.ready.take(),
+                    obj: self.cur_obj,
+                };
                 self.resync();
-                return Ok(Some((self.tok_at, dict)));
+                return Ok(Some(start));
             }
-            b"endstream" | b"obj" | b"endobj" | b"xref" | b"startxref" => self.resync(),
+            b"obj" => {
+                self.resync();
+                if let [Some(n), Some(_)] = ints {
+                    self.cur_obj = Some(n);
+                    self.obj_body = ObjBody::Start(n);
+                }
+            }
+            b"endobj" => {
+                if let ObjBody::Name(n, v) = self.obj_body {
+                    self.names.record(n, v);
+                }
+                self.resync();
+            }
+            b"endstream" | b"xref" | b"startxref" => self.resync(),
             b"trailer" => {
                 self.resync();
                 self.trailer_pending = true;
@@ -727,8 +1415,14 @@ impl Lexer {
                         // `N G R`: the value just assigned was a reference.
                         match self.last_valued {
                             Key::Length => self.dict.length = None,
-                            Key::Type => self.dict.ty = DictType::Unknown,
+                            Key::Type => {
+                                self.dict.ty = match ints[0].and_then(|n| self.names.get(n)) {
+                                    Some(v) => DictType::of(v),
+                                    None => DictType::Unresolved,
+                                }
+                            }
                             Key::Filter => self.dict.filter = FilterKind::Other,
+                            Key::Subtype => self.dict.subtype_xml = false,
                             _ => {}
                         }
                     } else {
@@ -742,9 +1436,12 @@ impl Lexer {
             }
             _ => {
                 self.note_token();
+                if num.is_some() {
+                    self.ints = [ints[1], num];
+                }
                 if self.depth == 1 && self.top == Top::Dict {
                     if !self.expect_key {
-                        let val = match parse_uint(word) {
+                        let val = match num {
                             Some(n) => Val::Int(n),
                             None if word == b"null" => Val::Null,
                             None => Val::Other,
@@ -763,6 +1460,9 @@ impl Lexer {
 
     /// A string or other non-name, non-composite value ended.
     fn on_value(&mut self) -> Result<(), Rejection> {
+        if self.watch != Watch::Idle {
+            self.watch(Ev::Value)?;
+        }
         if self.mode == Mode::ObjStm {
             return Ok(());
         }
@@ -786,6 +1486,9 @@ impl Lexer {
                 self.max_nesting,
                 self.where_(at)
             )));
+        }
+        if self.watch != Watch::Idle {
+            self.watch(Ev::Open(dict))?;
         }
         self.depth += 1;
         if self.mode == Mode::ObjStm {
@@ -822,10 +1525,13 @@ impl Lexer {
         Ok(())
     }
 
-    fn close(&mut self) -> Result<(), Rejection> {
+    fn close(&mut self, dict: bool) -> Result<(), Rejection> {
         if self.depth == 0 {
             // A stray `]` or `>>`.
             return self.on_value();
+        }
+        if self.watch != Watch::Idle {
+            self.watch(Ev::Close(dict))?;
         }
         self.depth -= 1;
         if self.mode == Mode::ObjStm {
@@ -876,8 +1582,7 @@ impl Lexer {
             }
             Key::Type => {
                 self.dict.ty = match val {
-                    Val::Name(NameVal::ObjStm) => DictType::ObjStm,
-                    Val::Name(NameVal::XRef) => DictType::XRef,
+                    Val::Name(v) => DictType::of(v),
                     _ => DictType::Unknown,
                 }
             }
@@ -895,6 +1600,9 @@ impl Lexer {
                     _ => None,
                 }
             }
+            Key::N => self.dict.has_n = true,
+            Key::First => self.dict.has_first = true,
+            Key::Subtype => self.dict.subtype_xml = matches!(val, Val::Name(NameVal::Xml)),
             _ => {}
         }
         self.last_valued = self.pending;
@@ -903,11 +1611,14 @@ impl Lexer {
         Ok(())
     }
 
-    /// Any token: a closed dictionary is no longer followed by `stream`, and a
-    /// `trailer` keyword no longer by its dictionary. Returns whether a
+    /// Any token: a closed dictionary is no longer followed by `stream`, a
+    /// `trailer` keyword no longer by its dictionary, and the tokens before
+    /// are no longer `N G` of `N G obj` or `N G R`. Returns whether a
     /// `trailer` keyword came right before.
     fn note_token(&mut self) -> bool {
         self.ready = None;
+        self.ints = [None; 2];
+        self.obj_body = ObjBody::None;
         std::mem::take(&mut self.trailer_pending)
     }
 
@@ -921,32 +1632,65 @@ impl Lexer {
         self.sub_is_value = false;
         self.expect_key = false;
         self.pending = Key::None;
+        self.ints = [None; 2];
+        self.cur_obj = None;
+        self.obj_body = ObjBody::None;
     }
 }
 
 /// What a name means to the scanner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NameClass {
-    /// Active content.
+    /// Active content whatever its place.
     Active,
+    /// `/URI`: its string value is checked.
+    Uri,
+    /// `/EF`: its value must be a dictionary of references.
+    Ef,
+    /// `/EmbeddedFiles`.
+    EmbeddedFiles,
     Key(Key),
     Val(NameVal),
     Other,
 }
 
+impl NameClass {
+    /// `Lexer::watch` has something to do with it even when idle.
+    fn is_watched(self) -> bool {
+        matches!(
+            self,
+            NameClass::Uri
+                | NameClass::Ef
+                | NameClass::EmbeddedFiles
+                | NameClass::Val(NameVal::EmbeddedFile)
+        )
+    }
+}
+
 fn classify(name: &[u8]) -> NameClass {
     match name {
-        b"JavaScript" | b"JS" | b"Launch" | b"EmbeddedFile" | b"EmbeddedFiles" | b"RichMedia" => {
-            NameClass::Active
-        }
+        b"JavaScript" | b"JS" | b"Launch" | b"XFA" | b"RichMedia" | b"SubmitForm"
+        | b"ImportData" => NameClass::Active,
+        b"URI" => NameClass::Uri,
+        b"EF" => NameClass::Ef,
+        b"EmbeddedFiles" => NameClass::EmbeddedFiles,
         b"Type" => NameClass::Key(Key::Type),
         b"Filter" => NameClass::Key(Key::Filter),
         b"Length" => NameClass::Key(Key::Length),
         b"DecodeParms" => NameClass::Key(Key::DecodeParms),
         b"Encrypt" => NameClass::Key(Key::Encrypt),
+        b"N" => NameClass::Key(Key::N),
+        b"First" => NameClass::Key(Key::First),
+        b"Subtype" => NameClass::Key(Key::Subtype),
         b"ObjStm" => NameClass::Val(NameVal::ObjStm),
         b"XRef" => NameClass::Val(NameVal::XRef),
         b"FlateDecode" => NameClass::Val(NameVal::FlateDecode),
+        b"EmbeddedFile" => NameClass::Val(NameVal::EmbeddedFile),
+        _ if name.eq_ignore_ascii_case(b"text/xml")
+            || name.eq_ignore_ascii_case(b"application/xml") =>
+        {
+            NameClass::Val(NameVal::Xml)
+        }
         _ => NameClass::Other,
     }
 }
@@ -972,9 +1716,57 @@ enum Sink {
     Inflate,
 }
 
+/// Whether the decoded data of a stream starts like XML: an optional UTF-8
+/// BOM, at most `XML_WS_CAP` bytes of XML white-space, then `<`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// This many bytes of a UTF-8 BOM matched.
+    Bom(u8),
+    /// After the BOM: this many bytes of white-space.
+    Ws(u32),
+    Xml,
+    NotXml,
+}
+
+impl Probe {
+    fn feed(&mut self, bytes: &[u8]) {
+        const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+        for &b in bytes {
+            *self = match *self {
+                Probe::Bom(k) if b == BOM[k as usize] => {
+                    if k == 2 {
+                        Probe::Ws(0)
+                    } else {
+                        Probe::Bom(k + 1)
+                    }
+                }
+                Probe::Bom(0) | Probe::Ws(_) if b == b'<' => Probe::Xml,
+                Probe::Bom(0) if matches!(b, b' ' | b'\t' | b'\r' | b'\n') => Probe::Ws(1),
+                Probe::Ws(n) if matches!(b, b' ' | b'\t' | b'\r' | b'\n') && n < XML_WS_CAP => {
+                    Probe::Ws(n + 1)
+                }
+                Probe::Xml => Probe::Xml,
+                _ => Probe::NotXml,
+            };
+            if self.decided() {
+                return;
+            }
+        }
+    }
+
+    fn decided(self) -> bool {
+        matches!(self, Probe::Xml | Probe::NotXml)
+    }
+}
+
+/// The decoder for the streams whose data is looked at: object streams (their
+/// decoded data is lexed) and candidate XML embedded files (only their first
+/// decoded bytes are probed).
 #[derive(Debug)]
 struct ObjStm {
     sink: Sink,
+    /// Set while probing an embedded file rather than lexing an object stream.
+    probe: Option<Probe>,
     /// Offset of the `stream` keyword.
     at: u64,
     /// Decoded bytes of this stream so far.
@@ -993,6 +1785,7 @@ impl ObjStm {
     fn new(limits: &Limits) -> Self {
         Self {
             sink: Sink::Off,
+            probe: None,
             at: 0,
             produced: 0,
             total: 0,
@@ -1005,8 +1798,20 @@ impl ObjStm {
         }
     }
 
+    /// Starts probing the data of a candidate XML embedded file.
+    fn begin_probe(&mut self, sink: Sink, at: u64) {
+        self.begin(sink, at);
+        self.probe = Some(Probe::Bom(0));
+    }
+
+    /// Ends a probe: whether the data starts like XML.
+    fn take_probe(&mut self) -> bool {
+        self.probe.take() == Some(Probe::Xml)
+    }
+
     fn begin(&mut self, sink: Sink, at: u64) {
         self.sink = sink;
+        self.probe = None;
         self.at = at;
         self.produced = 0;
         self.lexer.reset(at);
@@ -1032,6 +1837,13 @@ impl ObjStm {
         match self.sink {
             Sink::Off => Ok(()),
             Sink::Raw => {
+                if let Some(p) = &mut self.probe {
+                    p.feed(bytes);
+                    if p.decided() {
+                        self.sink = Sink::Off;
+                    }
+                    return Ok(());
+                }
                 let base = self.produced;
                 self.produced += bytes.len() as u64;
                 self.lexer.lex(bytes, base).map(|_| ())
@@ -1052,10 +1864,11 @@ impl ObjStm {
 
     /// The stream ended.
     fn end(&mut self, deferred: &mut Option<Rejection>) -> Result<(), Rejection> {
-        let result = match self.sink {
-            Sink::Off => Ok(()),
-            Sink::Raw => self.lexer.flush(),
-            Sink::Inflate => self.pump(deferred).and_then(|()| self.lexer.flush()),
+        let result = match (self.sink, self.probe.is_some()) {
+            (Sink::Off, _) | (Sink::Raw, true) => Ok(()),
+            (Sink::Raw, false) => self.lexer.flush(),
+            (Sink::Inflate, true) => self.pump(deferred),
+            (Sink::Inflate, false) => self.pump(deferred).and_then(|()| self.lexer.flush()),
         };
         self.sink = Sink::Off;
         result
@@ -1067,6 +1880,37 @@ impl ObjStm {
             return Ok(());
         };
         let mut input = &self.stage[..];
+        if let Some(probe) = &mut self.probe {
+            // A probe: at most a few KiB are inflated, outside the inflate
+            // limits (it gives no verdict of its own), and corrupt data only
+            // means "not XML".
+            while !probe.decided() {
+                let (in0, out0) = (inflater.total_in(), inflater.total_out());
+                let room = self.out.len().min(4096);
+                let status =
+                    inflater.decompress(input, &mut self.out[..room], FlushDecompress::None);
+                let used = (inflater.total_in() - in0) as usize;
+                let made = (inflater.total_out() - out0) as usize;
+                input = &input[used..];
+                probe.feed(&self.out[..made]);
+                match status {
+                    Err(_) | Ok(Status::StreamEnd) => {
+                        if !probe.decided() {
+                            *probe = Probe::NotXml;
+                        }
+                    }
+                    Ok(_) if (used == 0 && made == 0) || (input.is_empty() && made < room) => {
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            self.stage.clear();
+            if probe.decided() {
+                self.sink = Sink::Off;
+            }
+            return Ok(());
+        }
         loop {
             let room = (self.out.len() as u64)
                 .min(
@@ -1155,6 +1999,12 @@ enum Phase {
 #[derive(Debug)]
 struct StreamSkip {
     kw_at: u64,
+    /// The number of its object (`N G obj`), if known.
+    obj: Option<u64>,
+    /// Its dictionary says `/Type /EmbeddedFile`.
+    embedded: bool,
+    /// Its first decoded bytes are probed for XML.
+    probing: bool,
     /// The stream is an object stream.
     objstm: bool,
     length: Option<u64>,
@@ -1198,6 +2048,121 @@ impl StreamSkip {
 }
 
 // ---------------------------------------------------------------------------
+// Embedded files
+// ---------------------------------------------------------------------------
+
+/// The stream objects seen, as far as embedded files go (Reject policy).
+///
+/// An embedded file is allowed only when every definition of every object an
+/// `/EF` dictionary references is an approved XML stream: `/Type
+/// /EmbeddedFile`, `/Subtype` `text/xml` or `application/xml`, no filter or
+/// FlateDecode without parameters, and decoded data that starts with `<`
+/// (after an optional UTF-8 BOM and white-space). The `/EF` dictionaries may
+/// come before or after the streams, so both sides are remembered: the approved
+/// object numbers (at most `APPROVED_CAP`) and every object number that has an
+/// unapproved stream definition (one bit each below `UNAPPROVED_BITS`, one flag
+/// for all the others, and one for streams whose `N G obj` was not seen).
+#[derive(Debug)]
+struct Files {
+    approved: [u64; APPROVED_CAP],
+    approved_len: usize,
+    /// Bitmap, allocated on the first stream object.
+    unapproved: Vec<u64>,
+    unapproved_big: bool,
+    unapproved_anon: bool,
+    /// A `/Type /EmbeddedFile` stream that is not approved: its offset.
+    bad_stream: Option<u64>,
+}
+
+impl Files {
+    fn new() -> Self {
+        Self {
+            approved: [0; APPROVED_CAP],
+            approved_len: 0,
+            unapproved: Vec::new(),
+            unapproved_big: false,
+            unapproved_anon: false,
+            bad_stream: None,
+        }
+    }
+
+    /// A stream object ended.
+    fn stream(&mut self, obj: Option<u64>, approved: bool) {
+        match obj {
+            Some(n) if approved => {
+                if !self.approved[..self.approved_len].contains(&n)
+                    && let Some(slot) = self.approved.get_mut(self.approved_len)
+                {
+                    *slot = n;
+                    self.approved_len += 1;
+                }
+                // Past the cap the stream counts as not approved.
+                if self.approved_len == APPROVED_CAP && !self.approved.contains(&n) {
+                    self.unapprove(n);
+                }
+            }
+            Some(n) => self.unapprove(n),
+            None => self.unapproved_anon = true,
+        }
+    }
+
+    fn unapprove(&mut self, n: u64) {
+        if n >= UNAPPROVED_BITS {
+            self.unapproved_big = true;
+            return;
+        }
+        if self.unapproved.is_empty() {
+            self.unapproved = vec![0; (UNAPPROVED_BITS / 64) as usize];
+        }
+        self.unapproved[(n / 64) as usize] |= 1 << (n % 64);
+    }
+
+    /// Whether object `n` is an approved XML embedded file, in every definition.
+    fn ok(&self, n: u64) -> bool {
+        let unapproved = if n >= UNAPPROVED_BITS {
+            self.unapproved_big
+        } else {
+            self.unapproved
+                .get((n / 64) as usize)
+                .is_some_and(|w| w & (1 << (n % 64)) != 0)
+        };
+        self.approved[..self.approved_len].contains(&n) && !unapproved && !self.unapproved_anon
+    }
+
+    /// The verdict at the end of the file, given what the lexers saw.
+    fn verdict(&self, ef: &EfLog) -> Result<(), Rejection> {
+        let active = |detail: String| Err(Rejection::new(RejectCode::PdfActiveContent, detail));
+        if let Some(at) = self.bad_stream {
+            return active(format!(
+                "PDF contains an embedded file (/EmbeddedFile stream at offset {at}) that is not XML data"
+            ));
+        }
+        if let Some(o) = ef.overflow {
+            return active(format!(
+                "PDF contains more than {EF_CAP} embedded files (/EF {})",
+                where_str(o.objstm, o.at)
+            ));
+        }
+        if ef.len == 0 {
+            if let Some(seen) = ef.seen {
+                return active(format!(
+                    "PDF contains /{} {} and no embedded file that is XML data",
+                    seen.name,
+                    where_str(seen.objstm, seen.at)
+                ));
+            }
+            return Ok(());
+        }
+        match ef.refs[..ef.len].iter().find(|&&n| !self.ok(n)) {
+            Some(n) => active(format!(
+                "PDF contains an embedded file (object {n}, referenced from /EF) that is not XML data"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Scanner
 // ---------------------------------------------------------------------------
 
@@ -1206,8 +2171,11 @@ impl StreamSkip {
 pub struct PdfScanner {
     /// Bytes fed so far.
     offset: u64,
-    /// The first bytes, while the header is not found yet.
-    head: Option<Vec<u8>>,
+    /// The first bytes, while the header is not checked yet.
+    head: [u8; HEADER_BUF],
+    head_len: usize,
+    /// The header checked out; the lexer has the bytes so far.
+    header_done: bool,
     lexer: Lexer,
     stream: Option<StreamSkip>,
     objstm: ObjStm,
@@ -1220,6 +2188,8 @@ pub struct PdfScanner {
     sig_len: usize,
     /// A malformed verdict held back until the end (see the module docs).
     deferred: Option<Rejection>,
+    reject_active: bool,
+    files: Files,
     verdict: Option<Rejection>,
     finished: Option<Result<(), Rejection>>,
 }
@@ -1228,7 +2198,9 @@ impl PdfScanner {
     pub fn new(limits: &Limits) -> Self {
         Self {
             offset: 0,
-            head: Some(Vec::with_capacity(HEADER_BUF)),
+            head: [0; HEADER_BUF],
+            head_len: 0,
+            header_done: false,
             lexer: Lexer::new(Mode::File, limits),
             stream: None,
             objstm: ObjStm::new(limits),
@@ -1238,6 +2210,8 @@ impl PdfScanner {
             sig_tail: [0; 5],
             sig_len: 0,
             deferred: None,
+            reject_active: limits.pdf_active_content == ActiveContentPolicy::Reject,
+            files: Files::new(),
             verdict: None,
             finished: None,
         }
@@ -1277,29 +2251,31 @@ impl PdfScanner {
         self.track_tail(chunk);
         let base = self.offset;
         self.offset += chunk.len() as u64;
-        if let Some(head) = &mut self.head {
-            let take = (HEADER_BUF - head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..take]);
-            let Some(p) = header_state(head)? else {
+        if !self.header_done {
+            let take = (HEADER_BUF - self.head_len).min(chunk.len());
+            self.head[self.head_len..self.head_len + take].copy_from_slice(&chunk[..take]);
+            self.head_len += take;
+            if !header_state(&self.head[..self.head_len])? {
                 return Ok(());
-            };
-            let head = self.head.take().unwrap_or_default();
-            self.body(&head[p..], p as u64)?;
+            }
+            self.header_done = true;
+            let head = self.head;
+            self.body(&head, 0)?;
             return self.body(&chunk[take..], base + take as u64);
         }
         self.body(chunk, base)
     }
 
     fn finish_inner(&mut self) -> Result<(), Rejection> {
-        if let Some(head) = &self.head {
-            let window = &head[..head.len().min(HEADER_WINDOW)];
-            let Some(p) = memmem::find(window, MARKER) else {
+        if !self.header_done {
+            let head = &self.head[..self.head_len];
+            if !head.starts_with(MARKER) {
                 return Err(no_header());
-            };
-            if let Some(v) = head.get(p + 5..p + 8)
+            }
+            if let Some(v) = head.get(5..8)
                 && !version_ok(v)
             {
-                return Err(bad_version(p, v));
+                return Err(bad_version(v));
             }
             return Err(no_eof());
         }
@@ -1325,6 +2301,9 @@ impl PdfScanner {
         if let Some(d) = self.deferred.take() {
             return Err(d);
         }
+        if self.reject_active {
+            return self.files.verdict(&self.lexer.ef);
+        }
         Ok(())
     }
 
@@ -1348,13 +2327,9 @@ impl PdfScanner {
             } else {
                 match self.lexer.lex(&data[i..], base + i as u64)? {
                     Step::Done => break,
-                    Step::Stream {
-                        consumed,
-                        kw_at,
-                        dict,
-                    } => {
+                    Step::Stream { consumed, start } => {
                         i += consumed;
-                        self.start_stream(kw_at, dict);
+                        self.start_stream(start)?;
                     }
                 }
             }
@@ -1362,40 +2337,64 @@ impl PdfScanner {
         Ok(())
     }
 
-    fn start_stream(&mut self, kw_at: u64, dict: Option<DictInfo>) {
-        if let Some(d) = dict
-            && d.ty == DictType::ObjStm
-        {
-            let problem = if d.decode_parms {
-                Some("has /DecodeParms (predictors are not supported)")
-            } else {
-                match d.filter {
-                    FilterKind::None => {
-                        self.objstm.begin(Sink::Raw, kw_at);
-                        None
-                    }
-                    FilterKind::Flate => {
-                        self.objstm.begin(Sink::Inflate, kw_at);
-                        None
-                    }
-                    FilterKind::Other => Some("uses a filter other than /FlateDecode"),
+    fn start_stream(&mut self, start: StreamStart) -> Result<(), Rejection> {
+        let StreamStart { kw_at, dict, obj } = start;
+        let d = dict.unwrap_or(DictInfo::new(false));
+        if let Some(at) = d.encrypt_at {
+            // Only a cross-reference stream has `/Encrypt`, however its `/Type`
+            // is written (or left out).
+            return Err(Rejection::new(
+                RejectCode::PdfEncrypted,
+                format!("PDF is encrypted (/Encrypt in stream dictionary at offset {at})"),
+            ));
+        }
+        // What a reader would take for an object stream: qpdf reads one through
+        // `/N` and `/First`, whatever `/Type` says.
+        let objstm = dict.is_some()
+            && (matches!(d.ty, DictType::ObjStm | DictType::Unresolved)
+                || (d.has_n && d.has_first));
+        let sink = match (d.decode_parms, d.filter) {
+            (false, FilterKind::None) => Some(Sink::Raw),
+            (false, FilterKind::Flate) => Some(Sink::Inflate),
+            _ => None,
+        };
+        let embedded = d.ty == DictType::EmbeddedFile;
+        let mut probing = false;
+        if objstm {
+            match sink {
+                Some(sink) => self.objstm.begin(sink, kw_at),
+                None => {
+                    let problem = if d.decode_parms {
+                        "has /DecodeParms (predictors are not supported)"
+                    } else {
+                        "uses a filter other than /FlateDecode"
+                    };
+                    self.deferred.get_or_insert_with(|| {
+                        Rejection::malformed(format!("object stream at offset {kw_at} {problem}"))
+                    });
                 }
-            };
-            if let Some(problem) = problem {
-                self.deferred.get_or_insert_with(|| {
-                    Rejection::malformed(format!("object stream at offset {kw_at} {problem}"))
-                });
             }
+        } else if self.reject_active
+            && embedded
+            && d.subtype_xml
+            && let Some(sink) = sink
+        {
+            self.objstm.begin_probe(sink, kw_at);
+            probing = true;
         }
         self.stream = Some(StreamSkip {
             kw_at,
-            objstm: dict.is_some_and(|d| d.ty == DictType::ObjStm),
-            length: dict.and_then(|d| d.length),
+            obj,
+            embedded,
+            probing,
+            objstm,
+            length: d.length,
             phase: Phase::Eol,
             carry: [0; 8],
             carry_len: 0,
             early_end: None,
         });
+        Ok(())
     }
 
     /// Skips stream data; returns how many bytes of `data` were consumed. Ends
@@ -1461,6 +2460,11 @@ impl PdfScanner {
                                 s.length.unwrap_or(0)
                             )));
                         }
+                        if s.probing {
+                            // Not the data a reader would take: not approved.
+                            self.objstm.sink = Sink::Off;
+                            self.objstm.probe = Some(Probe::NotXml);
+                        }
                         if s.objstm {
                             self.objstm.sink = Sink::Off;
                             self.deferred.get_or_insert_with(|| {
@@ -1501,31 +2505,40 @@ impl PdfScanner {
     }
 
     fn end_stream(&mut self, consumed: usize) -> Result<usize, Rejection> {
-        self.stream = None;
+        let s = self.stream.take();
         self.objstm.end(&mut self.deferred)?;
         self.lexer.resync();
+        if self.reject_active
+            && let Some(s) = s
+        {
+            let approved = s.probing && self.objstm.take_probe();
+            if s.embedded && !approved {
+                self.files.bad_stream.get_or_insert(s.kw_at);
+            }
+            self.files.stream(s.obj, approved);
+            if s.objstm {
+                self.lexer.ef.merge(&mut self.objstm.lexer.ef);
+            }
+        }
         Ok(consumed)
     }
 }
 
-/// Looks for the header in the first bytes. `Ok(Some(p))`: a good header at
-/// `p`; `Ok(None)`: more bytes needed.
-fn header_state(head: &[u8]) -> Result<Option<usize>, Rejection> {
-    let window = &head[..head.len().min(HEADER_WINDOW)];
-    match memmem::find(window, MARKER) {
-        Some(p) => {
-            if head.len() < p + 9 {
-                return Ok(None);
-            }
-            let v = &head[p + 5..p + 8];
-            if !version_ok(v) || head[p + 8].is_ascii_digit() || head[p + 8] == b'.' {
-                return Err(bad_version(p, &head[p + 5..p + 9]));
-            }
-            Ok(Some(p))
-        }
-        None if head.len() >= HEADER_WINDOW => Err(no_header()),
-        None => Ok(None),
+/// Checks the first bytes. `Ok(true)`: a good header; `Ok(false)`: more bytes
+/// needed.
+fn header_state(head: &[u8]) -> Result<bool, Rejection> {
+    let n = head.len().min(MARKER.len());
+    if head[..n] != MARKER[..n] {
+        return Err(no_header());
     }
+    if head.len() < HEADER_BUF {
+        return Ok(false);
+    }
+    let v = &head[5..8];
+    if !version_ok(v) || head[8].is_ascii_digit() || head[8] == b'.' {
+        return Err(bad_version(&head[5..9]));
+    }
+    Ok(true)
 }
 
 fn version_ok(v: &[u8]) -> bool {
@@ -1535,13 +2548,13 @@ fn version_ok(v: &[u8]) -> bool {
 fn no_header() -> Rejection {
     Rejection::new(
         RejectCode::ContentMismatch,
-        "no %PDF- header in the first 1024 bytes",
+        "the body does not start with %PDF-",
     )
 }
 
-fn bad_version(at: usize, v: &[u8]) -> Rejection {
+fn bad_version(v: &[u8]) -> Rejection {
     Rejection::malformed(format!(
-        "PDF header at offset {at} has an unsupported version \"{}\"",
+        "PDF header has an unsupported version \"{}\"",
         v.escape_ascii()
     ))
 }
@@ -1561,4 +2574,140 @@ fn last5(a: &[u8], b: &[u8]) -> ([u8; 5], usize) {
     out[..keep].copy_from_slice(&a[a.len() - keep..]);
     out[keep..keep + b.len()].copy_from_slice(b);
     (out, keep + b.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds already-decoded string bytes to a `UriCheck`.
+    fn uri(bytes: &[u8]) -> UriVerdict {
+        let mut u = UriCheck::new(0);
+        for &b in bytes {
+            match u.byte(b) {
+                UriVerdict::Pending => {}
+                v => return v,
+            }
+        }
+        // The string ended undecided: no scheme.
+        UriVerdict::Fine
+    }
+
+    #[test]
+    fn uri_schemes() {
+        for ok in [
+            &b"https://x"[..],
+            b"HTTP://x",
+            b"mailto:a@b",
+            b"www.example.com/a:b",
+            b"/rel:x",
+            b"1a:b",
+            b":x",
+            b"",
+            b"\xC3\xA9javascript:x",
+            b"\xFE",
+            b"\xFF\xFEh\x00t\x00t\x00p\x00:\x00",
+            b"\xFF\xFF",
+            b"\xFE\xFF\x00h\x00t\x00t\x00p\x00:",
+            b"\xEF\xBB\xBFhttps:",
+            b"\xEF\xBBjavascript:",
+        ] {
+            assert_eq!(uri(ok), UriVerdict::Fine, "{}", ok.escape_ascii());
+        }
+        for bad in [
+            &b"javascript:x"[..],
+            b"JaVaScRiPt:x",
+            b" \x01\x1f javascript:x",
+            b"java\tscr\nipt\r:x",
+            b"\t\n javascript:",
+            b"file:///x",
+            b"ms-msdt:x",
+            b"a+b.c-d:x",
+            b"https+x:",
+            b"\xFE\xFF\x00j\x00s\x00:",
+            b"\xFF\xFEj\x00s\x00:\x00",
+            b"\xEF\xBB\xBFdata:",
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:",
+        ] {
+            assert_eq!(uri(bad), UriVerdict::Bad, "{}", bad.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn uri_utf16_non_ascii_unit_ends_the_scheme() {
+        // U+FF4A (fullwidth j) is no ASCII letter.
+        assert_eq!(uri(b"\xFE\xFF\xFF\x4A\x00s\x00:"), UriVerdict::Fine);
+        assert_eq!(uri(b"\xFE\xFF\x00j\x01s\x00:"), UriVerdict::Fine);
+    }
+
+    fn probe(data: &[u8]) -> bool {
+        let mut p = Probe::Bom(0);
+        p.feed(data);
+        p == Probe::Xml
+    }
+
+    #[test]
+    fn xml_probe() {
+        assert!(probe(b"<?xml version='1.0'?>"));
+        assert!(probe(b"\xEF\xBB\xBF<a/>"));
+        assert!(probe(b"\xEF\xBB\xBF \r\n\t<a/>"));
+        assert!(probe(b"\n\n<a/>"));
+        assert!(!probe(b""));
+        assert!(!probe(b"   "));
+        assert!(!probe(b"MZ"));
+        assert!(!probe(b"%PDF-1.7"));
+        assert!(!probe(b"\xEF\xBB<a/>"));
+        assert!(!probe(b"\xEF\xBB\xBF\xEF\xBB\xBF<a/>"));
+        assert!(!probe(b"\xFE\xFF\x00<"));
+        assert!(!probe(&[vec![b' '; 1025], b"<a/>".to_vec()].concat()));
+        assert!(probe(&[vec![b' '; 1024], b"<a/>".to_vec()].concat()));
+        // Fed in pieces: the same.
+        let mut p = Probe::Bom(0);
+        for b in b"\xEF\xBB\xBF  <" {
+            p.feed(&[*b]);
+        }
+        assert_eq!(p, Probe::Xml);
+    }
+
+    #[test]
+    fn ef_log_dedups_and_caps() {
+        let at = Sighting {
+            name: "EF",
+            at: 1,
+            objstm: None,
+        };
+        let mut log = EfLog::new();
+        for n in 0..EF_CAP as u64 {
+            log.add(n, at);
+            log.add(n, at);
+        }
+        assert_eq!(log.len, EF_CAP);
+        assert!(log.overflow.is_none());
+        log.add(1000, at);
+        assert!(log.overflow.is_some());
+    }
+
+    #[test]
+    fn files_every_definition_counts() {
+        let mut f = Files::new();
+        f.stream(Some(7), true);
+        assert!(f.ok(7));
+        f.stream(Some(7), false);
+        assert!(!f.ok(7));
+        let mut f = Files::new();
+        f.stream(Some(70_000), true);
+        assert!(f.ok(70_000));
+        f.stream(Some(90_000), false);
+        assert!(!f.ok(70_000), "one flag stands for all big numbers");
+        let mut f = Files::new();
+        f.stream(Some(8), true);
+        f.stream(None, false);
+        assert!(!f.ok(8), "a stream without N G obj could be any object");
+        let mut f = Files::new();
+        for n in 0..APPROVED_CAP as u64 + 1 {
+            f.stream(Some(n), true);
+        }
+        assert!(f.ok(0));
+        assert!(!f.ok(APPROVED_CAP as u64), "past the cap: not approved");
+    }
 }
