@@ -1197,6 +1197,7 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     const MINIMAL: &str = r#"
 [auth]
@@ -1230,6 +1231,70 @@ file = "credentials.toml"
             matches!(&c.auth.keys, KeySource::JwksFile(p) if p == Path::new("/etc/gw/jwks.json"))
         );
         assert_eq!(c.credentials.file, Path::new("/etc/gw/credentials.toml"));
+    }
+
+    #[test]
+    fn store_settings_are_checked_without_redis() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("good.key"),
+            base64::engine::general_purpose::STANDARD.encode([3u8; 32]),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("short.key"), "AAAA").unwrap();
+        let with = |store: &str| Config::from_toml(&format!("{MINIMAL}\n{store}"), dir.path());
+        assert!(with("").unwrap().store.redis.is_none(), "memory by default");
+        let c = with("[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\nencryption_key_file = \"good.key\"\n").unwrap();
+        let redis = c.store.redis.unwrap();
+        assert_eq!(redis.urls, ["redis://127.0.0.1:6379/0"]);
+        assert_eq!(redis.key_prefix, DEFAULT_STORE_KEY_PREFIX);
+        assert_eq!(redis.timeout, DEFAULT_STORE_TIMEOUT);
+        let c = with("[store]\nbackend = \"redis\"\nurl = \"redis://a:7000, redis://b:7001,redis://c:7002\"\nencryption_key_file = \"good.key\"\ntimeout_ms = 20\n").unwrap();
+        assert_eq!(c.store.redis.unwrap().urls.len(), 3, "cluster seeds");
+        let problems = with("[store]\nbackend = \"redis\"\nurl = \"http://x\"\nencryption_key_file = \"short.key\"\ntimeout_ms = 0\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("store.url `http://x`")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("store.encryption_key_file")
+                    && p.ends_with("holds 3 bytes, expected 32")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("store.timeout_ms")),
+            "{problems:?}"
+        );
+        let problems = with("[store]\nbackend = \"redis\"\n").unwrap_err().0;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("store.url is required"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("store.encryption_key_file is required"))
+        );
+        let problems = with("[store]\nbackend = \"memcached\"\n").unwrap_err().0;
+        assert!(problems[0].starts_with("store.backend `memcached`"));
+        let problems = with("[store]\nurl = \"redis://x:1\"\n").unwrap_err().0;
+        assert!(problems[0].contains("only used with store.backend = \"redis\""));
+        let problems = with("[store]\nbackend = \"redis\"\nurl = \"redis://x:99999\"\nencryption_key_file = \"none.key\"\n").unwrap_err().0;
+        assert!(
+            problems.iter().any(|p| p.contains("is not a port")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.ends_with("no such file")),
+            "{problems:?}"
+        );
     }
 
     #[test]
