@@ -304,6 +304,9 @@ pub struct ServerConfig {
     pub min_body_rate: MinBodyRate,
     /// The whole body must have arrived within this (`408 body_timeout`).
     pub body_deadline: Duration,
+    /// Streams one HTTP/2 connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// Over every 10 s window that ends after `grace`, a body must bring at least
@@ -331,6 +334,8 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MIN_BODY_RATE_BYTES_PER_S: u64 = 1024;
 pub const DEFAULT_MIN_BODY_RATE_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(300);
+/// Streams per HTTP/2 connection; RFC 9113 §6.5.2 recommends no fewer than 100.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 #[derive(Debug, Default, Deserialize)]
 struct RawServer {
@@ -368,6 +373,10 @@ struct RawServer {
     spool_max_bytes: Option<u64>,
     /// Default [`DEFAULT_MIN_BODY_RATE_GRACE`].
     min_body_rate_grace_s: Option<f64>,
+    /// Default [`DEFAULT_H2_MAX_CONCURRENT_STREAMS`]: requests one HTTP/2
+    /// (h2c) connection may have open at once; each is a request like an
+    /// HTTP/1.1 one, under every limit.
+    h2_max_concurrent_streams: Option<u32>,
 }
 
 impl RawServer {
@@ -431,6 +440,11 @@ impl RawServer {
                     DEFAULT_MIN_BODY_RATE_GRACE,
                 ),
             },
+            h2_max_concurrent_streams: cx.positive(
+                "server.h2_max_concurrent_streams",
+                self.h2_max_concurrent_streams.map(|n| n as usize),
+                DEFAULT_H2_MAX_CONCURRENT_STREAMS as usize,
+            ) as u32,
         }
     }
 }
@@ -1218,6 +1232,7 @@ file = "credentials.toml"
         assert_eq!(c.server.body_idle_timeout, Duration::from_secs(30));
         assert_eq!(c.server.drain_delay, Duration::from_secs(5));
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.server.h2_max_concurrent_streams, 100);
         assert_eq!(c.upstream.base_url, "https://www.concursolutions.com");
         assert_eq!(c.upstream.timeout, Duration::from_secs(90));
         assert_eq!(c.auth.user_claim, "sub");
@@ -1304,6 +1319,7 @@ file = "credentials.toml"
 listen = "nowhere"
 lisen = "typo"
 header_read_timeout_s = 0
+h2_max_concurrent_streams = 0
 [upstream]
 base_url = "http://plain.example.com"
 [auth]
@@ -1322,6 +1338,7 @@ x = 1
             "unknown key `server.lisen`",
             "unknown key `bogus`",
             "server.header_read_timeout_s",
+            "server.h2_max_concurrent_streams must be greater than 0",
             "must be an https:// URL",
             "auth.issuer is required",
             "one of jwks_file, jwks_url or hs256_secret_file",
@@ -1331,7 +1348,7 @@ x = 1
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        assert!(errs.len() >= 10, "{errs:#?}");
+        assert!(errs.len() >= 11, "{errs:#?}");
     }
 
     #[test]

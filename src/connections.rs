@@ -13,13 +13,16 @@
 //! request finishes it first) and the new one is served. Only when every
 //! connection is busy with a request is a new one closed unanswered.
 //!
+//! On HTTP/2 a connection carries many requests at once (streams): it is
+//! busy while any of them is being served, and idle otherwise.
+//!
 //! Evictions still in progress are bounded ([`EVICTION_SLACK`]): the table
 //! never holds more than `max_connections + EVICTION_SLACK` sockets.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +75,16 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.active.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
+    }
+
+    /// How long the connection has served no request; `None` while it serves
+    /// one (on HTTP/2, while any of its streams is being served).
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.idle_since.load(Ordering::Acquire);
+        Some(Duration::from_nanos(self.now().saturating_sub(since)))
     }
 
     fn now(&self) -> u64 {
@@ -199,6 +212,21 @@ mod tests {
         assert_eq!(conns.len(), 3);
         drop(second);
         assert_eq!(conns.len(), 2);
+    }
+
+    #[test]
+    fn idle_time_counts_from_the_last_request_and_not_while_serving() {
+        let conns = Connections::new(4);
+        let t = conns.admit().1.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(t.activity.idle_for().unwrap() >= Duration::from_millis(5));
+        let a = t.activity.begin();
+        let b = t.activity.begin();
+        assert_eq!(t.activity.idle_for(), None);
+        drop(a);
+        assert_eq!(t.activity.idle_for(), None, "one stream still served");
+        drop(b);
+        assert!(t.activity.idle_for().unwrap() < Duration::from_millis(5));
     }
 
     #[test]

@@ -14,13 +14,22 @@
 //!   parsed past it; the size is recomputed from the parsed head
 //!   (`431 request_head_too_large`);
 //! - exactly one valid `Host` (RFC 9112 §3.2; `400 invalid_request`); for
-//!   HTTP/2 the `:authority` pseudo-header may stand in for it;
+//!   HTTP/2 the `:authority` pseudo-header may stand in for it, and when both
+//!   are sent they must agree (RFC 9113 §8.3.1);
 //! - a `Transfer-Encoding` must be exactly `chunked`: `gzip, chunked` or
 //!   `identity, chunked` use codings the gateway does not implement
 //!   (`501 not_implemented`, RFC 9112 §6.1);
 //! - at most one `Authorization` header (`400 invalid_request`): with two,
 //!   which one a component honours is a matter of implementation, the classic
 //!   seed of a confused deputy.
+//!
+//! On HTTP/2 (h2c, `server.rs`) the h2 crate under hyper resets the stream
+//! (`PROTOCOL_ERROR`) before any of this runs for what RFC 9113 §8.2.2 and
+//! §8.1.1 call malformed: connection-specific fields (`Transfer-Encoding`,
+//! `Connection`, ...), an unparsable or conflicting `content-length`, and
+//! DATA that ends short of or runs past the declared `content-length` (the
+//! body then fails mid-stream, so the upload to Concur is aborted). The same
+//! checks below then run on every stream.
 
 use http::{HeaderMap, Method, Uri, Version, header};
 
@@ -92,6 +101,13 @@ fn check_host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Ga
     };
     if !valid_host(value) {
         return Err(GatewayError::InvalidRequest("invalid Host header"));
+    }
+    // RFC 9113 §8.3.1: two names for the target must agree.
+    if version == Version::HTTP_2
+        && let Some(authority) = uri.authority()
+        && !authority.as_str().as_bytes().eq_ignore_ascii_case(value)
+    {
+        return Err(GatewayError::InvalidRequest("Host differs from :authority"));
     }
     Ok(())
 }
@@ -192,6 +208,17 @@ mod tests {
             )
             .is_ok()
         );
+        let h2 = |host: &str| {
+            check(
+                &Method::POST,
+                &Uri::from_static("http://gw.local/api/image/v1.0/receipt"),
+                Version::HTTP_2,
+                &head(&[("host", host)]),
+            )
+            .map_err(|e| e.code())
+        };
+        assert_eq!(h2("GW.local"), Ok(()));
+        assert_eq!(h2("other.local"), Err("invalid_request"));
     }
 
     #[test]

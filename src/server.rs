@@ -14,6 +14,27 @@
 //!
 //! At `server.max_connections` the longest-idle connection makes room for a
 //! new one (`connections.rs`).
+//!
+//! One port, two protocols: HTTP/1.1, and HTTP/2 over cleartext with prior
+//! knowledge (h2c), chosen by the first bytes (the HTTP/2 connection preface;
+//! hyper-util's `auto` builder). There is no TLS on the listener and no
+//! `Upgrade: h2c` from HTTP/1.1. Each HTTP/2 stream is one request through
+//! the same stack as an HTTP/1.1 one, so every limit holds per stream; what
+//! is particular to HTTP/2 is bounded here: streams per connection
+//! (`server.h2_max_concurrent_streams`), the header list (64 KiB, as an
+//! HTTP/1.1 head), streams reset by the client before they were served and
+//! streams reset for the client's protocol errors (CVE-2023-44487, "rapid
+//! reset": past either count the connection is closed with GOAWAY), and the
+//! request data a connection may make the gateway hold unread (the flow
+//! control windows, [`H2_STREAM_WINDOW`] and [`H2_CONNECTION_WINDOW`]).
+//!
+//! Idle connections: hyper closes an HTTP/1.1 connection that has not sent a
+//! complete head within `header_read_timeout_s`, but it has no such timer
+//! while it reads the first bytes to choose the protocol, nor on HTTP/2. So
+//! the accept loop closes any connection that has served no request for
+//! `header_read_timeout_s` (GOAWAY on HTTP/2), and a connection told to close
+//! (idle, evicted or drained) that has not finished within
+//! `shutdown_grace_s` is dropped.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,9 +44,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +66,26 @@ use crate::stack;
 /// `docs/benchmarks.md`). 64 KiB is also about Envoy's default head limit
 /// (60 KiB); nginx allows 4 × 8 KiB header lines.
 const READ_BUF_BYTES: usize = 64 * 1024;
+
+/// HTTP/2 flow control: how much of one stream's body the client may send
+/// ahead of what the gateway has read. 1 MiB keeps one upload at full speed
+/// up to about 1 GB/s × 1 ms of round trip, past a sidecar's loopback or a
+/// LAN; the protocol's default, 64 KiB, costs one 8 MiB upload about a
+/// third of its throughput even on loopback, and larger windows gain nothing
+/// measurable there (`docs/benchmarks.md`).
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// The same for a whole connection: what its streams together may have sent
+/// unread. It bounds the memory one HTTP/2 connection can pin with bodies the
+/// gateway is not reading yet (a stream waiting for a Concur slot, say);
+/// 100 streams of 1 MiB over one connection were no faster with 8 or 32 MiB.
+pub const H2_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Streams the client may open and reset before the gateway got to serve them
+/// (h2's default, CVE-2023-44487); past it the connection gets GOAWAY.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the gateway may reset for the client's protocol errors over a
+/// connection's life (a `content-length` the DATA does not match, say); past
+/// it the connection gets GOAWAY. A correct client makes none.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 /// Serves the gateway on `listener` and the admin endpoints on `admin` until
 /// `shutdown` completes, then drains as described above.
@@ -97,15 +140,29 @@ async fn accept_loop(
     drain: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let connections = Connections::new(gw.config.server.max_connections);
+    let server = &gw.config.server;
+    let connections = Connections::new(server.max_connections);
     let service = stack::build::<Incoming>(gw.clone());
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(gw.config.server.header_read_timeout)
+        .header_read_timeout(server.header_read_timeout)
         .max_buf_size(READ_BUF_BYTES)
         .max_headers(crate::framing::MAX_HEADER_FIELDS)
         .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.h2_max_concurrent_streams)
+        .max_header_list_size(crate::framing::MAX_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    let builder = Arc::new(builder);
+    let idle_limit = server.header_read_timeout;
+    let grace = server.shutdown_grace;
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -141,28 +198,49 @@ async fn accept_loop(
             inner: service.clone(),
             activity: ticket.activity.clone(),
         };
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let builder = builder.clone();
         let drain = drain.clone();
         tracker.spawn(async move {
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             tokio::pin!(conn);
+            // Until the connection is told to close: when to look at its idle
+            // time again. After: when to give up on it.
+            let timer = tokio::time::sleep(idle_limit);
+            tokio::pin!(timer);
             let mut closing = false;
             loop {
-                tokio::select! {
+                let close = tokio::select! {
                     result = conn.as_mut() => {
                         if let Err(e) = result {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                         break;
                     }
-                    _ = ticket.evict.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
+                    _ = ticket.evict.cancelled(), if !closing => true,
+                    _ = drain.cancelled(), if !closing => true,
+                    _ = timer.as_mut() => {
+                        if closing {
+                            tracing::debug!(%peer, "connection still open after the shutdown grace; dropping it");
+                            break;
+                        }
+                        match ticket.activity.idle_for() {
+                            Some(idle) if idle >= idle_limit => true,
+                            Some(idle) => {
+                                timer.as_mut().reset(Instant::now() + (idle_limit - idle));
+                                false
+                            }
+                            None => {
+                                timer.as_mut().reset(Instant::now() + idle_limit);
+                                false
+                            }
+                        }
                     }
-                    _ = drain.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                };
+                if close {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    timer.as_mut().reset(Instant::now() + grace);
                 }
             }
             drop(ticket);

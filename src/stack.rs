@@ -172,13 +172,14 @@ where
         // The path only: query strings may hold secrets and are never logged.
         let path: String = req.uri().path().chars().take(256).collect();
         let gw = self.gw.clone();
-        gw.metrics.in_flight.inc();
+        let mut pending = Pending::new(gw.clone(), fallback.id.clone(), method, path);
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = match future.await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
+            pending.answered();
             let mut response = if response.extensions().get::<Panicked>().is_some() {
                 GatewayError::Internal("panic".into())
                     .into_response(fallback.id.as_str())
@@ -191,7 +192,6 @@ where
                 .remove::<RequestCtx>()
                 .unwrap_or(fallback);
             response.headers_mut().insert(X_REQUEST_ID, id_header);
-            gw.metrics.in_flight.dec();
             let status = response.status().as_u16();
             let code = response
                 .extensions()
@@ -216,8 +216,8 @@ where
             tracing::info!(
                 target: "concur_gateway::access",
                 request_id = %ctx.id.as_str(),
-                method = %method,
-                path = %path,
+                method = %pending.method,
+                path = %pending.path,
                 route,
                 company = identity.map(|i| i.company.as_str()),
                 user = identity.map(|i| i.user.as_str()),
@@ -235,6 +235,55 @@ where
             );
             Ok(response)
         })
+    }
+}
+
+/// A request in the in-flight gauge until dropped. The future that holds it
+/// may be dropped before it has an answer: hyper drops a request's future
+/// when its HTTP/2 stream is reset by the client (or its connection goes
+/// away). Such a request has no answer to log or count, but it leaves the
+/// gauge all the same, and one access line says it was abandoned.
+struct Pending {
+    gw: Arc<Gateway>,
+    id: RequestId,
+    method: http::Method,
+    path: String,
+    started: std::time::Instant,
+    answered: bool,
+}
+
+impl Pending {
+    fn new(gw: Arc<Gateway>, id: RequestId, method: http::Method, path: String) -> Self {
+        gw.metrics.in_flight.inc();
+        Self {
+            gw,
+            id,
+            method,
+            path,
+            started: std::time::Instant::now(),
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.gw.metrics.in_flight.dec();
+        if !self.answered {
+            tracing::info!(
+                target: "concur_gateway::access",
+                request_id = %self.id.as_str(),
+                method = %self.method,
+                path = %self.path,
+                code = "client_closed",
+                duration_ms = self.started.elapsed().as_millis() as u64,
+                "request abandoned by the client before its answer"
+            );
+        }
     }
 }
 

