@@ -106,6 +106,7 @@ async fn setup(digest: &str) -> Setup {
 
 async fn one(gw: &Arc<Gateway>, jwt: &str, content_type: &str, body: &Bytes) -> u16 {
     let req = Request::post("/api/image/v1.0/receipt")
+        .header("host", "gateway.test")
         .header("authorization", format!("Bearer {jwt}"))
         .header("content-type", content_type)
         .header("content-length", body.len())
