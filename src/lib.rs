@@ -26,7 +26,8 @@
 //! Around it: [`config`] (typed, validated once), [`gateway`] (the shared
 //! state), [`admin`] (health, readiness, metrics), [`cli`] and [`demo`],
 //! [`scan_cmd`] (the `scan` command), [`sandbox`] (the Concur emulator behind
-//! `demo`, the tests and the benches).
+//! `demo`, the tests and the benches). With the `testkit` feature,
+//! `testkit` holds the builders the tests and benches share.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -55,5 +56,7 @@ pub mod scan_cmd;
 pub mod server;
 pub mod spool;
 pub mod stack;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod transform;
 pub mod upstream;
