@@ -17,18 +17,15 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::KeyPair as _;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use concur_gateway::auth::{Authenticator, Identity, KeySet, SystemClock};
 use concur_gateway::config::{AuthConfig, KeySource, RateLimitConfig};
 use concur_gateway::rate_limit::RateLimits;
+use concur_gateway::testkit;
 use concur_gateway::transform::xml_to_json;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 
 const IMAGE_XML: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Image xmlns=\"http://www.concursolutions.com/api/image/2011/02\" xmlns:i=\"http://www.w3.org/2001/XMLSchema-instance\"><Id>A2C40CEE415B43B2A0BE</Id><Url i:nil=\"true\" /></Image>";
 const ERROR_XML: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Message>An image already exists for this expense entry.</Message><Server-Time>2024-05-02T10:11:12</Server-Time><Id>9C1B1A3B6F0D4E2A8C7B</Id></Error>";
@@ -67,54 +64,10 @@ fn bench_xml(c: &mut Criterion) {
 
 // ---- JWT ----
 
-struct Keys {
-    es256: EncodingKey,
-    rs256: EncodingKey,
-    eddsa: EncodingKey,
-    jwks: String,
-}
-
-fn keys() -> Keys {
-    let es = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let es_raw = es.public_key_raw();
-    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let rsa_pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&rsa).unwrap();
-    let rsa_pub = rsa.public_key();
-    let jwks = serde_json::json!({"keys": [
-        {"kty": "EC", "crv": "P-256", "kid": "es", "use": "sig",
-         "x": URL_SAFE_NO_PAD.encode(&es_raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&es_raw[33..65])},
-        {"kty": "RSA", "kid": "rsa", "use": "sig",
-         "n": URL_SAFE_NO_PAD.encode(rsa_pub.modulus().big_endian_without_leading_zero()),
-         "e": URL_SAFE_NO_PAD.encode(rsa_pub.exponent().big_endian_without_leading_zero())},
-        {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "use": "sig",
-         "x": URL_SAFE_NO_PAD.encode(ed.public_key_raw())},
-    ]});
-    Keys {
-        es256: EncodingKey::from_ec_der(&es.serialize_der()),
-        rs256: EncodingKey::from_rsa_pem(pem("PRIVATE KEY", rsa_pkcs8.as_ref()).as_bytes())
-            .unwrap(),
-        eddsa: EncodingKey::from_ed_der(&ed.serialize_der()),
-        jwks: jwks.to_string(),
-    }
-}
-
-/// PEM armour (jsonwebtoken reads PKCS#8 RSA keys from PEM).
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 fn auth_config() -> AuthConfig {
     AuthConfig {
-        issuer: "https://idp.bench.invalid".into(),
-        audience: "concur-gateway".into(),
+        issuer: testkit::ISSUER.into(),
+        audience: testkit::AUDIENCE.into(),
         keys: KeySource::JwksFile(PathBuf::from("unused.json")),
         user_claim: "sub".into(),
         company_claim: "company".into(),
@@ -122,39 +75,31 @@ fn auth_config() -> AuthConfig {
     }
 }
 
-fn mint(key: &EncodingKey, alg: Algorithm, kid: &str, n: usize) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = serde_json::json!({
-        "iss": "https://idp.bench.invalid", "aud": "concur-gateway",
-        "sub": format!("user{n}@acme.example"), "company": "acme",
-        "iat": now, "nbf": now, "exp": now + 3600, "jti": n,
-    });
-    let mut header = Header::new(alg);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, &claims, key).unwrap()
+/// The `n`th distinct token signed with `alg` (`testkit`'s keys).
+fn mint(alg: Algorithm, kid: &str, n: usize) -> String {
+    let mut claims = testkit::claims("acme", &format!("user{n}@acme.example"));
+    claims["jti"] = n.into();
+    testkit::sign(alg, Some(kid), &claims)
 }
 
 fn bench_jwt(c: &mut Criterion) {
-    let k = keys();
+    let jwks = &testkit::keys().jwks;
     let config = auth_config();
     let fresh = || {
         Authenticator::new(
             &config,
-            KeySet::from_jwks(k.jwks.as_bytes()).unwrap(),
+            KeySet::from_jwks(jwks.as_bytes()).unwrap(),
             Arc::new(SystemClock),
         )
     };
     const POOL: usize = 512;
     let mut g = c.benchmark_group("jwt_verify");
-    for (name, key, alg, kid) in [
-        ("rs256", &k.rs256, Algorithm::RS256, "rsa"),
-        ("es256", &k.es256, Algorithm::ES256, "es"),
-        ("eddsa", &k.eddsa, Algorithm::EdDSA, "ed"),
+    for (name, alg, kid) in [
+        ("rs256", Algorithm::RS256, "rsa"),
+        ("es256", Algorithm::ES256, "es"),
+        ("eddsa", Algorithm::EdDSA, "ed"),
     ] {
-        let tokens: Vec<String> = (0..POOL).map(|n| mint(key, alg, kid, n)).collect();
+        let tokens: Vec<String> = (0..POOL).map(|n| mint(alg, kid, n)).collect();
         // Cold: distinct tokens, a fresh authenticator (empty cache) per pool.
         g.bench_function(format!("{name}_cold"), |b| {
             b.iter_custom(|iters| {

@@ -13,54 +13,16 @@
 //! `cargo bench --bench inspect_pdf -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
-use std::io::Write as _;
 
 use concur_gateway::inspect::Limits;
 use concur_gateway::inspect::pdf::PdfScanner;
+use concur_gateway::testkit::{classic_pdf, noise, zlib};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use flate2::Compression;
-use flate2::write::ZlibEncoder;
 
 const CHUNK: usize = 16 * 1024;
 
-/// Deterministic pseudo-random bytes (xorshift64*), like compressed image data.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        v.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// A classic PDF from object bodies (object `i + 1` = `objects[i]`).
 fn pdf(objects: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, body) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
-        out.extend_from_slice(body);
-        out.extend_from_slice(b"\nendobj\n");
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for o in offsets {
-        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
+    classic_pdf(objects, "")
 }
 
 fn stream(dict: &str, data: &[u8]) -> Vec<u8> {
@@ -68,12 +30,6 @@ fn stream(dict: &str, data: &[u8]) -> Vec<u8> {
     v.extend_from_slice(data);
     v.extend_from_slice(b"\nendstream");
     v
-}
-
-fn zlib(data: &[u8]) -> Vec<u8> {
-    let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 fn page_objects() -> Vec<Vec<u8>> {

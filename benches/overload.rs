@@ -22,30 +22,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use concur_gateway::config::Config;
-use concur_gateway::demo::{AUDIENCE, ISSUER, SAMPLE_RECEIPT, SigningKey};
 use concur_gateway::gateway::Gateway;
-use concur_gateway::sandbox::{Sandbox, SandboxConfig, SandboxToken};
-use http_body_util::{BodyExt, Full};
+use concur_gateway::sandbox::SandboxConfig;
+use concur_gateway::testkit::{
+    CREDENTIALS, GatewayToml, Payload, big_jpeg, jwt, serve, start_sandbox, upload_to,
+};
 
 fn env(name: &str, default: f64) -> f64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A valid JPEG of about `size` bytes (APP15 filler after SOI).
-fn jpeg(size: usize) -> Vec<u8> {
-    let mut out = SAMPLE_RECEIPT[..2].to_vec();
-    while out.len() + SAMPLE_RECEIPT.len() < size {
-        let n = (size - out.len() - SAMPLE_RECEIPT.len()).clamp(16, 65_533);
-        out.extend_from_slice(&[0xFF, 0xEF]);
-        out.extend_from_slice(&((n + 2) as u16).to_be_bytes());
-        out.extend(std::iter::repeat_n(0x5A, n));
-    }
-    out.extend_from_slice(&SAMPLE_RECEIPT[2..]);
-    out
 }
 
 struct Phase {
@@ -72,24 +59,19 @@ impl Phase {
     }
 }
 
+/// One upload on a fresh connection: its status and latency.
 async fn one(addr: SocketAddr, jwt: Arc<str>, body: Bytes) -> (u16, Duration) {
+    let payload = Payload::Full(body.to_vec());
     let started = Instant::now();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let request = http::Request::post("/api/image/v1.0/report/R1")
-        .header("host", "gateway")
-        .header("authorization", format!("Bearer {jwt}"))
-        .header("content-type", "image/jpeg")
-        .body(Full::new(body))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
-    (status, started.elapsed())
+    let r = upload_to(
+        addr,
+        &jwt,
+        "/api/image/v1.0/report/R1",
+        "image/jpeg",
+        payload,
+    )
+    .await;
+    (r.status.as_u16(), started.elapsed())
 }
 
 /// Open loop: requests leave on schedule whatever the answers.
@@ -142,49 +124,22 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let sandbox = Sandbox::start(
-            "127.0.0.1:0".parse().unwrap(),
-            SandboxConfig {
-                tokens: vec![SandboxToken {
-                    token: "bench-token".into(),
-                    company: "acme".into(),
-                    user: Some("alice".into()),
-                }],
-                ..SandboxConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let sandbox = start_sandbox(SandboxConfig::default()).await;
         let dir = tempfile::tempdir().unwrap();
-        let key = SigningKey::generate("bench").unwrap();
-        std::fs::write(dir.path().join("ca.pem"), sandbox.ca_cert_pem()).unwrap();
-        std::fs::write(dir.path().join("jwks.json"), &key.jwks).unwrap();
-        std::fs::write(
-            dir.path().join("credentials.toml"),
-            "[[credential]]\ncompany = \"acme\"\nuser = \"alice\"\naccess_token = \"bench-token\"\n",
-        )
-        .unwrap();
-        let config = format!(
-            "[server]\ndrain_delay_s = 0\n[upstream]\nbase_url = \"{}\"\nca_file = \"ca.pem\"\n\
-             [auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n\
-             [rate_limit]\nuser_per_second = {rate}\nuser_burst = {burst}\ncompany_per_second = 100000.0\ncompany_burst = 100000\n\
-             [inspect]\ndigest = \"none\"\n[credentials]\nfile = \"credentials.toml\"\n",
-            sandbox.base_url()
-        );
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config).unwrap();
-        let gw = Arc::new(Gateway::new(Config::load(&path).unwrap()).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(concur_gateway::server::run(
-            gw,
-            listener,
-            admin,
-            std::future::pending(),
-        ));
-        let jwt: Arc<str> = key.mint("acme", "alice", 3600).unwrap().into();
-        let body = Bytes::from(jpeg(body_kib * 1024));
+        // The caller's rate limit under test, the company's out of the way;
+        // the caps on uploads in flight at their defaults (8 per user).
+        let config = GatewayToml::new()
+            .rate_limits((rate, burst as u32), (100_000.0, 100_000))
+            .remove("rate_limit.user_concurrent")
+            .remove("rate_limit.company_concurrent")
+            .set("inspect.digest", "none")
+            .load(dir.path(), &sandbox, CREDENTIALS);
+        let gw = Arc::new(Gateway::new(config).unwrap());
+        // Served until the process ends (`_served` holds the shutdown sender).
+        let _served = serve(gw).await;
+        let addr = _served.addr;
+        let jwt: Arc<str> = jwt("acme", "alice@acme.example").into();
+        let body = Bytes::from(big_jpeg(body_kib * 1024));
 
         // Warm-up, then let the bucket refill.
         // Each phase starts with a full bucket (refilled while idle).

@@ -19,39 +19,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use concur_gateway::config::Config;
-use concur_gateway::demo::{AUDIENCE, ISSUER, SAMPLE_RECEIPT, SigningKey};
 use concur_gateway::gateway::Gateway;
-use concur_gateway::sandbox::{Sandbox, SandboxConfig, SandboxToken};
+use concur_gateway::sandbox::{Sandbox, SandboxConfig};
 use concur_gateway::stack;
+use concur_gateway::testkit::{
+    CREDENTIALS, GatewayToml, SAMPLE_JPEG, big_jpeg, jwt, start_sandbox,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
-
-const USER_TOKEN: &str = "bench-user-token";
-
-/// A valid JPEG of about `size` bytes: the sample receipt with APP15 filler
-/// segments after SOI (as `tests/it/support.rs::big_jpeg`).
-fn big_jpeg(size: usize) -> Vec<u8> {
-    let jpeg = SAMPLE_RECEIPT;
-    let mut out = Vec::with_capacity(size + jpeg.len());
-    out.extend_from_slice(&jpeg[..2]);
-    let mut x: u32 = 0x1234_5678;
-    while out.len() + jpeg.len() < size {
-        let n = (size - out.len() - jpeg.len()).clamp(16, 65_533);
-        out.extend_from_slice(&[0xFF, 0xEF]);
-        out.extend_from_slice(&((n + 2) as u16).to_be_bytes());
-        for _ in 0..n {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            out.push(x as u8);
-        }
-    }
-    out.extend_from_slice(&jpeg[2..]);
-    out
-}
 
 struct Setup {
     sandbox: Sandbox,
@@ -61,52 +38,24 @@ struct Setup {
 }
 
 async fn setup(digest: &str) -> Setup {
-    let sandbox = Sandbox::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SandboxConfig {
-            tokens: vec![SandboxToken {
-                token: USER_TOKEN.into(),
-                company: "acme".into(),
-                user: Some("alice@acme.example".into()),
-            }],
-            ..SandboxConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let key = SigningKey::generate("bench").unwrap();
+    let sandbox = start_sandbox(SandboxConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-    write("ca.pem", &sandbox.ca_cert_pem());
-    write("jwks.json", &key.jwks);
-    write(
-        "credentials.toml",
-        &format!(
-            "[[credential]]\ncompany = \"acme\"\nuser = \"alice@acme.example\"\naccess_token = \"{USER_TOKEN}\"\n"
-        ),
-    );
-    let text = format!(
-        "[upstream]\nbase_url = \"{}\"\nca_file = \"ca.pem\"\n\n\
-         [auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n\n\
-         [rate_limit]\nuser_per_second = 1000000.0\nuser_burst = 1000000\ncompany_per_second = 1000000.0\ncompany_burst = 1000000\n\n\
-         [inspect]\ndigest = \"{digest}\"\n\n\
-         [credentials]\nfile = \"credentials.toml\"\n",
-        sandbox.base_url()
-    );
-    let config = Config::from_toml(&text, dir.path()).unwrap();
+    let config = GatewayToml::new()
+        .rate_limits((1e6, 1_000_000), (1e6, 1_000_000))
+        .set("inspect.digest", digest)
+        .load(dir.path(), &sandbox, CREDENTIALS);
     let gw = Arc::new(Gateway::new(config).unwrap());
-    let jwt = key.mint("acme", "alice@acme.example", 3600).unwrap();
     Setup {
         sandbox,
         gw,
-        jwt,
+        jwt: jwt("acme", "alice@acme.example"),
         _dir: dir,
     }
 }
 
 async fn one(gw: &Arc<Gateway>, jwt: &str, content_type: &str, body: &Bytes) -> u16 {
     let req = Request::post("/api/image/v1.0/receipt")
-        .header("host", "gateway")
+        .header("host", "gateway.test")
         .header("authorization", format!("Bearer {jwt}"))
         .header("content-type", content_type)
         .header("content-length", body.len())
@@ -127,7 +76,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let small = Bytes::from_static(SAMPLE_RECEIPT);
+    let small = Bytes::from_static(SAMPLE_JPEG);
     let mib = Bytes::from(big_jpeg(1024 * 1024));
     let mut g = c.benchmark_group("request_in_process");
     for (name, digest, content_type, body, expect) in [

@@ -26,7 +26,8 @@
 //! Around it: [`config`] (typed, validated once), [`gateway`] (the shared
 //! state), [`admin`] (health, readiness, metrics), [`cli`] and [`demo`],
 //! [`scan_cmd`] (the `scan` command), [`sandbox`] (the Concur emulator behind
-//! `demo`, the tests and the benches).
+//! `demo`, the tests and the benches). With the `testkit` feature,
+//! `testkit` holds the builders the tests and benches share.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -56,5 +57,7 @@ pub mod server;
 pub mod spool;
 pub mod stack;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod transform;
 pub mod upstream;

@@ -39,15 +39,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn free_port() -> u16 {
-    // clamd cannot listen on port 0: take a free port and release it.
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn ping(port: u16) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -128,8 +119,12 @@ fn clamd() -> Option<u16> {
     CLAMD.get_or_init(start_clamd).as_ref().map(|c| c.port)
 }
 
-fn scan_config(port: u16, extra: &str) -> String {
-    format!("[scan]\nclamd = \"tcp://127.0.0.1:{port}\"\ntimeout_s = 10\n{extra}")
+/// A gateway scanning with the clamd on `port` (within 10 s).
+fn scanning(port: u16) -> TestGateway {
+    let mut scan = toml::Table::new();
+    scan.insert("clamd".into(), format!("tcp://127.0.0.1:{port}").into());
+    scan.insert("timeout_s".into(), 10.into());
+    Harness::builder().section("scan", scan)
 }
 
 /// `jpeg` with a COM segment holding the EICAR string right after SOI: still a
@@ -143,17 +138,12 @@ fn with_eicar(jpeg: &[u8]) -> Vec<u8> {
     out
 }
 
-fn jwt_header() -> String {
-    format!("Bearer {}", jwt("acme", "alice@acme.example"))
-}
-
 async fn chunked(h: &Harness, body: &[u8]) -> Reply {
-    let auth = jwt_header();
-    request(
+    upload_to(
         h.addr,
-        "POST",
+        &jwt(ALICE.0, ALICE.1),
         "/api/image/v1.0/receipt",
-        &[("authorization", &auth), ("content-type", "image/jpeg")],
+        "image/jpeg",
         Payload::Chunked(body.chunks(100_000).map(<[u8]>::to_vec).collect()),
     )
     .await
@@ -181,7 +171,7 @@ async fn wait_ready(h: &Harness, want: u16) -> Reply {
 #[tokio::test]
 async fn eicar_is_refused_and_never_complete_upstream() {
     let Some(port) = clamd() else { return };
-    let h = Harness::with_config(&scan_config(port, "")).await;
+    let h = scanning(port).start().await;
     assert_eq!(wait_ready(&h, 200).await.status, 200);
 
     // Small: all of it is within the held-back tail.
@@ -197,6 +187,10 @@ async fn eicar_is_refused_and_never_complete_upstream() {
             "signature leaked: {v}"
         );
     }
+    // The large one had started streaming to Concur: its record comes once
+    // the exchange is cut.
+    let large_len = Some(large.len() as u64);
+    wait_for(|| h.uploads().iter().any(|u| u.content_length == large_len)).await;
     // Chunked: spooled through the same checks, so nothing is sent at all.
     let before = h.uploads().len();
     chunked(&h, &large).await.problem(422, "malware_detected");
@@ -206,7 +200,6 @@ async fn eicar_is_refused_and_never_complete_upstream() {
         "a refused chunked body never starts upstream"
     );
     let ups = h.uploads();
-    assert!(!ups.is_empty(), "the large upload had started streaming");
     assert!(ups.iter().all(|u| !u.complete), "{ups:#?}");
     assert_eq!(
         metric(&h, "concur_gateway_scans_total{result=\"found\"}").await,
@@ -225,7 +218,7 @@ async fn eicar_is_refused_and_never_complete_upstream() {
 #[tokio::test]
 async fn clean_uploads_pass_byte_identical() {
     let Some(port) = clamd() else { return };
-    let h = Harness::with_config(&scan_config(port, "")).await;
+    let h = scanning(port).start().await;
     let body = big_jpeg(3 * 1024 * 1024);
     let r = h.upload("/api/image/v1.0/receipt", &body).await;
     assert_eq!(r.status, 201, "{}", r.text());
@@ -252,11 +245,14 @@ async fn clean_uploads_pass_byte_identical() {
 #[tokio::test]
 async fn clamd_down_fails_closed_or_lets_through_with_allow() {
     let port = free_port(); // nothing listens there
-    let h = Harness::with_config(&scan_config(port, "")).await;
+    let h = scanning(port).start().await;
     let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
     r.problem(503, "scan_unavailable");
     assert!(r.header("retry-after").is_some());
-    assert!(h.uploads().iter().all(|u| !u.complete));
+    // Refused before Concur was asked: clamd's refusal to connect comes
+    // long before the TLS exchange with Concur could send a head.
+    settle().await;
+    assert!(h.uploads().is_empty(), "{:?}", h.uploads());
     chunked(&h, JPEG).await.problem(503, "scan_unavailable");
     let ready = wait_ready(&h, 503).await;
     assert_eq!(ready.status, 503);
@@ -268,7 +264,7 @@ async fn clamd_down_fails_closed_or_lets_through_with_allow() {
     assert_eq!(metric(&h, "concur_gateway_clamd_up").await, 0.0);
     h.stop().await;
 
-    let h = Harness::with_config(&scan_config(port, "on_error = \"allow\"\n")).await;
+    let h = scanning(port).set("scan.on_error", "allow").start().await;
     let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert!(h.uploads()[0].complete);
@@ -298,7 +294,7 @@ async fn a_stalled_clamd_is_503_within_the_timeout() {
             held.push(s);
         }
     });
-    let h = Harness::with_config(&scan_config(port, "timeout_s = 1\n")).await;
+    let h = scanning(port).set("scan.timeout_s", 1).start().await;
     // Small: the writes fit in socket buffers, the verdict never comes.
     // Large: the writes themselves stall (clamd does not read).
     for body in [JPEG.to_vec(), big_jpeg(8 * 1024 * 1024)] {
@@ -311,29 +307,25 @@ async fn a_stalled_clamd_is_503_within_the_timeout() {
             "{took:?}"
         );
     }
-    assert!(h.uploads().iter().all(|u| !u.complete));
+    // Both exchanges with Concur had started (a second is long enough for the
+    // head to arrive); neither body was let through.
+    let ups = h.wait_for_uploads(2).await;
+    assert!(ups.iter().all(|u| !u.complete), "{ups:#?}");
     assert_eq!(wait_ready(&h, 503).await.status, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_queue_for_scan_permits() {
     let Some(port) = clamd() else { return };
-    let h = Harness::with_config(&scan_config(port, "max_concurrent = 4\n")).await;
+    let h = scanning(port).set("scan.max_concurrent", 4).start().await;
     let body = big_jpeg(512 * 1024);
-    let auth = jwt_header();
+    let token = jwt(ALICE.0, ALICE.1);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..16 {
-        let (addr, body, auth) = (h.addr, body.clone(), auth.clone());
+        let (addr, body, token) = (h.addr, body.clone(), token.clone());
         tasks.spawn(async move {
             let path = format!("/api/image/v1.0/report/R{i}");
-            request(
-                addr,
-                "POST",
-                &path,
-                &[("authorization", &auth), ("content-type", "image/jpeg")],
-                Payload::Full(body),
-            )
-            .await
+            upload_to(addr, &token, &path, "image/jpeg", Payload::Full(body)).await
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -362,7 +354,7 @@ async fn scan_cost() {
     const UPLOADS: usize = 10;
     const RUNS: usize = 5;
     let plain = Harness::start().await;
-    let scanned = Harness::with_config(&scan_config(port, "")).await;
+    let scanned = scanning(port).start().await;
     for size in [1024 * 1024, 8 * 1024 * 1024] {
         let body = big_jpeg(size);
         for (name, h) in [("without scan", &plain), ("with clamd", &scanned)] {

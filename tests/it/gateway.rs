@@ -9,9 +9,6 @@ use jsonwebtoken::Algorithm;
 
 use crate::support::*;
 
-const ALICE: (&str, &str) = ("acme", "alice@acme.example");
-const BOB: (&str, &str) = ("acme", "bob@acme.example");
-
 fn auth(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -107,43 +104,32 @@ async fn entry_invoice_and_report_routes_keep_their_ids() {
 #[tokio::test]
 async fn selection_policy_falls_back_to_the_admin_token_except_for_receipts() {
     let h = Harness::start().await;
-    let bob = jwt(BOB.0, BOB.1);
-    let headers = [
-        ("authorization", auth(&bob)),
-        ("content-type", "image/png; charset=binary".to_owned()),
-    ];
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Receipts never use the admin's token: the image would land in the wrong store.
     let r = h
-        .post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
+        .upload_as(
+            BOB,
+            "/api/image/v1.0/receipt",
+            "image/png; charset=binary",
+            JPEG,
+        )
         .await;
     r.problem(403, "no_credential");
     assert!(h.uploads().is_empty());
     // Entries use the company's admin token, with its own scheme.
     let r = h
-        .post(
-            "/api/image/v1.0/expenseentry/E1",
-            &[
-                ("authorization", &auth(&bob)),
-                ("content-type", "image/jpeg"),
-            ],
-            JPEG.to_vec(),
-        )
+        .upload_as(BOB, "/api/image/v1.0/expenseentry/E1", "image/jpeg", JPEG)
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let u = h.uploads().pop().unwrap();
     assert_eq!(u.auth_scheme.as_deref(), Some("Bearer"));
     assert_eq!(u.token.as_deref(), Some(ADMIN_TOKEN));
     // A company with no admin credential and a user without one: 403.
-    let gus = jwt("globex", "gus@globex.example");
     let r = h
-        .post(
+        .upload_as(
+            ("globex", "gus@globex.example"),
             "/api/image/v1.0/report/R1",
-            &[
-                ("authorization", &auth(&gus)),
-                ("content-type", "image/jpeg"),
-            ],
-            JPEG.to_vec(),
+            "image/jpeg",
+            JPEG,
         )
         .await;
     r.problem(403, "no_credential");
@@ -284,14 +270,7 @@ async fn a_jws_crit_header_is_401_and_nothing_goes_upstream() {
     for header in headers {
         let token = sign_es256_with_raw_header(header, &c);
         let r = h
-            .post(
-                "/api/image/v1.0/receipt",
-                &[
-                    ("authorization", &auth(&token)),
-                    ("content-type", "image/jpeg"),
-                ],
-                JPEG.to_vec(),
-            )
+            .upload_with_token(&token, "/api/image/v1.0/receipt", "image/jpeg", JPEG)
             .await;
         let v = r.problem(401, "invalid_token");
         let www = r.header("www-authenticate").unwrap_or_default();
@@ -302,14 +281,7 @@ async fn a_jws_crit_header_is_401_and_nothing_goes_upstream() {
     // The same helper without `crit` makes a token the gateway accepts.
     let token = sign_es256_with_raw_header(r#"{"alg":"ES256","kid":"es","typ":"JWT"}"#, &c);
     let r = h
-        .post(
-            "/api/image/v1.0/receipt",
-            &[
-                ("authorization", &auth(&token)),
-                ("content-type", "image/jpeg"),
-            ],
-            JPEG.to_vec(),
-        )
+        .upload_with_token(&token, "/api/image/v1.0/receipt", "image/jpeg", JPEG)
         .await;
     assert_eq!(r.status.as_u16(), 201, "{}", r.text());
     assert_eq!(h.uploads().len(), 1);
@@ -330,14 +302,7 @@ async fn every_jwks_key_family_verifies() {
     ] {
         let token = sign(alg, kid, &c);
         let r = h
-            .post(
-                "/api/image/v1.0/report/R1",
-                &[
-                    ("authorization", &auth(&token)),
-                    ("content-type", "image/jpeg"),
-                ],
-                JPEG.to_vec(),
-            )
+            .upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
             .await;
         assert_eq!(r.status, 201, "{alg:?}/{kid:?}: {}", r.text());
     }
@@ -433,20 +398,14 @@ async fn bad_paths_ids_and_methods_never_reach_concur() {
 
 #[tokio::test]
 async fn body_limits_and_media_types() {
-    let h = Harness::with_config("[server]\nmax_body_bytes = 100000").await;
+    let h = Harness::builder()
+        .set("server.max_body_bytes", 100_000)
+        .start()
+        .await;
     let token = jwt(ALICE.0, ALICE.1);
     let a = auth(&token);
     let post = |ct: &'static str, body: Vec<u8>| {
-        let a = a.clone();
-        let h = &h;
-        async move {
-            h.post(
-                "/api/image/v1.0/receipt",
-                &[("authorization", &a), ("content-type", ct)],
-                body,
-            )
-            .await
-        }
+        h.upload_with_token(&token, "/api/image/v1.0/receipt", ct, body)
     };
     post("text/plain", JPEG.to_vec())
         .await
@@ -474,21 +433,21 @@ async fn body_limits_and_media_types() {
         .chunks(16_384)
         .map(<[u8]>::to_vec)
         .collect();
-    let r = request(
+    let r = upload_to(
         h.addr,
-        "POST",
+        &token,
         "/api/image/v1.0/receipt",
-        &[("authorization", &a), ("content-type", "image/jpeg")],
+        "image/jpeg",
         Payload::Chunked(pieces),
     )
     .await;
     r.problem(413, "body_too_large");
     // A chunked body with no data at all.
-    let r = request(
+    let r = upload_to(
         h.addr,
-        "POST",
+        &token,
         "/api/image/v1.0/receipt",
-        &[("authorization", &a), ("content-type", "image/jpeg")],
+        "image/jpeg",
         Payload::Chunked(vec![]),
     )
     .await;
@@ -512,14 +471,11 @@ async fn chunked_uploads_arrive_with_content_length_and_the_same_bytes() {
             big_jpeg(size)
         };
         let pieces: Vec<Vec<u8>> = body.chunks(7_001).map(<[u8]>::to_vec).collect();
-        let r = request(
+        let r = upload_to(
             h.addr,
-            "POST",
+            &token,
             "/api/image/v1.0/report/R1",
-            &[
-                ("authorization", &auth(&token)),
-                ("content-type", "image/jpeg"),
-            ],
+            "image/jpeg",
             Payload::Chunked(pieces),
         )
         .await;
@@ -546,26 +502,16 @@ async fn a_large_upload_streams_byte_identical() {
 #[tokio::test]
 async fn a_type_mismatch_never_opens_the_concur_exchange() {
     let h = Harness::start().await;
-    let token = jwt(ALICE.0, ALICE.1);
     let r = h
-        .post(
-            "/api/image/v1.0/receipt",
-            &[
-                ("authorization", &auth(&token)),
-                ("content-type", "image/png"),
-            ],
-            JPEG.to_vec(),
-        )
+        .upload_as(ALICE, "/api/image/v1.0/receipt", "image/png", JPEG)
         .await;
     r.problem(422, "content_mismatch");
     let r = h
-        .post(
+        .upload_as(
+            ALICE,
             "/api/image/v1.0/receipt",
-            &[
-                ("authorization", &auth(&token)),
-                ("content-type", "application/pdf"),
-            ],
-            b"<html><script>alert(1)</script></html>".to_vec(),
+            "application/pdf",
+            b"<html><script>alert(1)</script></html>",
         )
         .await;
     r.problem(422, "content_mismatch");
@@ -684,13 +630,35 @@ async fn xml_clients_get_concurs_answer_verbatim() {
         )
         .await;
     assert_eq!(r.status, 201);
-    assert!(
-        r.header("content-type")
-            .unwrap()
-            .starts_with("application/xml")
+    // Byte for byte what the sandbox sends for report R1.
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/xml; charset=utf-8")
     );
-    assert!(r.text().starts_with("<?xml"), "{}", r.text());
-    assert!(r.text().contains("<Id>R1</Id>"));
+    assert_eq!(r.text(), crate::sandbox::image_xml("R1"));
+    // An answer whose layout a re-serialisation would change (whitespace,
+    // attribute quotes, an empty element not self-closed): still verbatim,
+    // with Concur's Content-Type.
+    let sent = "<?xml version='1.0'?>\n<Image  xmlns='http://www.concursolutions.com/api/image/2011/02'>\n  <Id>R2</Id>\n  <Url></Url>\n</Image>\n";
+    h.sandbox.push_fault(Fault::Raw {
+        status: 201,
+        content_type: "text/xml".into(),
+        body: sent.into(),
+    });
+    let r = h
+        .post(
+            "/api/image/v1.0/report/R2",
+            &[
+                ("authorization", &auth(&token)),
+                ("content-type", "image/jpeg"),
+                ("accept", "application/xml"),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/xml"));
+    assert_eq!(r.body, sent.as_bytes());
 }
 
 #[tokio::test]
@@ -707,7 +675,13 @@ async fn request_ids_are_generated_and_unsafe_ones_replaced() {
             vec![],
         )
         .await;
-    assert_ne!(r.header("x-request-id"), Some("has spaces and {braces}"));
+    r.problem(401, "missing_token");
+    let replaced = r.header("x-request-id").expect("a request id");
+    assert_ne!(replaced, "has spaces and {braces}");
+    assert!(
+        replaced.len() >= 16 && !replaced.contains(' '),
+        "{replaced}"
+    );
 }
 
 #[tokio::test]
@@ -724,17 +698,7 @@ async fn rate_limits_answer_429_with_retry_after_before_the_body_is_read() {
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     // Another user of the same company is unaffected.
-    let bob = jwt(BOB.0, BOB.1);
-    let r = h
-        .post(
-            path,
-            &[
-                ("authorization", &auth(&bob)),
-                ("content-type", "image/jpeg"),
-            ],
-            JPEG.to_vec(),
-        )
-        .await;
+    let r = h.upload_as(BOB, path, "image/jpeg", JPEG).await;
     assert_eq!(r.status, 201);
     assert_eq!(h.uploads().len(), 3);
 }
@@ -744,24 +708,32 @@ async fn a_stalled_body_gets_408() {
     let h = Harness::with_config("[server]\nbody_idle_timeout_s = 0.3").await;
     let token = jwt(ALICE.0, ALICE.1);
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    let head = format!(
-        "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
-        JPEG.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&JPEG[..1000]).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .expect("the gateway answers and closes")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(text.contains("\"code\":\"body_timeout\""), "{text}");
-    // The upstream exchange had started; Concur never got the whole body.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(h.uploads().iter().all(|u| !u.complete), "{:?}", h.uploads());
+    // Stalled before the first chunk is complete (1000 bytes of the first
+    // 16 KiB checked), then after it (20 KiB of 200 KiB).
+    let big = big_jpeg(200 * 1024);
+    for (body, sent) in [(JPEG, 1000), (&big[..], 20 * 1024)] {
+        let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let head = format!(
+            "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body[..sent]).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("the gateway answers and closes")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("\"code\":\"body_timeout\""), "{text}");
+    }
+    // The first never reached Concur (its first chunk was never checked); the
+    // second's exchange had started, and Concur never got the whole body.
+    let ups = h.wait_for_uploads(1).await;
+    assert_eq!(ups[0].content_length, Some(big.len() as u64));
+    assert!(!ups[0].complete, "{ups:?}");
+    assert!(ups[0].received_bytes < big.len() as u64, "{ups:?}");
 }
 
 #[tokio::test]
@@ -778,7 +750,7 @@ async fn admin_endpoints_and_drain() {
     assert!(m.contains("concur_gateway_build_info"));
     assert!(!m.contains(ALICE_TOKEN) && !m.contains("alice@acme"));
     h.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_async(async || h.admin_get("/readyz").await.status == 503).await;
     let r = h.admin_get("/readyz").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("draining"));
@@ -789,18 +761,11 @@ async fn admin_endpoints_and_drain() {
 async fn a_new_credential_file_is_picked_up_and_an_invalid_one_refused() {
     use concur_gateway::credentials::Reload;
     let h = Harness::start().await;
-    let bob = jwt(BOB.0, BOB.1);
-    let headers = [
-        ("authorization", auth(&bob)),
-        ("content-type", "image/jpeg".to_owned()),
-    ];
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    h.post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
-        .await
-        .problem(403, "no_credential");
+    let upload_as_bob = || h.upload_as(BOB, "/api/image/v1.0/receipt", "image/jpeg", JPEG);
+    upload_as_bob().await.problem(403, "no_credential");
 
     // Kubernetes updates a mounted Secret by swapping a symlink: do the same.
-    let dir = h.dir.path();
+    let dir = h.dir();
     let v2 = dir.join("..v2");
     std::fs::create_dir(&v2).unwrap();
     let with_bob = format!(
@@ -814,9 +779,7 @@ async fn a_new_credential_file_is_picked_up_and_an_invalid_one_refused() {
         h.gateway.reload_credentials(),
         Reload::Replaced { credentials: 4 }
     );
-    let r = h
-        .post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
-        .await;
+    let r = upload_as_bob().await;
     assert_eq!(r.status, 201, "{}", r.text());
 
     // An invalid file is refused; the previous set stays in use.
@@ -831,9 +794,7 @@ async fn a_new_credential_file_is_picked_up_and_an_invalid_one_refused() {
     std::os::unix::fs::symlink(v3.join("credentials.toml"), &link).unwrap();
     assert!(matches!(h.gateway.reload_credentials(), Reload::Refused(_)));
     assert_eq!(h.gateway.reload_credentials(), Reload::Unchanged);
-    let r = h
-        .post("/api/image/v1.0/receipt", &headers, JPEG.to_vec())
-        .await;
+    let r = upload_as_bob().await;
     assert_eq!(r.status, 201, "{}", r.text());
     let m = h.admin_get("/metrics").await.text();
     assert!(
@@ -858,12 +819,8 @@ async fn a_rejected_upload_never_reaches_concur_complete() {
         let r = h.upload("/api/image/v1.0/expenseentry/E1", &body).await;
         r.problem(422, "malformed_image");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ups = h.uploads();
-    assert!(
-        !ups.is_empty(),
-        "the upload had started streaming to Concur"
-    );
+    // Each upload had started streaming to Concur, and was cut short.
+    let ups = h.wait_for_uploads(3).await;
     for u in &ups {
         assert!(!u.complete, "{u:?}");
         assert!(u.received_bytes < u.content_length.unwrap());
@@ -890,14 +847,11 @@ async fn an_upload_in_flight_when_the_drain_starts_completes() {
     );
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&JPEG[..2000]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for(|| h.gateway.store.local_in_flight().current(&identity(ALICE)) == (1, 1)).await;
     h.begin_shutdown();
     // Past the drain delay: accept has stopped, but this upload goes on.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(
-        tokio::net::TcpStream::connect(h.addr).await.is_err(),
-        "accept stopped"
-    );
+    let addr = h.addr;
+    wait_for_async(async || tokio::net::TcpStream::connect(addr).await.is_err()).await;
     s.write_all(&JPEG[2000..]).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
@@ -958,16 +912,8 @@ async fn concur_throttling_pauses_that_company_only() {
     assert!((28..=30).contains(&wait), "{wait}");
     assert_eq!(h.uploads().len(), 1);
     // Another company is unaffected.
-    let gina = jwt("globex", "gina@globex.example");
     let r = h
-        .post(
-            "/api/image/v1.0/receipt",
-            &[
-                ("authorization", &auth(&gina)),
-                ("content-type", "image/jpeg"),
-            ],
-            JPEG.to_vec(),
-        )
+        .upload_as(GINA, "/api/image/v1.0/receipt", "image/jpeg", JPEG)
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
 }
@@ -976,28 +922,15 @@ async fn concur_throttling_pauses_that_company_only() {
 async fn a_full_upstream_queue_answers_503_overloaded() {
     let h = Harness::with_config("[upstream]\nmax_in_flight = 1\nqueue_timeout_s = 0.2").await;
     h.sandbox.push_fault(Fault::Delay { millis: 1_500 });
-    let first = {
-        let token = jwt(ALICE.0, ALICE.1);
-        let addr = h.addr;
-        tokio::spawn(async move {
-            request(
-                addr,
-                "POST",
-                "/api/image/v1.0/report/R1",
-                &[
-                    ("authorization", &auth(&token)),
-                    ("content-type", "image/jpeg"),
-                ],
-                Payload::Full(JPEG.to_vec()),
-            )
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = h.upload("/api/image/v1.0/report/R2", JPEG).await;
+    let (first, r) = tokio::join!(h.upload("/api/image/v1.0/report/R1", JPEG), async {
+        // The first upload has reached Concur (its record is written before
+        // the delay) and holds the one slot.
+        wait_for(|| h.uploads().len() == 1).await;
+        h.upload("/api/image/v1.0/report/R2", JPEG).await
+    });
     r.problem(503, "overloaded");
     assert!(r.header("retry-after").is_some());
-    assert_eq!(first.await.unwrap().status, 201);
+    assert_eq!(first.status, 201);
     assert_eq!(
         h.uploads().len(),
         1,
@@ -1034,7 +967,7 @@ async fn connections_past_the_limit_are_closed_at_once_when_all_are_busy() {
     );
     busy.write_all(head.as_bytes()).await.unwrap();
     busy.write_all(&JPEG[..100]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for(|| h.gateway.store.local_in_flight().current(&identity(ALICE)) == (1, 1)).await;
     let mut refused = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf))
@@ -1085,25 +1018,19 @@ async fn pdfs_through_the_gateway_encrypted_and_active_content_refused() {
     );
     let javascript = gs(dir.path(), "js", PS_JS);
     let h = Harness::start().await;
-    let token = jwt(ALICE.0, ALICE.1);
-    let post = |body: Vec<u8>| {
-        let h = &h;
-        let a = auth(&token);
-        async move {
-            h.post(
-                "/api/image/v1.0/report/R1",
-                &[("authorization", &a), ("content-type", "application/pdf")],
-                body,
-            )
-            .await
-        }
-    };
+    let post =
+        |body: Vec<u8>| h.upload_as(ALICE, "/api/image/v1.0/report/R1", "application/pdf", body);
     let r = post(plain.clone()).await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(h.uploads().pop().unwrap().sha256_hex, sha256_hex(&plain));
     h.sandbox.clear_uploads();
+    // Each fits in the first chunk the gateway checks, so each is judged
+    // whole before Concur is contacted: nothing of them goes upstream.
+    for refused in [&encrypted, &javascript] {
+        assert!(refused.len() <= concur_gateway::body::COALESCE);
+    }
     post(encrypted).await.problem(422, "pdf_encrypted");
     post(javascript).await.problem(422, "pdf_active_content");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(h.uploads().iter().all(|u| !u.complete), "{:?}", h.uploads());
+    settle().await;
+    assert!(h.uploads().is_empty(), "{:?}", h.uploads());
 }

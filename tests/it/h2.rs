@@ -380,7 +380,7 @@ async fn rapid_reset_abuse_leaves_the_gateway_responsive_and_bounded() {
         company: ALICE.0.into(),
         user: ALICE.1.into(),
     };
-    assert_eq!(h.gateway.in_flight.current(&alice), (0, 0));
+    assert_eq!(h.gateway.store.local_in_flight().current(&alice), (0, 0));
 }
 
 #[tokio::test]

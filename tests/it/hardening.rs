@@ -12,9 +12,6 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-const ALICE: (&str, &str) = ("acme", "alice@acme.example");
-const GINA: (&str, &str) = ("globex", "gina@globex.example");
-
 /// Sends `bytes` on a fresh connection and reads until the gateway closes it
 /// (or `wait` passes): the raw answer.
 async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
@@ -82,10 +79,6 @@ fn chunked(body: &[u8], size: usize) -> Vec<u8> {
     }
     out.extend_from_slice(b"0\r\n\r\n");
     out
-}
-
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(150)).await;
 }
 
 #[tokio::test]
@@ -255,8 +248,11 @@ async fn the_minimum_rate_is_judged_over_a_sliding_window() {
         took >= Duration::from_secs(9) && took < Duration::from_secs(16),
         "cut after {took:?}: the first full window ends at 10 s"
     );
-    settle().await;
-    assert!(h.uploads().iter().all(|u| !u.complete), "{:?}", h.uploads());
+    // Its exchange with Concur had started (40 KB is past the first chunk),
+    // and was cut short.
+    let ups = h.wait_for_uploads(1).await;
+    assert!(!ups[0].complete, "{ups:?}");
+    assert!(ups[0].received_bytes < body.len() as u64, "{ups:?}");
 }
 
 #[tokio::test]
@@ -387,52 +383,28 @@ async fn one_caller_cannot_hold_every_upload_slot() {
     )
     .await;
     let alice1 = slow_upload(h.addr, ALICE, "/api/image/v1.0/report/A1").await;
-    settle().await;
+    wait_for(|| h.gateway.store.local_in_flight().current(&identity(ALICE)) == (1, 1)).await;
     // Alice's second upload at once: refused before its body is read.
-    let token = jwt(ALICE.0, ALICE.1);
     let r = h
-        .post(
-            "/api/image/v1.0/report/A2",
-            &[
-                ("authorization", &format!("Bearer {token}")),
-                ("content-type", "image/jpeg"),
-            ],
-            JPEG.to_vec(),
-        )
+        .upload_as(ALICE, "/api/image/v1.0/report/A2", "image/jpeg", JPEG)
         .await;
     r.problem(429, "rate_limited");
     assert_eq!(r.header("retry-after"), Some("1"));
     // Another acme user fills the company's cap; a third acme user is refused.
-    let bob = slow_upload(
-        h.addr,
-        ("acme", "bob@acme.example"),
-        "/api/image/v1.0/report/B1",
-    )
-    .await;
-    settle().await;
-    let carol = jwt("acme", "carol@acme.example");
-    h.post(
+    let bob = slow_upload(h.addr, BOB, "/api/image/v1.0/report/B1").await;
+    wait_for(|| h.gateway.store.local_in_flight().current(&identity(BOB)) == (1, 2)).await;
+    h.upload_as(
+        ("acme", "carol@acme.example"),
         "/api/image/v1.0/report/C1",
-        &[
-            ("authorization", &format!("Bearer {carol}")),
-            ("content-type", "image/jpeg"),
-        ],
-        JPEG.to_vec(),
+        "image/jpeg",
+        JPEG,
     )
     .await
     .problem(429, "rate_limited");
     // Another company is served at once, however long acme's uploads last.
-    let gina = jwt(GINA.0, GINA.1);
     let started = Instant::now();
     let r = h
-        .post(
-            "/api/image/v1.0/report/G1",
-            &[
-                ("authorization", &format!("Bearer {gina}")),
-                ("content-type", "image/jpeg"),
-            ],
-            JPEG.to_vec(),
-        )
+        .upload_as(GINA, "/api/image/v1.0/report/G1", "image/jpeg", JPEG)
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert!(
@@ -448,33 +420,27 @@ async fn one_caller_cannot_hold_every_upload_slot() {
     // Alice's place comes back when her upload ends.
     drop(alice1);
     drop(bob);
-    settle().await;
-    assert_eq!(
-        h.gateway.store.local_in_flight().current(&identity(ALICE)),
-        (0, 0)
-    );
+    wait_for(|| h.gateway.store.local_in_flight().current(&identity(ALICE)) == (0, 0)).await;
     assert_eq!(
         h.upload("/api/image/v1.0/report/A3", JPEG).await.status,
         201
     );
-    let ups = h.uploads();
-    let complete: Vec<&str> = ups
-        .iter()
-        .filter(|u| u.complete)
-        .map(|u| u.path.as_str())
-        .collect();
+    let ups = h.wait_for_uploads(4).await;
+    let (complete, cut): (Vec<_>, Vec<_>) = ups.iter().partition(|u| u.complete);
+    let paths = |v: Vec<&concur_gateway::sandbox::UploadRecord>| {
+        let mut p: Vec<String> = v.into_iter().map(|u| u.path.clone()).collect();
+        p.sort();
+        p
+    };
     assert_eq!(
-        complete,
-        ["/api/image/v1.0/report/G1", "/api/image/v1.0/report/A3"],
+        paths(complete),
+        ["/api/image/v1.0/report/A3", "/api/image/v1.0/report/G1"]
+    );
+    assert_eq!(
+        paths(cut),
+        ["/api/image/v1.0/report/A1", "/api/image/v1.0/report/B1"],
         "the stalled uploads held Concur slots but never completed"
     );
-}
-
-fn identity(who: (&str, &str)) -> concur_gateway::auth::Identity {
-    concur_gateway::auth::Identity {
-        company: who.0.into(),
-        user: who.1.into(),
-    }
 }
 
 #[tokio::test]
@@ -486,7 +452,8 @@ async fn idle_connections_make_room_for_a_caller_with_a_request() {
         idle.push(TcpStream::connect(h.addr).await.unwrap());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    settle().await;
+    // Time for the accept loop to take them all in (no gauge shows it).
+    tokio::time::sleep(Duration::from_millis(150)).await;
     // A normal caller still gets through, at once.
     for i in 0..3 {
         let r = tokio::time::timeout(
@@ -523,7 +490,8 @@ async fn every_exit_records_the_body_facts() {
     // access log line and the body_bytes metric still count what arrived.
     let h = Harness::with_config("[upstream]\nmax_in_flight = 1\nqueue_timeout_s = 0.3").await;
     let holder = slow_upload(h.addr, GINA, "/api/image/v1.0/report/H1").await;
-    settle().await;
+    // Its exchange has begun (a connection to Concur): it holds the one slot.
+    wait_for(|| h.sandbox.connections() == 1).await;
     let capture = capture_logs();
     let token = jwt(ALICE.0, ALICE.1);
     let r = h
@@ -557,10 +525,8 @@ async fn every_exit_records_the_body_facts() {
         "{metrics}"
     );
     drop(holder);
-    settle().await;
-    assert!(
-        h.uploads()
-            .iter()
-            .all(|u| u.user.as_deref() != Some(ALICE.1))
-    );
+    // Concur saw the holder's upload, cut short, and nothing of alice's.
+    let ups = h.wait_for_uploads(1).await;
+    assert_eq!(ups[0].user.as_deref(), Some(GINA.1));
+    assert!(!ups[0].complete);
 }

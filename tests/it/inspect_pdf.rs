@@ -19,8 +19,7 @@ use std::sync::OnceLock;
 
 use concur_gateway::inspect::pdf::{PdfScanner, scan_pdf};
 use concur_gateway::inspect::{ActiveContentPolicy, Limits, RejectCode, Rejection};
-use flate2::Compression;
-use flate2::write::ZlibEncoder;
+use concur_gateway::testkit::{PDF_HEADER as HEADER, classic_pdf as pdf, noise, zlib};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------
@@ -89,38 +88,9 @@ fn check_case(c: &Case) {
 }
 
 // ---------------------------------------------------------------------------
-// Hand-built PDFs
+// Hand-built PDFs (`pdf`, a classic PDF from object bodies, and `zlib` and
+// `noise` are the testkit's, shared with benches/inspect_pdf.rs)
 // ---------------------------------------------------------------------------
-
-const HEADER: &[u8] = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n";
-
-/// A classic PDF: `objects[i]` is the body of object `i + 1`, with a correct
-/// cross-reference table and a trailer with `/Size` and `/Root 1 0 R`.
-fn pdf(objects: &[Vec<u8>], trailer_extra: &str) -> Vec<u8> {
-    let mut out = HEADER.to_vec();
-    let mut offsets = Vec::new();
-    for (i, body) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
-        out.extend_from_slice(body);
-        out.extend_from_slice(b"\nendobj\n");
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for o in offsets {
-        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R {trailer_extra} >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
-}
 
 fn obj(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
@@ -161,12 +131,6 @@ fn objects(
 
 fn minimal() -> Vec<u8> {
     pdf(&objects("", "", CONTENT, &[]), "")
-}
-
-fn zlib(data: &[u8]) -> Vec<u8> {
-    let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 /// The data of an object stream holding `objects` (numbered from `first_num`),
@@ -250,19 +214,6 @@ fn incremental(base: &[u8], objects: &[(u32, Vec<u8>)], trailer_extra: &str) -> 
 fn nested(depth: usize) -> Vec<u8> {
     let value = format!("{}1{}", "[".repeat(depth - 1), "]".repeat(depth - 1));
     pdf(&objects(&format!("/Deep {value}"), "", CONTENT, &[]), "")
-}
-
-/// A deterministic pseudo-random byte generator (xorshift64*).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        v.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 fn hand_cases() -> Vec<Case> {

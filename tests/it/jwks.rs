@@ -2,8 +2,6 @@
 //! rotation picked up through an unknown `kid`, the last good set kept while
 //! the IdP is down.
 
-use std::time::Duration;
-
 use jsonwebtoken::Algorithm;
 
 use crate::support::*;
@@ -24,34 +22,21 @@ fn rsa_only(kid: &str) -> String {
     v.to_string()
 }
 
-async fn wait_until(mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition never became true");
-}
-
 #[tokio::test]
 async fn keys_come_from_the_idp_and_follow_its_rotation() {
     let idp = JwksServer::start(&rsa_only("k1")).await;
-    let h = Harness::with_jwks_url(&idp, "jwks_min_refetch_s = 0.2").await;
-    wait_until(async || h.admin_get("/readyz").await.status == 200).await;
+    let h = Harness::builder()
+        .jwks_from(&idp)
+        .set("auth.jwks_min_refetch_s", 0.2)
+        .start()
+        .await;
+    wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
     let c = claims("acme", "alice@acme.example");
     let post = |token: String| {
         let h = &h;
         async move {
-            h.post(
-                "/api/image/v1.0/report/R1",
-                &[
-                    ("authorization", &format!("Bearer {token}")),
-                    ("content-type", "image/jpeg"),
-                ],
-                JPEG.to_vec(),
-            )
-            .await
+            h.upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
+                .await
         }
     };
     assert_eq!(
@@ -66,8 +51,8 @@ async fn keys_come_from_the_idp_and_follow_its_rotation() {
     post(sign(Algorithm::RS256, Some("k2"), &c))
         .await
         .problem(401, "invalid_token");
-    wait_until(async || idp.fetches() > before).await;
-    wait_until(async || post(sign(Algorithm::RS256, Some("k2"), &c)).await.status == 201).await;
+    wait_for_async(async || idp.fetches() > before).await;
+    wait_for_async(async || post(sign(Algorithm::RS256, Some("k2"), &c)).await.status == 201).await;
     post(sign(Algorithm::RS256, Some("k1"), &c))
         .await
         .problem(401, "invalid_token");
@@ -78,7 +63,7 @@ async fn keys_come_from_the_idp_and_follow_its_rotation() {
     post(sign(Algorithm::RS256, Some("k9"), &c))
         .await
         .problem(401, "invalid_token");
-    wait_until(async || idp.fetches() > before).await;
+    wait_for_async(async || idp.fetches() > before).await;
     assert_eq!(
         post(sign(Algorithm::RS256, Some("k2"), &c)).await.status,
         201
@@ -95,8 +80,9 @@ async fn keys_come_from_the_idp_and_follow_its_rotation() {
 async fn not_ready_until_the_first_key_set_arrives() {
     let idp = JwksServer::start(&rsa_only("k1")).await;
     idp.publish(None);
-    let h = Harness::with_jwks_url(&idp, "").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let h = Harness::builder().jwks_from(&idp).start().await;
+    // The IdP has been asked (and has failed): still not ready.
+    wait_for(|| idp.fetches() > 0).await;
     let r = h.admin_get("/readyz").await;
     assert_eq!(r.status, 503);
     assert!(r.text().contains("keys"), "{}", r.text());
@@ -105,23 +91,10 @@ async fn not_ready_until_the_first_key_set_arrives() {
         Some("k1"),
         &claims("acme", "alice@acme.example"),
     );
-    h.post(
-        "/api/image/v1.0/report/R1",
-        &[
-            ("authorization", &format!("Bearer {token}")),
-            ("content-type", "image/jpeg"),
-        ],
-        JPEG.to_vec(),
-    )
-    .await
-    .problem(401, "invalid_token");
+    h.upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
+        .await
+        .problem(401, "invalid_token");
     idp.publish(Some(rsa_only("k1")));
     // The start-up retry backs off from 1 s.
-    for _ in 0..60 {
-        if h.admin_get("/readyz").await.status == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never became ready");
+    wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
 }

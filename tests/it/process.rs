@@ -9,14 +9,6 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_concur-gateway");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn demo_prints_a_curl_line_that_uploads() {
     let mut child = Command::new(BIN)
@@ -51,14 +43,11 @@ async fn demo_prints_a_curl_line_that_uploads() {
         .unwrap();
     let file = line.trim_end().rsplit('@').next().unwrap();
     let body = std::fs::read(file).unwrap();
-    let r = request(
+    let r = upload_to(
         addr.parse().unwrap(),
-        "POST",
+        jwt,
         &format!("/{path}"),
-        &[
-            ("authorization", &format!("Bearer {jwt}")),
-            ("content-type", "image/jpeg"),
-        ],
+        "image/jpeg",
         Payload::Full(body),
     )
     .await;
@@ -70,50 +59,27 @@ async fn demo_prints_a_curl_line_that_uploads() {
     child.wait().unwrap();
 }
 
-/// Writes a config for a sandbox on `sandbox`, returns its path.
-fn write_config(
-    dir: &std::path::Path,
-    sandbox: &concur_gateway::sandbox::Sandbox,
-    port: u16,
-    admin: u16,
-) -> std::path::PathBuf {
-    std::fs::write(dir.join("ca.pem"), sandbox.ca_cert_pem()).unwrap();
-    std::fs::write(dir.join("jwks.json"), &keys().jwks).unwrap();
-    std::fs::write(dir.join("credentials.toml"), CREDENTIALS).unwrap();
-    let path = dir.join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ndrain_delay_s = 0.5\nshutdown_grace_s = 5\n\
-             [upstream]\nbase_url = \"{}\"\nca_file = \"ca.pem\"\n\
-             [auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n\
-             [credentials]\nfile = \"credentials.toml\"\n",
-            sandbox.base_url()
-        ),
-    )
-    .unwrap();
-    path
+/// The config of a `serve` process on fixed ports (the process binds them
+/// itself) in front of the sandbox, with the default rate limits.
+fn serve_config(port: u16, admin: u16) -> GatewayToml {
+    GatewayToml::new()
+        .set("server.listen", format!("127.0.0.1:{port}"))
+        .set("server.admin_listen", format!("127.0.0.1:{admin}"))
+        .set("server.drain_delay_s", 0.5)
+        .remove("rate_limit")
 }
 
 async fn wait_ready(admin: u16) {
-    for _ in 0..100 {
-        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
-            drop(s);
-            let r = request(
-                format!("127.0.0.1:{admin}").parse().unwrap(),
-                "GET",
-                "/readyz",
-                &[],
-                Payload::Full(vec![]),
-            )
-            .await;
-            if r.status == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gateway never became ready");
+    let addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    wait_for_async(async || {
+        // `request` needs a listener: the process binds it once started.
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+            && request(addr, "GET", "/readyz", &[], Payload::Full(vec![]))
+                .await
+                .status
+                == 200
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -121,7 +87,7 @@ async fn serve_logs_no_secret_and_exits_zero_on_sigterm() {
     let h = Harness::start().await; // for its sandbox
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let config = write_config(dir.path(), &h.sandbox, port, admin);
+    let config = serve_config(port, admin).write(dir.path(), &h.sandbox, CREDENTIALS);
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
@@ -145,14 +111,11 @@ async fn serve_logs_no_secret_and_exits_zero_on_sigterm() {
         (expired.as_str(), "/api/image/v1.0/receipt"),
         ("garbage-token-secret", "/api/image/v1.0/receipt"),
     ] {
-        request(
+        upload_to(
             addr,
-            "POST",
+            token,
             path,
-            &[
-                ("authorization", &format!("Bearer {token}")),
-                ("content-type", "image/jpeg"),
-            ],
+            "image/jpeg",
             Payload::Full(JPEG.to_vec()),
         )
         .await;
@@ -163,14 +126,11 @@ async fn serve_logs_no_secret_and_exits_zero_on_sigterm() {
             message: "bad token".into(),
             retry_after: None,
         });
-    request(
+    upload_to(
         addr,
-        "POST",
+        &valid,
         "/api/image/v1.0/report/R1",
-        &[
-            ("authorization", &format!("Bearer {valid}")),
-            ("content-type", "image/jpeg"),
-        ],
+        "image/jpeg",
         Payload::Full(JPEG.to_vec()),
     )
     .await;
@@ -211,6 +171,19 @@ async fn serve_logs_no_secret_and_exits_zero_on_sigterm() {
     assert!(!logs.contains("eyJ"), "something JWT-like in the logs");
 }
 
+/// Runs `check-config` on `config`: its exit code and what it printed.
+fn check_config(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 #[test]
 fn check_config_reports_every_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,13 +193,8 @@ fn check_config_reports_every_problem() {
         "[server]\nlisten = \"bad\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"missing.json\"\n[credentials]\nfile = \"nope.toml\"\n[typo]\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = check_config(&path);
+    assert_eq!(code, Some(2));
     assert!(
         text.contains("server.listen") && text.contains("unknown key `typo`"),
         "{text}"
@@ -243,13 +211,8 @@ fn check_config_reports_every_problem() {
         "[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"missing.json\"\n[credentials]\nfile = \"nope.toml\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = check_config(&path);
+    assert_eq!(code, Some(2));
     assert!(
         text.contains("missing.json") && text.contains("nope.toml"),
         "{text}"
@@ -262,17 +225,8 @@ fn check_config_reports_every_problem() {
         "[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"jwks.json\"\n[credentials]\nfile = \"credentials.toml\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (code, text) = check_config(&path);
+    assert_eq!(code, Some(0), "{text}");
 }
 
 #[test]
@@ -287,13 +241,8 @@ fn check_config_reports_config_and_file_problems_in_one_run() {
          [credentials]\nfile = \"creds.toml\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = check_config(&path);
+    assert_eq!(code, Some(2));
     let at = |name: &str| dir.path().join(name).display().to_string();
     let expected = [
         "rate_limit.user_per_second = -1: expected a rate > 0 (requests per second)".to_owned(),
@@ -315,13 +264,8 @@ fn check_config_reports_config_and_file_problems_in_one_run() {
     std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
     std::fs::write(dir.path().join("jwks.json"), "{").unwrap();
     std::fs::write(dir.path().join("creds.toml"), "[[credential]]\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = check_config(&path);
+    assert_eq!(code, Some(2));
     for prefix in [
         "rate_limit.user_per_second = -1".to_owned(),
         format!("upstream.ca_file {}: ", at("ca.pem")),
@@ -341,12 +285,10 @@ async fn a_second_signal_exits_at_once() {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let config = write_config(dir.path(), &h.sandbox, port, admin);
     // A long drain: only the second signal can end it quickly.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("drain_delay_s = 0.5", "drain_delay_s = 60");
-    std::fs::write(&config, text).unwrap();
+    let config = serve_config(port, admin)
+        .set("server.drain_delay_s", 60)
+        .write(dir.path(), &h.sandbox, CREDENTIALS);
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
@@ -357,17 +299,15 @@ async fn a_second_signal_exits_at_once() {
     wait_ready(admin).await;
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // Draining: not ready, still serving.
-    let r = request(
-        format!("127.0.0.1:{admin}").parse().unwrap(),
-        "GET",
-        "/readyz",
-        &[],
-        Payload::Full(vec![]),
-    )
+    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    wait_for_async(async || {
+        request(admin_addr, "GET", "/readyz", &[], Payload::Full(vec![]))
+            .await
+            .status
+            == 503
+    })
     .await;
-    assert_eq!(r.status, 503);
     assert!(child.try_wait().unwrap().is_none(), "still draining");
     let started = std::time::Instant::now();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -401,41 +341,28 @@ fn spawn_serve(
 
 #[tokio::test]
 async fn a_crash_between_persisting_and_using_a_rotated_token_loses_nothing() {
-    use crate::creds::{
-        BOB, BOB_CLIENT, BOB_REFRESH, BOB_SECRET, bob_client, credentials_with_bob,
-    };
-    let h = Harness::with_options(Options {
-        oauth_clients: vec![bob_client(BOB_REFRESH)],
-        ..Options::default()
-    })
-    .await; // for its sandbox
+    use crate::creds::{BOB_CLIENT, BOB_REFRESH, BOB_SECRET, bob_client, credentials_with_bob};
+    let h = Harness::builder()
+        .oauth_client(bob_client(BOB_REFRESH))
+        .start()
+        .await; // for its sandbox
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("state")).unwrap();
     let configure = |port: u16, admin: u16| {
-        let config = write_config(dir.path(), &h.sandbox, port, admin);
-        std::fs::write(
-            dir.path().join("credentials.toml"),
-            credentials_with_bob(BOB_REFRESH),
-        )
-        .unwrap();
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push_str("state_dir = \"state\"\n"); // [credentials] is the last section
-        std::fs::write(&config, text).unwrap();
-        config
+        serve_config(port, admin)
+            .set("credentials.state_dir", "state")
+            .write(dir.path(), &h.sandbox, &credentials_with_bob(BOB_REFRESH))
     };
     let upload = |port: u16| async move {
         let token = jwt(BOB.0, BOB.1);
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         // Spawned: when the process aborts mid-request, `request` panics.
         tokio::spawn(async move {
-            request(
+            upload_to(
                 addr,
-                "POST",
+                &token,
                 "/api/image/v1.0/receipt",
-                &[
-                    ("authorization", &format!("Bearer {token}")),
-                    ("content-type", "image/jpeg"),
-                ],
+                "image/jpeg",
                 Payload::Full(JPEG.to_vec()),
             )
             .await

@@ -1,336 +1,256 @@
 //! Test support: a whole gateway on port 0 in front of the real sandbox over
-//! real TLS, JWT keys generated at test time, and a small HTTP/1.1 client.
+//! real TLS, built by [`TestGateway`] from a typed config
+//! ([`GatewayToml`]), JWT keys generated at test time, and a small HTTP/1.1
+//! client. What the benches share with the tests (bodies, keys, the config
+//! builder, the client) is in `concur_gateway::testkit`, re-exported here.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::KeyPair as _;
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use concur_gateway::auth::ManualClock;
 use concur_gateway::config::Config;
 use concur_gateway::gateway::Gateway;
-use concur_gateway::sandbox::{OAuthClient, Sandbox, SandboxConfig, SandboxToken, UploadRecord};
-use concur_gateway::server;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Frame;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use concur_gateway::sandbox::{OAuthClient, Sandbox, SandboxConfig, UploadRecord};
+pub use concur_gateway::testkit::*;
+use http::StatusCode;
+use http_body_util::Full;
 use tokio::net::TcpListener;
 
-pub const ISSUER: &str = "https://idp.test.invalid";
-pub const AUDIENCE: &str = "concur-gateway";
-pub const ALICE_TOKEN: &str = "concur-alice-token-0001";
-pub const ADMIN_TOKEN: &str = "concur-acme-admin-token-0002";
-pub const GINA_TOKEN: &str = "concur-gina-token-0003";
-
 /// The sample receipt shipped with the demo: a real baseline JPEG.
-pub const JPEG: &[u8] = concur_gateway::demo::SAMPLE_RECEIPT;
+pub const JPEG: &[u8] = SAMPLE_JPEG;
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub const ALICE: (&str, &str) = ("acme", "alice@acme.example");
+pub const BOB: (&str, &str) = ("acme", "bob@acme.example");
+pub const GINA: (&str, &str) = ("globex", "gina@globex.example");
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+/// How long [`wait_for`] waits before it fails.
+const PATIENCE: Duration = Duration::from_secs(10);
 
-/// Signing keys of every supported family, generated once per test process.
-pub struct Keys {
-    pub es256_pkcs8: Vec<u8>,
-    pub rsa_pem: String,
-    pub rsa_public_pem: String,
-    pub ed25519_pkcs8: Vec<u8>,
-    pub jwks: String,
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
+/// Waits until `condition` holds (polled every 10 ms); panics, naming the
+/// caller's line, if it does not within 10 s. For a condition that stands
+/// for "it happened": then assert on what happened.
+#[track_caller]
+pub fn wait_for(mut condition: impl FnMut() -> bool) -> impl Future<Output = ()> {
+    let at = std::panic::Location::caller();
+    async move {
+        let deadline = Instant::now() + PATIENCE;
+        while !condition() {
+            assert!(
+                Instant::now() < deadline,
+                "condition at {at} not met within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
-pub fn keys() -> &'static Keys {
-    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
-    KEYS.get_or_init(|| {
-        let es = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let es_raw = es.public_key_raw();
-        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let rsa_pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&rsa).unwrap();
-        let rsa_pub = rsa.public_key();
-        let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der<'_>>::as_der(rsa_pub).unwrap();
-        let jwks = serde_json::json!({"keys": [
-            {"kty": "EC", "crv": "P-256", "kid": "es", "use": "sig",
-             "x": URL_SAFE_NO_PAD.encode(&es_raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&es_raw[33..65])},
-            {"kty": "RSA", "kid": "rsa", "use": "sig",
-             "n": URL_SAFE_NO_PAD.encode(rsa_pub.modulus().big_endian_without_leading_zero()),
-             "e": URL_SAFE_NO_PAD.encode(rsa_pub.exponent().big_endian_without_leading_zero())},
-            {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "use": "sig",
-             "x": URL_SAFE_NO_PAD.encode(ed.public_key_raw())},
-        ]});
-        Keys {
-            es256_pkcs8: es.serialize_der(),
-            rsa_pem: pem("PRIVATE KEY", rsa_pkcs8.as_ref()),
-            rsa_public_pem: pem("PUBLIC KEY", spki.as_ref()),
-            ed25519_pkcs8: ed.serialize_der(),
-            jwks: jwks.to_string(),
+/// [`wait_for`] with a condition that needs to await (a request).
+#[track_caller]
+pub fn wait_for_async(mut condition: impl AsyncFnMut() -> bool) -> impl Future<Output = ()> {
+    let at = std::panic::Location::caller();
+    async move {
+        let deadline = Instant::now() + PATIENCE;
+        while !condition().await {
+            assert!(
+                Instant::now() < deadline,
+                "condition at {at} not met within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    })
+    }
 }
 
-/// Standard claims for `company`/`user`, valid for an hour.
-pub fn claims(company: &str, user: &str) -> serde_json::Value {
-    let now = now();
-    serde_json::json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": user, "company": company,
-        "iat": now, "nbf": now - 5, "exp": now + 3600,
-    })
+/// A loopback port free now, for a process that cannot listen on port 0
+/// (clamd, the `serve` command): taken and released at once.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-/// Signs `claims` with the key of `alg` (`kid` as given).
-pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &serde_json::Value) -> String {
-    let k = keys();
-    let key = match alg {
-        Algorithm::ES256 => EncodingKey::from_ec_der(&k.es256_pkcs8),
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
-            EncodingKey::from_rsa_pem(k.rsa_pem.as_bytes()).unwrap()
+/// Gives what must *not* happen (a record upstream, a late answer) time to
+/// show before a test asserts that it did not. A positive condition is
+/// waited for with [`wait_for`] instead.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+/// The caller's identity as the rate limiter keys it.
+pub fn identity(who: (&str, &str)) -> concur_gateway::auth::Identity {
+    concur_gateway::auth::Identity {
+        company: who.0.into(),
+        user: who.1.into(),
+    }
+}
+
+/// A gateway and its sandbox to start: the config ([`GatewayToml`], edited by
+/// key path or by a TOML snippet merged as a table), the credentials file,
+/// extra files next to the config, the sandbox's OAuth2 clients, the clock.
+#[must_use]
+pub struct TestGateway {
+    config: GatewayToml,
+    credentials: String,
+    files: Vec<(String, Vec<u8>)>,
+    oauth_clients: Vec<OAuthClient>,
+    access_token_ttl: Duration,
+    clock: Option<Arc<ManualClock>>,
+}
+
+impl Default for TestGateway {
+    fn default() -> Self {
+        Self {
+            config: GatewayToml::new(),
+            credentials: CREDENTIALS.to_owned(),
+            files: Vec::new(),
+            oauth_clients: Vec::new(),
+            access_token_ttl: Duration::ZERO,
+            clock: None,
         }
-        Algorithm::EdDSA => EncodingKey::from_ed_der(&k.ed25519_pkcs8),
-        other => panic!("no test key for {other:?}"),
-    };
-    let mut header = Header::new(alg);
-    header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
 }
 
-/// An ES256 token (the `es` key) whose JOSE header is exactly `header_json`, for
-/// headers `jsonwebtoken::Header` cannot express (`crit`, `b64`, odd spellings).
-pub fn sign_es256_with_raw_header(header_json: &str, claims: &serde_json::Value) -> String {
-    let key = EncodingKey::from_ec_der(&keys().es256_pkcs8);
-    let message = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header_json),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
-    format!("{message}.{signature}")
-}
+impl TestGateway {
+    /// `config.set(path, value)`: `.set("server.max_connections", 8)`.
+    pub fn set(mut self, path: &str, value: impl Into<toml::Value>) -> Self {
+        self.config = self.config.set(path, value);
+        self
+    }
 
-/// A valid ES256 token for `company`/`user`.
-pub fn jwt(company: &str, user: &str) -> String {
-    sign(Algorithm::ES256, Some("es"), &claims(company, user))
-}
+    pub fn remove(mut self, path: &str) -> Self {
+        self.config = self.config.remove(path);
+        self
+    }
 
-pub const CREDENTIALS: &str = r#"
-[[credential]]
-company = "acme"
-user = "alice@acme.example"
-access_token = "concur-alice-token-0001"
+    /// Replaces the table `name` by `table`.
+    pub fn section(mut self, name: &str, table: toml::Table) -> Self {
+        self.config = self.config.section(name, table);
+        self
+    }
 
-[[credential]]
-company = "acme"
-access_token = "concur-acme-admin-token-0002"
-scheme = "Bearer"
+    /// Parses `snippet` as TOML and deep-merges it into the config.
+    pub fn merge(mut self, snippet: &str) -> Self {
+        self.config = self.config.merge_toml(snippet);
+        self
+    }
 
-[[credential]]
-company = "globex"
-user = "gina@globex.example"
-access_token = "concur-gina-token-0003"
-"#;
-
-/// How a [`Harness`] starts, beyond the defaults.
-#[derive(Default)]
-pub struct Options {
-    /// TOML merged into the generated config (whole sections).
-    pub extra: String,
     /// The credentials file (default: [`CREDENTIALS`]).
-    pub credentials: Option<String>,
-    /// OAuth2 clients the sandbox's token endpoint knows.
-    pub oauth_clients: Vec<OAuthClient>,
-    /// Lifetime of the sandbox's access tokens (zero: 3600 s).
-    pub access_token_ttl: Duration,
+    pub fn credentials(mut self, text: impl Into<String>) -> Self {
+        self.credentials = text.into();
+        self
+    }
+
+    /// A file written next to the config (a path in the config can name it).
+    pub fn file(mut self, name: &str, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.to_owned(), contents.into()));
+        self
+    }
+
+    /// An OAuth2 client the sandbox's token endpoint knows.
+    pub fn oauth_client(mut self, client: OAuthClient) -> Self {
+        self.oauth_clients.push(client);
+        self
+    }
+
+    /// Lifetime of the sandbox's access tokens (default: 3600 s).
+    pub fn access_token_ttl(mut self, ttl: Duration) -> Self {
+        self.access_token_ttl = ttl;
+        self
+    }
+
     /// The gateway's clock (default: the system clock).
-    pub clock: Option<Arc<ManualClock>>,
+    pub fn clock(mut self, clock: Arc<ManualClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Verification keys from `idp` (`auth.jwks_url`, its CA next to the
+    /// config) instead of `jwks.json`.
+    pub fn jwks_from(self, idp: &JwksServer) -> Self {
+        self.file("idp-ca.pem", idp.ca_pem.as_str())
+            .remove("auth.jwks_file")
+            .set("auth.jwks_url", idp.url.as_str())
+            .set("auth.jwks_ca_file", "idp-ca.pem")
+    }
+
+    /// Starts the sandbox, writes the files into the harness's own temporary
+    /// folder, and starts the gateway.
+    pub async fn start(self) -> Harness {
+        let sandbox = start_sandbox(SandboxConfig {
+            oauth_clients: self.oauth_clients,
+            access_token_ttl: self.access_token_ttl,
+            ..SandboxConfig::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, contents) in &self.files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
+        // For tests that set `credentials.state_dir = "state"`.
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let config = self.config.write(dir.path(), &sandbox, &self.credentials);
+        let (gateway, served) = launch(&config, self.clock.clone()).await;
+        Harness {
+            sandbox,
+            gateway,
+            addr: served.addr,
+            admin: served.admin,
+            dir,
+            clock: self.clock,
+            shutdown: Some(served.shutdown),
+            task: Some(served.task),
+        }
+    }
 }
 
-/// A gateway and its sandbox, on port 0.
+/// A gateway and its sandbox, on port 0. Its files live in a temporary
+/// folder it owns: removed when the harness is dropped.
 pub struct Harness {
     pub sandbox: Sandbox,
     pub gateway: Arc<Gateway>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     clock: Option<Arc<ManualClock>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Harness {
+    pub fn builder() -> TestGateway {
+        TestGateway::default()
+    }
+
     pub async fn start() -> Self {
-        Self::with_config("").await
+        Self::builder().start().await
     }
 
-    /// Verification keys from `idp` instead of a file; `auth_extra` adds
-    /// `[auth]` keys.
-    pub async fn with_jwks_url(idp: &JwksServer, auth_extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("idp-ca.pem");
-        std::fs::write(&ca, &idp.ca_pem).unwrap();
-        let h = Self::with_config(&format!(
-            "[auth]\njwks_file = \"\"\njwks_url = \"{}\"\njwks_ca_file = \"{}\"\n{auth_extra}",
-            idp.url,
-            ca.display()
-        ))
-        .await;
-        std::mem::forget(dir);
-        h
+    /// `snippet` is TOML, deep-merged into the generated config as a table.
+    pub async fn with_config(snippet: &str) -> Self {
+        Self::builder().merge(snippet).start().await
     }
 
-    /// `extra` is TOML merged into the generated config (whole sections).
-    pub async fn with_config(extra: &str) -> Self {
-        Self::with_options(Options {
-            extra: extra.to_owned(),
-            ..Options::default()
-        })
-        .await
-    }
-
-    pub async fn with_options(options: Options) -> Self {
-        let extra = options.extra.as_str();
-        let sandbox = Sandbox::start(
-            "127.0.0.1:0".parse().unwrap(),
-            SandboxConfig {
-                tokens: vec![
-                    SandboxToken {
-                        token: ALICE_TOKEN.into(),
-                        company: "acme".into(),
-                        user: Some("alice@acme.example".into()),
-                    },
-                    SandboxToken {
-                        token: ADMIN_TOKEN.into(),
-                        company: "acme".into(),
-                        user: None,
-                    },
-                    SandboxToken {
-                        token: GINA_TOKEN.into(),
-                        company: "globex".into(),
-                        user: Some("gina@globex.example".into()),
-                    },
-                ],
-                oauth_clients: options.oauth_clients.clone(),
-                access_token_ttl: options.access_token_ttl,
-                ..SandboxConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), sandbox.ca_cert_pem()).unwrap();
-        std::fs::write(dir.path().join("jwks.json"), &keys().jwks).unwrap();
-        std::fs::write(
-            dir.path().join("credentials.toml"),
-            options.credentials.as_deref().unwrap_or(CREDENTIALS),
-        )
-        .unwrap();
-        // For tests that set `credentials.state_dir = "state"`.
-        std::fs::create_dir(dir.path().join("state")).unwrap();
-        let mut sections: Vec<(String, String)> = vec![
-            (
-                "server".into(),
-                "drain_delay_s = 0\nshutdown_grace_s = 5\n".into(),
-            ),
-            (
-                "upstream".into(),
-                format!("base_url = \"{}\"\nca_file = \"ca.pem\"\n", sandbox.base_url()),
-            ),
-            (
-                "auth".into(),
-                format!("issuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n"),
-            ),
-            (
-                "rate_limit".into(),
-                "user_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\nuser_concurrent = 1000\ncompany_concurrent = 1000\n"
-                    .into(),
-            ),
-            ("credentials".into(), "file = \"credentials.toml\"\n".into()),
-        ];
-        // Merge `extra`: keys under a [section] replace or extend that section.
-        let mut current: Option<usize> = None;
-        for line in extra.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                current = Some(match sections.iter().position(|(n, _)| n == name) {
-                    Some(i) => i,
-                    None => {
-                        sections.push((name.to_owned(), String::new()));
-                        sections.len() - 1
-                    }
-                });
-                continue;
-            }
-            let i = current.expect("extra config starts with a [section]");
-            let key = line.split('=').next().unwrap().trim();
-            let body = &mut sections[i].1;
-            let kept: Vec<&str> = body
-                .lines()
-                .filter(|l| l.split('=').next().unwrap().trim() != key)
-                .collect();
-            let removal = line.ends_with("= \"\"");
-            *body = kept.join("\n") + "\n" + if removal { "" } else { line } + "\n";
-        }
-        let text: String = sections
-            .iter()
-            .map(|(n, b)| format!("[{n}]\n{b}\n"))
-            .collect();
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, &text).unwrap();
-        let (gateway, addr, admin, tx, task) = launch(&path, options.clock.clone()).await;
-        Harness {
-            sandbox,
-            gateway,
-            addr,
-            admin,
-            dir,
-            clock: options.clock,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
+    /// The folder holding `gateway.toml`, `credentials.toml`, `state/`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Stops the gateway and starts a new one from the same files (same
     /// sandbox, same clock), as a process restart would.
     pub async fn restart(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("server stopped in time")
-                .unwrap();
-        }
-        let (gateway, addr, admin, tx, task) =
+        self.stop_server().await;
+        let (gateway, served) =
             launch(&self.dir.path().join("gateway.toml"), self.clock.clone()).await;
         self.gateway = gateway;
-        self.addr = addr;
-        self.admin = admin;
-        self.shutdown = Some(tx);
-        self.task = Some(task);
+        self.addr = served.addr;
+        self.admin = served.admin;
+        self.shutdown = Some(served.shutdown);
+        self.task = Some(served.task);
     }
 
     /// Moves the gateway's clock (if it has a manual one) and the sandbox's.
@@ -343,9 +263,11 @@ impl Harness {
 
     /// Starts the drain and waits for `server::run` to return.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.stop_server().await;
+    }
+
+    async fn stop_server(&mut self) {
+        self.begin_shutdown();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(30), task)
                 .await
@@ -364,16 +286,50 @@ impl Harness {
         self.sandbox.uploads()
     }
 
-    /// POSTs `body` with a valid alice token and `Content-Type: image/jpeg`.
+    /// Waits until the sandbox holds `n` upload records, and returns them. A
+    /// record is written once its body has ended (complete or cut short).
+    #[track_caller]
+    pub fn wait_for_uploads(&self, n: usize) -> impl Future<Output = Vec<UploadRecord>> + '_ {
+        let waiting = wait_for(move || self.sandbox.uploads().len() >= n);
+        async move {
+            waiting.await;
+            let ups = self.uploads();
+            assert_eq!(ups.len(), n, "{ups:#?}");
+            ups
+        }
+    }
+
+    /// POSTs `body` as alice with `Content-Type: image/jpeg`.
     pub async fn upload(&self, path: &str, body: &[u8]) -> Reply {
-        let token = jwt("acme", "alice@acme.example");
-        self.post(
+        self.upload_as(ALICE, path, "image/jpeg", body).await
+    }
+
+    /// POSTs `body` with a valid token for `who` (company, user).
+    pub async fn upload_as(
+        &self,
+        who: (&str, &str),
+        path: &str,
+        content_type: &str,
+        body: impl Into<Vec<u8>>,
+    ) -> Reply {
+        self.upload_with_token(&jwt(who.0, who.1), path, content_type, body)
+            .await
+    }
+
+    /// POSTs `body` with `Authorization: Bearer {token}`.
+    pub async fn upload_with_token(
+        &self,
+        token: &str,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Vec<u8>>,
+    ) -> Reply {
+        upload_to(
+            self.addr,
+            token,
             path,
-            &[
-                ("authorization", &format!("Bearer {token}")),
-                ("content-type", "image/jpeg"),
-            ],
-            body.to_vec(),
+            content_type,
+            Payload::Full(body.into()),
         )
         .await
     }
@@ -387,154 +343,14 @@ impl Harness {
     }
 }
 
-type Launched = (
-    Arc<Gateway>,
-    SocketAddr,
-    SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-);
-
-async fn launch(path: &std::path::Path, clock: Option<Arc<ManualClock>>) -> Launched {
+async fn launch(path: &Path, clock: Option<Arc<ManualClock>>) -> (Arc<Gateway>, Served) {
     let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
     let gateway = Arc::new(match clock {
         Some(clock) => Gateway::with_clock(config, clock).unwrap(),
         None => Gateway::new(config).unwrap(),
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(gateway.clone(), listener, admin, async {
-        let _ = rx.await;
-    }));
-    (gateway, addr, admin_addr, tx, task)
-}
-
-/// A response, fully read.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    /// Asserts a problem+json error with `status` and `code`, and returns it.
-    #[track_caller]
-    pub fn problem(&self, status: u16, code: &str) -> serde_json::Value {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json")
-        );
-        let v = self.json();
-        assert_eq!(v["code"], code, "{v}");
-        assert_eq!(v["status"], status);
-        assert_eq!(
-            v["request_id"].as_str(),
-            self.header("x-request-id"),
-            "request_id matches the header"
-        );
-        for key in ["type", "title", "detail"] {
-            assert!(v[key].is_string(), "{key} in {v}");
-        }
-        v
-    }
-}
-
-pub enum Payload {
-    Full(Vec<u8>),
-    /// Sent with `Transfer-Encoding: chunked`, in these pieces.
-    Chunked(Vec<Vec<u8>>),
-}
-
-/// One request on a fresh HTTP/1.1 connection.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    payload: Payload,
-) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let body = match payload {
-        Payload::Full(b) => Full::new(Bytes::from(b))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-        Payload::Chunked(pieces) => {
-            Pieces(pieces.into_iter().map(Bytes::from).collect()).boxed_unsync()
-        }
-    };
-    let response = sender
-        .send_request(builder.body(body).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-/// A body of known pieces and unknown length: hyper sends it chunked.
-pub struct Pieces(std::collections::VecDeque<Bytes>);
-
-impl hyper::body::Body for Pieces {
-    type Data = Bytes;
-    type Error = std::io::Error;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// A valid JPEG of about `size` bytes: the sample receipt with APP15 segments
-/// of pseudo-random filler inserted after SOI.
-pub fn big_jpeg(size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size + JPEG.len());
-    out.extend_from_slice(&JPEG[..2]);
-    let mut x: u32 = 0x1234_5678;
-    while out.len() + JPEG.len() < size {
-        let n = (size - out.len() - JPEG.len()).clamp(16, 65_533);
-        out.extend_from_slice(&[0xFF, 0xEF]);
-        out.extend_from_slice(&((n + 2) as u16).to_be_bytes());
-        for _ in 0..n {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            out.push(x as u8);
-        }
-    }
-    out.extend_from_slice(&JPEG[2..]);
-    out
+    let served = serve(gateway.clone()).await;
+    (gateway, served)
 }
 
 /// A local HTTPS server publishing a JWKS that tests can rotate or break.
@@ -668,4 +484,31 @@ impl std::io::Write for CaptureWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+#[tokio::test]
+async fn a_harness_writes_its_typed_config_and_removes_its_folder_when_dropped() {
+    let h = Harness::builder()
+        .set("server.max_connections", 8)
+        .merge("[server]\nbody_idle_timeout_s = 0.5")
+        .remove("rate_limit.user_concurrent")
+        .start()
+        .await;
+    let dir = h.dir().to_owned();
+    let written: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.join("gateway.toml")).unwrap()).unwrap();
+    assert_eq!(written["server"]["max_connections"].as_integer(), Some(8));
+    assert_eq!(
+        written["server"]["body_idle_timeout_s"].as_float(),
+        Some(0.5)
+    );
+    assert_eq!(written["server"]["drain_delay_s"].as_integer(), Some(0));
+    assert!(written["rate_limit"].get("user_concurrent").is_none());
+    assert_eq!(
+        written["upstream"]["base_url"].as_str(),
+        Some(h.sandbox.base_url().as_str())
+    );
+    assert_eq!(h.gateway.config.server.max_connections, 8);
+    h.stop().await;
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
