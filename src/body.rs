@@ -145,6 +145,9 @@ pub struct InspectBody<B> {
     inner: B,
     inspector: Inspector,
     hasher: Option<(digest::Context, &'static str)>,
+    /// A SHA-256 of the body besides `hasher` (an `Idempotency-Key`'s
+    /// fingerprint needs one whatever `inspect.digest` says).
+    sha256: Option<digest::Context>,
     /// Bytes checked but held back; at most `HOLD_BACK` once `out` is drained.
     held: VecDeque<Bytes>,
     held_len: usize,
@@ -296,6 +299,7 @@ where
             inner,
             inspector,
             hasher,
+            sha256: None,
             held: VecDeque::new(),
             held_len: 0,
             out: VecDeque::new(),
@@ -319,6 +323,15 @@ where
             scan: None,
         };
         (body, BodyReport { rx, got: None })
+    }
+
+    /// Also computes the body's SHA-256 (reported as `BodyFacts::sha256`),
+    /// with the digest's own hasher when that is SHA-256 already.
+    pub fn with_sha256(mut self) -> Self {
+        if !matches!(&self.hasher, Some((_, "sha-256"))) {
+            self.sha256 = Some(digest::Context::new(&digest::SHA256));
+        }
+        self
     }
 
     /// Scans the body for malware as it streams (see the module docs).
@@ -540,6 +553,9 @@ where
         if let Some((ctx, _)) = &mut self.hasher {
             ctx.update(&data);
         }
+        if let Some(ctx) = &mut self.sha256 {
+            ctx.update(&data);
+        }
         if let Some(scan) = &mut self.scan {
             scan.push(data.clone()); // a refcount, not a copy
         }
@@ -581,8 +597,14 @@ where
         }
         let facts = &mut self.outcome.facts;
         facts.received = self.received;
+        if let Some(ctx) = self.sha256.take() {
+            facts.sha256 = Some(ctx.finish().as_ref().to_vec());
+        }
         if let Some((ctx, name)) = self.hasher.take() {
             let d = ctx.finish();
+            if name == "sha-256" {
+                facts.sha256 = Some(d.as_ref().to_vec());
+            }
             facts.repr_digest = Some(format!(
                 "{name}=:{}:",
                 base64::engine::general_purpose::STANDARD.encode(d.as_ref())

@@ -49,6 +49,7 @@ pub struct Config {
     pub scan: Option<ScanConfig>,
     pub credentials: CredentialsConfig,
     pub store: StoreConfig,
+    pub idempotency: IdempotencyConfig,
 }
 
 /// A config file as far as it could be read: the validated config or every
@@ -96,6 +97,8 @@ struct RawConfig {
     credentials: RawCredentials,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    idempotency: RawIdempotency,
 }
 
 impl Config {
@@ -149,6 +152,7 @@ impl Config {
             scan: raw.scan.map(|scan| scan.parse(&mut cx)),
             credentials: raw.credentials.parse(&mut cx),
             store: raw.store.parse(&mut cx),
+            idempotency: raw.idempotency.parse(&mut cx),
         };
         Parsed {
             config: if cx.problems.is_empty() {
@@ -1008,6 +1012,60 @@ impl RawCredentials {
                 "credentials.reload_interval_s",
                 self.reload_interval_s,
                 DEFAULT_CREDENTIALS_RELOAD_INTERVAL,
+            ),
+        }
+    }
+}
+
+// ---- [idempotency] ----
+
+/// `Idempotency-Key` records (`idempotency.rs`).
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// How long a final answer is kept for replays.
+    pub ttl: Duration,
+    /// Memory backend: most records kept (oldest dropped first).
+    pub max_records: usize,
+    /// A request without a key is `400 invalid_idempotency_key`.
+    pub required: bool,
+    /// Life of an in-flight record, renewed while the upload runs: a gateway
+    /// that dies mid-request frees the key after this.
+    pub lease: Duration,
+}
+
+/// How long a final answer is kept.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(86_400);
+/// Memory backend: most records kept.
+pub const DEFAULT_IDEMPOTENCY_MAX_RECORDS: usize = 100_000;
+/// Life of an in-flight record (renewed every third of it).
+pub const DEFAULT_IDEMPOTENCY_LEASE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Deserialize)]
+struct RawIdempotency {
+    /// Default [`DEFAULT_IDEMPOTENCY_TTL`] (one day).
+    ttl_s: Option<f64>,
+    /// Default [`DEFAULT_IDEMPOTENCY_MAX_RECORDS`].
+    max_records: Option<usize>,
+    /// Default `false`.
+    required: Option<bool>,
+    /// Default [`DEFAULT_IDEMPOTENCY_LEASE`].
+    lease_s: Option<f64>,
+}
+
+impl RawIdempotency {
+    fn parse(self, cx: &mut Cx<'_>) -> IdempotencyConfig {
+        IdempotencyConfig {
+            ttl: cx.duration("idempotency.ttl_s", self.ttl_s, DEFAULT_IDEMPOTENCY_TTL),
+            max_records: cx.positive(
+                "idempotency.max_records",
+                self.max_records,
+                DEFAULT_IDEMPOTENCY_MAX_RECORDS,
+            ),
+            required: self.required.unwrap_or(false),
+            lease: cx.duration(
+                "idempotency.lease_s",
+                self.lease_s,
+                DEFAULT_IDEMPOTENCY_LEASE,
             ),
         }
     }

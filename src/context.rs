@@ -36,6 +36,8 @@ pub struct RequestCtx {
     pub image_id: Option<String>,
     /// Why the request failed, for the log (the client got the stable code).
     pub error: Option<String>,
+    /// What became of the request's `Idempotency-Key`: `stored`, `replayed`.
+    pub idempotency: Option<&'static str>,
     /// The `RateLimit` header value once the request went through admission.
     pub rate_limit: Option<String>,
 }
@@ -52,6 +54,7 @@ impl RequestCtx {
             upstream: None,
             image_id: None,
             error: None,
+            idempotency: None,
             rate_limit: None,
         }
     }
@@ -68,4 +71,7 @@ pub struct BodyFacts {
     pub repr_digest: Option<String>,
     /// Hex digest of the accepted body, for the access log.
     pub digest_hex: Option<String>,
+    /// SHA-256 of the accepted body, when it was computed (the digest is
+    /// SHA-256, or an `Idempotency-Key` asked for it).
+    pub sha256: Option<Vec<u8>>,
 }

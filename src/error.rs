@@ -107,6 +107,17 @@ pub enum GatewayError {
     /// several `Authorization` headers, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// A malformed `Idempotency-Key` (or none where one is required).
+    #[error("invalid Idempotency-Key: {0}")]
+    InvalidIdempotencyKey(&'static str),
+    /// The same key is in flight (on any replica).
+    #[error("a request with this Idempotency-Key is in progress; retry in {retry_after_s} s")]
+    IdempotencyConflict { retry_after_s: u64 },
+    /// The same key with another request.
+    #[error(
+        "this Idempotency-Key was used with another request (route, target, media type or body)"
+    )]
+    IdempotencyKeyReused,
     /// A `Transfer-Encoding` other than a single `chunked` (RFC 9112 §6.1).
     #[error("transfer coding not implemented: only `chunked` is accepted")]
     NotImplemented,
@@ -121,7 +132,11 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            InvalidId | EmptyBody | InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            InvalidId | EmptyBody | InvalidRequest(_) | InvalidIdempotencyKey(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            IdempotencyConflict { .. } => StatusCode::CONFLICT,
+            IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             NotImplemented => StatusCode::NOT_IMPLEMENTED,
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             MissingToken | InvalidToken(_) => StatusCode::UNAUTHORIZED,
@@ -178,6 +193,9 @@ impl GatewayError {
             Concur(_) => "concur_error",
             ClientAborted(_) => "client_aborted",
             InvalidRequest(_) => "invalid_request",
+            InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            IdempotencyConflict { .. } => "idempotency_conflict",
+            IdempotencyKeyReused => "idempotency_key_reused",
             NotImplemented => "not_implemented",
             HeadTooLarge { .. } => "request_head_too_large",
             Internal(_) => "internal_error",
@@ -217,6 +235,9 @@ impl GatewayError {
             Concur(_) => "Concur error",
             ClientAborted(_) => "Client aborted",
             InvalidRequest(_) => "Invalid request",
+            InvalidIdempotencyKey(_) => "Invalid Idempotency-Key",
+            IdempotencyConflict { .. } => "Idempotency-Key in use",
+            IdempotencyKeyReused => "Idempotency-Key reused",
             NotImplemented => "Not implemented",
             HeadTooLarge { .. } => "Request head too large",
             Internal(_) => "Internal error",
@@ -295,7 +316,8 @@ impl GatewayError {
             }
             GatewayError::RateLimited { retry_after_s, .. }
             | GatewayError::Overloaded { retry_after_s }
-            | GatewayError::StoreUnavailable { retry_after_s } => {
+            | GatewayError::StoreUnavailable { retry_after_s }
+            | GatewayError::IdempotencyConflict { retry_after_s } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             GatewayError::ShuttingDown | GatewayError::ScanUnavailable => {
@@ -401,6 +423,21 @@ mod tests {
                 "invalid_request",
             ),
             (GatewayError::NotImplemented, 501, "not_implemented"),
+            (
+                GatewayError::InvalidIdempotencyKey("x"),
+                400,
+                "invalid_idempotency_key",
+            ),
+            (
+                GatewayError::IdempotencyConflict { retry_after_s: 1 },
+                409,
+                "idempotency_conflict",
+            ),
+            (
+                GatewayError::IdempotencyKeyReused,
+                422,
+                "idempotency_key_reused",
+            ),
             (
                 GatewayError::HeadTooLarge {
                     limit: 65536,

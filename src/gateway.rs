@@ -50,9 +50,14 @@ impl Gateway {
             open_credentials(&config.credentials.file).map_err(|ps| problems.extend(ps));
         problems.extend(check_state_dir(config.credentials.state_dir.as_deref()).err());
         let metrics = Metrics::new();
-        let store = Store::new(&config.store, &config.rate_limit, &metrics)
-            .map(Arc::new)
-            .map_err(|e| problems.push(e));
+        let store = Store::new(
+            &config.store,
+            &config.rate_limit,
+            &config.idempotency,
+            &metrics,
+        )
+        .map(Arc::new)
+        .map_err(|e| problems.push(e));
         let clients = upstream_connector(&config.upstream)
             .map_err(|e| problems.push(e))
             .and_then(|https| {

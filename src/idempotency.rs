@@ -107,7 +107,11 @@ pub struct Record {
 /// and the body's SHA-256.
 pub fn fingerprint(route: &str, target: Option<&str>, media: &str, body_sha256: &[u8]) -> String {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in [route.as_bytes(), target.unwrap_or("").as_bytes(), media.as_bytes()] {
+    for part in [
+        route.as_bytes(),
+        target.unwrap_or("").as_bytes(),
+        media.as_bytes(),
+    ] {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part);
     }
@@ -121,7 +125,8 @@ pub fn fingerprint(route: &str, target: Option<&str>, media: &str, body_sha256: 
 
 /// Whether Concur's status is final for the key (kept and replayed).
 pub fn is_final(status: u16) -> bool {
-    (200..300).contains(&status) || ((400..500).contains(&status) && !matches!(status, 408 | 425 | 429))
+    (200..300).contains(&status)
+        || ((400..500).contains(&status) && !matches!(status, 408 | 425 | 429))
 }
 
 /// What [`Records::begin`] found.
@@ -291,7 +296,15 @@ mod tests {
         );
         assert_eq!(key(r#""a\"b\\c""#), Ok(Some(r#"a"b\c"#.into())));
         assert_eq!(key(&"k".repeat(255)), Ok(Some("k".repeat(255))));
-        for bad in ["", "\"\"", "\"abc", "a b", "\"a b\"", r#""a\nb""#, "\"a\"b\""] {
+        for bad in [
+            "",
+            "\"\"",
+            "\"abc",
+            "a b",
+            "\"a b\"",
+            r#""a\nb""#,
+            "\"a\"b\"",
+        ] {
             assert_eq!(key(bad), Err("invalid_idempotency_key"), "{bad:?}");
         }
         assert_eq!(key(&"k".repeat(256)), Err("invalid_idempotency_key"));
@@ -320,7 +333,10 @@ mod tests {
         assert_ne!(a, fingerprint("report", Some("R2"), "image/jpeg", &sha));
         assert_ne!(a, fingerprint("invoice", Some("R1"), "image/jpeg", &sha));
         assert_ne!(a, fingerprint("report", Some("R1"), "image/png", &sha));
-        assert_ne!(a, fingerprint("report", Some("R1"), "image/jpeg", &[2u8; 32]));
+        assert_ne!(
+            a,
+            fingerprint("report", Some("R1"), "image/jpeg", &[2u8; 32])
+        );
         assert_ne!(
             fingerprint("report", Some("R1x"), "", &sha),
             fingerprint("report", Some("R1"), "x", &sha),
@@ -372,7 +388,10 @@ mod tests {
             Begun::Final(record("fp")),
             "the newest kept"
         );
-        assert_eq!(m.begin("key-0", "o", Duration::from_secs(60)), Begun::Started);
+        assert_eq!(
+            m.begin("key-0", "o", Duration::from_secs(60)),
+            Begun::Started
+        );
         assert!(m.inner.lock().unwrap().order.len() <= 2 * 1000 + 1);
     }
 }

@@ -44,6 +44,7 @@ pub mod demo;
 pub mod error;
 pub mod framing;
 pub mod gateway;
+pub mod idempotency;
 pub mod inspect;
 pub mod logging;
 pub mod metrics;

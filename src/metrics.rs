@@ -87,6 +87,8 @@ pub struct Metrics {
     pub store_fallbacks: Family<OpLabel, Counter>,
     /// 1 while the shared store (Redis) answers, 0 when not (absent with the memory backend).
     pub store_up: Gauge,
+    /// `Idempotency-Key` outcomes: stored, replayed, conflict, reused.
+    pub idempotency: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -214,6 +216,12 @@ impl Metrics {
             "1 while the shared store (Redis) answers (only meaningful with [store] backend = \"redis\")",
             store_up.clone(),
         );
+        let idempotency = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "idempotency",
+            "Idempotency-Key outcomes: stored (a final answer kept), replayed, conflict (in flight), reused (another request)",
+            idempotency.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -242,6 +250,7 @@ impl Metrics {
             connections_refused,
             store_fallbacks,
             store_up,
+            idempotency,
         }
     }
 

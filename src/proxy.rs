@@ -46,12 +46,13 @@ use crate::credentials::refresh::Access;
 use crate::credentials::{self, Credential};
 use crate::error::{BoxError, ConcurError, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
+use crate::idempotency::{self, IDEMPOTENT_REPLAYED, Record};
 use crate::inspect::{Inspector, MediaType};
-use crate::metrics::{CodeLabel, DirectionLabel, RouteLabel, ScopeLabel};
+use crate::metrics::{CodeLabel, DirectionLabel, ResultLabel, RouteLabel, ScopeLabel};
 use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::route::{self, Route};
 use crate::spool::Spool;
-use crate::store::{self, Place};
+use crate::store::{self, KeyState, Place};
 use crate::transform;
 use crate::upstream::UpstreamBody;
 
@@ -129,6 +130,11 @@ where
             error.into_response(ctx.id.as_str())
         }
     };
+    if ctx.idempotency == Some("replayed") {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
     if let Some(usage) = ctx
         .rate_limit
         .as_deref()
@@ -157,10 +163,108 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let admitted = admit(gw, ctx, &parts).await?;
-    let outgoing = open_body(gw, ctx, &admitted, body, report).await?;
+    let mut admitted = admit(gw, ctx, &parts).await?;
+    let hold = match admitted.key.take() {
+        Some((_, KeyState::Final(record))) => {
+            return replay(gw, ctx, &admitted, record, body, report, &parts.headers).await;
+        }
+        Some((_, KeyState::Held(hold))) => Some(hold),
+        None => None,
+    };
+    let outgoing = open_body(gw, ctx, &admitted, body, report, hold.is_some()).await?;
     let answer = exchange(gw, ctx, &admitted, outgoing, report).await?;
+    if let Some(hold) = hold {
+        // Concur's final answer is kept for retries; anything else drops the
+        // record (the hold's drop), so a retry goes to Concur again.
+        if idempotency::is_final(answer.status.as_u16()) {
+            let sha256 = report
+                .as_mut()
+                .and_then(BodyReport::now)
+                .and_then(|o| o.facts.sha256.clone())
+                .unwrap_or_default();
+            hold.finish(&Record {
+                fingerprint: admitted.fingerprint(&sha256),
+                status: answer.status.as_u16(),
+                content_type: header_text(&answer.headers, header::CONTENT_TYPE),
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
+                repr_digest: answer.repr_digest.clone(),
+                location: header_text(&answer.headers, header::LOCATION),
+            })
+            .await;
+            ctx.idempotency = Some("stored");
+            gw.metrics
+                .idempotency
+                .get_or_create(&ResultLabel { result: "stored" })
+                .inc();
+        }
+    }
     respond(ctx, answer, &parts.headers)
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A retry whose key has a final record: its body is read whole through the
+/// inspection (nothing is sent to Concur), and the same fingerprint gets the
+/// stored answer, translated for this request's `Accept`.
+async fn replay<B>(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    admitted: &Admitted,
+    record: Record,
+    body: B,
+    report: &mut Option<BodyReport>,
+    client_headers: &HeaderMap,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut body = inspect_body(gw, admitted, body, report).with_sha256();
+    while body.next_cleared().await?.is_some() {}
+    drop(body);
+    let sha256 = report
+        .as_mut()
+        .and_then(BodyReport::now)
+        .and_then(|o| o.facts.sha256.clone())
+        .unwrap_or_default();
+    if admitted.fingerprint(&sha256) != record.fingerprint {
+        gw.metrics
+            .idempotency
+            .get_or_create(&ResultLabel { result: "reused" })
+            .inc();
+        return Err(GatewayError::IdempotencyKeyReused);
+    }
+    ctx.idempotency = Some("replayed");
+    gw.metrics
+        .idempotency
+        .get_or_create(&ResultLabel { result: "replayed" })
+        .inc();
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        (header::CONTENT_TYPE, &record.content_type),
+        (header::LOCATION, &record.location),
+    ] {
+        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, v);
+        }
+    }
+    let status = StatusCode::from_u16(record.status)
+        .map_err(|_| GatewayError::Internal("a stored status is not a status".into()))?;
+    respond(
+        ctx,
+        Answer {
+            status,
+            headers,
+            body: Bytes::from(record.body),
+            repr_digest: record.repr_digest,
+        },
+        client_headers,
+    )
 }
 
 /// What `admit` decided: where the upload goes, as whom, and what it declares.
@@ -175,6 +279,20 @@ struct Admitted {
     /// The upload's place among the uploads in flight, held until the
     /// answer is ready.
     _place: Place,
+    /// The request's `Idempotency-Key` and what the store holds for it.
+    key: Option<(String, KeyState)>,
+}
+
+impl Admitted {
+    /// The request's fingerprint for its `Idempotency-Key`.
+    fn fingerprint(&self, body_sha256: &[u8]) -> String {
+        idempotency::fingerprint(
+            self.route.kind.as_str(),
+            self.route.id.as_deref(),
+            self.media.mime(),
+            body_sha256,
+        )
+    }
 }
 
 /// Phase 1: everything that needs no body byte, ending with the admission
@@ -187,6 +305,12 @@ async fn admit(
 ) -> Result<Admitted, GatewayError> {
     let route = route::parse(&parts.method, parts.uri.path())?;
     ctx.route = Some(route.kind);
+    let key = idempotency::parse(&parts.headers)?;
+    if key.is_none() && gw.config.idempotency.required {
+        return Err(GatewayError::InvalidIdempotencyKey(
+            "an Idempotency-Key is required (idempotency.required)",
+        ));
+    }
     let identity = ctx.identity.clone().ok_or_else(|| {
         GatewayError::Internal("request reached the proxy unauthenticated".into())
     })?;
@@ -228,7 +352,24 @@ async fn admit(
         user.usage_item(admission.remaining.user),
         company.usage_item(admission.remaining.company)
     ));
+    // The key, last: held in flight from here until Concur's answer.
+    let key = match key {
+        None => None,
+        Some(key) => match gw.store.begin_key(&identity, &key).await {
+            Ok(state) => Some((key, state)),
+            Err(e) => {
+                if matches!(e, GatewayError::IdempotencyConflict { .. }) {
+                    gw.metrics
+                        .idempotency
+                        .get_or_create(&ResultLabel { result: "conflict" })
+                        .inc();
+                }
+                return Err(e);
+            }
+        },
+    };
     Ok(Admitted {
+        key,
         identity,
         route,
         media,
@@ -253,25 +394,18 @@ async fn open_body<B>(
     admitted: &Admitted,
     body: B,
     report: &mut Option<BodyReport>,
+    sha256: bool,
 ) -> Result<Outgoing, GatewayError>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let server = &gw.config.server;
-    let (mut body, body_report) = InspectBody::new(
-        body,
-        Inspector::new(admitted.media, &gw.config.inspect.limits),
-        gw.config.inspect.digest,
-        server.max_body_bytes,
-        admitted.declared_len,
-        BodyTiming {
-            idle: server.body_idle_timeout,
-            min_rate: server.min_body_rate,
-            deadline: server.body_deadline,
-        },
-    );
-    *report = Some(body_report);
+    let mut body = inspect_body(gw, admitted, body, report);
+    if sha256 {
+        // An Idempotency-Key's fingerprint needs it, whatever inspect.digest says.
+        body = body.with_sha256();
+    }
     if let Some(scanner) = &gw.scanner {
         body = body.with_scan(scanner.session(ctx.id.as_str()));
     }
@@ -291,6 +425,34 @@ where
             })
         }
     }
+}
+
+/// The client's body behind the inspection adapter; its report goes to `report`.
+fn inspect_body<B>(
+    gw: &Gateway,
+    admitted: &Admitted,
+    body: B,
+    report: &mut Option<BodyReport>,
+) -> InspectBody<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let server = &gw.config.server;
+    let (body, body_report) = InspectBody::new(
+        body,
+        Inspector::new(admitted.media, &gw.config.inspect.limits),
+        gw.config.inspect.digest,
+        server.max_body_bytes,
+        admitted.declared_len,
+        BodyTiming {
+            idle: server.body_idle_timeout,
+            min_rate: server.min_body_rate,
+            deadline: server.body_deadline,
+        },
+    );
+    *report = Some(body_report);
+    body
 }
 
 /// Concur's answer, read whole (bounded).

@@ -35,8 +35,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use self::redis::{AdmitKeys, AdmitLimits, AdmitReply, Redis, StoreError};
 use crate::auth::Identity;
 use crate::concurrency::{InFlight, InFlightLimits};
-use crate::config::{RateLimitConfig, StoreConfig};
+use crate::config::{IdempotencyConfig, RateLimitConfig, StoreConfig};
 use crate::error::GatewayError;
+use crate::idempotency::{Begun, MemoryRecords, Record};
 use crate::metrics::{Metrics, OpLabel};
 use crate::rate_limit::{RateLimits, Remaining, retry_after_secs};
 
@@ -64,6 +65,9 @@ pub struct Store {
     up: Gauge,
     /// `RateLimit-Policy`: fixed for the gateway's lifetime, built once.
     policy: http::HeaderValue,
+    /// `Idempotency-Key` records of the memory backend.
+    records: MemoryRecords,
+    idempotency: IdempotencyConfig,
 }
 
 /// An admitted request: what is left of the limits, and its place among the
@@ -130,6 +134,7 @@ impl Store {
     pub fn new(
         config: &StoreConfig,
         rate_limit: &RateLimitConfig,
+        idempotency: &IdempotencyConfig,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         let shared = match &config.redis {
@@ -148,6 +153,8 @@ impl Store {
             .collect::<Vec<_>>()
             .join(", ");
         Ok(Self {
+            records: MemoryRecords::new(idempotency.max_records, idempotency.ttl),
+            idempotency: idempotency.clone(),
             policy: http::HeaderValue::from_str(&policy).expect("ASCII header items"),
             limits,
             in_flight: InFlightLimits::new(
@@ -377,6 +384,170 @@ impl Store {
             .lock()
             .expect("backoff lock")
             .retain(|_, t| *t > Instant::now());
+    }
+}
+
+/// An `Idempotency-Key` held in flight by this request: renewed while held;
+/// dropped without [`KeyHold::finish`], the record is abandoned (the key is
+/// free again).
+#[derive(Debug)]
+pub struct KeyHold {
+    store: Arc<Store>,
+    key: String,
+    marker: String,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    finished: bool,
+}
+
+impl KeyHold {
+    /// Keeps Concur's final answer for `idempotency.ttl_s`.
+    pub async fn finish(mut self, record: &Record) {
+        self.finished = true;
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+        let store = &self.store;
+        match &store.shared {
+            None => store
+                .records
+                .finish(&self.key, &self.marker, record.clone()),
+            Some(redis) => {
+                let json = serde_json::to_string(record).expect("a record serialises");
+                match redis
+                    .idem_finish(&self.key, &self.marker, &json, store.idempotency.ttl)
+                    .await
+                {
+                    Ok(_) => store.recovered(),
+                    Err(e) => store.fell_back("idempotency_finish", &e),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for KeyHold {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+        if self.finished {
+            return;
+        }
+        match &self.store.shared {
+            None => self.store.records.abandon(&self.key, &self.marker),
+            Some(redis) => {
+                let (redis, key, marker) = (
+                    redis.clone(),
+                    std::mem::take(&mut self.key),
+                    std::mem::take(&mut self.marker),
+                );
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        let _ = redis.unlock(&key, &marker).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What a request's `Idempotency-Key` found.
+#[derive(Debug)]
+pub enum KeyState {
+    /// The key is this request's now.
+    Held(KeyHold),
+    /// A final answer to replay (if the fingerprint matches).
+    Final(Record),
+}
+
+impl Store {
+    /// Looks up the caller's `key` and, when it has no record, holds it in
+    /// flight for this request. Another request holding it: `409
+    /// idempotency_conflict`. The store unavailable (Redis): `503
+    /// store_unavailable`: a key cannot be honoured without it.
+    pub async fn begin_key(
+        self: &Arc<Self>,
+        who: &Identity,
+        key: &str,
+    ) -> Result<KeyState, GatewayError> {
+        let owner = crate::request_id::generate();
+        let marker = format!("inflight:{owner}");
+        let lease = self.idempotency.lease;
+        let conflict = GatewayError::IdempotencyConflict {
+            retry_after_s: retry_after_secs(lease.min(Duration::from_secs(5))),
+        };
+        match &self.shared {
+            None => {
+                let record_key = format!("{}\0{}\0{key}", who.company, who.user);
+                match self.records.begin(&record_key, &marker, lease) {
+                    Begun::InFlight => Err(conflict),
+                    Begun::Final(record) => Ok(KeyState::Final(record)),
+                    Begun::Started => {
+                        let renewal = {
+                            let store = Arc::downgrade(self);
+                            let (k, m) = (record_key.clone(), marker.clone());
+                            tokio::spawn(async move {
+                                loop {
+                                    tokio::time::sleep(lease / 3).await;
+                                    let Some(store) = store.upgrade() else { return };
+                                    store.records.renew(&k, &m, lease);
+                                }
+                            })
+                        };
+                        Ok(KeyState::Held(KeyHold {
+                            store: self.clone(),
+                            key: record_key,
+                            marker,
+                            renewal: Some(renewal),
+                            finished: false,
+                        }))
+                    }
+                }
+            }
+            Some(redis) => {
+                let record_key = format!(
+                    "{}{}:idem:{}:{}",
+                    redis.prefix(),
+                    company_tag(&who.company),
+                    short_hash(who.user.as_bytes()),
+                    short_hash(key.as_bytes())
+                );
+                let found = match redis.idem_begin(&record_key, &marker, lease).await {
+                    Ok(found) => {
+                        self.recovered();
+                        found
+                    }
+                    Err(e) => {
+                        self.fell_back("idempotency_begin", &e);
+                        return Err(GatewayError::StoreUnavailable { retry_after_s: 5 });
+                    }
+                };
+                match found {
+                    Some(v) if v.starts_with("inflight:") => Err(conflict),
+                    Some(v) => serde_json::from_str(&v)
+                        .map(KeyState::Final)
+                        .map_err(|e| GatewayError::Internal(format!("an idempotency record: {e}"))),
+                    None => {
+                        let renewal = {
+                            let (redis, k, m) = (redis.clone(), record_key.clone(), marker.clone());
+                            tokio::spawn(async move {
+                                loop {
+                                    tokio::time::sleep(lease / 3).await;
+                                    let _ = redis.extend_lock(&k, &m, lease).await;
+                                }
+                            })
+                        };
+                        Ok(KeyState::Held(KeyHold {
+                            store: self.clone(),
+                            key: record_key,
+                            marker,
+                            renewal: Some(renewal),
+                            finished: false,
+                        }))
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 //! | `P{c:H}:bo:K` | string | Concur asked credential `K` (a hash) to back off | Concur's `Retry-After` (≤ 5 min) |
 //! | `P{c:H}:tok:K` | hash | `v` version, `s` the credential's token state, AES-256-GCM sealed | none |
 //! | `P{c:H}:lock:K` | string | the refresh lock: the holder's random id | 15 s, renewed every 5 s while the refresh runs |
-//! | `P{c:H}:idem:…` | | idempotency records (see `idempotency`) | |
+//! | `P{c:H}:idem:U:K` | string | an `Idempotency-Key` record of user `U` (hash) for key `K` (hash): `inflight:<id>` while the first request runs, then the final answer (JSON: fingerprint, Concur's status and body) | the in-flight lease (30 s, renewed), then `idempotency.ttl_s` |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +108,8 @@ struct Scripts {
     unlock: Script,
     extend_lock: Script,
     cas: Script,
+    idem_begin: Script,
+    idem_finish: Script,
 }
 
 /// Admission: Concur back-off of the credential, uploads in flight per user
@@ -180,6 +182,25 @@ return 0
 
 const EXTEND_LOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
+
+/// Returns the record at KEYS[1] if there is one, else creates the in-flight
+/// marker ARGV[1] for ARGV[2] ms and returns false.
+const IDEM_BEGIN: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"#;
+
+/// Replaces the in-flight marker ARGV[1] by the final record ARGV[2] for
+/// ARGV[3] ms, if the marker is still ours.
+const IDEM_FINISH: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
 return 0
 "#;
 
@@ -273,6 +294,8 @@ impl Redis {
                 unlock: Script::new(UNLOCK),
                 extend_lock: Script::new(EXTEND_LOCK),
                 cas: Script::new(CAS),
+                idem_begin: Script::new(IDEM_BEGIN),
+                idem_finish: Script::new(IDEM_FINISH),
             },
         })
     }
@@ -531,6 +554,44 @@ impl Redis {
             .call(|mut c| async move { redis::cmd("EXISTS").arg(&key).query_async(&mut c).await })
             .await?;
         Ok(n == 1)
+    }
+}
+
+impl Redis {
+    /// The record at `key`, or `None` after creating the in-flight `marker`.
+    pub async fn idem_begin(
+        &self,
+        key: &str,
+        marker: &str,
+        lease: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut invocation = self.scripts.idem_begin.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(marker)
+            .arg(lease.as_millis() as u64);
+        self.call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// Replaces our in-flight `marker` by the final `record` for `ttl`.
+    pub async fn idem_finish(
+        &self,
+        key: &str,
+        marker: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.scripts.idem_finish.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(marker)
+            .arg(record)
+            .arg(ttl.as_millis() as u64);
+        let r: i64 = self
+            .call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        Ok(r == 1)
     }
 }
 

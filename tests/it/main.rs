@@ -5,6 +5,7 @@ mod creds;
 mod gateway;
 mod h2;
 mod hardening;
+mod idempotency;
 mod inspect_img;
 mod inspect_pdf;
 mod jwks;

@@ -1039,3 +1039,149 @@ async fn a_replica_killed_while_holding_the_refresh_lock_is_taken_over() {
     );
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_records_are_shared_by_every_replica() {
+    if !redis_available() {
+        return;
+    }
+    use crate::idempotency::keyed;
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(2, Duration::ZERO, |dir| store_section(dir, &url, None, "")).await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    // Stored on A, replayed by B: Concur saw one upload.
+    let first = keyed(a, ALICE, "/api/image/v1.0/report/R1", "k-1", JPEG, &[]).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let again = keyed(b, ALICE, "/api/image/v1.0/report/R1", "k-1", JPEG, &[]).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json());
+    keyed(b, ALICE, "/api/image/v1.0/report/R2", "k-1", JPEG, &[])
+        .await
+        .problem(422, "idempotency_key_reused");
+    assert_eq!(fleet.sandbox.uploads().len(), 1);
+    // In flight on A (held at Concur): B answers 409.
+    fleet
+        .sandbox
+        .push_fault(concur_gateway::sandbox::Fault::Delay { millis: 1500 });
+    let held = tokio::spawn(async move {
+        keyed(a, ALICE, "/api/image/v1.0/report/R3", "k-2", JPEG, &[]).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.sandbox.uploads().len() < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    keyed(b, ALICE, "/api/image/v1.0/report/R3", "k-2", JPEG, &[])
+        .await
+        .problem(409, "idempotency_conflict");
+    assert_eq!(held.await.unwrap().status, 201);
+    let replay = keyed(b, ALICE, "/api/image/v1.0/report/R3", "k-2", JPEG, &[]).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(fleet.sandbox.uploads().len(), 2);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_held_by_a_killed_replica_is_free_after_its_lease() {
+    if !redis_available() {
+        return;
+    }
+    use crate::idempotency::keyed;
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let lease = "[idempotency]\nlease_s = 1.5\n";
+    let fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        format!("{lease}{}", store_section(dir, &url, None, ""))
+    })
+    .await;
+    // A second replica as a process, killed (-9) in the middle of an upload
+    // with a key: its in-flight record is left behind.
+    let config = fleet.dir.path().join("victim.toml");
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[upstream]\nbase_url = \"{}\"\nca_file = \"ca.pem\"\n[auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n[credentials]\nfile = \"credentials.toml\"\n{lease}{}",
+            fleet.sandbox.base_url(),
+            store_section(fleet.dir.path(), &url, None, "")
+        ),
+    )
+    .unwrap();
+    let mut victim = Command::new(env!("CARGO_BIN_EXE_concur-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(listen).is_err() {
+        assert!(Instant::now() < deadline, "the victim did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // connected to Redis
+    use tokio::io::AsyncWriteExt;
+    let body = big_jpeg(200 * 1024);
+    let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /api/image/v1.0/report/K1 HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\ncontent-type: image/jpeg\r\nidempotency-key: crash-1\r\ncontent-length: {}\r\n\r\n",
+            jwt(ALICE.0, ALICE.1),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&body[..1000]).await.unwrap();
+    // Wait until the victim's in-flight record is in Redis.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("concur-gateway:*:idem:*")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the victim never held the key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = fleet.replicas[0].addr;
+    keyed(a, ALICE, "/api/image/v1.0/report/K1", "crash-1", &body, &[])
+        .await
+        .problem(409, "idempotency_conflict");
+    victim.kill().unwrap(); // SIGKILL
+    let _ = victim.wait();
+    drop(s);
+    // Still held until its lease runs out (no renewal any more), then free.
+    let started = Instant::now();
+    loop {
+        let r = keyed(a, ALICE, "/api/image/v1.0/report/K1", "crash-1", &body, &[]).await;
+        if r.status == 201 {
+            break;
+        }
+        r.problem(409, "idempotency_conflict");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fleet
+            .sandbox
+            .uploads()
+            .iter()
+            .filter(|u| u.complete)
+            .count()
+            == 1,
+        "one complete upload: the survivor's"
+    );
+    fleet.stop().await;
+}

@@ -1,0 +1,356 @@
+//! `Idempotency-Key` with the memory backend (the Redis backend, across
+//! replicas, is in `store.rs`): a retried upload never becomes a duplicate
+//! receipt. Every test asserts on what reached the sandbox.
+
+use concur_gateway::sandbox::Fault;
+
+use crate::support::*;
+
+const ALICE: (&str, &str) = ("acme", "alice@acme.example");
+const GINA: (&str, &str) = ("globex", "gina@globex.example");
+
+/// POSTs `body` as `who` with an `Idempotency-Key` (and extra headers).
+pub async fn keyed(
+    addr: std::net::SocketAddr,
+    who: (&str, &str),
+    path: &str,
+    key: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> Reply {
+    let auth = format!("Bearer {}", jwt(who.0, who.1));
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "image/jpeg"),
+        ("idempotency-key", key),
+    ];
+    headers.extend_from_slice(extra);
+    request(addr, "POST", path, &headers, Payload::Full(body.to_vec())).await
+}
+
+#[tokio::test]
+async fn a_retry_gets_the_same_answer_and_concur_sees_one_upload() {
+    let h = Harness::start().await;
+    let key = "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"";
+    let first = keyed(h.addr, ALICE, "/api/image/v1.0/report/R1", key, JPEG, &[]).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert!(first.header("idempotent-replayed").is_none());
+    // The same request again, the key bare this time (the same key).
+    let again = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R1",
+        "8e03978e-40d5-43e8-bc93-6894a57f9324",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json(), "the same Image.Id");
+    assert_eq!(again.header("repr-digest"), first.header("repr-digest"));
+    assert_ne!(again.header("x-request-id"), first.header("x-request-id"));
+    // Replayed as XML for a client that asks for it.
+    let xml = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R1",
+        key,
+        JPEG,
+        &[("accept", "application/xml")],
+    )
+    .await;
+    assert_eq!(xml.status, 201);
+    assert_eq!(xml.header("idempotent-replayed"), Some("true"));
+    assert!(
+        xml.text().starts_with("<?xml") || xml.text().starts_with("<Image"),
+        "{}",
+        xml.text()
+    );
+    assert!(xml.text().contains("<Id>R1</Id>") || xml.text().contains("R1"));
+    assert_eq!(h.uploads().len(), 1, "Concur saw exactly one upload");
+    let m = h.admin_get("/metrics").await.text();
+    assert!(
+        m.contains("concur_gateway_idempotency_total{result=\"stored\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("concur_gateway_idempotency_total{result=\"replayed\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_request_is_refused() {
+    let h = Harness::start().await;
+    let key = "reuse-1";
+    assert_eq!(
+        keyed(h.addr, ALICE, "/api/image/v1.0/report/R1", key, JPEG, &[])
+            .await
+            .status,
+        201
+    );
+    let other_body = big_jpeg(20 * 1024);
+    for (path, body) in [
+        ("/api/image/v1.0/report/R1", other_body.as_slice()),
+        ("/api/image/v1.0/report/R2", JPEG),
+        ("/api/image/v1.0/invoice/R1", JPEG),
+    ] {
+        keyed(h.addr, ALICE, path, key, body, &[])
+            .await
+            .problem(422, "idempotency_key_reused");
+    }
+    // `image/jpg` (with a parameter) is `image/jpeg`: the same fingerprint.
+    let auth = format!("Bearer {}", jwt(ALICE.0, ALICE.1));
+    let r = h
+        .post(
+            "/api/image/v1.0/report/R1",
+            &[
+                ("authorization", &auth),
+                ("content-type", "image/jpg; q=1"),
+                ("idempotency-key", key),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(h.uploads().len(), 1, "nothing more reached Concur");
+}
+
+#[tokio::test]
+async fn a_key_in_flight_is_a_conflict() {
+    let h = Harness::start().await;
+    // The first request is held at Concur.
+    h.sandbox.push_fault(Fault::Delay { millis: 1500 });
+    let addr = h.addr;
+    let first = tokio::spawn(async move {
+        keyed(
+            addr,
+            ALICE,
+            "/api/image/v1.0/report/R1",
+            "slow-1",
+            JPEG,
+            &[],
+        )
+        .await
+    });
+    h.wait_for_uploads(1).await;
+    let second = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R1",
+        "slow-1",
+        JPEG,
+        &[],
+    )
+    .await;
+    second.problem(409, "idempotency_conflict");
+    assert!(second.header("retry-after").is_some());
+    // Another body with the key in flight: a conflict too (its body is not
+    // read; the first one's fingerprint is not known yet).
+    keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R9",
+        "slow-1",
+        &big_jpeg(20_000),
+        &[],
+    )
+    .await
+    .problem(409, "idempotency_conflict");
+    assert_eq!(first.await.unwrap().status, 201);
+    let third = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R1",
+        "slow-1",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(third.header("idempotent-replayed"), Some("true"));
+    assert_eq!(h.uploads().len(), 1);
+}
+
+#[tokio::test]
+async fn keys_are_scoped_to_the_caller() {
+    let h = Harness::start().await;
+    let r1 = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/receipt",
+        "shared-key",
+        JPEG,
+        &[],
+    )
+    .await;
+    let r2 = keyed(
+        h.addr,
+        GINA,
+        "/api/image/v1.0/receipt",
+        "shared-key",
+        JPEG,
+        &[],
+    )
+    .await;
+    let r3 = keyed(
+        h.addr,
+        ("acme", "bob@acme.example"),
+        "/api/image/v1.0/report/B1",
+        "shared-key",
+        JPEG,
+        &[],
+    )
+    .await;
+    for r in [&r1, &r2, &r3] {
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert!(r.header("idempotent-replayed").is_none());
+    }
+    assert_eq!(h.uploads().len(), 3, "three independent requests");
+}
+
+#[tokio::test]
+async fn concur_errors_are_replayed_and_gateway_refusals_are_not_recorded() {
+    let h = Harness::start().await;
+    // An expense entry takes one image: the second is Concur's 400.
+    assert_eq!(
+        h.upload("/api/image/v1.0/expenseentry/E1", JPEG)
+            .await
+            .status,
+        201
+    );
+    let first = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/expenseentry/E1",
+        "entry-2",
+        JPEG,
+        &[],
+    )
+    .await;
+    let v = first.problem(400, "concur_error");
+    let again = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/expenseentry/E1",
+        "entry-2",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.problem(400, "concur_error")["concur"], v["concur"]);
+    assert_eq!(h.uploads().len(), 2, "the replay did not reach Concur");
+
+    // The gateway's own 422: no record; the corrected body goes through.
+    let mut broken = JPEG.to_vec();
+    broken.truncate(broken.len() - 2);
+    keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R7",
+        "fix-me",
+        &broken,
+        &[],
+    )
+    .await
+    .problem(422, "malformed_image");
+    let fixed = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R7",
+        "fix-me",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(fixed.status, 201, "{}", fixed.text());
+    assert!(fixed.header("idempotent-replayed").is_none());
+
+    // Concur 5xx, 429: not final, the retry goes to Concur again.
+    h.sandbox.push_fault(Fault::Status {
+        status: 503,
+        message: "busy".into(),
+        retry_after: None,
+    });
+    assert_eq!(
+        keyed(
+            h.addr,
+            ALICE,
+            "/api/image/v1.0/report/R8",
+            "busy-1",
+            JPEG,
+            &[]
+        )
+        .await
+        .status,
+        503
+    );
+    let retry = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R8",
+        "busy-1",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert!(retry.header("idempotent-replayed").is_none());
+    // A lost answer (reset): the record is dropped, the retry is forwarded.
+    h.sandbox.push_fault(Fault::Reset);
+    assert_eq!(
+        keyed(
+            h.addr,
+            ALICE,
+            "/api/image/v1.0/report/R9",
+            "lost-1",
+            JPEG,
+            &[]
+        )
+        .await
+        .status,
+        502
+    );
+    assert_eq!(
+        keyed(
+            h.addr,
+            ALICE,
+            "/api/image/v1.0/report/R9",
+            "lost-1",
+            JPEG,
+            &[]
+        )
+        .await
+        .status,
+        201
+    );
+}
+
+#[tokio::test]
+async fn malformed_keys_and_required_keys() {
+    let h = Harness::with_config("[idempotency]\nrequired = true").await;
+    h.upload("/api/image/v1.0/report/R1", JPEG)
+        .await
+        .problem(400, "invalid_idempotency_key");
+    for bad in ["\"unterminated", "has space", &"k".repeat(256)] {
+        keyed(h.addr, ALICE, "/api/image/v1.0/report/R1", bad, JPEG, &[])
+            .await
+            .problem(400, "invalid_idempotency_key");
+    }
+    assert!(h.uploads().is_empty());
+    assert_eq!(
+        keyed(
+            h.addr,
+            ALICE,
+            "/api/image/v1.0/report/R1",
+            "ok-key",
+            JPEG,
+            &[]
+        )
+        .await
+        .status,
+        201
+    );
+}
