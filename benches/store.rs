@@ -98,11 +98,20 @@ fn redis_calls(port: u16) -> (u64, u64) {
 }
 
 async fn gateway(dir: &std::path::Path, base_url: &str, store: &str) -> Arc<Gateway> {
+    gateway_with(dir, base_url, store, "none").await
+}
+
+async fn gateway_with(
+    dir: &std::path::Path,
+    base_url: &str,
+    store: &str,
+    digest: &str,
+) -> Arc<Gateway> {
     let text = format!(
         "[upstream]\nbase_url = \"{base_url}\"\nca_file = \"ca.pem\"\n\n\
          [auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"jwks.json\"\n\n\
          [rate_limit]\nuser_per_second = 1000000.0\nuser_burst = 1000000\ncompany_per_second = 1000000.0\ncompany_burst = 1000000\n\n\
-         [inspect]\ndigest = \"none\"\n\n\
+         [inspect]\ndigest = \"{digest}\"\n\n\
          [credentials]\nfile = \"credentials.toml\"\n\n{store}"
     );
     let gw = Arc::new(Gateway::new(Config::from_toml(&text, dir).unwrap()).unwrap());
@@ -118,9 +127,25 @@ async fn gateway(dir: &std::path::Path, base_url: &str, store: &str) -> Arc<Gate
 }
 
 async fn round(gw: &Arc<Gateway>, jwt: &str, body: &Bytes, n: usize) -> Vec<Duration> {
+    keyed_round(gw, jwt, body, n, false).await
+}
+
+/// `n` sequential uploads; with `keyed`, each with a fresh `Idempotency-Key`
+/// (stored, never replayed).
+async fn keyed_round(
+    gw: &Arc<Gateway>,
+    jwt: &str,
+    body: &Bytes,
+    n: usize,
+    keyed: bool,
+) -> Vec<Duration> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let req = Request::post("/api/image/v1.0/receipt")
+        let mut req = Request::post("/api/image/v1.0/receipt");
+        if keyed {
+            req = req.header("idempotency-key", concur_gateway::request_id::generate());
+        }
+        let req = req
             .header("host", "gateway")
             .header("authorization", format!("Bearer {jwt}"))
             .header("content-type", "image/jpeg")
@@ -250,6 +275,33 @@ fn main() {
             trips as f64 / uploads as f64,
             calls as f64 / uploads as f64
         );
+
+        // What an Idempotency-Key adds (memory backend): the SHA-256 it
+        // forces, beside inspect.digest = "sha-256" doing the same hashing.
+        let plain = gateway_with(dir.path(), &sandbox.base_url(), "", "none").await;
+        let sha = gateway_with(dir.path(), &sandbox.base_url(), "", "sha-256").await;
+        let per_size = [(100 * 1024, per_round), (8 * 1024 * 1024, (per_round / 20).max(5))];
+        println!("idempotency bench: {rounds} rounds, medians of per-round p50, memory backend");
+        for (size, n) in per_size {
+            let body = Bytes::from(big_jpeg(size));
+            keyed_round(&plain, &jwt, &body, 3, true).await;
+            keyed_round(&sha, &jwt, &body, 3, false).await;
+            let (mut base, mut key, mut digest) = (vec![], vec![], vec![]);
+            for _ in 0..rounds {
+                base.push(pct(&mut keyed_round(&plain, &jwt, &body, n, false).await, 0.5));
+                key.push(pct(&mut keyed_round(&plain, &jwt, &body, n, true).await, 0.5));
+                digest.push(pct(&mut keyed_round(&sha, &jwt, &body, n, false).await, 0.5));
+            }
+            let (base, key, digest) = (median(base), median(key), median(digest));
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "  {:>4} KiB: digest none p50 {:.3} ms; + Idempotency-Key {:+.3} ms; digest sha-256 instead {:+.3} ms",
+                size / 1024,
+                ms(base),
+                ms(key) - ms(base),
+                ms(digest) - ms(base)
+            );
+        }
         sandbox.shutdown().await;
     });
     let _ = redis.kill();
