@@ -53,7 +53,7 @@
 
 use memchr::memchr;
 
-use super::{Limits, Rejection};
+use super::{Limits, Rejection, Scan, Sticky};
 
 /// Most images one body may chain (primary image + MPO/multi-picture extras).
 pub const MAX_IMAGES: u32 = 16;
@@ -376,7 +376,7 @@ fn is_sof(m: u8) -> bool {
 
 /// Streaming JPEG scanner; see the module documentation for the rules.
 #[derive(Debug, Clone)]
-pub struct JpegScanner {
+pub struct Jpeg {
     max_pixels: u64,
     state: State,
     /// Absolute offset of the next byte to be fed.
@@ -407,12 +407,31 @@ pub struct JpegScanner {
     trailer_start: u64,
     /// Signatures anywhere in the trailer.
     trailer_window: NeedleWindow,
-    error: Option<Rejection>,
-    finished: bool,
 }
+
+/// The JPEG scanner: [`Jpeg`] under the shared [`Sticky`] contract.
+pub type JpegScanner = Sticky<Jpeg>;
 
 impl JpegScanner {
     pub fn new(limits: &Limits) -> Self {
+        Sticky::wrap(Jpeg::new(limits))
+    }
+}
+
+impl Scan for Jpeg {
+    fn run(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        self.run_chunk(chunk)?;
+        self.pos += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), Rejection> {
+        self.end_body()
+    }
+}
+
+impl Jpeg {
+    fn new(limits: &Limits) -> Self {
         Self {
             max_pixels: limits.max_pixels,
             state: State::Soi(0),
@@ -436,45 +455,10 @@ impl JpegScanner {
             trailer_prefix_done: false,
             trailer_start: 0,
             trailer_window: NeedleWindow::new(),
-            error: None,
-            finished: false,
         }
     }
 
-    /// Feeds the next chunk of the body. `Err` is sticky.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
-        if let Some(e) = &self.error {
-            return Err(e.clone());
-        }
-        debug_assert!(!self.finished, "JpegScanner::feed after finish");
-        match self.run(chunk) {
-            Ok(()) => {
-                self.pos += chunk.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                self.error = Some(e.clone());
-                Err(e)
-            }
-        }
-    }
-
-    /// End of body: the final verdict. Idempotent.
-    pub fn finish(&mut self) -> Result<(), Rejection> {
-        if let Some(e) = &self.error {
-            return Err(e.clone());
-        }
-        if !self.finished {
-            self.finished = true;
-            if let Err(e) = self.end() {
-                self.error = Some(e.clone());
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    fn end(&mut self) -> Result<(), Rejection> {
+    fn end_body(&mut self) -> Result<(), Rejection> {
         let at = self.pos;
         match self.state {
             State::Soi(_) if at == 0 => Err(Rejection::malformed("JPEG: empty body")),
@@ -564,7 +548,7 @@ impl JpegScanner {
         Ok(())
     }
 
-    fn run(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+    fn run_chunk(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
         let base = self.pos;
         let len = chunk.len();
         let mut i = 0usize;

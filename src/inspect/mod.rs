@@ -16,6 +16,75 @@ pub mod jpeg;
 pub mod pdf;
 pub mod png;
 
+/// A scanner's state machine: fed the body in chunks, then told it ended.
+/// [`Sticky`] wraps every one of them in the same contract.
+pub trait Scan {
+    /// The next chunk of the body.
+    fn run(&mut self, chunk: &[u8]) -> Result<(), Rejection>;
+    /// The body ended: the final checks.
+    fn end(&mut self) -> Result<(), Rejection>;
+}
+
+/// The one contract of every scanner (and of [`Inspector`]):
+/// - the first rejection is the verdict: every later `feed` and `finish`
+///   returns it, and the state machine is not run again;
+/// - `finish` is idempotent;
+/// - a chunk fed after `finish` is ignored: `feed` returns the final verdict.
+#[derive(Debug, Clone)]
+pub struct Sticky<S> {
+    inner: S,
+    /// The first rejection.
+    verdict: Option<Rejection>,
+    /// `finish`'s result, once it ran.
+    finished: Option<Result<(), Rejection>>,
+}
+
+impl<S: Scan> Sticky<S> {
+    pub fn wrap(inner: S) -> Self {
+        Self {
+            inner,
+            verdict: None,
+            finished: None,
+        }
+    }
+
+    /// Feeds the next chunk of the body.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        if let Some(v) = &self.verdict {
+            return Err(v.clone());
+        }
+        if let Some(f) = &self.finished {
+            return f.clone();
+        }
+        let result = self.inner.run(chunk);
+        if let Err(e) = &result {
+            self.verdict = Some(e.clone());
+        }
+        result
+    }
+
+    /// End of body: the final verdict.
+    pub fn finish(&mut self) -> Result<(), Rejection> {
+        if let Some(v) = &self.verdict {
+            return Err(v.clone());
+        }
+        if let Some(f) = &self.finished {
+            return f.clone();
+        }
+        let result = self.inner.end();
+        if let Err(e) = &result {
+            self.verdict = Some(e.clone());
+        }
+        self.finished = Some(result.clone());
+        result
+    }
+
+    /// The state machine (for what it learnt, not to feed it).
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
 /// The image types the gateway accepts, as declared by `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MediaType {
@@ -244,57 +313,46 @@ fn article(ty: MediaType) -> &'static str {
 /// bytes (across chunks), rejects a mismatch with `content_mismatch`, and hands
 /// everything to the declared type's scanner. Verdicts are sticky, and any
 /// chunking of a body gives the same verdict.
+pub type Inspector = Sticky<Sniffer>;
+
+impl Inspector {
+    pub fn new(declared: MediaType, limits: &Limits) -> Self {
+        Sticky::wrap(Sniffer {
+            declared,
+            scanner: Scanner::new(declared, limits),
+            prefix: [0; SNIFF_LEN],
+            prefix_len: 0,
+            sniffed: false,
+        })
+    }
+
+    pub fn declared(&self) -> MediaType {
+        self.inner().declared
+    }
+}
+
+/// The state machine behind [`Inspector`].
 #[derive(Debug)]
-pub struct Inspector {
+pub struct Sniffer {
     declared: MediaType,
     scanner: Scanner,
     prefix: [u8; SNIFF_LEN],
     prefix_len: usize,
     /// The prefix was checked and handed to the scanner.
     sniffed: bool,
-    error: Option<Rejection>,
 }
 
-impl Inspector {
-    pub fn new(declared: MediaType, limits: &Limits) -> Self {
-        Self {
-            declared,
-            scanner: Scanner::new(declared, limits),
-            prefix: [0; SNIFF_LEN],
-            prefix_len: 0,
-            sniffed: false,
-            error: None,
-        }
+impl Scan for Sniffer {
+    fn run(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        self.feed_inner(chunk)
     }
 
-    pub fn declared(&self) -> MediaType {
-        self.declared
+    fn end(&mut self) -> Result<(), Rejection> {
+        self.finish_inner()
     }
+}
 
-    /// Feeds the next chunk of the body. `Err` is sticky.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
-        if let Some(e) = &self.error {
-            return Err(e.clone());
-        }
-        let r = self.feed_inner(chunk);
-        if let Err(e) = &r {
-            self.error = Some(e.clone());
-        }
-        r
-    }
-
-    /// End of body: the final verdict.
-    pub fn finish(&mut self) -> Result<(), Rejection> {
-        if let Some(e) = &self.error {
-            return Err(e.clone());
-        }
-        let r = self.finish_inner();
-        if let Err(e) = &r {
-            self.error = Some(e.clone());
-        }
-        r
-    }
-
+impl Sniffer {
     fn feed_inner(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
         if self.sniffed {
             return self.scanner.feed(chunk);
@@ -361,4 +419,56 @@ pub fn inspect_all(
         }
     }
     inspector.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts what the wrapper lets through to the state machine.
+    #[derive(Default)]
+    struct Probe {
+        runs: usize,
+        ends: usize,
+        fail_at_run: Option<usize>,
+    }
+
+    impl Scan for Probe {
+        fn run(&mut self, _chunk: &[u8]) -> Result<(), Rejection> {
+            self.runs += 1;
+            if Some(self.runs) == self.fail_at_run {
+                return Err(Rejection::malformed("probe"));
+            }
+            Ok(())
+        }
+        fn end(&mut self) -> Result<(), Rejection> {
+            self.ends += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_scanner_has_one_contract() {
+        // The first rejection is the verdict; nothing runs after it.
+        let mut s = Sticky::wrap(Probe {
+            fail_at_run: Some(2),
+            ..Probe::default()
+        });
+        assert!(s.feed(b"a").is_ok());
+        let first = s.feed(b"b").unwrap_err();
+        assert_eq!(s.feed(b"c").unwrap_err(), first);
+        assert_eq!(s.finish().unwrap_err(), first);
+        assert_eq!((s.inner().runs, s.inner().ends), (2, 0));
+        // finish is idempotent; a chunk after it is ignored.
+        let mut s = Sticky::wrap(Probe::default());
+        assert!(s.feed(b"a").is_ok() && s.finish().is_ok() && s.finish().is_ok());
+        assert!(s.feed(b"late").is_ok());
+        assert_eq!((s.inner().runs, s.inner().ends), (1, 1));
+        // The real scanners follow it: a chunk after a JPEG's end changes nothing.
+        let sample: &[u8] = &[0xFF, 0xD8, 0xFF];
+        let mut j = jpeg::JpegScanner::new(&Limits::default());
+        let truncated = j.feed(sample).and_then(|()| j.finish()).unwrap_err();
+        assert_eq!(j.feed(b"more").unwrap_err(), truncated);
+        assert_eq!(j.finish().unwrap_err(), truncated);
+    }
 }

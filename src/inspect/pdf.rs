@@ -153,7 +153,7 @@
 use flate2::{Decompress, FlushDecompress, Status};
 use memchr::memmem;
 
-use super::{ActiveContentPolicy, Limits, RejectCode, Rejection};
+use super::{ActiveContentPolicy, Limits, RejectCode, Rejection, Scan, Sticky};
 
 /// The marker, its three-byte version and the byte after it.
 const HEADER_BUF: usize = 9;
@@ -2166,9 +2166,29 @@ impl Files {
 // Scanner
 // ---------------------------------------------------------------------------
 
-/// The streaming PDF scanner. See the module documentation for what it checks.
+/// The streaming PDF scanner: [`Pdf`] under the shared [`Sticky`] contract.
+/// See the module documentation for what it checks.
+pub type PdfScanner = Sticky<Pdf>;
+
+impl PdfScanner {
+    pub fn new(limits: &Limits) -> Self {
+        Sticky::wrap(Pdf::new(limits))
+    }
+}
+
+impl Scan for Pdf {
+    fn run(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        self.feed_inner(chunk)
+    }
+
+    fn end(&mut self) -> Result<(), Rejection> {
+        self.finish_inner()
+    }
+}
+
+/// The PDF lexer's state behind [`PdfScanner`].
 #[derive(Debug)]
-pub struct PdfScanner {
+pub struct Pdf {
     /// Bytes fed so far.
     offset: u64,
     /// The first bytes, while the header is not checked yet.
@@ -2190,12 +2210,10 @@ pub struct PdfScanner {
     deferred: Option<Rejection>,
     reject_active: bool,
     files: Files,
-    verdict: Option<Rejection>,
-    finished: Option<Result<(), Rejection>>,
 }
 
-impl PdfScanner {
-    pub fn new(limits: &Limits) -> Self {
+impl Pdf {
+    fn new(limits: &Limits) -> Self {
         Self {
             offset: 0,
             head: [0; HEADER_BUF],
@@ -2212,39 +2230,7 @@ impl PdfScanner {
             deferred: None,
             reject_active: limits.pdf_active_content == ActiveContentPolicy::Reject,
             files: Files::new(),
-            verdict: None,
-            finished: None,
         }
-    }
-
-    /// Feeds the next chunk. `Ok(())` = fine so far; `Err` = verdict (sticky:
-    /// later calls return the same `Err`). Chunks fed after `finish` are
-    /// ignored.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
-        if let Some(v) = &self.verdict {
-            return Err(v.clone());
-        }
-        if let Some(f) = &self.finished {
-            return f.clone();
-        }
-        let result = self.feed_inner(chunk);
-        if let Err(e) = &result {
-            self.verdict = Some(e.clone());
-        }
-        result
-    }
-
-    /// End of body: the final verdict.
-    pub fn finish(&mut self) -> Result<(), Rejection> {
-        if let Some(v) = &self.verdict {
-            return Err(v.clone());
-        }
-        if let Some(f) = &self.finished {
-            return f.clone();
-        }
-        let result = self.finish_inner();
-        self.finished = Some(result.clone());
-        result
     }
 
     fn feed_inner(&mut self, chunk: &[u8]) -> Result<(), Rejection> {

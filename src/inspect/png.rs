@@ -18,7 +18,7 @@
 //! State is a few dozen bytes whatever the body size; `feed` never allocates
 //! (only a rejection allocates its detail).
 
-use super::{Limits, Rejection};
+use super::{Limits, Rejection, Scan, Sticky};
 
 const SIGNATURE: [u8; 8] = *b"\x89PNG\r\n\x1a\n";
 const MAX_CHUNK_LEN: u32 = 0x7FFF_FFFF;
@@ -54,7 +54,7 @@ enum Phase {
 
 /// Streaming PNG scanner; see the module documentation for the rules.
 #[derive(Debug, Clone)]
-pub struct PngScanner {
+pub struct Png {
     max_pixels: u64,
     state: State,
     phase: Phase,
@@ -71,12 +71,31 @@ pub struct PngScanner {
     ihdr: [u8; IHDR_LEN as usize],
     colour_type: u8,
     plte_seen: bool,
-    error: Option<Rejection>,
-    finished: bool,
 }
+
+/// The PNG scanner: [`Png`] under the shared [`Sticky`] contract.
+pub type PngScanner = Sticky<Png>;
 
 impl PngScanner {
     pub fn new(limits: &Limits) -> Self {
+        Sticky::wrap(Png::new(limits))
+    }
+}
+
+impl Scan for Png {
+    fn run(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        self.run_chunk(chunk)?;
+        self.pos += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), Rejection> {
+        self.end_body()
+    }
+}
+
+impl Png {
+    fn new(limits: &Limits) -> Self {
         Self {
             max_pixels: limits.max_pixels,
             state: State::Signature { got: 0 },
@@ -91,45 +110,10 @@ impl PngScanner {
             ihdr: [0; IHDR_LEN as usize],
             colour_type: 0,
             plte_seen: false,
-            error: None,
-            finished: false,
         }
     }
 
-    /// Feeds the next chunk of the body. `Err` is sticky.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
-        if let Some(e) = &self.error {
-            return Err(e.clone());
-        }
-        debug_assert!(!self.finished, "PngScanner::feed after finish");
-        match self.run(chunk) {
-            Ok(()) => {
-                self.pos += chunk.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                self.error = Some(e.clone());
-                Err(e)
-            }
-        }
-    }
-
-    /// End of body: the final verdict. Idempotent.
-    pub fn finish(&mut self) -> Result<(), Rejection> {
-        if let Some(e) = &self.error {
-            return Err(e.clone());
-        }
-        if !self.finished {
-            self.finished = true;
-            if let Err(e) = self.end() {
-                self.error = Some(e.clone());
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    fn end(&self) -> Result<(), Rejection> {
+    fn end_body(&self) -> Result<(), Rejection> {
         let at = self.pos;
         match self.state {
             State::AfterIend => Ok(()),
@@ -169,7 +153,7 @@ impl PngScanner {
         ))
     }
 
-    fn run(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+    fn run_chunk(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
         let base = self.pos;
         let len = chunk.len();
         let mut i = 0usize;
