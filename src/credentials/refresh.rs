@@ -503,53 +503,71 @@ impl TokenManager {
                 slot.current(cred, self.clock.now_unix(), None)?
                     .ok_or_else(|| GatewayError::Internal("refreshed token already expired".into()))
             }
-            Err(Failure::Rejected(why)) => {
-                tracing::error!(
-                    credential = %slot.owner,
-                    reason = %why,
-                    "Concur rejected the credential's refresh; it is unusable until the credentials file provides a new refresh token"
-                );
-                self.refreshes
-                    .get_or_create(&ResultLabel { result: "rejected" })
-                    .inc();
-                {
-                    let mut st = slot.state.lock().expect("slot lock");
-                    st.dead = Some(why);
-                    st.access = None;
-                }
-                let slots = self.slots.lock().expect("slots lock");
-                self.update_gauge(&slots);
-                Err(GatewayError::CredentialUnusable)
-            }
+            Err(Failure::Rejected(why)) => Err(self.on_rejected(&slot, why)),
             Err(Failure::Superseded) => Err(GatewayError::UpstreamUnavailable(
                 "the credentials file changed during the token refresh; retry".into(),
             )),
-            Err(Failure::Transient(why)) => {
-                let now = self.clock.now_unix();
-                let wait = {
-                    let mut st = slot.state.lock().expect("slot lock");
-                    st.failures += 1;
-                    let wait = backoff_secs(st.failures, jitter());
-                    st.retry_at = now + wait;
-                    wait
-                };
-                tracing::warn!(
-                    credential = %slot.owner,
-                    reason = %why,
-                    retry_in_s = wait,
-                    "refreshing the Concur access token failed"
-                );
-                self.refreshes
-                    .get_or_create(&ResultLabel { result: "failed" })
-                    .inc();
-                // A token that is still valid is better than none.
-                slot.current(cred, now, None)?.ok_or_else(|| {
-                    GatewayError::UpstreamUnavailable(
-                        format!("refreshing the Concur access token failed: {why}").into(),
-                    )
-                })
-            }
+            Err(Failure::Transient(why)) => self.on_transient(&slot, cred, why),
         }
+    }
+
+    /// Concur refused the refresh token or the client: the credential is
+    /// unusable until the file provides a new one (logged, counted, listed).
+    fn on_rejected(&self, slot: &Slot, why: String) -> GatewayError {
+        tracing::error!(
+            credential = %slot.owner,
+            reason = %why,
+            "Concur rejected the credential's refresh; it is unusable until the credentials file provides a new refresh token"
+        );
+        self.refreshes
+            .get_or_create(&ResultLabel { result: "rejected" })
+            .inc();
+        self.mark_dead(slot, why);
+        GatewayError::CredentialUnusable
+    }
+
+    /// The credential's refresh token is dead (here or on another replica).
+    fn mark_dead(&self, slot: &Slot, why: String) {
+        {
+            let mut st = slot.state.lock().expect("slot lock");
+            st.dead = Some(why);
+            st.access = None;
+        }
+        let slots = self.slots.lock().expect("slots lock");
+        self.update_gauge(&slots);
+    }
+
+    /// A refresh failed for a reason that may pass: back off (exponential,
+    /// with jitter), and meanwhile use a token that is still valid if any.
+    fn on_transient(
+        &self,
+        slot: &Slot,
+        cred: &Credential,
+        why: String,
+    ) -> Result<Access, GatewayError> {
+        let now = self.clock.now_unix();
+        let wait = {
+            let mut st = slot.state.lock().expect("slot lock");
+            st.failures += 1;
+            let wait = backoff_secs(st.failures, jitter());
+            st.retry_at = now + wait;
+            wait
+        };
+        tracing::warn!(
+            credential = %slot.owner,
+            reason = %why,
+            retry_in_s = wait,
+            "refreshing the Concur access token failed"
+        );
+        self.refreshes
+            .get_or_create(&ResultLabel { result: "failed" })
+            .inc();
+        // A token that is still valid is better than none.
+        slot.current(cred, now, None)?.ok_or_else(|| {
+            GatewayError::UpstreamUnavailable(
+                format!("refreshing the Concur access token failed: {why}").into(),
+            )
+        })
     }
 
     /// Concur refused the access token of `access` (403: expired or revoked):

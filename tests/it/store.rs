@@ -1091,7 +1091,8 @@ async fn a_key_held_by_a_killed_replica_is_free_after_its_lease() {
     let redis = single_node();
     let url = format!("redis://127.0.0.1:{}", redis.port);
     // (Generous rate limits: the test polls.)
-    let lease = "[idempotency]\nlease_s = 1.5\n[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\n";
+    let lease =
+        "[idempotency]\nlease_s = 1.5\n[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\n";
     let fleet = Fleet::start(1, Duration::ZERO, |dir| {
         format!("{lease}{}", store_section(dir, &url, None, ""))
     })

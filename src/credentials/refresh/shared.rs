@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Access, AccessToken, Failure, Slot, TokenAnswer, TokenManager, backoff_secs, jitter};
+use super::{Access, AccessToken, Failure, Slot, TokenAnswer, TokenManager};
 use crate::credentials::{Credential, Secret};
 use crate::error::GatewayError;
 use crate::metrics::ResultLabel;
@@ -291,27 +291,8 @@ impl TokenManager {
                 return self.current_or(slot, cred, now);
             }
         }
-        let (refresh_token, descends_from, superseded) = match (&lineage, &record) {
-            (Lineage::Stored, Some(r)) => (
-                Secret::new(r.refresh_token.clone()),
-                r.descends_from.clone(),
-                r.superseded.clone(),
-            ),
-            _ => {
-                let st = slot.state.lock().expect("slot lock");
-                let mut superseded = record
-                    .as_ref()
-                    .map(|r| r.superseded.clone())
-                    .unwrap_or_default();
-                if let Some(r) = &record {
-                    tracing::info!(credential = %slot.owner, "the credentials file provides a refresh token the store has not seen; it replaces the stored one");
-                    superseded.push(r.descends_from.clone());
-                    let excess = superseded.len().saturating_sub(SUPERSEDED_KEPT);
-                    superseded.drain(..excess);
-                }
-                (st.refresh_token.clone(), st.origin.clone(), superseded)
-            }
-        };
+        let (refresh_token, descends_from, superseded) =
+            next_lineage(slot, &lineage, record.as_ref());
         let answer = self.request_token(slot, &refresh_token).await;
         if shared.crash_after_answer {
             tracing::error!(
@@ -355,58 +336,10 @@ impl TokenManager {
                         .token_cas(key, lock, owner, version, &write(&new))
                         .await
                 };
-                match stored {
-                    Ok(CasResult::Written) => {
-                        self.refreshes
-                            .get_or_create(&ResultLabel { result: "ok" })
-                            .inc();
-                        tracing::info!(
-                            credential = %slot.owner,
-                            expires_in,
-                            rotated,
-                            version = version + 1,
-                            "Concur access token refreshed and stored for every replica"
-                        );
-                        adopt(slot, version + 1, &new, now, None);
-                        {
-                            let mut st = slot.state.lock().expect("slot lock");
-                            st.failures = 0;
-                            st.retry_at = 0;
-                        }
-                        self.current_or(slot, cred, now)
-                    }
-                    other => {
-                        // The window of the module docs: Concur answered, the
-                        // store did not take it. Reported, not hidden.
-                        let why = match other {
-                            Ok(CasResult::LockLost) => "the refresh lock expired".to_owned(),
-                            Ok(_) => "another replica stored a newer state".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        self.refreshes
-                            .get_or_create(&ResultLabel {
-                                result: "store_failed",
-                            })
-                            .inc();
-                        tracing::error!(
-                            credential = %slot.owner,
-                            rotated,
-                            reason = %why,
-                            "Concur answered the refresh but the store did not take the new state; if Concur rotated the refresh token, this credential needs a new one"
-                        );
-                        Err(GatewayError::StoreUnavailable { retry_after_s: 5 })
-                    }
-                }
+                self.after_store(slot, cred, stored, &new, version, rotated, expires_in, now)
             }
             Err(Failure::Rejected(why)) => {
-                tracing::error!(
-                    credential = %slot.owner,
-                    reason = %why,
-                    "Concur rejected the credential's refresh; it is unusable until the credentials file provides a new refresh token"
-                );
-                self.refreshes
-                    .get_or_create(&ResultLabel { result: "rejected" })
-                    .inc();
+                // Tell the other replicas, so they do not hammer Concur.
                 let dead = Record {
                     refresh_token: refresh_token.expose().to_owned(),
                     descends_from,
@@ -418,41 +351,70 @@ impl TokenManager {
                     dead: Some(why.clone()),
                     written_at: now,
                 };
-                // Tell the other replicas, so they do not hammer Concur.
                 let _ = shared
                     .redis
                     .token_cas(key, lock, owner, version, &write(&dead))
                     .await;
-                self.mark_dead(slot, why);
-                Err(GatewayError::CredentialUnusable)
+                Err(self.on_rejected(slot, why))
             }
             Err(Failure::Superseded) => Err(GatewayError::UpstreamUnavailable(
                 "the credentials file changed during the token refresh; retry".into(),
             )),
-            Err(Failure::Transient(why)) => {
-                let wait = {
-                    let mut st = slot.state.lock().expect("slot lock");
-                    st.failures += 1;
-                    let wait = backoff_secs(st.failures, jitter());
-                    st.retry_at = now + wait;
-                    wait
-                };
-                tracing::warn!(
-                    credential = %slot.owner,
-                    reason = %why,
-                    retry_in_s = wait,
-                    "refreshing the Concur access token failed"
-                );
-                self.refreshes
-                    .get_or_create(&ResultLabel { result: "failed" })
-                    .inc();
-                slot.current(cred, now, None)?.ok_or_else(|| {
-                    GatewayError::UpstreamUnavailable(
-                        format!("refreshing the Concur access token failed: {why}").into(),
-                    )
-                })
-            }
+            Err(Failure::Transient(why)) => self.on_transient(slot, cred, why),
         }
+    }
+
+    /// What became of the write of a refreshed state: use it, or report the
+    /// window of the module docs (Concur answered, the store did not take
+    /// it: reported, not hidden).
+    #[allow(clippy::too_many_arguments)]
+    fn after_store(
+        &self,
+        slot: &Slot,
+        cred: &Credential,
+        stored: Result<CasResult, StoreError>,
+        new: &Record,
+        version: u64,
+        rotated: bool,
+        expires_in: u64,
+        now: u64,
+    ) -> Result<Access, GatewayError> {
+        let why = match stored {
+            Ok(CasResult::Written) => {
+                self.refreshes
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+                tracing::info!(
+                    credential = %slot.owner,
+                    expires_in,
+                    rotated,
+                    version = version + 1,
+                    "Concur access token refreshed and stored for every replica"
+                );
+                adopt(slot, version + 1, new, now, None);
+                {
+                    let mut st = slot.state.lock().expect("slot lock");
+                    st.failures = 0;
+                    st.retry_at = 0;
+                }
+                return self.current_or(slot, cred, now);
+            }
+            Ok(CasResult::LockLost) => "the refresh lock expired".to_owned(),
+            Ok(CasResult::VersionMoved) => "another replica stored a newer state".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        self.refreshes
+            .get_or_create(&ResultLabel {
+                result: "store_failed",
+            })
+            .inc();
+        tracing::error!(
+            credential = %slot.owner,
+            rotated,
+            reason = %why,
+            "Concur answered the refresh but the store did not take the new state; if Concur rotated the refresh token, this credential needs a new one"
+        );
+        Err(GatewayError::StoreUnavailable { retry_after_s: 5 })
     }
 
     /// The store did not answer: a cached token that has not expired is
@@ -484,16 +446,32 @@ impl TokenManager {
         slot.current(cred, now, None)?
             .ok_or_else(|| GatewayError::Internal("refreshed token already expired".into()))
     }
+}
 
-    fn mark_dead(&self, slot: &Slot, why: String) {
-        {
-            let mut st = slot.state.lock().expect("slot lock");
-            st.dead = Some(why);
-            st.access = None;
-        }
-        let slots = self.slots.lock().expect("slots lock");
-        self.update_gauge(&slots);
+/// The refresh token to refresh with, and the lineage the new state will
+/// record: the stored one, or the file's when the store has not seen it (a
+/// Secret update), which then lists the stored lineage as replaced.
+fn next_lineage(
+    slot: &Slot,
+    lineage: &Lineage,
+    record: Option<&Record>,
+) -> (Secret, String, Vec<String>) {
+    if let (Lineage::Stored, Some(r)) = (lineage, record) {
+        return (
+            Secret::new(r.refresh_token.clone()),
+            r.descends_from.clone(),
+            r.superseded.clone(),
+        );
     }
+    let st = slot.state.lock().expect("slot lock");
+    let mut superseded = record.map(|r| r.superseded.clone()).unwrap_or_default();
+    if let Some(r) = record {
+        tracing::info!(credential = %slot.owner, "the credentials file provides a refresh token the store has not seen; it replaces the stored one");
+        superseded.push(r.descends_from.clone());
+        let excess = superseded.len().saturating_sub(SUPERSEDED_KEPT);
+        superseded.drain(..excess);
+    }
+    (st.refresh_token.clone(), st.origin.clone(), superseded)
 }
 
 /// Takes the stored access token into the slot when it is usable at `now`
