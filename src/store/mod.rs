@@ -482,26 +482,7 @@ impl Store {
                 match self.records.begin(&record_key, &marker, lease) {
                     Begun::InFlight => Err(conflict),
                     Begun::Final(record) => Ok(KeyState::Final(record)),
-                    Begun::Started => {
-                        let renewal = {
-                            let store = Arc::downgrade(self);
-                            let (k, m) = (record_key.clone(), marker.clone());
-                            tokio::spawn(async move {
-                                loop {
-                                    tokio::time::sleep(lease / 3).await;
-                                    let Some(store) = store.upgrade() else { return };
-                                    store.records.renew(&k, &m, lease);
-                                }
-                            })
-                        };
-                        Ok(KeyState::Held(KeyHold {
-                            store: self.clone(),
-                            key: record_key,
-                            marker,
-                            renewal: Some(renewal),
-                            finished: false,
-                        }))
-                    }
+                    Begun::Started => Ok(KeyState::Held(self.hold(record_key, marker))),
                 }
             }
             Some(redis) => {
@@ -527,26 +508,39 @@ impl Store {
                     Some(v) => serde_json::from_str(&v)
                         .map(KeyState::Final)
                         .map_err(|e| GatewayError::Internal(format!("an idempotency record: {e}"))),
-                    None => {
-                        let renewal = {
-                            let (redis, k, m) = (redis.clone(), record_key.clone(), marker.clone());
-                            tokio::spawn(async move {
-                                loop {
-                                    tokio::time::sleep(lease / 3).await;
-                                    let _ = redis.extend_lock(&k, &m, lease).await;
-                                }
-                            })
-                        };
-                        Ok(KeyState::Held(KeyHold {
-                            store: self.clone(),
-                            key: record_key,
-                            marker,
-                            renewal: Some(renewal),
-                            finished: false,
-                        }))
-                    }
+                    None => Ok(KeyState::Held(self.hold(record_key, marker))),
                 }
             }
+        }
+    }
+}
+
+impl Store {
+    /// Holds a key in flight for this request: its lease is renewed every
+    /// third of its life until the hold is finished or dropped.
+    fn hold(self: &Arc<Self>, key: String, marker: String) -> KeyHold {
+        let lease = self.idempotency.lease;
+        let renewal = {
+            let (store, k, m) = (Arc::downgrade(self), key.clone(), marker.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    let Some(store) = store.upgrade() else { return };
+                    match &store.shared {
+                        None => store.records.renew(&k, &m, lease),
+                        Some(redis) => {
+                            let _ = redis.extend_lock(&k, &m, lease).await;
+                        }
+                    }
+                }
+            })
+        };
+        KeyHold {
+            store: self.clone(),
+            key,
+            marker,
+            renewal: Some(renewal),
+            finished: false,
         }
     }
 }
