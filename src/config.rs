@@ -775,8 +775,8 @@ pub struct InspectConfig {
     pub digest: DigestAlgorithm,
 }
 
-pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
-pub const DEFAULT_PDF_ACTIVE_CONTENT: ActiveContentPolicy = ActiveContentPolicy::Reject;
+// Defined beside the scanners (the lower module), named here with the keys.
+pub use crate::inspect::{DEFAULT_MAX_PIXELS, DEFAULT_PDF_ACTIVE_CONTENT};
 pub const DEFAULT_DIGEST: DigestAlgorithm = DigestAlgorithm::Sha256;
 
 #[derive(Debug, Default, Deserialize)]
@@ -1192,7 +1192,7 @@ impl RawStore {
                 PathBuf::new()
             }
             Some(path) => {
-                if let Err(why) = crate::store::crypto::load_key(&path) {
+                if let Err(why) = crate::sealing::load_key(&path) {
                     cx.problems.push(format!(
                         "store.encryption_key_file {}: {why}",
                         path.display()

@@ -64,14 +64,13 @@ impl Gateway {
                 let mut tokens = TokenManager::new(&config, https.clone(), clock.clone(), &metrics)
                     .map_err(|e| problems.push(e))?;
                 if let (Some(redis), Ok(store)) = (&config.store.redis, &store) {
-                    let key = crate::store::crypto::load_key(&redis.encryption_key_file).map_err(
-                        |e| {
+                    let key =
+                        crate::sealing::load_key(&redis.encryption_key_file).map_err(|e| {
                             problems.push(format!(
                                 "store.encryption_key_file {}: {e}",
                                 redis.encryption_key_file.display()
                             ))
-                        },
-                    )?;
+                        })?;
                     if let Some(shared) =
                         SharedTokens::new(store.clone(), &key, redis.refresh_lock_ttl)
                     {

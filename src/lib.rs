@@ -54,6 +54,7 @@ pub mod request_id;
 pub mod route;
 pub mod sandbox;
 pub mod scan_cmd;
+pub mod sealing;
 pub mod server;
 pub mod spool;
 pub mod stack;

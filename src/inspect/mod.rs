@@ -85,6 +85,11 @@ impl<S: Scan> Sticky<S> {
     }
 }
 
+/// `inspect.max_pixels`: width × height above this is `malformed_image`.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+/// `inspect.pdf_active_content`.
+pub const DEFAULT_PDF_ACTIVE_CONTENT: ActiveContentPolicy = ActiveContentPolicy::Reject;
+
 /// The image types the gateway accepts, as declared by `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MediaType {
@@ -150,8 +155,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_pixels: crate::config::DEFAULT_MAX_PIXELS,
-            pdf_active_content: crate::config::DEFAULT_PDF_ACTIVE_CONTENT,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            pdf_active_content: DEFAULT_PDF_ACTIVE_CONTENT,
             max_inflate_bytes: 16 * 1024 * 1024,
             max_inflate_total: 64 * 1024 * 1024,
             max_nesting: 64,

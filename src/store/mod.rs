@@ -20,7 +20,6 @@
 //! Redis, a refresh that rotates a token without the lock, is the token
 //! manager's to refuse (`503 store_unavailable`).
 
-pub mod crypto;
 pub mod redis;
 
 use std::collections::HashMap;

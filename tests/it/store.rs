@@ -597,8 +597,8 @@ async fn stored_refresh_token(port: u16, dir: &Path, prefix: &str) -> String {
         .await
         .unwrap();
     assert!(!sealed.contains("bob-refresh"), "nothing stored in clear");
-    let key = concur_gateway::store::crypto::load_key(&dir.join("store.key")).unwrap();
-    let plain = concur_gateway::store::crypto::Sealer::new(&key)
+    let key = concur_gateway::sealing::load_key(&dir.join("store.key")).unwrap();
+    let plain = concur_gateway::sealing::Sealer::new(&key)
         .open(&keys[0], &sealed)
         .expect("opens with the key");
     let v: serde_json::Value = serde_json::from_slice(&plain).unwrap();

@@ -49,7 +49,7 @@ use super::{Access, AccessToken, Failure, Slot, TokenAnswer, TokenManager};
 use crate::credentials::{Credential, Secret};
 use crate::error::GatewayError;
 use crate::metrics::ResultLabel;
-use crate::store::crypto::Sealer;
+use crate::sealing::Sealer;
 use crate::store::redis::{CasResult, Redis, StoreError};
 use crate::store::{Store, company_tag};
 

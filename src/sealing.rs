@@ -1,3 +1,6 @@
+//! Sealing secrets at rest (a leaf module: the config checks the key file,
+//! the store seals with it).
+//!
 //! Secrets at rest in the shared store: AES-256-GCM with the key from
 //! `store.encryption_key_file` (32 random bytes, base64). Each value is
 //! `base64(nonce ‖ ciphertext ‖ tag)` with a fresh random 96-bit nonce, and the
