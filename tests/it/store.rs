@@ -832,18 +832,28 @@ async fn shared_state_over_tls() {
         )
     })
     .await;
+    shared_basics(&fleet, &[ALICE]).await;
+    fleet.stop().await;
+}
+
+/// On two replicas with `user_per_second = 0.01, user_burst = 2`: two
+/// uploads per caller in all, wherever they land, then 429; and bob's
+/// refreshing credential refreshed once for both.
+async fn shared_basics(fleet: &Fleet, callers: &[(&'static str, &'static str)]) {
     let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
-    assert_eq!(
-        upload(a, ALICE, "/api/image/v1.0/report/A1").await.status,
-        201
-    );
-    assert_eq!(
-        upload(b, ALICE, "/api/image/v1.0/report/A2").await.status,
-        201
-    );
-    upload(b, ALICE, "/api/image/v1.0/report/A3")
-        .await
-        .problem(429, "rate_limited");
+    for &who in callers {
+        assert_eq!(
+            upload(a, who, "/api/image/v1.0/report/X1").await.status,
+            201
+        );
+        assert_eq!(
+            upload(b, who, "/api/image/v1.0/report/X2").await.status,
+            201
+        );
+        upload(a, who, "/api/image/v1.0/report/X3")
+            .await
+            .problem(429, "rate_limited");
+    }
     assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
     assert_eq!(upload(b, BOB, "/api/image/v1.0/receipt").await.status, 201);
     assert_eq!(
@@ -851,7 +861,6 @@ async fn shared_state_over_tls() {
         1,
         "one refresh for both replicas"
     );
-    fleet.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -872,28 +881,9 @@ async fn shared_state_on_a_cluster() {
         )
     })
     .await;
-    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
     // Several companies, so the keys spread over the slots of all masters.
-    for who in [ALICE, GINA] {
-        assert_eq!(
-            upload(a, who, "/api/image/v1.0/report/X1").await.status,
-            201
-        );
-        assert_eq!(
-            upload(b, who, "/api/image/v1.0/report/X2").await.status,
-            201
-        );
-        upload(a, who, "/api/image/v1.0/report/X3")
-            .await
-            .problem(429, "rate_limited");
-    }
-    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
-    assert_eq!(upload(b, BOB, "/api/image/v1.0/receipt").await.status, 201);
-    assert_eq!(
-        fleet.sandbox.token_requests(),
-        1,
-        "one refresh for both replicas"
-    );
+    shared_basics(&fleet, &[ALICE, GINA]).await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
     fleet
         .sandbox
         .push_fault(concur_gateway::sandbox::Fault::Status {
