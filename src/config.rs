@@ -1165,7 +1165,8 @@ impl RawStore {
         };
         for url in &urls {
             if let Err(why) = check_redis_url(url) {
-                cx.problems.push(format!("store.url `{url}`: {why}"));
+                cx.problems
+                    .push(format!("store.url `{}`: {why}", redact_userinfo(url)));
             }
         }
         if urls.len() > 1
@@ -1231,6 +1232,25 @@ impl RawStore {
                 timeout,
             }),
         }
+    }
+}
+
+/// `url` with the password of its user info (`redis://user:PASSWORD@host`)
+/// replaced, for messages: a Redis password is a secret.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{scheme}://{user}:[redacted]@{host}{}",
+                &rest[authority_end..]
+            )
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -1354,6 +1374,13 @@ file = "credentials.toml"
             problems
                 .iter()
                 .any(|p| p.starts_with("store.encryption_key_file is required"))
+        );
+        let problems = with("[store]\nbackend = \"redis\"\nurl = \"redis://app:hunter2@h:x\"\nencryption_key_file = \"good.key\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            problems[0].contains("app:[redacted]@h:x") && !problems[0].contains("hunter2"),
+            "{problems:?}"
         );
         let problems = with("[store]\nbackend = \"memcached\"\n").unwrap_err().0;
         assert!(problems[0].starts_with("store.backend `memcached`"));

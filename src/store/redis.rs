@@ -270,7 +270,9 @@ impl Redis {
                 builder = builder.certs(tls());
             }
             Client::Cluster(Box::new(
-                builder.build().map_err(|e| format!("store.url: {e}"))?,
+                builder
+                    .build()
+                    .map_err(|e| format!("store.url: {:?}", e.kind()))?,
             ))
         } else {
             let url = config.urls.first().ok_or("store.url: none")?;
@@ -279,7 +281,10 @@ impl Redis {
             } else {
                 redis::Client::open(url.as_str())
             };
-            Client::Single(Box::new(client.map_err(|e| format!("store.url: {e}"))?))
+            // The error does not quote the URL (it may hold a password).
+            Client::Single(Box::new(
+                client.map_err(|e| format!("store.url: {:?}", e.kind()))?,
+            ))
         };
         Ok(Self {
             config: config.clone(),
