@@ -165,10 +165,10 @@ where
 {
     let mut admitted = admit(gw, ctx, &parts).await?;
     let hold = match admitted.key.take() {
-        Some((_, KeyState::Final(record))) => {
+        Some(KeyState::Final(record)) => {
             return replay(gw, ctx, &admitted, record, body, report, &parts.headers).await;
         }
-        Some((_, KeyState::Held(hold))) => Some(hold),
+        Some(KeyState::Held(hold)) => Some(hold),
         None => None,
     };
     let outgoing = open_body(gw, ctx, &admitted, body, report, hold.is_some()).await?;
@@ -177,13 +177,8 @@ where
         // Concur's final answer is kept for retries; anything else drops the
         // record (the hold's drop), so a retry goes to Concur again.
         if idempotency::is_final(answer.status.as_u16()) {
-            let sha256 = report
-                .as_mut()
-                .and_then(BodyReport::now)
-                .and_then(|o| o.facts.sha256.clone())
-                .unwrap_or_default();
             hold.finish(&Record {
-                fingerprint: admitted.fingerprint(&sha256),
+                fingerprint: admitted.fingerprint(&body_sha256(report)),
                 status: answer.status.as_u16(),
                 content_type: header_text(&answer.headers, header::CONTENT_TYPE),
                 body: String::from_utf8_lossy(&answer.body).into_owned(),
@@ -199,6 +194,15 @@ where
         }
     }
     respond(ctx, answer, &parts.headers)
+}
+
+/// The accepted body's SHA-256, as its adapter reported it.
+fn body_sha256(report: &mut Option<BodyReport>) -> Vec<u8> {
+    report
+        .as_mut()
+        .and_then(BodyReport::now)
+        .and_then(|o| o.facts.sha256.clone())
+        .unwrap_or_default()
 }
 
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
@@ -227,12 +231,7 @@ where
     let mut body = inspect_body(gw, admitted, body, report).with_sha256();
     while body.next_cleared().await?.is_some() {}
     drop(body);
-    let sha256 = report
-        .as_mut()
-        .and_then(BodyReport::now)
-        .and_then(|o| o.facts.sha256.clone())
-        .unwrap_or_default();
-    if admitted.fingerprint(&sha256) != record.fingerprint {
+    if admitted.fingerprint(&body_sha256(report)) != record.fingerprint {
         gw.metrics
             .idempotency
             .get_or_create(&ResultLabel { result: "reused" })
@@ -279,8 +278,8 @@ struct Admitted {
     /// The upload's place among the uploads in flight, held until the
     /// answer is ready.
     _place: Place,
-    /// The request's `Idempotency-Key` and what the store holds for it.
-    key: Option<(String, KeyState)>,
+    /// What the store holds for the request's `Idempotency-Key`.
+    key: Option<KeyState>,
 }
 
 impl Admitted {
@@ -356,7 +355,7 @@ async fn admit(
     let key = match key {
         None => None,
         Some(key) => match gw.store.begin_key(&identity, &key).await {
-            Ok(state) => Some((key, state)),
+            Ok(state) => Some(state),
             Err(e) => {
                 if matches!(e, GatewayError::IdempotencyConflict { .. }) {
                     gw.metrics

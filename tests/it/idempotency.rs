@@ -298,6 +298,34 @@ async fn concur_errors_are_replayed_and_gateway_refusals_are_not_recorded() {
     .await;
     assert_eq!(retry.status, 201, "{}", retry.text());
     assert!(retry.header("idempotent-replayed").is_none());
+    // Concur refusing the gateway's token (401) says nothing of the upload:
+    // not kept, the retry is forwarded (and succeeds once the token is good).
+    h.sandbox.push_fault(Fault::Status {
+        status: 401,
+        message: "token refused".into(),
+        retry_after: None,
+    });
+    keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/RA",
+        "auth-1",
+        JPEG,
+        &[],
+    )
+    .await
+    .problem(502, "upstream_auth_failed");
+    let retry = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/RA",
+        "auth-1",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert!(retry.header("idempotent-replayed").is_none());
     // A lost answer (reset): the record is dropped, the retry is forwarded.
     h.sandbox.push_fault(Fault::Reset);
     assert_eq!(
