@@ -21,35 +21,16 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use concur_gateway::config::Config;
-use concur_gateway::demo::{AUDIENCE, ISSUER, SAMPLE_RECEIPT, SigningKey};
+use concur_gateway::demo::{AUDIENCE, ISSUER, SigningKey};
 use concur_gateway::gateway::Gateway;
 use concur_gateway::sandbox::{Sandbox, SandboxConfig, SandboxToken};
 use concur_gateway::stack;
+use concur_gateway::testkit::big_jpeg;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 
 const USER_TOKEN: &str = "bench-user-token";
-
-fn big_jpeg(size: usize) -> Vec<u8> {
-    let jpeg = SAMPLE_RECEIPT;
-    let mut out = Vec::with_capacity(size + jpeg.len());
-    out.extend_from_slice(&jpeg[..2]);
-    let mut x: u32 = 0x1234_5678;
-    while out.len() + jpeg.len() < size {
-        let n = (size - out.len() - jpeg.len()).clamp(16, 65_533);
-        out.extend_from_slice(&[0xFF, 0xEF]);
-        out.extend_from_slice(&((n + 2) as u16).to_be_bytes());
-        for _ in 0..n {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            out.push(x as u8);
-        }
-    }
-    out.extend_from_slice(&jpeg[2..]);
-    out
-}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
