@@ -26,13 +26,13 @@ const CALLER_SPAN: &str = "b7ad6b7169203331";
 const RECEIPT: &str = "/api/image/v1.0/receipt";
 
 /// An OTLP/HTTP receiver: `POST /v1/traces`, protobuf; keeps every body.
-struct Collector {
+pub struct Collector {
     addr: SocketAddr,
     bodies: Arc<Mutex<Vec<Bytes>>>,
 }
 
 impl Collector {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -81,14 +81,14 @@ impl Collector {
         Self { addr, bodies }
     }
 
-    fn config(&self) -> String {
+    pub fn config(&self) -> String {
         format!(
             "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nprotocol = \"http/protobuf\"\n",
             self.addr
         )
     }
 
-    fn spans(&self) -> Vec<Span> {
+    pub fn spans(&self) -> Vec<Span> {
         self.bodies
             .lock()
             .unwrap()
@@ -104,17 +104,17 @@ impl Collector {
     }
 
     /// Waits (the export batches for up to a second) until `n` spans are in.
-    async fn wait_for_spans(&self, n: usize) -> Vec<Span> {
+    pub async fn wait_for_spans(&self, n: usize) -> Vec<Span> {
         wait_for(|| self.spans().len() >= n).await;
         self.spans()
     }
 
-    fn raw(&self) -> Vec<u8> {
+    pub fn raw(&self) -> Vec<u8> {
         self.bodies.lock().unwrap().concat()
     }
 }
 
-fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+pub fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
     spans
         .iter()
         .find(|s| s.name == name)
@@ -125,7 +125,7 @@ fn names(spans: &[Span]) -> Vec<&str> {
     spans.iter().map(|s| s.name.as_str()).collect()
 }
 
-fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+pub fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
     span.attributes
         .iter()
         .find(|kv| kv.key == key)
