@@ -38,6 +38,7 @@ use aws_lc_rs::digest;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use opentelemetry::KeyValue;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
@@ -46,6 +47,7 @@ use crate::config::{DigestAlgorithm, MinBodyRate};
 use crate::context::BodyFacts;
 use crate::error::{BoxError, GatewayError};
 use crate::inspect::{Inspector, Rejection};
+use crate::telemetry::Child;
 
 /// How many bytes of the body are held back until the verdict is known.
 pub const HOLD_BACK: usize = 64 * 1024;
@@ -175,6 +177,8 @@ pub struct InspectBody<B> {
     report: Option<oneshot::Sender<BodyOutcome>>,
     /// The malware scan of this body, while it runs.
     scan: Option<ScanSession>,
+    /// Trace spans of the inspection (and the scan), ended with the report.
+    spans: Vec<Child>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +325,7 @@ where
             outcome: BodyOutcome::default(),
             report: Some(report),
             scan: None,
+            spans: Vec::new(),
         };
         (body, BodyReport { rx, got: None })
     }
@@ -331,6 +336,12 @@ where
         if !matches!(&self.hasher, Some((_, "sha-256"))) {
             self.sha256 = Some(digest::Context::new(&digest::SHA256));
         }
+        self
+    }
+
+    /// A trace span that ends when the body's report is sent.
+    pub fn with_span(mut self, span: Child) -> Self {
+        self.spans.push(span);
         self
     }
 
@@ -388,6 +399,7 @@ where
 
     /// Sends the report, once.
     fn send_report(&mut self) {
+        self.end_spans();
         if let Some(tx) = self.report.take() {
             let _ = tx.send(self.outcome.clone());
         }
@@ -714,11 +726,36 @@ where
     }
 }
 
+impl<B> InspectBody<B> {
+    /// Ends the spans with what became of the body (no content of it).
+    fn end_spans(&mut self) {
+        if self.spans.is_empty() {
+            return;
+        }
+        let failure = self
+            .outcome
+            .failure
+            .clone()
+            .map(|f| GatewayError::from(f).code());
+        for span in self.spans.drain(..) {
+            span.attr(KeyValue::new("concur_gateway.bytes", self.received as i64));
+            span.attr(KeyValue::new(
+                "concur_gateway.accepted",
+                self.outcome.facts.accepted,
+            ));
+            if let Some(code) = failure {
+                span.fail(code);
+            }
+        }
+    }
+}
+
 impl<B> Drop for InspectBody<B> {
     /// A body dropped before it ended (the exchange failed, the request was
     /// abandoned) still reports what it received.
     fn drop(&mut self) {
         self.outcome.facts.received = self.received;
+        self.end_spans();
         if let Some(tx) = self.report.take() {
             let _ = tx.send(std::mem::take(&mut self.outcome));
         }

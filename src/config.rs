@@ -50,6 +50,8 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     pub store: StoreConfig,
     pub idempotency: IdempotencyConfig,
+    /// `None`: no `[tracing]` section, no spans exported.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// A config file as far as it could be read: the validated config or every
@@ -99,6 +101,7 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     idempotency: RawIdempotency,
+    tracing: Option<RawTracing>,
 }
 
 impl Config {
@@ -153,6 +156,7 @@ impl Config {
             credentials: raw.credentials.parse(&mut cx),
             store: raw.store.parse(&mut cx),
             idempotency: raw.idempotency.parse(&mut cx),
+            tracing: raw.tracing.map(|t| t.parse(&mut cx)),
         };
         Parsed {
             config: if cx.problems.is_empty() {
@@ -859,6 +863,98 @@ pub enum OnScanError {
     Allow,
 }
 
+/// How spans reach the collector (`tracing.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (tonic), e.g. `http://127.0.0.1:4317`.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, to an `http(s)://…/v1/traces` URL.
+    HttpProtobuf,
+}
+
+/// `[tracing]`: OpenTelemetry spans exported by OTLP (`telemetry.rs`).
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    pub otlp_endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Of the traces the gateway starts; a caller's sampling decision is kept.
+    pub sample_ratio: f64,
+}
+
+/// The collector's usual OTLP/gRPC port on the node.
+pub const DEFAULT_OTLP_ENDPOINT: &str = "http://127.0.0.1:4317";
+pub const DEFAULT_OTLP_PROTOCOL: OtlpProtocol = OtlpProtocol::Grpc;
+/// Every trace the gateway starts is sampled.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
+
+#[derive(Debug, Default, Deserialize)]
+struct RawTracing {
+    /// Default [`DEFAULT_OTLP_ENDPOINT`].
+    otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`; default [`DEFAULT_OTLP_PROTOCOL`].
+    protocol: Option<String>,
+    /// 0.0 to 1.0; default [`DEFAULT_SAMPLE_RATIO`].
+    sample_ratio: Option<f64>,
+}
+
+impl RawTracing {
+    fn parse(self, cx: &mut Cx<'_>) -> TracingConfig {
+        let protocol = match self.protocol.as_deref() {
+            None => DEFAULT_OTLP_PROTOCOL,
+            Some("grpc") => OtlpProtocol::Grpc,
+            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some(other) => {
+                cx.problems.push(format!(
+                    "tracing.protocol `{other}`: expected \"grpc\" or \"http/protobuf\""
+                ));
+                DEFAULT_OTLP_PROTOCOL
+            }
+        };
+        let otlp_endpoint = self
+            .otlp_endpoint
+            .unwrap_or_else(|| DEFAULT_OTLP_ENDPOINT.to_owned());
+        match otlp_endpoint.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                if protocol == OtlpProtocol::HttpProtobuf && !uri.path().ends_with("/v1/traces") {
+                    cx.problems.push(format!(
+                        "tracing.otlp_endpoint `{otlp_endpoint}`: with protocol = \"http/protobuf\" the URL ends with /v1/traces"
+                    ));
+                }
+                if protocol == OtlpProtocol::Grpc && uri.scheme_str() == Some("https") {
+                    cx.problems.push(format!(
+                        "tracing.otlp_endpoint `{otlp_endpoint}`: gRPC is plaintext only (a node-local collector); use protocol = \"http/protobuf\" for https"
+                    ));
+                }
+                if uri.query().is_some() {
+                    cx.problems.push(format!(
+                        "tracing.otlp_endpoint `{otlp_endpoint}`: no query string"
+                    ));
+                }
+            }
+            _ => cx.problems.push(format!(
+                "tracing.otlp_endpoint `{otlp_endpoint}`: expected an http:// or https:// URL"
+            )),
+        }
+        let sample_ratio = self.sample_ratio.unwrap_or(DEFAULT_SAMPLE_RATIO);
+        let sample_ratio = if (0.0..=1.0).contains(&sample_ratio) {
+            sample_ratio
+        } else {
+            cx.problems.push(format!(
+                "tracing.sample_ratio = {sample_ratio}: expected 0.0 to 1.0"
+            ));
+            DEFAULT_SAMPLE_RATIO
+        };
+        TracingConfig {
+            otlp_endpoint,
+            protocol,
+            sample_ratio,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ScanConfig {
     pub clamd: ClamdAddr,
@@ -1299,6 +1395,61 @@ jwks_file = "jwks.json"
 [credentials]
 file = "credentials.toml"
 "#;
+
+    #[test]
+    fn tracing_section_defaults_and_checks() {
+        let c = Config::from_toml(MINIMAL, Path::new("/etc/gw")).unwrap();
+        assert!(c.tracing.is_none(), "absent: no spans exported");
+        let c = Config::from_toml(&format!("{MINIMAL}[tracing]\n"), Path::new("/etc/gw")).unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.otlp_endpoint, DEFAULT_OTLP_ENDPOINT);
+        assert_eq!(t.protocol, OtlpProtocol::Grpc);
+        assert_eq!(t.sample_ratio, 1.0);
+        let c = Config::from_toml(
+            &format!(
+                "{MINIMAL}[tracing]\notlp_endpoint = \"https://otel.example:4318/v1/traces\"\nprotocol = \"http/protobuf\"\nsample_ratio = 0.25\n"
+            ),
+            Path::new("/etc/gw"),
+        )
+        .unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(t.sample_ratio, 0.25);
+        for (snippet, problem) in [
+            ("protocol = \"http/json\"", "tracing.protocol `http/json`"),
+            (
+                "otlp_endpoint = \"collector:4317\"",
+                "tracing.otlp_endpoint `collector:4317`",
+            ),
+            (
+                "otlp_endpoint = \"ftp://c/v1/traces\"",
+                "expected an http:// or https:// URL",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318/\"\nprotocol = \"http/protobuf\"",
+                "ends with /v1/traces",
+            ),
+            (
+                "otlp_endpoint = \"https://c:4317\"",
+                "gRPC is plaintext only",
+            ),
+            ("sample_ratio = 1.5", "tracing.sample_ratio = 1.5"),
+            ("sample_ratio = -0.1", "tracing.sample_ratio = -0.1"),
+            ("sample_ratio = nan", "tracing.sample_ratio = NaN"),
+            ("endpoint = \"x\"", "unknown key `tracing.endpoint`"),
+        ] {
+            let e = Config::from_toml(
+                &format!("{MINIMAL}[tracing]\n{snippet}\n"),
+                Path::new("/etc/gw"),
+            )
+            .unwrap_err();
+            assert!(
+                e.0.iter().any(|p| p.contains(problem)),
+                "{snippet}: {:?}",
+                e.0
+            );
+        }
+    }
 
     #[test]
     fn minimal_config_gets_documented_defaults() {

@@ -40,6 +40,9 @@ pub struct RequestCtx {
     pub idempotency: Option<&'static str>,
     /// The `RateLimit` header value once the request went through admission.
     pub rate_limit: Option<String>,
+    /// The request's trace (`telemetry.rs`): its server span and the
+    /// gateway's tracer; empty without `[tracing]`.
+    pub trace: opentelemetry::Context,
 }
 
 impl RequestCtx {
@@ -56,6 +59,7 @@ impl RequestCtx {
             error: None,
             idempotency: None,
             rate_limit: None,
+            trace: opentelemetry::Context::new(),
         }
     }
 }

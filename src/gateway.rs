@@ -15,6 +15,7 @@ use crate::credentials::{CredentialStore, Reload};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::spool::SpoolBudget;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 use crate::upstream::{Upstream, https_connector, tls_config};
 
 #[derive(Debug)]
@@ -33,6 +34,8 @@ pub struct Gateway {
     pub scanner: Option<Scanner>,
     /// What chunked uploads may spool at once (`server.spool_max_bytes`).
     pub spool_budget: Arc<SpoolBudget>,
+    /// Spans and their export, with `[tracing]` (`telemetry.rs`).
+    pub telemetry: Option<Telemetry>,
     draining: AtomicBool,
 }
 
@@ -79,8 +82,14 @@ impl Gateway {
                 }
                 Ok((Upstream::new(&config.upstream, https), tokens))
             });
-        match (keys, credentials, clients, store) {
-            (Ok(keys), Ok(credentials), Ok((upstream, tokens)), Ok(store))
+        let telemetry = config
+            .tracing
+            .as_ref()
+            .map(|t| Telemetry::new(t, &metrics))
+            .transpose()
+            .map_err(|e| problems.push(e));
+        match (keys, credentials, clients, store, telemetry) {
+            (Ok(keys), Ok(credentials), Ok((upstream, tokens)), Ok(store), Ok(telemetry))
                 if problems.is_empty() =>
             {
                 tokens.start(&credentials.current());
@@ -96,6 +105,7 @@ impl Gateway {
                     metrics,
                     scanner,
                     spool_budget,
+                    telemetry,
                     draining: AtomicBool::new(false),
                     config,
                 })

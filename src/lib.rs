@@ -59,6 +59,7 @@ pub mod server;
 pub mod spool;
 pub mod stack;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transform;

@@ -49,6 +49,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -89,6 +94,8 @@ pub struct Metrics {
     pub store_up: Gauge,
     /// `Idempotency-Key` outcomes: stored, replayed, conflict, reused.
     pub idempotency: Family<ResultLabel, Counter>,
+    /// Spans not exported (`[tracing]`): `queue_full`, `export_failed`.
+    pub trace_spans_dropped: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -222,6 +229,12 @@ impl Metrics {
             "Idempotency-Key outcomes: stored (a final answer kept), replayed, conflict (in flight), reused (another request)",
             idempotency.clone(),
         );
+        let trace_spans_dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Spans not exported ([tracing]): queue_full (the bounded export queue was full), export_failed (the collector refused, failed or timed out)",
+            trace_spans_dropped.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -251,6 +264,7 @@ impl Metrics {
             store_fallbacks,
             store_up,
             idempotency,
+            trace_spans_dropped,
         }
     }
 

@@ -38,6 +38,9 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanKind;
 
 use crate::auth::Identity;
 use crate::body::{BodyReport, BodyTiming, InspectBody};
@@ -53,6 +56,7 @@ use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::route::{self, Route};
 use crate::spool::Spool;
 use crate::store::{self, KeyState, Place};
+use crate::telemetry::Child;
 use crate::transform;
 use crate::upstream::UpstreamBody;
 
@@ -228,7 +232,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut body = inspect_body(gw, admitted, body, report).with_sha256();
+    let mut body = inspect_body(gw, ctx, admitted, body, report).with_sha256();
     while body.next_cleared().await?.is_some() {}
     drop(body);
     if admitted.fingerprint(&body_sha256(report)) != record.fingerprint {
@@ -328,7 +332,13 @@ async fn admit(
     // A credential Concur has refused fails before any body byte is read.
     gw.tokens.check_usable(&credential)?;
     let credential_key = store::credential_key(&credential.company, credential.user.as_deref());
-    let admission = match gw.store.admit(&identity, &credential_key).await {
+    let span = Child::start(&ctx.trace, "admission", SpanKind::Internal);
+    let admitted = gw.store.admit(&identity, &credential_key).await;
+    if let Err(e) = &admitted {
+        span.fail(e.code());
+    }
+    drop(span);
+    let admission = match admitted {
         Ok(admission) => admission,
         Err(e) => {
             if let GatewayError::RateLimited {
@@ -400,13 +410,15 @@ where
     B::Error: Into<BoxError>,
 {
     let server = &gw.config.server;
-    let mut body = inspect_body(gw, admitted, body, report);
+    let mut body = inspect_body(gw, ctx, admitted, body, report);
     if sha256 {
         // An Idempotency-Key's fingerprint needs it, whatever inspect.digest says.
         body = body.with_sha256();
     }
     if let Some(scanner) = &gw.scanner {
-        body = body.with_scan(scanner.session(ctx.id.as_str()));
+        body = body
+            .with_scan(scanner.session(ctx.id.as_str()))
+            .with_span(Child::start(&ctx.trace, "clamav scan", SpanKind::Client));
     }
     body.prime().await?;
     match admitted.declared_len {
@@ -429,6 +441,7 @@ where
 /// The client's body behind the inspection adapter; its report goes to `report`.
 fn inspect_body<B>(
     gw: &Gateway,
+    ctx: &RequestCtx,
     admitted: &Admitted,
     body: B,
     report: &mut Option<BodyReport>,
@@ -451,7 +464,12 @@ where
         },
     );
     *report = Some(body_report);
-    body
+    let span = Child::start(&ctx.trace, "inspection", SpanKind::Internal);
+    span.attr(KeyValue::new(
+        "concur_gateway.media_type",
+        admitted.media.mime(),
+    ));
+    body.with_span(span)
 }
 
 /// Concur's answer, read whole (bounded).
@@ -472,9 +490,34 @@ async fn exchange(
 ) -> Result<Answer, GatewayError> {
     // The access token, refreshed first when what is left of it could not
     // cover this upload (never in the middle of a body: nothing is sent yet).
-    let access = gw.tokens.access(&admitted.credential).await?;
+    // Under the request's trace: a refresh, when one happens, is its child span.
+    let access = gw
+        .tokens
+        .access(&admitted.credential)
+        .with_context(ctx.trace.clone())
+        .await?;
     let _slot = gw.upstream.acquire(&admitted.identity.company).await?;
-    let request = upstream_request(
+    let span = Child::start(&ctx.trace, "concur upload", SpanKind::Client);
+    let result = exchange_with(gw, ctx, admitted, outgoing, report, access, &span).await;
+    if let Err(e) = &result {
+        span.fail(e.code());
+    }
+    result
+}
+
+/// The exchange itself, in the client span `span`.
+async fn exchange_with(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    admitted: &Admitted,
+    outgoing: Outgoing,
+    report: &mut Option<BodyReport>,
+    access: Access,
+    span: &Child,
+) -> Result<Answer, GatewayError> {
+    span.attr(KeyValue::new("http.request.method", "POST"));
+    span.attr(KeyValue::new("http.route", admitted.route.kind.as_str()));
+    let mut request = upstream_request(
         gw,
         &admitted.route,
         &access,
@@ -483,6 +526,10 @@ async fn exchange(
         outgoing.length,
         outgoing.body,
     )?;
+    if let (Some(telemetry), Some(cx)) = (&gw.telemetry, span.context()) {
+        // The client span is Concur's parent; nothing else of the trace goes.
+        telemetry.inject(cx, request.headers_mut());
+    }
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + gw.upstream.timeout;
     let sent = tokio::time::timeout_at(deadline, gw.upstream.send(request)).await;
@@ -539,6 +586,10 @@ async fn exchange(
             .inc_by(outgoing.length);
     }
     ctx.upstream = Some((head.status.as_u16(), elapsed));
+    span.attr(KeyValue::new(
+        "http.response.status_code",
+        i64::from(head.status.as_u16()),
+    ));
     if matches!(
         head.status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

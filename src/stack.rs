@@ -44,6 +44,8 @@ use http::{Request, Response, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -53,6 +55,7 @@ use crate::gateway::Gateway;
 use crate::metrics::{RequestLabels, RouteLabel};
 use crate::proxy::ProxyService;
 use crate::request_id::{RequestId, X_REQUEST_ID};
+use crate::telemetry::{self, Child};
 
 /// The response body the server writes.
 pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -90,9 +93,19 @@ where
     let auth = {
         let gw = gw.clone();
         move |req: &mut Request<B>| {
+            let span = req
+                .extensions()
+                .get::<RequestCtx>()
+                .map(|ctx| Child::start(&ctx.trace, "authenticate", SpanKind::Internal));
             let identity = gw
                 .auth
-                .authenticate(req.headers().get(header::AUTHORIZATION))?;
+                .authenticate(req.headers().get(header::AUTHORIZATION))
+                .inspect_err(|e| {
+                    if let Some(span) = &span {
+                        span.fail(e.code());
+                    }
+                })?;
+            drop(span);
             if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
                 ctx.identity = Some(identity);
             }
@@ -166,13 +179,25 @@ where
         let id_header = id.header_value();
         // Kept here too, for an answer that comes back without its context
         // (a panic unwound the future that held it).
-        let fallback = RequestCtx::new(id.clone());
-        req.extensions_mut().insert(RequestCtx::new(id));
+        let mut fallback = RequestCtx::new(id.clone());
+        let mut ctx = RequestCtx::new(id);
+        if let Some(telemetry) = &self.gw.telemetry {
+            // The caller's `traceparent`, if any, is the server span's parent.
+            ctx.trace = telemetry.server_span(req.method(), req.headers());
+            fallback.trace = ctx.trace.clone();
+        }
+        req.extensions_mut().insert(ctx);
         let method = req.method().clone();
         // The path only: query strings may hold secrets and are never logged.
         let path: String = req.uri().path().chars().take(256).collect();
         let gw = self.gw.clone();
-        let mut pending = Pending::new(gw.clone(), fallback.id.clone(), method, path);
+        let mut pending = Pending::new(
+            gw.clone(),
+            fallback.id.clone(),
+            method,
+            path,
+            fallback.trace.clone(),
+        );
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = match future.await {
@@ -213,9 +238,11 @@ where
                 .get_or_create(&RouteLabel { route })
                 .observe(elapsed.as_secs_f64());
             let identity = ctx.identity.as_ref();
+            end_server_span(&ctx, &pending.method, route, status, code);
             tracing::info!(
                 target: "concur_gateway::access",
                 request_id = %ctx.id.as_str(),
+                trace_id = telemetry::trace_id(&ctx.trace),
                 method = %pending.method,
                 path = %pending.path,
                 route,
@@ -238,6 +265,48 @@ where
     }
 }
 
+/// Ends the request's server span with what the access log line says, safe
+/// facts only: never the user, a token or the query string.
+fn end_server_span(
+    ctx: &RequestCtx,
+    method: &http::Method,
+    route: &'static str,
+    status: u16,
+    code: &'static str,
+) {
+    let span = ctx.trace.span();
+    if !span.is_recording() {
+        span.end();
+        return;
+    }
+    span.update_name(format!("{method} {route}"));
+    let mut attributes = vec![
+        KeyValue::new("http.route", route),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+        KeyValue::new("concur_gateway.code", code),
+        KeyValue::new("concur_gateway.request_id", ctx.id.as_str().to_owned()),
+        KeyValue::new("concur_gateway.bytes", ctx.body.received as i64),
+    ];
+    if let Some(identity) = &ctx.identity {
+        attributes.push(KeyValue::new(
+            "concur_gateway.company",
+            identity.company.clone(),
+        ));
+    }
+    if let Some(image_id) = &ctx.image_id {
+        attributes.push(KeyValue::new("concur_gateway.image_id", image_id.clone()));
+    }
+    if let Some((upstream_status, _)) = ctx.upstream {
+        attributes.push(KeyValue::new(
+            "concur_gateway.upstream_status",
+            i64::from(upstream_status),
+        ));
+    }
+    span.set_attributes(attributes);
+    telemetry::set_outcome(&ctx.trace, status, code);
+    span.end();
+}
+
 /// A request in the in-flight gauge until dropped. The future that holds it
 /// may be dropped before it has an answer: hyper drops a request's future
 /// when its HTTP/2 stream is reset by the client (or its connection goes
@@ -250,10 +319,18 @@ struct Pending {
     path: String,
     started: std::time::Instant,
     answered: bool,
+    /// The server span, ended here if the request is abandoned.
+    trace: opentelemetry::Context,
 }
 
 impl Pending {
-    fn new(gw: Arc<Gateway>, id: RequestId, method: http::Method, path: String) -> Self {
+    fn new(
+        gw: Arc<Gateway>,
+        id: RequestId,
+        method: http::Method,
+        path: String,
+        trace: opentelemetry::Context,
+    ) -> Self {
         gw.metrics.in_flight.inc();
         Self {
             gw,
@@ -262,6 +339,7 @@ impl Pending {
             path,
             started: std::time::Instant::now(),
             answered: false,
+            trace,
         }
     }
 
@@ -274,9 +352,14 @@ impl Drop for Pending {
     fn drop(&mut self) {
         self.gw.metrics.in_flight.dec();
         if !self.answered {
+            let span = self.trace.span();
+            span.set_attribute(KeyValue::new("concur_gateway.code", "client_closed"));
+            span.set_status(opentelemetry::trace::Status::error("client_closed"));
+            span.end();
             tracing::info!(
                 target: "concur_gateway::access",
                 request_id = %self.id.as_str(),
+                trace_id = telemetry::trace_id(&self.trace),
                 method = %self.method,
                 path = %self.path,
                 code = "client_closed",

@@ -93,6 +93,22 @@ pub fn https_connector(
         .wrap_connector(http))
 }
 
+/// For the OTLP/HTTP exporter (`telemetry.rs`): the same TLS policy
+/// (without a private CA), and plain `http://` allowed for a node-local
+/// collector.
+pub fn https_or_http_connector() -> Result<HttpsConnector<HttpConnector>, String> {
+    let tls = tls_config(None)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 impl Upstream {
     /// `https` is [`https_connector`] for `config` (shared with the OAuth2 token client).
     pub fn new(config: &UpstreamConfig, https: HttpsConnector<HttpConnector>) -> Self {

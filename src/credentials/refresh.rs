@@ -653,6 +653,8 @@ impl TokenManager {
     /// One token request; on success the new state is in the slot (and the
     /// rotated refresh token on disk) before the new access token is handed out.
     async fn refresh(&self, slot: &Slot) -> Result<(), Failure> {
+        // A child of the request that needed it (the current trace context).
+        let _span = crate::telemetry::Child::current("credential refresh");
         let (sent_refresh, origin) = {
             let st = slot.state.lock().expect("slot lock");
             (st.refresh_token.clone(), st.origin.clone())

@@ -379,3 +379,21 @@ async fn scan_cost() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_scan_is_a_child_span_with_its_verdict() {
+    let Some(port) = clamd() else { return };
+    let collector = crate::tracing::Collector::start().await;
+    let h = scanning(port).merge(&collector.config()).start().await;
+    let r = h.upload("/api/image/v1.0/receipt", &with_eicar(JPEG)).await;
+    r.problem(422, "malware_detected");
+    let spans = collector.wait_for_spans(5).await;
+    let server = crate::tracing::named(&spans, "POST receipt");
+    let scan = crate::tracing::named(&spans, "clamav scan");
+    assert_eq!(scan.parent_span_id, server.span_id);
+    assert!(matches!(
+        crate::tracing::attr(scan, "concur_gateway.code"),
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v)) if v == "malware_detected"
+    ));
+    h.stop().await;
+}

@@ -492,7 +492,7 @@ async fn every_exit_records_the_body_facts() {
     let holder = slow_upload(h.addr, GINA, "/api/image/v1.0/report/H1").await;
     // Its exchange has begun (a connection to Concur): it holds the one slot.
     wait_for(|| h.sandbox.connections() == 1).await;
-    let capture = capture_logs();
+    let capture = capture_logs().await;
     let token = jwt(ALICE.0, ALICE.1);
     let r = h
         .post(

@@ -13,3 +13,4 @@ mod process;
 mod sandbox;
 mod store;
 mod support;
+mod tracing;

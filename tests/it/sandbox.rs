@@ -1034,7 +1034,7 @@ async fn shutdown_closes_idle_connections_and_stops_accepting() {
 async fn logs_never_contain_secrets() {
     // A process-wide subscriber (see support::capture_logs): a scoped one
     // raced with other tests registering the same callsites on their threads.
-    let capture = crate::support::capture_logs();
+    let capture = crate::support::capture_logs().await;
 
     let sb = start_with(SandboxConfig {
         tokens: tokens(),

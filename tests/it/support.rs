@@ -434,9 +434,10 @@ impl JwksServer {
 }
 
 /// Everything logged in this process (every test's events, at TRACE) while
-/// the returned guard lives. One capture at a time; the subscriber is global
-/// and installed once, so events on every thread are seen.
-pub fn capture_logs() -> LogCapture {
+/// the returned guard lives. One capture at a time (a second waits for the
+/// first); the subscriber is global and installed once, so events on every
+/// thread are seen.
+pub async fn capture_logs() -> LogCapture {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
@@ -447,7 +448,7 @@ pub fn capture_logs() -> LogCapture {
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
     });
-    let serial = SERIAL.try_lock().expect("one log capture at a time");
+    let serial = SERIAL.lock().await;
     *CAPTURED.lock().unwrap() = Some(Vec::new());
     LogCapture { _serial: serial }
 }

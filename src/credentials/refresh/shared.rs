@@ -253,6 +253,8 @@ impl TokenManager {
         lock: &str,
         owner: &str,
     ) -> Result<Access, GatewayError> {
+        // A child of the request that needed it (the current trace context).
+        let _span = crate::telemetry::Child::current("credential refresh");
         // Keep the lock alive while the token endpoint takes its time.
         let lost = Arc::new(AtomicBool::new(false));
         let renewal = {
