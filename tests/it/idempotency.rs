@@ -268,92 +268,44 @@ async fn concur_errors_are_replayed_and_gateway_refusals_are_not_recorded() {
     assert_eq!(fixed.status, 201, "{}", fixed.text());
     assert!(fixed.header("idempotent-replayed").is_none());
 
-    // Concur 5xx, 429: not final, the retry goes to Concur again.
-    h.sandbox.push_fault(Fault::Status {
-        status: 503,
-        message: "busy".into(),
-        retry_after: None,
-    });
-    assert_eq!(
-        keyed(
-            h.addr,
-            ALICE,
-            "/api/image/v1.0/report/R8",
-            "busy-1",
-            JPEG,
-            &[]
-        )
-        .await
-        .status,
-        503
-    );
-    let retry = keyed(
-        h.addr,
-        ALICE,
-        "/api/image/v1.0/report/R8",
-        "busy-1",
-        JPEG,
-        &[],
-    )
-    .await;
-    assert_eq!(retry.status, 201, "{}", retry.text());
-    assert!(retry.header("idempotent-replayed").is_none());
-    // Concur refusing the gateway's token (401) says nothing of the upload:
-    // not kept, the retry is forwarded (and succeeds once the token is good).
-    h.sandbox.push_fault(Fault::Status {
-        status: 401,
-        message: "token refused".into(),
-        retry_after: None,
-    });
-    keyed(
-        h.addr,
-        ALICE,
-        "/api/image/v1.0/report/RA",
-        "auth-1",
-        JPEG,
-        &[],
-    )
-    .await
-    .problem(502, "upstream_auth_failed");
-    let retry = keyed(
-        h.addr,
-        ALICE,
-        "/api/image/v1.0/report/RA",
-        "auth-1",
-        JPEG,
-        &[],
-    )
-    .await;
-    assert_eq!(retry.status, 201, "{}", retry.text());
-    assert!(retry.header("idempotent-replayed").is_none());
-    // A lost answer (reset): the record is dropped, the retry is forwarded.
-    h.sandbox.push_fault(Fault::Reset);
-    assert_eq!(
-        keyed(
-            h.addr,
-            ALICE,
-            "/api/image/v1.0/report/R9",
-            "lost-1",
-            JPEG,
-            &[]
-        )
-        .await
-        .status,
-        502
-    );
-    assert_eq!(
-        keyed(
-            h.addr,
-            ALICE,
-            "/api/image/v1.0/report/R9",
-            "lost-1",
-            JPEG,
-            &[]
-        )
-        .await
-        .status,
-        201
-    );
+    // Answers that are not final drop the record, and the retry goes to
+    // Concur again: a 5xx; Concur refusing the gateway's token (401 says
+    // nothing of the upload; the retry succeeds once the token is good); a
+    // lost answer (reset).
+    let not_final = [
+        (
+            Fault::Status {
+                status: 503,
+                message: "busy".into(),
+                retry_after: None,
+            },
+            "R8",
+            503,
+            "concur_error",
+        ),
+        (
+            Fault::Status {
+                status: 401,
+                message: "token refused".into(),
+                retry_after: None,
+            },
+            "RA",
+            502,
+            "upstream_auth_failed",
+        ),
+        (Fault::Reset, "R9", 502, "upstream_unavailable"),
+    ];
+    for (fault, id, status, code) in not_final {
+        let path = format!("/api/image/v1.0/report/{id}");
+        let key = format!("not-final-{id}");
+        h.sandbox.push_fault(fault);
+        keyed(h.addr, ALICE, &path, &key, JPEG, &[])
+            .await
+            .problem(status, code);
+        let retry = keyed(h.addr, ALICE, &path, &key, JPEG, &[]).await;
+        assert_eq!(retry.status, 201, "{id}: {}", retry.text());
+        assert!(retry.header("idempotent-replayed").is_none(), "{id}");
+    }
 }
 
 #[tokio::test]
