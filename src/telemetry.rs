@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
@@ -196,6 +198,32 @@ impl Child {
     pub fn context(&self) -> Option<&Context> {
         self.0.as_ref()
     }
+
+    /// The span's identity, for other spans to link to.
+    pub fn span_context(&self) -> Option<SpanContext> {
+        self.0.as_ref().map(|cx| cx.span().span_context().clone())
+    }
+}
+
+/// Links the current span to `target`, a span of another trace (or of
+/// another request) that this one waited for, with an event saying so: the
+/// requests that waited for one credential refresh each point at the single
+/// refresh span, which is a child of the request that started it.
+pub fn link_current(target: SpanContext, event: &'static str) {
+    Context::map_current(|cx| {
+        let span = cx.span();
+        if !span.span_context().is_valid() {
+            return;
+        }
+        span.add_event(
+            event,
+            vec![
+                KeyValue::new("linked.trace_id", target.trace_id().to_string()),
+                KeyValue::new("linked.span_id", target.span_id().to_string()),
+            ],
+        );
+        span.add_link(target, Vec::new());
+    });
 }
 
 impl Drop for Child {

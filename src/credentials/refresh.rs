@@ -44,6 +44,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry::trace::SpanContext;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -56,6 +57,7 @@ use crate::auth::Clock;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, ResultLabel};
+use crate::telemetry::Child;
 pub use shared::{CRASH_AFTER_TOKEN_ANSWER_ENV, SharedTokens};
 
 /// Test hook: when set (to anything), the process aborts right after persisting
@@ -137,6 +139,32 @@ struct Slot {
     state: Mutex<SlotState>,
     /// Held for the whole of a refresh: concurrent requests share it.
     flight: tokio::sync::Mutex<()>,
+    /// The refreshes this process ran for the slot, for the requests that
+    /// waited for one to link to its span.
+    last_refresh: Mutex<RefreshMark>,
+}
+
+#[derive(Default)]
+struct RefreshMark {
+    /// Refreshes started.
+    started: u64,
+    /// Whether the latest is still running.
+    running: bool,
+    /// The latest's span (none without `[tracing]`).
+    span: Option<SpanContext>,
+}
+
+/// Marks the slot's refresh finished when dropped.
+struct RefreshRunning<'a>(&'a Slot);
+
+impl Drop for RefreshRunning<'_> {
+    fn drop(&mut self) {
+        self.0
+            .last_refresh
+            .lock()
+            .expect("refresh mark lock")
+            .running = false;
+    }
 }
 
 struct SlotState {
@@ -429,6 +457,7 @@ impl TokenManager {
                 retry_at: 0,
             }),
             flight: tokio::sync::Mutex::new(()),
+            last_refresh: Mutex::new(RefreshMark::default()),
         }
     }
 
@@ -474,8 +503,10 @@ impl TokenManager {
             return Ok(access);
         }
         // Single flight: whoever holds this refreshes; the others find the new
-        // token when they get it.
+        // token when they get it (and their spans a link to the refresh).
+        let seen = slot.refreshes_finished();
         let _flight = slot.flight.lock().await;
+        slot.link_refreshes_since(seen);
         let now = self.clock.now_unix();
         if let Some(access) = slot.current(cred, now, Some(self.margin_s))? {
             return Ok(access);
@@ -654,7 +685,8 @@ impl TokenManager {
     /// rotated refresh token on disk) before the new access token is handed out.
     async fn refresh(&self, slot: &Slot) -> Result<(), Failure> {
         // A child of the request that needed it (the current trace context).
-        let _span = crate::telemetry::Child::current("credential refresh");
+        let span = crate::telemetry::Child::current("credential refresh");
+        let _running = slot.refresh_started(&span);
         let (sent_refresh, origin) = {
             let st = slot.state.lock().expect("slot lock");
             (st.refresh_token.clone(), st.origin.clone())
@@ -839,6 +871,38 @@ fn header(cred: &Credential, token: &Secret) -> Result<HeaderValue, GatewayError
 }
 
 impl Slot {
+    /// Refreshes that had ended when a request started waiting for the slot.
+    fn refreshes_finished(&self) -> u64 {
+        let mark = self.last_refresh.lock().expect("refresh mark lock");
+        mark.started - u64::from(mark.running)
+    }
+
+    /// Called with the span of a refresh this process starts for the slot;
+    /// the refresh counts as running until the guard is dropped.
+    fn refresh_started(&self, span: &Child) -> RefreshRunning<'_> {
+        let mut mark = self.last_refresh.lock().expect("refresh mark lock");
+        mark.started += 1;
+        mark.running = true;
+        mark.span = span.span_context();
+        RefreshRunning(self)
+    }
+
+    /// A request that waited for the slot while a refresh ran or started
+    /// (`seen` refreshes had ended before it waited) links its span to that
+    /// refresh's.
+    fn link_refreshes_since(&self, seen: u64) {
+        let target = {
+            let mark = self.last_refresh.lock().expect("refresh mark lock");
+            if mark.started == seen {
+                return;
+            }
+            mark.span.clone()
+        };
+        if let Some(target) = target {
+            crate::telemetry::link_current(target, "waited for a credential refresh");
+        }
+    }
+
     /// The current token if it may be used now: with `margin` (Some), only
     /// while the refresh policy does not ask for a new one; without, as long as
     /// it has not expired and Concur has not refused it.

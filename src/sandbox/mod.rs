@@ -331,6 +331,12 @@ impl Sandbox {
         self.state.token_requests()
     }
 
+    /// Makes `/oauth2/v0/token` wait this long before it answers (a slow
+    /// identity service; `Duration::ZERO` again for none).
+    pub fn delay_token_answers(&self, delay: Duration) {
+        self.state.set_token_delay(delay);
+    }
+
     /// Requests on `/oauth2/v0/token` that got a new access token (the others
     /// were refused: a dead refresh token, a bad client).
     pub fn successful_refreshes(&self) -> u64 {

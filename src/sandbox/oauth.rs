@@ -18,6 +18,10 @@ const SCOPE: &str = "openid user COMPANY IMAGE receipts.read receipts.write expe
 
 pub(crate) async fn handle(req: Request<Incoming>, state: &State) -> Resp {
     state.count_token_request();
+    let delay = state.token_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
         let mut resp = oauth_error(

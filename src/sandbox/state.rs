@@ -60,6 +60,9 @@ pub(crate) struct State {
     next_seq: AtomicU64,
     connections: AtomicU64,
     token_requests: AtomicU64,
+    /// How long the token endpoint waits before answering (tests of callers
+    /// that wait for one refresh).
+    token_delay_ms: AtomicU64,
 }
 
 impl State {
@@ -104,6 +107,7 @@ impl State {
             next_seq: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
+            token_delay_ms: AtomicU64::new(0),
         }
     }
 
@@ -153,6 +157,15 @@ impl State {
 
     pub fn token_requests(&self) -> u64 {
         self.token_requests.load(Ordering::Relaxed)
+    }
+
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.token_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn token_delay(&self) -> Duration {
+        Duration::from_millis(self.token_delay_ms.load(Ordering::Relaxed))
     }
 
     // --- tokens -----------------------------------------------------------------

@@ -330,6 +330,72 @@ async fn a_token_refresh_is_a_child_span_of_the_request_that_needed_it() {
     h.stop().await;
 }
 
+/// Three requests need bob's token at once; one refreshes (its child span),
+/// the two that waited for it link to that span from their own traces.
+#[tokio::test]
+async fn requests_that_waited_for_a_refresh_link_to_its_span() {
+    let collector = Collector::start().await;
+    let h = Harness::builder()
+        .merge(&collector.config())
+        .credentials(credentials_with_bob(BOB_REFRESH))
+        .oauth_client(bob_client(BOB_REFRESH))
+        .clock(Arc::new(concur_gateway::auth::ManualClock::new(now())))
+        .start()
+        .await;
+    h.sandbox.delay_token_answers(Duration::from_millis(400));
+    let traces = [
+        "4bf92f3577b34da6a3ce929d0e0e4730",
+        "4bf92f3577b34da6a3ce929d0e0e4731",
+        "4bf92f3577b34da6a3ce929d0e0e4732",
+    ];
+    let parents: Vec<String> = traces
+        .iter()
+        .map(|t| format!("00-{t}-{CALLER_SPAN}-01"))
+        .collect();
+    let (a, b, c) = tokio::join!(
+        upload_traced(&h, BOB, Some(&parents[0])),
+        upload_traced(&h, BOB, Some(&parents[1])),
+        upload_traced(&h, BOB, Some(&parents[2])),
+    );
+    let replies = [a, b, c];
+    for r in &replies {
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    assert_eq!(h.sandbox.token_requests(), 1, "one refresh for the three");
+    let spans = collector.wait_for_spans(3 * 5).await;
+    let refreshes: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "credential refresh")
+        .collect();
+    assert_eq!(refreshes.len(), 1, "{:?}", names(&spans));
+    let refresh = refreshes[0];
+    let linked: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.links.iter().any(|l| l.span_id == refresh.span_id))
+        .collect();
+    assert_eq!(linked.len(), 2, "{:?}", names(&spans));
+    let mut traces_seen: Vec<String> = linked.iter().map(|s| hex(&s.trace_id)).collect();
+    traces_seen.push(hex(&refresh.trace_id));
+    traces_seen.sort();
+    assert_eq!(traces_seen, traces, "one refresh trace and two linked ones");
+    for s in linked {
+        let link = s
+            .links
+            .iter()
+            .find(|l| l.span_id == refresh.span_id)
+            .unwrap();
+        assert_eq!(link.trace_id, refresh.trace_id);
+        assert!(
+            s.events
+                .iter()
+                .any(|e| e.name == "waited for a credential refresh"),
+            "{:?}",
+            s.events
+        );
+    }
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn sampling_keeps_a_callers_sampled_trace_and_drops_its_own() {
     let collector = Collector::start().await;

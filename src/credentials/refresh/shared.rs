@@ -254,7 +254,8 @@ impl TokenManager {
         owner: &str,
     ) -> Result<Access, GatewayError> {
         // A child of the request that needed it (the current trace context).
-        let _span = crate::telemetry::Child::current("credential refresh");
+        let span = crate::telemetry::Child::current("credential refresh");
+        let _running = slot.refresh_started(&span);
         // Keep the lock alive while the token endpoint takes its time.
         let lost = Arc::new(AtomicBool::new(false));
         let renewal = {
