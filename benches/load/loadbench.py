@@ -74,26 +74,30 @@ def log(*a):
 # ---------------------------------------------------------------- fixtures
 
 def big_jpeg(size):
-    """A valid JPEG of about `size` bytes: the demo receipt with APP15 filler
-    segments after SOI (the same construction as tests/it/support.rs)."""
+    """A valid JPEG of exactly `size` bytes: the demo receipt with APP15 filler
+    segments after SOI (the construction of tests/it/support.rs, but sized
+    to the byte: each segment is its 4-byte header plus up to 65533 bytes of
+    filler, the filler split evenly over as few segments as fit)."""
     jpeg = open(RECEIPT, "rb").read()
-    out = bytearray(jpeg[:2])
+    fill = size - len(jpeg)  # bytes of APP15 segments, headers included
+    if fill < 0 or 0 < fill < 4:
+        raise SystemExit(f"cannot make a {size}-byte JPEG from a {len(jpeg)}-byte one")
+    count = -(-fill // 65537) if fill else 0
     x = 0x12345678
-    filler = bytearray()
-    while len(out) + len(jpeg) < size:
-        n = max(16, min(65533, size - len(out) - len(jpeg)))
-        out += b"\xff\xef" + (n + 2).to_bytes(2, "big")
-        # xorshift32 filler, generated in bulk through os.urandom-free arithmetic
-        # would be slow in Python: reuse one pseudo-random block instead.
-        if len(filler) < n:
-            filler = bytearray()
-            while len(filler) < 65533:
-                x ^= (x << 13) & 0xFFFFFFFF
-                x ^= x >> 17
-                x ^= (x << 5) & 0xFFFFFFFF
-                filler += x.to_bytes(4, "little")
-        out += filler[:n]
+    block = bytearray()
+    # xorshift32 filler would be slow in Python byte by byte: one block, reused.
+    while len(block) < 65533:
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        block += x.to_bytes(4, "little")
+    out = bytearray(jpeg[:2])
+    for i in range(count):
+        seg = fill // count + (1 if i < fill % count else 0)  # 4 <= seg <= 65537
+        n = seg - 4
+        out += b"\xff\xef" + (n + 2).to_bytes(2, "big") + block[:n]
     out += jpeg[2:]
+    assert len(out) == size, (len(out), size)
     return bytes(out)
 
 
