@@ -18,20 +18,55 @@ whole body (hashing it) before answering 201 with the Image XML. Targets:
                  starts on loopback with the integration tests' one-signature
                  EICAR database (tests/it/clamav.rs); its CPU and peak RSS are
                  counted with the gateway's (pids summed)
+* gateway-redis  opt-in (--targets ...,gateway-redis): `gateway` with
+                 [store] backend = "redis" on a redis-server (Debian
+                 redis-server) the script starts on a free loopback port
+                 (--save "" --appendonly no); Redis's CPU and peak RSS are
+                 counted with the gateway's, like clamd's. Per run: Redis
+                 commands per upload from INFO commandstats (script calls =
+                 round trips; every call, including those run inside the
+                 scripts) and socket reads per upload, from before/after
+                 snapshots, divided by the uploads answered 201
+* gateway-wrk    opt-in: `gateway` loaded with wrk (Debian wrk) instead of
+                 h2load, through a Lua request() that formats every request
+                 (wrk.format); the baseline of gateway-idem
+* gateway-idem   opt-in: the same, each request with its own
+                 `Idempotency-Key` (a per-run nonce, the wrk thread, a
+                 counter): stored, never replayed. Adding gateway-idem adds
+                 gateway-wrk (the same tool without the key, same run)
 
 nginx and Envoy do no auth and no inspection: they only overwrite
 `Authorization` with the Concur token (the one header rewrite the gateway's
 token swap needs) and forward.
 
-Load: h2load (nghttp2-client) over HTTP/1.1 (gateway-h2c: HTTP/2), fixed concurrency, POSTing a
-valid JPEG with a valid JWT, for a fixed duration. Targets are alternated
-within each round (the order rotates round by round); medians over rounds.
-Per run: requests/s, MB/s, p50/p99 latency (from h2load's per-request log),
-CPU seconds per GB of request body (utime+stime of the proxy's processes
-from /proc, nginx master + workers summed, gateway + clamd summed), peak RSS (VmHWM, reset through
-/proc/PID/clear_refs before each run; nginx: the sum over its processes).
+Load: h2load (nghttp2-client) over HTTP/1.1 (gateway-h2c: HTTP/2; the wrk
+targets: wrk), fixed concurrency, POSTing a valid JPEG of exactly the size
+its label says (checked: the file, and the bytes the sink received) with a
+valid JWT, for a fixed duration. Targets are alternated within each round
+(the order rotates round by round); medians over rounds (default 5).
+Per run: requests/s, MB/s, p50/p99 latency (from h2load's per-request log;
+wrk: its latency histogram), CPU seconds per GB of request body and per
+request (utime+stime of the proxy's processes from /proc, nginx master +
+workers summed, gateway + clamd / redis-server summed), peak RSS (VmHWM,
+reset through /proc/PID/clear_refs before each run; nginx: the sum over its
+processes).
 
-Every h2load run is bounded by its duration (or request count) and a
+Opt-in row sets, measured inside the same rounds (alternated too):
+* --scaling 16,64,256   the gateway at 100 KiB (--scaling-size) at each
+                        connection count: throughput relative to the first,
+                        p99 growth beside the growth of the queue
+* --h2c-vs-h1 100       the gateway over h2c (1 connection x 100 streams)
+                        against HTTP/1.1 (100 connections), at --h2c-sizes
+Each row set loads gateway processes of its own, configured as `gateway`
+(gateway-scaling, gateway-h1-row, gateway-h2c-row), so that what hundreds of
+connections leave in a process does not show in another row's peak RSS.
+
+The machine's floor is measured first and written into the results:
+`openssl speed -evp sha256` and `-evp aes-128-gcm` (16 KiB blocks, the
+largest of openssl's sizes; openssl times user CPU), CPU model and flags
+(sha_ni, vaes), cores, kernel.
+
+Every load run is bounded by its duration (or request count) and a
 subprocess timeout; the whole script by the number of rounds.
 """
 
@@ -74,26 +109,30 @@ def log(*a):
 # ---------------------------------------------------------------- fixtures
 
 def big_jpeg(size):
-    """A valid JPEG of about `size` bytes: the demo receipt with APP15 filler
-    segments after SOI (the same construction as tests/it/support.rs)."""
+    """A valid JPEG of exactly `size` bytes: the demo receipt with APP15 filler
+    segments after SOI (the construction of tests/it/support.rs, but sized
+    to the byte: each segment is its 4-byte header plus up to 65533 bytes of
+    filler, the filler split evenly over as few segments as fit)."""
     jpeg = open(RECEIPT, "rb").read()
-    out = bytearray(jpeg[:2])
+    fill = size - len(jpeg)  # bytes of APP15 segments, headers included
+    if fill < 0 or 0 < fill < 4:
+        raise SystemExit(f"cannot make a {size}-byte JPEG from a {len(jpeg)}-byte one")
+    count = -(-fill // 65537) if fill else 0
     x = 0x12345678
-    filler = bytearray()
-    while len(out) + len(jpeg) < size:
-        n = max(16, min(65533, size - len(out) - len(jpeg)))
-        out += b"\xff\xef" + (n + 2).to_bytes(2, "big")
-        # xorshift32 filler, generated in bulk through os.urandom-free arithmetic
-        # would be slow in Python: reuse one pseudo-random block instead.
-        if len(filler) < n:
-            filler = bytearray()
-            while len(filler) < 65533:
-                x ^= (x << 13) & 0xFFFFFFFF
-                x ^= x >> 17
-                x ^= (x << 5) & 0xFFFFFFFF
-                filler += x.to_bytes(4, "little")
-        out += filler[:n]
+    block = bytearray()
+    # xorshift32 filler would be slow in Python byte by byte: one block, reused.
+    while len(block) < 65533:
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        block += x.to_bytes(4, "little")
+    out = bytearray(jpeg[:2])
+    for i in range(count):
+        seg = fill // count + (1 if i < fill % count else 0)  # 4 <= seg <= 65537
+        n = seg - 4
+        out += b"\xff\xef" + (n + 2).to_bytes(2, "big") + block[:n]
     out += jpeg[2:]
+    assert len(out) == size, (len(out), size)
     return bytes(out)
 
 
@@ -128,6 +167,87 @@ def wait_port(port, timeout=30.0, proc=None):
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"port {port} did not open in {timeout}s")
+
+
+# ---------------------------------------------------------------- machine
+
+def openssl_speed(alg, seconds):
+    """`openssl speed -evp ALG` at 16 KiB blocks (the largest of openssl's
+    sizes). openssl counts user CPU time, so this is the cost per byte on one
+    core whatever else runs. None when openssl is missing or says nothing."""
+    if not shutil.which("openssl"):
+        return None
+    cmd = ["openssl", "speed", "-mr", "-seconds", str(seconds), "-bytes", "16384", "-evp", alg]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        if line.startswith("+F:"):  # +F:25:sha256:1828626863.16 (bytes per second)
+            bps = float(line.rsplit(":", 1)[1])
+            if bps > 0:
+                return {"alg": alg, "block_bytes": 16384, "command": " ".join(cmd),
+                        "gb_per_s": round(bps / 1e9, 3), "s_per_gb": round(1e9 / bps, 3)}
+    return None
+
+
+def tool_version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip() if text else None
+
+
+def machine_info(floor_seconds, tools):
+    """What the figures depend on: CPU, cores, kernel, and the floor of a TLS
+    proxy (AES-128-GCM) and of the digest (SHA-256) on this CPU."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k == "model name" and model is None:
+                    model = v.strip()
+                elif k == "flags" and not flags:
+                    flags = set(v.split())
+    except OSError:
+        pass
+    info = {
+        "cpu_model": model, "sha_ni": "sha_ni" in flags, "vaes": "vaes" in flags,
+        "aes": "aes" in flags, "avx512f": "avx512f" in flags,
+        "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+        "kernel": os.uname().release, "uname": " ".join(os.uname()),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "openssl": (tool_version(["openssl", "version"]) or "").split(" (")[0] or None,
+        "sha256": openssl_speed("sha256", floor_seconds) if floor_seconds else None,
+        "aes_128_gcm": openssl_speed("aes-128-gcm", floor_seconds) if floor_seconds else None,
+        "tools": {name: tool_version(cmd) for name, cmd in tools.items()},
+    }
+    return info
+
+
+def machine_lines(m):
+    yn = lambda b: "yes" if b else "no"
+    lines = [f"Machine: {m['cpu_model']} (sha_ni {yn(m['sha_ni'])}, vaes {yn(m['vaes'])}, "
+             f"avx512f {yn(m['avx512f'])}), {m['cores']} cores ({m['cores_usable']} usable), "
+             f"kernel {m['kernel']}; load average {m['loadavg_start'][0]} at the start"
+             + (f", {m['loadavg_end'][0]} at the end" if m.get("loadavg_end") else "") + "."]
+    floor = []
+    for key, label in (("sha256", "SHA-256"), ("aes_128_gcm", "AES-128-GCM")):
+        f = m.get(key)
+        if f:
+            floor.append(f"{label} {f['gb_per_s']:.2f} GB/s = {f['s_per_gb']:.3f} CPU s/GB")
+        else:
+            floor.append(f"{label} not measured" + (" (no openssl)" if not m.get("openssl") else ""))
+    lines.append("Floor (`openssl speed -evp`, 16 KiB blocks, user CPU time; "
+                 + (m.get("openssl") or "openssl") + "): " + "; ".join(floor) + ".")
+    tools = ", ".join(f"{v}" for v in m.get("tools", {}).values() if v)
+    if tools:
+        lines.append(f"Tools: {tools}.")
+    return lines
 
 
 # ---------------------------------------------------------------- /proc
@@ -175,11 +295,15 @@ def reset_peak(pids):
 # ---------------------------------------------------------------- targets
 
 class Target:
-    def __init__(self, name, port, proc, kind, aux=()):
+    def __init__(self, name, port, proc, kind, aux=(), admin_port=None):
         self.name, self.port, self.proc, self.kind = name, port, proc, kind
+        self.admin_port = admin_port  # the gateway's /metrics
         self.h2c = False  # load it over HTTP/2 with prior knowledge
         self.streams = 1  # with h2c: streams in flight per connection
-        self.aux = list(aux)  # helper processes measured with the target (clamd)
+        self.aux = list(aux)  # helper processes measured with the target (clamd, redis-server)
+        self.driver = "h2load"  # or "wrk" (gateway-wrk, gateway-idem)
+        self.idem = False  # wrk: a fresh Idempotency-Key on every request
+        self.redis_port = None  # gateway-redis: its redis-server
 
     def pids(self):
         pids = [self.proc.pid]
@@ -258,7 +382,8 @@ def start_sandbox(bin_, work):
     return proc, port, ca
 
 
-def start_gateway(bin_, work, name, sandbox_port, digest, clamd_port=None):
+def start_gateway(bin_, work, name, sandbox_port, digest, clamd_port=None, redis_port=None,
+                  h2_streams=100):
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     shutil.copy(os.path.join(work, "sandbox-ca.pem"), os.path.join(d, "ca.pem"))
@@ -266,12 +391,19 @@ def start_gateway(bin_, work, name, sandbox_port, digest, clamd_port=None):
     with open(os.path.join(d, "credentials.toml"), "w") as f:
         f.write(f'[[credential]]\ncompany = "{COMPANY}"\nuser = "{USER}"\naccess_token = "{SANDBOX_TOKEN}"\n')
     port, admin = free_port(), free_port()
+    # max_connections: the default (1024), written out because --scaling goes
+    # to 256 connections and --h2c-vs-h1 to 100; h2_max_concurrent_streams
+    # follows --streams / --h2c-vs-h1 when they ask for more than the
+    # default 100. max_in_flight and the in-flight caps are lifted like the
+    # rate limits: the bench measures the proxy, not its limits.
     with open(os.path.join(d, "gateway.toml"), "w") as f:
         f.write(f"""[server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
 drain_delay_s = 0
 shutdown_grace_s = 2
+max_connections = 1024
+h2_max_concurrent_streams = {max(100, h2_streams)}
 
 [upstream]
 base_url = "https://localhost:{sandbox_port}"
@@ -300,13 +432,134 @@ file = "credentials.toml"
         if clamd_port is not None:
             # Defaults otherwise: timeout_s 30, on_error "reject", max_concurrent 8.
             f.write(f'\n[scan]\nclamd = "tcp://127.0.0.1:{clamd_port}"\n')
+        if redis_port is not None:
+            # The encryption key is required with redis (it seals refreshable
+            # token state; the bench's static token never gets there).
+            # timeout_ms: the default 50.
+            with open(os.path.join(d, "store.key"), "w") as k:
+                k.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+            f.write(f'\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"\n'
+                    f'encryption_key_file = "store.key"\n')
     # The access log (one JSON line per request, its production default) is
     # formatted and written, to /dev/null.
     proc = subprocess.Popen([bin_, "serve", "--config", os.path.join(d, "gateway.toml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "info"})
     wait_port(port, proc=proc)
-    return Target(name, port, proc, "gateway")
+    t = Target(name, port, proc, "gateway", admin_port=admin)
+    if redis_port is not None:
+        t.redis_port = redis_port
+        # The store connects in the background: wait until it says it is up.
+        deadline = time.time() + 30
+        while gateway_metrics(t).get("concur_gateway_store_up") != 1.0:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{name}: concur_gateway_store_up never became 1")
+            time.sleep(0.1)
+    return t
+
+
+def gateway_metrics(target):
+    """The gateway's Prometheus text, as {"name{labels}": value}; {} if none."""
+    if target.admin_port is None:
+        return {}
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{target.admin_port}/metrics", timeout=10).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        k, _, v = line.rpartition(" ")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            pass
+    return out
+
+
+# Counters whose change over a run is kept with the run: the gateway's own
+# account of what happened (answers by status, including uploads cut off at
+# the end of a run; refusals; connections evicted or refused at
+# server.max_connections; store fallbacks; Idempotency-Key outcomes).
+METRIC_PREFIXES = ("concur_gateway_requests_total", "concur_gateway_rate_limited_total",
+                   "concur_gateway_inspection_rejections_total", "concur_gateway_connections_evicted_total",
+                   "concur_gateway_connections_refused_total", "concur_gateway_store_fallbacks_total",
+                   "concur_gateway_idempotency_total")
+
+
+def metric_delta(before, after):
+    return {k: round(after[k] - before.get(k, 0.0), 3) for k in after
+            if k.startswith(METRIC_PREFIXES) and after[k] - before.get(k, 0.0)}
+
+
+def start_redis(redis_bin, work):
+    """redis-server on a free loopback port, no persistence. Returns (proc, port)."""
+    d = os.path.join(work, "redis")
+    os.makedirs(d, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen([redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", d],
+                            stdout=open(os.path.join(d, "redis.log"), "w"), stderr=subprocess.STDOUT)
+    wait_port(port, proc=proc)
+    return proc, port
+
+
+class RedisInfo:
+    """One connection to redis-server kept for the whole run, so that each
+    snapshot costs Redis exactly one read and one INFO call."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def snapshot(self):
+        self.sock.sendall(b"INFO all\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += self.sock.recv(65536)
+        head, _, rest = buf.partition(b"\r\n")
+        n = int(head[1:])
+        while len(rest) < n + 2:
+            rest += self.sock.recv(65536)
+        calls, stats = {}, {}
+        for line in rest[:n].decode().splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, fields = line[len("cmdstat_"):].partition(":")
+                calls[name] = int(fields.split("calls=")[1].split(",")[0])
+            elif line.startswith(("total_reads_processed:", "total_commands_processed:")):
+                k, _, v = line.partition(":")
+                stats[k] = int(v)
+        return {"calls": calls, **stats}
+
+    def close(self):
+        self.sock.close()
+
+
+SCRIPT_CALLS = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro")
+
+
+def redis_delta(before, after, uploads, handled=None):
+    """Per upload answered 201: script calls (each one round trip; the
+    gateway sends nothing else per upload with a static Concur token), every
+    command (INFO commandstats counts the commands run inside scripts too),
+    and socket reads (wire round trips; the client pipelines concurrent
+    calls on its one connection, so this can be lower). This harness's own
+    INFO and the gateway's health PINGs (one a second) are left out.
+    `handled`: every upload the gateway counted (its requests_total), which
+    includes those the end of the run cut off (admitted and released, no
+    201): script calls per handled upload is the figure without that edge."""
+    calls = {k: after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in after["calls"]}
+    calls = {k: v for k, v in calls.items() if v}
+    own = calls.pop("info", 0)
+    ping = calls.pop("ping", 0)
+    scripts = sum(v for k, v in calls.items() if k in SCRIPT_CALLS)
+    reads = after.get("total_reads_processed", 0) - before.get("total_reads_processed", 0) - own - ping
+    per = lambda v: round(v / uploads, 3) if uploads else None
+    return {"redis_script_calls_per_upload": per(scripts),
+            "redis_calls_per_upload": per(sum(calls.values())),
+            "redis_reads_per_upload": per(reads),
+            "redis_script_calls_per_handled": round(scripts / handled, 3) if handled else None,
+            "redis_calls": calls}
 
 
 def start_nginx(work, sandbox_port, ca, workers):
@@ -429,6 +682,31 @@ def clear_sandbox(port, ca):
         log(f"warning: clearing sandbox records failed: {e}")
 
 
+class Sink:
+    """The sandbox, as the bench sees it: where to clear and check records."""
+
+    def __init__(self, port, ca):
+        self.port, self.ca = port, ca
+
+    def clear(self):
+        clear_sandbox(self.port, self.ca)
+
+    def check_bodies(self, what, body_len, body_sha):
+        """Every complete upload the sink recorded since the last clear must be
+        exactly the body file (length and SHA-256): what a target forwarded is
+        what its label says. Uploads cut off by the end of a run (incomplete)
+        are left out. Returns how many were checked; raises on a mismatch."""
+        ctx = ssl.create_default_context(cafile=self.ca)
+        url = f"https://localhost:{self.port}/_sandbox/uploads"
+        recs = json.loads(urllib.request.urlopen(url, context=ctx, timeout=30).read())
+        done = [r for r in recs if r.get("complete")]
+        bad = [r for r in done if r.get("received_bytes") != body_len or r.get("sha256_hex") != body_sha]
+        if bad or not done:
+            raise SystemExit(f"{what}: the sink received {len(done)} complete uploads, {len(bad)} not the "
+                             f"{body_len}-byte body (e.g. {bad[0].get('received_bytes') if bad else None} bytes)")
+        return len(done)
+
+
 # ---------------------------------------------------------------- load
 
 def h2load(port, body_file, jwt, clients, duration=None, requests=None, logfile=None, timeout=300,
@@ -490,42 +768,115 @@ def pct(sorted_values, p):
     return sorted_values[k]
 
 
-def measure(target, size_name, body_file, body_len, jwt, clients, duration, work, rnd):
-    # Warm-up: connections, pools, caches (not measured).
-    h2load(target.port, body_file, jwt, clients, requests=clients * 2, timeout=120,
-           h2c=target.h2c, streams=target.streams)
+WRK_LUA = os.path.join(HERE, "wrk-upload.lua")
+
+
+def wrk(port, body_file, jwt, clients, duration, keyed, timeout):
+    """wrk with wrk-upload.lua: one thread (as h2load), every request formatted
+    in Lua; with `keyed`, each with a fresh Idempotency-Key."""
+    nonce = f"lb{os.getpid()}x{time.time_ns():x}"
+    cmd = ["wrk", "-t", "1", "-c", str(clients), "-d", f"{duration}s", "--timeout", "120s",
+           "-s", WRK_LUA, f"http://127.0.0.1:{port}{PATH}", "--", body_file, jwt,
+           "1" if keyed else "0", nonce]
+    started = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return out.stdout + out.stderr, time.time() - started
+
+
+def parse_wrk(text):
+    r, statuses = {}, {}
+    for line in text.splitlines():
+        if line.startswith("LOADBENCH "):
+            for kv in line.split()[1:]:
+                k, _, v = kv.partition("=")
+                r[k] = int(float(v))
+        elif line.startswith("LOADBENCH_STATUS "):
+            _, status, n = line.split()
+            statuses[int(status)] = int(n)
+    if not r:
+        raise RuntimeError(f"wrk said nothing the bench understands:\n{text[-2000:]}")
+    return r, statuses
+
+
+def measure(target, size_name, body_file, body_len, body_sha, jwt, clients, streams, duration,
+            work, rnd, sink, group="main", label=None, proto=None):
+    """One measured run of `target`: warm-up (not measured), a check of what
+    the sink received during it, then `duration` seconds of load."""
+    h2c = target.h2c if proto is None else proto == "h2c"
+    proto = "h2c" if h2c else "http/1.1"
+    label = label or target.name
+    # Warm-up: connections, pools, caches (not measured), with the same tool.
+    if target.driver == "wrk":
+        wrk(target.port, body_file, jwt, clients, 1, target.idem, timeout=120)
+    else:
+        h2load(target.port, body_file, jwt, clients, requests=clients * streams * 2, timeout=120,
+               h2c=h2c, streams=streams)
+    checked = sink.check_bodies(f"round {rnd} {label} {size_name}", body_len, body_sha)
+    sink.clear()
     pids = target.pids()
     reset_peak(pids)
+    load1 = os.getloadavg()[0]
+    m0 = gateway_metrics(target)
+    redis_info = RedisInfo(target.redis_port) if target.redis_port else None
+    r0 = redis_info.snapshot() if redis_info else None
     cpu0 = cpu_seconds(pids)
     aux_cpu0 = cpu_seconds(target.aux_pids())
-    logfile = os.path.join(work, f"h2load-{target.name}-{size_name}-r{rnd}.log")
-    out, wall = h2load(target.port, body_file, jwt, clients, duration=duration, logfile=logfile,
-                       timeout=duration + 120, h2c=target.h2c, streams=target.streams)
-    cpu1 = cpu_seconds(pids)
+    if target.driver == "wrk":
+        out, wall = wrk(target.port, body_file, jwt, clients, duration, target.idem, timeout=duration + 120)
+        cpu1 = cpu_seconds(pids)
+        w, statuses = parse_wrk(out)
+        elapsed = w["duration_us"] / 1e6 if w.get("duration_us") else wall
+        p50, p99 = w["p50_us"] / 1000.0, w["p99_us"] / 1000.0
+        failed = w["connect"] + w["read"] + w["write"] + w["timeout"]
+        replayed = w["replayed"]
+    else:
+        logfile = os.path.join(work, f"h2load-{target.name}-{size_name}-r{rnd}.log")
+        out, wall = h2load(target.port, body_file, jwt, clients, duration=duration, logfile=logfile,
+                           timeout=duration + 120, h2c=h2c, streams=streams)
+        cpu1 = cpu_seconds(pids)
+        h = parse_h2load(out)
+        lat, statuses = parse_log(logfile)
+        os.remove(logfile)
+        elapsed = h.get("elapsed_s") or wall
+        p50, p99 = pct(lat, 50), pct(lat, 99)
+        failed = h.get("failed", 0) + h.get("errored", 0) + h.get("timeout", 0)
+        replayed = None
     rss_kib = sum(status_kib(p, "VmHWM") for p in pids)
     aux = target.aux_pids()
     aux_cpu = cpu_seconds(aux) - aux_cpu0 if aux else 0.0
     aux_rss_kib = sum(status_kib(p, "VmHWM") for p in aux)
-    h = parse_h2load(out)
-    lat, statuses = parse_log(logfile)
-    os.remove(logfile)
     ok = statuses.get(201, 0)
-    elapsed = h.get("elapsed_s") or wall
+    extra = {}
+    if redis_info:
+        time.sleep(0.2)  # the releases after the last answers land
+        r1 = redis_info.snapshot()
+        redis_info.close()
+    metrics = metric_delta(m0, gateway_metrics(target))
+    if redis_info:
+        handled = sum(v for k, v in metrics.items() if k.startswith("concur_gateway_requests_total"))
+        extra = redis_delta(r0, r1, ok, handled)
     bytes_ = ok * body_len
     cpu = cpu1 - cpu0
     return {
-        "round": rnd, "target": target.name, "size": size_name, "body_bytes": body_len,
-        "clients": clients, "elapsed_s": round(elapsed, 3),
+        "round": rnd, "group": group, "label": label, "target": target.name, "proto": proto,
+        "tool": target.driver, "size": size_name, "body_bytes": body_len,
+        "clients": clients, "streams": streams, "elapsed_s": round(elapsed, 3), "loadavg1": round(load1, 2),
         "requests_201": ok, "requests_other": sum(v for k, v in statuses.items() if k != 201),
-        "h2load_failed": h.get("failed", 0) + h.get("errored", 0) + h.get("timeout", 0),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "h2load_failed": failed,  # wrk: connect/read/write errors and timeouts
         "rps": round(ok / elapsed, 2), "mb_per_s": round(bytes_ / elapsed / 1e6, 2),
-        "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3),
+        "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
         "cpu_s": round(cpu, 3),
         "cpu_s_per_gb": round(cpu / (bytes_ / 1e9), 3) if bytes_ else None,
+        "cpu_ms_per_req": round(cpu * 1000 / ok, 4) if ok else None,
         "peak_rss_mib": round(rss_kib / 1024, 1),
-        # Of the above, the helper's share (clamd for gateway-clamd; else 0).
+        # Of the above, the helper's share (clamd, redis-server; else 0).
         "aux_cpu_s_per_gb": round(aux_cpu / (bytes_ / 1e9), 3) if bytes_ else None,
         "aux_peak_rss_mib": round(aux_rss_kib / 1024, 1),
+        "sink_checked": checked,
+        "replayed": replayed,
+        "metrics": metrics,
+        **extra,
     }
 
 
@@ -549,22 +900,56 @@ def rss_test(target, body_file, jwt, clients, requests, work):
 
 # ---------------------------------------------------------------- report
 
+GROUPS = ("main", "scaling", "h2c")
+PEERS = ("nginx", "envoy")
+
+
+def one(runs, **kw):
+    for r in runs:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None and x == x]  # drop None and NaN
+    return statistics.median(xs) if xs else None
+
+
+def rounded(xs, nd=3):
+    return [None if x is None else round(x, nd) for x in xs]
+
+
+def fmt(x, spec=".2f", none=""):
+    return none if x is None else format(x, spec)
+
+
 def summarise(runs):
-    keys = sorted({(r["target"], r["size"]) for r in runs}, key=lambda k: (list(SIZES).index(k[1]), k[0]))
+    keys = sorted({(r["group"], r["label"], r["size"]) for r in runs},
+                  key=lambda k: (GROUPS.index(k[0]), list(SIZES).index(k[2]),
+                                 min(r["clients"] for r in runs if (r["group"], r["label"]) == k[:2]), k[1]))
     rows = []
-    for target, size in keys:
-        rs = [r for r in runs if r["target"] == target and r["size"] == size]
-        med = lambda f: statistics.median([r[f] for r in rs if r[f] is not None]) if rs else None
-        rows.append({
-            "target": target, "size": size, "rounds": len(rs),
+    for group, label, size in keys:
+        rs = [r for r in runs if (r["group"], r["label"], r["size"]) == (group, label, size)]
+        med = lambda f: median([r.get(f) for r in rs])
+        row = {
+            "group": group, "label": label, "target": rs[0]["target"], "proto": rs[0]["proto"],
+            "tool": rs[0]["tool"], "clients": rs[0]["clients"], "streams": rs[0]["streams"],
+            "size": size, "rounds": len(rs),
             "requests_201": sum(r["requests_201"] for r in rs),
             "requests_other": sum(r["requests_other"] for r in rs),
+            "requests_failed": sum(r["h2load_failed"] for r in rs),
             "rps": med("rps"), "mb_per_s": med("mb_per_s"), "p50_ms": med("p50_ms"),
-            "p99_ms": med("p99_ms"), "cpu_s_per_gb": med("cpu_s_per_gb"),
+            "p99_ms": med("p99_ms"), "cpu_s_per_gb": med("cpu_s_per_gb"), "cpu_ms_per_req": med("cpu_ms_per_req"),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
             "aux_cpu_s_per_gb": med("aux_cpu_s_per_gb"),
             "aux_peak_rss_mib": max(r["aux_peak_rss_mib"] for r in rs),
-        })
+        }
+        for f in ("redis_script_calls_per_upload", "redis_script_calls_per_handled", "redis_calls_per_upload",
+                  "redis_reads_per_upload"):
+            if any(f in r for r in rs):
+                row[f] = med(f)
+        rows.append(row)
     return rows
 
 
@@ -572,6 +957,7 @@ def ratio_rows(runs):
     """Per round, the gateway's ratio to each baseline (same round, same size);
     then the median of those ratios. Ratios within a round share the noise."""
     out = []
+    runs = [r for r in runs if r["group"] == "main"]
     pairs = [(gw, base) for gw in ("gateway", "gateway-sha256")
              for base in ("nginx", "envoy", "gateway-before")]
     # What scanning costs: the gateway with clamd against itself without, and
@@ -581,60 +967,317 @@ def ratio_rows(runs):
         for gw, base in pairs:
             rt, lat, cpu = [], [], []
             for rnd in sorted({r["round"] for r in runs}):
-                g = [r for r in runs if r["round"] == rnd and r["size"] == size and r["target"] == gw]
-                b = [r for r in runs if r["round"] == rnd and r["size"] == size and r["target"] == base]
-                if not g or not b or not b[0]["rps"]:
+                g = one(runs, round=rnd, size=size, target=gw)
+                b = one(runs, round=rnd, size=size, target=base)
+                if not g or not b or not b["rps"]:
                     continue
-                g, b = g[0], b[0]
                 rt.append(g["rps"] / b["rps"])
-                if b["p99_ms"]:
-                    lat.append(g["p99_ms"] / b["p99_ms"])
-                if b["cpu_s_per_gb"] and g["cpu_s_per_gb"]:
-                    cpu.append(g["cpu_s_per_gb"] / b["cpu_s_per_gb"])
+                lat.append(g["p99_ms"] / b["p99_ms"] if b["p99_ms"] else None)
+                cpu.append(g["cpu_s_per_gb"] / b["cpu_s_per_gb"]
+                           if b["cpu_s_per_gb"] and g["cpu_s_per_gb"] else None)
             if rt:
                 out.append({"size": size, "gateway": gw, "baseline": base, "rounds": len(rt),
-                            "throughput_ratio": round(statistics.median(rt), 3),
-                            "p99_ratio": round(statistics.median(lat), 3) if lat else None,
-                            "cpu_per_gb_ratio": round(statistics.median(cpu), 3) if cpu else None})
+                            "throughput_ratio": round(median(rt), 3),
+                            "p99_ratio": None if median(lat) is None else round(median(lat), 3),
+                            "cpu_per_gb_ratio": None if median(cpu) is None else round(median(cpu), 3),
+                            "per_round": {"throughput_ratio": rounded(rt), "p99_ratio": rounded(lat),
+                                          "cpu_per_gb_ratio": rounded(cpu)}})
     return out
 
 
-def markdown(rows, ratios, rss):
-    lines = ["| size | target | req/s | MB/s | p50 ms | p99 ms | CPU s/GB | peak RSS MiB | 201s | other |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def met(value, op, bound):
+    if value is None or bound is None:
+        return None
+    return value >= bound if op == ">=" else value <= bound
+
+
+def target_rows(runs, sizes, machine):
+    """Issue 16's per-size targets, from the main group: the gateway (digest
+    none) against the best peer of each round (the faster of nginx and Envoy
+    for throughput, the lower p99 for p99), its CPU per GB against Envoy's,
+    and what sha-256 adds against the hash's own cost (openssl)."""
+    runs = [r for r in runs if r["group"] == "main"]
+    hash_s_per_gb = (machine.get("sha256") or {}).get("s_per_gb")
+    rounds = sorted({r["round"] for r in runs})
+    out = []
+    for size in sizes:
+        tp, tp_peer, lat, lat_peer, cpu, added, sha = [], [], [], [], [], [], []
+        for rnd in rounds:
+            g = one(runs, round=rnd, size=size, target="gateway")
+            if not g:
+                continue
+            peers = [p for p in (one(runs, round=rnd, size=size, target=t) for t in PEERS) if p and p["rps"]]
+            if peers:
+                b = max(peers, key=lambda p: p["rps"])
+                tp.append(g["rps"] / b["rps"])
+                tp_peer.append(b["target"])
+                lp = [p for p in peers if p["p99_ms"] == p["p99_ms"] and p["p99_ms"]]
+                if lp:
+                    b = min(lp, key=lambda p: p["p99_ms"])
+                    lat.append(g["p99_ms"] / b["p99_ms"])
+                    lat_peer.append(b["target"])
+            e = one(runs, round=rnd, size=size, target="envoy")
+            if e and e["cpu_s_per_gb"] and g["cpu_s_per_gb"]:
+                cpu.append(g["cpu_s_per_gb"] / e["cpu_s_per_gb"])
+            h = one(runs, round=rnd, size=size, target="gateway-sha256")
+            if h and h["cpu_s_per_gb"] and g["cpu_s_per_gb"]:
+                added.append(h["cpu_s_per_gb"] - g["cpu_s_per_gb"])
+                if hash_s_per_gb:
+                    sha.append(added[-1] / hash_s_per_gb)
+        cpu_target = 0.8 if size in ("1MiB", "8MiB") else None
+
+        def row(key, figure, values, op, bound, **extra):
+            m = median(values)
+            if m is None:
+                return
+            out.append({"size": size, "key": key, "figure": figure, "rounds": len(values),
+                        "median": round(m, 3), "per_round": rounded(values),
+                        "target": None if bound is None else f"{'≥' if op == '>=' else '≤'} {bound}",
+                        "met": met(m, op, bound), **extra})
+
+        count = lambda names: ", ".join(f"{n} {names.count(n)}" for n in sorted(set(names)))
+        row("throughput_vs_best_peer", "throughput × gateway / best peer", tp, ">=", 1.2,
+            best_peer_per_round=tp_peer, best_peer=count(tp_peer))
+        row("p99_vs_best_peer", "p99 × gateway / best peer", lat, "<=", 0.8,
+            best_peer_per_round=lat_peer, best_peer=count(lat_peer))
+        row("cpu_per_gb_vs_envoy", "CPU s/GB × gateway / Envoy", cpu, "<=", cpu_target)
+        row("sha256_added_vs_hash", "sha-256: added CPU s/GB ÷ SHA-256's own s/GB", sha, "<=", 1.1,
+            added_s_per_gb_per_round=rounded(added),
+            added_s_per_gb=None if median(added) is None else round(median(added), 3),
+            hash_s_per_gb=hash_s_per_gb)
+    return out
+
+
+def scaling_rows(runs, conns):
+    """The gateway at each connection count (group "scaling"): throughput
+    relative to the first count, p99 growth beside the growth of the queue,
+    per round, medians."""
+    runs = [r for r in runs if r["group"] == "scaling"]
+    if not runs or not conns:
+        return []
+    base, top = conns[0], max(conns)
+    rounds = sorted({r["round"] for r in runs})
+    out = []
+    for c in conns:
+        rel, growth, rps, p50, p99 = [], [], [], [], []
+        for rnd in rounds:
+            r, b = one(runs, round=rnd, clients=c), one(runs, round=rnd, clients=base)
+            if not r or not b:
+                continue
+            rps.append(r["rps"])
+            p50.append(r["p50_ms"])
+            p99.append(r["p99_ms"])
+            rel.append(r["rps"] / b["rps"] if b["rps"] else None)
+            growth.append(r["p99_ms"] / b["p99_ms"] if b["p99_ms"] else None)
+        m_rel, m_growth = median(rel), median(growth)
+        out.append({"size": runs[0]["size"], "clients": c, "rounds": len(rps), "rps": median(rps),
+                    "p50_ms": median(p50), "p99_ms": median(p99),
+                    "throughput_vs_base": None if m_rel is None else round(m_rel, 3),
+                    "p99_growth": None if m_growth is None else round(m_growth, 3),
+                    "queue_growth": round(c / base, 3),
+                    "throughput_met": met(m_rel, ">=", 0.95) if c == top and c != base else None,
+                    "p99_met": met(m_growth, "<=", c / base) if c != base else None,
+                    "per_round": {"rps": rps, "p99_ms": p99, "throughput_vs_base": rounded(rel),
+                                  "p99_growth": rounded(growth)}})
+    return out
+
+
+def h2c_rows(runs):
+    """h2c (one connection, N streams) against HTTP/1.1 (N connections), the
+    gateway config (two processes), per round, medians."""
+    runs = [r for r in runs if r["group"] == "h2c"]
+    out = []
+    for size in SIZES:
+        h1s = [r for r in runs if r["size"] == size and r["proto"] == "http/1.1"]
+        if not h1s:
+            continue
+        tp, lat, cpu = [], [], []
+        for h1 in h1s:
+            h2 = one(runs, round=h1["round"], size=size, proto="h2c")
+            if not h2 or not h1["rps"]:
+                continue
+            tp.append(h2["rps"] / h1["rps"])
+            lat.append(h2["p99_ms"] / h1["p99_ms"] if h1["p99_ms"] else None)
+            cpu.append(h2["cpu_s_per_gb"] / h1["cpu_s_per_gb"] if h1["cpu_s_per_gb"] and h2["cpu_s_per_gb"] else None)
+        if tp:
+            out.append({"size": size, "streams": h1s[0]["clients"], "rounds": len(tp),
+                        "throughput_ratio": round(median(tp), 3),
+                        "p99_ratio": None if median(lat) is None else round(median(lat), 3),
+                        "cpu_per_gb_ratio": None if median(cpu) is None else round(median(cpu), 3),
+                        "per_round": {"throughput_ratio": rounded(tp), "p99_ratio": rounded(lat),
+                                      "cpu_per_gb_ratio": rounded(cpu)}})
+    return out
+
+
+def added_rows(runs, target, base, extra_fields=()):
+    """`target` against `base` per round and size (main group): added p50,
+    p99 (ms), CPU ms per request and CPU s/GB; medians."""
+    runs = [r for r in runs if r["group"] == "main"]
+    out = []
+    for size in SIZES:
+        d = {k: [] for k in ("p50_ms", "p99_ms", "cpu_ms_per_req", "cpu_s_per_gb")}
+        mine = [r for r in runs if r["target"] == target and r["size"] == size]
+        for r in mine:
+            b = one(runs, round=r["round"], size=size, target=base)
+            if not b:
+                continue
+            for k in d:
+                d[k].append(r[k] - b[k] if r[k] is not None and b[k] is not None else None)
+        if not mine or not d["p50_ms"]:
+            continue
+        row = {"size": size, "target": target, "baseline": base, "rounds": len(d["p50_ms"])}
+        for k, v in d.items():
+            m = median(v)
+            row["added_" + k] = None if m is None else round(m, 4)
+        row["per_round"] = {"added_" + k: rounded(v, 4) for k, v in d.items()}
+        for f in extra_fields:
+            vals = [r.get(f) for r in mine]
+            row[f] = None if median(vals) is None else round(median(vals), 3)
+            row["per_round"][f] = vals
+        metrics = {}
+        for r in mine:
+            for k, v in r.get("metrics", {}).items():
+                metrics[k] = round(metrics.get(k, 0) + v, 3)
+        row["metrics_sum"] = metrics
+        row["requests_201"] = sum(r["requests_201"] for r in mine)
+        row["requests_other"] = sum(r["requests_other"] for r in mine)
+        row["replayed"] = sum(r.get("replayed") or 0 for r in mine)
+        out.append(row)
+    return out
+
+
+def redis_rows(runs):
+    rows = added_rows(runs, "gateway-redis", "gateway",
+                      ("redis_script_calls_per_upload", "redis_script_calls_per_handled", "redis_calls_per_upload",
+                       "redis_reads_per_upload"))
     for r in rows:
-        lines.append(f"| {r['size']} | {r['target']} | {r['rps']:.1f} | {r['mb_per_s']:.1f} | "
-                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{'' if r['cpu_s_per_gb'] is None else format(r['cpu_s_per_gb'], '.2f')} | "
-                     f"{r['peak_rss_mib']:.1f} | {r['requests_201']} | {r['requests_other']} |")
-    aux = [r for r in rows if r.get("aux_peak_rss_mib")]
+        r["p99_met"] = met(r["added_p99_ms"], "<=", 0.5) if r["size"] == "100KiB" else None
+        r["round_trips_met"] = met(r["redis_script_calls_per_handled"] or r["redis_script_calls_per_upload"], "<=", 1.0)
+        calls = {}
+        for x in runs:
+            if x["target"] == "gateway-redis" and x["size"] == r["size"] and x["group"] == "main":
+                for k, v in x.get("redis_calls", {}).items():
+                    calls[k] = calls.get(k, 0) + v
+        r["redis_calls_sum"] = calls
+    return rows
+
+
+def met_word(m):
+    return "" if m is None else ("met" if m else "**not met**")
+
+
+def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(), h2c=(), redis=(), idem=(),
+             clients=None):
+    lines = []
+    if machine:
+        lines += machine_lines(machine) + [""]
+    if bodies:
+        lines += ["Bodies (checked: file size and SHA-256 of what the sink received): "
+                  + ", ".join(f"{s} = {b['bytes']} bytes" for s, b in bodies.items()) + ".", ""]
+    main = [r for r in rows if r["group"] == "main"]
+    if main:
+        lines += [f"| size | target | req/s | MB/s | p50 ms | p99 ms | CPU s/GB | CPU ms/req | peak RSS MiB | 201s | other |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in main:
+            lines.append(f"| {r['size']} | {r['label']} | {r['rps']:.1f} | {r['mb_per_s']:.1f} | "
+                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {fmt(r['cpu_s_per_gb'])} | "
+                         f"{fmt(r['cpu_ms_per_req'], '.3f')} | {r['peak_rss_mib']:.1f} | "
+                         f"{r['requests_201']} | {r['requests_other']} |")
+    aux = [r for r in main if r.get("aux_peak_rss_mib")]
     if aux:
-        lines += ["", "| size | target | of CPU s/GB: clamd's | of peak RSS MiB: clamd's |", "|---|---|---:|---:|"]
+        lines += ["", "| size | target | of CPU s/GB: the helper's (clamd, redis-server) | of peak RSS MiB: the helper's |",
+                  "|---|---|---:|---:|"]
         for r in aux:
-            lines.append(f"| {r['size']} | {r['target']} | "
-                         f"{'' if r['aux_cpu_s_per_gb'] is None else format(r['aux_cpu_s_per_gb'], '.2f')} | "
-                         f"{r['aux_peak_rss_mib']:.1f} |")
+            lines.append(f"| {r['size']} | {r['target']} | {fmt(r['aux_cpu_s_per_gb'])} | {r['aux_peak_rss_mib']:.1f} |")
     if ratios:
         lines += ["", "| size | gateway | vs | throughput × | p99 × | CPU/GB × |", "|---|---|---|---:|---:|---:|"]
         for q in ratios:
             lines.append(f"| {q['size']} | {q['gateway']} | {q['baseline']} | {q['throughput_ratio']:.2f} | "
-                         f"{'' if q['p99_ratio'] is None else format(q['p99_ratio'], '.2f')} | "
-                         f"{'' if q['cpu_per_gb_ratio'] is None else format(q['cpu_per_gb_ratio'], '.2f')} |")
+                         f"{fmt(q['p99_ratio'])} | {fmt(q['cpu_per_gb_ratio'])} |")
+    if targets:
+        lines += ["", "Issue 16 targets (medians of per-round ratios; best peer = the better of nginx and Envoy "
+                  "in each round, for that figure):", "",
+                  "| size | figure | median | rounds | target | |", "|---|---|---:|---:|---|---|"]
+        for t in targets:
+            figure = t["figure"]
+            if t.get("best_peer"):
+                figure += f" (best: {t['best_peer']})"
+            if t["key"] == "sha256_added_vs_hash":
+                figure += f" ({fmt(t['added_s_per_gb'])} vs {fmt(t['hash_s_per_gb'], '.3f')})"
+            lines.append(f"| {t['size']} | {figure} | {t['median']:.2f} | {t['rounds']} | "
+                         f"{t['target'] or 'none at this size'} | {met_word(t['met'])} |")
+    if scaling:
+        lines += ["", f"Scaling: the gateway at {scaling[0]['size']}, by connections (medians of per-round "
+                  f"figures; growth relative to {scaling[0]['clients']} connections):", "",
+                  "| connections | req/s | throughput × | p50 ms | p99 ms | p99 growth × | queue growth × | "
+                  "throughput ≥ 0.95 | p99 growth ≤ queue growth |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        for r in scaling:
+            lines.append(f"| {r['clients']} | {fmt(r['rps'], '.1f')} | {fmt(r['throughput_vs_base'])} | "
+                         f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['p99_growth'])} | "
+                         f"{r['queue_growth']:.2f} | {met_word(r['throughput_met'])} | {met_word(r['p99_met'])} |")
+    h2 = [r for r in rows if r["group"] == "h2c"]
+    if h2:
+        lines += ["", "h2c (one connection, N streams) against HTTP/1.1 (N connections), two gateway processes configured as "
+                  "`gateway`:", "",
+                  "| size | load | req/s | MB/s | p50 ms | p99 ms | CPU s/GB | peak RSS MiB | 201s | other |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in h2:
+            lines.append(f"| {r['size']} | {r['label']} | {r['rps']:.1f} | {r['mb_per_s']:.1f} | {r['p50_ms']:.2f} | "
+                         f"{r['p99_ms']:.2f} | {fmt(r['cpu_s_per_gb'])} | {r['peak_rss_mib']:.1f} | "
+                         f"{r['requests_201']} | {r['requests_other']} |")
+        if h2c:
+            lines += ["", "| size | h2c / HTTP/1.1: throughput × | p99 × | CPU/GB × |", "|---|---:|---:|---:|"]
+            for q in h2c:
+                lines.append(f"| {q['size']} | {q['throughput_ratio']:.2f} | {fmt(q['p99_ratio'])} | "
+                             f"{fmt(q['cpu_per_gb_ratio'])} |")
+    if redis:
+        lines += ["", "`[store] backend = \"redis\"` (gateway-redis) against memory (gateway), same run; "
+                  "Redis's CPU counted with the gateway's; Redis commands per upload answered 201 "
+                  "(script calls = round trips; all calls include those run inside the scripts; "
+                  "socket reads: the client pipelines concurrent calls on one connection; \"handled\" counts the uploads "
+                  "the end of a run cut off too, as the gateway's requests_total does):", "",
+                  "| size | added p50 ms | added p99 ms | ≤ +0.5 ms p99 | added CPU ms/upload | "
+                  "script calls per 201 | per upload handled | ≤ 1 | all calls per 201 | reads per 201 | "
+                  "calls | store fallbacks |",
+                  "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---|---|"]
+        for r in redis:
+            calls = ", ".join(f"{k} {v}" for k, v in sorted(r["redis_calls_sum"].items(), key=lambda kv: -kv[1]))
+            fb = sum(v for k, v in r["metrics_sum"].items() if "fallbacks" in k)
+            lines.append(f"| {r['size']} | {fmt(r['added_p50_ms'], '+.3f')} | {fmt(r['added_p99_ms'], '+.3f')} | "
+                         f"{met_word(r['p99_met'])} | {fmt(r['added_cpu_ms_per_req'], '+.4f')} | "
+                         f"{fmt(r['redis_script_calls_per_upload'])} | {fmt(r['redis_script_calls_per_handled'])} | "
+                         f"{met_word(r['round_trips_met'])} | "
+                         f"{fmt(r['redis_calls_per_upload'])} | {fmt(r['redis_reads_per_upload'])} | {calls} | "
+                         f"{fb:g} |")
+    if idem:
+        lines += ["", "`Idempotency-Key` (gateway-idem: a fresh key on every upload) against the same tool "
+                  "without the key (gateway-wrk), wrk, same run:", "",
+                  "| size | added p50 ms | added p99 ms | added CPU ms/upload | added CPU s/GB | "
+                  "201s with a key | stored (gateway's count) | replayed | other answers |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in idem:
+            stored = sum(v for k, v in r["metrics_sum"].items() if "idempotency" in k and "stored" in k)
+            lines.append(f"| {r['size']} | {fmt(r['added_p50_ms'], '+.3f')} | {fmt(r['added_p99_ms'], '+.3f')} | "
+                         f"{fmt(r['added_cpu_ms_per_req'], '+.4f')} | {fmt(r['added_cpu_s_per_gb'], '+.3f')} | "
+                         f"{r['requests_201']} | {stored:g} | {r['replayed']} | {r['requests_other']} |")
     if rss:
         lines += ["", "| peak RSS test | concurrent 8 MiB uploads | requests | 201s | peak RSS MiB |",
                   "|---|---:|---:|---:|---:|"]
         for r in rss:
             lines.append(f"| {r['target']} | {r['clients']} | {r['requests']} | {r['requests_201']} | {r['peak_rss_mib']:.1f}"
-                         + (f" (clamd {r['aux_peak_rss_mib']:.1f})" if r.get("aux_peak_rss_mib") else "") + " |")
+                         + (f" (helper {r['aux_peak_rss_mib']:.1f})" if r.get("aux_peak_rss_mib") else "") + " |")
     return "\n".join(lines)
 
 
 COLORS = {"gateway": "#1f77b4", "gateway-sha256": "#6baed6", "nginx": "#2ca02c", "envoy": "#d62728",
-          "gateway-before": "#9467bd", "gateway-clamd": "#ff7f0e", "gateway-h2c": "#17becf"}
+          "gateway-before": "#9467bd", "gateway-clamd": "#ff7f0e", "gateway-h2c": "#17becf",
+          "gateway-redis": "#8c564b", "gateway-wrk": "#7f7f7f", "gateway-idem": "#bcbd22"}
 
 
 def svg_chart(rows, path):
     """Grouped bars: median MB/s per size, and median p99 latency per size."""
+    rows = [r for r in rows if r["group"] == "main"]
     targets = [t for t in COLORS if any(r["target"] == t for r in rows)]
     sizes = [s for s in SIZES if any(r["size"] == s for r in rows)]
     panel_w, panel_h, top, left = 420, 260, 50, 60
@@ -689,16 +1332,27 @@ def main():
     ap.add_argument("--clamd-bin", default=shutil.which("clamd") or "/usr/sbin/clamd",
                     help="clamd for the gateway-clamd target (Debian clamav-daemon)")
     ap.add_argument("--clamd-threads", type=int, default=8, help="clamd MaxThreads (gateway-clamd)")
+    ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server",
+                    help="redis-server for the gateway-redis target (Debian redis-server)")
     ap.add_argument("--name", default=None,
                     help="result file prefix in --out (default: load, or smoke with --smoke)")
     ap.add_argument("--targets", default="gateway,gateway-sha256,nginx,envoy")
     ap.add_argument("--sizes", default="100KiB,1MiB,8MiB")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=5, help="seconds per measured run")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--streams", type=int, default=1, help="gateway-h2c: streams in flight per connection")
     ap.add_argument("--workers", type=int, default=2, help="nginx workers / Envoy --concurrency")
     ap.add_argument("--rss-clients", type=int, default=0, help="peak-RSS test: concurrent 8 MiB uploads (0: skip)")
+    ap.add_argument("--scaling", default="", metavar="C1,C2,...",
+                    help="opt-in: the gateway at each of these connection counts (e.g. 16,64,256), every round")
+    ap.add_argument("--scaling-size", default="100KiB", help="body size of the --scaling rows")
+    ap.add_argument("--h2c-vs-h1", type=int, default=0, metavar="N",
+                    help="opt-in: the gateway over h2c, 1 connection x N streams, against HTTP/1.1 with N "
+                         "connections (e.g. 100), every round, at --h2c-sizes")
+    ap.add_argument("--h2c-sizes", default="100KiB,1MiB", help="body sizes of the --h2c-vs-h1 rows")
+    ap.add_argument("--floor-seconds", type=int, default=2,
+                    help="seconds per openssl speed measurement of the floor (0: skip)")
     ap.add_argument("--extra-gateway", action="append", default=[], metavar="NAME=BIN",
                     help="another gateway binary as target NAME (digest none): before/after comparisons")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -706,19 +1360,53 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="assert every request was answered 201")
     args = ap.parse_args()
 
-    targets_wanted = args.targets.split(",")
+    targets_wanted = [t for t in args.targets.split(",") if t]
+    if "gateway-idem" in targets_wanted and "gateway-wrk" not in targets_wanted:
+        # The keyed row needs its baseline: the same tool without the key.
+        targets_wanted.insert(targets_wanted.index("gateway-idem"), "gateway-wrk")
+        log("gateway-idem: adding its baseline gateway-wrk (wrk, no key)")
     extra = dict(e.split("=", 1) for e in args.extra_gateway)
     targets_wanted += list(extra)
     sizes = args.sizes.split(",")
+    scaling = [int(c) for c in args.scaling.split(",") if c]
+    h2c_sizes = args.h2c_sizes.split(",") if args.h2c_vs_h1 else []
+    for s in sizes + ([args.scaling_size] if scaling else []) + h2c_sizes:
+        if s not in SIZES:
+            raise SystemExit(f"unknown size {s} (one of {', '.join(SIZES)})")
+    for tool, needed in (("h2load", True), ("wrk", any(t in ("gateway-wrk", "gateway-idem") for t in targets_wanted))):
+        if needed and not shutil.which(tool):
+            raise SystemExit(f"{tool} not found (Debian {'nghttp2-client' if tool == 'h2load' else tool})")
+    h2_streams = max(args.streams, args.h2c_vs_h1)
+
+    tools = {"h2load": ["h2load", "--version"]}
+    if "nginx" in targets_wanted:
+        tools["nginx"] = ["nginx", "-v"]
+    if "envoy" in targets_wanted and args.envoy_bin:
+        tools["envoy"] = [args.envoy_bin, "--version"]
+    if "gateway-redis" in targets_wanted:
+        tools["redis"] = [args.redis_bin, "--version"]
+    if "gateway-wrk" in targets_wanted:
+        tools["wrk"] = ["wrk", "-v"]
+    machine = machine_info(args.floor_seconds, tools)
+    for line in machine_lines(machine):
+        log(line)
+
     work = args.work or os.path.join("/tmp", f"concur-gateway-load-{os.getpid()}")
     os.makedirs(work, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
-    bodies = {}
-    for s in set(sizes) | ({"8MiB"} if args.rss_clients else set()):
+    bodies, body_info = {}, {}
+    for s in sorted(set(sizes) | set(h2c_sizes) | ({args.scaling_size} if scaling else set())
+                    | ({"8MiB"} if args.rss_clients else set()), key=list(SIZES).index):
         p = os.path.join(work, f"body-{s}.jpg")
+        data = big_jpeg(SIZES[s])
         with open(p, "wb") as f:
-            f.write(big_jpeg(SIZES[s]))
+            f.write(data)
+        on_disk = os.path.getsize(p)
+        if on_disk != SIZES[s]:
+            raise SystemExit(f"body {s}: {on_disk} bytes on disk, not {SIZES[s]}")
         bodies[s] = p
+        body_info[s] = {"bytes": on_disk, "sha256": hashlib.sha256(data).hexdigest()}
+        log(f"body {s}: {on_disk} bytes (= {SIZES[s]}), sha256 {body_info[s]['sha256'][:16]}…")
     secret = os.urandom(32)
     with open(os.path.join(work, "hs256.secret"), "wb") as f:
         f.write(secret)
@@ -728,25 +1416,40 @@ def main():
     try:
         sandbox, sport, ca = start_sandbox(args.gateway_bin, work)
         procs.append(sandbox)
+        sink = Sink(sport, ca)
+
+        def gateway(name, digest="none", **kw):
+            return start_gateway(args.gateway_bin, work, name, sport, digest, h2_streams=h2_streams, **kw)
+
         targets = []
         for name in targets_wanted:
-            if name == "gateway":
-                t = start_gateway(args.gateway_bin, work, name, sport, "none")
+            if name in ("gateway", "gateway-wrk", "gateway-idem"):
+                t = gateway(name)
+                if name != "gateway":
+                    t.driver, t.idem = "wrk", name == "gateway-idem"
             elif name == "gateway-h2c":
-                t = start_gateway(args.gateway_bin, work, name, sport, "none")
+                t = gateway(name)
                 t.h2c, t.streams = True, args.streams
             elif name == "gateway-sha256":
-                t = start_gateway(args.gateway_bin, work, name, sport, "sha-256")
+                t = gateway(name, "sha-256")
             elif name == "gateway-clamd":
                 if not os.path.exists(args.clamd_bin):
                     raise SystemExit(f"clamd not found at {args.clamd_bin}: install clamav-daemon or pass --clamd-bin")
                 cproc, cport = start_clamd(args.clamd_bin, work, args.clamd_threads)
                 procs.append(cproc)
-                t = start_gateway(args.gateway_bin, work, name, sport, "none", clamd_port=cport)
+                t = gateway(name, clamd_port=cport)
                 t.aux.append(cproc)
                 log(f"clamd :{cport} (pid {cproc.pid}) for gateway-clamd")
+            elif name == "gateway-redis":
+                if not os.path.exists(args.redis_bin):
+                    raise SystemExit(f"redis-server not found at {args.redis_bin}: install redis-server or pass --redis-bin")
+                rproc, rport = start_redis(args.redis_bin, work)
+                procs.append(rproc)
+                t = gateway(name, redis_port=rport)
+                t.aux.append(rproc)
+                log(f"redis-server :{rport} (pid {rproc.pid}) for gateway-redis")
             elif name in extra:
-                t = start_gateway(extra[name], work, name, sport, "none")
+                t = start_gateway(extra[name], work, name, sport, "none", h2_streams=h2_streams)
             elif name == "nginx":
                 t = start_nginx(work, sport, ca, args.workers)
             elif name == "envoy":
@@ -757,41 +1460,93 @@ def main():
                 raise SystemExit(f"unknown target {name}")
             procs.append(t.proc)
             targets.append(t)
-        log(f"work dir {work}; sandbox :{sport}; " + ", ".join(f"{t.name} :{t.port}" for t in targets))
+        # The scaling and h2c rows load gateways of their own, configured as
+        # `gateway` (digest none): what 256 or 100 connections leave in a
+        # process (its allocator keeps what it grew to) must not show in the
+        # main rows' or the RSS test's peak RSS, nor one protocol's in the
+        # other's.
+        row_gws = {}
+        for name in (["gateway-scaling"] if scaling else []) + \
+                (["gateway-h1-row", "gateway-h2c-row"] if args.h2c_vs_h1 else []):
+            row_gws[name] = gateway(name)
+            procs.append(row_gws[name].proc)
+        log(f"work dir {work}; sandbox :{sport}; "
+            + ", ".join(f"{t.name} :{t.port}" for t in targets + list(row_gws.values())))
 
         runs = []
+
+        def run(t, size, rnd, clients, streams, group="main", label=None, proto=None):
+            r = measure(t, size, bodies[size], SIZES[size], body_info[size]["sha256"], jwt, clients, streams,
+                        args.duration, work, rnd, sink, group=group, label=label, proto=proto)
+            runs.append(r)
+            extra_log = ""
+            if "redis_script_calls_per_upload" in r:
+                extra_log = (f" redis/upload: scripts {r['redis_script_calls_per_upload']} "
+                             f"calls {r['redis_calls_per_upload']} reads {r['redis_reads_per_upload']}")
+            if r["metrics"]:
+                extra_log += f" metrics {r['metrics']}"
+            log(f"round {rnd} {size:>6} {r['label']:<22} c={clients:<3} {r['rps']:9.1f} req/s "
+                f"{r['mb_per_s']:8.1f} MB/s p50 {r['p50_ms']:8.2f} p99 {r['p99_ms']:8.2f} ms "
+                f"cpu/GB {r['cpu_s_per_gb']} rss {r['peak_rss_mib']} MiB 201={r['requests_201']} "
+                f"other={r['requests_other']} failed={r['h2load_failed']}" + extra_log)
+            if r["requests_other"] or r["h2load_failed"]:
+                log(f"  not 201: {r['statuses']} failed {r['h2load_failed']}")
+            sink.clear()
+
+        rotate = lambda xs, rnd: xs[(rnd - 1) % len(xs):] + xs[:(rnd - 1) % len(xs)]
+        started = time.time()
         for rnd in range(1, args.rounds + 1):
             for size in sizes:
-                k = (rnd - 1) % len(targets)
-                order = targets[k:] + targets[:k]  # rotate the order round by round
-                for t in order:
-                    r = measure(t, size, bodies[size], SIZES[size], jwt, args.clients, args.duration, work, rnd)
-                    runs.append(r)
-                    log(f"round {rnd} {size:>6} {t.name:<15} {r['rps']:9.1f} req/s {r['mb_per_s']:8.1f} MB/s "
-                        f"p50 {r['p50_ms']:8.2f} p99 {r['p99_ms']:8.2f} ms cpu/GB {r['cpu_s_per_gb']} "
-                        f"rss {r['peak_rss_mib']} MiB 201={r['requests_201']} other={r['requests_other']}")
-                    clear_sandbox(sport, ca)
+                for t in rotate(targets, rnd):  # rotate the order round by round
+                    run(t, size, rnd, args.clients, t.streams)
+            if scaling:
+                for c in rotate(scaling, rnd):
+                    run(row_gws["gateway-scaling"], args.scaling_size, rnd, c, 1, "scaling", f"gateway c={c}",
+                        "http/1.1")
+            if args.h2c_vs_h1:
+                n = args.h2c_vs_h1
+                specs = [(row_gws["gateway-h1-row"], n, 1, f"HTTP/1.1 {n} connections", "http/1.1"),
+                         (row_gws["gateway-h2c-row"], 1, n, f"h2c 1 connection x {n} streams", "h2c")]
+                for size in h2c_sizes:
+                    for t, c, m, label, proto in rotate(specs, rnd):
+                        run(t, size, rnd, c, m, "h2c", label, proto)
+            log(f"round {rnd} done after {time.time() - started:.0f} s")
         rss = []
         if args.rss_clients:
             for t in targets:
+                if t.driver != "h2load":
+                    continue  # gateway-wrk / gateway-idem: the same config as gateway; their rows are about per-request cost
                 rss.append(rss_test(t, bodies["8MiB"], jwt, args.rss_clients, args.rss_clients * 2, work))
                 log(f"rss test {t.name}: {rss[-1]}")
-                clear_sandbox(sport, ca)
+                sink.clear()
+        machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
         rows = summarise(runs)
         ratios = ratio_rows(runs)
-        table = markdown(rows, ratios, rss)
+        tgt = target_rows(runs, sizes, machine)
+        sc = scaling_rows(runs, scaling)
+        h2 = h2c_rows(runs)
+        rd = redis_rows(runs)
+        idem = added_rows(runs, "gateway-idem", "gateway-wrk")
+        table = markdown(rows, ratios, rss, machine, body_info, tgt, sc, h2, rd, idem)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         prefix = os.path.join(args.out, args.name or ("smoke" if args.smoke else "load"))
         meta = {"stamp": stamp, "clients": args.clients, "duration_s": args.duration,
                 "rounds": args.rounds, "workers": args.workers, "nproc": os.cpu_count(),
-                "loadavg_end": os.getloadavg(), "uname": " ".join(os.uname())}
+                "loadavg_end": os.getloadavg(), "uname": " ".join(os.uname()),
+                "wall_s": round(time.time() - started, 1), "argv": sys.argv[1:],
+                "machine": machine, "bodies": body_info}
         with open(prefix + ".json", "w") as f:
-            json.dump({"meta": meta, "runs": runs, "summary": rows, "ratios": ratios, "rss": rss}, f, indent=1)
+            json.dump({"meta": meta, "runs": runs, "summary": rows, "ratios": ratios, "targets": tgt,
+                       "scaling": sc, "h2c": h2, "redis": rd, "idempotency": idem, "rss": rss}, f, indent=1)
         with open(prefix + "-runs.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(runs[0].keys()))
+            fields = []
+            for r in runs:
+                fields += [k for k in r if k not in fields]
+            w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
-            w.writerows(runs)
+            for r in runs:
+                w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
         with open(prefix + ".md", "w") as f:
             f.write(table + "\n")
         if not args.smoke:
