@@ -52,12 +52,28 @@ use crate::telemetry::Child;
 /// How many bytes of the body are held back until the verdict is known.
 pub const HOLD_BACK: usize = 64 * 1024;
 
-/// Frames smaller than this are copied together into chunks of at least this
-/// size before anything else sees them. A client that sends its body in
+/// Frames smaller than [`ZERO_COPY_MIN`] are copied together into chunks of
+/// this size before anything else sees them. A client that sends its body in
 /// 1-byte chunked frames would otherwise cost one `Bytes` (pinning hyper's
 /// read buffer), one scanner call, one clamd hand-off and one spool write per
 /// byte: memory and CPU would grow with the frame count, not the byte count.
-pub const COALESCE: usize = 16 * 1024;
+/// HTTP/2 clients send 16 KiB DATA frames (the protocol's default frame
+/// size, which most clients keep whatever the gateway allows): coalesced
+/// four at a time, an HTTP/2 body goes through the checks, the hand-off to
+/// the upstream task and the TLS writes in as many pieces as an HTTP/1.1
+/// body read 64 KiB at a time, for one `memcpy` (`docs/benchmarks.md`).
+pub const COALESCE: usize = 64 * 1024;
+
+/// Frames at least this large go through as they are (zero-copy): HTTP/1.1
+/// reads of up to 64 KiB (`server.rs`, `READ_BUF_BYTES`).
+pub const ZERO_COPY_MIN: usize = 32 * 1024;
+
+/// When the client pauses (its next frame is not there yet), what is
+/// coalesced goes through the checks if it is at least this much: a chunk
+/// is only held for more when the next frame is already in, so coalescing
+/// never delays a verdict on bytes the client has sent, except below this
+/// size, where it is what keeps tiny frames from being checked one by one.
+pub const FLUSH_MIN: usize = 16 * 1024;
 
 /// The minimum body rate is judged over windows of this length.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -472,6 +488,14 @@ where
                     return self.poll_end(cx);
                 }
                 Poll::Pending => {
+                    if self.coalesce.len() >= FLUSH_MIN {
+                        let chunk = self.coalesce.split().freeze();
+                        self.check_chunk(chunk);
+                        if self.state == State::Failed {
+                            return Poll::Ready(Err(()));
+                        }
+                        return Poll::Ready(Ok(Step::Data));
+                    }
                     self.poll_timers(cx);
                     return if self.state == State::Failed {
                         Poll::Ready(Err(()))
@@ -542,9 +566,22 @@ where
         if self.state == State::Failed {
             return false;
         }
-        if self.coalesce.is_empty() && data.len() >= COALESCE {
-            self.check_chunk(data); // zero-copy: the common case
+        if data.len() >= ZERO_COPY_MIN {
+            // Zero-copy: the common case over HTTP/1.1. What was coalesced
+            // before goes first, as a chunk of its own.
+            if !self.coalesce.is_empty() {
+                let pending = self.coalesce.split().freeze();
+                self.check_chunk(pending);
+                if self.state == State::Failed {
+                    return true;
+                }
+            }
+            self.check_chunk(data);
             return true;
+        }
+        if self.coalesce.is_empty() {
+            // One allocation per chunk, not one per doubling.
+            self.coalesce.reserve(COALESCE);
         }
         self.coalesce.extend_from_slice(&data);
         if self.coalesce.len() >= COALESCE {
@@ -782,11 +819,15 @@ mod tests {
     use crate::metrics::Metrics;
 
     const FRAME: usize = 16 * 1024;
+    /// Frames that arrive back to back are coalesced into one chunk.
+    const FRAMES_PER_CHUNK: usize = COALESCE / FRAME;
 
-    /// A client body in `FRAME`-sized frames that counts the frames taken.
+    /// A client body in `FRAME`-sized frames that counts the frames taken;
+    /// with `pause`, the client sends nothing more after them (not even the end).
     struct Frames {
         left: VecDeque<Bytes>,
         taken: Arc<AtomicUsize>,
+        pause: bool,
     }
 
     impl Body for Frames {
@@ -799,6 +840,8 @@ mod tests {
             let next = self.left.pop_front();
             if next.is_some() {
                 self.taken.fetch_add(1, Ordering::SeqCst);
+            } else if self.pause {
+                return Poll::Pending;
             }
             Poll::Ready(next.map(|b| Ok(Frame::data(b))))
         }
@@ -851,6 +894,7 @@ mod tests {
         let frames = Frames {
             left: data.chunks(FRAME).map(Bytes::copy_from_slice).collect(),
             taken: taken.clone(),
+            pause: false,
         };
         let (body, report) = InspectBody::new(
             frames,
@@ -907,6 +951,41 @@ mod tests {
         drain(rx, scanned);
     }
 
+    /// Frames are coalesced only while the next one is already there: when
+    /// the client pauses, what it sent is judged at once (from FLUSH_MIN on).
+    #[tokio::test]
+    async fn a_pause_sends_what_is_coalesced_through_the_checks() {
+        let paused = |frames: Vec<Bytes>| {
+            InspectBody::new(
+                Frames {
+                    left: frames.into(),
+                    taken: Arc::new(AtomicUsize::new(0)),
+                    pause: true,
+                },
+                Inspector::new(MediaType::Jpeg, &Limits::default()),
+                DigestAlgorithm::None,
+                u64::MAX,
+                None,
+                timing(),
+            )
+        };
+        // Not a JPEG, in one HTTP/2-sized frame: refused without waiting for
+        // the 64 KiB a chunk is coalesced up to.
+        let (mut body, mut report) = paused(vec![Bytes::from(vec![b'x'; FRAME])]);
+        assert_eq!(pump(&mut body, &mut Vec::new()), Pumped::Failed);
+        assert!(matches!(
+            report.now().and_then(|o| o.failure.clone()),
+            Some(BodyFailure::Rejected(_))
+        ));
+        // Two small frames (< FLUSH_MIN together) wait for more, as tiny
+        // frames always did; a third one past it goes through on the pause.
+        let small = || Bytes::from(vec![b'x'; FLUSH_MIN / 4]);
+        let (mut body, _report) = paused(vec![small(), small()]);
+        assert_eq!(pump(&mut body, &mut Vec::new()), Pumped::Pending);
+        let (mut body, _report) = paused(vec![small(), small(), small(), small()]);
+        assert_eq!(pump(&mut body, &mut Vec::new()), Pumped::Failed);
+    }
+
     #[tokio::test]
     async fn tiny_frames_are_coalesced_before_the_checks() {
         let data = jpeg();
@@ -914,6 +993,7 @@ mod tests {
         let frames = Frames {
             left: data.chunks(1).map(Bytes::copy_from_slice).collect(),
             taken: taken.clone(),
+            pause: false,
         };
         let (mut body, mut report) = InspectBody::new(
             frames,
@@ -990,12 +1070,18 @@ mod tests {
         let data = jpeg();
         let (mut body, mut report, taken, mut rx, verdict) = scanned_body(&data);
         let (mut out, mut scanned) = (Vec::new(), Vec::new());
-        // The scanner takes nothing: the channel fills, one frame waits, and
+        // The scanner takes nothing: the channel fills, one chunk waits, and
         // no further client frame is read.
         assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
-        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            (CHANNEL_CHUNKS + 1) * FRAMES_PER_CHUNK
+        );
         assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
-        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            (CHANNEL_CHUNKS + 1) * FRAMES_PER_CHUNK
+        );
         // The scanner keeps up: the body streams to its end, and everything
         // but the held-back tail goes on before clamd's verdict.
         to_verdict(
@@ -1048,7 +1134,10 @@ mod tests {
             .send(Ok(Reply::Error("INSTREAM size limit exceeded.".into())))
             .unwrap();
         assert_eq!(pump(&mut body, &mut Vec::new()), Pumped::Failed);
-        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            (CHANNEL_CHUNKS + 1) * FRAMES_PER_CHUNK
+        );
         let failure = report.now().and_then(|o| o.failure.clone());
         assert_eq!(failure, Some(BodyFailure::ScanUnavailable));
     }

@@ -134,9 +134,9 @@ async fn in_flight_settles(h: &Harness) {
 }
 
 fn polyglot() -> Vec<u8> {
-    // Valid for its first 300 kB (so the exchange with Concur starts and
+    // Valid for its first 2 MB (so the exchange with Concur starts and
     // bytes flow), then a ZIP after EOI: only the end of the body decides.
-    let mut body = big_jpeg(300_000);
+    let mut body = big_jpeg(2_000_000);
     body.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x08\x00payload.exe");
     body
 }
