@@ -30,6 +30,17 @@ whole body (hashing it) before answering 201 with the Image XML. Targets:
 * gateway-wrk    opt-in: `gateway` loaded with wrk (Debian wrk) instead of
                  h2load, through a Lua request() that formats every request
                  (wrk.format); the baseline of gateway-idem
+* gateway-otlp   opt-in: `gateway` with [tracing] on, every request
+                 sampled (sample_ratio 1.0), exporting OTLP/HTTP (protobuf)
+                 to a collector this script runs (a thread that reads each
+                 export and answers 200): what tracing costs a request
+                 (added p50/p99 against `gateway`, same round)
+* gateway-otlp-down opt-in: the same, exporting to a port that accepts
+                 connections and never answers (a black hole this script
+                 holds open): what a collector that is down costs a request
+                 (added p50/p99 against gateway-otlp when both run, else
+                 against `gateway`; the spans dropped, from the gateway's
+                 concur_gateway_trace_spans_dropped_total)
 * gateway-idem   opt-in: the same, each request with its own
                  `Idempotency-Key` (a per-run nonce, the wrk thread, a
                  counter): stored, never replayed. Adding gateway-idem adds
@@ -84,6 +95,7 @@ import ssl
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -383,7 +395,7 @@ def start_sandbox(bin_, work):
 
 
 def start_gateway(bin_, work, name, sandbox_port, digest, clamd_port=None, redis_port=None,
-                  h2_streams=100):
+                  h2_streams=100, otlp_port=None):
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     shutil.copy(os.path.join(work, "sandbox-ca.pem"), os.path.join(d, "ca.pem"))
@@ -440,6 +452,9 @@ file = "credentials.toml"
                 k.write(base64.b64encode(os.urandom(32)).decode() + "\n")
             f.write(f'\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"\n'
                     f'encryption_key_file = "store.key"\n')
+        if otlp_port is not None:
+            f.write(f'\n[tracing]\notlp_endpoint = "http://127.0.0.1:{otlp_port}/v1/traces"\n'
+                    f'protocol = "http/protobuf"\nsample_ratio = 1.0\n')
     # The access log (one JSON line per request, its production default) is
     # formatted and written, to /dev/null.
     proc = subprocess.Popen([bin_, "serve", "--config", os.path.join(d, "gateway.toml")],
@@ -456,6 +471,51 @@ file = "credentials.toml"
                 raise RuntimeError(f"{name}: concur_gateway_store_up never became 1")
             time.sleep(0.1)
     return t
+
+
+def black_hole():
+    """A loopback port that accepts connections and never reads or answers
+    (a collector that is down but still listening: the exporter's worst
+    case, since its connections hang instead of failing). The accepted
+    sockets are kept open for the life of the script."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener
+
+
+def otlp_collector():
+    """An OTLP/HTTP receiver that reads every export and answers 200 with an
+    empty ExportTraceServiceResponse (a healthy collector, as cheap as one
+    can be), in a thread of this script."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def gateway_metrics(target):
@@ -485,7 +545,7 @@ def gateway_metrics(target):
 METRIC_PREFIXES = ("concur_gateway_requests_total", "concur_gateway_rate_limited_total",
                    "concur_gateway_inspection_rejections_total", "concur_gateway_connections_evicted_total",
                    "concur_gateway_connections_refused_total", "concur_gateway_store_fallbacks_total",
-                   "concur_gateway_idempotency_total")
+                   "concur_gateway_idempotency_total", "concur_gateway_trace_spans_dropped_total")
 
 
 def metric_delta(before, after):
@@ -1167,7 +1227,7 @@ def met_word(m):
 
 
 def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(), h2c=(), redis=(), idem=(),
-             clients=None):
+             clients=None, otlp=()):
     lines = []
     if machine:
         lines += machine_lines(machine) + [""]
@@ -1261,6 +1321,19 @@ def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(
             lines.append(f"| {r['size']} | {fmt(r['added_p50_ms'], '+.3f')} | {fmt(r['added_p99_ms'], '+.3f')} | "
                          f"{fmt(r['added_cpu_ms_per_req'], '+.4f')} | {fmt(r['added_cpu_s_per_gb'], '+.3f')} | "
                          f"{r['requests_201']} | {stored:g} | {r['replayed']} | {r['requests_other']} |")
+    if otlp:
+        lines += ["", "Tracing on, every request sampled, OTLP/HTTP to a collector that answers (gateway-otlp) "
+                  "or to one that is down (gateway-otlp-down: a port that accepts and never answers), each "
+                  "against its baseline, same rounds; per-round differences in the JSON:", "",
+                  "| size | target | baseline | added p50 ms | added p99 ms | added CPU ms/upload | 201s | "
+                  "other answers | spans dropped |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in otlp:
+            dropped = sum(v for k, v in r["metrics_sum"].items() if "spans_dropped" in k)
+            lines.append(f"| {r['size']} | {r['target']} | {r['baseline']} | "
+                         f"{fmt(r['added_p50_ms'], '+.3f')} | {fmt(r['added_p99_ms'], '+.3f')} | "
+                         f"{fmt(r['added_cpu_ms_per_req'], '+.4f')} | {r['requests_201']} | "
+                         f"{r['requests_other']} | {dropped:g} |")
     if rss:
         lines += ["", "| peak RSS test | concurrent 8 MiB uploads | requests | 201s | peak RSS MiB |",
                   "|---|---:|---:|---:|---:|"]
@@ -1272,7 +1345,8 @@ def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(
 
 COLORS = {"gateway": "#1f77b4", "gateway-sha256": "#6baed6", "nginx": "#2ca02c", "envoy": "#d62728",
           "gateway-before": "#9467bd", "gateway-clamd": "#ff7f0e", "gateway-h2c": "#17becf",
-          "gateway-redis": "#8c564b", "gateway-wrk": "#7f7f7f", "gateway-idem": "#bcbd22"}
+          "gateway-redis": "#8c564b", "gateway-wrk": "#7f7f7f", "gateway-idem": "#bcbd22",
+          "gateway-otlp": "#aec7e8", "gateway-otlp-down": "#e377c2"}
 
 
 def svg_chart(rows, path):
@@ -1448,6 +1522,14 @@ def main():
                 t = gateway(name, redis_port=rport)
                 t.aux.append(rproc)
                 log(f"redis-server :{rport} (pid {rproc.pid}) for gateway-redis")
+            elif name == "gateway-otlp":
+                collector = otlp_collector()
+                t = gateway(name, otlp_port=collector.server_address[1])
+                log(f"gateway-otlp: OTLP/HTTP to a collector on :{collector.server_address[1]}")
+            elif name == "gateway-otlp-down":
+                hole = black_hole()
+                t = gateway(name, otlp_port=hole.getsockname()[1])
+                log(f"gateway-otlp-down: OTLP/HTTP to :{hole.getsockname()[1]}, which never answers")
             elif name in extra:
                 t = start_gateway(extra[name], work, name, sport, "none", h2_streams=h2_streams)
             elif name == "nginx":
@@ -1528,7 +1610,10 @@ def main():
         h2 = h2c_rows(runs)
         rd = redis_rows(runs)
         idem = added_rows(runs, "gateway-idem", "gateway-wrk")
-        table = markdown(rows, ratios, rss, machine, body_info, tgt, sc, h2, rd, idem)
+        otlp = added_rows(runs, "gateway-otlp", "gateway")
+        otlp += added_rows(runs, "gateway-otlp-down",
+                           "gateway-otlp" if "gateway-otlp" in targets_wanted else "gateway")
+        table = markdown(rows, ratios, rss, machine, body_info, tgt, sc, h2, rd, idem, otlp=otlp)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         prefix = os.path.join(args.out, args.name or ("smoke" if args.smoke else "load"))
         meta = {"stamp": stamp, "clients": args.clients, "duration_s": args.duration,
@@ -1538,7 +1623,8 @@ def main():
                 "machine": machine, "bodies": body_info}
         with open(prefix + ".json", "w") as f:
             json.dump({"meta": meta, "runs": runs, "summary": rows, "ratios": ratios, "targets": tgt,
-                       "scaling": sc, "h2c": h2, "redis": rd, "idempotency": idem, "rss": rss}, f, indent=1)
+                       "scaling": sc, "h2c": h2, "redis": rd, "idempotency": idem, "otlp_down": otlp,
+                       "rss": rss}, f, indent=1)
         with open(prefix + "-runs.csv", "w", newline="") as f:
             fields = []
             for r in runs:

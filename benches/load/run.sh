@@ -37,6 +37,9 @@
 #                                  the script starts its own clamd on loopback)
 #   --targets gateway,gateway-h2c --streams N
 #                                  h2c at the main rows' --clients, N streams per connection
+#   --targets gateway,gateway-otlp,gateway-otlp-down --sizes 100KiB --name otlp
+#                                  tracing on (every request sampled) with a collector that
+#                                  answers, and with one that accepts and never answers
 #
 # Everything of issue 16 in one run (~14 min):
 #   benches/load/run.sh --targets gateway,gateway-sha256,nginx,envoy,gateway-redis,gateway-idem \
