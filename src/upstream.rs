@@ -109,6 +109,14 @@ pub fn https_or_http_connector() -> Result<HttpsConnector<HttpConnector>, String
         .wrap_connector(http))
 }
 
+/// How much of a request hyper may queue toward the TLS stream to Concur
+/// before it stops reading the body: about one body chunk. hyper's default
+/// (~400 KiB) let each upload pin up to six 64 KiB chunks in the queue while
+/// rustls and the socket drained it; one chunk keeps the same throughput and
+/// CPU per GB, and took 6–9 MiB off the peak RSS of 64 concurrent 8 MiB
+/// uploads (`docs/benchmarks.md`).
+const UPSTREAM_WRITE_BUF: usize = 64 * 1024;
+
 impl Upstream {
     /// `https` is [`https_connector`] for `config` (shared with the OAuth2 token client).
     pub fn new(config: &UpstreamConfig, https: HttpsConnector<HttpConnector>) -> Self {
@@ -116,6 +124,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_in_flight)
+            .http1_max_buf_size(UPSTREAM_WRITE_BUF)
             .build(https);
         Self {
             client,
