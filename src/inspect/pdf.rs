@@ -2696,4 +2696,77 @@ mod tests {
         assert!(f.ok(0));
         assert!(!f.ok(APPROVED_CAP as u64), "past the cap: not approved");
     }
+    /// A small syntax-dense file: every kind of token (names with and
+    /// without `#` escapes, integers, reals, keywords, literal strings with
+    /// escapes and nesting, hex strings, `/URI` strings, comments, nested
+    /// dictionaries and arrays) and text content streams, with `extra` in
+    /// the last dictionary.
+    fn dense(extra: &str) -> Vec<u8> {
+        let text = "BT /F1 12 Tf 72 712 Td (Hello \\(world\\) \\\\) Tj ET\n".repeat(4);
+        let objects = [
+            "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+            "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612.0 792] /Resources << /Font \
+             << /F1 5 0 R >> >> /Contents [4 0 R 8 0 R] /Annots [6 0 R 7 0 R] >>"
+                .to_owned(),
+            format!("<< /Length {} >>\nstream\n{text}endstream", text.len()),
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica#2DBold >>".to_owned(),
+            "<< /Type /Annot /Subtype /Link /Rect [10 10 -20.5 +20] /Border [0 0 0] /A << /S \
+             /URI /URI (https://example.com/a\\(b\\)) >> /NM <41 42 4a> /T (nested (paren) \
+             \\101) >> % a comment\n"
+                .to_owned(),
+            "<< /A << /S /URI /URI <68747470733A2F2F782E79> >> /F 4 /Q (\\\r\n) >>".to_owned(),
+            format!("<< /Length 9 0 R >>\r\nstream\r\n{text}\r\nendstream"),
+            "[/a#20b (x) <00> true false null 1 0 R [[[ ]]] << >> {} ]".to_owned(),
+            format!("<< /Last (string) {extra} >>"),
+        ];
+        let mut out = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n".to_vec();
+        for (i, body) in objects.iter().enumerate() {
+            out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
+        }
+        out.extend_from_slice(b"trailer\n<< /Size 11 /Root 1 0 R >>\nstartxref\n0\n%%EOF\n");
+        out
+    }
+
+    /// A chunk boundary anywhere in a syntax-dense file, inside or between
+    /// tokens of every kind (every split point, and one byte at a time),
+    /// gives the verdict of the whole file, detail included.
+    #[test]
+    fn dense_syntax_any_split_point() {
+        let reject = Limits::default();
+        let allow = Limits {
+            pdf_active_content: ActiveContentPolicy::Allow,
+            ..Limits::default()
+        };
+        let active = Some(RejectCode::PdfActiveContent);
+        for (extra, want) in [
+            ("", None),
+            ("/URI (javascript:alert(1))", active),
+            ("/URI ( \\t JaVa\\nScript:x)", active),
+            ("/URI <6A733A>", active),
+            ("/AA << /O << /JS (app.alert\\(1\\)) >> >>", active),
+            ("/Java#53cript 1", active),
+            ("/Type /XRef /Encrypt 3 0 R", Some(RejectCode::PdfEncrypted)),
+            ("(unterminated", Some(RejectCode::MalformedImage)),
+        ] {
+            let bytes = dense(extra);
+            for limits in [&reject, &allow] {
+                let one = scan_pdf(limits, &bytes, bytes.len());
+                let allowed = limits.pdf_active_content == ActiveContentPolicy::Allow;
+                let expected = want.filter(|&c| !(allowed && c == RejectCode::PdfActiveContent));
+                assert_eq!(
+                    one.as_ref().err().map(|r| r.code),
+                    expected,
+                    "{extra}: {one:?}"
+                );
+                assert_eq!(scan_pdf(limits, &bytes, 1), one, "{extra}: byte by byte");
+                for at in 0..=bytes.len() {
+                    let mut s = PdfScanner::new(limits);
+                    let (a, b) = bytes.split_at(at);
+                    let got = s.feed(a).and_then(|()| s.feed(b)).and_then(|()| s.finish());
+                    assert_eq!(got, one, "{extra}: split at {at}");
+                }
+            }
+        }
+    }
 }
