@@ -6,7 +6,12 @@
 //!   `endstream`);
 //! * `stream_data/indirect_length`: the same with `/Length N 0 R` (the end is
 //!   found by searching for `endstream`);
-//! * `syntax`: 100,000 small uncompressed objects (the lexer proper);
+//! * `syntax/small_objects`: 100,000 small uncompressed objects (the lexer
+//!   proper);
+//! * `syntax/text_pages`: 10,000 pages, each a page dictionary, a link
+//!   annotation and an uncompressed text content stream of 24 lines
+//!   (`BT /F1 12 Tf 72 712 Td (...) Tj ET`): syntax-dense, as a text-heavy
+//!   file is, with the content streams skipped by `/Length`;
 //! * `object_streams`: FlateDecode object streams, throughput counted in
 //!   *decoded* bytes (inflate + lex).
 //!
@@ -79,6 +84,48 @@ fn syntax_pdf() -> Vec<u8> {
     pdf(&objects)
 }
 
+/// Pages of text: objects 1 to 3 are the catalog, the page tree (all pages
+/// in one `/Kids` array) and the font; then, for each page, its dictionary,
+/// a link annotation and its content stream.
+fn text_pages_pdf() -> Vec<u8> {
+    const PAGES: usize = 10_000;
+    const LINES: usize = 24;
+    let page_obj = |p: usize| 4 + 3 * p;
+    let kids: Vec<String> = (0..PAGES).map(|p| format!("{} 0 R", page_obj(p))).collect();
+    let mut objects = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {PAGES} >>",
+            kids.join(" ")
+        )
+        .into_bytes(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
+            .to_vec(),
+    ];
+    for p in 0..PAGES {
+        let n = page_obj(p);
+        objects.push(
+            format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> /ProcSet [/PDF /Text] >> /Annots [{} 0 R] /Contents {} 0 R >>",
+                n + 1,
+                n + 2
+            )
+            .into_bytes(),
+        );
+        objects.push(small_object(p).into_bytes());
+        let text: String = (0..LINES)
+            .map(|k| {
+                format!(
+                    "BT /F1 12 Tf 72 {} Td (Hello, world: line {k} of page {p}) Tj ET\n",
+                    712 - 14 * k
+                )
+            })
+            .collect();
+        objects.push(stream(&format!("/Length {}", text.len()), text.as_bytes()));
+    }
+    pdf(&objects)
+}
+
 /// Object streams of 100 objects each; returns the file and its decoded size.
 fn objstm_pdf() -> (Vec<u8>, u64) {
     let mut objects = page_objects();
@@ -128,10 +175,14 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    let bytes = syntax_pdf();
     let mut g = c.benchmark_group("inspect_pdf/syntax");
-    g.throughput(Throughput::Bytes(bytes.len() as u64));
-    g.bench_function("small_objects", |b| b.iter(|| scan(&limits, &bytes)));
+    for (name, bytes) in [
+        ("small_objects", syntax_pdf()),
+        ("text_pages", text_pages_pdf()),
+    ] {
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        g.bench_function(name, |b| b.iter(|| scan(&limits, &bytes)));
+    }
     g.finish();
 
     let (bytes, decoded) = objstm_pdf();
