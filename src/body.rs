@@ -566,19 +566,12 @@ where
         if self.state == State::Failed {
             return false;
         }
-        if data.len() >= ZERO_COPY_MIN {
-            // Zero-copy: the common case over HTTP/1.1. What was coalesced
-            // before goes first, as a chunk of its own.
-            if !self.coalesce.is_empty() {
-                let pending = self.coalesce.split().freeze();
-                self.check_chunk(pending);
-                if self.state == State::Failed {
-                    return true;
-                }
-            }
-            self.check_chunk(data);
+        if self.coalesce.is_empty() && data.len() >= ZERO_COPY_MIN {
+            self.check_chunk(data); // zero-copy: the common case over HTTP/1.1
             return true;
         }
+        // One chunk per step (the scanner takes one at a time), so a large
+        // frame after small ones joins them.
         if self.coalesce.is_empty() {
             // One allocation per chunk, not one per doubling.
             self.coalesce.reserve(COALESCE);
@@ -879,6 +872,20 @@ mod tests {
         tokio::sync::mpsc::Receiver<Bytes>,
         VerdictSender,
     ) {
+        scanned_body_in(data, &[FRAME])
+    }
+
+    /// The same with frames of `sizes`, in turn.
+    fn scanned_body_in(
+        data: &[u8],
+        sizes: &[usize],
+    ) -> (
+        InspectBody<Frames>,
+        BodyReport,
+        Arc<AtomicUsize>,
+        tokio::sync::mpsc::Receiver<Bytes>,
+        VerdictSender,
+    ) {
         let scanner = Scanner::new(
             &ScanConfig {
                 clamd: ClamdAddr::Tcp("127.0.0.1:9".into()),
@@ -891,8 +898,18 @@ mod tests {
         );
         let (session, rx, verdict) = scanner.detached();
         let taken = Arc::new(AtomicUsize::new(0));
+        let mut left = VecDeque::new();
+        let mut rest = data;
+        for size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (frame, tail) = rest.split_at((*size).min(rest.len()));
+            left.push_back(Bytes::copy_from_slice(frame));
+            rest = tail;
+        }
         let frames = Frames {
-            left: data.chunks(FRAME).map(Bytes::copy_from_slice).collect(),
+            left,
             taken: taken.clone(),
             pause: false,
         };
@@ -1100,6 +1117,34 @@ mod tests {
             "nothing reported before the verdict"
         );
         // Clean: the tail goes on.
+        verdict.send(Ok(Reply::Clean)).unwrap();
+        assert_eq!(pump(&mut body, &mut out), Pumped::End);
+        assert!(out == data, "the whole body went on, in order");
+        assert!(report.now().unwrap().facts.accepted);
+    }
+
+    /// Small frames then a large one: the large one joins what is coalesced
+    /// (one chunk per step: the scanner takes one at a time), and clamd gets
+    /// every byte in order.
+    #[tokio::test]
+    async fn a_large_frame_after_small_ones_reaches_the_scanner_whole() {
+        let data = jpeg();
+        let (mut body, mut report, _taken, mut rx, verdict) =
+            scanned_body_in(&data, &[4 * 1024, 4 * 1024, 40 * 1024]);
+        let (mut out, mut scanned) = (Vec::new(), Vec::new());
+        for _ in 0..10_000 {
+            drain(&mut rx, &mut scanned);
+            if scanned.len() >= data.len() {
+                break;
+            }
+            assert_ne!(pump(&mut body, &mut out), Pumped::Failed);
+        }
+        assert!(scanned == data, "clamd got every byte, in order");
+        assert_eq!(
+            pump(&mut body, &mut out),
+            Pumped::Pending,
+            "waits for the verdict"
+        );
         verdict.send(Ok(Reply::Clean)).unwrap();
         assert_eq!(pump(&mut body, &mut out), Pumped::End);
         assert!(out == data, "the whole body went on, in order");
