@@ -57,16 +57,16 @@ pub const HOLD_BACK: usize = 64 * 1024;
 /// 1-byte chunked frames would otherwise cost one `Bytes` (pinning hyper's
 /// read buffer), one scanner call, one clamd hand-off and one spool write per
 /// byte: memory and CPU would grow with the frame count, not the byte count.
-/// HTTP/2 clients send 16 KiB DATA frames (the protocol's default frame
-/// size, which most clients keep whatever the gateway allows): coalesced
-/// four at a time, an HTTP/2 body goes through the checks, the hand-off to
-/// the upstream task and the TLS writes in as many pieces as an HTTP/1.1
-/// body read 64 KiB at a time, for one `memcpy` (`docs/benchmarks.md`).
 pub const COALESCE: usize = 64 * 1024;
 
 /// Frames at least this large go through as they are (zero-copy): HTTP/1.1
-/// reads of up to 64 KiB (`server.rs`, `READ_BUF_BYTES`).
-pub const ZERO_COPY_MIN: usize = 32 * 1024;
+/// reads (up to 64 KiB, `server.rs`, `READ_BUF_BYTES`) and HTTP/2's 16 KiB
+/// DATA frames (the protocol's default frame size, which most clients keep).
+/// Copying HTTP/2's frames together into 64 KiB chunks was measured and
+/// costs more than it saves: hyper's write queue toward Concur
+/// (`upstream.rs`, `UPSTREAM_WRITE_BUF`) already gathers them into one
+/// `writev` (`docs/benchmarks.md`, "HTTP/2").
+pub const ZERO_COPY_MIN: usize = 16 * 1024;
 
 /// When the client pauses (its next frame is not there yet), what is
 /// coalesced goes through the checks if it is at least this much: a chunk
@@ -812,8 +812,6 @@ mod tests {
     use crate::metrics::Metrics;
 
     const FRAME: usize = 16 * 1024;
-    /// Frames that arrive back to back are coalesced into one chunk.
-    const FRAMES_PER_CHUNK: usize = COALESCE / FRAME;
 
     /// A client body in `FRAME`-sized frames that counts the frames taken;
     /// with `pause`, the client sends nothing more after them (not even the end).
@@ -986,8 +984,7 @@ mod tests {
                 timing(),
             )
         };
-        // Not a JPEG, in one HTTP/2-sized frame: refused without waiting for
-        // the 64 KiB a chunk is coalesced up to.
+        // Not a JPEG, in one HTTP/2-sized frame: refused at once.
         let (mut body, mut report) = paused(vec![Bytes::from(vec![b'x'; FRAME])]);
         assert_eq!(pump(&mut body, &mut Vec::new()), Pumped::Failed);
         assert!(matches!(
@@ -1087,18 +1084,12 @@ mod tests {
         let data = jpeg();
         let (mut body, mut report, taken, mut rx, verdict) = scanned_body(&data);
         let (mut out, mut scanned) = (Vec::new(), Vec::new());
-        // The scanner takes nothing: the channel fills, one chunk waits, and
+        // The scanner takes nothing: the channel fills, one frame waits, and
         // no further client frame is read.
         assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
-        assert_eq!(
-            taken.load(Ordering::SeqCst),
-            (CHANNEL_CHUNKS + 1) * FRAMES_PER_CHUNK
-        );
+        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
         assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
-        assert_eq!(
-            taken.load(Ordering::SeqCst),
-            (CHANNEL_CHUNKS + 1) * FRAMES_PER_CHUNK
-        );
+        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
         // The scanner keeps up: the body streams to its end, and everything
         // but the held-back tail goes on before clamd's verdict.
         to_verdict(
@@ -1179,10 +1170,7 @@ mod tests {
             .send(Ok(Reply::Error("INSTREAM size limit exceeded.".into())))
             .unwrap();
         assert_eq!(pump(&mut body, &mut Vec::new()), Pumped::Failed);
-        assert_eq!(
-            taken.load(Ordering::SeqCst),
-            (CHANNEL_CHUNKS + 1) * FRAMES_PER_CHUNK
-        );
+        assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
         let failure = report.now().and_then(|o| o.failure.clone());
         assert_eq!(failure, Some(BodyFailure::ScanUnavailable));
     }
