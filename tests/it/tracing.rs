@@ -303,16 +303,22 @@ async fn a_refused_request_has_its_code_and_a_failed_child_span() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn a_token_refresh_is_a_child_span_of_the_request_that_needed_it() {
-    let collector = Collector::start().await;
-    let h = Harness::builder()
+/// A gateway exporting to `collector`, with bob's refreshing credential
+/// (its first upload needs a token refresh).
+async fn with_bob(collector: &Collector) -> Harness {
+    Harness::builder()
         .merge(&collector.config())
         .credentials(credentials_with_bob(BOB_REFRESH))
         .oauth_client(bob_client(BOB_REFRESH))
         .clock(Arc::new(concur_gateway::auth::ManualClock::new(now())))
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn a_token_refresh_is_a_child_span_of_the_request_that_needed_it() {
+    let collector = Collector::start().await;
+    let h = with_bob(&collector).await;
     let r = upload_traced(&h, BOB, None).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let spans = collector.wait_for_spans(6).await;
@@ -335,13 +341,7 @@ async fn a_token_refresh_is_a_child_span_of_the_request_that_needed_it() {
 #[tokio::test]
 async fn requests_that_waited_for_a_refresh_link_to_its_span() {
     let collector = Collector::start().await;
-    let h = Harness::builder()
-        .merge(&collector.config())
-        .credentials(credentials_with_bob(BOB_REFRESH))
-        .oauth_client(bob_client(BOB_REFRESH))
-        .clock(Arc::new(concur_gateway::auth::ManualClock::new(now())))
-        .start()
-        .await;
+    let h = with_bob(&collector).await;
     h.sandbox.delay_token_answers(Duration::from_millis(400));
     let traces = [
         "4bf92f3577b34da6a3ce929d0e0e4730",
