@@ -571,11 +571,8 @@ where
             return true;
         }
         // One chunk per step (the scanner takes one at a time), so a large
-        // frame after small ones joins them.
-        if self.coalesce.is_empty() {
-            // One allocation per chunk, not one per doubling.
-            self.coalesce.reserve(COALESCE);
-        }
+        // frame after small ones joins them. The buffer grows with what was
+        // received (no 64 KiB up front for a 2 KiB body or a stalled client).
         self.coalesce.extend_from_slice(&data);
         if self.coalesce.len() >= COALESCE {
             let chunk = self.coalesce.split().freeze();
