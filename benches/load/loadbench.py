@@ -1174,7 +1174,7 @@ def scaling_rows(runs, conns):
     rounds = sorted({r["round"] for r in runs})
     out = []
     for c in conns:
-        rel, growth, rps, p50, p99 = [], [], [], [], []
+        rel, growth, rps, p50, p99, cpu, harness = [], [], [], [], [], [], []
         for rnd in rounds:
             r, b = one(runs, round=rnd, clients=c), one(runs, round=rnd, clients=base)
             if not r or not b:
@@ -1182,11 +1182,14 @@ def scaling_rows(runs, conns):
             rps.append(r["rps"])
             p50.append(r["p50_ms"])
             p99.append(r["p99_ms"])
+            cpu.append(r["cpu_s_per_gb"])
+            harness.append(r.get("harness_cpu_s_per_gb"))
             rel.append(r["rps"] / b["rps"] if b["rps"] else None)
             growth.append(r["p99_ms"] / b["p99_ms"] if b["p99_ms"] else None)
         m_rel, m_growth = median(rel), median(growth)
         out.append({"size": runs[0]["size"], "clients": c, "rounds": len(rps), "rps": median(rps),
                     "p50_ms": median(p50), "p99_ms": median(p99),
+                    "cpu_s_per_gb": median(cpu), "harness_cpu_s_per_gb": median(harness),
                     "throughput_vs_base": None if m_rel is None else round(m_rel, 3),
                     "p99_growth": None if m_growth is None else round(m_growth, 3),
                     "queue_growth": round(c / base, 3),
@@ -1329,12 +1332,13 @@ def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(
         lines += ["", f"Scaling: the gateway at {scaling[0]['size']}, by connections (medians of per-round "
                   f"figures; growth relative to {scaling[0]['clients']} connections):", "",
                   "| connections | req/s | throughput × | p50 ms | p99 ms | p99 growth × | queue growth × | "
-                  "throughput ≥ 0.95 | p99 growth ≤ queue growth |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+                  "throughput ≥ 0.95 | p99 growth ≤ queue growth | gateway CPU s/GB | harness CPU s/GB |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
         for r in scaling:
             lines.append(f"| {r['clients']} | {fmt(r['rps'], '.1f')} | {fmt(r['throughput_vs_base'])} | "
                          f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['p99_growth'])} | "
-                         f"{r['queue_growth']:.2f} | {met_word(r['throughput_met'])} | {met_word(r['p99_met'])} |")
+                         f"{r['queue_growth']:.2f} | {met_word(r['throughput_met'])} | {met_word(r['p99_met'])} | "
+                         f"{fmt(r.get('cpu_s_per_gb'))} | {fmt(r.get('harness_cpu_s_per_gb'))} |")
     h2 = [r for r in rows if r["group"] == "h2c"]
     if h2:
         lines += ["", "h2c (one connection, N streams) against HTTP/1.1 (N connections), two gateway processes configured as "
