@@ -762,6 +762,17 @@ class Sink:
     def clear(self):
         clear_sandbox(self.port, self.ca)
 
+    def digest(self, on):
+        """Whether the sink hashes the bodies it receives. Off while a run is
+        measured: the sink then only reads and counts (as the issue's sink
+        did), and its SHA-256 does not take CPU from the proxy under test.
+        The warm-up's uploads, hashed, are the ones checked."""
+        ctx = ssl.create_default_context(cafile=self.ca)
+        req = urllib.request.Request(f"https://localhost:{self.port}/_sandbox/body-digest", method="PUT",
+                                     data=json.dumps({"on": on}).encode(),
+                                     headers={"content-type": "application/json"})
+        urllib.request.urlopen(req, context=ctx, timeout=10).read()
+
     def check_bodies(self, what, body_len, body_sha):
         """Every complete upload the sink recorded since the last clear must be
         exactly the body file (length and SHA-256): what a target forwarded is
@@ -771,6 +782,17 @@ class Sink:
         url = f"https://localhost:{self.port}/_sandbox/uploads"
         recs = json.loads(urllib.request.urlopen(url, context=ctx, timeout=30).read())
         done = [r for r in recs if r.get("complete")]
+        # Uploads that began while the sink was not hashing (a proxy finishing
+        # the last measured run's uploads late): only their length is checked.
+        unhashed = [r for r in done if not r.get("sha256_hex")]
+        if unhashed:
+            lengths = {n for n, _ in self.known}
+            wrong = [r for r in unhashed if r.get("received_bytes") not in lengths]
+            if wrong:
+                raise SystemExit(f"{what}: {len(wrong)} complete upload(s) of an unknown length "
+                                 f"(e.g. {wrong[0].get('received_bytes')} bytes)")
+            log(f"{what}: {len(unhashed)} complete upload(s) of an earlier run arrived late (length checked)")
+            done = [r for r in done if r.get("sha256_hex")]
         late = [r for r in done if (r.get("received_bytes"), r.get("sha256_hex")) != (body_len, body_sha)
                 and (r.get("received_bytes"), r.get("sha256_hex")) in self.known]
         if late:
@@ -889,6 +911,7 @@ def measure(target, size_name, body_file, body_len, body_sha, jwt, clients, stre
                h2c=h2c, streams=streams)
     checked = sink.check_bodies(f"round {rnd} {label} {size_name}", body_len, body_sha)
     sink.clear()
+    sink.digest(False)
     pids = target.pids()
     reset_peak(pids)
     load1 = os.getloadavg()[0]
@@ -921,7 +944,9 @@ def measure(target, size_name, body_file, body_len, body_sha, jwt, clients, stre
         p50, p99 = pct(lat, 50), pct(lat, 99)
         failed = h.get("failed", 0) + h.get("errored", 0) + h.get("timeout", 0)
         replayed = None
-    harness_cpu = children_cpu_seconds() - tool0 + ((cpu_seconds([sink.pid]) - sink_cpu0) if sink.pid else 0.0)
+    tool_cpu = children_cpu_seconds() - tool0
+    sink.digest(True)
+    harness_cpu = tool_cpu + ((cpu_seconds([sink.pid]) - sink_cpu0) if sink.pid else 0.0)
     harness_wall = time.time() - wall0
     rss_kib = sum(status_kib(p, "VmHWM") for p in pids)
     aux = target.aux_pids()
@@ -953,6 +978,10 @@ def measure(target, size_name, body_file, body_len, body_sha, jwt, clients, stre
         "cpu_ms_per_req": round(cpu * 1000 / ok, 4) if ok else None,
         # The load tool's and the sink's CPU: they share the machine with the target.
         "harness_cpu_s_per_gb": round(harness_cpu / (bytes_ / 1e9), 3) if bytes_ else None,
+        # Of it, the load tool's (h2load and wrk run one thread here: near 1.0 of
+        # a core, the tool would be the limit).
+        "tool_cpu_s_per_gb": round(tool_cpu / (bytes_ / 1e9), 3) if bytes_ else None,
+        "tool_cores": round(tool_cpu / harness_wall, 3),
         # Share of all the machine's cores that the target and the harness used.
         "machine_busy": round((cpu + harness_cpu) / (harness_wall * len(os.sched_getaffinity(0))), 3),
         "peak_rss_mib": round(rss_kib / 1024, 1),
@@ -1040,6 +1069,8 @@ def summarise(runs):
             "aux_cpu_s_per_gb": med("aux_cpu_s_per_gb"),
             "aux_peak_rss_mib": max(r["aux_peak_rss_mib"] for r in rs),
             "harness_cpu_s_per_gb": med("harness_cpu_s_per_gb"),
+            "tool_cpu_s_per_gb": med("tool_cpu_s_per_gb"),
+            "tool_cores": med("tool_cores"),
             "machine_busy": med("machine_busy"),
         }
         for f in ("redis_script_calls_per_upload", "redis_script_calls_per_handled", "redis_calls_per_upload",
@@ -1295,15 +1326,16 @@ def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(
     main = [r for r in rows if r["group"] == "main"]
     if main:
         lines += [f"| size | target | req/s | MB/s | p50 ms | p99 ms | CPU s/GB | CPU ms/req | peak RSS MiB | 201s | other "
-                  f"| harness CPU s/GB | machine busy |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"| harness CPU s/GB (of it, load tool) | machine busy | load tool, cores |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in main:
             busy = r.get("machine_busy")
             lines.append(f"| {r['size']} | {r['label']} | {r['rps']:.1f} | {r['mb_per_s']:.1f} | "
                          f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {fmt(r['cpu_s_per_gb'])} | "
                          f"{fmt(r['cpu_ms_per_req'], '.3f')} | {r['peak_rss_mib']:.1f} | "
-                         f"{r['requests_201']} | {r['requests_other']} | {fmt(r.get('harness_cpu_s_per_gb'))} | "
-                         f"{'' if busy is None else f'{busy * 100:.0f} %'} |")
+                         f"{r['requests_201']} | {r['requests_other']} | {fmt(r.get('harness_cpu_s_per_gb'))} "
+                         f"({fmt(r.get('tool_cpu_s_per_gb'))}) | {'' if busy is None else f'{busy * 100:.0f} %'} | "
+                         f"{fmt(r.get('tool_cores'))} |")
     aux = [r for r in main if r.get("aux_peak_rss_mib")]
     if aux:
         lines += ["", "| size | target | of CPU s/GB: the helper's (clamd, redis-server) | of peak RSS MiB: the helper's |",

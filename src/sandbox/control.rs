@@ -39,6 +39,22 @@ pub(crate) async fn handle(req: Request<Incoming>, state: &State) -> Resp {
             let n = state.clear_uploads();
             json_response(StatusCode::OK, &json!({ "cleared": n }))
         }
+        ("/_sandbox/body-digest", &Method::GET) => {
+            json_response(StatusCode::OK, &json!({ "on": state.body_digest() }))
+        }
+        ("/_sandbox/body-digest", &Method::PUT) => {
+            #[derive(Deserialize)]
+            struct Switch {
+                on: bool,
+            }
+            match serde_json::from_slice::<Switch>(&body) {
+                Ok(Switch { on }) => {
+                    state.set_body_digest(on);
+                    json_response(StatusCode::OK, &json!({ "on": on }))
+                }
+                Err(e) => bad_request(format!("invalid switch, expected {{\"on\": bool}}: {e}")),
+            }
+        }
         ("/_sandbox/faults", &Method::POST) => match serde_json::from_slice::<Fault>(&body) {
             Ok(fault) => {
                 let n = state.push_fault(fault);

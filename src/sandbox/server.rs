@@ -294,8 +294,9 @@ fn content_type_accepted(ct: &str) -> bool {
 }
 
 /// Streams the body: byte count, SHA-256, and whether it ended cleanly.
-async fn read_body(mut body: Incoming) -> (u64, String, Result<(), hyper::Error>) {
-    let mut ctx = digest::Context::new(&digest::SHA256);
+/// Reads the whole body: its length and, with `hash`, its SHA-256 (else "").
+async fn read_body(mut body: Incoming, hash: bool) -> (u64, String, Result<(), hyper::Error>) {
+    let mut ctx = hash.then(|| digest::Context::new(&digest::SHA256));
     let mut n = 0u64;
     let result = loop {
         match body.frame().await {
@@ -303,13 +304,16 @@ async fn read_body(mut body: Incoming) -> (u64, String, Result<(), hyper::Error>
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     n += data.len() as u64;
-                    ctx.update(data);
+                    if let Some(ctx) = &mut ctx {
+                        ctx.update(data);
+                    }
                 }
             }
             Some(Err(e)) => break Err(e),
         }
     };
-    (n, hex_lower(ctx.finish().as_ref()), result)
+    let sha = ctx.map_or_else(String::new, |c| hex_lower(c.finish().as_ref()));
+    (n, sha, result)
 }
 
 async fn upload(
@@ -370,7 +374,7 @@ async fn upload(
         error_message: None,
     };
 
-    let (received, sha, result) = read_body(body).await;
+    let (received, sha, result) = read_body(body, state.body_digest()).await;
     rec.received_bytes = received;
     rec.sha256_hex = sha;
     if let Err(e) = result {

@@ -1,7 +1,7 @@
 //! The sandbox's shared state: tokens, images, records, faults, OAuth clients, clock.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -63,6 +63,10 @@ pub(crate) struct State {
     /// How long the token endpoint waits before answering (tests of callers
     /// that wait for one refresh).
     token_delay_ms: AtomicU64,
+    /// Whether uploads' bodies are hashed (`sha256_hex`); on by default. The
+    /// load bench turns it off while it measures, so that the sink costs no
+    /// more than reading the bytes (`PUT /_sandbox/body-digest`).
+    body_digest: AtomicBool,
 }
 
 impl State {
@@ -108,6 +112,7 @@ impl State {
             connections: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             token_delay_ms: AtomicU64::new(0),
+            body_digest: AtomicBool::new(true),
         }
     }
 
@@ -162,6 +167,14 @@ impl State {
     pub fn set_token_delay(&self, delay: Duration) {
         self.token_delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_body_digest(&self, on: bool) {
+        self.body_digest.store(on, Ordering::Relaxed);
+    }
+
+    pub fn body_digest(&self) -> bool {
+        self.body_digest.load(Ordering::Relaxed)
     }
 
     pub fn token_delay(&self) -> Duration {

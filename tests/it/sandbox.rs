@@ -557,6 +557,33 @@ async fn unknown_path_is_404_and_other_method_is_405() {
 
 // --- records ------------------------------------------------------------------------
 
+/// The load bench's switch: with the body digest off, an upload is still
+/// read whole and counted, only not hashed.
+#[tokio::test]
+async fn body_digest_can_be_switched_off_and_on() {
+    let sb = start().await;
+    let body = b"\x89PNG fake image";
+    assert_eq!(
+        control(&sb, Method::GET, "/_sandbox/body-digest", "")
+            .await
+            .json()["on"],
+        true
+    );
+    let off = control(&sb, Method::PUT, "/_sandbox/body-digest", r#"{"on":false}"#).await;
+    assert_eq!(off.status, StatusCode::OK);
+    assert_eq!(off.json()["on"], false);
+    upload(&sb, "/api/image/v1.0/receipt", ALICE).await;
+    control(&sb, Method::PUT, "/_sandbox/body-digest", r#"{"on":true}"#).await;
+    upload(&sb, "/api/image/v1.0/receipt", ALICE).await;
+    let recs = wait_for_records(&sb, 2).await;
+    assert_eq!(recs[0].received_bytes, body.len() as u64);
+    assert!(recs[0].complete);
+    assert_eq!(recs[0].sha256_hex, "", "not hashed while off");
+    assert_eq!(recs[1].sha256_hex, sha256_hex(body));
+    let bad = control(&sb, Method::PUT, "/_sandbox/body-digest", r#"{"on":"no"}"#).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
 #[tokio::test]
 async fn upload_record_describes_what_arrived() {
     let sb = start().await;
