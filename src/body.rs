@@ -7,7 +7,10 @@
 //! to Concur. Each data frame is counted against `max_body_bytes`, fed to the
 //! inspector and to the digest, then forwarded, except for a **held-back tail**
 //! of at most [`HOLD_BACK`] bytes. The tail is released only once the client's
-//! body has ended and `finish()` accepted the file. On a rejection (or a client
+//! body has ended and `finish()` accepted the file. With a declared length
+//! (`Content-Length`), the tail is taken from the last chunk only: until then
+//! the bytes still to come keep Concur's request incomplete, so chunks flow on
+//! as soon as they are checked. On a rejection (or a client
 //! timeout, or a body over the limit) the body ends with an error instead: hyper
 //! aborts the upstream request, so Concur sees an incomplete body (its
 //! `Content-Length` is never reached) and creates nothing.
@@ -601,8 +604,15 @@ where
         self.held_len += data.len();
         self.held.push_back(data);
         // Release everything but the last HOLD_BACK bytes (zero-copy splits).
-        while self.held_len > HOLD_BACK {
-            let excess = self.held_len - HOLD_BACK;
+        // With a declared length, a chunk that is not the last one is
+        // released whole: the bytes still to come keep Concur's request
+        // incomplete, and holding a chunk back would pin it (and its 64 KiB
+        // read buffer) for nothing. Every received byte has been checked here
+        // (nothing is left in `coalesce`).
+        let more_to_come = self.declared_len.is_some_and(|n| self.received < n);
+        let hold_back = if more_to_come { 0 } else { HOLD_BACK };
+        while self.held_len > hold_back {
+            let excess = self.held_len - hold_back;
             let front = self.held.front_mut().expect("held_len > 0");
             if front.len() <= excess {
                 let chunk = self.held.pop_front().expect("front exists");
@@ -867,13 +877,15 @@ mod tests {
         tokio::sync::mpsc::Receiver<Bytes>,
         VerdictSender,
     ) {
-        scanned_body_in(data, &[FRAME])
+        scanned_body_in(data, &[FRAME], true)
     }
 
-    /// The same with frames of `sizes`, in turn.
+    /// The same with frames of `sizes`, in turn, with or without a declared
+    /// length (`Content-Length`).
     fn scanned_body_in(
         data: &[u8],
         sizes: &[usize],
+        declared: bool,
     ) -> (
         InspectBody<Frames>,
         BodyReport,
@@ -913,7 +925,7 @@ mod tests {
             Inspector::new(MediaType::Jpeg, &Limits::default()),
             DigestAlgorithm::None,
             u64::MAX,
-            Some(data.len() as u64),
+            declared.then_some(data.len() as u64),
             timing(),
         );
         (body.with_scan(session), report, taken, rx, verdict)
@@ -1089,10 +1101,11 @@ mod tests {
         assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
         assert_eq!(taken.load(Ordering::SeqCst), CHANNEL_CHUNKS + 1);
         // The scanner keeps up: the body streams to its end, and everything
-        // but the held-back tail goes on before clamd's verdict.
+        // but the last frame (the length is declared, so the chunks before
+        // it need no hold-back) goes on before clamd's verdict.
         to_verdict(&mut body, &mut rx, data.len(), &mut out, &mut scanned);
         assert!(scanned == data, "clamd got every byte, in order");
-        assert_eq!(out.len(), data.len() - HOLD_BACK);
+        assert_eq!(out.len(), data.len() - last_frame(&data));
         assert!(rx.recv().await.is_none(), "the stream to clamd was ended");
         assert!(
             report.now().is_none(),
@@ -1112,7 +1125,7 @@ mod tests {
     async fn a_large_frame_after_small_ones_reaches_the_scanner_whole() {
         let data = jpeg();
         let (mut body, mut report, _taken, mut rx, verdict) =
-            scanned_body_in(&data, &[4 * 1024, 4 * 1024, 40 * 1024]);
+            scanned_body_in(&data, &[4 * 1024, 4 * 1024, 40 * 1024], true);
         let (mut out, mut scanned) = (Vec::new(), Vec::new());
         to_verdict(&mut body, &mut rx, data.len(), &mut out, &mut scanned);
         assert!(scanned == data, "clamd got every byte, in order");
@@ -1120,6 +1133,58 @@ mod tests {
         assert_eq!(pump(&mut body, &mut out), Pumped::End);
         assert!(out == data, "the whole body went on, in order");
         assert!(report.now().unwrap().facts.accepted);
+    }
+
+    /// The length of the last `FRAME`-sized frame of `data`.
+    fn last_frame(data: &[u8]) -> usize {
+        match data.len() % FRAME {
+            0 => FRAME,
+            n => n,
+        }
+    }
+
+    /// With a declared length, a checked chunk goes on at once unless it is
+    /// the last one; without one (chunked), the last `HOLD_BACK` bytes seen
+    /// so far wait, since any chunk may be the last. Either way the client's
+    /// last byte never goes on before the verdict.
+    #[tokio::test]
+    async fn only_the_last_chunk_waits_when_the_length_is_declared() {
+        let data = jpeg();
+        assert!(data.len() > HOLD_BACK + 2 * FRAME, "several frames");
+        for declared in [true, false] {
+            let (mut body, mut report, taken, mut rx, verdict) =
+                scanned_body_in(&data, &[FRAME], declared);
+            let (mut out, mut scanned) = (Vec::new(), Vec::new());
+            // Step by step (the scanner takes what it was sent between
+            // steps): what went on, against what was read.
+            for _ in 0..data.len() {
+                drain(&mut rx, &mut scanned);
+                if scanned.len() == data.len() {
+                    break;
+                }
+                assert_eq!(pump(&mut body, &mut out), Pumped::Pending);
+                let read = (taken.load(Ordering::SeqCst) * FRAME).min(data.len());
+                if declared {
+                    assert!(
+                        out.len() + FRAME >= read,
+                        "at most the frame in hand waits: {} of {read} went on",
+                        out.len()
+                    );
+                } else {
+                    assert!(
+                        out.len() + HOLD_BACK <= read,
+                        "the last HOLD_BACK bytes wait: {} of {read} went on",
+                        out.len()
+                    );
+                }
+            }
+            to_verdict(&mut body, &mut rx, data.len(), &mut out, &mut scanned);
+            assert!(report.now().is_none(), "no verdict yet");
+            assert!(out.len() < data.len(), "the tail waits for the verdict");
+            verdict.send(Ok(Reply::Clean)).unwrap();
+            assert_eq!(pump(&mut body, &mut out), Pumped::End);
+            assert!(out == data, "the whole body went on, in order");
+        }
     }
 
     #[tokio::test]
@@ -1131,7 +1196,11 @@ mod tests {
         verdict.send(Ok(Reply::Found("Eicar-Test".into()))).unwrap();
         assert!(report.now().is_none());
         assert_eq!(pump(&mut body, &mut out), Pumped::Failed);
-        assert_eq!(out.len(), data.len() - HOLD_BACK, "the tail never went on");
+        assert_eq!(
+            out.len(),
+            data.len() - last_frame(&data),
+            "the tail never went on"
+        );
         let failure = report.now().and_then(|o| o.failure.clone());
         assert_eq!(failure, Some(BodyFailure::Malware));
 
