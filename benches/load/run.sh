@@ -41,7 +41,7 @@
 #                                  tracing on (every request sampled) with a collector that
 #                                  answers, and with one that accepts and never answers
 #
-# Everything of issue 16 in one run (~14 min):
+# Everything of issue 16 in one run (~18 min):
 #   benches/load/run.sh --targets gateway,gateway-sha256,nginx,envoy,gateway-redis,gateway-idem \
 #     --scaling 16,64,256 --h2c-vs-h1 100 --name issue16
 # The Redis and Idempotency-Key rows add fractions of a ms, below the noise of
