@@ -293,8 +293,8 @@ fn content_type_accepted(ct: &str) -> bool {
         .any(|ok| media.eq_ignore_ascii_case(ok))
 }
 
-/// Streams the body: byte count, SHA-256, and whether it ended cleanly.
-/// Reads the whole body: its length and, with `hash`, its SHA-256 (else "").
+/// Streams the body: its byte count, with `hash` its SHA-256 (else ""), and
+/// whether it ended cleanly.
 async fn read_body(mut body: Incoming, hash: bool) -> (u64, String, Result<(), hyper::Error>) {
     let mut ctx = hash.then(|| digest::Context::new(&digest::SHA256));
     let mut n = 0u64;
