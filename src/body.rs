@@ -868,31 +868,23 @@ mod tests {
         }
     }
 
-    fn scanned_body(
-        data: &[u8],
-    ) -> (
+    /// A body with a detached scan session: the body, its report, how many
+    /// client frames were taken, what reaches clamd, and clamd's verdict.
+    type Scanned = (
         InspectBody<Frames>,
         BodyReport,
         Arc<AtomicUsize>,
         tokio::sync::mpsc::Receiver<Bytes>,
         VerdictSender,
-    ) {
+    );
+
+    fn scanned_body(data: &[u8]) -> Scanned {
         scanned_body_in(data, &[FRAME], true)
     }
 
     /// The same with frames of `sizes`, in turn, with or without a declared
     /// length (`Content-Length`).
-    fn scanned_body_in(
-        data: &[u8],
-        sizes: &[usize],
-        declared: bool,
-    ) -> (
-        InspectBody<Frames>,
-        BodyReport,
-        Arc<AtomicUsize>,
-        tokio::sync::mpsc::Receiver<Bytes>,
-        VerdictSender,
-    ) {
+    fn scanned_body_in(data: &[u8], sizes: &[usize], declared: bool) -> Scanned {
         let scanner = Scanner::new(
             &ScanConfig {
                 clamd: ClamdAddr::Tcp("127.0.0.1:9".into()),
