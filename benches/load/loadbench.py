@@ -242,12 +242,38 @@ def machine_info(floor_seconds, tools):
     return info
 
 
+# --pin: the CPUs of the targets (gateway, nginx, Envoy) and of everything
+# else (this script and its children: the load tool, the sink, redis-server,
+# clamd), as taskset lists; None: all share every core.
+PIN = None
+
+
+def cpu_list(text):
+    """A taskset CPU list ("1", "2-3", "0,2") as a set of CPU numbers."""
+    cpus = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pinned(cmd):
+    """A target's command line: with --pin, run on the targets' CPUs."""
+    return ["taskset", "-c", PIN["target"]] + cmd if PIN else cmd
+
+
 def machine_lines(m):
     yn = lambda b: "yes" if b else "no"
     lines = [f"Machine: {m['cpu_model']} (sha_ni {yn(m['sha_ni'])}, vaes {yn(m['vaes'])}, "
              f"avx512f {yn(m['avx512f'])}), {m['cores']} cores ({m['cores_usable']} usable), "
              f"kernel {m['kernel']}; load average {m['loadavg_start'][0]} at the start"
              + (f", {m['loadavg_end'][0]} at the end" if m.get("loadavg_end") else "") + "."]
+    if m.get("pin"):
+        lines.append(f"Pinned (--pin): each target (gateway, nginx, Envoy) on CPU {m['pin']['target']} alone; "
+                     f"the load tool, the sink and the helpers (redis-server, clamd) on CPU {m['pin']['harness']}. "
+                     "A target's throughput is what its own cores move, as a sidecar with a CPU limit would; "
+                     "check the harness's cores busy: near its CPU count, the harness is the limit and the "
+                     "row measures it, not the target.")
     floor = []
     for key, label in (("sha256", "SHA-256"), ("aes_128_gcm", "AES-128-GCM")):
         f = m.get(key)
@@ -464,7 +490,7 @@ file = "credentials.toml"
                     f'protocol = "http/protobuf"\nsample_ratio = 1.0\n')
     # The access log (one JSON line per request, its production default) is
     # formatted and written, to /dev/null.
-    proc = subprocess.Popen([bin_, "serve", "--config", os.path.join(d, "gateway.toml")],
+    proc = subprocess.Popen(pinned([bin_, "serve", "--config", os.path.join(d, "gateway.toml")]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "info"})
     wait_port(port, proc=proc)
@@ -673,7 +699,7 @@ http {{
   }}
 }}
 """)
-    proc = subprocess.Popen(["nginx", "-p", d, "-c", conf], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(pinned(["nginx", "-p", d, "-c", conf]), stdout=subprocess.DEVNULL,
                             stderr=open(os.path.join(d, "logs", "stderr.log"), "w"))
     wait_port(port, proc=proc)
     return Target("nginx", port, proc, "nginx")
@@ -732,8 +758,8 @@ static_resources:
           validation_context:
             trusted_ca: {{filename: {ca}}}
 """)
-    proc = subprocess.Popen([envoy_bin, "-c", conf, "--concurrency", str(concurrency),
-                             "--log-level", "warn", "--disable-hot-restart"],
+    proc = subprocess.Popen(pinned([envoy_bin, "-c", conf, "--concurrency", str(concurrency),
+                                    "--log-level", "warn", "--disable-hot-restart"]),
                             stdout=subprocess.DEVNULL,
                             stderr=open(os.path.join(d, "envoy.log"), "w"))
     wait_port(port, timeout=60, proc=proc)
@@ -982,8 +1008,12 @@ def measure(target, size_name, body_file, body_len, body_sha, jwt, clients, stre
         # a core, the tool would be the limit).
         "tool_cpu_s_per_gb": round(tool_cpu / (bytes_ / 1e9), 3) if bytes_ else None,
         "tool_cores": round(tool_cpu / harness_wall, 3),
+        # Cores busy with the target, and with the harness (load tool + sink;
+        # with --pin each has its own core: near 1.0, that side is the limit).
+        "target_cores": round(cpu / harness_wall, 3),
+        "harness_cores": round(harness_cpu / harness_wall, 3),
         # Share of all the machine's cores that the target and the harness used.
-        "machine_busy": round((cpu + harness_cpu) / (harness_wall * len(os.sched_getaffinity(0))), 3),
+        "machine_busy": round((cpu + harness_cpu) / (harness_wall * os.cpu_count()), 3),
         "peak_rss_mib": round(rss_kib / 1024, 1),
         # Of the above, the helper's share (clamd, redis-server; else 0).
         "aux_cpu_s_per_gb": round(aux_cpu / (bytes_ / 1e9), 3) if bytes_ else None,
@@ -1071,6 +1101,8 @@ def summarise(runs):
             "harness_cpu_s_per_gb": med("harness_cpu_s_per_gb"),
             "tool_cpu_s_per_gb": med("tool_cpu_s_per_gb"),
             "tool_cores": med("tool_cores"),
+            "target_cores": med("target_cores"),
+            "harness_cores": med("harness_cores"),
             "machine_busy": med("machine_busy"),
         }
         for f in ("redis_script_calls_per_upload", "redis_script_calls_per_handled", "redis_calls_per_upload",
@@ -1134,11 +1166,13 @@ def target_rows(runs, sizes, machine):
     out = []
     for size in sizes:
         tp, tp_peer, lat, lat_peer, cpu, added, sha = [], [], [], [], [], [], []
+        harness_busy = []
         ceiling, needed = [], []
         for rnd in rounds:
             g = one(runs, round=rnd, size=size, target="gateway")
             if not g:
                 continue
+            harness_busy.append(g.get("harness_cores"))
             peers = [p for p in (one(runs, round=rnd, size=size, target=t) for t in PEERS) if p and p["rps"]]
             if peers:
                 b = max(peers, key=lambda p: p["rps"])
@@ -1148,8 +1182,12 @@ def target_rows(runs, sizes, machine):
                 # on the same cores, all busy), throughput is cores / (the
                 # target's + the harness's CPU s/GB): the ratio the CPU
                 # figures allow, and the gateway CPU s/GB that 1.2 would take.
+                # With --pin, each target's own core is its limit: the
+                # harness is on another one and drops out.
                 hg, hb = g.get("harness_cpu_s_per_gb"), b.get("harness_cpu_s_per_gb")
-                if hg and hb and g["cpu_s_per_gb"] and b["cpu_s_per_gb"]:
+                if PIN:
+                    hg = hb = 0.0
+                if hg is not None and hb is not None and g["cpu_s_per_gb"] and b["cpu_s_per_gb"]:
                     ceiling.append((b["cpu_s_per_gb"] + hb) / (g["cpu_s_per_gb"] + hg))
                     needed.append((b["cpu_s_per_gb"] + hb) / 1.2 - hg)
                 lp = [p for p in peers if p["p99_ms"] == p["p99_ms"] and p["p99_ms"]]
@@ -1177,9 +1215,16 @@ def target_rows(runs, sizes, machine):
                         "met": met(m, op, bound), **extra})
 
         count = lambda names: ", ".join(f"{n} {names.count(n)}" for n in sorted(set(names)))
-        row("throughput_vs_best_peer", "throughput × gateway / best peer", tp, ">=", 1.2,
+        figure = "throughput × gateway / best peer"
+        busy = median(harness_busy)
+        if PIN and busy is not None and busy >= 0.9 * len(cpu_list(PIN["harness"])):
+            figure += (f"; the harness's cores were {busy:.2f} busy in the gateway's runs: the harness, "
+                       "not the gateway, was the limit")
+        row("throughput_vs_best_peer", figure, tp, ">=", 1.2,
             best_peer_per_round=tp_peer, best_peer=count(tp_peer))
-        row("cpu_bound_throughput_ratio", "throughput × the CPU figures allow: (best peer's + harness CPU s/GB) "
+        row("cpu_bound_throughput_ratio",
+            "throughput × the CPU figures allow, each target on a core of its own: best peer's CPU s/GB ÷ "
+            "gateway's" if PIN else "throughput × the CPU figures allow: (best peer's + harness CPU s/GB) "
             "÷ (gateway's + harness CPU s/GB)", ceiling, ">=", None)
         row("cpu_for_1_2", "gateway CPU s/GB that 1.2 × the best peer would take on this machine "
             f"(now {fmt(median([r['cpu_s_per_gb'] for r in runs if r['size'] == size and r['target'] == 'gateway']))})",
@@ -1326,7 +1371,7 @@ def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(
     main = [r for r in rows if r["group"] == "main"]
     if main:
         lines += [f"| size | target | req/s | MB/s | p50 ms | p99 ms | CPU s/GB | CPU ms/req | peak RSS MiB | 201s | other "
-                  f"| harness CPU s/GB (of it, load tool) | machine busy | load tool, cores |",
+                  f"| harness CPU s/GB (of it, load tool) | machine busy | cores busy: target / harness (load tool) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in main:
             busy = r.get("machine_busy")
@@ -1335,7 +1380,7 @@ def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(
                          f"{fmt(r['cpu_ms_per_req'], '.3f')} | {r['peak_rss_mib']:.1f} | "
                          f"{r['requests_201']} | {r['requests_other']} | {fmt(r.get('harness_cpu_s_per_gb'))} "
                          f"({fmt(r.get('tool_cpu_s_per_gb'))}) | {'' if busy is None else f'{busy * 100:.0f} %'} | "
-                         f"{fmt(r.get('tool_cores'))} |")
+                         f"{fmt(r.get('target_cores'))} / {fmt(r.get('harness_cores'))} ({fmt(r.get('tool_cores'))}) |")
     aux = [r for r in main if r.get("aux_peak_rss_mib")]
     if aux:
         lines += ["", "| size | target | of CPU s/GB: the helper's (clamd, redis-server) | of peak RSS MiB: the helper's |",
@@ -1514,7 +1559,12 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per measured run")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--streams", type=int, default=1, help="gateway-h2c: streams in flight per connection")
-    ap.add_argument("--workers", type=int, default=2, help="nginx workers / Envoy --concurrency")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="nginx workers / Envoy --concurrency (default: the targets' cores: 2, or 1 with --pin)")
+    ap.add_argument("--pin", default=None, metavar="CPUS",
+                    help="run each target on these CPUs (a taskset list: 1, 2-3) and the load tool, the sink "
+                         "and the helpers on all the others: what a target's own cores move, without the "
+                         "harness on them")
     ap.add_argument("--rss-clients", type=int, default=0, help="peak-RSS test: concurrent 8 MiB uploads (0: skip)")
     ap.add_argument("--rss-repeats", type=int, default=5,
                     help="peak-RSS test: measurements per target (the median is reported, with the range)")
@@ -1534,13 +1584,26 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="assert every request was answered 201")
     args = ap.parse_args()
 
-    targets_wanted = [t for t in args.targets.split(",") if t]
+    global PIN
+    if args.pin:
+        target_cpus = cpu_list(args.pin)
+        harness_cpus = set(range(os.cpu_count())) - target_cpus
+        if not target_cpus <= set(range(os.cpu_count())) or not harness_cpus:
+            raise SystemExit(f"--pin {args.pin}: needs CPUs of this machine (0-{os.cpu_count() - 1}) "
+                             "and at least one left for the harness")
+        if not shutil.which("taskset"):
+            raise SystemExit("--pin needs taskset (util-linux)")
+        PIN = {"target": ",".join(map(str, sorted(target_cpus))),
+               "harness": ",".join(map(str, sorted(harness_cpus)))}
+    if args.workers is None:
+        args.workers = len(cpu_list(PIN["target"])) if PIN else os.cpu_count()
+    targets_wanted = list(dict.fromkeys(t for t in args.targets.split(",") if t))
     if "gateway-idem" in targets_wanted and "gateway-wrk" not in targets_wanted:
         # The keyed row needs its baseline: the same tool without the key.
         targets_wanted.insert(targets_wanted.index("gateway-idem"), "gateway-wrk")
         log("gateway-idem: adding its baseline gateway-wrk (wrk, no key)")
     extra = dict(e.split("=", 1) for e in args.extra_gateway)
-    targets_wanted += list(extra)
+    targets_wanted += [e for e in extra if e not in targets_wanted]
     sizes = args.sizes.split(",")
     scaling = [int(c) for c in args.scaling.split(",") if c]
     h2c_sizes = args.h2c_sizes.split(",") if args.h2c_vs_h1 else []
@@ -1562,6 +1625,12 @@ def main():
     if "gateway-wrk" in targets_wanted:
         tools["wrk"] = ["wrk", "-v"]
     machine = machine_info(args.floor_seconds, tools)
+    if PIN:
+        # After the floor (openssl speed runs on whichever core is free):
+        # this script and every child it starts from now on run on the
+        # harness CPU; the targets are started through taskset.
+        os.sched_setaffinity(0, cpu_list(PIN["harness"]))
+        machine["pin"] = dict(PIN)
     for line in machine_lines(machine):
         log(line)
 
@@ -1718,7 +1787,7 @@ def main():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         prefix = os.path.join(args.out, args.name or ("smoke" if args.smoke else "load"))
         meta = {"stamp": stamp, "clients": args.clients, "duration_s": args.duration,
-                "rounds": args.rounds, "workers": args.workers, "nproc": os.cpu_count(),
+                "rounds": args.rounds, "workers": args.workers, "pin": PIN, "nproc": os.cpu_count(),
                 "loadavg_end": os.getloadavg(), "uname": " ".join(os.uname()),
                 "wall_s": round(time.time() - started, 1), "argv": sys.argv[1:],
                 "machine": machine, "bodies": body_info}

@@ -40,6 +40,10 @@
 #   --targets gateway,gateway-otlp,gateway-otlp-down --sizes 100KiB --name otlp
 #                                  tracing on (every request sampled) with a collector that
 #                                  answers, and with one that accepts and never answers
+#   --pin CPUS                     each target on these CPUs (taskset list: 1, 2-3), the load
+#                                  tool, the sink and the helpers on the others: what a
+#                                  target's own cores move (the targets table says when the
+#                                  harness's cores were the limit instead)
 #
 # Everything of issue 16 in one run (~18 min):
 #   benches/load/run.sh --targets gateway,gateway-sha256,nginx,envoy,gateway-redis,gateway-idem \
