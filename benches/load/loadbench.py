@@ -246,6 +246,8 @@ def machine_info(floor_seconds, tools):
 # else (this script and its children: the load tool, the sink, redis-server,
 # clamd), as taskset lists; None: all share every core.
 PIN = None
+# The CPUs this bench may use, as it starts (before --pin narrows its own).
+USABLE_CPUS = len(os.sched_getaffinity(0))
 
 
 def cpu_list(text):
@@ -1013,7 +1015,7 @@ def measure(target, size_name, body_file, body_len, body_sha, jwt, clients, stre
         "target_cores": round(cpu / harness_wall, 3),
         "harness_cores": round(harness_cpu / harness_wall, 3),
         # Share of all the machine's cores that the target and the harness used.
-        "machine_busy": round((cpu + harness_cpu) / (harness_wall * os.cpu_count()), 3),
+        "machine_busy": round((cpu + harness_cpu) / (harness_wall * USABLE_CPUS), 3),
         "peak_rss_mib": round(rss_kib / 1024, 1),
         # Of the above, the helper's share (clamd, redis-server; else 0).
         "aux_cpu_s_per_gb": round(aux_cpu / (bytes_ / 1e9), 3) if bytes_ else None,
@@ -1586,17 +1588,21 @@ def main():
 
     global PIN
     if args.pin:
-        target_cpus = cpu_list(args.pin)
-        harness_cpus = set(range(os.cpu_count())) - target_cpus
-        if not target_cpus <= set(range(os.cpu_count())) or not harness_cpus:
-            raise SystemExit(f"--pin {args.pin}: needs CPUs of this machine (0-{os.cpu_count() - 1}) "
+        usable = os.sched_getaffinity(0)
+        try:
+            target_cpus = cpu_list(args.pin)
+        except ValueError:
+            raise SystemExit(f"--pin {args.pin}: not a CPU list (1, 2-3, 0,2)")
+        harness_cpus = usable - target_cpus
+        if not target_cpus <= usable or not harness_cpus:
+            raise SystemExit(f"--pin {args.pin}: needs CPUs this bench may use ({sorted(usable)}) "
                              "and at least one left for the harness")
         if not shutil.which("taskset"):
             raise SystemExit("--pin needs taskset (util-linux)")
         PIN = {"target": ",".join(map(str, sorted(target_cpus))),
                "harness": ",".join(map(str, sorted(harness_cpus)))}
     if args.workers is None:
-        args.workers = len(cpu_list(PIN["target"])) if PIN else os.cpu_count()
+        args.workers = len(cpu_list(PIN["target"])) if PIN else USABLE_CPUS
     targets_wanted = list(dict.fromkeys(t for t in args.targets.split(",") if t))
     if "gateway-idem" in targets_wanted and "gateway-wrk" not in targets_wanted:
         # The keyed row needs its baseline: the same tool without the key.
