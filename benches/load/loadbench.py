@@ -271,8 +271,8 @@ def machine_lines(m):
              f"kernel {m['kernel']}; load average {m['loadavg_start'][0]} at the start"
              + (f", {m['loadavg_end'][0]} at the end" if m.get("loadavg_end") else "") + "."]
     if m.get("pin"):
-        lines.append(f"Pinned (--pin): each target (gateway, nginx, Envoy) on CPU {m['pin']['target']} alone; "
-                     f"the load tool, the sink and the helpers (redis-server, clamd) on CPU {m['pin']['harness']}. "
+        lines.append(f"Pinned (--pin): each target (gateway, nginx, Envoy) alone on CPUs {m['pin']['target']}; "
+                     f"the load tool, the sink and the helpers (redis-server, clamd) on CPUs {m['pin']['harness']}. "
                      "A target's throughput is what its own cores move, as a sidecar with a CPU limit would; "
                      "check the harness's cores busy: near its CPU count, the harness is the limit and the "
                      "row measures it, not the target.")
@@ -1562,7 +1562,7 @@ def main():
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--streams", type=int, default=1, help="gateway-h2c: streams in flight per connection")
     ap.add_argument("--workers", type=int, default=None,
-                    help="nginx workers / Envoy --concurrency (default: the targets' cores: 2, or 1 with --pin)")
+                    help="nginx workers / Envoy --concurrency (default: as many as the CPUs the targets may use)")
     ap.add_argument("--pin", default=None, metavar="CPUS",
                     help="run each target on these CPUs (a taskset list: 1, 2-3) and the load tool, the sink "
                          "and the helpers on all the others: what a target's own cores move, without the "
