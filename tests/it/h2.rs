@@ -640,3 +640,75 @@ async fn http1_and_h2c_share_the_port_and_idle_connections_are_closed() {
     assert_eq!(ups.len(), 3);
     assert!(ups.iter().all(|u| u.complete));
 }
+
+/// The gateway's SETTINGS, read off the wire: a client preface and an empty
+/// SETTINGS frame, then the server's first frame.
+async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(
+        (head[3], head[4]),
+        (0x4, 0),
+        "a SETTINGS frame first, not an ACK"
+    );
+    let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+    s.read_exact(&mut payload).await.unwrap();
+    assert_eq!(payload.len() % 6, 0);
+    payload
+        .chunks(6)
+        .map(|e| {
+            (
+                u16::from_be_bytes([e[0], e[1]]),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn clients_may_send_64_kib_data_frames_and_such_uploads_reach_concur_whole() {
+    let h = Harness::start().await;
+    let settings = server_settings(h.addr).await;
+    assert!(
+        settings.contains(&(0x5, 64 * 1024)),
+        "SETTINGS_MAX_FRAME_SIZE = 64 KiB in {settings:?}"
+    );
+    // The h2 crate sends each piece as one DATA frame when the server's
+    // maximum allows it: 64 KiB frames, and the protocol's default 16 KiB.
+    let body = big_jpeg(1_500_000);
+    for (i, piece) in [64 * 1024, 16 * 1024].into_iter().enumerate() {
+        let tcp = TcpStream::connect(h.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = Request::post(format!("http://{}/api/image/v1.0/report/F{i}", h.addr))
+            .header("authorization", format!("Bearer {}", jwt(ALICE.0, ALICE.1)))
+            .header("content-type", "image/jpeg")
+            .header("content-length", body.len())
+            .body(())
+            .unwrap();
+        let (response, mut stream) = client.send_request(req, false).unwrap();
+        let pieces: Vec<&[u8]> = body.chunks(piece).collect();
+        for (k, p) in pieces.iter().enumerate() {
+            stream
+                .send_data(Bytes::copy_from_slice(p), k + 1 == pieces.len())
+                .unwrap();
+        }
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(response.status(), 201, "{piece}-byte frames");
+    }
+    let ups = h.uploads();
+    assert_eq!(ups.len(), 2, "{ups:?}");
+    for u in &ups {
+        assert!(u.complete, "{u:?}");
+        assert_eq!(u.sha256_hex, sha256_hex(&body));
+    }
+    in_flight_settles(&h).await;
+}
