@@ -677,8 +677,9 @@ async fn clients_may_send_64_kib_data_frames_and_such_uploads_reach_concur_whole
         settings.contains(&(0x5, 64 * 1024)),
         "SETTINGS_MAX_FRAME_SIZE = 64 KiB in {settings:?}"
     );
-    // The h2 crate sends each piece as one DATA frame when the server's
-    // maximum allows it: 64 KiB frames, and the protocol's default 16 KiB.
+    // Uploads in 64 KiB pieces (the h2 crate sends each as one DATA frame,
+    // now that the server allows it) and in 16 KiB ones (the protocol's
+    // default frame size).
     let body = big_jpeg(1_500_000);
     for (i, piece) in [64 * 1024, 16 * 1024].into_iter().enumerate() {
         let tcp = TcpStream::connect(h.addr).await.unwrap();
