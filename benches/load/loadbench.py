@@ -348,7 +348,7 @@ class Target:
         self.h2c = False  # load it over HTTP/2 with prior knowledge
         self.streams = 1  # with h2c: streams in flight per connection
         self.aux = list(aux)  # helper processes measured with the target (clamd, redis-server)
-        self.driver = "h2load"  # or "wrk" (gateway-wrk, gateway-idem)
+        self.driver = "h2load"  # or "oha" (--tool oha), "wrk" (gateway-wrk, gateway-idem)
         self.idem = False  # wrk: a fresh Idempotency-Key on every request
         self.redis_port = None  # gateway-redis: its redis-server
 
@@ -894,6 +894,40 @@ def pct(sorted_values, p):
     return sorted_values[k]
 
 
+def oha(port, body_file, jwt, clients, duration=None, requests=None, timeout=300, h2c=False, streams=1):
+    """oha (hyper, so the `h2` crate over h2c: DATA frames as large as the
+    server allows, where h2load keeps to 16 KiB), JSON output. With a
+    duration, requests in flight at its end are waited for (`-w`; oha always
+    does on HTTP/2), so every request it counts was answered."""
+    cmd = ["oha", "--no-tui", "--output-format", "json", "-m", "POST", "-D", body_file,
+           "-H", f"authorization: Bearer {jwt}", "-H", "content-type: image/jpeg", "-c", str(clients)]
+    if h2c:
+        cmd += ["--http2", "-p", str(streams)]
+    if duration is not None:
+        cmd += ["-z", f"{duration}s"] + ([] if h2c else ["-w"])
+    else:
+        cmd += ["-n", str(requests)]
+    cmd.append(f"http://127.0.0.1:{port}{PATH}")
+    started = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"oha failed ({out.returncode}): {out.stderr[-2000:]}")
+    return out.stdout, time.time() - started
+
+
+def parse_oha(text):
+    """oha's JSON: elapsed seconds, p50 and p99 in ms, statuses, errors.
+    Requests cut at the end of the run ("aborted due to deadline": on
+    HTTP/2 oha cancels the streams in flight; nothing complete reaches the
+    sink) are not errors of the target, as oha's own success rate counts
+    them."""
+    j = json.loads(text)
+    statuses = {int(k): v for k, v in j["statusCodeDistribution"].items()}
+    latency = j["metrics"]["latency_ms"]
+    errors = sum(v for k, v in j["errorDistribution"].items() if k != "aborted due to deadline")
+    return j["summary"]["total"], latency["p50"], latency["p99"], statuses, errors
+
+
 WRK_LUA = os.path.join(HERE, "wrk-upload.lua")
 
 
@@ -934,6 +968,9 @@ def measure(target, size_name, body_file, body_len, body_sha, jwt, clients, stre
     # Warm-up: connections, pools, caches (not measured), with the same tool.
     if target.driver == "wrk":
         wrk(target.port, body_file, jwt, clients, 1, target.idem, timeout=120)
+    elif target.driver == "oha":
+        oha(target.port, body_file, jwt, clients, requests=clients * streams * 2, timeout=120,
+            h2c=h2c, streams=streams)
     else:
         h2load(target.port, body_file, jwt, clients, requests=clients * streams * 2, timeout=120,
                h2c=h2c, streams=streams)
@@ -960,6 +997,12 @@ def measure(target, size_name, body_file, body_len, body_sha, jwt, clients, stre
         p50, p99 = w["p50_us"] / 1000.0, w["p99_us"] / 1000.0
         failed = w["connect"] + w["read"] + w["write"] + w["timeout"]
         replayed = w["replayed"]
+    elif target.driver == "oha":
+        out, wall = oha(target.port, body_file, jwt, clients, duration=duration, timeout=duration + 120,
+                        h2c=h2c, streams=streams)
+        cpu1 = cpu_seconds(pids)
+        elapsed, p50, p99, statuses, failed = parse_oha(out)
+        replayed = None
     else:
         logfile = os.path.join(work, f"h2load-{target.name}-{size_name}-r{rnd}.log")
         out, wall = h2load(target.port, body_file, jwt, clients, duration=duration, logfile=logfile,
@@ -1563,6 +1606,9 @@ def main():
     ap.add_argument("--streams", type=int, default=1, help="gateway-h2c: streams in flight per connection")
     ap.add_argument("--workers", type=int, default=None,
                     help="nginx workers / Envoy --concurrency (default: as many as the CPUs the targets may use)")
+    ap.add_argument("--tool", choices=("h2load", "oha"), default="h2load",
+                    help="load tool of the h2load rows (not wrk's, nor the RSS test's): oha (hyper) sends HTTP/2 "
+                         "DATA frames as large as the server allows, h2load 16 KiB ones")
     ap.add_argument("--pin", default=None, metavar="CPUS",
                     help="run each target on these CPUs (a taskset list: 1, 2-3) and the load tool, the sink "
                          "and the helpers on all the others: what a target's own cores move, without the "
@@ -1630,6 +1676,10 @@ def main():
         tools["redis"] = [args.redis_bin, "--version"]
     if "gateway-wrk" in targets_wanted:
         tools["wrk"] = ["wrk", "-v"]
+    if args.tool == "oha":
+        if not shutil.which("oha"):
+            raise SystemExit("--tool oha: oha not found (cargo install oha)")
+        tools["oha"] = ["oha", "--version"]
     machine = machine_info(args.floor_seconds, tools)
     if PIN:
         # After the floor (openssl speed runs on whichever core is free):
@@ -1727,6 +1777,10 @@ def main():
                 (["gateway-h1-row", "gateway-h2c-row"] if args.h2c_vs_h1 else []):
             row_gws[name] = gateway(name)
             procs.append(row_gws[name].proc)
+        if args.tool == "oha":
+            for t in targets + list(row_gws.values()):
+                if t.driver == "h2load":
+                    t.driver = "oha"
         log(f"work dir {work}; sandbox :{sport}; "
             + ", ".join(f"{t.name} :{t.port}" for t in targets + list(row_gws.values())))
 
@@ -1771,7 +1825,7 @@ def main():
         rss = []
         if args.rss_clients:
             for t in targets:
-                if t.driver != "h2load":
+                if t.driver == "wrk":
                     continue  # gateway-wrk / gateway-idem: the same config as gateway; their rows are about per-request cost
                 rss.append(rss_test(t, bodies["8MiB"], jwt, args.rss_clients, args.rss_clients * 2, work,
                                     args.rss_repeats))

@@ -40,6 +40,9 @@
 #   --targets gateway,gateway-otlp,gateway-otlp-down --sizes 100KiB --name otlp
 #                                  tracing on (every request sampled) with a collector that
 #                                  answers, and with one that accepts and never answers
+#   --tool oha                     drive the h2load rows with oha instead (cargo install oha; slow
+#                                  to build, not in CI): hyper's HTTP/2 client sends DATA frames
+#                                  as large as the server allows, h2load 16 KiB ones
 #   --pin CPUS                     each target on these CPUs (taskset list: 1, 2-3), the load
 #                                  tool, the sink and the helpers on the others: what a
 #                                  target's own cores move (the targets table says when the
