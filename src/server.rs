@@ -87,7 +87,9 @@ pub const H2_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// that follows the setting (the `h2` crate's does, so hyper's) sends a
 /// quarter of the frames, and costs the gateway about a quarter less CPU
 /// per GB (`cargo bench --bench h2_frames`); nghttp2's (h2load) keeps to
-/// 16 KiB whatever the server allows.
+/// 16 KiB whatever the server allows. A connection holds at most one frame
+/// while it reads it in: 64 KiB, the bound of an HTTP/1.1 connection's read
+/// buffer too.
 pub const H2_MAX_FRAME_SIZE: u32 = READ_BUF_BYTES as u32;
 /// Streams the client may open and reset before the gateway got to serve them
 /// (h2's default, CVE-2023-44487); past it the connection gets GOAWAY.
