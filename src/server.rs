@@ -85,8 +85,8 @@ pub const H2_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// through the inspection, the hand-off upstream and a TLS write; the
 /// protocol's default, 16 KiB, makes that four times per 64 KiB. A client
 /// that follows the setting (the `h2` crate's does, so hyper's) sends a
-/// quarter of the frames, and costs the gateway about a quarter less CPU
-/// per GB (`cargo bench --bench h2_frames`); nghttp2's (h2load) keeps to
+/// quarter of the frames, and costs the gateway a fifth to a quarter less
+/// CPU per GB (`cargo bench --bench h2_frames`); nghttp2's (h2load) keeps to
 /// 16 KiB whatever the server allows. A connection holds at most one frame
 /// while it reads it in: 64 KiB, the bound of an HTTP/1.1 connection's read
 /// buffer too.
