@@ -369,6 +369,13 @@ impl Sandbox {
         self.state.connections()
     }
 
+    /// Closes the connections that are between requests, and each other one
+    /// after its answer: what Concur's load balancers do to idle keep-alive
+    /// connections.
+    pub fn close_connections(&self) {
+        self.state.close_connections();
+    }
+
     /// Stops accepting, closes idle connections, lets requests in flight finish for
     /// up to 2 s, then drops whatever is left.
     pub async fn shutdown(mut self) {

@@ -12,7 +12,6 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -86,7 +85,6 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -109,7 +107,7 @@ pub(crate) async fn serve(
                 let conn_id = state.new_connection();
                 let acceptor = acceptor.clone();
                 let state = Arc::clone(&state);
-                let watcher = graceful.watcher();
+                let mut close = state.close_signal();
                 conns.spawn(async move {
                     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
@@ -127,7 +125,15 @@ pub(crate) async fn serve(
                         .timer(TokioTimer::new())
                         .keep_alive(true)
                         .serve_connection(TokioIo::new(tls), service);
-                    if let Err(e) = watcher.watch(conn).await {
+                    let mut conn = std::pin::pin!(conn);
+                    let ended = loop {
+                        tokio::select! {
+                            ended = conn.as_mut() => break ended,
+                            // Closed now if idle, else after its answer.
+                            Ok(()) = close.changed() => conn.as_mut().graceful_shutdown(),
+                        }
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(%peer, conn_id, error = %e, "sandbox connection ended with an error");
                     }
                 });
@@ -137,7 +143,11 @@ pub(crate) async fn serve(
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    state.close_connections();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     conns.shutdown().await;
 }
 

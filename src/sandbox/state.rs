@@ -67,6 +67,9 @@ pub(crate) struct State {
     /// load bench turns it off while it measures, so that the sink costs no
     /// more than reading the bytes (`PUT /_sandbox/body-digest`).
     body_digest: AtomicBool,
+    /// Bumped to close the connections between requests (and the others
+    /// after their answer): [`State::close_connections`].
+    close: tokio::sync::watch::Sender<u64>,
 }
 
 impl State {
@@ -113,7 +116,19 @@ impl State {
             token_requests: AtomicU64::new(0),
             token_delay_ms: AtomicU64::new(0),
             body_digest: AtomicBool::new(true),
+            close: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Closes every connection that is between requests, and each other one
+    /// once its answer is sent (hyper's graceful shutdown of a connection).
+    pub fn close_connections(&self) {
+        self.close.send_modify(|n| *n += 1);
+    }
+
+    /// What a connection watches for [`State::close_connections`].
+    pub fn close_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.close.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
