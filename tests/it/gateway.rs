@@ -615,6 +615,58 @@ async fn concur_unreachable_is_upstream_unavailable() {
 }
 
 #[tokio::test]
+async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
+    let h = Harness::start().await;
+    assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
+    let opened = h.sandbox.connections();
+    for _ in 0..3 {
+        assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
+    }
+    assert_eq!(
+        h.sandbox.connections(),
+        opened,
+        "the next uploads went on the first one's connection"
+    );
+    // Concur closes its idle keep-alive connections: the next upload finds
+    // the pooled one closed, goes on a new one, and arrives whole.
+    h.sandbox.close_connections();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(h.sandbox.connections(), opened + 1);
+    let ups = h.uploads();
+    assert_eq!(ups.len(), 5);
+    assert!(
+        ups.iter()
+            .all(|u| u.complete && u.sha256_hex == sha256_hex(JPEG))
+    );
+}
+
+#[tokio::test]
+async fn a_connection_whose_upload_was_cut_short_is_not_reused() {
+    let h = Harness::start().await;
+    assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
+    let opened = h.sandbox.connections();
+    // Rejected at its end, after 300 kB went to Concur: that exchange is cut
+    // off mid-body, so its connection cannot carry another request.
+    let mut polyglot = big_jpeg(300_000);
+    polyglot.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x08\x00payload.exe");
+    h.upload("/api/image/v1.0/receipt", &polyglot)
+        .await
+        .problem(422, "malformed_image");
+    let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        h.sandbox.connections(),
+        opened + 1,
+        "the cut exchange's connection was dropped, the next upload opened one"
+    );
+    let ups = h.wait_for_uploads(3).await;
+    assert!(ups[0].complete && ups[2].complete);
+    assert!(!ups[1].complete, "{:?}", ups[1]);
+}
+
+#[tokio::test]
 async fn xml_clients_get_concurs_answer_verbatim() {
     let h = Harness::start().await;
     let token = jwt(ALICE.0, ALICE.1);
