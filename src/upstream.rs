@@ -209,16 +209,21 @@ impl Upstream {
         &self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Driven>, SendError> {
-        let key = request
-            .uri()
+        let mut request = request;
+        let uri = request.uri().clone();
+        let key = uri
             .authority()
             .map(|a| a.as_str().to_owned())
             .unwrap_or_default();
-        let mut request = request;
+        // On the wire the request-target is the origin form (`/path?query`):
+        // the absolute form is for proxies.
+        *request.uri_mut() = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         loop {
             let (mut conn, reused) = match self.pool.checkout(&key).await {
                 Some(conn) => (conn, true),
-                None => (self.connect(request.uri().clone()).await?, false),
+                None => (self.connect(uri.clone()).await?, false),
             };
             let mut done = false;
             let outcome = {

@@ -182,6 +182,11 @@ pub struct UploadRecord {
     // --- additions beyond the original brief ---
     /// Request method.
     pub method: String,
+    /// The request-target as received: `/path?query` in origin form, what
+    /// clients send to a server; with scheme and host in absolute form, what
+    /// they send to a proxy.
+    #[serde(default)]
+    pub target: String,
     /// Query string, if any.
     pub query: Option<String>,
     /// Sequence number of the TCP connection it arrived on (1-based, per sandbox).

@@ -378,6 +378,7 @@ async fn upload(
             .collect(),
         image_id: None,
         method: parts.method.as_str().to_owned(),
+        target: parts.uri.to_string(),
         query: parts.uri.query().map(str::to_owned),
         connection_id: conn_id,
         fault: None,

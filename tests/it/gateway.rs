@@ -15,6 +15,12 @@ fn auth(token: &str) -> String {
 
 /// Asserts nothing of the caller's JWT, and no gateway-side header, reached Concur.
 fn assert_clean_upstream_headers(record: &concur_gateway::sandbox::UploadRecord, jwt: &str) {
+    // Origin form, as to any server (not the absolute form meant for proxies).
+    assert!(
+        record.target.starts_with('/'),
+        "request-target {}",
+        record.target
+    );
     for (name, value) in &record.headers {
         assert!(!value.contains(jwt), "JWT leaked upstream in {name}");
         assert!(
@@ -636,10 +642,9 @@ async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
     assert_eq!(h.sandbox.connections(), opened + 1);
     let ups = h.uploads();
     assert_eq!(ups.len(), 5);
-    assert!(
-        ups.iter()
-            .all(|u| u.complete && u.sha256_hex == sha256_hex(JPEG))
-    );
+    assert!(ups.iter().all(|u| u.complete
+        && u.sha256_hex == sha256_hex(JPEG)
+        && u.target == "/api/image/v1.0/receipt"));
 }
 
 #[tokio::test]
