@@ -16,9 +16,9 @@
 //! sends the request and reads the answer ([`Upstream::send`], [`Driven`]):
 //! on HTTP/1.1 one task carries an upload from socket to socket. Measured in
 //! the load bench against the hyper-util client (docs/benchmarks.md, levers):
-//! the same CPU and throughput at 16 connections, 8 % less CPU per GB at 256,
-//! and 2–5 MiB less peak RSS with 64 uploads in flight (fewer chunks queued
-//! between two tasks).
+//! the same CPU and throughput at 16 connections (within the noise), 8 % less
+//! CPU per GB at 256, and 2–6 MiB less peak RSS with 64 uploads in flight in
+//! each of four runs (fewer chunks queued between two tasks).
 //!
 //! The pool: idle connections per authority, newest reused first, at most
 //! `max_in_flight` of them, each kept [`IDLE_TIMEOUT`]. Before reuse a
