@@ -299,9 +299,9 @@ struct Conn {
 /// How long an idle connection to Concur is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often idle connections are looked at: one that Concur closed is
-/// closed on our side within this time (else it would linger half-closed
-/// until the next upload).
-const REAP_EVERY: Duration = Duration::from_secs(15);
+/// closed on our side within this time (else it would linger half-closed,
+/// in `CLOSE_WAIT`, until the next upload).
+const REAP_EVERY: Duration = Duration::from_secs(5);
 
 /// Idle connections by authority, most recently used last.
 struct Pool {
@@ -348,7 +348,8 @@ impl Pool {
             // On the runtime that reads answers; ends with the pool.
             let pool = Arc::downgrade(self);
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(REAP_EVERY);
+                let first = tokio::time::Instant::now() + REAP_EVERY;
+                let mut every = tokio::time::interval_at(first, REAP_EVERY);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;

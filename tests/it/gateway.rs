@@ -647,6 +647,62 @@ async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
         && u.target == "/api/image/v1.0/receipt"));
 }
 
+/// The inodes of this machine's established TCP connections to `port`
+/// (the client ends: remote port `port`).
+fn connections_to(port: u16) -> Vec<String> {
+    let remote = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    (f.len() > 9 && f[2].ends_with(&remote) && f[3] == "01")
+                        .then(|| f[9].to_owned())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether this process still holds the socket with this inode open.
+fn holds_socket(inode: &str) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .map(|fds| {
+            fds.filter_map(Result::ok)
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|target| target.to_string_lossy() == wanted)
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn an_idle_connection_concur_closed_is_closed_here_too() {
+    let h = Harness::start().await;
+    assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
+    // The gateway's pooled connection to Concur, and its socket.
+    let inodes = connections_to(h.sandbox.local_addr().port());
+    assert_eq!(inodes.len(), 1, "{inodes:?}");
+    let socket = &inodes[0];
+    assert!(holds_socket(socket));
+    // Concur closes the idle connection. With no upload to prompt it, the
+    // pool notices when it next looks at its idle connections (every 5 s)
+    // and lets the socket go.
+    h.sandbox.close_connections();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while holds_socket(socket) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pooled connection Concur closed is still open here"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_connection_whose_upload_was_cut_short_is_not_reused() {
     let h = Harness::start().await;
