@@ -620,36 +620,10 @@ async fn concur_unreachable_is_upstream_unavailable() {
     r.problem(502, "upstream_unavailable");
 }
 
-#[tokio::test]
-async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
-    let h = Harness::start().await;
-    assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
-    let opened = h.sandbox.connections();
-    for _ in 0..3 {
-        assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
-    }
-    assert_eq!(
-        h.sandbox.connections(),
-        opened,
-        "the next uploads went on the first one's connection"
-    );
-    // Concur closes its idle keep-alive connections: the next upload finds
-    // the pooled one closed, goes on a new one, and arrives whole.
-    h.sandbox.close_connections();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(h.sandbox.connections(), opened + 1);
-    let ups = h.uploads();
-    assert_eq!(ups.len(), 5);
-    assert!(ups.iter().all(|u| u.complete
-        && u.sha256_hex == sha256_hex(JPEG)
-        && u.target == "/api/image/v1.0/receipt"));
-}
-
-/// The inodes of this machine's established TCP connections to `port`
-/// (the client ends: remote port `port`).
-fn connections_to(port: u16) -> Vec<String> {
+/// The inodes of this machine's TCP sockets connected to `port` (the client
+/// ends: remote port `port`) in `state` (`/proc/net/tcp`'s hex code: `01`
+/// established, `08` close-wait: the peer closed, this end not yet).
+fn sockets_to(port: u16, state: &str) -> Vec<String> {
     let remote = format!(":{port:04X}");
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
@@ -660,7 +634,7 @@ fn connections_to(port: u16) -> Vec<String> {
                 .skip(1)
                 .filter_map(|line| {
                     let f: Vec<&str> = line.split_whitespace().collect();
-                    (f.len() > 9 && f[2].ends_with(&remote) && f[3] == "01")
+                    (f.len() > 9 && f[2].ends_with(&remote) && f[3] == state)
                         .then(|| f[9].to_owned())
                 })
                 .collect::<Vec<_>>()
@@ -681,11 +655,40 @@ fn holds_socket(inode: &str) -> bool {
 }
 
 #[tokio::test]
+async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
+    let h = Harness::start().await;
+    assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
+    let opened = h.sandbox.connections();
+    for _ in 0..3 {
+        assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
+    }
+    assert_eq!(
+        h.sandbox.connections(),
+        opened,
+        "the next uploads went on the first one's connection"
+    );
+    // Concur closes its idle keep-alive connections: the next upload finds
+    // the pooled one closed, goes on a new one, and arrives whole.
+    h.sandbox.close_connections();
+    let port = h.sandbox.local_addr().port();
+    // The close has reached the gateway's end (no longer established).
+    wait_for(|| sockets_to(port, "01").is_empty()).await;
+    let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(h.sandbox.connections(), opened + 1);
+    let ups = h.uploads();
+    assert_eq!(ups.len(), 5);
+    assert!(ups.iter().all(|u| u.complete
+        && u.sha256_hex == sha256_hex(JPEG)
+        && u.target == "/api/image/v1.0/receipt"));
+}
+
+#[tokio::test]
 async fn an_idle_connection_concur_closed_is_closed_here_too() {
     let h = Harness::start().await;
     assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
     // The gateway's pooled connection to Concur, and its socket.
-    let inodes = connections_to(h.sandbox.local_addr().port());
+    let inodes = sockets_to(h.sandbox.local_addr().port(), "01");
     assert_eq!(inodes.len(), 1, "{inodes:?}");
     let socket = &inodes[0];
     assert!(holds_socket(socket));
