@@ -669,8 +669,9 @@ async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
     );
     // Concur closes its idle keep-alive connections: the next upload finds
     // the pooled one closed, goes on a new one, and arrives whole.
-    h.sandbox.close_connections();
     let port = h.sandbox.local_addr().port();
+    assert_eq!(sockets_to(port, "01").len(), 1, "the pooled connection");
+    h.sandbox.close_connections();
     // The close has reached the gateway's end (no longer established).
     wait_for(|| sockets_to(port, "01").is_empty()).await;
     let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
