@@ -116,7 +116,8 @@
 //! `trailer`/`stream` keywords mean nothing there):
 //!
 //! * no `/Filter`: the raw data is lexed;
-//! * `/Filter /FlateDecode` or `[/FlateDecode]`: inflated with `flate2`, at most
+//! * `/Filter /FlateDecode` or `[/FlateDecode]`: inflated with `flate2` (its
+//!   zlib-rs backend), at most
 //!   `Limits::max_inflate_bytes` per stream and `Limits::max_inflate_total` per
 //!   file; going past either is `malformed_image` at once. The input is staged in
 //!   a fixed 16 KiB buffer so that the inflater sees the same calls whatever the
