@@ -117,9 +117,9 @@
 //!
 //! * no `/Filter`: the raw data is lexed;
 //! * `/Filter /FlateDecode` or `[/FlateDecode]`: inflated with `flate2` (its
-//!   zlib-rs backend), at most
-//!   `Limits::max_inflate_bytes` per stream and `Limits::max_inflate_total` per
-//!   file; going past either is `malformed_image` at once. The input is staged in
+//!   zlib-rs backend), at most `Limits::max_inflate_bytes` per stream and
+//!   `Limits::max_inflate_total` per file; going past either is
+//!   `malformed_image` at once. The input is staged in
 //!   a fixed 16 KiB buffer so that the inflater sees the same calls whatever the
 //!   chunking;
 //! * any other filter (or filter chain), or a `/DecodeParms`: the stream cannot be
