@@ -1158,9 +1158,10 @@ def summarise(runs):
     return rows
 
 
-def ratio_rows(runs):
+def ratio_rows(runs, extra=()):
     """Per round, the gateway's ratio to each baseline (same round, same size);
-    then the median of those ratios. Ratios within a round share the noise."""
+    then the median of those ratios. Ratios within a round share the noise.
+    Each `--extra-gateway` is compared with `gateway` too."""
     out = []
     runs = [r for r in runs if r["group"] == "main"]
     pairs = [(gw, base) for gw in ("gateway", "gateway-sha256")
@@ -1168,6 +1169,7 @@ def ratio_rows(runs):
     # What scanning costs: the gateway with clamd against itself without, and
     # against the plain proxies.
     pairs += [("gateway-clamd", base) for base in ("gateway", "nginx", "envoy")]
+    pairs += [(name, "gateway") for name in extra]
     for size in SIZES:
         for gw, base in pairs:
             rt, lat, cpu = [], [], []
@@ -1182,6 +1184,7 @@ def ratio_rows(runs):
                            if b["cpu_s_per_gb"] and g["cpu_s_per_gb"] else None)
             if rt:
                 out.append({"size": size, "gateway": gw, "baseline": base, "rounds": len(rt),
+                            "extra": gw in extra,
                             "throughput_ratio": round(median(rt), 3),
                             "p99_ratio": None if median(lat) is None else round(median(lat), 3),
                             "cpu_per_gb_ratio": None if median(cpu) is None else round(median(cpu), 3),
@@ -1437,6 +1440,23 @@ def markdown(rows, ratios, rss, machine=None, bodies=None, targets=(), scaling=(
         for q in ratios:
             lines.append(f"| {q['size']} | {q['gateway']} | {q['baseline']} | {q['throughput_ratio']:.2f} | "
                          f"{fmt(q['p99_ratio'])} | {fmt(q['cpu_per_gb_ratio'])} |")
+        extra = [q for q in ratios if q.get("extra")]
+        if extra:
+            lines += ["", "Each `--extra-gateway` against `gateway`, same rounds: the median of the per-round "
+                      "ratios (lowest–highest round). The same binary as an extra gateway is a control: "
+                      "its spread is this run's noise.", "",
+                      "| size | extra gateway | rounds | throughput × | p99 × | CPU/GB × |",
+                      "|---|---|---:|---|---|---|"]
+
+            def spread(q, key):
+                vals = [x for x in q["per_round"][key] if x is not None]
+                if not vals:
+                    return ""
+                return f"{median(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})"
+
+            for q in extra:
+                lines.append(f"| {q['size']} | {q['gateway']} | {q['rounds']} | {spread(q, 'throughput_ratio')} | "
+                             f"{spread(q, 'p99_ratio')} | {spread(q, 'cpu_per_gb_ratio')} |")
     if targets:
         lines += ["", "Issue 16 targets (medians of per-round ratios; best peer = the better of nginx and Envoy "
                   "in each round, for that figure):", "",
@@ -1834,7 +1854,7 @@ def main():
         machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
         rows = summarise(runs)
-        ratios = ratio_rows(runs)
+        ratios = ratio_rows(runs, tuple(extra))
         tgt = target_rows(runs, sizes, machine)
         sc = scaling_rows(runs, scaling)
         h2 = h2c_rows(runs)

@@ -47,6 +47,9 @@
 #                                  tool, the sink and the helpers on the others: what a
 #                                  target's own cores move (the targets table says when the
 #                                  harness's cores were the limit instead)
+#   --extra-gateway NAME=BIN       another gateway build as target NAME (repeatable), with its
+#                                  per-round ratios to `gateway` (median, lowest–highest); the
+#                                  same binary under another name is a control: the run's noise
 #
 # Everything of issue 16 in one run (~18 min):
 #   benches/load/run.sh --targets gateway,gateway-sha256,nginx,envoy,gateway-redis,gateway-idem \
