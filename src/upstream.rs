@@ -27,7 +27,8 @@
 //! it was written goes on another. Every [`REAP_EVERY`] the idle ones are
 //! given a turn too, so that what Concur closed is closed here as well. A
 //! connection whose exchange did not end cleanly (a body cut short, an answer
-//! not read to its end, `Connection: close`) is dropped, never reused.
+//! not read to its end, `Connection: close`, an upload still being written
+//! when Concur's answer ended) is closed, never reused.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -411,9 +412,19 @@ impl Body for Driven {
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(None) = frame
-            && let Some(conn) = this.conn.take()
+            && let Some(mut conn) = this.conn.take()
         {
-            this.pool.checkin(std::mem::take(&mut this.key), conn);
+            // One more turn: an exchange that is over leaves the connection
+            // idle and wanting the next request. One still writing the upload
+            // (Concur answered before reading all of it, and kept the
+            // connection open) does not: it could carry nothing else until
+            // the upload ends, and pooled it would hold the caller's body and
+            // the socket until the idle limit. That one is closed here.
+            let reusable = conn.driving.as_mut().poll(cx).is_pending()
+                && matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(())));
+            if reusable {
+                this.pool.checkin(std::mem::take(&mut this.key), conn);
+            }
         }
         frame
     }

@@ -685,6 +685,36 @@ async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
 }
 
 #[tokio::test]
+async fn concurrent_uploads_reuse_their_connections_to_concur() {
+    let h = std::sync::Arc::new(Harness::start().await);
+    let body = big_jpeg(300_000);
+    let callers = (0..4).map(|_| {
+        let (h, body) = (h.clone(), body.clone());
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                let r = h.upload("/api/image/v1.0/receipt", &body).await;
+                assert_eq!(r.status, 201, "{}", r.text());
+            }
+        })
+    });
+    for caller in callers.collect::<Vec<_>>() {
+        caller.await.unwrap();
+    }
+    // Never more than four uploads at once, and each connection goes back
+    // to the pool before its caller has the answer: four connections at most.
+    let opened = h.sandbox.connections();
+    assert!(
+        (1..=4).contains(&opened),
+        "{opened} connections for 40 uploads"
+    );
+    let ups = h.wait_for_uploads(40).await;
+    assert!(
+        ups.iter()
+            .all(|u| u.complete && u.sha256_hex == sha256_hex(&body))
+    );
+}
+
+#[tokio::test]
 async fn an_idle_connection_concur_closed_is_closed_here_too() {
     let h = Harness::start().await;
     assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
@@ -1150,4 +1180,96 @@ async fn pdfs_through_the_gateway_encrypted_and_active_content_refused() {
     post(javascript).await.problem(422, "pdf_active_content");
     settle().await;
     assert!(h.uploads().is_empty(), "{:?}", h.uploads());
+}
+
+/// A Concur that answers `400` as soon as it has a request's head, and then
+/// keeps the connection open without reading the rest of the body (allowed
+/// by HTTP/1.1; a server under load may do it). Its URL and CA.
+async fn concur_answering_early() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let xml = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+                           <Error><Message>Image too large</Message></Error>";
+                let answer = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/xml\r\n\
+                     content-length: {}\r\n\r\n{xml}",
+                    xml.len()
+                );
+                if tls.write_all(answer.as_bytes()).await.is_err() || tls.flush().await.is_err() {
+                    return;
+                }
+                // Open, and not reading: the gateway's writes stall.
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                drop(tls);
+            });
+        }
+    });
+    (format!("https://localhost:{port}"), cert.pem())
+}
+
+#[tokio::test]
+async fn a_connection_concur_answered_while_the_upload_was_still_going_is_closed() {
+    let (url, ca) = concur_answering_early().await;
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let h = Harness::builder()
+        .file("early-ca.pem", ca)
+        .set("upstream.base_url", url.as_str())
+        .set("upstream.ca_file", "early-ca.pem")
+        .start()
+        .await;
+    // Far more than the socket buffers hold while Concur does not read.
+    let body = big_jpeg(8 << 20);
+    let r = h.upload("/api/image/v1.0/receipt", &body).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // The answer has ended but the upload on that connection has not: it
+    // can never carry another request. The gateway closes it at once rather
+    // than pooling it (holding the caller's body and the socket until the
+    // pool's idle limit).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let open = sockets_to(port, "01")
+            .iter()
+            .filter(|inode| holds_socket(inode))
+            .count();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} connection(s) to the Concur that answered early still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
