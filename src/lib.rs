@@ -42,6 +42,7 @@ pub mod context;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod fragment;
 pub mod framing;
 pub mod gateway;
 pub mod idempotency;

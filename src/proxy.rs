@@ -48,6 +48,7 @@ use crate::context::RequestCtx;
 use crate::credentials::refresh::Access;
 use crate::credentials::{self, Credential};
 use crate::error::{BoxError, ConcurError, GatewayError, ResponseBody};
+use crate::fragment::FragmentTarget;
 use crate::gateway::Gateway;
 use crate::idempotency::{self, IDEMPOTENT_REPLAYED, Record};
 use crate::inspect::{Inspector, MediaType};
@@ -306,6 +307,16 @@ async fn admit(
     ctx: &mut RequestCtx,
     parts: &Parts,
 ) -> Result<Admitted, GatewayError> {
+    if let Some(sent) = parts.extensions.get::<FragmentTarget>() {
+        // hyper parsed the target up to its `#` (src/fragment.rs): judged on
+        // the path as sent, a `#` in a target ID is a bad ID like any other.
+        return Err(match route::parse(&parts.method, sent.path()) {
+            Err(GatewayError::InvalidId) => GatewayError::InvalidId,
+            _ => GatewayError::InvalidRequest(
+                "the request-target has a '#' (a fragment is never sent)",
+            ),
+        });
+    }
     let route = route::parse(&parts.method, parts.uri.path())?;
     ctx.route = Some(route.kind);
     let key = idempotency::parse(&parts.headers)?;

@@ -55,6 +55,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::connections::{Activity, Admission, Connections};
+use crate::fragment::{FragmentWatch, Fragments};
 use crate::gateway::Gateway;
 use crate::stack;
 
@@ -207,9 +208,12 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let fragments = Arc::new(Fragments::default());
+        let stream = FragmentWatch::new(stream, fragments.clone());
         let service = Tracked {
             inner: service.clone(),
             activity: ticket.activity.clone(),
+            fragments,
         };
         let builder = builder.clone();
         let drain = drain.clone();
@@ -266,6 +270,8 @@ async fn accept_loop(
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Request-targets with a `#` on this connection (`fragment.rs`).
+    fragments: Arc<Fragments>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Tracked<S>
@@ -281,7 +287,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some(sent) = self.fragments.next_request(req.uri()) {
+            req.extensions_mut().insert(sent);
+        }
         let busy = self.activity.begin();
         let future = self.inner.call(req);
         Box::pin(async move {
