@@ -6,9 +6,10 @@
 //!
 //! hyper already refuses malformed request lines, conflicting
 //! `Content-Length` headers, a `Transfer-Encoding` whose last coding is not
-//! `chunked` (400, RFC 9112 §6.3) and more than [`MAX_HEADER_FIELDS`] fields
-//! while parsing. What is left, and checked here:
+//! `chunked` (400, RFC 9112 §6.3) and more than 100 fields (`431`) while
+//! parsing. What is left, and checked here:
 //!
+//! - more than [`MAX_HEADER_FIELDS`] fields (`431 request_head_too_large`);
 //! - the head's size, however it arrived: hyper enforces its buffer cap only
 //!   while a head is still incomplete, so a head sent in one write can be
 //!   parsed past it; the size is recomputed from the parsed head

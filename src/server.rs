@@ -81,6 +81,10 @@ pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 /// gateway is not reading yet (a stream waiting for a Concur slot, say);
 /// 100 streams of 1 MiB over one connection were no faster with 8 or 32 MiB.
 pub const H2_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// hyper's limit on request header fields (its default), above
+/// [`crate::framing::MAX_HEADER_FIELDS`] so that the gateway's own `431`
+/// answers heads of 65 to 100 fields.
+const HYPER_MAX_HEADERS: usize = 100;
 /// The largest DATA frame a client may send (`SETTINGS_MAX_FRAME_SIZE`):
 /// one HTTP/1.1 read, [`READ_BUF_BYTES`]. Each frame is one body chunk
 /// through the inspection, the hand-off upstream and a TLS write; the
@@ -162,7 +166,10 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(READ_BUF_BYTES)
-        .max_headers(crate::framing::MAX_HEADER_FIELDS)
+        // hyper's own cap stays at its default (100 fields, parsed on the
+        // stack): past `framing::MAX_HEADER_FIELDS` (64) the gateway answers
+        // its `431` (problem body, `X-Request-Id`); past 100, hyper's bare one.
+        .max_headers(HYPER_MAX_HEADERS)
         .keep_alive(true);
     builder
         .http2()

@@ -607,3 +607,37 @@ async fn a_hash_in_the_request_target_is_refused_not_cut_off() {
         "only the uploads without a `#` reached Concur"
     );
 }
+
+#[tokio::test]
+async fn more_than_64_header_fields_get_the_gateways_own_431() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let wait = Duration::from_secs(5);
+    // The head of `upload_head` has 3 fields, content-length a fourth.
+    let with_fields = |n: usize| {
+        let extra: String = (4..n).map(|i| format!("x-f{i}: v\r\n")).collect();
+        let head = upload_head(
+            &token,
+            &format!("{extra}content-length: {}\r\n", JPEG.len()),
+        );
+        assert_eq!(head.matches("\r\n").count() - 2, n);
+        [head.as_bytes(), JPEG].concat()
+    };
+    let answer = raw(h.addr, &with_fields(64), wait).await;
+    assert_eq!(status_of(&answer), 201, "{answer}");
+    for n in [65, 100] {
+        let answer = raw(h.addr, &with_fields(n), wait).await;
+        assert_eq!(status_of(&answer), 431, "{n}: {answer}");
+        assert_eq!(code_of(&answer), "request_head_too_large", "{n}");
+        assert!(answer.to_ascii_lowercase().contains("x-request-id"), "{n}");
+    }
+    // Past hyper's own cap it refuses the head itself (docs/errors.md).
+    let answer = raw(h.addr, &with_fields(101), wait).await;
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    settle().await;
+    assert_eq!(
+        h.uploads().len(),
+        1,
+        "only the 64-field upload reached Concur"
+    );
+}
