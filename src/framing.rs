@@ -22,7 +22,8 @@
 //!   (`501 not_implemented`, RFC 9112 §6.1);
 //! - at most one `Authorization` header (`400 invalid_request`): with two,
 //!   which one a component honours is a matter of implementation, the classic
-//!   seed of a confused deputy.
+//!   seed of a confused deputy; likewise at most one `Content-Type` (the
+//!   type the bytes are checked against).
 //!
 //! On HTTP/2 (h2c, `server.rs`) the h2 crate under hyper resets the stream
 //! (`PROTOCOL_ERROR`) before any of this runs for what RFC 9113 §8.2.2 and
@@ -54,6 +55,13 @@ pub fn check(
     if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
         return Err(GatewayError::InvalidRequest(
             "more than one Authorization header",
+        ));
+    }
+    // A singleton field (RFC 9110 §8.3): with two, which type the bytes are
+    // checked against would depend on who reads the head.
+    if headers.get_all(header::CONTENT_TYPE).iter().count() > 1 {
+        return Err(GatewayError::InvalidRequest(
+            "more than one Content-Type header",
         ));
     }
     Ok(())
@@ -261,6 +269,18 @@ mod tests {
             ]),
             Err("invalid_request")
         );
+    }
+
+    #[test]
+    fn one_content_type_header_at_most() {
+        let h = ("host", "gw");
+        assert_eq!(run(&[h, ("content-type", "image/jpeg")]), Ok(()));
+        for second in ["image/png", "image/jpeg"] {
+            assert_eq!(
+                run(&[h, ("content-type", "image/jpeg"), ("content-type", second)]),
+                Err("invalid_request")
+            );
+        }
     }
 
     #[test]

@@ -120,6 +120,12 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
             "invalid_request",
         ),
         (
+            "two Content-Type headers",
+            upload_head(&token, &format!("content-type: image/png\r\n{body_len}")),
+            400,
+            "invalid_request",
+        ),
+        (
             "gzip, chunked",
             upload_head(&token, "transfer-encoding: gzip, chunked\r\n"),
             501,
