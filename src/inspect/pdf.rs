@@ -556,6 +556,9 @@ enum UriVerdict {
 struct UriCheck {
     /// Offset of the `/URI` name.
     at: u64,
+    /// The key whose string this is: `URI`, or `Base` (the base that a
+    /// viewer puts before a scheme-less `/URI`).
+    key: &'static str,
     lit: LitEsc,
     /// Hex string: the first digit of a pair.
     hex_hi: Option<u8>,
@@ -576,9 +579,10 @@ struct UriCheck {
 }
 
 impl UriCheck {
-    fn new(at: u64) -> Self {
+    fn new(at: u64, key: &'static str) -> Self {
         Self {
             at,
+            key,
             lit: LitEsc::None,
             hex_hi: None,
             pre: [0; 2],
@@ -693,7 +697,8 @@ impl UriCheck {
         Rejection::new(
             RejectCode::PdfActiveContent,
             format!(
-                "PDF contains a /URI with the scheme \"{}{more}:\" {where_}",
+                "PDF contains a /{} with the scheme \"{}{more}:\" {where_}",
+                self.key,
                 shown.escape_ascii()
             ),
         )
@@ -890,7 +895,7 @@ impl Lexer {
             trailer_pending: false,
             ready: None,
             watch: Watch::Idle,
-            uri: UriCheck::new(0),
+            uri: UriCheck::new(0, "URI"),
             ef_at: 0,
             ef: EfLog::new(),
             ints: [None; 2],
@@ -948,11 +953,13 @@ impl Lexer {
             Watch::Uri => match ev {
                 Ev::StrStart => {
                     self.watch = Watch::UriStr;
-                    self.uri = UriCheck::new(self.uri.at);
+                    self.uri = UriCheck::new(self.uri.at, self.uri.key);
                     return Ok(());
                 }
-                // `/URI 7 0 R`: the string is elsewhere and cannot be checked.
-                Ev::Num(_) | Ev::R => {
+                // `/URI 7 0 R`: the string is elsewhere and cannot be checked;
+                // `/URI [(...)]` is no string either, whatever a viewer makes
+                // of it. (A `/Base` that is no string is left alone.)
+                Ev::Num(_) | Ev::R | Ev::Open(false) if self.uri.key == "URI" => {
                     return Err(self.active("a /URI whose value is not a string", self.uri.at));
                 }
                 // A dictionary (the catalog's `/URI << /Base ... >>`), a name
@@ -992,6 +999,14 @@ impl Lexer {
                 NameClass::Uri => {
                     self.watch = Watch::Uri;
                     self.uri.at = self.tok_at;
+                    self.uri.key = "URI";
+                }
+                // The catalog's `/URI << /Base (...) >>`: a viewer puts the
+                // base before scheme-less URIs, so its scheme is theirs.
+                NameClass::UriBase => {
+                    self.watch = Watch::Uri;
+                    self.uri.at = self.tok_at;
+                    self.uri.key = "Base";
                 }
                 NameClass::Ef => {
                     self.watch = Watch::Ef(EfStep::Open);
@@ -1999,6 +2014,8 @@ enum NameClass {
     Active,
     /// `/URI`: its string value is checked.
     Uri,
+    /// `/Base`: a string value is checked as a `/URI`'s.
+    UriBase,
     /// `/EF`: its value must be a dictionary of references.
     Ef,
     /// `/EmbeddedFiles`.
@@ -2019,6 +2036,7 @@ impl NameClass {
         matches!(
             self,
             NameClass::Uri
+                | NameClass::UriBase
                 | NameClass::Ef
                 | NameClass::EmbeddedFiles
                 | NameClass::Val(NameVal::EmbeddedFile)
@@ -2037,6 +2055,7 @@ fn classify(name: &[u8]) -> NameClass {
         (3, b"XFA") => Active,
         (3, b"URI") => NameClass::Uri,
         (4, b"Type") => K(Key::Type),
+        (4, b"Base") => NameClass::UriBase,
         (4, b"XRef") => V(NameVal::XRef),
         (5, b"First") => K(Key::First),
         (6, b"Launch") => Active,
@@ -2053,6 +2072,9 @@ fn classify(name: &[u8]) -> NameClass {
         (12, b"EmbeddedFile") => V(NameVal::EmbeddedFile),
         (13, b"EmbeddedFiles") => NameClass::EmbeddedFiles,
         (15, _) if name.eq_ignore_ascii_case(b"application/xml") => V(NameVal::Xml),
+        // The rich media action (`/S /RichMediaExecute`), beside the
+        // annotation's `/RichMedia`.
+        (16, b"RichMediaExecute") => Active,
         _ => NameClass::Other,
     }
 }
@@ -2939,7 +2961,7 @@ mod tests {
 
     /// Feeds already-decoded string bytes to a `UriCheck`.
     fn uri(bytes: &[u8]) -> UriVerdict {
-        let mut u = UriCheck::new(0);
+        let mut u = UriCheck::new(0, "URI");
         for &b in bytes {
             match u.byte(b) {
                 UriVerdict::Pending => {}

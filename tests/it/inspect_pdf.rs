@@ -1472,13 +1472,46 @@ fn hand_cases_2() -> Vec<Case> {
         uri_case("7 0 R"),
         Want::Reject(PdfActiveContent, "a /URI whose value is not a string"),
     ));
+    // The catalog's base for scheme-less URIs: a viewer puts it before
+    // them, so its scheme is checked as theirs.
     add(case(
         "h_uri_catalog_base_dict",
         pdf(
             &objects("/URI << /Base (file:///C:/) >>", "", CONTENT, &[]),
             "",
         ),
+        Want::Reject(PdfActiveContent, "a /Base with the scheme \"file"),
+    ));
+    add(case(
+        "h_uri_catalog_base_dict_https",
+        pdf(
+            &objects(
+                "/URI << /Base (https://example.com/docs/) >>",
+                "/Annots [<< /Type /Annot /Subtype /Link /Rect [0 0 1 1] /A << /S /URI /URI (a.html) >> >>]",
+                CONTENT,
+                &[],
+            ),
+            "",
+        ),
         Want::Ok,
+    ));
+    add(case(
+        "h_uri_array",
+        uri_case("[(javascript:x)]"),
+        Want::Reject(PdfActiveContent, "a /URI whose value is not a string"),
+    ));
+    add(case(
+        "h_rich_media_execute_action",
+        pdf(
+            &objects(
+                "/OpenAction << /S /RichMediaExecute /TA 9 0 R /TI 9 0 R >>",
+                "",
+                CONTENT,
+                &[],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "PDF contains /RichMediaExecute"),
     ));
     add(case(
         "h_uri_key_before_s",
@@ -2496,6 +2529,9 @@ cases!(
     h_uri_https_lookalike,
     h_uri_indirect,
     h_uri_catalog_base_dict,
+    h_uri_catalog_base_dict_https,
+    h_uri_array,
+    h_rich_media_execute_action,
     h_uri_key_before_s,
     h_uri_escaped_name,
     h_uri_in_objstm,
