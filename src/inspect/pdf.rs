@@ -2109,14 +2109,28 @@ enum Sink {
     Inflate,
 }
 
-/// Whether the decoded data of a stream starts like XML: an optional UTF-8
-/// BOM, at most `XML_WS_CAP` bytes of XML white-space, then `<`.
+/// Whether the decoded data of a stream starts like XML: an optional byte
+/// order mark, at most `XML_WS_CAP` characters of XML white-space, then `<`.
+/// Without a BOM or after a UTF-8 one, in bytes; after a UTF-16 one (XML
+/// 1.0 §4.3.3: a UTF-16 document starts with it), in 16-bit units of that
+/// byte order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
     /// This many bytes of a UTF-8 BOM matched.
     Bom(u8),
     /// After the BOM: this many bytes of white-space.
     Ws(u32),
+    /// The first byte of a UTF-16 BOM: `FF` (little-endian) or `FE`.
+    Bom16 {
+        le: bool,
+    },
+    /// After a UTF-16 BOM: this many units of white-space, and the first byte
+    /// of the next unit once read.
+    Ws16 {
+        le: bool,
+        ws: u32,
+        first: Option<u8>,
+    },
     Xml,
     NotXml,
 }
@@ -2135,6 +2149,41 @@ impl Probe {
                 }
                 Probe::Bom(0) | Probe::Ws(_) if b == b'<' => Probe::Xml,
                 Probe::Bom(0) if matches!(b, b' ' | b'\t' | b'\r' | b'\n') => Probe::Ws(1),
+                Probe::Bom(0) if matches!(b, 0xFF | 0xFE) => Probe::Bom16 { le: b == 0xFF },
+                Probe::Bom16 { le } if b == if le { 0xFE } else { 0xFF } => Probe::Ws16 {
+                    le,
+                    ws: 0,
+                    first: None,
+                },
+                Probe::Ws16 {
+                    le,
+                    ws,
+                    first: None,
+                } => Probe::Ws16 {
+                    le,
+                    ws,
+                    first: Some(b),
+                },
+                Probe::Ws16 {
+                    le,
+                    ws,
+                    first: Some(a),
+                } => {
+                    let unit = if le {
+                        u16::from_le_bytes([a, b])
+                    } else {
+                        u16::from_be_bytes([a, b])
+                    };
+                    match unit {
+                        0x3C => Probe::Xml,
+                        0x20 | 0x09 | 0x0D | 0x0A if ws < XML_WS_CAP => Probe::Ws16 {
+                            le,
+                            ws: ws + 1,
+                            first: None,
+                        },
+                        _ => Probe::NotXml,
+                    }
+                }
                 Probe::Ws(n) if matches!(b, b' ' | b'\t' | b'\r' | b'\n') && n < XML_WS_CAP => {
                     Probe::Ws(n + 1)
                 }
@@ -3037,7 +3086,15 @@ mod tests {
         assert!(!probe(b"%PDF-1.7"));
         assert!(!probe(b"\xEF\xBB<a/>"));
         assert!(!probe(b"\xEF\xBB\xBF\xEF\xBB\xBF<a/>"));
-        assert!(!probe(b"\xFE\xFF\x00<"));
+        // UTF-16 with its BOM, either byte order.
+        assert!(probe(b"\xFE\xFF\x00<"));
+        assert!(probe(b"\xFF\xFE<\x00"));
+        assert!(probe(b"\xFF\xFE \x00\n\x00<\x00?\x00"));
+        assert!(!probe(b"\xFF\xFE\x00<"));
+        assert!(!probe(b"\xFE\xFF<\x00"));
+        assert!(!probe(b"\xFF\xFEM\x00Z\x00"));
+        assert!(!probe(b"\xFF\xFF\x00<"));
+        assert!(!probe(b"\xFF\xFE<"));
         assert!(!probe(&[vec![b' '; 1025], b"<a/>".to_vec()].concat()));
         assert!(probe(&[vec![b' '; 1024], b"<a/>".to_vec()].concat()));
         // Fed in pieces: the same.

@@ -1606,6 +1606,35 @@ fn hand_cases_2() -> Vec<Case> {
         ),
         Want::Ok,
     ));
+    // UTF-16 with its byte order mark (XML 1.0 allows it), little-endian and
+    // compressed: the first character after the BOM and white-space is `<`.
+    let utf16le: Vec<u8> = [0xFEFF_u16]
+        .into_iter()
+        .chain(" \n".encode_utf16())
+        .chain(String::from_utf8_lossy(INVOICE_XML).encode_utf16())
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    add(case(
+        "h_ef_xml_utf16le_bom",
+        with_attachment(
+            ef_stream("/Type /EmbeddedFile /Subtype /text#2Fxml", &utf16le, false),
+            &[],
+        ),
+        Want::Ok,
+    ));
+    // The same BOM before bytes that are no XML.
+    add(case(
+        "h_ef_xml_utf16le_bom_not_xml",
+        with_attachment(
+            ef_stream(
+                "/Type /EmbeddedFile /Subtype /text#2Fxml",
+                b"\xFF\xFEM\x00Z\x00\x90\x00",
+                false,
+            ),
+            &[],
+        ),
+        Want::Reject(PdfActiveContent, "that is not XML data"),
+    ));
     add(case(
         "h_ef_xml_subtype_case_and_escapes",
         with_attachment(
@@ -2540,6 +2569,8 @@ cases!(
     h_ef_xml,
     h_ef_xml_raw,
     h_ef_xml_bom_whitespace,
+    h_ef_xml_utf16le_bom,
+    h_ef_xml_utf16le_bom_not_xml,
     h_ef_xml_subtype_case_and_escapes,
     h_ef_xml_filespec_in_objstm,
     h_ef_xml_subtype_exe_bytes,
