@@ -24,9 +24,11 @@
 //!     NUL bytes dropped (UTF-16/32 text);
 //!   - and *nowhere* in it may another format's signature appear ([`NEEDLES`]):
 //!     ZIP local, central-directory and end-of-central-directory headers,
-//!     `%PDF`, and, ASCII case-insensitively, HTML/SVG/XML/script markup (`<html`,
-//!     `<!doctype`, `<head`, `<body`, `<script`, `<iframe`, `<svg`, `<?xml`,
-//!     `<?php`, `<object`, `<embed`, `<img`, …) and `javascript:` URLs. The search
+//!     `%PDF`, the interpreter lines of scripts (`#!/bin/`, `#!/usr/`: `#!`
+//!     alone is too short to look for in binary) and, ASCII case-insensitively,
+//!     HTML/SVG/XML/script markup (`<html`, `<!doctype`, `<head`, `<body`,
+//!     `<script`, `<iframe`, `<svg`, `<?xml`, `<?php`, `<xsl:stylesheet`,
+//!     `<object`, `<embed`, `<img`, …) and `javascript:` URLs. The search
 //!     runs over the trailer with NUL bytes dropped, so UTF-16 and UTF-32 text (NUL
 //!     bytes interleaved, whichever byte order) is found as well as ASCII/UTF-8.
 //!
@@ -211,11 +213,15 @@ pub const NEEDLES: &[Needle] = &[
     exact(b"PK\x01\x02", "a ZIP central directory header"),
     exact(b"PK\x05\x06", "a ZIP end of central directory record"),
     exact(b"%PDF", "a PDF header (%PDF)"),
+    exact(b"#!/bin/", "a script (#!/bin/)"),
+    exact(b"#!/usr/", "a script (#!/usr/)"),
     text(b"<!doctype", "an HTML doctype (<!doctype)"),
     text(b"<?xml", "an XML declaration (<?xml)"),
     text(b"<?php", "a PHP tag (<?php)"),
     text(b"javascript:", "a javascript: URL"),
     text(b"vbscript:", "a vbscript: URL"),
+    text(b"<xsl:stylesheet", "an XSLT stylesheet (<xsl:stylesheet)"),
+    text(b"<xsl:transform", "an XSLT stylesheet (<xsl:transform)"),
     tag(b"<html", "an HTML tag (<html)"),
     tag(b"<head", "an HTML tag (<head)"),
     tag(b"<body", "an HTML tag (<body)"),
@@ -1072,6 +1078,8 @@ mod tests {
             b"\x01< svg ",
             b"\x01javascript",
             b"\x01<\x00s\x00v\x00g\x00x\x00", // UTF-16, longer tag name
+            b"\x01#!\x02#!/bi",               // `#!` alone, or cut short
+            b"\x01#!/BIN/sh",                 // the interpreter line is exact
         ] {
             assert_eq!(scan_every_split(&[&img[..], t].concat()), Ok(()), "{t:?}");
         }
