@@ -22,7 +22,8 @@
 //! the same stack as an HTTP/1.1 one, so every limit holds per stream; what
 //! is particular to HTTP/2 is bounded here: streams per connection
 //! (`server.h2_max_concurrent_streams`), the header list (64 KiB, as an
-//! HTTP/1.1 head), streams reset by the client before they were served and
+//! HTTP/1.1 head: `framing.rs` answers `431`; the h2 crate itself refuses
+//! past 96 KiB), streams reset by the client before they were served and
 //! streams reset for the client's protocol errors (CVE-2023-44487, "rapid
 //! reset": past either count the connection is closed with GOAWAY), and the
 //! request data a connection may make the gateway hold unread (the flow
@@ -81,6 +82,13 @@ pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 /// gateway is not reading yet (a stream waiting for a Concur slot, say);
 /// 100 streams of 1 MiB over one connection were no faster with 8 or 32 MiB.
 pub const H2_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// The header list an HTTP/2 client may send (`SETTINGS_MAX_HEADER_LIST_SIZE`,
+/// counted as RFC 9113 does: name + value + 32 per field): 32 KiB above the
+/// gateway's own 64 KiB head limit, so that a head a little over it gets the
+/// gateway's `431 request_head_too_large` (problem body, `X-Request-Id`)
+/// rather than the h2 crate's bare `431` and a reset stream, which clients
+/// such as curl take for a failure to retry. Past it the h2 crate refuses.
+const H2_MAX_HEADER_LIST: u32 = (crate::framing::MAX_HEAD_BYTES + 32 * 1024) as u32;
 /// hyper's limit on request header fields (its default), above
 /// [`crate::framing::MAX_HEADER_FIELDS`] so that the gateway's own `431`
 /// answers heads of 65 to 100 fields.
@@ -175,7 +183,7 @@ async fn accept_loop(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(server.h2_max_concurrent_streams)
-        .max_header_list_size(crate::framing::MAX_HEAD_BYTES as u32)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
         .initial_stream_window_size(H2_STREAM_WINDOW)

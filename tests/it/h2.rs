@@ -492,6 +492,21 @@ async fn per_stream_limits_hold_over_h2c() {
         .await
         .unwrap()
         .problem(431, "request_head_too_large");
+    // A head over 64 KiB (one 70 KiB field): the gateway's own 431 too, not
+    // the h2 crate's bare one and a reset stream.
+    let mut req = upload_request(
+        addr,
+        "/api/image/v1.0/report/BIGHEAD",
+        ALICE,
+        Some(JPEG.len()),
+        full(JPEG.to_vec()),
+    );
+    req.headers_mut()
+        .insert("x-filler", "a".repeat(70 * 1024).parse().unwrap());
+    send(&mut sender.clone(), req)
+        .await
+        .unwrap()
+        .problem(431, "request_head_too_large");
     // A Host that names another target than :authority.
     let mut req = upload_request(
         addr,
