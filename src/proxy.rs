@@ -720,12 +720,9 @@ fn respond(
         return Err(GatewayError::UpstreamAuthFailed);
     }
     if !status.is_success() {
-        let looks_xml = body
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|&b| b == b'<');
-        if !looks_xml {
-            // A load balancer's HTML or an empty body: keep Concur's status.
+        if !error_body_is_xml(&upstream_headers, &body) {
+            // A load balancer's HTML page, plain text or an empty body: keep
+            // Concur's status (and its Retry-After), without a `concur` body.
             return Err(GatewayError::Concur(Box::new(ConcurError {
                 status,
                 message: format!(
@@ -785,6 +782,35 @@ fn respond(
         headers.insert("repr-digest", digest);
     }
     Ok(response)
+}
+
+/// Whether the body of a Concur error answer is meant as XML (and so goes
+/// through `xml_to_json`, whose refusals are `502 upstream_invalid_response`).
+/// Not: an empty or non-markup body, one labelled HTML, or an HTML page by its
+/// first tag (`<!DOCTYPE html`, `<html`): what a load balancer or proxy in
+/// front of Concur answers a 502/503 with.
+fn error_body_is_xml(headers: &HeaderMap, body: &[u8]) -> bool {
+    let labelled_html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            let t = t.trim();
+            t.eq_ignore_ascii_case("text/html") || t.eq_ignore_ascii_case("application/xhtml+xml")
+        });
+    let start = body
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(body)
+        .trim_ascii_start();
+    let starts_with = |prefix: &[u8]| {
+        start
+            .get(..prefix.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(prefix))
+    };
+    start.first() == Some(&b'<')
+        && !labelled_html
+        && !starts_with(b"<!doctype html")
+        && !starts_with(b"<html")
 }
 
 /// Whether `Accept` ranks `application/xml` (or `text/xml`) above JSON.

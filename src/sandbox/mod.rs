@@ -221,11 +221,14 @@ pub enum Fault {
     Reset,
     /// Answer `201` with a truncated, unparseable XML body.
     MalformedXml,
-    /// Answer exactly this status, `Content-Type` and body.
+    /// Answer exactly this status, `Content-Type` and body (and a
+    /// `Retry-After` header when given).
     Raw {
         status: u16,
         content_type: String,
         body: String,
+        #[serde(default)]
+        retry_after: Option<String>,
     },
 }
 

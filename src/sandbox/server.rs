@@ -451,11 +451,12 @@ async fn upload(
             status,
             content_type,
             body,
+            retry_after,
         }) => Answer {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             content_type: Some(content_type),
             body,
-            retry_after: None,
+            retry_after: retry_after.and_then(|r| HeaderValue::from_str(&r).ok()),
             allow_post: false,
             image_id: None,
             error_message: None,

@@ -564,6 +564,7 @@ async fn concur_errors_map_as_specified() {
         status: 201,
         content_type: "application/xml".into(),
         body: "<!DOCTYPE x [<!ENTITY a \"b\">]><Image><Id>&a;</Id></Image>".into(),
+        retry_after: None,
     });
     h.upload(path, JPEG)
         .await
@@ -573,6 +574,7 @@ async fn concur_errors_map_as_specified() {
         status: 502,
         content_type: "text/html".into(),
         body: "<html>bad gateway</html>".into(),
+        retry_after: None,
     });
     // HTML that is XML-shaped enough to parse is still Concur's answer.
     let r = h.upload(path, JPEG).await;
@@ -791,6 +793,7 @@ async fn xml_clients_get_concurs_answer_verbatim() {
         status: 201,
         content_type: "text/xml".into(),
         body: sent.into(),
+        retry_after: None,
     });
     let r = h
         .post(
@@ -1271,5 +1274,60 @@ async fn a_connection_concur_answered_while_the_upload_was_still_going_is_closed
             "{open} connection(s) to the Concur that answered early still open"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A load balancer in front of Concur answers its own HTML page: Concur's
+/// status and `Retry-After` are kept (the client's back-off hint), without a
+/// translated body; XML that Concur means as its error still goes through
+/// the XML rules (a DOCTYPE there is refused).
+#[tokio::test]
+async fn an_html_error_page_before_concur_keeps_its_status_and_retry_after() {
+    let h = Harness::start().await;
+    let path = "/api/image/v1.0/receipt";
+    // Concur's own XML error with a DOCTYPE: refused as rule 7 says (first:
+    // the 503 below pauses the company).
+    h.sandbox.push_fault(Fault::Raw {
+        status: 400,
+        content_type: "application/xml".into(),
+        body: "<!DOCTYPE Error [<!ENTITY a \"b\">]><Error><Message>&a;</Message></Error>".into(),
+        retry_after: None,
+    });
+    h.upload(path, JPEG)
+        .await
+        .problem(502, "upstream_invalid_response");
+    let nginx_503 = "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n\
+                     <body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n\
+                     <hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+    for (status, content_type, body) in [
+        (
+            502,
+            "text/html",
+            "<!DOCTYPE html>\n<html><body>Bad gateway<br></body></html>",
+        ),
+        (
+            504,
+            "application/octet-stream",
+            "\u{feff}  <!doctype HTML><p>timeout",
+        ),
+        (503, "text/html; charset=utf-8", nginx_503),
+    ] {
+        h.sandbox.push_fault(Fault::Raw {
+            status,
+            content_type: content_type.into(),
+            body: body.into(),
+            retry_after: Some("3".into()),
+        });
+        let r = h.upload(path, JPEG).await;
+        let v = r.problem(status, "concur_error");
+        assert_eq!(r.header("retry-after"), Some("3"), "{status}");
+        assert!(v.get("concur").is_none(), "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("without an XML error body"),
+            "{v}"
+        );
     }
 }
