@@ -125,18 +125,45 @@ impl Config {
     }
 
     /// [`Config::from_toml`], and the files the text names.
+    ///
+    /// A value of the wrong type (`max_body_bytes = "10MB"`) stops serde at
+    /// the first one. To report every problem in one run, such a line is
+    /// named (key and line number), taken out of the text and the text read
+    /// again, until it reads; the rest of the config is then checked as
+    /// usual, without the problems of the keys taken out (they are reported
+    /// already).
     pub fn parse(text: &str, base: &Path) -> Parsed {
-        let de = match toml::Deserializer::parse(text) {
-            Ok(de) => de,
-            Err(e) => return Parsed::unreadable(format!("TOML syntax: {}", e.message())),
-        };
-        let mut unknown = Vec::new();
-        let raw: RawConfig = match serde_ignored::deserialize(de, |path| {
-            // `?` is how serde_ignored shows an optional section.
-            unknown.push(path.to_string().replace(".?.", "."))
-        }) {
-            Ok(raw) => raw,
-            Err(e) => return Parsed::unreadable(e.message().to_owned()),
+        let mut text = std::borrow::Cow::Borrowed(text);
+        let mut typed = Vec::new();
+        let mut taken_out: Vec<String> = Vec::new();
+        let (raw, unknown) = loop {
+            let de = match toml::Deserializer::parse(&text) {
+                Ok(de) => de,
+                Err(e) if typed.is_empty() => {
+                    return Parsed::unreadable(format!("TOML syntax: {}", e.message()));
+                }
+                // Taking out a value that spans lines broke the syntax: what
+                // was found so far.
+                Err(_) => return Parsed::problems(typed),
+            };
+            let mut unknown = Vec::new();
+            match serde_ignored::deserialize::<_, _, RawConfig>(de, |path| {
+                // `?` is how serde_ignored shows an optional section.
+                unknown.push(path.to_string().replace(".?.", "."))
+            }) {
+                Ok(raw) => break (raw, unknown),
+                Err(e) => match e.span().and_then(|span| line_of(&text, span.start)) {
+                    Some((number, start, key)) if typed.len() < 32 && !taken_out.contains(&key) => {
+                        typed.push(format!("{key} (line {number}): {}", e.message()));
+                        taken_out.push(key);
+                        text.to_mut().insert(start, '#');
+                    }
+                    _ => {
+                        typed.push(e.message().to_owned());
+                        return Parsed::problems(typed);
+                    }
+                },
+            }
         };
         let mut cx = Cx {
             base,
@@ -158,23 +185,63 @@ impl Config {
             idempotency: raw.idempotency.parse(&mut cx),
             tracing: raw.tracing.map(|t| t.parse(&mut cx)),
         };
+        // A key taken out above reads as absent: not a problem of its own.
+        cx.problems.retain(|p| {
+            !taken_out.iter().any(|key| {
+                p.strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.starts_with([' ', ':', '.']))
+            })
+        });
+        typed.append(&mut cx.problems);
         Parsed {
-            config: if cx.problems.is_empty() {
+            config: if typed.is_empty() {
                 Ok(config)
             } else {
-                Err(ConfigErrors(cx.problems))
+                Err(ConfigErrors(typed))
             },
             files: cx.files,
         }
     }
 }
 
+/// The line holding byte `at` of a config's text: its number (from 1), the
+/// offset where it starts, and the dotted path of the key it sets (its
+/// `[section]` first).
+fn line_of(text: &str, at: usize) -> Option<(usize, usize, String)> {
+    let start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let number = text[..start].matches('\n').count() + 1;
+    let line = text[start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        let name = l
+            .strip_prefix("[[")
+            .and_then(|l| l.split_once("]]"))
+            .or_else(|| l.strip_prefix('[').and_then(|l| l.split_once(']')))?;
+        Some(name.0.trim())
+    });
+    let key = key.trim_matches('"');
+    Some((
+        number,
+        start,
+        section.map_or_else(|| key.to_owned(), |s| format!("{s}.{key}")),
+    ))
+}
+
 impl Parsed {
-    /// Text that is not a config at all (unreadable, not TOML, a value of the
-    /// wrong type): one problem, no files.
+    /// Text that is not a config at all (unreadable, not TOML): one problem,
+    /// no files.
     fn unreadable(problem: String) -> Self {
+        Self::problems(vec![problem])
+    }
+
+    /// Problems found before the config could be read whole: no files.
+    fn problems(problems: Vec<String>) -> Self {
         Parsed {
-            config: Err(ConfigErrors(vec![problem])),
+            config: Err(ConfigErrors(problems)),
             files: Files::default(),
         }
     }
@@ -1386,6 +1453,36 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use base64::Engine;
+
+    #[test]
+    fn values_of_the_wrong_type_are_all_named_with_their_line() {
+        let problems = |text: &str| match Config::from_toml(text, Path::new(".")) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.0,
+        };
+        let p = problems("[server]\nmax_body_bytes = true\nlisten = 5\n");
+        assert_eq!(p.len(), 2 + problems("").len(), "{p:?}");
+        for want in [
+            "server.max_body_bytes (line 2): invalid type: boolean",
+            "server.listen (line 3): invalid type: integer",
+        ] {
+            assert!(p.iter().any(|l| l.starts_with(want)), "{want}: {p:?}");
+        }
+        // A value over several lines cannot be taken out line by line: the
+        // problems found so far, no panic.
+        let p = problems("[server]\nmax_body_bytes = [\n 1,\n 2]\nlisten = 5\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("server.max_body_bytes (line 2): invalid type: sequence")),
+            "{p:?}"
+        );
+        assert_eq!(
+            line_of("a = 1\n[x]\n\"b\" = 2\n", 13),
+            Some((3, 10, "x.b".to_owned()))
+        );
+        assert_eq!(line_of("[x]\n", 1), None);
+    }
 
     const MINIMAL: &str = r#"
 [auth]

@@ -280,6 +280,43 @@ fn check_config_reports_config_and_file_problems_in_one_run() {
     }
 }
 
+#[test]
+fn check_config_reports_every_value_of_the_wrong_type_and_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[server]\nmax_body_bytes = \"10MB\"\n\
+         [upstream]\ntimeout_s = \"slow\"\nca_file = \"ca.pem\"\n\
+         [auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"jwks.json\"\n\
+         [rate_limit]\nuser_per_second = -1\n\
+         [idempotency]\nttl_s = [1, 2]\n\
+         [credentials]\nfile = \"creds.toml\"\n",
+    )
+    .unwrap();
+    let (code, text) = check_config(&path);
+    assert_eq!(code, Some(2), "{text}");
+    let at = |name: &str| dir.path().join(name).display().to_string();
+    let expected = [
+        "server.max_body_bytes (line 2): invalid type: string \"10MB\"".to_owned(),
+        "upstream.timeout_s (line 4): invalid type: string \"slow\"".to_owned(),
+        "idempotency.ttl_s (line 13): invalid type: sequence".to_owned(),
+        "rate_limit.user_per_second = -1: expected a rate > 0".to_owned(),
+        format!("upstream.ca_file {}: no such file", at("ca.pem")),
+        format!("auth.jwks_file {}: no such file", at("jwks.json")),
+        format!("credentials.file {}: no such file", at("creds.toml")),
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{text}");
+    for problem in &expected {
+        let prefix = format!("{}: {problem}", path.display());
+        assert!(
+            lines.iter().any(|l| l.starts_with(&prefix)),
+            "missing {prefix:?} in:\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let h = Harness::start().await;
