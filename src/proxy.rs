@@ -581,7 +581,7 @@ async fn exchange_with(
                 GatewayError::UpstreamUnavailable(e)
             });
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Ok(collected)) => redact_token(collected.to_bytes(), &access.authorization),
     };
     let elapsed = started.elapsed();
     gw.metrics
@@ -672,6 +672,31 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, GatewayError> {
             .map(Some)
             .ok_or(GatewayError::Internal("unparsable Content-Length".into())),
     }
+}
+
+/// Concur's answer with every copy of the access token the gateway sent in
+/// it replaced by `[redacted]`. An error message that quotes the token
+/// (`Invalid token: OAuth ...`) would otherwise reach the client, the access
+/// log and an idempotency record; the token never leaves the gateway.
+fn redact_token(body: Bytes, authorization: &HeaderValue) -> Bytes {
+    let value = authorization.as_bytes();
+    let token = value
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(value, |i| &value[i + 1..])
+        .trim_ascii();
+    if token.len() < 8 || memchr::memmem::find(&body, token).is_none() {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = &body[..];
+    while let Some(i) = memchr::memmem::find(rest, token) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(b"[redacted]");
+        rest = &rest[i + token.len()..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
 }
 
 /// Builds the request to Concur from scratch: nothing of the client's headers is

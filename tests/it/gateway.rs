@@ -1331,3 +1331,38 @@ async fn an_html_error_page_before_concur_keeps_its_status_and_retry_after() {
         );
     }
 }
+
+/// A Concur error message that quotes the access token the gateway sent:
+/// the token is redacted before the answer reaches the client or the log.
+#[tokio::test]
+async fn a_concur_answer_that_quotes_the_token_is_redacted() {
+    let h = Harness::start().await;
+    let token = "concur-alice-token-0001"; // alice's, in the test credentials
+    h.sandbox.push_fault(Fault::Raw {
+        status: 400,
+        content_type: "application/xml".into(),
+        body: format!(
+            "<Error><Message>Invalid token: OAuth {token} (token {token})</Message></Error>"
+        ),
+        retry_after: None,
+    });
+    let capture = capture_logs().await;
+    let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
+    let logs = capture.finish();
+    let v = r.problem(400, "concur_error");
+    assert_eq!(
+        v["detail"], "Invalid token: OAuth [redacted] (token [redacted])",
+        "{v}"
+    );
+    assert!(!r.text().contains(token), "{}", r.text());
+    assert!(logs.contains("[redacted]"), "the answer was logged: {logs}");
+    assert!(!logs.contains(token), "the token in the log: {logs}");
+    // What Concur was sent did carry it (the fault answered that request).
+    let ups = h.wait_for_uploads(1).await;
+    assert!(
+        ups[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v.ends_with(token))
+    );
+}
