@@ -36,7 +36,12 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
 
 fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),

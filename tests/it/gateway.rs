@@ -899,6 +899,10 @@ async fn admin_endpoints_and_drain() {
     );
     assert!(m.contains("concur_gateway_build_info"));
     assert!(!m.contains(ALICE_TOKEN) && !m.contains("alice@acme"));
+    // Another method: 405 naming the ones allowed (RFC 9110 §15.5.6).
+    let r = request(h.admin, "POST", "/healthz", &[], Payload::Full(Vec::new())).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
     h.begin_shutdown();
     wait_for_async(async || h.admin_get("/readyz").await.status == 503).await;
     let r = h.admin_get("/readyz").await;
