@@ -258,22 +258,33 @@ impl MemoryRecords {
 }
 
 impl MemoryInner {
-    /// Drops the oldest records beyond `max` (and expired ones met on the way).
+    /// Drops the oldest final records beyond `max` (and expired ones met on
+    /// the way). A record still in flight is passed over, never dropped:
+    /// dropped, a retry of its key would go to Concur while the first upload
+    /// is still there. So the map may hold `max` plus the uploads in flight
+    /// (which the upload limits bound).
     fn evict(&mut self, max: usize) {
         let now = Instant::now();
-        while self.map.len() > max || self.order.len() > 2 * max.max(1) {
+        // At most one turn through the queue (every record in flight).
+        let mut turns = self.order.len();
+        while (self.map.len() > max || self.order.len() > 2 * max.max(1)) && turns > 0 {
+            turns -= 1;
             let Some((key, seq)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.get(&key).is_some_and(|e| e.seq == seq) {
-                // The oldest live record goes first; an expired one anyway.
-                let expired = self.map.get(&key).is_some_and(|e| e.expires <= now);
-                if self.map.len() > max || expired {
-                    self.map.remove(&key);
-                } else {
-                    self.order.push_front((key, seq));
-                    break;
-                }
+            let Some(entry) = self.map.get(&key).filter(|e| e.seq == seq) else {
+                continue; // a stale queue item
+            };
+            let expired = entry.expires <= now;
+            let in_flight = matches!(entry.state, EntryState::InFlight { .. });
+            if expired || (self.map.len() > max && !in_flight) {
+                // The oldest final record goes first; an expired one anyway.
+                self.map.remove(&key);
+            } else if in_flight {
+                self.order.push_back((key, seq));
+            } else {
+                self.order.push_front((key, seq));
+                break;
             }
         }
     }
@@ -376,6 +387,29 @@ mod tests {
         // An expired lease frees it too.
         assert_eq!(m.begin("e", "o1", Duration::ZERO), Begun::Started);
         assert_eq!(m.begin("e", "o2", lease), Begun::Started);
+    }
+
+    #[test]
+    fn records_in_flight_are_never_dropped_to_make_room() {
+        let lease = Duration::from_secs(60);
+        let m = MemoryRecords::new(3, Duration::from_secs(60));
+        m.begin("done", "o", lease);
+        m.finish("done", "o", record("fp"));
+        for k in ["a", "b", "c", "d"] {
+            assert_eq!(m.begin(k, "o", lease), Begun::Started);
+        }
+        // The final record made room first; then four in flight, over max.
+        assert_eq!(m.begin("done", "o", lease), Begun::Started);
+        for k in ["a", "b", "c", "d"] {
+            assert_eq!(m.begin(k, "o2", lease), Begun::InFlight, "{k}");
+        }
+        // Finished, they are dropped oldest first as new keys come.
+        for k in ["a", "b", "c", "d", "done"] {
+            m.finish(k, "o", record(k));
+        }
+        m.begin("e", "o", lease);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.begin("a", "o", lease), Begun::Started, "the oldest went");
     }
 
     #[test]

@@ -173,6 +173,37 @@ async fn a_key_in_flight_is_a_conflict() {
     assert_eq!(h.uploads().len(), 1);
 }
 
+/// `max_records` makes room by dropping the oldest *final* records: a key
+/// still in flight is never dropped, or its retry would reach Concur twice.
+#[tokio::test]
+async fn a_key_in_flight_is_kept_past_max_records() {
+    let h = Harness::with_config("[idempotency]\nmax_records = 1").await;
+    let addr = h.addr;
+    let mut slow = Vec::new();
+    for key in ["held-1", "held-2"] {
+        h.sandbox.push_fault(Fault::Delay { millis: 1500 });
+        slow.push(tokio::spawn(async move {
+            keyed(addr, ALICE, "/api/image/v1.0/report/R1", key, JPEG, &[]).await
+        }));
+        h.wait_for_uploads(slow.len()).await;
+    }
+    // Two records in flight with room for one: the first is still there.
+    keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R1",
+        "held-1",
+        JPEG,
+        &[],
+    )
+    .await
+    .problem(409, "idempotency_conflict");
+    for first in slow {
+        assert_eq!(first.await.unwrap().status, 201);
+    }
+    assert_eq!(h.uploads().len(), 2, "no upload went to Concur twice");
+}
+
 #[tokio::test]
 async fn keys_are_scoped_to_the_caller() {
     let h = Harness::start().await;
