@@ -629,13 +629,23 @@ async fn exchange_with(
 /// `Retry-After` as delta-seconds (Concur's form). An HTTP-date is not
 /// interpreted: the client still receives the header as Concur sent it.
 fn retry_after(headers: &HeaderMap) -> Option<std::time::Duration> {
-    let secs: u64 = headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+/// `Retry-After` as seconds or as an HTTP-date (RFC 9110 §10.2.3), seen at
+/// `now`: how long to wait, at least a second; `None` when absent, unreadable
+/// or already past.
+fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs = match value.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            let left = at.duration_since(now).ok()?;
+            // Round up: a date 0.4 s ahead still asks for a pause.
+            left.as_secs() + u64::from(left.subsec_nanos() > 0)
+        }
+    };
     (secs > 0).then(|| std::time::Duration::from_secs(secs))
 }
 
@@ -881,6 +891,30 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let at = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after_at(&h, now)
+        };
+        let date = |t: SystemTime| httpdate::fmt_http_date(t);
+        assert_eq!(at("7"), Some(Duration::from_secs(7)));
+        assert_eq!(at(" 60 "), Some(Duration::from_secs(60)));
+        assert_eq!(at("0"), None);
+        assert_eq!(
+            at(&date(now + Duration::from_secs(60))),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(at(&date(now - Duration::from_secs(5))), None, "past");
+        assert_eq!(at(&date(now)), None, "now");
+        assert_eq!(at("soon"), None);
+        assert_eq!(at("-3"), None);
+        assert_eq!(retry_after_at(&HeaderMap::new(), now), None);
+    }
 
     fn accept(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1072,6 +1072,31 @@ async fn concur_throttling_pauses_that_company_only() {
     assert_eq!(r.status, 201, "{}", r.text());
 }
 
+/// `Retry-After` may be an HTTP-date (RFC 9110): it pauses the company too.
+#[tokio::test]
+async fn concur_throttling_with_a_date_pauses_the_company_too() {
+    let h = Harness::start().await;
+    let then = std::time::SystemTime::now() + Duration::from_secs(60);
+    let date = httpdate::fmt_http_date(then);
+    h.sandbox.push_fault(Fault::Status {
+        status: 503,
+        message: "Service unavailable".into(),
+        retry_after: Some(date.clone()),
+    });
+    let r = h.upload("/api/image/v1.0/report/R1", JPEG).await;
+    r.problem(503, "concur_error");
+    assert_eq!(r.header("retry-after"), Some(date.as_str()));
+    let r = h.upload("/api/image/v1.0/report/R2", JPEG).await;
+    r.problem(429, "rate_limited");
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((55..=61).contains(&wait), "{wait}");
+    assert_eq!(
+        h.uploads().len(),
+        1,
+        "the second upload never reached Concur"
+    );
+}
+
 #[tokio::test]
 async fn a_full_upstream_queue_answers_503_overloaded() {
     let h = Harness::with_config("[upstream]\nmax_in_flight = 1\nqueue_timeout_s = 0.2").await;
