@@ -1218,22 +1218,7 @@ async fn pdfs_through_the_gateway_encrypted_and_active_content_refused() {
 /// keeps the connection open without reading the rest of the body (allowed
 /// by HTTP/1.1; a server under load may do it). Its URL and CA.
 async fn concur_answering_early() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let (acceptor, ca) = localhost_tls();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -1268,7 +1253,7 @@ async fn concur_answering_early() -> (String, String) {
             });
         }
     });
-    (format!("https://localhost:{port}"), cert.pem())
+    (format!("https://localhost:{port}"), ca)
 }
 
 #[tokio::test]

@@ -353,6 +353,27 @@ async fn launch(path: &Path, clock: Option<Arc<ManualClock>>) -> (Arc<Gateway>, 
     (gateway, served)
 }
 
+/// A TLS acceptor for `localhost` with a certificate made now, and that
+/// certificate's PEM (the CA a client is given).
+pub fn localhost_tls() -> (tokio_rustls::TlsAcceptor, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(tls)), cert.pem())
+}
+
 /// A local HTTPS server publishing a JWKS that tests can rotate or break.
 pub struct JwksServer {
     pub url: String,
@@ -364,23 +385,7 @@ pub struct JwksServer {
 impl JwksServer {
     pub async fn start(initial: &str) -> Self {
         use std::sync::atomic::Ordering;
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let ca_pem = cert.pem();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (acceptor, ca_pem) = localhost_tls();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let jwks = Arc::new(std::sync::Mutex::new(Some(initial.to_owned())));
