@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{self, Config};
 use crate::gateway::Gateway;
-use crate::sandbox::{Sandbox, SandboxConfig, SandboxToken};
+use crate::sandbox::{OAuthClient, Sandbox, SandboxConfig, SandboxToken};
 use crate::server;
 
 #[derive(Debug, Parser)]
@@ -56,6 +56,15 @@ pub enum Command {
         /// company's admin token. Repeatable.
         #[arg(long = "token", value_name = "TOKEN=COMPANY[/USER]")]
         tokens: Vec<String>,
+        /// An OAuth2 client of the token endpoint (refresh-token grant, the
+        /// refresh token rotated on every use): CLIENT_ID:CLIENT_SECRET:
+        /// REFRESH_TOKEN=COMPANY/USER, or =COMPANY for a company-level client.
+        /// Repeatable. (Neither the id nor the secret may hold a `:`.)
+        #[arg(
+            long = "oauth-client",
+            value_name = "ID:SECRET:REFRESH_TOKEN=COMPANY[/USER]"
+        )]
+        oauth_clients: Vec<String>,
     },
     /// Validate everything `serve` would load; exit 0, or print every problem and exit 2.
     CheckConfig {
@@ -165,11 +174,38 @@ pub fn parse_token(spec: &str) -> Result<SandboxToken, String> {
     })
 }
 
+/// `--oauth-client ID:SECRET:REFRESH_TOKEN=COMPANY[/USER]`.
+pub fn parse_oauth_client(spec: &str) -> Result<OAuthClient, String> {
+    const EXPECTED: &str = "expected CLIENT_ID:CLIENT_SECRET:REFRESH_TOKEN=COMPANY[/USER]";
+    let (client, owner) = spec.rsplit_once('=').ok_or(EXPECTED)?;
+    let mut parts = client.splitn(3, ':');
+    let (Some(client_id), Some(client_secret), Some(refresh_token)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(EXPECTED.into());
+    };
+    let owner = parse_token(&format!("x={owner}")).map_err(|_| EXPECTED.to_owned())?;
+    if [client_id, client_secret, refresh_token]
+        .iter()
+        .any(|s| s.is_empty())
+    {
+        return Err(EXPECTED.into());
+    }
+    Ok(OAuthClient {
+        client_id: client_id.to_owned(),
+        client_secret: client_secret.to_owned(),
+        company: owner.company,
+        user: owner.user,
+        refresh_token: refresh_token.to_owned(),
+    })
+}
+
 pub async fn sandbox(
     listen: SocketAddr,
     tls: Option<(PathBuf, PathBuf)>,
     cert_out: Option<PathBuf>,
     tokens: Vec<String>,
+    oauth_clients: Vec<String>,
 ) -> ExitCode {
     let mut config = SandboxConfig::default();
     for spec in &tokens {
@@ -177,6 +213,15 @@ pub async fn sandbox(
             Ok(t) => config.tokens.push(t),
             Err(e) => {
                 eprintln!("--token: {e}");
+                return 2;
+            }
+        }
+    }
+    for spec in &oauth_clients {
+        match parse_oauth_client(spec) {
+            Ok(c) => config.oauth_clients.push(c),
+            Err(e) => {
+                eprintln!("--oauth-client: {e}");
                 return 2;
             }
         }
@@ -241,4 +286,38 @@ pub fn scan(
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oauth_clients_on_the_command_line() {
+        let c = parse_oauth_client("id-1:s3cret:rt:with:colons=acme/bob@acme.example").unwrap();
+        assert_eq!(
+            (
+                c.client_id.as_str(),
+                c.client_secret.as_str(),
+                c.refresh_token.as_str()
+            ),
+            ("id-1", "s3cret", "rt:with:colons")
+        );
+        assert_eq!(
+            (c.company.as_str(), c.user.as_deref()),
+            ("acme", Some("bob@acme.example"))
+        );
+        let c = parse_oauth_client("id:s:rt=globex").unwrap();
+        assert_eq!((c.company.as_str(), c.user), ("globex", None));
+        for bad in [
+            "id:s:rt",
+            "id:s=acme",
+            "id::rt=acme",
+            ":s:rt=acme",
+            "id:s:=acme",
+            "id:s:rt=",
+        ] {
+            assert!(parse_oauth_client(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -24,7 +24,17 @@ fn main() {
                 tls_key,
                 cert_out,
                 tokens,
-            } => cli::sandbox(listen, tls_cert.zip(tls_key), cert_out, tokens).await,
+                oauth_clients,
+            } => {
+                cli::sandbox(
+                    listen,
+                    tls_cert.zip(tls_key),
+                    cert_out,
+                    tokens,
+                    oauth_clients,
+                )
+                .await
+            }
             Command::CheckConfig { config } => {
                 cli::check_config(config, &mut std::io::stdout()).await
             }

@@ -317,6 +317,70 @@ fn check_config_reports_every_value_of_the_wrong_type_and_the_rest() {
     }
 }
 
+/// `sandbox` on its own, with an OAuth client from the command line: a
+/// gateway process with a refreshing credential gets its access token there,
+/// the refresh token rotated, and uploads with it.
+#[tokio::test]
+async fn the_standalone_sandbox_serves_a_refreshing_credential() {
+    use crate::creds::{BOB_CLIENT, BOB_REFRESH, BOB_SECRET, credentials_with_bob};
+    let h = Harness::start().await; // GatewayToml::write wants a sandbox
+    let dir = tempfile::tempdir().unwrap();
+    let sb_port = free_port();
+    let ca = dir.path().join("standalone-ca.pem");
+    let mut sandbox = Command::new(BIN)
+        .args([
+            "sandbox",
+            "--listen",
+            &format!("127.0.0.1:{sb_port}"),
+            "--cert-out",
+        ])
+        .arg(&ca)
+        .arg("--oauth-client")
+        .arg(format!(
+            "{BOB_CLIENT}:{BOB_SECRET}:{BOB_REFRESH}={}/{}",
+            BOB.0, BOB.1
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sb_addr: std::net::SocketAddr = format!("127.0.0.1:{sb_port}").parse().unwrap();
+    wait_for_async(async || ca.exists() && tokio::net::TcpStream::connect(sb_addr).await.is_ok())
+        .await;
+    let (port, admin) = (free_port(), free_port());
+    let config = serve_config(port, admin)
+        .set("upstream.base_url", format!("https://localhost:{sb_port}"))
+        .set("upstream.ca_file", "standalone-ca.pem")
+        .write(dir.path(), &h.sandbox, &credentials_with_bob(BOB_REFRESH));
+    let mut gateway = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..2 {
+        let r = upload_to(
+            addr,
+            &jwt(BOB.0, BOB.1),
+            "/api/image/v1.0/receipt",
+            "image/jpeg",
+            Payload::Full(JPEG.to_vec()),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // The refresh went to the standalone sandbox, not the in-process one.
+    assert_eq!(h.sandbox.token_requests(), 0);
+    assert!(h.uploads().is_empty());
+    let _ = gateway.kill();
+    let _ = sandbox.kill();
+    let _ = gateway.wait();
+    let _ = sandbox.wait();
+}
+
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let h = Harness::start().await;
