@@ -151,6 +151,11 @@ impl Tracker {
                                 data.len()
                             }
                         }
+                    } else if memchr::memchr(b'\n', data).is_none() {
+                        // A head ends at a line end: nothing to parse again
+                        // (a client dripping its head byte by byte).
+                        self.head.extend_from_slice(data);
+                        data.len()
                     } else {
                         let before = self.head.len();
                         self.head.extend_from_slice(data);
