@@ -5,9 +5,11 @@
 //! whose framing cannot be trusted is not a request to authenticate).
 //!
 //! hyper already refuses malformed request lines, conflicting
-//! `Content-Length` headers, a `Transfer-Encoding` whose last coding is not
-//! `chunked` (400, RFC 9112 §6.3) and more than 100 fields (`431`) while
-//! parsing. What is left, and checked here:
+//! `Content-Length` headers and more than 100 fields (`431`) while parsing.
+//! It would also refuse a `Transfer-Encoding` whose last coding is not
+//! `chunked` (a bare 400, RFC 9112 §6.3); the head watch (`head_watch.rs`)
+//! renames such a field for hyper and puts it back in the parsed request, so
+//! it is judged here. What is left, and checked here:
 //!
 //! - more than [`MAX_HEADER_FIELDS`] fields (`431 request_head_too_large`);
 //! - the head's size, however it arrived: hyper enforces its buffer cap only
@@ -17,8 +19,8 @@
 //! - exactly one valid `Host` (RFC 9112 §3.2; `400 invalid_request`); for
 //!   HTTP/2 the `:authority` pseudo-header may stand in for it, and when both
 //!   are sent they must agree (RFC 9113 §8.3.1);
-//! - a `Transfer-Encoding` must be exactly `chunked`: `gzip, chunked` or
-//!   `identity, chunked` use codings the gateway does not implement
+//! - a `Transfer-Encoding` must be exactly `chunked`: `gzip`, `gzip, chunked`
+//!   or `identity, chunked` use codings the gateway does not implement
 //!   (`501 not_implemented`, RFC 9112 §6.1);
 //! - at most one `Authorization` header (`400 invalid_request`): with two,
 //!   which one a component honours is a matter of implementation, the classic

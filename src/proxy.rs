@@ -48,8 +48,8 @@ use crate::context::RequestCtx;
 use crate::credentials::refresh::Access;
 use crate::credentials::{self, Credential};
 use crate::error::{BoxError, ConcurError, GatewayError, ResponseBody};
-use crate::fragment::FragmentTarget;
 use crate::gateway::Gateway;
+use crate::head_watch::FragmentTarget;
 use crate::idempotency::{self, IDEMPOTENT_REPLAYED, Record};
 use crate::inspect::{Inspector, MediaType};
 use crate::metrics::{CodeLabel, DirectionLabel, ResultLabel, RouteLabel, ScopeLabel};
@@ -308,7 +308,7 @@ async fn admit(
     parts: &Parts,
 ) -> Result<Admitted, GatewayError> {
     if let Some(sent) = parts.extensions.get::<FragmentTarget>() {
-        // hyper parsed the target up to its `#` (src/fragment.rs): judged on
+        // hyper parsed the target up to its `#` (src/head_watch.rs): judged on
         // the path as sent, a `#` in a target ID is a bad ID like any other.
         return Err(match route::parse(&parts.method, sent.path()) {
             Err(GatewayError::InvalidId) => GatewayError::InvalidId,

@@ -56,8 +56,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::connections::{Activity, Admission, Connections};
-use crate::fragment::{FragmentWatch, Fragments};
 use crate::gateway::Gateway;
+use crate::head_watch::{HeadNotes, HeadWatch};
 use crate::stack;
 
 /// The connection's read buffer cap. hyper uses one cap for two things: the
@@ -223,12 +223,12 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let fragments = Arc::new(Fragments::default());
-        let stream = FragmentWatch::new(stream, fragments.clone());
+        let notes = Arc::new(HeadNotes::default());
+        let stream = HeadWatch::new(stream, notes.clone());
         let service = Tracked {
             inner: service.clone(),
             activity: ticket.activity.clone(),
-            fragments,
+            notes,
         };
         let builder = builder.clone();
         let drain = drain.clone();
@@ -285,8 +285,8 @@ async fn accept_loop(
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
-    /// Request-targets with a `#` on this connection (`fragment.rs`).
-    fragments: Arc<Fragments>,
+    /// What hyper's parse of this connection's heads lost (`head_watch.rs`).
+    notes: Arc<HeadNotes>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Tracked<S>
@@ -303,9 +303,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if let Some(sent) = self.fragments.next_request(req.uri()) {
-            req.extensions_mut().insert(sent);
-        }
+        self.notes.apply(&mut req);
         let busy = self.activity.begin();
         let future = self.inner.call(req);
         Box::pin(async move {

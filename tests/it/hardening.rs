@@ -146,6 +146,36 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
             501,
             "not_implemented",
         ),
+        // A last coding other than chunked: hyper refuses such a head itself
+        // (a bare 400); the head watch (src/head_watch.rs) gets it to the
+        // gateway's own 501.
+        (
+            "gzip",
+            upload_head(&token, "transfer-encoding: gzip\r\n"),
+            501,
+            "not_implemented",
+        ),
+        (
+            "chunked, gzip",
+            upload_head(&token, "Transfer-Encoding: chunked, gzip\r\n"),
+            501,
+            "not_implemented",
+        ),
+        (
+            "chunked then gzip in two fields",
+            upload_head(
+                &token,
+                "transfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n",
+            ),
+            501,
+            "not_implemented",
+        ),
+        (
+            "gzip and a content-length",
+            upload_head(&token, &format!("transfer-encoding: gzip\r\n{body_len}")),
+            501,
+            "not_implemented",
+        ),
     ];
     for (name, head, status, code) in cases {
         let mut wire = head.into_bytes();
@@ -162,15 +192,6 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
             "{name}"
         );
     }
-    // A `Transfer-Encoding` whose last coding is not chunked: hyper answers
-    // 400 itself (RFC 9112 §6.3), before the stack.
-    let answer = raw(
-        h.addr,
-        upload_head(&token, "transfer-encoding: gzip\r\n").as_bytes(),
-        wait,
-    )
-    .await;
-    assert_eq!(status_of(&answer), 400, "{answer}");
     // The control: the same request, well framed, goes through.
     let answer = raw(
         h.addr,
@@ -185,6 +206,57 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
         1,
         "only the well-framed upload reached Concur"
     );
+}
+
+/// `Transfer-Encoding: gzip` gets the gateway's `501` whether the head comes
+/// in one write, dripped byte by byte (the watch holds a partial field line
+/// back from hyper until it is whole), or after an upload on a keep-alive
+/// connection; the connection is closed after it and nothing reaches Concur.
+#[tokio::test]
+async fn a_transfer_coding_hyper_refuses_gets_the_501_however_it_arrives() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let wait = Duration::from_secs(5);
+    let gzip = upload_head(&token, "Transfer-Encoding: gzip\r\n");
+
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for b in gzip.as_bytes() {
+        s.write_all(std::slice::from_ref(b)).await.unwrap();
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let _ = s.write_all(b"compressed bytes").await;
+    let answer = read_answer(&mut s, wait).await;
+    assert_eq!(status_of(&answer), 501, "dripped: {answer}");
+    assert_eq!(code_of(&answer), "not_implemented");
+    assert!(answer.to_ascii_lowercase().contains("x-request-id"));
+    assert!(answer.to_ascii_lowercase().contains("connection: close"));
+
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let good = [
+        upload_head(&token, &format!("content-length: {}\r\n", JPEG.len())).as_bytes(),
+        JPEG,
+    ]
+    .concat();
+    s.write_all(&good).await.unwrap();
+    let answer = read_answer(&mut s, wait).await;
+    assert_eq!(status_of(&answer), 201, "{answer}");
+    s.write_all(&[gzip.as_bytes(), &good].concat())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut s, wait).await;
+    assert_eq!(status_of(&answer), 501, "keep-alive: {answer}");
+    assert_eq!(code_of(&answer), "not_implemented");
+    // The pipelined upload after it is not served: the connection is closed.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(wait, s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "the connection is closed"
+    );
+    assert!(!String::from_utf8_lossy(&rest).contains("201"), "{rest:?}");
+    settle().await;
+    assert_eq!(h.uploads().len(), 1, "only the first upload reached Concur");
 }
 
 #[tokio::test]
@@ -541,7 +613,7 @@ async fn every_exit_records_the_body_facts() {
 /// hyper parses a request-target with a `#` and the `http` crate drops the
 /// `#` and what follows: `report/R1#R2` reached the router as `report/R1`.
 /// Refused instead, on a keep-alive connection too, and the watch that sees
-/// it (src/fragment.rs) is not fooled by a body that holds such a line.
+/// it (src/head_watch.rs) is not fooled by a body that holds such a line.
 #[tokio::test]
 async fn a_hash_in_the_request_target_is_refused_not_cut_off() {
     let h = Harness::start().await;
