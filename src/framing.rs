@@ -4,13 +4,17 @@
 //! application, run first on every request (before authentication: a message
 //! whose framing cannot be trusted is not a request to authenticate).
 //!
-//! hyper already refuses malformed request lines, conflicting
-//! `Content-Length` headers and more than 100 fields (`431`) while parsing.
-//! It would also refuse a `Transfer-Encoding` whose last coding is not
-//! `chunked` (a bare 400, RFC 9112 §6.3); the head watch (`head_watch.rs`)
-//! renames such a field for hyper and puts it back in the parsed request, so
-//! it is judged here. What is left, and checked here:
+//! hyper already refuses malformed request lines and conflicting
+//! `Content-Length` headers while parsing (a bare `400`). It would also
+//! refuse, with a bare answer, a `Transfer-Encoding` whose last coding is not
+//! `chunked` (400, RFC 9112 §6.3) and a head that fills its 64 KiB buffer
+//! incomplete or has more than 100 fields (431). The head watch
+//! (`head_watch.rs`) keeps those from hyper: it renames such a field for
+//! hyper and puts it back in the parsed request, and it cuts such a head
+//! short and marks the request [`crate::head_watch::HeadTooLarge`]; so they
+//! are judged here. What is left, and checked here:
 //!
+//! - a head cut short by the head watch (`431 request_head_too_large`);
 //! - more than [`MAX_HEADER_FIELDS`] fields (`431 request_head_too_large`);
 //! - the head's size, however it arrived: hyper enforces its buffer cap only
 //!   while a head is still incomplete, so a head sent in one write can be
@@ -69,14 +73,20 @@ pub fn check(
     Ok(())
 }
 
+/// `431 request_head_too_large`: also for a head the head watch cut short
+/// (`head_watch.rs`), which hyper would have refused with a bare `431`.
+pub fn head_too_large() -> GatewayError {
+    GatewayError::HeadTooLarge {
+        limit: MAX_HEAD_BYTES,
+        max_fields: MAX_HEADER_FIELDS,
+    }
+}
+
 /// The head's size as it was on the wire, give or take optional white space:
 /// `METHOD SP target SP HTTP/1.1 CRLF`, then `name: value CRLF` per field, then
 /// the final CRLF.
 fn check_size(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), GatewayError> {
-    let too_large = GatewayError::HeadTooLarge {
-        limit: MAX_HEAD_BYTES,
-        max_fields: MAX_HEADER_FIELDS,
-    };
+    let too_large = head_too_large();
     if headers.len() > MAX_HEADER_FIELDS {
         return Err(too_large);
     }

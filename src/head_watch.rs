@@ -92,7 +92,15 @@ struct Note {
     /// The values of `Transfer-Encoding` field lines renamed to [`RENAMED`],
     /// as sent (white space around them trimmed).
     codings: Vec<Vec<u8>>,
+    /// The head broke the limits and was cut short ([`Tracker::cut`]).
+    too_large: bool,
 }
+
+/// Marks a request whose head broke the limits (more than
+/// [`MAX_HEAD_BYTES`] or more header fields than hyper parses): what hyper
+/// parsed is the head cut short. The framing check answers `431`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadTooLarge;
 
 /// Marks a request whose request-target, as sent, had a `#`: the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +126,9 @@ impl HeadNotes {
         let Some(note) = self.next_request() else {
             return;
         };
+        if note.too_large {
+            req.extensions_mut().insert(HeadTooLarge);
+        }
         if let Some(target) = note.target {
             let before = target.split('#').next().unwrap_or_default();
             let parsed = req.uri().path_and_query().map_or("", |pq| pq.as_str());
@@ -154,12 +165,13 @@ impl HeadNotes {
         self.pending.lock().expect("head notes lock").len() < MAX_PENDING
     }
 
-    /// Notes head `n`. A note with renamed codings is always kept (the
-    /// watch renames only when [`Self::has_room`], and only it adds notes);
-    /// a note of a `#` alone is dropped when full (`false`).
+    /// Notes head `n`. A note of a head changed for hyper (renamed codings,
+    /// cut short) is always kept: the watch renames only when
+    /// [`Self::has_room`], only it adds notes, and it cuts at most once. A
+    /// note of a `#` alone is dropped when full (`false`).
     fn note(&self, n: u64, note: Note) -> bool {
         let mut pending = self.pending.lock().expect("head notes lock");
-        if pending.len() >= MAX_PENDING && note.codings.is_empty() {
+        if pending.len() >= MAX_PENDING && note.codings.is_empty() && !note.too_large {
             return false;
         }
         pending.push_back((n, note));
@@ -185,6 +197,9 @@ enum Phase {
     Trailers(bool),
     /// Not following this connection (any more).
     Off,
+    /// A head cut short for hyper ([`Tracker::cut`]): the rest of what the
+    /// client sends is read and dropped.
+    Discard,
 }
 
 /// Where the line scan of the head being read is.
@@ -193,9 +208,11 @@ enum Line {
     /// Before the request line (empty lines before it are skipped, as
     /// httparse does).
     BeforeRequest,
+    /// Inside the request line.
+    Request,
     /// At the start of a field line.
     Start,
-    /// Inside a line already judged (or the request line).
+    /// Inside a field line already judged.
     Rest,
     /// Past the empty line that ends the head.
     Done,
@@ -210,6 +227,28 @@ struct Tracker {
     line: Line,
     /// Codings renamed in the head being read.
     codings: Vec<Vec<u8>>,
+    /// Bytes of the head being read passed on so far, and its field lines.
+    head_len: usize,
+    fields: usize,
+    /// The last byte passed on, and whether the field line it is in (if it
+    /// was passed on in part) has a colon.
+    last: u8,
+    colon: bool,
+    /// What completes a head cut short, still to be passed on.
+    tail: &'static [u8],
+}
+
+/// What the line scan of a head found in a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Pass it all on.
+    Pass,
+    /// Hold back from this offset: a partial line that may still become a
+    /// refused `Transfer-Encoding` field.
+    Hold(usize),
+    /// The head is too large: pass on up to this offset, then
+    /// [`Tracker::tail`], then nothing more.
+    Cut(usize),
 }
 
 impl Tracker {
@@ -220,19 +259,31 @@ impl Tracker {
             heads: 0,
             line: Line::BeforeRequest,
             codings: Vec::new(),
+            head_len: 0,
+            fields: 0,
+            last: b'\n',
+            colon: false,
+            tail: b"",
         }
     }
 
     /// Follows `data`, renaming refused `Transfer-Encoding` field lines in
-    /// place. Returns how many bytes it took: all of them, or up to a
-    /// partial line to hold back and feed again with what follows it.
+    /// place. Returns how many bytes to pass on: all of them, or up to a
+    /// partial line to hold back and feed again with what follows it, or
+    /// (the phase is then [`Phase::Discard`]) up to where a head too large
+    /// is cut short.
     fn feed(&mut self, data: &mut [u8], notes: &HeadNotes) -> usize {
         let mut pos = 0;
         while pos < data.len() {
             match self.phase {
-                Phase::Off => return data.len(),
+                Phase::Off | Phase::Discard => return data.len(),
                 Phase::Head => {
-                    let hold = self.scan_lines(&mut data[pos..], notes);
+                    let scan = self.scan_lines(&mut data[pos..], notes);
+                    let hold = match scan {
+                        Scan::Pass => None,
+                        Scan::Hold(at) => Some(at),
+                        Scan::Cut(at) => return pos + at,
+                    };
                     let end = hold.map_or(data.len(), |h| pos + h);
                     let data = &data[pos..end];
                     let used = if self.head.is_empty() {
@@ -328,30 +379,61 @@ impl Tracker {
 
     /// The line scan of a head: goes through the lines of `data` (the head
     /// being read, from where the last scan stopped) up to the empty line
-    /// that ends it, and renames each `Transfer-Encoding` field line hyper
-    /// would refuse the head for. `Some(at)`: `data` ends in a partial line
-    /// from `at` that may still become such a field line, to hold back.
-    fn scan_lines(&mut self, data: &mut [u8], notes: &HeadNotes) -> Option<usize> {
+    /// that ends it. It renames each `Transfer-Encoding` field line hyper
+    /// would refuse the head for, holds back a partial line that may still
+    /// become one, and cuts short a head that breaks the limits (more than
+    /// [`MAX_HEAD_BYTES`] or [`MAX_FIELDS`]) before hyper sees it break them.
+    fn scan_lines(&mut self, data: &mut [u8], notes: &HeadNotes) -> Scan {
+        // How much of `data` may be passed on before the head, still without
+        // its final CRLF, would be over the limit: hyper refuses a head
+        // itself once that much is buffered and incomplete.
+        let room = (MAX_HEAD_BYTES - 2).saturating_sub(self.head_len);
         let mut i = 0;
-        let mut room = None;
-        while i < data.len() {
+        // Where the line being scanned started, when it started in `data`.
+        let mut line_start = None;
+        let mut has_room = None;
+        let scan = loop {
+            if i >= data.len() {
+                break Scan::Pass;
+            }
             match self.line {
-                Line::Done => return None,
-                Line::Rest => match memchr::memchr(b'\n', &data[i..]) {
-                    Some(k) => {
-                        i += k + 1;
-                        self.line = Line::Start;
-                    }
-                    None => return None,
-                },
+                Line::Done => break Scan::Pass,
                 Line::BeforeRequest => {
-                    if !matches!(data[i], b'\r' | b'\n') {
-                        self.line = Line::Rest;
-                    } else if data[i] == b'\n' {
+                    if data[i] == b'\n' {
                         i += 1;
                     } else {
-                        // A CR: the rest of an empty line.
-                        self.line = Line::Rest;
+                        // The request line, or a CR: the rest of an empty line.
+                        self.line = if data[i] == b'\r' {
+                            Line::Rest
+                        } else {
+                            Line::Request
+                        };
+                        line_start = Some(i);
+                    }
+                }
+                Line::Request | Line::Rest => {
+                    let end = memchr::memchr(b'\n', &data[i..]).map(|k| i + k + 1);
+                    // A request line over the limit is hyper's to refuse
+                    // (its own 431): there is no head to cut short.
+                    let upto = end.unwrap_or(data.len());
+                    if upto + 1 > room && self.line == Line::Rest {
+                        // A part with no colon yet needs one more byte to
+                        // end it as a field (see `cut`).
+                        let from = line_start.unwrap_or(0);
+                        let colon = line_start.is_none() && self.colon
+                            || memchr::memchr(b':', &data[from..upto.min(room)]).is_some();
+                        let room = if colon { room } else { room.saturating_sub(1) };
+                        if upto > room {
+                            break self.cut(data, line_start, room, notes);
+                        }
+                    }
+                    match end {
+                        Some(end) => {
+                            i = end;
+                            self.line = Line::Start;
+                            line_start = None;
+                        }
+                        None => i = data.len(),
                     }
                 }
                 Line::Start => {
@@ -359,7 +441,12 @@ impl Tracker {
                         // The empty line that ends the head (or a line hyper
                         // refuses): nothing after it is the head's.
                         self.line = Line::Done;
-                        return None;
+                        break Scan::Pass;
+                    }
+                    self.fields += 1;
+                    line_start = Some(i);
+                    if self.fields > MAX_FIELDS {
+                        break self.cut(data, line_start, room, notes);
                     }
                     let rest = &data[i..];
                     let start = &rest[..rest.len().min(TRANSFER_ENCODING.len())];
@@ -368,30 +455,101 @@ impl Tracker {
                         continue;
                     }
                     let Some(k) = memchr::memchr(b'\n', rest) else {
-                        let room = *room.get_or_insert_with(|| notes.has_room());
-                        if rest.len() <= MAX_HELD && room {
-                            return Some(i);
+                        if rest.len() <= MAX_HELD
+                            && *has_room.get_or_insert_with(|| notes.has_room())
+                        {
+                            // Counted again when it comes back whole.
+                            self.fields -= 1;
+                            break Scan::Hold(i);
                         }
                         self.line = Line::Rest;
-                        return None;
+                        continue;
                     };
+                    if i + k + 1 > room {
+                        break self.cut(data, line_start, room, notes);
+                    }
                     let line = &mut data[i..i + k];
                     if line.len() >= TRANSFER_ENCODING.len() {
                         let value = line[TRANSFER_ENCODING.len()..]
                             .trim_ascii_end()
                             .trim_ascii_start();
                         if !hyper_reads_chunked(value)
-                            && *room.get_or_insert_with(|| notes.has_room())
+                            && *has_room.get_or_insert_with(|| notes.has_room())
                         {
                             self.codings.push(value.to_vec());
                             line[..RENAMED.len()].copy_from_slice(RENAMED);
                         }
                     }
                     i += k + 1;
+                    line_start = None;
                 }
             }
+        };
+        let passed = match scan {
+            Scan::Pass => i,
+            Scan::Hold(at) | Scan::Cut(at) => at,
+        };
+        if passed > 0 {
+            self.last = data[passed - 1];
+            if self.line == Line::Rest {
+                // A field line passed on in part, should it be cut into.
+                let from = line_start.unwrap_or(0).min(passed);
+                self.colon = line_start.is_none() && self.colon
+                    || memchr::memchr(b':', &data[from..passed]).is_some();
+            }
         }
-        None
+        self.head_len += passed;
+        scan
+    }
+
+    /// Cuts the head being read short: what hyper gets is its request line
+    /// and its field lines up to the limits, completed by [`Self::tail`] (the
+    /// line cut into ended, then the empty line), and nothing after. The
+    /// head's note says so, and the framing check answers `431`.
+    fn cut(
+        &mut self,
+        data: &[u8],
+        line_start: Option<usize>,
+        room: usize,
+        notes: &HeadNotes,
+    ) -> Scan {
+        // hyper offers at least the 2 bytes left under its buffer's cap, so
+        // a completion of at most 2 bytes always arrives whole.
+        let (at, tail): (usize, &'static [u8]) = match line_start {
+            // A line that started in this read is left out whole.
+            Some(start) => (start, b"\r\n"),
+            // One passed on in part already is ended where the room ends
+            // (with bare LFs, which RFC 9112 §2.2 lets a recipient take).
+            // A part with no colon gets one, which makes a field of it:
+            // the scan left a byte of room for it.
+            None => {
+                let at = room.min(data.len());
+                let colon = self.colon || memchr::memchr(b':', &data[..at]).is_some();
+                let last = at.checked_sub(1).map_or(self.last, |i| data[i]);
+                (
+                    at,
+                    if colon || last == b'\r' {
+                        b"\n\n"
+                    } else {
+                        b":\n\n"
+                    },
+                )
+            }
+        };
+        let n = self.heads;
+        self.heads += 1;
+        notes.note(
+            n,
+            Note {
+                target: None,
+                codings: std::mem::take(&mut self.codings),
+                too_large: true,
+            },
+        );
+        self.phase = Phase::Discard;
+        self.head = Vec::new();
+        self.tail = tail;
+        Scan::Cut(at)
     }
 
     fn off(&mut self) {
@@ -417,7 +575,10 @@ impl Tracker {
         let n = self.heads;
         self.heads += 1;
         self.line = Line::BeforeRequest;
+        self.head_len = 0;
+        self.fields = 0;
         let note = Note {
+            too_large: false,
             target: req
                 .path
                 .filter(|target| target.contains('#'))
@@ -513,14 +674,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadWatch<T> {
         let this = self.get_mut();
         loop {
             let start = buf.filled().len();
-            if this.tracker.phase == Phase::Off {
-                if this.held.is_empty() {
+            match this.tracker.phase {
+                Phase::Discard => return this.poll_discard(cx, buf),
+                Phase::Off if this.held.is_empty() => {
                     return Pin::new(&mut this.inner).poll_read(cx, buf);
                 }
-                let n = this.held.len().min(buf.remaining());
-                buf.put_slice(&this.held[..n]);
-                this.held.drain(..n);
-                return Poll::Ready(Ok(()));
+                Phase::Off => {
+                    let n = this.held.len().min(buf.remaining());
+                    buf.put_slice(&this.held[..n]);
+                    this.held.drain(..n);
+                    return Poll::Ready(Ok(()));
+                }
+                _ => {}
             }
             let held = this.held.len();
             if held > 0 && held >= buf.remaining() {
@@ -546,6 +711,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadWatch<T> {
             }
             let read = &mut buf.filled_mut()[start..];
             let took = this.tracker.feed(read, &this.notes);
+            if this.tracker.phase == Phase::Discard {
+                buf.set_filled(start + took);
+                // The completion goes whole or in the next read: in parts,
+                // hyper could find its buffer full of an incomplete head.
+                let tail = this.tracker.tail;
+                if tail.len() <= buf.remaining() || took == 0 {
+                    let n = tail.len().min(buf.remaining());
+                    buf.put_slice(&tail[..n]);
+                    this.tracker.tail = &tail[n..];
+                }
+                return Poll::Ready(Ok(()));
+            }
             if took == read.len() {
                 return Poll::Ready(Ok(()));
             }
@@ -556,6 +733,46 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadWatch<T> {
             }
             // Only a partial line so far: read on (the inner stream wakes
             // this task when it returns Pending).
+        }
+    }
+}
+
+/// What a discarding watch reads and drops in one turn before it lets other
+/// tasks run.
+const DISCARD_TURN: usize = 256 * 1024;
+
+impl<T: AsyncRead + Unpin> HeadWatch<T> {
+    /// After a head cut short: the rest of its completion, then nothing of
+    /// what the client sends (it is read and dropped) until it closes.
+    fn poll_discard(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let tail = self.tracker.tail;
+        if !tail.is_empty() {
+            let n = tail.len().min(buf.remaining());
+            buf.put_slice(&tail[..n]);
+            self.tracker.tail = &tail[n..];
+            return Poll::Ready(Ok(()));
+        }
+        let start = buf.filled().len();
+        let mut dropped = 0;
+        loop {
+            match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            let n = buf.filled().len() - start;
+            buf.set_filled(start);
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            dropped += n;
+            if dropped >= DISCARD_TURN {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
     }
 }
@@ -623,6 +840,15 @@ mod tests {
     /// pieces of `step` bytes (hyper's reads taking at most `read` bytes),
     /// the notes, and where the watch ends up.
     fn through(wire: &[u8], step: usize, read: usize) -> (Vec<u8>, Vec<(u64, Note)>, Phase) {
+        through_offering(wire, step, |_| read)
+    }
+
+    /// [`through`], with hyper offering `offer(bytes read so far)` per read.
+    fn through_offering(
+        wire: &[u8],
+        step: usize,
+        offer: impl Fn(usize) -> usize,
+    ) -> (Vec<u8>, Vec<(u64, Note)>, Phase) {
         let notes = std::sync::Arc::new(HeadNotes::default());
         let mut pieces = VecDeque::new();
         for piece in wire.chunks(step) {
@@ -632,9 +858,9 @@ mod tests {
         let mut watch = HeadWatch::new(Pieces(pieces), notes.clone());
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut seen = Vec::new();
-        let mut space = vec![0; read];
+        let mut space = vec![0; 1 << 20];
         loop {
-            let mut buf = ReadBuf::new(&mut space);
+            let mut buf = ReadBuf::new(&mut space[..offer(seen.len())]);
             match Pin::new(&mut watch).poll_read(&mut cx, &mut buf) {
                 Poll::Pending => continue,
                 Poll::Ready(Err(e)) => panic!("{e}"),
@@ -699,9 +925,120 @@ mod tests {
             (seen.as_slice(), notes, phase),
             (&connect[..], vec![], Phase::Off)
         );
-        let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        // A request line over the limit: hyper refuses it (431) itself.
+        let mut huge = b"GET /".to_vec();
         huge.resize(MAX_HEAD_BYTES + 100, b'a');
-        assert_eq!(through(&huge, 4096, 8192).2, Phase::Off);
+        let (seen, notes, phase) = through(&huge, 4096, 8192);
+        assert_eq!((seen, notes, phase), (huge, vec![], Phase::Off));
+    }
+
+    /// What hyper gets of a head that breaks the limits, split every
+    /// `step`: a complete head within them, noted as too large; nothing of
+    /// what follows it.
+    fn cut_short(wire: &[u8], step: usize) -> Vec<u8> {
+        // hyper reads at most up to its buffer's cap (it refuses an
+        // incomplete head that fills it), and checks after every read.
+        let read = step.max(8192);
+        let (seen, notes, phase) = through_offering(wire, step, |had| {
+            read.min(MAX_HEAD_BYTES - had.min(MAX_HEAD_BYTES - 1))
+        });
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let parsed = httparse::Request::new(&mut fields).parse(&seen);
+        assert_eq!(
+            parsed,
+            Ok(httparse::Status::Complete(seen.len())),
+            "step {step}: one complete head"
+        );
+        assert!(seen.len() <= MAX_HEAD_BYTES, "step {step}: {}", seen.len());
+        assert!(wire.starts_with(&seen[..seen.len() - 3]), "step {step}");
+        let note = Note {
+            too_large: true,
+            ..Note::default()
+        };
+        assert_eq!(
+            (notes, phase),
+            (vec![(0, note)], Phase::Discard),
+            "step {step}"
+        );
+        seen
+    }
+
+    #[test]
+    fn cuts_a_head_over_the_limits_short_for_hyper() {
+        let after = b"BODY\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
+        let with_filler = |total: usize| {
+            let mut head =
+                b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nX-Filler: ".to_vec();
+            head.resize(total - 4, b'a');
+            head.extend_from_slice(b"\r\n\r\n");
+            head
+        };
+        // At the limit, the head is passed on as it is.
+        let head = with_filler(MAX_HEAD_BYTES);
+        let wire = [&head[..], after].concat();
+        for step in [1, 7, 1000, 4096, wire.len()] {
+            let (seen, notes, phase) = through(&wire, step, 8192);
+            assert_eq!((seen == wire, notes, phase), (true, vec![], Phase::Head));
+        }
+        // Over it, it is cut short: in the filler when the filler came in
+        // parts, before the filler's line when that came whole.
+        let wire = [&with_filler(MAX_HEAD_BYTES + 100)[..], after].concat();
+        for step in [1, 7, 1000, 4096, 65_000] {
+            let seen = cut_short(&wire, step);
+            assert!(seen.ends_with(b"aa\n\n"), "step {step}");
+            assert_eq!(seen.len(), MAX_HEAD_BYTES, "step {step}");
+        }
+        let seen = cut_short(&wire, wire.len());
+        assert!(seen.ends_with(b"Content-Length: 4\r\n\r\n"));
+        // One byte over: a part that ends in the CR is ended with its LF.
+        let wire = [&with_filler(MAX_HEAD_BYTES + 1)[..], after].concat();
+        for step in [1, 3, 1000, 4096] {
+            let seen = cut_short(&wire, step);
+            assert_eq!(seen.len(), MAX_HEAD_BYTES, "step {step}");
+            assert!(seen.ends_with(b"aa\r\n\n"), "step {step}");
+        }
+        // A part with no colon yet is made a field by one.
+        let mut wire = b"POST /a HTTP/1.1\r\nX-Filler".to_vec();
+        wire.resize(MAX_HEAD_BYTES + 100, b'a');
+        for step in [1, 1000, 4096] {
+            assert!(cut_short(&wire, step).ends_with(b"aa:\n\n"), "step {step}");
+        }
+        // Many small lines: cut at a line's start.
+        let mut wire = b"POST /a HTTP/1.1\r\n".to_vec();
+        while wire.len() < MAX_HEAD_BYTES + 1000 {
+            wire.extend_from_slice(b"X: 123456789\r\n");
+        }
+        for step in [1, 100, 8192] {
+            let seen = cut_short(&wire, step);
+            assert!(seen.ends_with(b"X: 123456789\r\n\r\n"));
+        }
+    }
+
+    #[test]
+    fn cuts_a_head_over_hyper_field_count_short() {
+        // Field lines held back in part (a `Transfer-Encoding` one) count
+        // once all the same.
+        for field in ["X-Field: v", "Transfer-Encoding: chunked"] {
+            let head = |n: usize| {
+                let mut h = b"POST /a HTTP/1.1\r\n".to_vec();
+                for _ in 0..n {
+                    h.extend_from_slice(format!("{field}\r\n").as_bytes());
+                }
+                h.extend_from_slice(b"\r\n");
+                h
+            };
+            for step in [1, 5, 50] {
+                let (seen, notes, _) = through(&head(MAX_FIELDS), step, 8192);
+                assert_eq!((seen, notes), (head(MAX_FIELDS), vec![]), "{field}");
+            }
+            for n in [MAX_FIELDS + 1, 500] {
+                for step in [1, 50, 8192] {
+                    let seen = cut_short(&[&head(n)[..], b"GET / HTTP/1.1\r\n\r\n"].concat(), step);
+                    let want = &head(MAX_FIELDS)[..];
+                    assert_eq!(seen, want, "{field}: {n} fields, step {step}");
+                }
+            }
+        }
     }
 
     /// A refused `Transfer-Encoding` field line reaches hyper renamed, and
@@ -760,14 +1097,16 @@ mod tests {
                         0,
                         Note {
                             target: None,
-                            codings
+                            codings,
+                            too_large: false,
                         }
                     ),
                     (
                         1,
                         Note {
                             target: Some("/n#x".into()),
-                            codings: vec![b"gzip".to_vec()]
+                            codings: vec![b"gzip".to_vec()],
+                            too_large: false,
                         }
                     )
                 ],
@@ -908,6 +1247,7 @@ mod tests {
         let note = (hash || !codings.is_empty()).then(|| Note {
             target: hash.then_some(target),
             codings,
+            too_large: false,
         });
         (wire, want, note)
     }

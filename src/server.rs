@@ -61,7 +61,9 @@ use crate::head_watch::{HeadNotes, HeadWatch};
 use crate::stack;
 
 /// The connection's read buffer cap. hyper uses one cap for two things: the
-/// largest request head accepted (request line + headers; past it `431`), and
+/// largest request head accepted (request line + headers; past it a bare
+/// `431`, which the head watch keeps from happening to field lines: it cuts
+/// such a head short for hyper and the framing check answers), and
 /// the largest body chunk one read yields. Body chunks travel one at a time
 /// from the connection task to the upstream one (a task hand-off, a `recv` on
 /// the client socket, a TLS record batch and a `writev` upstream each), so

@@ -52,6 +52,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::context::RequestCtx;
 use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
+use crate::head_watch::HeadTooLarge;
 use crate::metrics::{RequestLabels, RouteLabel};
 use crate::proxy::ProxyService;
 use crate::request_id::{RequestId, X_REQUEST_ID};
@@ -113,6 +114,9 @@ where
         }
     };
     let framing = |req: &mut Request<B>| {
+        if req.extensions().get::<HeadTooLarge>().is_some() {
+            return Err(crate::framing::head_too_large());
+        }
         crate::framing::check(req.method(), req.uri(), req.version(), req.headers())
     };
     ServiceBuilder::new()
