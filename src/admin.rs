@@ -60,17 +60,49 @@ fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         },
         "/metrics" => {
-            let mut r = text(StatusCode::OK, gw.metrics.encode());
+            // OpenMetrics to a scraper that asks for it (Prometheus does,
+            // first), the Prometheus text format to everyone else.
+            let openmetrics = wants_openmetrics(req.headers());
+            let (body, content_type) = if openmetrics {
+                (
+                    gw.metrics.encode(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            } else {
+                (
+                    gw.metrics.encode_prometheus(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            };
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                header::HeaderValue::from_static(content_type),
             );
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// Whether the `Accept` header asks for OpenMetrics (with a weight above 0).
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let openmetrics = params
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/openmetrics-text"));
+            let weight = params
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            openmetrics && weight > 0.0
+        })
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

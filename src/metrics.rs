@@ -268,11 +268,130 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (`application/openmetrics-text;
+    /// version=1.0.0`), what Prometheus asks for first.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The Prometheus text format (`text/plain; version=0.0.4`), what
+    /// `/metrics` answers a client that does not ask for OpenMetrics.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+}
+
+/// Rewrites an OpenMetrics text exposition as the Prometheus text format
+/// 0.0.4, which prometheus-client does not write itself. The samples are the
+/// same; what differs is the metadata: a counter's family is named after its
+/// sample (`x_total`, not `x`), `info` and `unknown` families are `gauge`
+/// and `untyped`, and there are no `# UNIT` lines, `_created` samples or
+/// `# EOF`.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut help: Option<(&str, &str)> = None;
+    let mut created = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{family}_total"), "counter"),
+                "info" => (format!("{family}_info"), "gauge"),
+                "gauge" | "histogram" | "summary" => (family.to_owned(), kind),
+                _ => (family.to_owned(), "untyped"),
+            };
+            if let Some((of, text)) = help.take()
+                && of == family
+            {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            created = format!("{family}_created");
+        } else if line.starts_with('#') {
+            // `# UNIT`, `# EOF`: not in this format.
+        } else if !line.is_empty() {
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            if line[..name_end] == created {
+                continue;
+            }
+            // An exemplar (` # {...} value`) has no place here either.
+            let sample = match line.find(" # {") {
+                Some(at) => &line[..at],
+                None => line,
+            };
+            out.push_str(sample);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sample of the 0.0.4 text belongs to the family its `# TYPE`
+    /// line names (by the format's suffix rules), and the samples are those
+    /// of the OpenMetrics text.
+    #[test]
+    fn the_prometheus_text_names_each_family_after_its_samples() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: "receipt",
+                status: 201,
+                code: "ok",
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&RouteLabel { route: "receipt" })
+            .observe(0.01);
+        m.in_flight.set(2);
+        let open = m.encode();
+        let text = m.encode_prometheus();
+        assert!(open.ends_with("# EOF\n"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        let mut family: Option<(String, String)> = None;
+        let mut samples = 0;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line}"
+                );
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{line}");
+                }
+                family = Some((name.to_owned(), kind.to_owned()));
+            } else if !line.starts_with('#') {
+                let (name, kind) = family.clone().expect("a TYPE line first");
+                let sample = &line[..line.find(['{', ' ']).unwrap()];
+                let ok = sample == name
+                    || kind == "histogram"
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|s| sample.strip_suffix(s) == Some(name.as_str()));
+                assert!(ok, "{line} under {name} {kind}");
+                assert!(open.contains(line), "{line}");
+                samples += 1;
+            }
+        }
+        assert!(samples > 10, "{text}");
+        assert!(
+            text.contains("# TYPE concur_gateway_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "concur_gateway_requests_total{route=\"receipt\",status=\"201\",code=\"ok\"} 1\n"
+        ));
+        assert!(text.contains("# TYPE concur_gateway_in_flight_requests gauge\n"));
+        assert!(text.contains("concur_gateway_in_flight_requests 2\n"));
+        assert!(text.contains("# TYPE concur_gateway_request_duration_seconds histogram\n"));
     }
 }

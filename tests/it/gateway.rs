@@ -899,6 +899,44 @@ async fn admin_endpoints_and_drain() {
     );
     assert!(m.contains("concur_gateway_build_info"));
     assert!(!m.contains(ALICE_TOKEN) && !m.contains("alice@acme"));
+    // The Prometheus text format unless OpenMetrics is asked for (SPEC:
+    // "Prometheus text format"; Prometheus itself asks for OpenMetrics).
+    let scrape = async |accept: &[(&str, &str)]| {
+        let r = request(
+            h.admin,
+            "GET",
+            "/metrics",
+            accept,
+            Payload::Full(Vec::new()),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        (
+            r.header("content-type").unwrap_or_default().to_owned(),
+            r.text(),
+        )
+    };
+    let (plain, text) = scrape(&[]).await;
+    assert_eq!(plain, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(
+        text.contains("# TYPE concur_gateway_requests_total counter\n") && !text.contains("# EOF"),
+        "{text}"
+    );
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for (accept, openmetrics) in [
+        (prometheus, true),
+        ("application/openmetrics-text", true),
+        ("text/plain", false),
+        ("application/openmetrics-text;q=0, text/plain", false),
+    ] {
+        let (content_type, text) = scrape(&[("accept", accept)]).await;
+        assert_eq!(
+            content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+            openmetrics,
+            "{accept}: {content_type}"
+        );
+        assert_eq!(text.ends_with("# EOF\n"), openmetrics, "{accept}");
+    }
     // Another method: 405 naming the ones allowed (RFC 9110 §15.5.6).
     let r = request(h.admin, "POST", "/healthz", &[], Payload::Full(Vec::new())).await;
     assert_eq!(r.status, 405);
