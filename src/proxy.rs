@@ -16,8 +16,9 @@
 //!    body then streams with its tail held back, a chunked one is spooled
 //!    (`spool.rs`) so that Concur gets a `Content-Length`;
 //! 3. `exchange`: the access token (refreshed first if it could expire during
-//!    the upload), a fair Concur slot, and the exchange under one deadline
-//!    (`upstream.timeout_s`); a body failure explains any upstream error that
+//!    the upload), a fair Concur slot, and the exchange, in which Concur may
+//!    keep the gateway waiting at most `upstream.timeout_s` at a time (the
+//!    caller's own pace is the body's limits); a body failure explains any upstream error that
 //!    followed it; Concur's 401/403 mark the token stale, its 429/503 +
 //!    `Retry-After` pause the company;
 //! 4. `respond`: Concur's XML as JSON (or verbatim when the client prefers
@@ -59,7 +60,7 @@ use crate::spool::Spool;
 use crate::store::{self, KeyState, Place};
 use crate::telemetry::Child;
 use crate::transform;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{Pace, Paced, UpstreamBody};
 
 /// The terminal service of the stack (`stack.rs`).
 #[derive(Clone)]
@@ -528,6 +529,10 @@ async fn exchange_with(
 ) -> Result<Answer, GatewayError> {
     span.attr(KeyValue::new("http.request.method", "POST"));
     span.attr(KeyValue::new("http.route", admitted.route.kind.as_str()));
+    // `upstream.timeout_s` runs while Concur keeps the gateway waiting, not
+    // while the caller is still sending (its body has its own limits).
+    let pace = Pace::new();
+    let body = UpstreamBody::new(Paced::new(outgoing.body, pace.clone()));
     let mut request = upstream_request(
         gw,
         &admitted.route,
@@ -535,15 +540,15 @@ async fn exchange_with(
         admitted.media,
         &ctx.id,
         outgoing.length,
-        outgoing.body,
+        body,
     )?;
     if let (Some(telemetry), Some(cx)) = (&gw.telemetry, span.context()) {
         // The client span is Concur's parent; nothing else of the trace goes.
         telemetry.inject(cx, request.headers_mut());
     }
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + gw.upstream.timeout;
-    let sent = tokio::time::timeout_at(deadline, gw.upstream.send(request)).await;
+    let timeout = gw.upstream.timeout;
+    let sent = pace.within(timeout, gw.upstream.send(request)).await;
     // A failure of our own body (rejection, timeout, client gone) explains any
     // upstream error that followed it, so it is checked first.
     let body_now = report.as_mut().and_then(BodyReport::now);
@@ -561,6 +566,7 @@ async fn exchange_with(
         Ok(Ok(response)) => response,
     };
     let (head, upstream_body) = response.into_parts();
+    pace.touch();
     if matches!(
         head.status,
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
@@ -570,7 +576,7 @@ async fn exchange_with(
         gw.tokens.mark_stale(&admitted.credential, &access);
     }
     let read = Limited::new(upstream_body, transform::MAX_XML_BYTES).collect();
-    let body = match tokio::time::timeout_at(deadline, read).await {
+    let body = match pace.within(timeout, read).await {
         Err(_) => return Err(GatewayError::UpstreamTimeout(gw.upstream.timeout)),
         Ok(Err(e)) => {
             return Err(if e.is::<http_body_util::LengthLimitError>() {

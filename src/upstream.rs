@@ -31,7 +31,7 @@
 //! when Concur's answer ended) is closed, never reused.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
@@ -435,5 +435,116 @@ impl Body for Driven {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Whose turn it is in an upload, for `upstream.timeout_s`: it bounds how
+/// long *Concur* keeps the gateway waiting (to take the next part of the
+/// upload the gateway has ready, or to answer once the upload is sent), not
+/// how long the caller takes to send its body, which `server.body_*` bound.
+/// [`Paced`] wraps the body sent to Concur and keeps this up to date;
+/// [`Pace::within`] runs part of the exchange under it.
+#[derive(Debug)]
+pub struct Pace {
+    origin: tokio::time::Instant,
+    /// When Concur last made progress (took a part of the body, or the body
+    /// ended), in ms since `origin`.
+    last_ms: std::sync::atomic::AtomicU64,
+    /// The body waits for the caller: the time is not Concur's.
+    caller_turn: std::sync::atomic::AtomicBool,
+}
+
+impl Pace {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            origin: tokio::time::Instant::now(),
+            last_ms: 0.into(),
+            caller_turn: false.into(),
+        })
+    }
+
+    /// Concur made progress now (e.g. its answer's head arrived).
+    pub fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn set_caller_turn(&self, waiting: bool) {
+        self.caller_turn
+            .store(waiting, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When Concur's time runs out, if it is Concur's turn.
+    fn due(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        if self.caller_turn.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        Some(self.origin + Duration::from_millis(last) + timeout)
+    }
+
+    /// Runs `work` until it ends, or until Concur has kept the gateway
+    /// waiting for `timeout` in one go (`Err(())`).
+    pub async fn within<F: Future>(&self, timeout: Duration, work: F) -> Result<F::Output, ()> {
+        let mut work = pin!(work);
+        loop {
+            let check = match self.due(timeout) {
+                Some(due) => due,
+                // The caller's turn: look again a timeout later.
+                None => tokio::time::Instant::now() + timeout,
+            };
+            tokio::select! {
+                biased;
+                out = &mut work => return Ok(out),
+                () = tokio::time::sleep_until(check) => {
+                    if self.due(timeout).is_some_and(|due| due <= tokio::time::Instant::now()) {
+                        return Err(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The body of an upload to Concur, keeping its [`Pace`]: each part Concur
+/// takes is progress; a poll the body cannot answer yet is the caller's
+/// turn until it can.
+pub struct Paced {
+    inner: UpstreamBody,
+    pace: Arc<Pace>,
+}
+
+impl Paced {
+    pub fn new(inner: UpstreamBody, pace: Arc<Pace>) -> Self {
+        pace.touch();
+        Self { inner, pace }
+    }
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Pending => self.pace.set_caller_turn(true),
+            Poll::Ready(_) => {
+                self.pace.touch();
+                self.pace.set_caller_turn(false);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

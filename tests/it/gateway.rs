@@ -1252,10 +1252,10 @@ async fn pdfs_through_the_gateway_encrypted_and_active_content_refused() {
     assert!(h.uploads().is_empty(), "{:?}", h.uploads());
 }
 
-/// A Concur that answers `400` as soon as it has a request's head, and then
-/// keeps the connection open without reading the rest of the body (allowed
-/// by HTTP/1.1; a server under load may do it). Its URL and CA.
-async fn concur_answering_early() -> (String, String) {
+/// A Concur that reads a request's head and then keeps the connection open
+/// without reading the rest of the body; with `answer`, it first answers
+/// `400` (allowed by HTTP/1.1; a server under load may do it). Its URL and CA.
+async fn concur_reading_only_the_head(answer: bool) -> (String, String) {
     let (acceptor, ca) = localhost_tls();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1277,12 +1277,15 @@ async fn concur_answering_early() -> (String, String) {
                 }
                 let xml = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
                            <Error><Message>Image too large</Message></Error>";
-                let answer = format!(
+                let early = format!(
                     "HTTP/1.1 400 Bad Request\r\ncontent-type: application/xml\r\n\
                      content-length: {}\r\n\r\n{xml}",
                     xml.len()
                 );
-                if tls.write_all(answer.as_bytes()).await.is_err() || tls.flush().await.is_err() {
+                if answer
+                    && (tls.write_all(early.as_bytes()).await.is_err()
+                        || tls.flush().await.is_err())
+                {
                     return;
                 }
                 // Open, and not reading: the gateway's writes stall.
@@ -1296,7 +1299,7 @@ async fn concur_answering_early() -> (String, String) {
 
 #[tokio::test]
 async fn a_connection_concur_answered_while_the_upload_was_still_going_is_closed() {
-    let (url, ca) = concur_answering_early().await;
+    let (url, ca) = concur_reading_only_the_head(true).await;
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let h = Harness::builder()
         .file("early-ca.pem", ca)
@@ -1327,6 +1330,76 @@ async fn a_connection_concur_answered_while_the_upload_was_still_going_is_closed
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `upstream.timeout_s` bounds how long Concur keeps the gateway waiting,
+/// not how long the caller takes: an upload sent slowly (at a pace the body
+/// limits allow) for longer than the timeout goes through, while a Concur
+/// that stops taking the body, or does not answer, gets `504`.
+#[tokio::test]
+async fn the_upstream_timeout_counts_concurs_time_not_the_callers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h =
+        Harness::with_config("[upstream]\ntimeout_s = 1\n[server]\nbody_idle_timeout_s = 5").await;
+    let body = big_jpeg(200 << 10);
+    let head = format!(
+        "POST /api/image/v1.0/receipt HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {}\r\n\
+         content-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        jwt(ALICE.0, ALICE.1),
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    // 200 KiB over about 3 s: three times the timeout, pauses of 1.5 s
+    // (longer than the timeout) included.
+    let started = std::time::Instant::now();
+    for (i, piece) in body.chunks(20 << 10).enumerate() {
+        s.write_all(piece).await.unwrap();
+        let pause = if i == 4 { 1_500 } else { 150 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n{") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(started.elapsed() > Duration::from_millis(2_500));
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let ups = h.wait_for_uploads(1).await;
+    assert!(ups[0].complete, "{ups:?}");
+    assert_eq!(ups[0].sha256_hex, sha256_hex(&body));
+
+    // Concur does not answer in time: 504, as before.
+    h.sandbox.push_fault(Fault::Delay { millis: 2_500 });
+    h.upload("/api/image/v1.0/receipt", JPEG)
+        .await
+        .problem(504, "upstream_timeout");
+
+    // Concur stops taking the body: 504 once it has kept the gateway
+    // waiting for the timeout.
+    let (url, ca) = concur_reading_only_the_head(false).await;
+    let h = Harness::builder()
+        .file("stall-ca.pem", ca)
+        .set("upstream.base_url", url.as_str())
+        .set("upstream.ca_file", "stall-ca.pem")
+        .set("upstream.timeout_s", 1)
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    h.upload("/api/image/v1.0/receipt", &big_jpeg(8 << 20))
+        .await
+        .problem(504, "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A load balancer in front of Concur answers its own HTML page: Concur's
