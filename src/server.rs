@@ -178,7 +178,8 @@ async fn accept_loop(
         .max_buf_size(READ_BUF_BYTES)
         // hyper's own cap stays at its default (100 fields, parsed on the
         // stack): past `framing::MAX_HEADER_FIELDS` (64) the gateway answers
-        // its `431` (problem body, `X-Request-Id`); past 100, hyper's bare one.
+        // its `431` (problem body, `X-Request-Id`); past 100 too, as the
+        // head watch cuts such a head short for hyper.
         .max_headers(HYPER_MAX_HEADERS)
         .keep_alive(true);
     builder

@@ -52,7 +52,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::context::RequestCtx;
 use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
-use crate::head_watch::HeadTooLarge;
+use crate::head_watch::{HeadTooLarge, LostTrack, RefusedCoding};
 use crate::metrics::{RequestLabels, RouteLabel};
 use crate::proxy::ProxyService;
 use crate::request_id::{RequestId, X_REQUEST_ID};
@@ -114,8 +114,18 @@ where
         }
     };
     let framing = |req: &mut Request<B>| {
+        // What the head watch (head_watch.rs) saw of the head as sent.
+        if req.extensions().get::<LostTrack>().is_some() {
+            tracing::warn!("the head watch lost track of the connection's messages");
+            return Err(GatewayError::InvalidRequest(
+                "the connection's message framing could not be followed",
+            ));
+        }
         if req.extensions().get::<HeadTooLarge>().is_some() {
             return Err(crate::framing::head_too_large());
+        }
+        if req.extensions().get::<RefusedCoding>().is_some() {
+            return Err(GatewayError::NotImplemented);
         }
         crate::framing::check(req.method(), req.uri(), req.version(), req.headers())
     };

@@ -761,3 +761,151 @@ async fn more_than_64_header_fields_get_the_gateways_own_431() {
         "only the 64-field upload reached Concur"
     );
 }
+
+/// Everything the gateway answers on one connection to `wire`, until it
+/// closes it (or `wait` passes).
+async fn answers(addr: SocketAddr, wire: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(wire).await;
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut all)).await;
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+fn statuses(answers: &str) -> Vec<u16> {
+    answers
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| answers[i + 9..i + 12].parse().ok())
+        .collect()
+}
+
+/// Smuggling attempts a black-box round found against the head watch: a
+/// `Transfer-Encoding: chunked,` the watch renamed for hyper (hyper then
+/// framed the body by `Content-Length` and served the request hidden in it),
+/// and a trailer line ending in a bare LF, where the watch's framing parted
+/// from hyper's (every note then landed on the next request: a gzip upload
+/// and a `#` target went through). Each ends with the gateway's refusal and
+/// nothing smuggled reaches Concur.
+#[tokio::test]
+async fn smuggling_through_the_head_watch_is_refused() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let wait = Duration::from_secs(5);
+    let head = |target: &str, extra: &str| {
+        upload_head(&token, extra).replace("/api/image/v1.0/report/R1", target)
+    };
+    let jpeg_len = format!("content-length: {}\r\n", JPEG.len());
+
+    // TE.CL with `chunked,`: 501, and the request inside is never served.
+    let inner = [
+        head("/api/image/v1.0/report/EVIL", &jpeg_len).as_bytes(),
+        JPEG,
+    ]
+    .concat();
+    let pre = format!("{:x}\r\n", inner.len());
+    for te in ["chunked,", ""] {
+        let wire = [
+            head(
+                "/api/image/v1.0/report/R1",
+                &format!(
+                    "Transfer-Encoding: {te}\r\nContent-Length: {}\r\n",
+                    pre.len()
+                ),
+            )
+            .as_bytes(),
+            pre.as_bytes(),
+            &inner,
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        let all = answers(h.addr, &wire, wait).await;
+        assert_eq!(statuses(&all), [501], "{te:?}: {all}");
+        assert!(all.contains("not_implemented"));
+    }
+
+    // A trailer line ending in a bare LF, with what looks like a request
+    // after it (hyper reads it as trailer), then a gzip upload, a `#`
+    // target and a good upload.
+    let mut r1 = head(
+        "/api/image/v1.0/report/R1",
+        "Transfer-Encoding: chunked\r\n",
+    )
+    .into_bytes();
+    r1.extend_from_slice(format!("{:x}\r\n", JPEG.len()).as_bytes());
+    r1.extend_from_slice(JPEG);
+    r1.extend_from_slice(b"\r\n0\r\nX-Trailer: a\n\r\nGET /phantom HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let hash = [
+        head("/api/image/v1.0/report/R2#R3", &jpeg_len).as_bytes(),
+        JPEG,
+    ]
+    .concat();
+    let gzip = [
+        head(
+            "/api/image/v1.0/report/R4",
+            &format!("Transfer-Encoding: gzip\r\n{jpeg_len}"),
+        )
+        .as_bytes(),
+        JPEG,
+    ]
+    .concat();
+    let good = [
+        head("/api/image/v1.0/report/R5", &jpeg_len).as_bytes(),
+        JPEG,
+    ]
+    .concat();
+    let all = answers(h.addr, &[&r1[..], &hash, &good].concat(), wait).await;
+    // (A `#` in a target ID is a request-level 400: the connection serves on.)
+    assert_eq!(statuses(&all), [201, 400, 201], "{all}");
+    assert!(all.contains("invalid_id"), "{all}");
+    let all = answers(h.addr, &[&r1[..], &gzip, &good].concat(), wait).await;
+    assert_eq!(statuses(&all), [201, 501], "{all}");
+    settle().await;
+    let mut targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            "/api/image/v1.0/report/R1",
+            "/api/image/v1.0/report/R1",
+            "/api/image/v1.0/report/R5"
+        ],
+        "the uploads around the refusals, each to its own report"
+    );
+}
+
+/// Where the head watch used to stop following (fail-open), a `#` target
+/// after it reached Concur cut at the `#`: after a `CONNECT` (hyper serves
+/// the connection on, the gateway never answers it with a 2xx) and after 64
+/// pipelined requests ahead of the service.
+#[tokio::test]
+async fn a_hash_target_is_refused_after_connect_and_deep_pipelining() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let wait = Duration::from_secs(10);
+    let hash = [
+        upload_head(&token, &format!("content-length: {}\r\n", JPEG.len()))
+            .replace("/report/R1", "/report/R1#R2")
+            .as_bytes(),
+        JPEG,
+    ]
+    .concat();
+    let connect = b"CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n";
+    let all = answers(h.addr, &[&connect[..], &hash].concat(), wait).await;
+    assert_eq!(statuses(&all).last(), Some(&400), "{all}");
+    assert!(all.contains("invalid_id"), "{all}");
+    let mut wire = Vec::new();
+    for i in 0..100 {
+        wire.extend_from_slice(
+            format!("POST /x{i}#y HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        );
+    }
+    wire.extend_from_slice(&hash);
+    let all = answers(h.addr, &wire, wait).await;
+    let got = statuses(&all);
+    assert_eq!(got.len(), 101, "{all}");
+    assert!(got[..100].iter().all(|&s| s == 401), "{got:?}");
+    assert_eq!(got[100], 400);
+    assert!(all.trim_end().ends_with('}') && all.contains("invalid_id"));
+    settle().await;
+    assert!(h.uploads().is_empty(), "{:?}", h.uploads());
+}
