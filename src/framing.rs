@@ -116,8 +116,16 @@ fn check_host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Ga
     }
     let value = match host {
         Some(v) => v.as_bytes(),
-        // HTTP/2 carries the authority in `:authority`, which hyper puts in the URI.
-        None if version == Version::HTTP_2 && uri.authority().is_some() => return Ok(()),
+        // HTTP/2 carries the authority in `:authority`, which hyper puts in
+        // the URI: the same rules (RFC 9113 §8.3.1: no user info either).
+        None if version == Version::HTTP_2 && uri.authority().is_some() => {
+            let authority = uri.authority().map_or("", |a| a.as_str());
+            return if valid_host(authority.as_bytes()) {
+                Ok(())
+            } else {
+                Err(GatewayError::InvalidRequest("invalid :authority"))
+            };
+        }
         None => return Err(GatewayError::InvalidRequest("no Host header")),
     };
     if !valid_host(value) {
@@ -146,7 +154,11 @@ fn valid_host(value: &[u8]) -> bool {
     let host = authority.host();
     let port_ok = match authority.as_str()[host.len()..].strip_prefix(':') {
         None => authority.as_str().len() == host.len(),
-        Some(port) => port.bytes().all(|b| b.is_ascii_digit()) && port.len() <= 5,
+        // An empty port is allowed by the grammar; a number is a TCP port.
+        Some(port) => {
+            port.bytes().all(|b| b.is_ascii_digit())
+                && (port.is_empty() || port.parse::<u16>().is_ok())
+        }
     };
     port_ok
         && !host.is_empty()
@@ -215,6 +227,8 @@ mod tests {
             "gw.local/x",
             "gw local",
             "gw.local:x",
+            "gw.local:65536",
+            "gw.local:99999",
             "a\"b",
         ] {
             assert_eq!(run(&[("host", bad)]), Err("invalid_request"), "{bad:?}");
@@ -240,6 +254,20 @@ mod tests {
         };
         assert_eq!(h2("GW.local"), Ok(()));
         assert_eq!(h2("other.local"), Err("invalid_request"));
+        assert_eq!(run(&[("host", "gw.local:65535")]), Ok(()));
+        assert_eq!(run(&[("host", "gw.local:")]), Ok(()));
+        // An `:authority` alone is held to the rules of a Host.
+        for (authority, want) in [
+            ("gw.local:8080", Ok(())),
+            ("u@gw.local", Err("invalid_request")),
+            ("u:p@127.0.0.1:80", Err("invalid_request")),
+            ("gw.local:99999", Err("invalid_request")),
+        ] {
+            let uri = Uri::try_from(format!("http://{authority}/api/image/v1.0/receipt")).unwrap();
+            let got = check(&Method::POST, &uri, Version::HTTP_2, &HeaderMap::new())
+                .map_err(|e| e.code());
+            assert_eq!(got, want, "{authority}");
+        }
     }
 
     #[test]
