@@ -18,7 +18,7 @@
 //!   [`MAX_IMAGES`] in all, same rules) or a trailer of at most [`MAX_TRAILER`]
 //!   bytes (camera maker data, padding) that hides no other file:
 //!   - its *start* must not look like another format (`%PDF`, `PK\3\4`, `MZ`, `#!`,
-//!     PNG, GIF, RAR, 7-Zip, gzip, `<?xml`, `<svg`, `<script`, or any markup: `<`
+//!     ELF, Mach-O, PNG, GIF, RAR, 7-Zip, gzip, `<?xml`, `<svg`, `<script`, or any markup: `<`
 //!     and a letter, `!`, `?` or `/`), after leading padding (whitespace, NUL,
 //!     `FF` fill) and byte-order-mark bytes (`EF BB BF`, `FF FE`, `FE FF`), with
 //!     NUL bytes dropped (UTF-16/32 text);
@@ -103,6 +103,18 @@ const TRAILER_SIGS: &[(&[u8], &str, bool)] = &[
     (b"%PDF", "PDF", false),
     (b"#!", "a script", false),
     (b"MZ", "a Windows executable", false),
+    (b"\x7fELF", "an ELF executable", false),
+    // Big-endian Mach-O (`FE ED FA CE`/`CF`): its `FE` is skipped as a
+    // byte-order-mark byte before the prefix is classified.
+    (b"\xed\xfa\xce", "a Mach-O executable", false),
+    (b"\xed\xfa\xcf", "a Mach-O executable", false),
+    (b"\xce\xfa\xed\xfe", "a Mach-O executable", false),
+    (b"\xcf\xfa\xed\xfe", "a Mach-O executable", false),
+    (
+        b"\xca\xfe\xba\xbe",
+        "a Mach-O universal or Java class file",
+        false,
+    ),
     (b"\x89PNG", "PNG", false),
     (b"GIF8", "GIF", false),
     (b"Rar!", "RAR", false),
@@ -991,6 +1003,18 @@ mod tests {
         let mut t = tiny();
         t.extend_from_slice(b"\0\0MZ");
         assert!(scan(&t).unwrap_err().detail.contains("Windows executable"));
+        for (exe, what) in [
+            (&b"\x7fELF\x02\x01\x01\0\0\0"[..], "an ELF executable"),
+            (b"\xfe\xed\xfa\xce\0\0\0\x07", "a Mach-O executable"),
+            (b"\xcf\xfa\xed\xfe\x07\0\0\x01", "a Mach-O executable"),
+            (b"\xca\xfe\xba\xbe\0\0\0\x02", "a Mach-O universal"),
+        ] {
+            let mut t = tiny();
+            t.extend_from_slice(exe);
+            t.extend_from_slice(&[0; 64]);
+            let e = scan(&t).unwrap_err();
+            assert!(e.detail.contains(what), "{what}: {e}");
+        }
         let mut t = tiny();
         t.extend_from_slice(b"\0\0\0");
         assert_eq!(scan(&t), Ok(()));
