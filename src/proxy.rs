@@ -761,7 +761,7 @@ fn respond(
         return Err(GatewayError::UpstreamAuthFailed);
     }
     if !status.is_success() {
-        if !error_body_is_xml(&upstream_headers, &body) {
+        if !body_is_meant_as_xml(&upstream_headers, &body) {
             // A load balancer's HTML page, plain text or an empty body: keep
             // Concur's status (and its Retry-After), without a `concur` body.
             return Err(GatewayError::Concur(Box::new(ConcurError {
@@ -792,6 +792,23 @@ fn respond(
         })));
     }
 
+    if status == StatusCode::NO_CONTENT && body.is_empty() {
+        // Nothing to translate, and a 204 carries no body.
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    if !body.is_empty() && !body_is_meant_as_xml(&upstream_headers, &body) {
+        // A login or error page of something in front of Concur, answered
+        // with a 2xx: not an upload Concur confirmed.
+        return Err(GatewayError::UpstreamInvalidResponse(format!(
+            "Concur answered {} with a page that is not XML",
+            status.as_u16()
+        )));
+    }
     let json = transform::xml_to_json(&body)
         .map_err(|e| GatewayError::UpstreamInvalidResponse(e.to_string()))?;
     if let Some(id) = json.pointer("/Image/Id").and_then(|v| v.as_str()) {
@@ -825,12 +842,12 @@ fn respond(
     Ok(response)
 }
 
-/// Whether the body of a Concur error answer is meant as XML (and so goes
-/// through `xml_to_json`, whose refusals are `502 upstream_invalid_response`).
-/// Not: an empty or non-markup body, one labelled HTML, or an HTML page by its
+/// Whether the body of a Concur answer is meant as XML (and so goes through
+/// `xml_to_json`, whose refusals are `502 upstream_invalid_response`). Not:
+/// an empty or non-markup body, one labelled HTML, or an HTML page by its
 /// first tag (`<!DOCTYPE html`, `<html`): what a load balancer or proxy in
-/// front of Concur answers a 502/503 with.
-fn error_body_is_xml(headers: &HeaderMap, body: &[u8]) -> bool {
+/// front of Concur answers a 502/503 with (or a login page with a 200).
+fn body_is_meant_as_xml(headers: &HeaderMap, body: &[u8]) -> bool {
     let labelled_html = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -1457,6 +1457,32 @@ async fn an_html_error_page_before_concur_keeps_its_status_and_retry_after() {
     }
 }
 
+/// A 2xx that is not Concur's XML: a login page answered with a 200 is no
+/// upload Concur confirmed (502); a 204 has nothing to translate.
+#[tokio::test]
+async fn a_2xx_without_concurs_xml() {
+    let h = Harness::start().await;
+    let path = "/api/image/v1.0/receipt";
+    h.sandbox.push_fault(Fault::Raw {
+        status: 200,
+        content_type: "text/html".into(),
+        body: "<html><body><p>Please log in</p></body></html>".into(),
+        retry_after: None,
+    });
+    h.upload(path, JPEG)
+        .await
+        .problem(502, "upstream_invalid_response");
+    h.sandbox.push_fault(Fault::Raw {
+        status: 204,
+        content_type: "application/xml".into(),
+        body: String::new(),
+        retry_after: None,
+    });
+    let r = h.upload(path, JPEG).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(r.text().is_empty());
+}
+
 /// A Concur error message that quotes the access token the gateway sent:
 /// the token is redacted before the answer reaches the client or the log.
 #[tokio::test]
