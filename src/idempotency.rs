@@ -17,7 +17,8 @@
 //!   one's body is not known yet), and a gateway that dies leaves a record
 //!   that expires with its lease;
 //! - once Concur's answer is **final** (a 2xx, or a 4xx other than 408, 425
-//!   and 429, and other than 401 and 403: see [`is_final`]) the record keeps the request's fingerprint (route, target ID,
+//!   and 429, and other than 401: see [`is_final`]) the record keeps the
+//!   request's fingerprint (route, target ID,
 //!   media type, SHA-256 of the body) and Concur's status and body for
 //!   `idempotency.ttl_s`; any other outcome drops the record, so a retry goes
 //!   through again;
@@ -124,13 +125,14 @@ pub fn fingerprint(route: &str, target: Option<&str>, media: &str, body_sha256: 
 }
 
 /// Whether Concur's status is final for the key (kept and replayed): a 2xx,
-/// or a 4xx other than 408, 425 and 429 (SPEC) — and other than 401 and 403,
-/// which say the gateway's Concur token was refused (it is refreshed before
-/// the next request), not what became of the upload: keeping them would
-/// replay a credential problem for a day after it was fixed.
+/// or a 4xx other than 408, 425 and 429 (SPEC) — and other than 401, which
+/// the client gets as `502 upstream_auth_failed` (SPEC): the gateway's Concur
+/// token was refused (it is refreshed before the next request), which says
+/// nothing of the upload, and a 5xx is never final. A 403 is Concur's
+/// refusal of this request, final as SPEC says.
 pub fn is_final(status: u16) -> bool {
     (200..300).contains(&status)
-        || ((400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 425 | 429))
+        || ((400..500).contains(&status) && !matches!(status, 401 | 408 | 425 | 429))
 }
 
 /// What [`MemoryRecords::begin`] found.
@@ -331,11 +333,11 @@ mod tests {
     }
 
     #[test]
-    fn final_answers_are_2xx_and_4xx_but_401_403_408_425_429() {
-        for s in [200, 201, 400, 404, 409, 422] {
+    fn final_answers_are_2xx_and_4xx_but_401_408_425_429() {
+        for s in [200, 201, 400, 403, 404, 409, 422] {
             assert!(is_final(s), "{s}");
         }
-        for s in [401, 403, 408, 425, 429, 500, 502, 503, 504, 301] {
+        for s in [401, 408, 425, 429, 500, 502, 503, 504, 301] {
             assert!(!is_final(s), "{s}");
         }
     }

@@ -274,6 +274,23 @@ async fn concur_errors_are_replayed_and_gateway_refusals_are_not_recorded() {
     assert_eq!(again.problem(400, "concur_error")["concur"], v["concur"]);
     assert_eq!(h.uploads().len(), 2, "the replay did not reach Concur");
 
+    // Concur's 403 is its refusal of this request: final (SPEC), replayed.
+    h.sandbox.push_fault(Fault::Status {
+        status: 403,
+        message: "not your report".into(),
+        retry_after: None,
+    });
+    let path = "/api/image/v1.0/report/R403";
+    keyed(h.addr, ALICE, path, "forbidden", JPEG, &[])
+        .await
+        .problem(403, "concur_error");
+    let again = keyed(h.addr, ALICE, path, "forbidden", JPEG, &[]).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        again.problem(403, "concur_error")["detail"],
+        "not your report"
+    );
+
     // The gateway's own 422: no record; the corrected body goes through.
     let mut broken = JPEG.to_vec();
     broken.truncate(broken.len() - 2);
