@@ -156,13 +156,6 @@ pub struct CredentialSet {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    credential: Vec<RawCredential>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCredential {
     company: Option<String>,
     user: Option<String>,
@@ -173,6 +166,27 @@ struct RawCredential {
     client_secret_file: Option<PathBuf>,
     token_url: Option<String>,
     scheme: Option<Scheme>,
+}
+
+/// A deserialisation error's first line, without the values it quotes
+/// (`invalid type: string \`…\``): a misplaced secret would be quoted.
+fn without_values(e: &toml::de::Error) -> String {
+    let first = e.message().lines().next().unwrap_or("");
+    let mut out = String::with_capacity(first.len());
+    let mut quoted = false;
+    for part in first.split('`') {
+        if !quoted {
+            out.push_str(part);
+        } else if !(first.starts_with("invalid type") || first.starts_with("invalid value")) {
+            out.push('`');
+            out.push_str(part);
+            out.push('`');
+        } else {
+            out.push('…');
+        }
+        quoted = !quoted;
+    }
+    out
 }
 
 impl CredentialSet {
@@ -186,7 +200,9 @@ impl CredentialSet {
     /// As [`CredentialSet::from_toml`], resolving `client_secret_file` against
     /// `base` (the credentials file's folder).
     pub fn from_toml_in(text: &str, base: &Path) -> Result<Self, Vec<String>> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| {
+        // Syntax first; then each entry on its own, so that one entry of the
+        // wrong shape does not hide the problems of the others.
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
             // toml's message can quote the offending line, which may hold a
             // secret: keep only the message's first line and the position.
             let first = e.message().lines().next().unwrap_or("").to_owned();
@@ -197,9 +213,29 @@ impl CredentialSet {
             vec![format!("credentials file: {first}{at}")]
         })?;
         let mut problems = Vec::new();
+        for key in table.keys().filter(|k| *k != "credential") {
+            problems.push(format!(
+                "credentials file: unknown key `{key}` (expected `[[credential]]` entries)"
+            ));
+        }
+        let entries = match table.get("credential") {
+            None => Vec::new(),
+            Some(toml::Value::Array(entries)) => entries.clone(),
+            Some(_) => {
+                problems
+                    .push("credentials file: `credential` must be `[[credential]]` entries".into());
+                Vec::new()
+            }
+        };
+        let mut raw = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            match RawCredential::deserialize(entry) {
+                Ok(c) => raw.push((i + 1, c)),
+                Err(e) => problems.push(format!("credential #{}: {}", i + 1, without_values(&e))),
+            }
+        }
         let mut set = CredentialSet::default();
-        for (i, c) in raw.credential.into_iter().enumerate() {
-            let n = i + 1;
+        for (n, c) in raw {
             let company = match c.company.clone() {
                 Some(company) if !company.is_empty() => company,
                 _ => {
@@ -267,6 +303,13 @@ impl CredentialSet {
         if problems.is_empty() {
             Ok(set)
         } else {
+            // In file order: the file's own problems, then entry by entry.
+            problems.sort_by_key(|p| {
+                p.strip_prefix("credential #")
+                    .and_then(|rest| rest.split([':', ' ']).next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0)
+            });
             Err(problems)
         }
     }
@@ -612,6 +655,50 @@ client_secret = "cs-secret"
         let e = CredentialSet::from_toml("[[credential]]\naccess_token = \"abc\nsecret-xyz")
             .unwrap_err();
         assert!(!e.join("").contains("secret-xyz"), "{e:?}");
+    }
+
+    /// An entry of the wrong shape is reported, and so are the others.
+    #[test]
+    fn entries_of_the_wrong_shape_do_not_hide_the_rest() {
+        let text = r#"
+[[credential]]
+company = "a"
+user = "x"
+access_token = "tok-1"
+scheme = "Basic"
+[[credential]]
+company = "a"
+user = "y"
+access_token = 123456789
+[[credential]]
+user = "z"
+access_token = "tok-3"
+[[credential]]
+company = "a"
+colour = "blue"
+access_token = "tok-4"
+"#;
+        let problems = CredentialSet::from_toml(text).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("credential #1: unknown variant"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[1].starts_with("credential #2: invalid type"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[2].contains("credential #3: `company` is required"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[3].contains("credential #4: unknown field `colour`"),
+            "{problems:#?}"
+        );
+        assert!(!problems.join("\n").contains("123456789"), "{problems:#?}");
+        let top = CredentialSet::from_toml("credentials = 1\n").unwrap_err();
+        assert!(top[0].contains("unknown key `credentials`"), "{top:?}");
     }
 
     #[test]
