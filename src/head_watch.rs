@@ -145,17 +145,23 @@ impl FragmentTarget {
     /// The path as sent (up to a `?` that comes before the `#`, without the
     /// scheme and authority of an absolute-form target), `#` kept.
     pub fn path(&self) -> &str {
-        let mut t = self.0.as_str();
-        if let Some(scheme_end) = t.find("://")
-            && t[..scheme_end].bytes().all(|b| b.is_ascii_alphabetic())
-        {
-            let rest = &t[scheme_end + 3..];
-            t = rest.find(['/', '?', '#']).map_or("", |i| &rest[i..]);
-        }
+        let t = without_scheme_and_authority(&self.0);
         match (t.find('?'), t.find('#')) {
             (Some(q), Some(h)) if q < h => &t[..q],
             _ => t,
         }
+    }
+}
+
+/// An absolute-form request-target's path and query (`http://gw/a?b` →
+/// `/a?b`, `http://gw` → ``); any other target as it is.
+fn without_scheme_and_authority(target: &str) -> &str {
+    match target.find("://") {
+        Some(end) if end > 0 && target[..end].bytes().all(|b| b.is_ascii_alphabetic()) => {
+            let rest = &target[end + 3..];
+            rest.find(['/', '?', '#']).map_or("", |i| &rest[i..])
+        }
+        _ => target,
     }
 }
 
@@ -188,8 +194,15 @@ impl HeadNotes {
             return;
         };
         let before_hash = note.target.split('#').next().unwrap_or_default();
+        let sent = without_scheme_and_authority(before_hash);
         let parsed = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-        if note.method != req.method().as_str() || !before_hash.ends_with(parsed) {
+        // hyper's URI gives an absolute-form target without a path the path
+        // `/`; an authority-form one (`CONNECT`) has none.
+        let same_target = parsed.is_empty()
+            || sent == parsed
+            || before_hash.ends_with(parsed)
+            || (sent.is_empty() && parsed == "/");
+        if note.method != req.method().as_str() || !same_target {
             req.extensions_mut().insert(LostTrack);
             return;
         }
@@ -1374,6 +1387,37 @@ mod tests {
         assert_eq!(FragmentTarget("/r/b?c#d".into()).path(), "/r/b");
         assert_eq!(FragmentTarget("http://gw/r/b#c".into()).path(), "/r/b#c");
         assert_eq!(FragmentTarget("HTTPS://gw#c".into()).path(), "#c");
+    }
+
+    /// Targets hyper's URI gives in another form than sent are the same
+    /// target: absolute form (a missing path is `/`), authority form,
+    /// asterisk form.
+    #[test]
+    fn every_request_target_form_matches_its_note() {
+        let notes = HeadNotes::default();
+        let mut t = Tracker::new();
+        let mut wire = b"OPTIONS http://gw HTTP/1.1\r\n\r\n\
+                         GET HTTPS://gw:8/x?y HTTP/1.1\r\n\r\n\
+                         CONNECT gw:443 HTTP/1.1\r\n\r\n\
+                         OPTIONS * HTTP/1.1\r\n\r\n\
+                         GET //a/b?c HTTP/1.1\r\n\r\n"
+            .to_vec();
+        t.feed(&mut wire, &notes);
+        for (method, target) in [
+            ("OPTIONS", "http://gw"),
+            ("GET", "HTTPS://gw:8/x?y"),
+            ("CONNECT", "gw:443"),
+            ("OPTIONS", "*"),
+            ("GET", "//a/b?c"),
+        ] {
+            let mut r = Request::builder()
+                .method(method)
+                .uri(target)
+                .body(())
+                .unwrap();
+            notes.apply(&mut r);
+            assert_eq!(r.extensions().get::<LostTrack>(), None, "{method} {target}");
+        }
     }
 
     /// hyper's chunked decoder, not a lenient one: a trailer line ending in
