@@ -16,10 +16,10 @@
 //!
 //! - a head cut short by the head watch (`431 request_head_too_large`);
 //! - more than [`MAX_HEADER_FIELDS`] fields (`431 request_head_too_large`);
-//! - the head's size, however it arrived: hyper enforces its buffer cap only
-//!   while a head is still incomplete, so a head sent in one write can be
-//!   parsed past it; the size is recomputed from the parsed head
-//!   (`431 request_head_too_large`);
+//! - the head's size (`431 request_head_too_large`): over HTTP/1.1 the bytes
+//!   as they came, measured by the head watch ([`crate::head_watch::HeadSize`]);
+//!   over HTTP/2, which has no wire form of a head, the size of its HTTP/1.1
+//!   form (`name: value` and CRLF per field);
 //! - exactly one valid `Host` (RFC 9112 §3.2; `400 invalid_request`); for
 //!   HTTP/2 the `:authority` pseudo-header may stand in for it, and when both
 //!   are sent they must agree (RFC 9113 §8.3.1);
@@ -54,8 +54,9 @@ pub fn check(
     uri: &Uri,
     version: Version,
     headers: &HeaderMap,
+    measured: Option<usize>,
 ) -> Result<(), GatewayError> {
-    check_size(method, uri, headers)?;
+    check_size(method, uri, headers, measured)?;
     check_host(uri, version, headers)?;
     check_transfer_encoding(headers)?;
     if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
@@ -85,10 +86,24 @@ pub fn head_too_large() -> GatewayError {
 /// The head's size as it was on the wire, give or take optional white space:
 /// `METHOD SP target SP HTTP/1.1 CRLF`, then `name: value CRLF` per field, then
 /// the final CRLF.
-fn check_size(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), GatewayError> {
+fn check_size(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    measured: Option<usize>,
+) -> Result<(), GatewayError> {
     let too_large = head_too_large();
     if headers.len() > MAX_HEADER_FIELDS {
         return Err(too_large);
+    }
+    // Measured on the wire (HTTP/1.1): exact, whatever the line ends and
+    // the white space around the colons.
+    if let Some(size) = measured {
+        return if size > MAX_HEAD_BYTES {
+            Err(too_large)
+        } else {
+            Ok(())
+        };
     }
     let target = uri
         .path_and_query()
@@ -207,6 +222,7 @@ mod tests {
             &Uri::from_static("/api/image/v1.0/receipt"),
             Version::HTTP_11,
             &head(fields),
+            None,
         )
         .map_err(|e| e.code())
     }
@@ -240,6 +256,7 @@ mod tests {
                 &Uri::from_static("http://gw.local/api/image/v1.0/receipt"),
                 Version::HTTP_2,
                 &HeaderMap::new(),
+                None,
             )
             .is_ok()
         );
@@ -249,6 +266,7 @@ mod tests {
                 &Uri::from_static("http://gw.local/api/image/v1.0/receipt"),
                 Version::HTTP_2,
                 &head(&[("host", host)]),
+                None,
             )
             .map_err(|e| e.code())
         };
@@ -264,8 +282,14 @@ mod tests {
             ("gw.local:99999", Err("invalid_request")),
         ] {
             let uri = Uri::try_from(format!("http://{authority}/api/image/v1.0/receipt")).unwrap();
-            let got = check(&Method::POST, &uri, Version::HTTP_2, &HeaderMap::new())
-                .map_err(|e| e.code());
+            let got = check(
+                &Method::POST,
+                &uri,
+                Version::HTTP_2,
+                &HeaderMap::new(),
+                None,
+            )
+            .map_err(|e| e.code());
             assert_eq!(got, want, "{authority}");
         }
     }

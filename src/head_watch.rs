@@ -115,7 +115,15 @@ struct Note {
     codings: Vec<Vec<u8>>,
     /// The head broke the limits and was cut short ([`Tracker::cut`]).
     too_large: bool,
+    /// The head's length on the wire (empty lines before it included).
+    len: usize,
 }
+
+/// A request head's length as it came on the wire (HTTP/1.1, from the head
+/// watch): what the framing check holds to the 64 KiB limit, rather than an
+/// estimate from the parsed fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadSize(pub usize);
 
 /// Marks a request whose head broke the limits (more than
 /// [`MAX_HEAD_BYTES`] or more header fields than hyper parses): what hyper
@@ -208,6 +216,8 @@ impl HeadNotes {
         }
         if note.too_large {
             req.extensions_mut().insert(HeadTooLarge);
+        } else {
+            req.extensions_mut().insert(HeadSize(note.len));
         }
         if note.target.contains('#') {
             req.extensions_mut().insert(FragmentTarget(note.target));
@@ -513,10 +523,14 @@ impl Tracker {
     /// become one, and cuts short a head that breaks the limits (more than
     /// [`MAX_HEAD_BYTES`] or [`MAX_FIELDS`]) before hyper sees it break them.
     fn scan_lines(&mut self, data: &mut [u8], notes: &HeadNotes) -> Scan {
-        // How much of `data` may be passed on before the head, still without
-        // its final CRLF, would be over the limit: hyper refuses a head
-        // itself once that much is buffered and incomplete.
-        let room = (MAX_HEAD_BYTES - 2).saturating_sub(self.head_len);
+        // hyper refuses a head itself once it has `MAX_HEAD_BYTES` of it
+        // buffered incomplete, and offers no more than it lacks of that in
+        // a read. So, in `data`: a field line must end by `line_room` (a
+        // one-byte empty line can still follow); a line that has not ended
+        // is passed on up to `part_room` and held back past it until it
+        // ends, so that a cut can still end it in at most 3 bytes.
+        let line_room = (MAX_HEAD_BYTES - 1).saturating_sub(self.head_len);
+        let part_room = (MAX_HEAD_BYTES - 3).saturating_sub(self.head_len);
         let mut i = 0;
         // Where the line being scanned started, when it started in `data`.
         let mut line_start = None;
@@ -551,17 +565,19 @@ impl Tracker {
                     let end = memchr::memchr(b'\n', &data[i..]).map(|k| i + k + 1);
                     // A request line over the limit is hyper's to refuse
                     // (its own 431): there is no head to cut short.
-                    let upto = end.unwrap_or(data.len());
-                    if upto + 1 > room && self.line == Line::Rest {
-                        // A part with no colon yet needs one more byte to
-                        // end it as a field (see `cut`).
-                        let from = line_start.unwrap_or(0);
-                        let colon = line_start.is_none() && self.colon
-                            || memchr::memchr(b':', &data[from..upto.min(room).max(from)])
-                                .is_some();
-                        let room = if colon { room } else { room.saturating_sub(1) };
-                        if upto > room {
-                            break self.cut(data, line_start, room, notes);
+                    if self.line == Line::Rest {
+                        match end {
+                            Some(end) if end > line_room => {
+                                break self.cut(data, line_start, part_room, notes);
+                            }
+                            None if data.len() >= line_room => {
+                                // Its end cannot come in time.
+                                break self.cut(data, line_start, part_room, notes);
+                            }
+                            None if data.len() > part_room => {
+                                break Scan::Hold(part_room.max(i));
+                            }
+                            _ => {}
                         }
                     }
                     match end {
@@ -574,6 +590,10 @@ impl Tracker {
                     }
                 }
                 Line::Start => {
+                    if data[i] == b'\r' && i + 2 > line_room + 1 {
+                        // Its CRLF would take the head past the limit.
+                        break self.cut(data, Some(i), part_room, notes);
+                    }
                     if matches!(data[i], b'\r' | b'\n') {
                         // The empty line that ends the head (or a line hyper
                         // refuses): nothing after it is the head's.
@@ -583,7 +603,7 @@ impl Tracker {
                     self.fields += 1;
                     line_start = Some(i);
                     if self.fields > MAX_FIELDS {
-                        break self.cut(data, line_start, room, notes);
+                        break self.cut(data, line_start, part_room, notes);
                     }
                     let rest = &data[i..];
                     let start = &rest[..rest.len().min(TRANSFER_ENCODING.len())];
@@ -600,8 +620,8 @@ impl Tracker {
                         self.line = Line::Rest;
                         continue;
                     };
-                    if i + k + 1 > room {
-                        break self.cut(data, line_start, room, notes);
+                    if i + k + 1 > line_room {
+                        break self.cut(data, line_start, part_room, notes);
                     }
                     let line = &mut data[i..i + k];
                     if line.len() >= TRANSFER_ENCODING.len() {
@@ -646,15 +666,15 @@ impl Tracker {
         room: usize,
         notes: &HeadNotes,
     ) -> Scan {
-        // hyper offers at least the 2 bytes left under its buffer's cap, so
-        // a completion of at most 2 bytes always arrives whole.
+        // hyper offers what it lacks of its buffer's cap, so the completion
+        // is no longer than what is left under the limit (see `scan_lines`):
+        // it arrives whole and hyper parses a head of at most 64 KiB.
         let (at, tail): (usize, &'static [u8]) = match line_start {
-            // A line that started in this read is left out whole.
-            Some(start) => (start, b"\r\n"),
-            // One passed on in part already is ended where the room ends
-            // (with bare LFs, which RFC 9112 §2.2 lets a recipient take).
-            // A part with no colon gets one, which makes a field of it:
-            // the scan left a byte of room for it.
+            // A line that started in this read is left out whole: a bare LF
+            // ends the head (RFC 9112 §2.2 lets a recipient take one).
+            Some(start) => (start, b"\n"),
+            // One passed on in part already is ended where the room ends,
+            // with bare LFs; a colon makes a field of a part without one.
             None => {
                 let at = room.min(data.len());
                 let colon = self.colon || memchr::memchr(b':', &data[..at]).is_some();
@@ -683,6 +703,7 @@ impl Tracker {
                 target,
                 codings: std::mem::take(&mut self.codings),
                 too_large: true,
+                len: 0,
             },
         );
         notes.stop_at(self.heads);
@@ -727,6 +748,7 @@ impl Tracker {
                 target: req.path.unwrap_or_default().to_owned(),
                 codings: std::mem::take(&mut self.codings),
                 too_large: false,
+                len,
             },
         );
         // The body's framing, as hyper's server reads it (hyper
@@ -1038,7 +1060,15 @@ mod tests {
             .unwrap()
             .iter()
             .filter(|(_, n)| n.target.contains('#') || !n.codings.is_empty() || n.too_large)
-            .cloned()
+            .map(|(k, n)| {
+                (
+                    *k,
+                    Note {
+                        len: 0,
+                        ..n.clone()
+                    },
+                )
+            })
             .collect();
         (seen, pending, watch.tracker.phase)
     }
@@ -1131,6 +1161,7 @@ mod tests {
             target: "/a".into(),
             too_large: true,
             codings: Vec::new(),
+            len: 0,
         };
         assert_eq!(
             (notes, phase),
@@ -1163,16 +1194,37 @@ mod tests {
         for step in [1, 7, 1000, 4096, 65_000] {
             let seen = cut_short(&wire, step);
             assert!(seen.ends_with(b"aa\n\n"), "step {step}");
-            assert_eq!(seen.len(), MAX_HEAD_BYTES, "step {step}");
+            assert_eq!(seen.len(), MAX_HEAD_BYTES - 1, "step {step}");
         }
         let seen = cut_short(&wire, wire.len());
-        assert!(seen.ends_with(b"Content-Length: 4\r\n\r\n"));
-        // One byte over: a part that ends in the CR is ended with its LF.
+        assert!(seen.ends_with(b"Content-Length: 4\r\n\n"));
+        // One byte over: the filler line fits, its final CRLF does not; a
+        // bare LF ends the head instead.
         let wire = [&with_filler(MAX_HEAD_BYTES + 1)[..], after].concat();
-        for step in [1, 3, 1000, 4096] {
+        for step in [1, 3, 1000, 4096, wire.len()] {
             let seen = cut_short(&wire, step);
             assert_eq!(seen.len(), MAX_HEAD_BYTES, "step {step}");
             assert!(seen.ends_with(b"aa\r\n\n"), "step {step}");
+        }
+        // With bare LFs a head of 64 KiB is 64 KiB: passed on as it is.
+        let mut lf = with_filler(MAX_HEAD_BYTES - 2);
+        lf.truncate(lf.len() - 4);
+        lf.extend_from_slice(b"\n\n");
+        let lf = lf.iter().fold(Vec::new(), |mut v, &b| {
+            if b != b'\r' {
+                v.push(b);
+            }
+            v
+        });
+        let mut lf = lf;
+        lf.splice(
+            lf.len() - 2..lf.len() - 2,
+            std::iter::repeat_n(b'a', MAX_HEAD_BYTES - lf.len()),
+        );
+        assert_eq!(lf.len(), MAX_HEAD_BYTES);
+        for step in [1, 3, 1000, lf.len()] {
+            let (seen, notes, _) = through(&lf, step, 8192);
+            assert_eq!((seen == lf, notes), (true, vec![]), "step {step}");
         }
         // A part with no colon yet is made a field by one.
         let mut wire = b"POST /a HTTP/1.1\r\nX-Filler".to_vec();
@@ -1187,7 +1239,7 @@ mod tests {
         }
         for step in [1, 100, 8192] {
             let seen = cut_short(&wire, step);
-            assert!(seen.ends_with(b"X: 123456789\r\n\r\n"));
+            assert!(seen.ends_with(b"X: 123456789\r\n\n"));
         }
     }
 
@@ -1211,7 +1263,9 @@ mod tests {
             for n in [MAX_FIELDS + 1, 500] {
                 for step in [1, 50, 8192] {
                     let seen = cut_short(&[&head(n)[..], b"GET / HTTP/1.1\r\n\r\n"].concat(), step);
-                    let want = &head(MAX_FIELDS)[..];
+                    let mut want = head(MAX_FIELDS);
+                    want.truncate(want.len() - 2);
+                    want.push(b'\n');
                     assert_eq!(seen, want, "{field}: {n} fields, step {step}");
                 }
             }
@@ -1277,6 +1331,7 @@ mod tests {
                             target: "/r/a".into(),
                             codings,
                             too_large: false,
+                            len: 0,
                         }
                     ),
                     (
@@ -1286,6 +1341,7 @@ mod tests {
                             target: "/n#x".into(),
                             codings: vec![b"gzip".to_vec()],
                             too_large: false,
+                            len: 0,
                         }
                     )
                 ],
@@ -1623,6 +1679,7 @@ mod tests {
             target,
             codings,
             too_large: false,
+            len: 0,
         });
         (wire, want, note)
     }

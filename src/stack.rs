@@ -52,7 +52,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::context::RequestCtx;
 use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
-use crate::head_watch::{HeadTooLarge, LostTrack, RefusedCoding};
+use crate::head_watch::{HeadSize, HeadTooLarge, LostTrack, RefusedCoding};
 use crate::metrics::{RequestLabels, RouteLabel};
 use crate::proxy::ProxyService;
 use crate::request_id::{RequestId, X_REQUEST_ID};
@@ -127,7 +127,14 @@ where
         if req.extensions().get::<RefusedCoding>().is_some() {
             return Err(GatewayError::NotImplemented);
         }
-        crate::framing::check(req.method(), req.uri(), req.version(), req.headers())
+        let measured = req.extensions().get::<HeadSize>().map(|s| s.0);
+        crate::framing::check(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            measured,
+        )
     };
     ServiceBuilder::new()
         .layer(AccessLogLayer { gw: gw.clone() })

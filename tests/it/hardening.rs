@@ -909,3 +909,43 @@ async fn a_hash_target_is_refused_after_connect_and_deep_pipelining() {
     settle().await;
     assert!(h.uploads().is_empty(), "{:?}", h.uploads());
 }
+
+/// The 64 KiB limit is on the head as it came: one of exactly 64 KiB is
+/// served whatever its line ends and the white space around its colons
+/// (the size estimated from the parsed fields, CRLF and `": "` each, used
+/// to refuse heads of bare-LF `name:value` lines well under the limit), and
+/// one byte more is refused.
+#[tokio::test]
+async fn the_head_limit_counts_the_bytes_sent() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let wait = Duration::from_secs(5);
+    let head_of = |total: usize| {
+        let mut head = format!(
+            "POST /api/image/v1.0/report/R1 HTTP/1.1\nhost:gw.test\nauthorization:Bearer {token}\ncontent-type:image/jpeg\ncontent-length:{}\n",
+            JPEG.len()
+        );
+        for i in 0..40 {
+            head.push_str(&format!("x-{i}:v\n"));
+        }
+        let filler = total - head.len() - "x-f:\n\n".len();
+        head.push_str(&format!("x-f:{}\n\n", "a".repeat(filler)));
+        assert_eq!(head.len(), total);
+        head
+    };
+    let answer = raw(
+        h.addr,
+        &[head_of(64 * 1024).as_bytes(), JPEG].concat(),
+        wait,
+    )
+    .await;
+    assert_eq!(status_of(&answer), 201, "{answer}");
+    let answer = raw(
+        h.addr,
+        &[head_of(64 * 1024 + 1).as_bytes(), JPEG].concat(),
+        wait,
+    )
+    .await;
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    assert_eq!(code_of(&answer), "request_head_too_large");
+}
