@@ -50,9 +50,11 @@
 //! more than [`MAX_PENDING`] heads ahead of the service is not read from
 //! until the service catches up (hyper has them buffered).
 //!
-//! Where hyper itself stops (an HTTP/2 preface, a head or a chunked body
-//! it refuses: it then closes the connection) the watch stops too, and
-//! requests from there on are not checked. `CONNECT` is followed like any
+//! A connection that opens with the HTTP/2 preface is followed frame by
+//! frame instead, for `#`s in `:path`s (`h2_watch.rs`). Where hyper itself
+//! stops (a head or a chunked body it refuses: it then closes the
+//! connection) the watch stops too, and requests from there on are not
+//! checked. `CONNECT` is followed like any
 //! request: the gateway never answers it with a 2xx, so hyper serves the
 //! connection on as HTTP/1.1.
 //!
@@ -68,10 +70,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, header};
+use http::{HeaderName, HeaderValue, Request, Version, header};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::framing::MAX_HEAD_BYTES;
+use crate::h2_watch::{H2Tracker, HashPath, PREFACE};
 
 /// Header fields parsed per head (hyper's own default limit).
 const MAX_FIELDS: usize = 100;
@@ -101,6 +104,9 @@ pub struct HeadNotes {
     off_from: AtomicU64,
     /// The watch, waiting for the service to catch up.
     reader: Mutex<Option<std::task::Waker>>,
+    /// HTTP/2: requests whose `:path` had a `#` (`h2_watch.rs`), oldest
+    /// first, until the service is called with them.
+    h2: Mutex<VecDeque<HashPath>>,
 }
 
 /// What the watch saw of one request head.
@@ -180,6 +186,7 @@ impl Default for HeadNotes {
             served: AtomicU64::new(0),
             off_from: AtomicU64::new(u64::MAX),
             reader: Mutex::default(),
+            h2: Mutex::default(),
         }
     }
 }
@@ -191,6 +198,10 @@ impl HeadNotes {
     /// fields as they were sent (and [`RefusedCoding`]), a head cut short
     /// ([`HeadTooLarge`]).
     pub fn apply<B>(&self, req: &mut Request<B>) {
+        if req.version() == Version::HTTP_2 {
+            self.apply_h2(req);
+            return;
+        }
         let n = self.served.fetch_add(1, Ordering::Relaxed);
         let note = self.take(n);
         if n >= self.off_from.load(Ordering::Acquire) {
@@ -234,6 +245,35 @@ impl HeadNotes {
                 headers.append(header::TRANSFER_ENCODING, value);
             }
         }
+    }
+
+    /// HTTP/2: the `#` the h2 layer dropped from this request's `:path`, if
+    /// a request with this method and this path up to a `#` was noted (the
+    /// first such: streams are served in the order they came).
+    fn apply_h2<B>(&self, req: &mut Request<B>) {
+        let mut noted = self.h2.lock().expect("head notes lock");
+        if noted.is_empty() {
+            return;
+        }
+        let parsed = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+        let method = req.method().as_str();
+        let found = noted
+            .iter()
+            .position(|n| n.method == method && n.path.split('#').next() == Some(parsed));
+        if let Some(note) = found.and_then(|i| noted.remove(i)) {
+            req.extensions_mut().insert(FragmentTarget(note.path));
+        }
+    }
+
+    /// HTTP/2: notes a request whose `:path` has a `#` (at most
+    /// [`MAX_PENDING`] waiting: a client sending more, never served, only
+    /// loses its own oldest notes).
+    fn note_h2(&self, path: HashPath) {
+        let mut noted = self.h2.lock().expect("head notes lock");
+        if noted.len() >= MAX_PENDING {
+            noted.pop_front();
+        }
+        noted.push_back(path);
     }
 
     /// The note on head `n`, if the watch followed it; wakes a watch that
@@ -294,6 +334,8 @@ enum Phase {
     /// A head cut short for hyper ([`Tracker::cut`]): the rest of what the
     /// client sends is read and dropped.
     Discard,
+    /// An HTTP/2 connection, followed by [`Tracker::h2`].
+    H2,
 }
 
 /// The states of hyper's chunked decoder (hyper `proto::h1::decode`),
@@ -383,6 +425,8 @@ struct Tracker {
     colon: bool,
     /// What completes a head cut short, still to be passed on.
     tail: &'static [u8],
+    /// On an HTTP/2 connection: its frames' follower (`h2_watch.rs`).
+    h2: Option<Box<H2Tracker>>,
 }
 
 /// What the line scan of a head found in a read.
@@ -411,6 +455,7 @@ impl Tracker {
             last: b'\n',
             colon: false,
             tail: b"",
+            h2: None,
         }
     }
 
@@ -424,6 +469,10 @@ impl Tracker {
         while pos < data.len() {
             match self.phase {
                 Phase::Off | Phase::Discard => return data.len(),
+                Phase::H2 => {
+                    self.follow_h2(&data[pos..], notes);
+                    return data.len();
+                }
                 Phase::Head => {
                     let scan = self.scan_lines(&mut data[pos..], notes);
                     let hold = match scan {
@@ -713,6 +762,19 @@ impl Tracker {
         Scan::Cut(at)
     }
 
+    /// HTTP/2: follows `data` with the connection's frame follower; what it
+    /// cannot follow stops the watch.
+    fn follow_h2(&mut self, data: &[u8], notes: &HeadNotes) {
+        let followed = match &mut self.h2 {
+            Some(h2) => h2.feed(data, &mut |path| notes.note_h2(path)).is_ok(),
+            None => false,
+        };
+        if !followed {
+            self.h2 = None;
+            self.off(notes);
+        }
+    }
+
     /// Stops following: from the head being read on, requests are not
     /// checked against notes.
     fn off(&mut self, notes: &HeadNotes) {
@@ -732,7 +794,17 @@ impl Tracker {
             Ok(httparse::Status::Partial) => return None,
             // An HTTP/2 preface, or a head hyper refuses too.
             Err(_) => {
-                self.off(notes);
+                let shown = data.len().min(PREFACE.len());
+                if self.heads == 0 && data[..shown] == PREFACE[..shown] {
+                    // HTTP/2 from the start: its frames are followed instead.
+                    notes.stop_at(0);
+                    self.head = Vec::new();
+                    self.phase = Phase::H2;
+                    self.h2 = Some(Box::default());
+                    self.follow_h2(data, notes);
+                } else {
+                    self.off(notes);
+                }
                 return Some(data.len());
             }
         };
@@ -1117,8 +1189,14 @@ mod tests {
 
     #[test]
     fn stops_where_hyper_would_refuse_or_change_protocol() {
-        let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-        assert_eq!(every_split(h2).2, Phase::Off);
+        // The HTTP/2 preface: its frames are followed instead (h2_watch.rs);
+        // anything else after `PRI` is hyper's to refuse.
+        let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+        assert_eq!(every_split(h2), (h2.to_vec(), vec![], Phase::H2));
+        assert_eq!(
+            every_split(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n").2,
+            Phase::Off
+        );
         let lengths = b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(every_split(lengths).2, Phase::Off);
         // The gateway never answers CONNECT with a 2xx, so hyper serves the

@@ -44,6 +44,7 @@ pub mod demo;
 pub mod error;
 pub mod framing;
 pub mod gateway;
+pub mod h2_watch;
 pub mod head_watch;
 pub mod idempotency;
 pub mod inspect;

@@ -728,3 +728,115 @@ async fn clients_may_send_64_kib_data_frames_and_such_uploads_reach_concur_whole
     }
     in_flight_settles(&h).await;
 }
+
+/// An HPACK literal field without indexing, new name, raw strings.
+fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0);
+    for s in [name, value] {
+        let mut n = s.len();
+        if n < 127 {
+            out.push(n as u8);
+        } else {
+            out.push(127);
+            n -= 127;
+            while n >= 128 {
+                out.push((n as u8 & 0x7f) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The h2 layer under hyper drops a `:path`'s `#` and what follows (the
+/// `http` crate's URI does), so `report/R9#evil` would be served as
+/// `report/R9`. The head watch decodes the client's header blocks itself
+/// (`h2_watch.rs`) and the request is refused as over HTTP/1.1, while the
+/// same path without the `#`, on the same connection, goes through. Frames
+/// are written by hand: no HTTP/2 client sends a fragment.
+#[tokio::test]
+async fn a_hash_in_an_h2_path_is_refused_not_cut_off() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    for (stream, path) in [
+        (1u32, "/api/image/v1.0/report/R9#evil"),
+        (3, "/api/image/v1.0/report/R9"),
+        (5, "/api/image/v1.0/receipt#x"),
+    ] {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "gw.test"),
+            (":path", path),
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "image/jpeg"),
+            ("content-length", &JPEG.len().to_string()),
+        ] {
+            hpack_literal(&mut block, name, value);
+        }
+        wire.extend(h2_frame(0x1, 0x4, stream, &block));
+        let chunks: Vec<&[u8]> = JPEG.chunks(16 * 1024).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let end = if i + 1 == chunks.len() { 0x1 } else { 0 };
+            wire.extend(h2_frame(0x0, end, stream, chunk));
+        }
+    }
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(&wire).await.unwrap();
+    // Each stream's :status, decoded from the server's header blocks.
+    let mut hpack = concur_gateway::h2_watch::Hpack::default();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while statuses.len() < 3 {
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk))
+            .await
+            .expect("answers on every stream")
+            .unwrap();
+        assert!(n > 0, "closed; got {statuses:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, stream) = (buf[3], u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]));
+            if kind == 0x1 {
+                let mut status = String::new();
+                hpack
+                    .decode(&buf[9..9 + len], |name, value| {
+                        if name == b":status" {
+                            status = String::from_utf8_lossy(value).into_owned();
+                        }
+                    })
+                    .unwrap();
+                statuses.insert(stream, status);
+            }
+            assert_ne!(kind, 0x7, "GOAWAY: {buf:?}");
+            buf.drain(..9 + len);
+        }
+    }
+    assert_eq!(statuses[&1], "400", "{statuses:?}");
+    assert_eq!(statuses[&3], "201", "{statuses:?}");
+    assert_eq!(statuses[&5], "400", "{statuses:?}");
+    settle().await;
+    let targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
+    assert_eq!(
+        targets,
+        ["/api/image/v1.0/report/R9"],
+        "only the path without a `#`"
+    );
+}

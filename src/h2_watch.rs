@@ -1,0 +1,630 @@
+//! Request path, step 1½ for HTTP/2 (h2c): request `:path`s with a `#`.
+//!
+//! Over HTTP/1.1 the head watch (`head_watch.rs`) sees a `#` in a
+//! request-target on the bytes. Over HTTP/2 the h2 layer under hyper builds
+//! the request's URI with the `http` crate, which drops a `:path`'s `#` and
+//! what follows: `/api/image/v1.0/report/R1#R2` reached the router as
+//! `…/report/R1`. So the watch, once a connection opens with the HTTP/2
+//! preface, follows the client's frames as well: it skips every frame but
+//! HEADERS and CONTINUATION, decodes each header block with its own HPACK
+//! decoder (RFC 7541: its own dynamic table, kept in step with the h2
+//! layer's by decoding every block), and notes the `:method` and `:path` of
+//! each request whose `:path` has a `#`. The service marks the request with
+//! the same method and path up to the `#` (the first such, in the order the
+//! streams came), and routing refuses it as over HTTP/1.1.
+//!
+//! It only observes: no byte is changed. Whatever it cannot follow (a frame
+//! or header block over its caps, a block it cannot decode) stops it for the
+//! connection, and requests are then served as before.
+
+use std::collections::VecDeque;
+use std::sync::OnceLock;
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The largest header block followed (HEADERS and CONTINUATION payloads
+/// together); the gateway announces a 96 KiB header list.
+const MAX_BLOCK: usize = 128 * 1024;
+/// The dynamic table size the h2 layer announces (its default, 4096).
+const TABLE_SIZE: usize = 4096;
+
+/// The RFC 7541 Huffman code (Appendix B), by symbol: code and length in
+/// bits. The same tables as the h2 crate's `hpack/huffman/table.rs`.
+const CODES: [u32; 256] = [
+    0x1ff8, 0x7fffd8, 0xfffffe2, 0xfffffe3, 0xfffffe4, 0xfffffe5, 0xfffffe6, 0xfffffe7, 0xfffffe8,
+    0xffffea, 0x3ffffffc, 0xfffffe9, 0xfffffea, 0x3ffffffd, 0xfffffeb, 0xfffffec, 0xfffffed,
+    0xfffffee, 0xfffffef, 0xffffff0, 0xffffff1, 0xffffff2, 0x3ffffffe, 0xffffff3, 0xffffff4,
+    0xffffff5, 0xffffff6, 0xffffff7, 0xffffff8, 0xffffff9, 0xffffffa, 0xffffffb, 0x14, 0x3f8,
+    0x3f9, 0xffa, 0x1ff9, 0x15, 0xf8, 0x7fa, 0x3fa, 0x3fb, 0xf9, 0x7fb, 0xfa, 0x16, 0x17, 0x18,
+    0x0, 0x1, 0x2, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f, 0x5c, 0xfb, 0x7ffc, 0x20, 0xffb,
+    0x3fc, 0x1ffa, 0x21, 0x5d, 0x5e, 0x5f, 0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68,
+    0x69, 0x6a, 0x6b, 0x6c, 0x6d, 0x6e, 0x6f, 0x70, 0x71, 0x72, 0xfc, 0x73, 0xfd, 0x1ffb, 0x7fff0,
+    0x1ffc, 0x3ffc, 0x22, 0x7ffd, 0x3, 0x23, 0x4, 0x24, 0x5, 0x25, 0x26, 0x27, 0x6, 0x74, 0x75,
+    0x28, 0x29, 0x2a, 0x7, 0x2b, 0x76, 0x2c, 0x8, 0x9, 0x2d, 0x77, 0x78, 0x79, 0x7a, 0x7b, 0x7ffe,
+    0x7fc, 0x3ffd, 0x1ffd, 0xffffffc, 0xfffe6, 0x3fffd2, 0xfffe7, 0xfffe8, 0x3fffd3, 0x3fffd4,
+    0x3fffd5, 0x7fffd9, 0x3fffd6, 0x7fffda, 0x7fffdb, 0x7fffdc, 0x7fffdd, 0x7fffde, 0xffffeb,
+    0x7fffdf, 0xffffec, 0xffffed, 0x3fffd7, 0x7fffe0, 0xffffee, 0x7fffe1, 0x7fffe2, 0x7fffe3,
+    0x7fffe4, 0x1fffdc, 0x3fffd8, 0x7fffe5, 0x3fffd9, 0x7fffe6, 0x7fffe7, 0xffffef, 0x3fffda,
+    0x1fffdd, 0xfffe9, 0x3fffdb, 0x3fffdc, 0x7fffe8, 0x7fffe9, 0x1fffde, 0x7fffea, 0x3fffdd,
+    0x3fffde, 0xfffff0, 0x1fffdf, 0x3fffdf, 0x7fffeb, 0x7fffec, 0x1fffe0, 0x1fffe1, 0x3fffe0,
+    0x1fffe2, 0x7fffed, 0x3fffe1, 0x7fffee, 0x7fffef, 0xfffea, 0x3fffe2, 0x3fffe3, 0x3fffe4,
+    0x7ffff0, 0x3fffe5, 0x3fffe6, 0x7ffff1, 0x3ffffe0, 0x3ffffe1, 0xfffeb, 0x7fff1, 0x3fffe7,
+    0x7ffff2, 0x3fffe8, 0x1ffffec, 0x3ffffe2, 0x3ffffe3, 0x3ffffe4, 0x7ffffde, 0x7ffffdf,
+    0x3ffffe5, 0xfffff1, 0x1ffffed, 0x7fff2, 0x1fffe3, 0x3ffffe6, 0x7ffffe0, 0x7ffffe1, 0x3ffffe7,
+    0x7ffffe2, 0xfffff2, 0x1fffe4, 0x1fffe5, 0x3ffffe8, 0x3ffffe9, 0xffffffd, 0x7ffffe3, 0x7ffffe4,
+    0x7ffffe5, 0xfffec, 0xfffff3, 0xfffed, 0x1fffe6, 0x3fffe9, 0x1fffe7, 0x1fffe8, 0x7ffff3,
+    0x3fffea, 0x3fffeb, 0x1ffffee, 0x1ffffef, 0xfffff4, 0xfffff5, 0x3ffffea, 0x7ffff4, 0x3ffffeb,
+    0x7ffffe6, 0x3ffffec, 0x3ffffed, 0x7ffffe7, 0x7ffffe8, 0x7ffffe9, 0x7ffffea, 0x7ffffeb,
+    0xffffffe, 0x7ffffec, 0x7ffffed, 0x7ffffee, 0x7ffffef, 0x7fffff0, 0x3ffffee,
+];
+const LENGTHS: [u8; 256] = [
+    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5,
+    5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10, 13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6, 15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6,
+    6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, 20, 22, 20, 20, 22, 22, 22, 23, 22,
+    23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, 22,
+    21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20,
+    22, 22, 22, 23, 22, 22, 23, 26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19,
+    21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27, 20, 24, 20, 21, 22, 21, 21, 23, 22,
+    22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26,
+];
+
+/// The RFC 7541 static table (Appendix A): index 1 to 61.
+const STATIC: [(&[u8], &[u8]); 61] = [
+    (b":authority", b""),
+    (b":method", b"GET"),
+    (b":method", b"POST"),
+    (b":path", b"/"),
+    (b":path", b"/index.html"),
+    (b":scheme", b"http"),
+    (b":scheme", b"https"),
+    (b":status", b"200"),
+    (b":status", b"204"),
+    (b":status", b"206"),
+    (b":status", b"304"),
+    (b":status", b"400"),
+    (b":status", b"404"),
+    (b":status", b"500"),
+    (b"accept-charset", b""),
+    (b"accept-encoding", b"gzip, deflate"),
+    (b"accept-language", b""),
+    (b"accept-ranges", b""),
+    (b"accept", b""),
+    (b"access-control-allow-origin", b""),
+    (b"age", b""),
+    (b"allow", b""),
+    (b"authorization", b""),
+    (b"cache-control", b""),
+    (b"content-disposition", b""),
+    (b"content-encoding", b""),
+    (b"content-language", b""),
+    (b"content-length", b""),
+    (b"content-location", b""),
+    (b"content-range", b""),
+    (b"content-type", b""),
+    (b"cookie", b""),
+    (b"date", b""),
+    (b"etag", b""),
+    (b"expect", b""),
+    (b"expires", b""),
+    (b"from", b""),
+    (b"host", b""),
+    (b"if-match", b""),
+    (b"if-modified-since", b""),
+    (b"if-none-match", b""),
+    (b"if-range", b""),
+    (b"if-unmodified-since", b""),
+    (b"last-modified", b""),
+    (b"link", b""),
+    (b"location", b""),
+    (b"max-forwards", b""),
+    (b"proxy-authenticate", b""),
+    (b"proxy-authorization", b""),
+    (b"range", b""),
+    (b"referer", b""),
+    (b"refresh", b""),
+    (b"retry-after", b""),
+    (b"server", b""),
+    (b"set-cookie", b""),
+    (b"strict-transport-security", b""),
+    (b"transfer-encoding", b""),
+    (b"user-agent", b""),
+    (b"vary", b""),
+    (b"via", b""),
+    (b"www-authenticate", b""),
+];
+
+/// A decoding error: the watch stops following the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lost;
+
+/// Huffman codes of each length, sorted: (code, symbol).
+fn by_length() -> &'static [Vec<(u32, u8)>; 31] {
+    static TABLE: OnceLock<[Vec<(u32, u8)>; 31]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t: [Vec<(u32, u8)>; 31] = Default::default();
+        for (sym, (&code, &len)) in CODES.iter().zip(LENGTHS.iter()).enumerate() {
+            t[usize::from(len)].push((code, sym as u8));
+        }
+        for codes in &mut t {
+            codes.sort_unstable();
+        }
+        t
+    })
+}
+
+/// Decodes a Huffman-coded string (RFC 7541 §5.2).
+fn huffman(bytes: &[u8]) -> Result<Vec<u8>, Lost> {
+    let table = by_length();
+    let mut out = Vec::with_capacity(bytes.len() * 8 / 5);
+    let (mut code, mut len) = (0u32, 0usize);
+    for &byte in bytes {
+        for shift in (0..8).rev() {
+            code = (code << 1) | u32::from((byte >> shift) & 1);
+            len += 1;
+            if len > 30 {
+                return Err(Lost);
+            }
+            if let Ok(i) = table[len].binary_search_by_key(&code, |&(c, _)| c) {
+                out.push(table[len][i].1);
+                code = 0;
+                len = 0;
+            }
+        }
+    }
+    // At most 7 bits of padding, all ones (the start of EOS).
+    if len > 7 || code != (1 << len) - 1 {
+        return Err(Lost);
+    }
+    Ok(out)
+}
+
+/// An HPACK integer with an `n`-bit prefix at `block[*at]` (RFC 7541 §5.1).
+fn integer(block: &[u8], at: &mut usize, n: u8) -> Result<usize, Lost> {
+    let mask = (1u16 << n) as usize - 1;
+    let first = usize::from(*block.get(*at).ok_or(Lost)?) & mask;
+    *at += 1;
+    if first < mask {
+        return Ok(first);
+    }
+    let mut value = mask;
+    let mut shift = 0;
+    loop {
+        let b = *block.get(*at).ok_or(Lost)?;
+        *at += 1;
+        value += usize::from(b & 0x7f).checked_shl(shift).ok_or(Lost)?;
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+        shift += 7;
+        if shift > 28 {
+            return Err(Lost);
+        }
+    }
+}
+
+/// An HPACK string literal (RFC 7541 §5.2).
+fn string(block: &[u8], at: &mut usize) -> Result<Vec<u8>, Lost> {
+    let huffman_coded = block.get(*at).ok_or(Lost)? & 0x80 != 0;
+    let len = integer(block, at, 7)?;
+    let raw = block.get(*at..*at + len).ok_or(Lost)?;
+    *at += len;
+    if huffman_coded {
+        huffman(raw)
+    } else {
+        Ok(raw.to_vec())
+    }
+}
+
+/// The HPACK decoding state of one connection.
+#[derive(Debug)]
+pub struct Hpack {
+    /// Newest first.
+    table: VecDeque<(Vec<u8>, Vec<u8>)>,
+    size: usize,
+    max: usize,
+}
+
+impl Default for Hpack {
+    fn default() -> Self {
+        Self {
+            table: VecDeque::new(),
+            size: 0,
+            max: TABLE_SIZE,
+        }
+    }
+}
+
+impl Hpack {
+    fn entry(&self, index: usize) -> Result<(&[u8], &[u8]), Lost> {
+        match index {
+            0 => Err(Lost),
+            1..=61 => Ok(STATIC[index - 1]),
+            _ => self
+                .table
+                .get(index - 62)
+                .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                .ok_or(Lost),
+        }
+    }
+
+    fn evict_to(&mut self, max: usize) {
+        while self.size > max {
+            let Some((n, v)) = self.table.pop_back() else {
+                break;
+            };
+            self.size -= n.len() + v.len() + 32;
+        }
+    }
+
+    fn insert(&mut self, name: Vec<u8>, value: Vec<u8>) {
+        let size = name.len() + value.len() + 32;
+        self.evict_to(self.max.saturating_sub(size));
+        if size <= self.max {
+            self.size += size;
+            self.table.push_front((name, value));
+        }
+    }
+
+    /// Decodes a header block: calls `field` with each name and value.
+    pub fn decode(
+        &mut self,
+        block: &[u8],
+        mut field: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), Lost> {
+        let mut at = 0;
+        while at < block.len() {
+            let b = block[at];
+            if b & 0x80 != 0 {
+                // Indexed field.
+                let index = integer(block, &mut at, 7)?;
+                let (n, v) = self.entry(index)?;
+                field(n, v);
+            } else if b & 0xc0 == 0x40 {
+                // Literal, added to the table.
+                let index = integer(block, &mut at, 6)?;
+                let name = if index == 0 {
+                    string(block, &mut at)?
+                } else {
+                    self.entry(index)?.0.to_vec()
+                };
+                let value = string(block, &mut at)?;
+                field(&name, &value);
+                self.insert(name, value);
+            } else if b & 0xe0 == 0x20 {
+                // Dynamic table size update.
+                let max = integer(block, &mut at, 5)?;
+                if max > TABLE_SIZE {
+                    return Err(Lost);
+                }
+                self.max = max;
+                self.evict_to(max);
+            } else {
+                // Literal, not added (0000) or never indexed (0001).
+                let index = integer(block, &mut at, 4)?;
+                let value_name;
+                let name: &[u8] = if index == 0 {
+                    value_name = string(block, &mut at)?;
+                    &value_name
+                } else {
+                    self.entry(index)?.0
+                };
+                let name = name.to_vec();
+                let value = string(block, &mut at)?;
+                field(&name, &value);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request whose `:path` has a `#`: its method and `:path` as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashPath {
+    pub method: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many bytes of the preface seen.
+    Preface(usize),
+    /// This many bytes of a frame header seen.
+    Head(usize),
+    /// A frame payload to skip.
+    Skip(usize),
+    /// A HEADERS or CONTINUATION payload of this length, being gathered.
+    Payload(usize),
+}
+
+/// Follows the client's side of an HTTP/2 connection: sans-IO, fed every
+/// byte read from the client, preface first.
+#[derive(Debug)]
+pub struct H2Tracker {
+    state: State,
+    head: [u8; 9],
+    kind: u8,
+    flags: u8,
+    frame: Vec<u8>,
+    block: Vec<u8>,
+    in_block: bool,
+    hpack: Hpack,
+}
+
+impl Default for H2Tracker {
+    fn default() -> Self {
+        Self {
+            state: State::Preface(0),
+            head: [0; 9],
+            kind: 0,
+            flags: 0,
+            frame: Vec::new(),
+            block: Vec::new(),
+            in_block: false,
+            hpack: Hpack::default(),
+        }
+    }
+}
+
+impl H2Tracker {
+    /// Follows `data`; `note` gets each request whose `:path` has a `#`.
+    /// `Err`: the watch can follow this connection no more.
+    pub fn feed(&mut self, mut data: &[u8], note: &mut impl FnMut(HashPath)) -> Result<(), Lost> {
+        while !data.is_empty() {
+            match self.state {
+                State::Preface(seen) => {
+                    let n = (PREFACE.len() - seen).min(data.len());
+                    if data[..n] != PREFACE[seen..seen + n] {
+                        return Err(Lost);
+                    }
+                    data = &data[n..];
+                    self.state = if seen + n == PREFACE.len() {
+                        State::Head(0)
+                    } else {
+                        State::Preface(seen + n)
+                    };
+                }
+                State::Head(seen) => {
+                    let n = (9 - seen).min(data.len());
+                    self.head[seen..seen + n].copy_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if seen + n < 9 {
+                        self.state = State::Head(seen + n);
+                        continue;
+                    }
+                    let h = self.head;
+                    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                    (self.kind, self.flags) = (h[3], h[4]);
+                    // A header block is HEADERS then CONTINUATIONs, nothing
+                    // between (RFC 9113 §6.10; the h2 layer closes otherwise).
+                    let headers = match self.kind {
+                        0x1 if !self.in_block => true,
+                        0x9 if self.in_block => true,
+                        _ if self.in_block => return Err(Lost),
+                        _ => false,
+                    };
+                    if !headers {
+                        self.state = if len == 0 {
+                            State::Head(0)
+                        } else {
+                            State::Skip(len)
+                        };
+                    } else if self.block.len() + len > MAX_BLOCK {
+                        return Err(Lost);
+                    } else {
+                        self.frame.clear();
+                        self.state = State::Payload(len);
+                        if len == 0 {
+                            self.end_frame(note)?;
+                            self.state = State::Head(0);
+                        }
+                    }
+                }
+                State::Skip(left) => {
+                    let n = left.min(data.len());
+                    data = &data[n..];
+                    self.state = if n == left {
+                        State::Head(0)
+                    } else {
+                        State::Skip(left - n)
+                    };
+                }
+                State::Payload(len) => {
+                    let n = (len - self.frame.len()).min(data.len());
+                    self.frame.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if self.frame.len() == len {
+                        self.end_frame(note)?;
+                        self.state = State::Head(0);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A HEADERS or CONTINUATION payload is in: its fragment joins the
+    /// block, and a block that has ended is decoded.
+    fn end_frame(&mut self, note: &mut impl FnMut(HashPath)) -> Result<(), Lost> {
+        let mut fragment = &self.frame[..];
+        if self.kind == 0x1 {
+            if self.flags & 0x8 != 0 {
+                // PADDED: a pad length, then the padding at the end.
+                let (&pad, rest) = fragment.split_first().ok_or(Lost)?;
+                fragment = rest
+                    .get(..rest.len().checked_sub(usize::from(pad)).ok_or(Lost)?)
+                    .ok_or(Lost)?;
+            }
+            if self.flags & 0x20 != 0 {
+                // PRIORITY: stream dependency and weight.
+                fragment = fragment.get(5..).ok_or(Lost)?;
+            }
+        }
+        self.block.extend_from_slice(fragment);
+        self.in_block = self.flags & 0x4 == 0;
+        if self.in_block {
+            return Ok(());
+        }
+        let (mut method, mut path) = (None, None);
+        let block = std::mem::take(&mut self.block);
+        let decoded = self.hpack.decode(&block, |name, value| match name {
+            b":method" => method = Some(value.to_vec()),
+            b":path" => path = Some(value.to_vec()),
+            _ => {}
+        });
+        self.block = block;
+        self.block.clear();
+        decoded?;
+        if let (Some(method), Some(path)) = (method, path)
+            && path.contains(&b'#')
+        {
+            note(HashPath {
+                method: String::from_utf8_lossy(&method).into_owned(),
+                path: String::from_utf8_lossy(&path).into_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn decoded(hpack: &mut Hpack, block: &[u8]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        hpack
+            .decode(block, |n, v| {
+                out.push((
+                    String::from_utf8(n.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                ))
+            })
+            .unwrap();
+        out
+    }
+
+    /// RFC 7541 Appendix C.4: three requests with Huffman coding, sharing a
+    /// dynamic table.
+    #[test]
+    fn decodes_the_rfc_7541_huffman_examples() {
+        let mut h = Hpack::default();
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            decoded(&mut h, &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff")),
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com")
+            ])
+        );
+        assert_eq!(
+            decoded(&mut h, &hex("8286 84be 5886 a8eb 1064 9cbf")),
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com"),
+                ("cache-control", "no-cache")
+            ])
+        );
+        assert_eq!(
+            decoded(
+                &mut h,
+                &hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf")
+            ),
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/index.html"),
+                (":authority", "www.example.com"),
+                ("custom-key", "custom-value")
+            ])
+        );
+        assert_eq!(h.size, 164);
+        assert_eq!(huffman(&hex("ff")), Err(Lost), "8 bits of padding");
+    }
+
+    /// A literal header field without indexing, new name, raw strings.
+    pub fn literal(name: &str, value: &str) -> Vec<u8> {
+        let mut out = vec![0u8];
+        for s in [name, value] {
+            assert!(s.len() < 127);
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        out
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn notes_a_hash_path_however_the_frames_come() {
+        let mut block = literal(":method", "POST");
+        block.extend(literal(":scheme", "http"));
+        block.extend(literal(":path", "/r/R1#R2"));
+        let (first, second) = block.split_at(10);
+        let mut padded = vec![3u8];
+        padded.extend_from_slice(&[0, 0, 0, 0, 16]);
+        padded.extend_from_slice(first);
+        padded.extend_from_slice(&[0; 3]);
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, 0, &[]));
+        // DATA holding what looks like a HEADERS frame is skipped.
+        wire.extend(frame(
+            0x0,
+            0,
+            1,
+            &frame(0x1, 0x4, 1, &literal(":path", "/#x")),
+        ));
+        wire.extend(frame(0x1, 0x8 | 0x20, 3, &padded));
+        wire.extend(frame(0x9, 0x4, 3, second));
+        let mut plain = literal(":method", "GET");
+        plain.extend(literal(":path", "/r/R3"));
+        wire.extend(frame(0x1, 0x4 | 0x1, 5, &plain));
+        for step in 1..wire.len() {
+            let mut t = H2Tracker::default();
+            let mut notes = Vec::new();
+            for piece in wire.chunks(step) {
+                t.feed(piece, &mut |n| notes.push(n)).unwrap();
+            }
+            assert_eq!(
+                notes,
+                [HashPath {
+                    method: "POST".into(),
+                    path: "/r/R1#R2".into()
+                }],
+                "split every {step}"
+            );
+        }
+        // Not HTTP/2, or a frame between a block's HEADERS and CONTINUATION.
+        assert_eq!(
+            H2Tracker::default().feed(b"GET / HTTP/1.1\r\n", &mut |_| ()),
+            Err(Lost)
+        );
+        let mut bad = PREFACE.to_vec();
+        bad.extend(frame(0x1, 0, 1, &literal(":path", "/")));
+        bad.extend(frame(0x0, 0, 1, b"x"));
+        assert_eq!(H2Tracker::default().feed(&bad, &mut |_| ()), Err(Lost));
+    }
+}
