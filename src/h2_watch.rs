@@ -8,14 +8,19 @@
 //! preface, follows the client's frames as well: it skips every frame but
 //! HEADERS and CONTINUATION, decodes each header block with its own HPACK
 //! decoder (RFC 7541: its own dynamic table, kept in step with the h2
-//! layer's by decoding every block), and notes the `:method` and `:path` of
-//! each request whose `:path` has a `#`. The service marks the request with
-//! the same method and path up to the `#` (the first such, in the order the
-//! streams came), and routing refuses it as over HTTP/1.1.
+//! layer's by decoding every block). A request whose `:path` has a `#` is
+//! malformed (a `:path` holds no fragment, RFC 9113 §8.3.1): the watch fails
+//! the connection's read *before* hyper sees that header block, so the
+//! request never starts and the connection closes, as the h2 layer closes it
+//! for other malformed fields. Streams already running on it are aborted:
+//! their uploads never reach Concur whole. (Marking just that request is not
+//! possible: hyper does not tell the service which stream a request came
+//! on, and it serves streams concurrently.)
 //!
-//! It only observes: no byte is changed. Whatever it cannot follow (a frame
-//! or header block over its caps, a block it cannot decode) stops it for the
-//! connection, and requests are then served as before.
+//! What the watch cannot follow (a header block over [`MAX_BLOCK`], one it
+//! cannot decode) fails the connection the same way, rather than letting a
+//! `#` through unseen; the h2 layer, the stricter decoder, refuses such
+//! blocks itself.
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -23,8 +28,10 @@ use std::sync::OnceLock;
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest header block followed (HEADERS and CONTINUATION payloads
-/// together); the gateway announces a 96 KiB header list.
-const MAX_BLOCK: usize = 128 * 1024;
+/// together). The gateway announces a 96 KiB header list; the h2 layer
+/// reads at most 6 frames of 64 KiB for one block before it closes the
+/// connection.
+const MAX_BLOCK: usize = 512 * 1024;
 /// The dynamic table size the h2 layer announces (its default, 4096).
 const TABLE_SIZE: usize = 4096;
 
@@ -135,9 +142,24 @@ const STATIC: [(&[u8], &[u8]); 61] = [
     (b"www-authenticate", b""),
 ];
 
-/// A decoding error: the watch stops following the connection.
+/// A decoding error: the watch cannot follow the connection.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Lost;
+
+/// Why the watch fails an HTTP/2 connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// A request's `:path` had a `#`: its method and `:path`.
+    Hash(HashPath),
+    /// The watch could not follow the client's frames.
+    Lost,
+}
+
+impl From<Lost> for Refused {
+    fn from(_: Lost) -> Self {
+        Refused::Lost
+    }
+}
 
 /// Huffman codes of each length, sorted: (code, symbol).
 fn by_length() -> &'static [Vec<(u32, u8)>; 31] {
@@ -349,6 +371,8 @@ pub struct H2Tracker {
     frame: Vec<u8>,
     block: Vec<u8>,
     in_block: bool,
+    /// The block being gathered is one the h2 layer does not decode.
+    skip_block: bool,
     hpack: Hpack,
 }
 
@@ -362,21 +386,22 @@ impl Default for H2Tracker {
             frame: Vec::new(),
             block: Vec::new(),
             in_block: false,
+            skip_block: false,
             hpack: Hpack::default(),
         }
     }
 }
 
 impl H2Tracker {
-    /// Follows `data`; `note` gets each request whose `:path` has a `#`.
-    /// `Err`: the watch can follow this connection no more.
-    pub fn feed(&mut self, mut data: &[u8], note: &mut impl FnMut(HashPath)) -> Result<(), Lost> {
+    /// Follows `data`. `Err`: the connection must be failed before hyper
+    /// reads `data`.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), Refused> {
         while !data.is_empty() {
             match self.state {
                 State::Preface(seen) => {
                     let n = (PREFACE.len() - seen).min(data.len());
                     if data[..n] != PREFACE[seen..seen + n] {
-                        return Err(Lost);
+                        return Err(Refused::Lost);
                     }
                     data = &data[n..];
                     self.state = if seen + n == PREFACE.len() {
@@ -401,7 +426,7 @@ impl H2Tracker {
                     let headers = match self.kind {
                         0x1 if !self.in_block => true,
                         0x9 if self.in_block => true,
-                        _ if self.in_block => return Err(Lost),
+                        _ if self.in_block => return Err(Refused::Lost),
                         _ => false,
                     };
                     if !headers {
@@ -411,12 +436,12 @@ impl H2Tracker {
                             State::Skip(len)
                         };
                     } else if self.block.len() + len > MAX_BLOCK {
-                        return Err(Lost);
+                        return Err(Refused::Lost);
                     } else {
                         self.frame.clear();
                         self.state = State::Payload(len);
                         if len == 0 {
-                            self.end_frame(note)?;
+                            self.end_frame()?;
                             self.state = State::Head(0);
                         }
                     }
@@ -435,7 +460,7 @@ impl H2Tracker {
                     self.frame.extend_from_slice(&data[..n]);
                     data = &data[n..];
                     if self.frame.len() == len {
-                        self.end_frame(note)?;
+                        self.end_frame()?;
                         self.state = State::Head(0);
                     }
                 }
@@ -446,7 +471,7 @@ impl H2Tracker {
 
     /// A HEADERS or CONTINUATION payload is in: its fragment joins the
     /// block, and a block that has ended is decoded.
-    fn end_frame(&mut self, note: &mut impl FnMut(HashPath)) -> Result<(), Lost> {
+    fn end_frame(&mut self) -> Result<(), Refused> {
         let mut fragment = &self.frame[..];
         if self.kind == 0x1 {
             if self.flags & 0x8 != 0 {
@@ -456,14 +481,29 @@ impl H2Tracker {
                     .get(..rest.len().checked_sub(usize::from(pad)).ok_or(Lost)?)
                     .ok_or(Lost)?;
             }
+            let mut skip = false;
             if self.flags & 0x20 != 0 {
-                // PRIORITY: stream dependency and weight.
+                // PRIORITY: stream dependency and weight. A stream that
+                // depends on itself the h2 layer resets before it decodes
+                // the block (its table never sees it): so does the watch.
+                let dependency: [u8; 4] = fragment
+                    .get(..4)
+                    .and_then(|d| d.try_into().ok())
+                    .ok_or(Lost)?;
+                let stream = [self.head[5], self.head[6], self.head[7], self.head[8]];
+                skip = u32::from_be_bytes(dependency) & 0x7fff_ffff
+                    == u32::from_be_bytes(stream) & 0x7fff_ffff;
                 fragment = fragment.get(5..).ok_or(Lost)?;
             }
+            self.skip_block = skip;
         }
         self.block.extend_from_slice(fragment);
         self.in_block = self.flags & 0x4 == 0;
         if self.in_block {
+            return Ok(());
+        }
+        if self.skip_block {
+            self.block.clear();
             return Ok(());
         }
         let (mut method, mut path) = (None, None);
@@ -476,15 +516,14 @@ impl H2Tracker {
         self.block = block;
         self.block.clear();
         decoded?;
-        if let (Some(method), Some(path)) = (method, path)
-            && path.contains(&b'#')
-        {
-            note(HashPath {
-                method: String::from_utf8_lossy(&method).into_owned(),
+        match path {
+            // In a request's head or in trailers alike: malformed either way.
+            Some(path) if path.contains(&b'#') => Err(Refused::Hash(HashPath {
+                method: String::from_utf8_lossy(&method.unwrap_or_default()).into_owned(),
                 path: String::from_utf8_lossy(&path).into_owned(),
-            });
+            })),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -579,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn notes_a_hash_path_however_the_frames_come() {
+    fn refuses_a_hash_path_however_the_frames_come() {
         let mut block = literal(":method", "POST");
         block.extend(literal(":scheme", "http"));
         block.extend(literal(":path", "/r/R1#R2"));
@@ -602,29 +641,59 @@ mod tests {
         let mut plain = literal(":method", "GET");
         plain.extend(literal(":path", "/r/R3"));
         wire.extend(frame(0x1, 0x4 | 0x1, 5, &plain));
+        // Refused exactly when the block with the `#` is complete, before
+        // the frames after it.
+        let last = frame(0x1, 0x4 | 0x1, 5, &plain).len();
+        let complete = wire.len() - last;
         for step in 1..wire.len() {
             let mut t = H2Tracker::default();
-            let mut notes = Vec::new();
-            for piece in wire.chunks(step) {
-                t.feed(piece, &mut |n| notes.push(n)).unwrap();
-            }
+            let mut fed = 0;
+            let refused = wire.chunks(step).find_map(|piece| {
+                fed += piece.len();
+                t.feed(piece).err()
+            });
             assert_eq!(
-                notes,
-                [HashPath {
+                refused,
+                Some(Refused::Hash(HashPath {
                     method: "POST".into(),
                     path: "/r/R1#R2".into()
-                }],
+                })),
                 "split every {step}"
             );
+            assert!(
+                fed >= complete && fed < complete + step,
+                "split every {step}: {fed}"
+            );
         }
+        // Without that block, followed to the end.
+        let mut plain_wire = PREFACE.to_vec();
+        plain_wire.extend(frame(
+            0x0,
+            0,
+            1,
+            &frame(0x1, 0x4, 1, &literal(":path", "/#x")),
+        ));
+        plain_wire.extend(frame(0x1, 0x4 | 0x1, 5, &plain));
+        assert_eq!(H2Tracker::default().feed(&plain_wire), Ok(()));
+        // A block on a stream that depends on itself is not decoded (the h2
+        // layer resets the stream first): its `#`, and its table entries, do
+        // not count.
+        let mut selfdep = vec![0, 0, 0, 7, 16];
+        selfdep.push(0x40);
+        selfdep.extend(&literal(":path", "/#x")[1..]);
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x1, 0x4 | 0x20, 7, &selfdep));
+        let mut t = H2Tracker::default();
+        assert_eq!(t.feed(&wire), Ok(()));
+        assert!(t.hpack.table.is_empty());
         // Not HTTP/2, or a frame between a block's HEADERS and CONTINUATION.
         assert_eq!(
-            H2Tracker::default().feed(b"GET / HTTP/1.1\r\n", &mut |_| ()),
-            Err(Lost)
+            H2Tracker::default().feed(b"GET / HTTP/1.1\r\n"),
+            Err(Refused::Lost)
         );
         let mut bad = PREFACE.to_vec();
         bad.extend(frame(0x1, 0, 1, &literal(":path", "/")));
         bad.extend(frame(0x0, 0, 1, b"x"));
-        assert_eq!(H2Tracker::default().feed(&bad, &mut |_| ()), Err(Lost));
+        assert_eq!(H2Tracker::default().feed(&bad), Err(Refused::Lost));
     }
 }

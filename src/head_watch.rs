@@ -70,11 +70,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, Version, header};
+use http::{HeaderName, HeaderValue, Request, header};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::framing::MAX_HEAD_BYTES;
-use crate::h2_watch::{H2Tracker, HashPath, PREFACE};
+use crate::h2_watch::{H2Tracker, PREFACE, Refused};
 
 /// Header fields parsed per head (hyper's own default limit).
 const MAX_FIELDS: usize = 100;
@@ -104,9 +104,6 @@ pub struct HeadNotes {
     off_from: AtomicU64,
     /// The watch, waiting for the service to catch up.
     reader: Mutex<Option<std::task::Waker>>,
-    /// HTTP/2: requests whose `:path` had a `#` (`h2_watch.rs`), oldest
-    /// first, until the service is called with them.
-    h2: Mutex<VecDeque<HashPath>>,
 }
 
 /// What the watch saw of one request head.
@@ -186,7 +183,6 @@ impl Default for HeadNotes {
             served: AtomicU64::new(0),
             off_from: AtomicU64::new(u64::MAX),
             reader: Mutex::default(),
-            h2: Mutex::default(),
         }
     }
 }
@@ -198,10 +194,6 @@ impl HeadNotes {
     /// fields as they were sent (and [`RefusedCoding`]), a head cut short
     /// ([`HeadTooLarge`]).
     pub fn apply<B>(&self, req: &mut Request<B>) {
-        if req.version() == Version::HTTP_2 {
-            self.apply_h2(req);
-            return;
-        }
         let n = self.served.fetch_add(1, Ordering::Relaxed);
         let note = self.take(n);
         if n >= self.off_from.load(Ordering::Acquire) {
@@ -245,35 +237,6 @@ impl HeadNotes {
                 headers.append(header::TRANSFER_ENCODING, value);
             }
         }
-    }
-
-    /// HTTP/2: the `#` the h2 layer dropped from this request's `:path`, if
-    /// a request with this method and this path up to a `#` was noted (the
-    /// first such: streams are served in the order they came).
-    fn apply_h2<B>(&self, req: &mut Request<B>) {
-        let mut noted = self.h2.lock().expect("head notes lock");
-        if noted.is_empty() {
-            return;
-        }
-        let parsed = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-        let method = req.method().as_str();
-        let found = noted
-            .iter()
-            .position(|n| n.method == method && n.path.split('#').next() == Some(parsed));
-        if let Some(note) = found.and_then(|i| noted.remove(i)) {
-            req.extensions_mut().insert(FragmentTarget(note.path));
-        }
-    }
-
-    /// HTTP/2: notes a request whose `:path` has a `#` (at most
-    /// [`MAX_PENDING`] waiting: a client sending more, never served, only
-    /// loses its own oldest notes).
-    fn note_h2(&self, path: HashPath) {
-        let mut noted = self.h2.lock().expect("head notes lock");
-        if noted.len() >= MAX_PENDING {
-            noted.pop_front();
-        }
-        noted.push_back(path);
     }
 
     /// The note on head `n`, if the watch followed it; wakes a watch that
@@ -427,6 +390,8 @@ struct Tracker {
     tail: &'static [u8],
     /// On an HTTP/2 connection: its frames' follower (`h2_watch.rs`).
     h2: Option<Box<H2Tracker>>,
+    /// Why the connection must fail before hyper reads what was fed last.
+    refused: Option<Refused>,
 }
 
 /// What the line scan of a head found in a read.
@@ -456,6 +421,7 @@ impl Tracker {
             colon: false,
             tail: b"",
             h2: None,
+            refused: None,
         }
     }
 
@@ -762,14 +728,15 @@ impl Tracker {
         Scan::Cut(at)
     }
 
-    /// HTTP/2: follows `data` with the connection's frame follower; what it
-    /// cannot follow stops the watch.
+    /// HTTP/2: follows `data` with the connection's frame follower; a `#`
+    /// in a `:path`, or frames it cannot follow, fail the connection
+    /// ([`Self::refused`]) before hyper reads `data`.
     fn follow_h2(&mut self, data: &[u8], notes: &HeadNotes) {
-        let followed = match &mut self.h2 {
-            Some(h2) => h2.feed(data, &mut |path| notes.note_h2(path)).is_ok(),
-            None => false,
+        let Some(h2) = &mut self.h2 else {
+            return;
         };
-        if !followed {
+        if let Err(refused) = h2.feed(data) {
+            self.refused = Some(refused);
             self.h2 = None;
             self.off(notes);
         }
@@ -968,6 +935,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadWatch<T> {
             }
             let read = &mut buf.filled_mut()[start..];
             let took = this.tracker.feed(read, &this.notes);
+            if let Some(refused) = this.tracker.refused.take() {
+                // HTTP/2 (`h2_watch.rs`): hyper never sees these bytes.
+                buf.set_filled(start);
+                let why = match refused {
+                    Refused::Hash(request) => {
+                        tracing::info!(
+                            method = %request.method,
+                            "closing an HTTP/2 connection: a :path with a '#' (a fragment is never sent)"
+                        );
+                        "a :path with a '#'"
+                    }
+                    Refused::Lost => {
+                        tracing::info!(
+                            "closing an HTTP/2 connection whose header blocks cannot be followed"
+                        );
+                        "header blocks that cannot be followed"
+                    }
+                };
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+            }
             if this.tracker.phase == Phase::Discard {
                 buf.set_filled(start + took);
                 // The completion goes whole or in the next read: in parts,
@@ -1190,13 +1177,17 @@ mod tests {
     #[test]
     fn stops_where_hyper_would_refuse_or_change_protocol() {
         // The HTTP/2 preface: its frames are followed instead (h2_watch.rs);
-        // anything else after `PRI` is hyper's to refuse.
+        // a connection that starts like it and then is not HTTP/2 is not
+        // followed (hyper refuses it, or the watch fails it when the preface
+        // came in parts).
         let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
         assert_eq!(every_split(h2), (h2.to_vec(), vec![], Phase::H2));
-        assert_eq!(
-            every_split(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n").2,
-            Phase::Off
+        let mut t = Tracker::new();
+        t.feed(
+            &mut b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n".to_vec(),
+            &HeadNotes::default(),
         );
+        assert_eq!(t.phase, Phase::Off);
         let lengths = b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(every_split(lengths).2, Phase::Off);
         // The gateway never answers CONNECT with a 2xx, so hyper serves the
