@@ -868,3 +868,42 @@ async fn a_hash_in_an_h2_path_closes_the_connection_before_it_is_served() {
         "only the paths without a `#`"
     );
 }
+
+/// The watch's own HPACK decoder keeps step with what a real encoder sends
+/// (hyper's: Huffman coding, a dynamic table filled, evicted and reused):
+/// 120 requests on one connection with header fields of many sizes, some
+/// repeated, none with a `#`, are all served; a decoder that lost step
+/// would close the connection.
+#[tokio::test]
+async fn the_h2_watch_keeps_step_with_hyper_s_hpack_encoder() {
+    let h = Harness::start().await;
+    let (sender, conn) = h2c(h.addr).await;
+    for i in 0..120usize {
+        let mut req = upload_request(
+            h.addr,
+            &format!(
+                "/api/image/v1.0/report/R{}?q={}",
+                i % 7,
+                "x".repeat(i * 13 % 300)
+            ),
+            ALICE,
+            Some(JPEG.len()),
+            full(JPEG.to_vec()),
+        );
+        let headers = req.headers_mut();
+        headers.insert("x-trace", format!("{i:08}").parse().unwrap());
+        headers.insert(
+            "x-note",
+            "~é".repeat(i * 37 % 900).replace('é', "e").parse().unwrap(),
+        );
+        if i % 3 == 0 {
+            headers.insert(
+                "x-same",
+                "a value repeated on every third request".parse().unwrap(),
+            );
+        }
+        let r = send(&mut sender.clone(), req).await.unwrap();
+        assert_eq!(r.status, 201, "request {i}");
+    }
+    assert!(!conn.is_finished());
+}
