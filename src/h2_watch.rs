@@ -28,10 +28,12 @@ use std::sync::OnceLock;
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest header block followed (HEADERS and CONTINUATION payloads
-/// together). The gateway announces a 96 KiB header list; the h2 layer
-/// reads at most 6 frames of 64 KiB for one block before it closes the
-/// connection.
-const MAX_BLOCK: usize = 512 * 1024;
+/// together): what the h2 layer itself reads of one block before it closes
+/// the connection, a HEADERS and 5 CONTINUATION frames (h2's
+/// `calc_max_continuation_frames` at the 96 KiB header list the gateway
+/// announces) of at most 64 KiB each (`server::H2_MAX_FRAME_SIZE`). A
+/// connection holds at most this much here while a block comes in.
+const MAX_BLOCK: usize = 6 * 64 * 1024;
 /// The dynamic table size the h2 layer announces (its default, 4096).
 const TABLE_SIZE: usize = 4096;
 
