@@ -156,6 +156,9 @@ pub async fn run(
         Ok(()) => tracing::info!("all connections finished"),
         Err(_) => tracing::warn!("shutdown grace elapsed; closing remaining connections"),
     }
+    // Places in flight given back by the last uploads, not left to their
+    // leases (other replicas would count them until then).
+    gw.store.flush_releases().await;
     admin_task.abort();
     housekeeping.abort();
 }

@@ -31,7 +31,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use self::redis::{AdmitKeys, AdmitLimits, AdmitReply, Redis, StoreError};
+use self::redis::{AdmitKeys, AdmitLimits, AdmitReply, Redis, Release, StoreError};
 use crate::auth::Identity;
 use crate::concurrency::{InFlight, InFlightLimits};
 use crate::config::{IdempotencyConfig, RateLimitConfig, StoreConfig};
@@ -48,6 +48,22 @@ pub const MAX_CONCUR_BACKOFF: Duration = Duration::from_secs(300);
 /// replica that dies mid-upload frees its places after this.
 pub const IN_FLIGHT_LEASE: Duration = Duration::from_secs(30);
 
+/// How long a place given back waits for the next admission of the same
+/// company on this replica to carry its release to Redis (so that an upload
+/// costs one round trip under load) before it is sent on its own (up to a
+/// millisecond later: the timer's granularity). Until then, other replicas
+/// still count the place (see [`CONFIRM_REFUSAL_AFTER`]).
+pub const RELEASE_LINGER: Duration = Duration::from_millis(1);
+
+/// A refusal for uploads in flight is confirmed once after this: places
+/// given back on any replica by then are released in Redis (the linger, the
+/// timer's millisecond, the release's own call), so a caller whose previous
+/// upload just ended elsewhere is not refused for it.
+pub const CONFIRM_REFUSAL_AFTER: Duration = Duration::from_millis(5);
+
+/// At most this many releases ride on one call.
+const RELEASES_PER_CALL: usize = 32;
+
 /// The state that must hold across replicas; see the module docs.
 #[derive(Debug)]
 pub struct Store {
@@ -56,6 +72,8 @@ pub struct Store {
     /// Per credential key: until when Concur asked us to back off.
     backoff: Mutex<HashMap<String, Instant>>,
     shared: Option<Arc<Redis>>,
+    /// Places given back and not yet released in Redis.
+    releases: Option<Arc<Releases>>,
     shared_limits: AdmitLimits,
     /// The last store call failed (cleared by the next success).
     degraded: AtomicBool,
@@ -87,25 +105,144 @@ pub enum Place {
 /// A place in Redis: renewed while held, released when dropped.
 #[derive(Debug)]
 pub struct SharedPlace {
-    redis: Arc<Redis>,
-    keys: [String; 2],
-    member: String,
+    releases: Arc<Releases>,
+    /// The company's hash tag.
+    tag: String,
+    release: Option<Release>,
     renewal: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for SharedPlace {
     fn drop(&mut self) {
         self.renewal.abort();
-        let (redis, keys, member) = (
-            self.redis.clone(),
-            std::mem::take(&mut self.keys),
-            std::mem::take(&mut self.member),
-        );
-        // Off the request's path; a lost release expires with its lease.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = redis.release([&keys[0], &keys[1]], &member).await;
-            });
+        if let Some(release) = self.release.take() {
+            self.releases
+                .give_back(std::mem::take(&mut self.tag), vec![release]);
+        }
+    }
+}
+
+/// An admission's call to Redis in progress. If it ends without an answer
+/// (an error, a timeout, or the request dropped while it waits), the
+/// releases it carried and its own place, which the script may have added,
+/// are given back, to be released on their own: an extra `ZREM` costs
+/// nothing, a place left behind would count against the limits until its
+/// lease runs out.
+struct InCall {
+    releases: Arc<Releases>,
+    tag: String,
+    carried: Vec<Release>,
+    own: Option<Release>,
+}
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        let mut places = std::mem::take(&mut self.carried);
+        places.extend(self.own.take());
+        if !places.is_empty() {
+            self.releases
+                .give_back(std::mem::take(&mut self.tag), places);
+        }
+    }
+}
+
+/// Places given back, per company hash tag, waiting to be released in
+/// Redis: by the next admission of that company on this replica (in its
+/// script call), or, once one has waited [`RELEASE_LINGER`], by a call of
+/// their own. Off the requests' path either way; a release that is lost
+/// (Redis down) expires with its lease.
+#[derive(Debug)]
+struct Releases {
+    redis: Arc<Redis>,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Oldest first, with when each was given back.
+    places: Vec<(Instant, Release)>,
+    /// A task waits to send the places that have lingered long enough.
+    scheduled: bool,
+}
+
+impl Releases {
+    fn give_back(self: &Arc<Self>, tag: String, places: Vec<Release>) {
+        let now = Instant::now();
+        let schedule = {
+            let mut map = self.pending.lock().expect("releases lock");
+            let pending = map.entry(tag.clone()).or_default();
+            pending.places.extend(places.into_iter().map(|r| (now, r)));
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        if !schedule {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        handle.spawn(async move {
+            let mut deadline = now + RELEASE_LINGER;
+            loop {
+                tokio::time::sleep_until(deadline.into()).await;
+                let (due, next) = this.due(&tag);
+                for batch in due.chunks(RELEASES_PER_CALL) {
+                    let _ = this.redis.release(batch).await;
+                }
+                match next {
+                    Some(at) => deadline = at,
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// The places of `tag` that have waited [`RELEASE_LINGER`], and when the
+    /// first of the others will have; `None` when none is left (the entry
+    /// goes: the next place given back schedules a task anew).
+    fn due(&self, tag: &str) -> (Vec<Release>, Option<Instant>) {
+        let mut map = self.pending.lock().expect("releases lock");
+        let Some(pending) = map.get_mut(tag) else {
+            return (Vec::new(), None);
+        };
+        let now = Instant::now();
+        let waited = pending
+            .places
+            .iter()
+            .take_while(|(at, _)| *at + RELEASE_LINGER <= now)
+            .count();
+        let due = pending.places.drain(..waited).map(|(_, r)| r).collect();
+        let next = pending.places.first().map(|(at, _)| *at + RELEASE_LINGER);
+        if next.is_none() {
+            map.remove(tag);
+        }
+        (due, next)
+    }
+
+    /// The oldest [`RELEASES_PER_CALL`] places of `tag`, to ride on an
+    /// admission (the scheduled task, if any, finds fewer or none).
+    fn take(&self, tag: &str) -> Vec<Release> {
+        let mut map = self.pending.lock().expect("releases lock");
+        let Some(pending) = map.get_mut(tag) else {
+            return Vec::new();
+        };
+        let n = pending.places.len().min(RELEASES_PER_CALL);
+        pending.places.drain(..n).map(|(_, r)| r).collect()
+    }
+
+    /// Sends every waiting release now (shutdown).
+    async fn flush_all(&self) {
+        let all: Vec<Vec<Release>> = self
+            .pending
+            .lock()
+            .expect("releases lock")
+            .drain()
+            .map(|(_, p)| p.places.into_iter().map(|(_, r)| r).collect())
+            .collect();
+        for places in all {
+            for batch in places.chunks(RELEASES_PER_CALL) {
+                let _ = self.redis.release(batch).await;
+            }
         }
     }
 }
@@ -151,7 +288,14 @@ impl Store {
             .map(|p| p.header_item())
             .collect::<Vec<_>>()
             .join(", ");
+        let releases = shared.as_ref().map(|redis| {
+            Arc::new(Releases {
+                redis: redis.clone(),
+                pending: Mutex::new(HashMap::new()),
+            })
+        });
         Ok(Self {
+            releases,
             records: MemoryRecords::new(idempotency.max_records, idempotency.ttl),
             idempotency: idempotency.clone(),
             policy: http::HeaderValue::from_str(&policy).expect("ASCII header items"),
@@ -267,10 +411,20 @@ impl Store {
     /// Admits `who` to upload with the credential named `credential` (its key,
     /// [`credential_key`]): Concur's back-off for that credential, uploads in
     /// flight per user and per company, then the request rate per user and
-    /// per company. One Redis round trip with the shared backend.
+    /// per company. One Redis round trip with the shared backend (it also
+    /// carries the releases of places given back since the last one); a
+    /// refusal for uploads in flight is confirmed by a second one
+    /// [`CONFIRM_REFUSAL_AFTER`] later.
     pub async fn admit(&self, who: &Identity, credential: &str) -> Result<Admission, GatewayError> {
-        if let Some(redis) = &self.shared {
-            match self.admit_shared(redis, who, credential).await {
+        if let (Some(redis), Some(releases)) = (&self.shared, &self.releases) {
+            let mut result = self.admit_shared(redis, releases, who, credential).await;
+            if let Ok(Err(GatewayError::RateLimited { scope, .. })) = &result
+                && scope.ends_with("_concurrent")
+            {
+                tokio::time::sleep(CONFIRM_REFUSAL_AFTER).await;
+                result = self.admit_shared(redis, releases, who, credential).await;
+            }
+            match result {
                 Ok(admission) => {
                     self.recovered();
                     return admission;
@@ -284,6 +438,7 @@ impl Store {
     async fn admit_shared(
         &self,
         redis: &Arc<Redis>,
+        releases: &Arc<Releases>,
         who: &Identity,
         credential: &str,
     ) -> Result<Result<Admission, GatewayError>, StoreError> {
@@ -298,9 +453,25 @@ impl Store {
             company_in_flight: format!("{p}{tag}:if:c"),
         };
         let member = crate::request_id::generate();
-        match redis.admit(&keys, self.shared_limits, &member).await? {
+        let in_flight = [keys.user_in_flight.clone(), keys.company_in_flight.clone()];
+        let mut call = InCall {
+            releases: releases.clone(),
+            carried: releases.take(&tag),
+            tag,
+            own: Some(Release {
+                keys: in_flight.clone(),
+                member: member.clone(),
+            }),
+        };
+        let reply = redis
+            .admit(&keys, self.shared_limits, &member, &call.carried)
+            .await?;
+        // Answered: what it carried is released; its own place is taken
+        // (below) or was never added (refused).
+        call.carried.clear();
+        call.own = None;
+        match reply {
             AdmitReply::Admitted { user, company } => {
-                let in_flight = [keys.user_in_flight, keys.company_in_flight];
                 let renewal = {
                     let (redis, keys, member) = (redis.clone(), in_flight.clone(), member.clone());
                     tokio::spawn(async move {
@@ -315,9 +486,12 @@ impl Store {
                 Ok(Ok(Admission {
                     remaining: Remaining { user, company },
                     place: Place::Shared(SharedPlace {
-                        redis: redis.clone(),
-                        keys: in_flight,
-                        member,
+                        releases: releases.clone(),
+                        tag: std::mem::take(&mut call.tag),
+                        release: Some(Release {
+                            keys: in_flight,
+                            member,
+                        }),
                         renewal,
                     }),
                 }))
@@ -373,6 +547,14 @@ impl Store {
                 Ok(()) => self.recovered(),
                 Err(e) => self.fell_back("back_off", &e),
             }
+        }
+    }
+
+    /// Releases in Redis, now, the places given back that still wait for an
+    /// admission to ride on (at shutdown, once the requests have finished).
+    pub async fn flush_releases(&self) {
+        if let Some(releases) = &self.releases {
+            releases.flush_all().await;
         }
     }
 

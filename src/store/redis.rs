@@ -112,12 +112,19 @@ struct Scripts {
     idem_finish: Script,
 }
 
-/// Admission: Concur back-off of the credential, uploads in flight per user
-/// and company (leases), then GCRA per user and company, all or nothing.
-/// Returns `{0, user_remaining, company_remaining}` or
-/// `{1, scope, retry_after_ms}` with scope 1 concur, 2 user_concurrent,
-/// 3 company_concurrent, 4 user, 5 company.
+/// Admission: first the releases it carries (`ARGV[9]` places given back by
+/// earlier uploads of the same company: member `ARGV[9 + i]` in the sorted
+/// sets `KEYS[4 + 2i]` and `KEYS[5 + 2i]`), then Concur back-off of the
+/// credential, uploads in flight per user and company (leases), then GCRA per
+/// user and company, all or nothing. Returns
+/// `{0, user_remaining, company_remaining}` or `{1, scope, retry_after_ms}`
+/// with scope 1 concur, 2 user_concurrent, 3 company_concurrent, 4 user,
+/// 5 company.
 const ADMIT: &str = r#"
+for i = 1, tonumber(ARGV[9]) do
+  redis.call('ZREM', KEYS[4 + 2 * i], ARGV[9 + i])
+  redis.call('ZREM', KEYS[5 + 2 * i], ARGV[9 + i])
+end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
@@ -150,9 +157,12 @@ redis.call('PEXPIRE', KEYS[5], lease * 2)
 return {0, math.floor((now_us + ut + ue - unew) / ue), math.floor((now_us + ct + ce - cnew) / ce)}
 "#;
 
+/// Places given back: member `ARGV[i]` in `KEYS[2i - 1]` and `KEYS[2i]`.
 const RELEASE: &str = r#"
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+for i = 1, #ARGV do
+  redis.call('ZREM', KEYS[2 * i - 1], ARGV[i])
+  redis.call('ZREM', KEYS[2 * i], ARGV[i])
+end
 return 1
 "#;
 
@@ -234,6 +244,14 @@ pub struct AdmitLimits {
     pub user_concurrent: usize,
     pub company_concurrent: usize,
     pub lease: Duration,
+}
+
+/// An upload's place in flight, given back: its member in the user's and
+/// the company's sorted sets (keys of one company, so of one Cluster slot).
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub keys: [String; 2],
+    pub member: String,
 }
 
 /// The answer to an admission.
@@ -365,11 +383,14 @@ impl Redis {
             .map(|_| ())
     }
 
+    /// Admits one upload, after releasing `releases` (places of the same
+    /// company given back since the last call: they ride on this round trip).
     pub async fn admit(
         &self,
         keys: &AdmitKeys,
         limits: AdmitLimits,
         member: &str,
+        releases: &[Release],
     ) -> Result<AdmitReply, StoreError> {
         let mut invocation = self.scripts.admit.prepare_invoke();
         invocation
@@ -385,7 +406,11 @@ impl Redis {
             .arg(limits.user_concurrent)
             .arg(limits.company_concurrent)
             .arg(member)
-            .arg(limits.lease.as_millis() as u64);
+            .arg(limits.lease.as_millis() as u64)
+            .arg(releases.len());
+        for r in releases {
+            invocation.key(&r.keys[0]).key(&r.keys[1]).arg(&r.member);
+        }
         let reply: Vec<i64> = self
             .call(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;
@@ -412,10 +437,12 @@ impl Redis {
         }
     }
 
-    /// Gives an upload's in-flight places back.
-    pub async fn release(&self, keys: [&str; 2], member: &str) -> Result<(), StoreError> {
+    /// Gives uploads' in-flight places back (all of one company).
+    pub async fn release(&self, releases: &[Release]) -> Result<(), StoreError> {
         let mut invocation = self.scripts.release.prepare_invoke();
-        invocation.key(keys[0]).key(keys[1]).arg(member);
+        for r in releases {
+            invocation.key(&r.keys[0]).key(&r.keys[1]).arg(&r.member);
+        }
         self.call(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
             .await
             .map(|_| ())

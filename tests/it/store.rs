@@ -883,6 +883,24 @@ async fn shared_state_on_a_cluster() {
     .await;
     // Several companies, so the keys spread over the slots of all masters.
     shared_basics(&fleet, &[ALICE, GINA]).await;
+    // A release riding on another user's admission: keys of one slot.
+    let store = fleet.replicas[0].gateway.store.clone();
+    let cred = concur_gateway::store::credential_key("acme", None);
+    for user in [
+        "frank@acme.example",
+        "hank@acme.example",
+        "frank@acme.example",
+    ] {
+        let who = concur_gateway::auth::Identity {
+            company: "acme".into(),
+            user: user.into(),
+        };
+        let admission = store.admit(&who, &cred).await.unwrap();
+        assert!(
+            matches!(admission.place, concur_gateway::store::Place::Shared(_)),
+            "admitted by the cluster, not by the fallback"
+        );
+    }
     let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
     fleet
         .sandbox
@@ -1175,5 +1193,219 @@ async fn a_key_held_by_a_killed_replica_is_free_after_its_lease() {
             == 1,
         "one complete upload: the survivor's"
     );
+    fleet.stop().await;
+}
+
+/// `(EVALSHA + EVAL calls, places held)` on the node at `port`: script calls
+/// are the gateway's round trips; places are the distinct members of the
+/// in-flight sorted sets under `prefix`.
+async fn script_calls_and_places(port: u16, prefix: &str) -> (u64, usize) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let calls = info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .map(|l| {
+            let calls = l.split("calls=").nth(1).unwrap();
+            calls[..calls.find(',').unwrap()].parse::<u64>().unwrap()
+        })
+        .sum();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*:if:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut places = std::collections::HashSet::new();
+    for key in keys {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        places.extend(members);
+    }
+    (calls, places.len())
+}
+
+/// A place given back rides on the next admission of its company (one round
+/// trip for both), and is released on its own soon after when no admission
+/// comes. The scripts are loaded before counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_rides_on_the_next_admission() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\nuser_concurrent = 1\n{}",
+            store_section(dir, &url, None, "key_prefix = \"ride:\"\n")
+        )
+    })
+    .await;
+    let store = fleet.replicas[0].gateway.store.clone();
+    let alice = concur_gateway::auth::Identity {
+        company: "acme".into(),
+        user: ALICE.1.into(),
+    };
+    let carol = concur_gateway::auth::Identity {
+        company: "acme".into(),
+        user: "carol@acme.example".into(),
+    };
+    let cred = concur_gateway::store::credential_key("acme", None);
+    let settle = || tokio::time::sleep(Duration::from_millis(100));
+    // Load both scripts (admit, then release on its own).
+    drop(store.admit(&alice, &cred).await.unwrap());
+    settle().await;
+    let (c0, p0) = script_calls_and_places(redis.port, "ride:").await;
+    assert_eq!(p0, 0, "released on its own");
+    // Alice's place, given back, rides on carol's admission: one call, and
+    // only carol's place is held.
+    let first = store.admit(&alice, &cred).await.unwrap();
+    drop(first);
+    let second = store.admit(&carol, &cred).await.unwrap();
+    let (c1, p1) = script_calls_and_places(redis.port, "ride:").await;
+    assert_eq!((c1 - c0, p1), (2, 1), "two admissions, no call of its own");
+    // With `user_concurrent = 1`, carol's next upload is admitted right
+    // after her place is given back: the release runs before the count.
+    drop(second);
+    let third = store.admit(&carol, &cred).await.unwrap();
+    let (c2, p2) = script_calls_and_places(redis.port, "ride:").await;
+    assert_eq!((c2 - c1, p2), (1, 1));
+    // No admission follows: released on its own within the linger.
+    drop(third);
+    settle().await;
+    let (c3, p3) = script_calls_and_places(redis.port, "ride:").await;
+    assert_eq!((c3 - c2, p3), (1, 0));
+    // Over HTTP: sequential uploads of one user (user_concurrent = 1), all
+    // admitted, none left in flight.
+    for i in 0..10 {
+        let r = upload(
+            fleet.replicas[0].addr,
+            ALICE,
+            &format!("/api/image/v1.0/report/Q{i}"),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    settle().await;
+    assert_eq!(script_calls_and_places(redis.port, "ride:").await.1, 0);
+    fleet.stop().await;
+}
+
+/// A place given back on one replica, still waiting to ride on that
+/// replica's next admission, does not refuse the same caller on another
+/// replica (`user_concurrent = 1`): the refusal is confirmed after the linger.
+/// A place really held still refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_release_refuses_no_one_elsewhere() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(2, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\nuser_concurrent = 1\n{}",
+            store_section(dir, &url, None, "")
+        )
+    })
+    .await;
+    let (a, b) = (
+        fleet.replicas[0].gateway.store.clone(),
+        fleet.replicas[1].gateway.store.clone(),
+    );
+    let alice = concur_gateway::auth::Identity {
+        company: "acme".into(),
+        user: ALICE.1.into(),
+    };
+    let cred = concur_gateway::store::credential_key("acme", None);
+    for _ in 0..20 {
+        drop(a.admit(&alice, &cred).await.unwrap());
+        let on_b = b.admit(&alice, &cred).await.expect("admitted on B");
+        assert!(matches!(
+            on_b.place,
+            concur_gateway::store::Place::Shared(_)
+        ));
+        drop(on_b);
+        drop(a.admit(&alice, &cred).await.expect("and back on A"));
+    }
+    let held = a.admit(&alice, &cred).await.unwrap();
+    match b.admit(&alice, &cred).await {
+        Err(concur_gateway::error::GatewayError::RateLimited { scope, .. }) => {
+            assert_eq!(scope, "user_concurrent")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(held);
+    fleet.stop().await;
+}
+
+/// An admission dropped while its call waits on Redis (the caller went
+/// away) leaves no place behind: the script still runs once Redis gets to
+/// it, adding the admission's own place (given back by the dropped call,
+/// released after it) and releasing the place it carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_dropped_mid_call_leaves_no_place() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\nuser_concurrent = 1\n{}",
+            store_section(dir, &url, None, "key_prefix = \"cut:\"\n")
+        )
+    })
+    .await;
+    let store = fleet.replicas[0].gateway.store.clone();
+    let who = |user: &str| concur_gateway::auth::Identity {
+        company: "acme".into(),
+        user: user.into(),
+    };
+    let cred = concur_gateway::store::credential_key("acme", None);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let alice = store.admit(&who(ALICE.1), &cred).await.unwrap();
+    // Redis holds every call (paused) until the caller has gone...
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(150)
+        .arg("ALL")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // ...and carol's admission carries alice's place, given back just now.
+    drop(alice);
+    let cut = tokio::time::timeout(
+        Duration::from_millis(50),
+        store.admit(&who("carol@acme.example"), &cred),
+    )
+    .await;
+    assert!(cut.is_err(), "the admission waited on Redis");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        script_calls_and_places(redis.port, "cut:").await.1,
+        0,
+        "no place left behind"
+    );
+    // And carol may upload (user_concurrent = 1).
+    assert!(matches!(
+        store
+            .admit(&who("carol@acme.example"), &cred)
+            .await
+            .unwrap()
+            .place,
+        concur_gateway::store::Place::Shared(_)
+    ));
     fleet.stop().await;
 }
