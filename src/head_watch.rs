@@ -19,6 +19,15 @@
 //!   value (`chunked,` included). hyper frames the renamed request by what
 //!   is left (a `chunked` field, a `Content-Length`, or no body), which does
 //!   not matter: nothing of it is read, nothing after it is served.
+//! - **A field line RFC 9112 does not allow** (a control character or a
+//!   bare CR in a value, no colon, white space before it, a line folded
+//!   onto the one before), for which hyper refuses the head with a bare
+//!   `400`: the line reaches hyper as `X…X:` of the same length (a field
+//!   with no value that nothing reads, never a framing field), and the
+//!   head is noted [`MalformedField`]; the framing check answers `400
+//!   invalid_request` and closes the connection. A partial field line is
+//!   held back from hyper until it ends (at most [`MAX_HELD`] bytes), so
+//!   that it is judged whole.
 //! - **A head over the limits** (64 KiB, 100 fields), which hyper refuses
 //!   with a bare `431`: it is cut short for hyper ([`Tracker::cut`]) and
 //!   marked [`HeadTooLarge`]; the framing check answers `431`.
@@ -43,10 +52,10 @@
 //! invalid_request`, connection closed) rather than served with another
 //! request's note, or with body bytes the watch took for a head.
 //!
-//! A field line is only renamed whole: the watch holds back from hyper a
-//! partial line that may still become a `Transfer-Encoding` field (at most
-//! [`MAX_HELD`] bytes) until its line end arrives, so a head dripped byte by
-//! byte is treated as one sent in a single write. A client that pipelines
+//! A field line is only judged and renamed whole: the watch holds back from
+//! hyper a partial field line (at most [`MAX_HELD`] bytes) until its line
+//! end arrives, so a head dripped byte by byte is treated as one sent in a
+//! single write. A client that pipelines
 //! more than [`MAX_PENDING`] heads ahead of the service is not read from
 //! until the service catches up (hyper has them buffered).
 //!
@@ -81,9 +90,10 @@ const MAX_FIELDS: usize = 100;
 /// Heads the watch may be ahead of the service by: past this it reads no
 /// more from the client until the service catches up (a client pipelining).
 const MAX_PENDING: usize = 64;
-/// The longest partial line held back from hyper: a `Transfer-Encoding`
-/// field line longer than this is passed on as it comes (and hyper refuses
-/// it with its own `400` when its last coding is not `chunked`).
+/// The longest partial field line held back from hyper: one longer than
+/// this is passed on as it comes (and hyper refuses it with its own `400`
+/// when it is malformed, or a `Transfer-Encoding` whose last coding is not
+/// `chunked`).
 pub const MAX_HELD: usize = 1024;
 /// The name a refused `Transfer-Encoding` field line is given on its way to
 /// hyper: as long as `Transfer-Encoding`, so the head keeps its length.
@@ -118,6 +128,9 @@ struct Note {
     codings: Vec<Vec<u8>>,
     /// The head broke the limits and was cut short ([`Tracker::cut`]).
     too_large: bool,
+    /// Field lines hyper would have refused the head for were made harmless
+    /// on their way to it ([`make_harmless`]).
+    malformed: bool,
     /// The head's length on the wire (empty lines before it included).
     len: usize,
 }
@@ -140,6 +153,16 @@ pub struct HeadTooLarge;
 /// The framing check answers `501` and closes the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefusedCoding;
+
+/// Marks a request that had field lines HTTP/1.1 does not allow (a name
+/// that is not a token, no colon, white space before the colon, a line
+/// folded onto the one before, a control character or bare CR in a value):
+/// hyper would have refused the head with a bare `400`, so each such line
+/// was made harmless on its way to it ([`make_harmless`]: the same length,
+/// a field named `X…X` with no value) and the framing check answers `400
+/// invalid_request` and closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedField;
 
 /// Marks a request whose head is not the one the watch expected: the watch
 /// and hyper no longer agree on where messages start on this connection.
@@ -216,6 +239,9 @@ impl HeadNotes {
         if note.method != req.method().as_str() || !same_target {
             req.extensions_mut().insert(LostTrack);
             return;
+        }
+        if note.malformed {
+            req.extensions_mut().insert(MalformedField);
         }
         if note.too_large {
             req.extensions_mut().insert(HeadTooLarge);
@@ -379,6 +405,8 @@ struct Tracker {
     line: Line,
     /// Codings renamed in the head being read.
     codings: Vec<Vec<u8>>,
+    /// A field line of the head being read was made harmless.
+    malformed: bool,
     /// Bytes of the head being read passed on so far, and its field lines.
     head_len: usize,
     fields: usize,
@@ -399,8 +427,8 @@ struct Tracker {
 enum Scan {
     /// Pass it all on.
     Pass,
-    /// Hold back from this offset: a partial line that may still become a
-    /// refused `Transfer-Encoding` field.
+    /// Hold back from this offset: a partial field line, to be judged (and
+    /// renamed, if it is a refused `Transfer-Encoding` field) whole.
     Hold(usize),
     /// The head is too large: pass on up to this offset, then
     /// [`Tracker::tail`], then nothing more.
@@ -415,6 +443,7 @@ impl Tracker {
             heads: 0,
             line: Line::BeforeRequest,
             codings: Vec::new(),
+            malformed: false,
             head_len: 0,
             fields: 0,
             last: b'\n',
@@ -595,13 +624,29 @@ impl Tracker {
                             _ => {}
                         }
                     }
-                    match end {
-                        Some(end) => {
+                    match (end, line_start) {
+                        (Some(end), Some(start)) if self.line == Line::Rest => {
+                            // A field line whole in this read.
+                            self.malformed |= make_harmless(&mut data[start..end]);
                             i = end;
                             self.line = Line::Start;
                             line_start = None;
                         }
-                        None => i = data.len(),
+                        (Some(end), _) => {
+                            i = end;
+                            self.line = Line::Start;
+                            line_start = None;
+                        }
+                        (None, Some(start))
+                            if self.line == Line::Rest && data.len() - start <= MAX_HELD =>
+                        {
+                            // A field line's start: held back until it
+                            // ends, to be judged whole (counted again then).
+                            self.fields -= 1;
+                            self.line = Line::Start;
+                            break Scan::Hold(start);
+                        }
+                        (None, _) => i = data.len(),
                     }
                 }
                 Line::Start => {
@@ -638,8 +683,10 @@ impl Tracker {
                     if i + k + 1 > line_room {
                         break self.cut(data, line_start, part_room, notes);
                     }
+                    let harmless = make_harmless(&mut data[i..=i + k]);
+                    self.malformed |= harmless;
                     let line = &mut data[i..i + k];
-                    if line.len() >= TRANSFER_ENCODING.len() {
+                    if !harmless && line.len() >= TRANSFER_ENCODING.len() {
                         let value = line[TRANSFER_ENCODING.len()..]
                             .trim_ascii_end()
                             .trim_ascii_start();
@@ -718,6 +765,7 @@ impl Tracker {
                 target,
                 codings: std::mem::take(&mut self.codings),
                 too_large: true,
+                malformed: std::mem::take(&mut self.malformed),
                 len: 0,
             },
         );
@@ -749,6 +797,7 @@ impl Tracker {
         self.phase = Phase::Off;
         self.head = Vec::new();
         self.codings = Vec::new();
+        self.malformed = false;
     }
 
     /// Parses a head at the start of `data`. `None`: incomplete. Otherwise
@@ -787,6 +836,7 @@ impl Tracker {
                 target: req.path.unwrap_or_default().to_owned(),
                 codings: std::mem::take(&mut self.codings),
                 too_large: false,
+                malformed: std::mem::take(&mut self.malformed),
                 len,
             },
         );
@@ -833,6 +883,53 @@ impl Tracker {
         };
         Some(len)
     }
+}
+
+/// Makes `line` (a field line, its LF included) harmless if hyper would
+/// refuse the head for it: its content (up to the line end, a CR right
+/// before the LF left out) becomes `X…X:` of the same length, a field with
+/// no value that nothing reads. Returns whether it did. What httparse takes
+/// from a request (hyper's settings): a name of token characters, a colon,
+/// then a value of visible characters, spaces, tabs and bytes from 0x80.
+/// A one-byte content ended by a bare LF cannot be rewritten so; it is left
+/// to hyper (its bare `400`).
+fn make_harmless(line: &mut [u8]) -> bool {
+    let mut content = line.len() - 1;
+    if content > 0 && line[content - 1] == b'\r' {
+        content -= 1;
+    }
+    let name = line[..content]
+        .iter()
+        .position(|&b| !is_token(b))
+        .unwrap_or(content);
+    let valid = name > 0
+        && name < content
+        && line[name] == b':'
+        && line[name + 1..content]
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
+    if valid {
+        return false;
+    }
+    match content {
+        0 => false,
+        // `A\r\n` → `X:\n`: the CR becomes the colon.
+        1 if line.len() == 3 => {
+            line[..2].copy_from_slice(b"X:");
+            true
+        }
+        1 => false,
+        _ => {
+            line[..content - 1].fill(b'X');
+            line[content - 1] = b':';
+            true
+        }
+    }
+}
+
+/// A token character (RFC 9110 §5.6.2), as httparse takes a field name.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The method and the request-target of the request line at the start of
@@ -1118,7 +1215,9 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, n)| n.target.contains('#') || !n.codings.is_empty() || n.too_large)
+            .filter(|(_, n)| {
+                n.target.contains('#') || !n.codings.is_empty() || n.too_large || n.malformed
+            })
             .map(|(k, n)| {
                 (
                     *k,
@@ -1229,6 +1328,7 @@ mod tests {
             method: "POST".into(),
             target: "/a".into(),
             too_large: true,
+            malformed: false,
             codings: Vec::new(),
             len: 0,
         };
@@ -1400,6 +1500,7 @@ mod tests {
                             target: "/r/a".into(),
                             codings,
                             too_large: false,
+                            malformed: false,
                             len: 0,
                         }
                     ),
@@ -1410,6 +1511,7 @@ mod tests {
                             target: "/n#x".into(),
                             codings: vec![b"gzip".to_vec()],
                             too_large: false,
+                            malformed: false,
                             len: 0,
                         }
                     )
@@ -1674,6 +1776,7 @@ mod tests {
     fn request(
         n: usize,
         refused: &[(usize, usize)],
+        malformed: &[(usize, usize)],
         chunked: bool,
         hash: bool,
         body: &[u8],
@@ -1698,12 +1801,17 @@ mod tests {
             let renamed = format!("X-Refused-Codings{}", &line[17..]);
             fields.insert(at % (fields.len() + 1), (line.to_owned(), Some(renamed)));
         }
+        for &(which, at) in malformed {
+            let line = MALFORMED[which % MALFORMED.len()];
+            let harmless = format!("{}:", "X".repeat(line.len() - 1));
+            fields.insert(at % (fields.len() + 1), (line.to_owned(), Some(harmless)));
+        }
         let (mut wire, mut want) = (Vec::new(), Vec::new());
         let start = format!("POST {target} HTTP/1.1\r\n");
         wire.extend_from_slice(start.as_bytes());
         want.extend_from_slice(start.as_bytes());
         for (line, renamed) in &fields {
-            if renamed.is_some() {
+            if renamed.as_ref().is_some_and(|r| r.starts_with("X-Refused")) {
                 codings.push(line[18..].trim().as_bytes().to_vec());
             }
             wire.extend_from_slice(format!("{line}\r\n").as_bytes());
@@ -1743,19 +1851,34 @@ mod tests {
         }
         wire.extend_from_slice(&framed);
         want.extend_from_slice(&framed);
-        let note = (hash || !codings.is_empty()).then(|| Note {
+        let note = (hash || !codings.is_empty() || !malformed.is_empty()).then(|| Note {
             method: "POST".into(),
             target,
             codings,
             too_large: false,
+            malformed: !malformed.is_empty(),
             len: 0,
         });
         (wire, want, note)
     }
 
+    /// Field lines hyper refuses a head for (each sent with a CRLF).
+    const MALFORMED: [&str; 9] = [
+        "X Bad: a",
+        "X-Bad: a\x01b",
+        "Content-Length : 5",
+        " folded onto the line before",
+        "NoColon",
+        "X-Bad: a\0b",
+        "X-Bad: a\rb",
+        ": no name",
+        "Transfer-Encoding: chunked\x7f",
+    ];
+
     proptest::proptest! {
         /// Whatever the requests and however they are split, hyper reads
-        /// them as sent but for the refused field names, and each note
+        /// them as sent but for the refused field names and the malformed
+        /// field lines made harmless, and each note
         /// belongs to its request: bodies and trailers full of
         /// `Transfer-Encoding` lines and request lines included.
         #[test]
@@ -1763,6 +1886,7 @@ mod tests {
             requests in proptest::collection::vec(
                 (
                     proptest::collection::vec((0usize..3, 0usize..8), 0..3),
+                    proptest::collection::vec((0usize..9, 0usize..8), 0..2),
                     proptest::bool::ANY,
                     proptest::bool::ANY,
                     0u8..16,
@@ -1778,8 +1902,8 @@ mod tests {
             step in 1usize..80,
         ) {
             let (mut wire, mut want, mut notes) = (Vec::new(), Vec::new(), Vec::new());
-            for (n, (refused, chunked, hash, style, body)) in requests.iter().enumerate() {
-                let (w, h, note) = request(n, refused, *chunked, *hash, &body.concat(), *style);
+            for (n, (refused, malformed, chunked, hash, style, body)) in requests.iter().enumerate() {
+                let (w, h, note) = request(n, refused, malformed, *chunked, *hash, &body.concat(), *style);
                 wire.extend_from_slice(&w);
                 want.extend_from_slice(&h);
                 notes.extend(note.map(|note| (n as u64, note)));

@@ -52,7 +52,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::context::RequestCtx;
 use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
-use crate::head_watch::{HeadSize, HeadTooLarge, LostTrack, RefusedCoding};
+use crate::head_watch::{HeadSize, HeadTooLarge, LostTrack, MalformedField, RefusedCoding};
 use crate::metrics::{RequestLabels, RouteLabel};
 use crate::proxy::ProxyService;
 use crate::request_id::{RequestId, X_REQUEST_ID};
@@ -123,6 +123,11 @@ where
         }
         if req.extensions().get::<HeadTooLarge>().is_some() {
             return Err(crate::framing::head_too_large());
+        }
+        if req.extensions().get::<MalformedField>().is_some() {
+            return Err(GatewayError::InvalidRequest(
+                "a malformed header field line (RFC 9112 §5: a token, a colon, a value without control characters)",
+            ));
         }
         if req.extensions().get::<RefusedCoding>().is_some() {
             return Err(GatewayError::NotImplemented);

@@ -208,6 +208,72 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
     );
 }
 
+/// A field line HTTP/1.1 does not allow gets the gateway's `400
+/// invalid_request` (problem body, `X-Request-Id`, connection closed), not
+/// hyper's bare `400`: in one write, dripped byte by byte, and after an
+/// upload on a keep-alive connection. Nothing reaches Concur, and what was
+/// pipelined after it is not served.
+#[tokio::test]
+async fn a_malformed_field_line_gets_the_gateways_400_however_it_arrives() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let wait = Duration::from_secs(5);
+    let length = format!("content-length: {}\r\n", JPEG.len());
+    let good = [upload_head(&token, &length).as_bytes(), JPEG].concat();
+    let lines = [
+        "x-note: a\x00b\r\n",
+        "x-note: a\x01b\r\n",
+        "x-note: a\x7fb\r\n",
+        "x-note: a\rb\r\n",
+        "x note: a\r\n",
+        "x-note : a\r\n",
+        "content-length : 5\r\n",
+        "no-colon\r\n",
+        " folded\r\n",
+        ": no name\r\n",
+        "x\r\n",
+    ];
+    for line in lines {
+        let head = upload_head(&token, &format!("{line}{length}"));
+        let wire = [head.as_bytes(), JPEG].concat();
+        for drip in [false, true] {
+            let mut s = TcpStream::connect(h.addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            if drip {
+                for b in head.as_bytes() {
+                    if s.write_all(std::slice::from_ref(b)).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+                let _ = s.write_all(JPEG).await;
+            } else {
+                // The same head after a served upload, the next one
+                // pipelined behind it.
+                s.write_all(&good).await.unwrap();
+                let answer = read_answer(&mut s, wait).await;
+                assert_eq!(status_of(&answer), 201, "{answer}");
+                let _ = s.write_all(&[&wire[..], &good].concat()).await;
+            }
+            let answer = read_answer(&mut s, wait).await;
+            assert_eq!(status_of(&answer), 400, "{line:?} drip {drip}: {answer}");
+            assert_eq!(code_of(&answer), "invalid_request", "{line:?}");
+            let lower = answer.to_ascii_lowercase();
+            assert!(lower.contains("x-request-id"), "{line:?}");
+            assert!(lower.contains("connection: close"), "{line:?}");
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(wait, s.read_to_end(&mut rest)).await;
+            assert!(!String::from_utf8_lossy(&rest).contains("201"), "{line:?}");
+        }
+    }
+    settle().await;
+    assert_eq!(
+        h.uploads().len(),
+        lines.len(),
+        "only the uploads before the malformed heads reached Concur"
+    );
+}
+
 /// `Transfer-Encoding: gzip` gets the gateway's `501` whether the head comes
 /// in one write, dripped byte by byte (the watch holds a partial field line
 /// back from hyper until it is whole), or after an upload on a keep-alive
