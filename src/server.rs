@@ -154,10 +154,17 @@ pub async fn run(
     tracker.close();
     match tokio::time::timeout(grace, tracker.wait()).await {
         Ok(()) => tracing::info!("all connections finished"),
-        Err(_) => tracing::warn!("shutdown grace elapsed; closing remaining connections"),
+        Err(_) => {
+            tracing::warn!("shutdown grace elapsed; closing remaining connections");
+            // Each connection drops itself once its own grace is over (it
+            // started with this one): its requests, and their places in
+            // flight, go with it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+        }
     }
-    // Places in flight given back by the last uploads, not left to their
-    // leases (other replicas would count them until then).
+    // The places in flight those uploads gave back are released before the
+    // process ends, not left to their leases (other replicas would count
+    // them until then).
     gw.store.flush_releases().await;
     admin_task.abort();
     housekeeping.abort();

@@ -48,19 +48,6 @@ pub const MAX_CONCUR_BACKOFF: Duration = Duration::from_secs(300);
 /// replica that dies mid-upload frees its places after this.
 pub const IN_FLIGHT_LEASE: Duration = Duration::from_secs(30);
 
-/// How long a place given back waits for the next admission of the same
-/// company on this replica to carry its release to Redis (so that an upload
-/// costs one round trip under load) before it is sent on its own (up to a
-/// millisecond later: the timer's granularity). Until then, other replicas
-/// still count the place (see [`CONFIRM_REFUSAL_AFTER`]).
-pub const RELEASE_LINGER: Duration = Duration::from_millis(1);
-
-/// A refusal for uploads in flight is confirmed once after this: places
-/// given back on any replica by then are released in Redis (the linger, the
-/// timer's millisecond, the release's own call), so a caller whose previous
-/// upload just ended elsewhere is not refused for it.
-pub const CONFIRM_REFUSAL_AFTER: Duration = Duration::from_millis(5);
-
 /// At most this many releases ride on one call.
 const RELEASES_PER_CALL: usize = 32;
 
@@ -77,6 +64,9 @@ pub struct Store {
     shared_limits: AdmitLimits,
     /// The last store call failed (cleared by the next success).
     degraded: AtomicBool,
+    /// The health check's last ping failed (cleared by its next success, or
+    /// any call that succeeds): admissions do not wait on Redis meanwhile.
+    down: AtomicBool,
     last_error: Mutex<Option<String>>,
     fallbacks: Family<OpLabel, Counter>,
     up: Gauge,
@@ -146,11 +136,13 @@ impl Drop for InCall {
     }
 }
 
-/// Places given back, per company hash tag, waiting to be released in
-/// Redis: by the next admission of that company on this replica (in its
-/// script call), or, once one has waited [`RELEASE_LINGER`], by a call of
-/// their own. Off the requests' path either way; a release that is lost
-/// (Redis down) expires with its lease.
+/// Places given back, per company hash tag, on their way to be released in
+/// Redis. A place given back is sent at once, by a task of its company; while
+/// that task's call is out, the places given back meanwhile wait for it and
+/// go together in its next call, or ride on an admission of that company
+/// that starts first (its script releases them before it counts). No place
+/// waits for anything but a call already under way. Off the requests' path;
+/// a release that is lost (Redis down) expires with its lease.
 #[derive(Debug)]
 struct Releases {
     redis: Arc<Redis>,
@@ -159,22 +151,20 @@ struct Releases {
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// Oldest first, with when each was given back.
-    places: Vec<(Instant, Release)>,
-    /// A task waits to send the places that have lingered long enough.
-    scheduled: bool,
+    places: Vec<Release>,
+    /// A task is sending this company's releases.
+    sending: bool,
 }
 
 impl Releases {
     fn give_back(self: &Arc<Self>, tag: String, places: Vec<Release>) {
-        let now = Instant::now();
-        let schedule = {
+        let start = {
             let mut map = self.pending.lock().expect("releases lock");
             let pending = map.entry(tag.clone()).or_default();
-            pending.places.extend(places.into_iter().map(|r| (now, r)));
-            !std::mem::replace(&mut pending.scheduled, true)
+            pending.places.extend(places);
+            !std::mem::replace(&mut pending.sending, true)
         };
-        if !schedule {
+        if !start {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -182,67 +172,65 @@ impl Releases {
         };
         let this = self.clone();
         handle.spawn(async move {
-            let mut deadline = now + RELEASE_LINGER;
             loop {
-                tokio::time::sleep_until(deadline.into()).await;
-                let (due, next) = this.due(&tag);
-                for batch in due.chunks(RELEASES_PER_CALL) {
-                    let _ = this.redis.release(batch).await;
+                let batch = this.next_batch(&tag);
+                if batch.is_empty() {
+                    return;
                 }
-                match next {
-                    Some(at) => deadline = at,
-                    None => return,
-                }
+                let _ = this.redis.release(&batch).await;
             }
         });
     }
 
-    /// The places of `tag` that have waited [`RELEASE_LINGER`], and when the
-    /// first of the others will have; `None` when none is left (the entry
-    /// goes: the next place given back schedules a task anew).
-    fn due(&self, tag: &str) -> (Vec<Release>, Option<Instant>) {
+    /// The sending task's next call: up to [`RELEASES_PER_CALL`] places of
+    /// `tag`; none when none is left (the task ends and says so).
+    fn next_batch(&self, tag: &str) -> Vec<Release> {
         let mut map = self.pending.lock().expect("releases lock");
         let Some(pending) = map.get_mut(tag) else {
-            return (Vec::new(), None);
+            return Vec::new();
         };
-        let now = Instant::now();
-        let waited = pending
-            .places
-            .iter()
-            .take_while(|(at, _)| *at + RELEASE_LINGER <= now)
-            .count();
-        let due = pending.places.drain(..waited).map(|(_, r)| r).collect();
-        let next = pending.places.first().map(|(at, _)| *at + RELEASE_LINGER);
-        if next.is_none() {
+        let n = pending.places.len().min(RELEASES_PER_CALL);
+        if n == 0 {
             map.remove(tag);
+            return Vec::new();
         }
-        (due, next)
+        pending.places.drain(..n).collect()
     }
 
-    /// The oldest [`RELEASES_PER_CALL`] places of `tag`, to ride on an
-    /// admission (the scheduled task, if any, finds fewer or none).
+    /// Up to [`RELEASES_PER_CALL`] places of `tag` not sent yet, to ride on
+    /// an admission.
     fn take(&self, tag: &str) -> Vec<Release> {
         let mut map = self.pending.lock().expect("releases lock");
         let Some(pending) = map.get_mut(tag) else {
             return Vec::new();
         };
         let n = pending.places.len().min(RELEASES_PER_CALL);
-        pending.places.drain(..n).map(|(_, r)| r).collect()
+        pending.places.drain(..n).collect()
     }
 
-    /// Sends every waiting release now (shutdown).
-    async fn flush_all(&self) {
-        let all: Vec<Vec<Release>> = self
-            .pending
-            .lock()
-            .expect("releases lock")
-            .drain()
-            .map(|(_, p)| p.places.into_iter().map(|(_, r)| r).collect())
-            .collect();
-        for places in all {
-            for batch in places.chunks(RELEASES_PER_CALL) {
-                let _ = self.redis.release(batch).await;
+    /// Sends every place not sent yet, and waits (at most `wait`) for the
+    /// calls under way (shutdown).
+    async fn flush_all(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        loop {
+            let (all, busy): (Vec<Vec<Release>>, bool) = {
+                let mut map = self.pending.lock().expect("releases lock");
+                let busy = map.values().any(|p| p.sending);
+                let all = map
+                    .values_mut()
+                    .map(|p| std::mem::take(&mut p.places))
+                    .collect();
+                (all, busy)
+            };
+            for places in all {
+                for batch in places.chunks(RELEASES_PER_CALL) {
+                    let _ = self.redis.release(batch).await;
+                }
             }
+            if !busy || Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -316,6 +304,7 @@ impl Store {
                 lease: IN_FLIGHT_LEASE,
             },
             degraded: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             last_error: Mutex::new(None),
             fallbacks: metrics.store_fallbacks.clone(),
             up: metrics.store_up.clone(),
@@ -355,6 +344,7 @@ impl Store {
 
     /// A store call succeeded.
     pub fn recovered(&self) {
+        self.down.store(false, Ordering::Release);
         if self.degraded.swap(false, Ordering::AcqRel) {
             tracing::info!("store available again: shared state resumes");
             *self.last_error.lock().expect("store lock") = None;
@@ -402,7 +392,10 @@ impl Store {
                 };
                 match result {
                     Ok(()) => store.recovered(),
-                    Err(e) => store.fell_back("ping", &e),
+                    Err(e) => {
+                        store.down.store(true, Ordering::Release);
+                        store.fell_back("ping", &e);
+                    }
                 }
             }
         }))
@@ -412,19 +405,18 @@ impl Store {
     /// [`credential_key`]): Concur's back-off for that credential, uploads in
     /// flight per user and per company, then the request rate per user and
     /// per company. One Redis round trip with the shared backend (it also
-    /// carries the releases of places given back since the last one); a
-    /// refusal for uploads in flight is confirmed by a second one
-    /// [`CONFIRM_REFUSAL_AFTER`] later.
+    /// carries the releases of places given back and not sent yet).
     pub async fn admit(&self, who: &Identity, credential: &str) -> Result<Admission, GatewayError> {
+        if self.shared.is_some() && self.down.load(Ordering::Acquire) {
+            // Redis did not answer the last health check: this replica's own
+            // limits at once, rather than each upload waiting `timeout_ms`
+            // for a call that fails (until a ping succeeds, at most a second
+            // after Redis is back).
+            self.fallbacks.get_or_create(&OpLabel { op: "admit" }).inc();
+            return self.admit_local(who, credential);
+        }
         if let (Some(redis), Some(releases)) = (&self.shared, &self.releases) {
-            let mut result = self.admit_shared(redis, releases, who, credential).await;
-            if let Ok(Err(GatewayError::RateLimited { scope, .. })) = &result
-                && scope.ends_with("_concurrent")
-            {
-                tokio::time::sleep(CONFIRM_REFUSAL_AFTER).await;
-                result = self.admit_shared(redis, releases, who, credential).await;
-            }
-            match result {
+            match self.admit_shared(redis, releases, who, credential).await {
                 Ok(admission) => {
                     self.recovered();
                     return admission;
@@ -550,11 +542,13 @@ impl Store {
         }
     }
 
-    /// Releases in Redis, now, the places given back that still wait for an
-    /// admission to ride on (at shutdown, once the requests have finished).
+    /// Sends the places given back that are not released in Redis yet, and
+    /// waits for the releases under way (at shutdown, once the requests have
+    /// finished or been dropped): other replicas would count them until
+    /// their leases ran out.
     pub async fn flush_releases(&self) {
-        if let Some(releases) = &self.releases {
-            releases.flush_all().await;
+        if let (Some(redis), Some(releases)) = (&self.shared, &self.releases) {
+            releases.flush_all(redis.timeout() * 2).await;
         }
     }
 
