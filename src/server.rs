@@ -40,11 +40,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -179,7 +181,7 @@ async fn accept_loop(
 ) {
     let server = &gw.config.server;
     let connections = Connections::new(server.max_connections);
-    let service = stack::build::<Incoming>(gw.clone());
+    let service = stack::build::<ReadToEnd<Incoming>>(gw.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -293,6 +295,41 @@ async fn accept_loop(
     }
 }
 
+/// A request body that says whether it was read to its end.
+pub struct ReadToEnd<B> {
+    inner: B,
+    done: Arc<AtomicBool>,
+}
+
+impl<B: Body + Unpin> Body for ReadToEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.done.store(true, Ordering::Release),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                this.done.store(true, Ordering::Release);
+            }
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The stack, marking its connection busy while a request is served.
 #[derive(Clone)]
 struct Tracked<S> {
@@ -302,9 +339,9 @@ struct Tracked<S> {
     notes: Arc<HeadNotes>,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for Tracked<S>
+impl<S, R> tower::Service<http::Request<Incoming>> for Tracked<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<ReadToEnd<Incoming>>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -315,13 +352,32 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Incoming>) -> Self::Future {
         self.notes.apply(&mut req);
         let busy = self.activity.begin();
+        let done = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+        let http1 = req.version() < http::Version::HTTP_2;
+        let req = req.map(|inner| ReadToEnd {
+            inner,
+            done: done.clone(),
+        });
         let future = self.inner.call(req);
         Box::pin(async move {
-            let response = future.await;
+            let mut response = future.await;
             drop(busy);
+            // Answered before the body was read to its end (a refusal, or
+            // Concur answering early): hyper does not read the rest, so it
+            // closes the connection after the answer. Say so (RFC 9112 §9.6),
+            // so that a client does not send its next request into it.
+            if let Ok(response) = &mut response
+                && http1
+                && !done.load(Ordering::Acquire)
+            {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             response
         })
     }

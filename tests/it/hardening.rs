@@ -920,9 +920,12 @@ async fn smuggling_through_the_head_watch_is_refused() {
     ]
     .concat();
     let all = answers(h.addr, &[&r1[..], &hash, &good].concat(), wait).await;
-    // (A `#` in a target ID is a request-level 400: the connection serves on.)
-    assert_eq!(statuses(&all), [201, 400, 201], "{all}");
+    // (A `#` in a target ID is refused before its body is read: the
+    // connection closes after the 400, and says so.)
+    assert_eq!(statuses(&all), [201, 400], "{all}");
     assert!(all.contains("invalid_id"), "{all}");
+    let all = answers(h.addr, &good, wait).await;
+    assert_eq!(statuses(&all), [201], "{all}");
     let all = answers(h.addr, &[&r1[..], &gzip, &good].concat(), wait).await;
     assert_eq!(statuses(&all), [201, 501], "{all}");
     settle().await;
@@ -1014,4 +1017,51 @@ async fn the_head_limit_counts_the_bytes_sent() {
     .await;
     assert_eq!(status_of(&answer), 431, "{answer}");
     assert_eq!(code_of(&answer), "request_head_too_large");
+}
+
+/// An answer sent before the request's body was read to its end (a refusal
+/// that does not need the body) says `Connection: close`: hyper does not
+/// read the rest and closes the connection after it, and a client must not
+/// send its next request into it (RFC 9112 §9.6). An answer after the whole
+/// body keeps the connection.
+#[tokio::test]
+async fn an_answer_before_the_whole_body_says_the_connection_closes() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let wait = Duration::from_secs(5);
+    let big = vec![0u8; 256 * 1024];
+    // Refused before the body is read: no token.
+    let head = format!(
+        "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: gw.test\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let _ = s.write_all(&[head.as_bytes(), &big[..]].concat()).await;
+    let answer = read_answer(&mut s, wait).await;
+    assert_eq!(status_of(&answer), 401, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // Refused after the whole (small) body was read: the connection stays.
+    let bad = b"\xff\xd8\xff\xe0 not a jpeg at all";
+    let head = upload_head(&token, &format!("content-length: {}\r\n", bad.len()));
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(&[head.as_bytes(), &bad[..]].concat())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut s, wait).await;
+    assert_eq!(status_of(&answer), 422, "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let good = [
+        upload_head(&token, &format!("content-length: {}\r\n", JPEG.len())).as_bytes(),
+        JPEG,
+    ]
+    .concat();
+    s.write_all(&good).await.unwrap();
+    let answer = read_answer(&mut s, wait).await;
+    assert_eq!(status_of(&answer), 201, "kept alive: {answer}");
 }
