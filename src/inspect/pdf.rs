@@ -52,8 +52,10 @@
 //!     `/DecodeParms`, and decoded data starting with `<` after an optional
 //!     UTF-8 BOM and at most 1 KiB of XML white-space (only those first bytes
 //!     are inflated, outside the inflate limits). At the end of the body, every
-//!     object number an `/EF` references must have been approved in *every*
-//!     definition (incremental updates included); a `/Type /EmbeddedFile`
+//!     object number an `/EF` references must have been approved in its *last*
+//!     definition (incremental updates included: a writer may leave an old
+//!     definition of the object, such as the XMP metadata stream the
+//!     `factur-x` library turns into the invoice, in the file); a `/Type /EmbeddedFile`
 //!     stream that is not approved, or an `/EF`, `/EmbeddedFile` or
 //!     `/EmbeddedFiles` name in a file without any `/EF` reference, is active
 //!     content. These verdicts come at [`PdfScanner::finish`], after the
@@ -2495,15 +2497,21 @@ impl StreamSkip {
 
 /// The stream objects seen, as far as embedded files go (Reject policy).
 ///
-/// An embedded file is allowed only when every definition of every object an
-/// `/EF` dictionary references is an approved XML stream: `/Type
+/// An embedded file is allowed only when the last definition of every object
+/// an `/EF` dictionary references is an approved XML stream: `/Type
 /// /EmbeddedFile`, `/Subtype` `text/xml` or `application/xml`, no filter or
 /// FlateDecode without parameters, and decoded data that starts with `<`
 /// (after an optional UTF-8 BOM and white-space). The `/EF` dictionaries may
 /// come before or after the streams, so both sides are remembered: the approved
-/// object numbers (at most `APPROVED_CAP`) and every object number that has an
-/// unapproved stream definition (one bit each below `UNAPPROVED_BITS`, one flag
-/// for all the others, and one for streams whose `N G obj` was not seen).
+/// object numbers (at most `APPROVED_CAP`) and every object number whose last
+/// stream definition so far is unapproved (one bit each below
+/// `UNAPPROVED_BITS`; one flag for all the others, which a later approved
+/// definition does not clear; and one for streams whose `N G obj` was not
+/// seen). A writer may leave an object's old definition in the file and
+/// append the new one (the `factur-x` library does, for the XMP metadata
+/// object it turns into the invoice), and a reader takes the one the
+/// cross-reference table points to, normally the last; a `/Type
+/// /EmbeddedFile` stream that is not approved is refused wherever it is.
 #[derive(Debug)]
 struct Files {
     approved: [u64; APPROVED_CAP],
@@ -2538,8 +2546,11 @@ impl Files {
                     *slot = n;
                     self.approved_len += 1;
                 }
-                // Past the cap the stream counts as not approved.
-                if self.approved_len == APPROVED_CAP && !self.approved.contains(&n) {
+                if self.approved[..self.approved_len].contains(&n) {
+                    // This definition supersedes the earlier ones.
+                    self.reapprove(n);
+                } else {
+                    // Past the cap the stream counts as not approved.
                     self.unapprove(n);
                 }
             }
@@ -2559,7 +2570,19 @@ impl Files {
         self.unapproved[(n / 64) as usize] |= 1 << (n % 64);
     }
 
-    /// Whether object `n` is an approved XML embedded file, in every definition.
+    /// A later definition of `n` is approved: an earlier one (not a `/Type
+    /// /EmbeddedFile` stream: those are refused wherever they are) no longer
+    /// counts. Above `UNAPPROVED_BITS` the flag is shared and stays.
+    fn reapprove(&mut self, n: u64) {
+        if let Some(word) = self.unapproved.get_mut((n / 64) as usize)
+            && n < UNAPPROVED_BITS
+        {
+            *word &= !(1 << (n % 64));
+        }
+    }
+
+    /// Whether object `n` is an approved XML embedded file, in its last
+    /// definition.
     fn ok(&self, n: u64) -> bool {
         let unapproved = if n >= UNAPPROVED_BITS {
             self.unapproved_big

@@ -1847,7 +1847,8 @@ fn hand_cases_2() -> Vec<Case> {
         ),
         Want::Reject(PdfActiveContent, "PDF contains /EmbeddedFiles at offset"),
     ));
-    // Object 7 redefined by an incremental update: every definition counts.
+    // Object 7 redefined by an incremental update: its last definition is
+    // the one a reader takes (and `factur-x` leaves old definitions behind).
     let exe = stream("/Subtype /text#2Fxml", b"MZ\x90\0");
     add(case(
         "h_ef_xml_then_redefined_as_exe",
@@ -1861,11 +1862,22 @@ fn hand_cases_2() -> Vec<Case> {
     add(case(
         "h_ef_exe_then_redefined_as_xml",
         incremental(
-            &with_attachment(exe, &[]),
+            &with_attachment(exe.clone(), &[]),
             &[(7, ef_stream(XML_EF_DICT, INVOICE_XML, false))],
             "",
         ),
-        Want::Reject(PdfActiveContent, "(object 7, referenced from /EF)"),
+        Want::Ok,
+    ));
+    // ...unless the earlier one is an embedded file that is not XML data:
+    // refused wherever it is.
+    add(case(
+        "h_ef_typed_exe_then_redefined_as_xml",
+        incremental(
+            &with_attachment(ef_stream(XML_EF_DICT, b"MZ\x90\0", false), &[]),
+            &[(7, ef_stream(XML_EF_DICT, INVOICE_XML, false))],
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/EmbeddedFile stream at offset"),
     ));
     add(case(
         "h_ef_xml_redefined_as_xml",
@@ -1955,6 +1967,12 @@ fn fixture(name: &str) -> Vec<u8> {
 fn fixture_cases() -> Vec<Case> {
     vec![
         case("f_facturx", fixture("facturx.pdf"), Want::Ok),
+        // Object 6 defined twice: first the base's stream, then the invoice.
+        case(
+            "f_facturx_as_written",
+            fixture("facturx-as-written.pdf"),
+            Want::Ok,
+        ),
         case(
             "f_facturx_xml_subtype_exe_bytes",
             fixture("facturx-xml-subtype-exe.pdf"),
@@ -2595,6 +2613,7 @@ cases!(
     h_embedded_files_name_only,
     h_ef_xml_then_redefined_as_exe,
     h_ef_exe_then_redefined_as_xml,
+    h_ef_typed_exe_then_redefined_as_xml,
     h_ef_xml_redefined_as_xml,
     h_ef_xml_big_object_number,
     h_ef_big_object_number_exe_beside,
@@ -2662,6 +2681,7 @@ cases!(
 // Committed fixtures.
 cases!(
     f_facturx,
+    f_facturx_as_written,
     f_facturx_xml_subtype_exe_bytes,
     f_facturx_xml_subtype_pdf_bytes,
     f_facturx_ef_stream_without_type,
