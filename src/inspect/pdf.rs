@@ -62,7 +62,10 @@
 //!     deferred ones below.
 //!
 //!   Names inside strings, comments and ordinary stream data (content
-//!   streams, images, fonts, ...) are never looked at.
+//!   streams, images, fonts, ...) are never looked at. But an object header
+//!   (`N G obj`) inside stream data is active content ([`hidden_object`]):
+//!   a cross-reference table can point a reader at it, and the lexer never
+//!   sees the object.
 //! * **Nesting** of `<<` / `[` deeper than `Limits::max_nesting` is
 //!   `malformed_image`, in the file and in object streams alike.
 //!
@@ -2491,6 +2494,80 @@ impl StreamSkip {
     }
 }
 
+/// Where an object header (`N G obj`: digits, white space, digits, white
+/// space, `obj`) ends in stream data `bytes`, `carry` being the stream's
+/// bytes just before them (up to 8); the offset of its `obj` from the start
+/// of `bytes` (negative when it starts in `carry`). A cross-reference table may point a
+/// reader at such a header, and a reader rebuilding a damaged table finds
+/// it by searching the file: the object would be one the scanner never
+/// lexed.
+fn hidden_object(obj: &memmem::Finder<'_>, carry: &[u8], bytes: &[u8]) -> Option<isize> {
+    // `obj` across the boundary: its start in `carry`.
+    let m = bytes.len().min(2);
+    if !carry.is_empty() && m > 0 {
+        let mut tmp = [0u8; 10];
+        tmp[..carry.len()].copy_from_slice(carry);
+        tmp[carry.len()..carry.len() + m].copy_from_slice(&bytes[..m]);
+        let window = &tmp[..carry.len() + m];
+        for p in obj.find_iter(window) {
+            if p + 3 > carry.len() && p < carry.len() && header_before(&window[..p]) {
+                return Some(p as isize - carry.len() as isize);
+            }
+        }
+    }
+    for p in obj.find_iter(bytes) {
+        let before = if p >= 24 {
+            header_before(&bytes[p - 24..p])
+        } else {
+            let mut tmp = [0u8; 32];
+            let k = carry.len();
+            tmp[..k].copy_from_slice(carry);
+            tmp[k..k + p].copy_from_slice(&bytes[..p]);
+            header_before(&tmp[..k + p])
+        };
+        if before {
+            return Some(p as isize);
+        }
+    }
+    None
+}
+
+/// Whether `before` ends with `digits ws digits ws` (the first number may be
+/// cut off by the start of `before`, after at least one of its digits).
+fn header_before(before: &[u8]) -> bool {
+    let mut i = before.len();
+    // White space, digits, white space, digits: from the end.
+    for (part, digits) in [false, true, false, true].into_iter().enumerate() {
+        let start = i;
+        while i > 0
+            && if digits {
+                before[i - 1].is_ascii_digit()
+            } else {
+                is_ws(before[i - 1])
+            }
+        {
+            i -= 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i == 0 {
+            // The window's start: enough once the first number has begun.
+            return part == 3;
+        }
+    }
+    true
+}
+
+fn hidden(kw_at: u64, at: u64) -> Rejection {
+    Rejection::new(
+        RejectCode::PdfActiveContent,
+        format!(
+            "PDF hides an object definition (N G obj) inside the data of the stream at offset {kw_at} (at offset {at}): a reader can be pointed at it, the inspection cannot see it"
+        ),
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Embedded files
 // ---------------------------------------------------------------------------
@@ -2665,6 +2742,8 @@ pub struct Pdf {
     stream: Option<StreamSkip>,
     objstm: ObjStm,
     endstream: memmem::Finder<'static>,
+    /// `obj`, searched for in stream data ([`hidden_object`]).
+    obj: memmem::Finder<'static>,
     /// The last (up to 5) bytes fed.
     raw_tail: [u8; 5],
     raw_len: usize,
@@ -2688,6 +2767,7 @@ impl Pdf {
             stream: None,
             objstm: ObjStm::new(limits),
             endstream: memmem::Finder::new(ENDSTREAM),
+            obj: memmem::Finder::new(b"obj"),
             raw_tail: [0; 5],
             raw_len: 0,
             sig_tail: [0; 5],
@@ -2877,10 +2957,26 @@ impl Pdf {
                 Phase::Counted(left) => {
                     let take = left.min((n - i) as u64) as usize;
                     let bytes = &data[i..i + take];
-                    if s.early_end.is_none()
-                        && let Some(end) = s.find_end(&self.endstream, bytes)
-                    {
+                    let before_early_end = s.early_end.is_none();
+                    if before_early_end && let Some(end) = s.find_end(&self.endstream, bytes) {
                         s.early_end = Some(base + (i + end) as u64 - ENDSTREAM.len() as u64);
+                    }
+                    // Up to an `endstream` inside the counted bytes: past it
+                    // they may be the next objects (a `/Length` too long,
+                    // refused below) rather than this stream's data.
+                    let own = match s.early_end {
+                        _ if !before_early_end => 0,
+                        Some(e) => (e.saturating_sub(base + i as u64) as usize).min(take),
+                        None => take,
+                    };
+                    if self.reject_active
+                        && let Some(at) =
+                            hidden_object(&self.obj, &s.carry[..s.carry_len], &bytes[..own])
+                    {
+                        return Err(hidden(
+                            s.kw_at,
+                            (base + i as u64).saturating_add_signed(at as i64),
+                        ));
                     }
                     s.push_carry(bytes);
                     self.objstm.feed(bytes, &mut self.deferred)?;
@@ -2940,6 +3036,16 @@ impl Pdf {
                         Some(end) => (k + end - ENDSTREAM.len(), Some(end)),
                         None => ((k + bytes.len()).saturating_sub(8), None),
                     };
+                    // The stream's own data: up to its `endstream`.
+                    let own = done.map_or(bytes.len(), |end| end.saturating_sub(ENDSTREAM.len()));
+                    if self.reject_active
+                        && let Some(at) = hidden_object(&self.obj, &carry[..k], &bytes[..own])
+                    {
+                        return Err(hidden(
+                            s.kw_at,
+                            (base + i as u64).saturating_add_signed(at as i64),
+                        ));
+                    }
                     self.objstm
                         .feed(&carry[..feed_to.min(k)], &mut self.deferred)?;
                     self.objstm

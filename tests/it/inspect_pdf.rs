@@ -379,11 +379,52 @@ fn hand_cases() -> Vec<Case> {
         Want::Reject(MalformedImage, "runs past its endstream"),
     ));
     // /Length right although the data contains "endstream" (an embedded PDF).
-    let embedded_text = b"%PDF-1.4\n1 0 obj << /Length 3 >> stream\nabc\nendstream endobj trailer << /Encrypt 2 0 R >> %%EOF\n";
+    let embedded_text = b"%PDF-1.4\n<< /Length 3 >> stream\nabc\nendstream endobj trailer << /Encrypt 2 0 R >> %%EOF\n";
     add(case(
         "h_length_right_with_endstream_in_data",
         pdf(
             &objects("", "", CONTENT, &[stream("/Type /XObject", embedded_text)]),
+            "",
+        ),
+        Want::Ok,
+    ));
+    // An object definition inside stream data (a whole PDF, or the one
+    // object a crafted cross-reference table points a reader at: here the
+    // catalog's /OpenAction): hidden from the lexer.
+    let hidden_pdf = b"%PDF-1.4\n1 0 obj << /Length 3 >> stream\nabc\nendstream endobj %%EOF\n";
+    add(case(
+        "h_object_inside_stream_data_embedded_pdf",
+        pdf(
+            &objects("", "", CONTENT, &[stream("/Type /XObject", hidden_pdf)]),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "hides an object definition"),
+    ));
+    let js = b"BT ET\n5 0 obj\n<< /Type /Action /S /JavaScript /JS (app.alert\\(1\\)) >>\nendobj\n";
+    for (name, data) in [
+        ("h_object_inside_stream_data_js", &js[..]),
+        // Split by the 8 bytes the scanner carries, and with other white space.
+        (
+            "h_object_inside_stream_data_tabs",
+            b"q Q 12345678\t0\r\nobj<< >>endobj",
+        ),
+    ] {
+        add(case(
+            name,
+            pdf(&objects("", "", CONTENT, &[stream("", data)]), ""),
+            Want::Reject(PdfActiveContent, "hides an object definition"),
+        ));
+    }
+    // Not a header: "obj" in text, numbers without the second one.
+    add(case(
+        "h_obj_word_inside_stream_data",
+        pdf(
+            &objects(
+                "",
+                "",
+                CONTENT,
+                &[stream("", b"BT (see obj 3 and 4 obj) Tj 1 obj ET 0 0obj")],
+            ),
             "",
         ),
         Want::Ok,
@@ -2447,6 +2488,10 @@ cases!(
     h_length_too_long,
     h_length_right_with_endstream_in_data,
     h_length_right_with_endstream_in_data_then_launch,
+    h_object_inside_stream_data_embedded_pdf,
+    h_object_inside_stream_data_js,
+    h_object_inside_stream_data_tabs,
+    h_obj_word_inside_stream_data,
     h_trailing_whitespace_and_nuls,
     h_deep_64,
     h_objstm_benign,
