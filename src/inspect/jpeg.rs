@@ -18,13 +18,14 @@
 //!   [`MAX_IMAGES`] in all, same rules) or a trailer of at most [`MAX_TRAILER`]
 //!   bytes (camera maker data, padding) that hides no other file:
 //!   - its *start* must not look like another format (`%PDF`, `PK\3\4`, `MZ`, `#!`,
-//!     ELF, Mach-O, PNG, GIF, RAR, 7-Zip, gzip, `<?xml`, `<svg`, `<script`, or any markup: `<`
+//!     ELF, Mach-O, PNG, GIF, RAR, 7-Zip, gzip, OLE2 (legacy Office, MSI), RTF,
+//!     `<?xml`, `<svg`, `<script`, or any markup: `<`
 //!     and a letter, `!`, `?` or `/`), after leading padding (whitespace, NUL,
 //!     `FF` fill) and byte-order-mark bytes (`EF BB BF`, `FF FE`, `FE FF`), with
 //!     NUL bytes dropped (UTF-16/32 text);
 //!   - and *nowhere* in it may another format's signature appear ([`NEEDLES`]):
 //!     ZIP local, central-directory and end-of-central-directory headers,
-//!     `%PDF`, the interpreter lines of scripts (`#!/bin/`, `#!/usr/`: `#!`
+//!     `%PDF`, the OLE2 compound-file header, `{\rtf1`, the interpreter lines of scripts (`#!/bin/`, `#!/usr/`: `#!`
 //!     alone is too short to look for in binary) and, ASCII case-insensitively,
 //!     HTML/SVG/XML/script markup (`<html`, `<!doctype`, `<head`, `<body`,
 //!     `<script`, `<iframe`, `<svg`, `<?xml`, `<?php`, `<xsl:stylesheet`,
@@ -118,6 +119,12 @@ const TRAILER_SIGS: &[(&[u8], &str, bool)] = &[
     (b"\x89PNG", "PNG", false),
     (b"GIF8", "GIF", false),
     (b"Rar!", "RAR", false),
+    (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+        "an OLE2 compound file (a legacy Office document, an MSI package)",
+        false,
+    ),
+    (b"{\\rtf", "RTF", false),
     (b"7z\xBC\xAF", "7-Zip", false),
     (b"\x1f\x8b", "gzip", false),
     (b"<?xml", "XML", true),
@@ -225,6 +232,11 @@ pub const NEEDLES: &[Needle] = &[
     exact(b"PK\x01\x02", "a ZIP central directory header"),
     exact(b"PK\x05\x06", "a ZIP end of central directory record"),
     exact(b"%PDF", "a PDF header (%PDF)"),
+    exact(
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+        "an OLE2 compound file header (a legacy Office document, an MSI package)",
+    ),
+    exact(b"{\\rtf1", "an RTF document ({\\rtf1)"),
     exact(b"#!/bin/", "a script (#!/bin/)"),
     exact(b"#!/usr/", "a script (#!/usr/)"),
     text(b"<!doctype", "an HTML doctype (<!doctype)"),
@@ -1008,6 +1020,14 @@ mod tests {
             (b"\xfe\xed\xfa\xce\0\0\0\x07", "a Mach-O executable"),
             (b"\xcf\xfa\xed\xfe\x07\0\0\x01", "a Mach-O executable"),
             (b"\xca\xfe\xba\xbe\0\0\0\x02", "a Mach-O universal"),
+            (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE2 compound file"),
+            (b"{\\rtf1\\ansi", "RTF"),
+            // Not at the start: found anywhere.
+            (
+                b"maker\x01\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+                "an OLE2 compound file header",
+            ),
+            (b"maker\x01{\\rtf1\\ansi", "an RTF document"),
         ] {
             let mut t = tiny();
             t.extend_from_slice(exe);
