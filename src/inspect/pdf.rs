@@ -963,9 +963,13 @@ impl Lexer {
                 }
                 // `/URI 7 0 R`: the string is elsewhere and cannot be checked;
                 // `/URI [(...)]` is no string either, whatever a viewer makes
-                // of it. (A `/Base` that is no string is left alone.)
+                // of it. So with `/Base 7 0 R` (a `/Base` that is some other
+                // value is left alone).
                 Ev::Num(_) | Ev::R | Ev::Open(false) if self.uri.key == "URI" => {
                     return Err(self.active("a /URI whose value is not a string", self.uri.at));
+                }
+                Ev::Num(_) | Ev::R if self.uri.key == "Base" => {
+                    return Err(self.active("a /Base whose value is not a string", self.uri.at));
                 }
                 // A dictionary (the catalog's `/URI << /Base ... >>`), a name
                 // (`/S /URI /URI (...)`: the next name is looked at below) or

@@ -1523,6 +1523,20 @@ fn hand_cases_2() -> Vec<Case> {
         ),
         Want::Reject(PdfActiveContent, "a /Base with the scheme \"file"),
     ));
+    // Its string elsewhere: cannot be checked.
+    add(case(
+        "h_uri_catalog_base_indirect",
+        pdf(
+            &objects(
+                "/URI << /Base 6 0 R >>",
+                "",
+                CONTENT,
+                &[obj("(file:///C:/)")],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "a /Base whose value is not a string"),
+    ));
     add(case(
         "h_uri_catalog_base_dict_https",
         pdf(
@@ -2622,6 +2636,7 @@ cases!(
     h_uri_indirect,
     h_uri_catalog_base_dict,
     h_uri_catalog_base_dict_https,
+    h_uri_catalog_base_indirect,
     h_uri_array,
     h_rich_media_execute_action,
     h_uri_key_before_s,
