@@ -69,6 +69,15 @@ fn upload_head(token: &str, extra: &str) -> String {
     )
 }
 
+/// A well-framed upload of the sample JPEG: head and body.
+fn good_upload(token: &str) -> Vec<u8> {
+    [
+        upload_head(token, &format!("content-length: {}\r\n", JPEG.len())).as_bytes(),
+        JPEG,
+    ]
+    .concat()
+}
+
 /// `body` as chunked frames of `size` bytes each, with the last chunk.
 fn chunked(body: &[u8], size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() * 2);
@@ -219,7 +228,7 @@ async fn a_malformed_field_line_gets_the_gateways_400_however_it_arrives() {
     let token = jwt(ALICE.0, ALICE.1);
     let wait = Duration::from_secs(5);
     let length = format!("content-length: {}\r\n", JPEG.len());
-    let good = [upload_head(&token, &length).as_bytes(), JPEG].concat();
+    let good = good_upload(&token);
     let lines = [
         "x-note: a\x00b\r\n",
         "x-note: a\x01b\r\n",
@@ -299,11 +308,7 @@ async fn a_transfer_coding_hyper_refuses_gets_the_501_however_it_arrives() {
     assert!(answer.to_ascii_lowercase().contains("connection: close"));
 
     let mut s = TcpStream::connect(h.addr).await.unwrap();
-    let good = [
-        upload_head(&token, &format!("content-length: {}\r\n", JPEG.len())).as_bytes(),
-        JPEG,
-    ]
-    .concat();
+    let good = good_upload(&token);
     s.write_all(&good).await.unwrap();
     let answer = read_answer(&mut s, wait).await;
     assert_eq!(status_of(&answer), 201, "{answer}");
@@ -359,11 +364,7 @@ async fn a_head_over_64_kib_is_refused_however_it_arrives() {
     }
     // After an upload on a keep-alive connection.
     let mut s = TcpStream::connect(h.addr).await.unwrap();
-    let good = [
-        upload_head(&token, &format!("content-length: {}\r\n", JPEG.len())).as_bytes(),
-        JPEG,
-    ]
-    .concat();
+    let good = good_upload(&token);
     s.write_all(&good).await.unwrap();
     let answer = read_answer(&mut s, wait).await;
     assert_eq!(status_of(&answer), 201, "{answer}");
@@ -1056,11 +1057,7 @@ async fn an_answer_before_the_whole_body_says_the_connection_closes() {
         !answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    let good = [
-        upload_head(&token, &format!("content-length: {}\r\n", JPEG.len())).as_bytes(),
-        JPEG,
-    ]
-    .concat();
+    let good = good_upload(&token);
     s.write_all(&good).await.unwrap();
     let answer = read_answer(&mut s, wait).await;
     assert_eq!(status_of(&answer), 201, "kept alive: {answer}");

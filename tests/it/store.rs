@@ -883,19 +883,14 @@ async fn shared_state_on_a_cluster() {
     .await;
     // Several companies, so the keys spread over the slots of all masters.
     shared_basics(&fleet, &[ALICE, GINA]).await;
-    // A release riding on another user's admission: keys of one slot.
+    // Releases riding on another user's admission: keys of one slot.
     let store = fleet.replicas[0].gateway.store.clone();
-    let cred = concur_gateway::store::credential_key("acme", None);
     for user in [
         "frank@acme.example",
         "hank@acme.example",
         "frank@acme.example",
     ] {
-        let who = concur_gateway::auth::Identity {
-            company: "acme".into(),
-            user: user.into(),
-        };
-        let admission = store.admit(&who, &cred).await.unwrap();
+        let admission = store.admit(&acme(user), &acme_admin()).await.unwrap();
         assert!(
             matches!(admission.place, concur_gateway::store::Place::Shared(_)),
             "admitted by the cluster, not by the fallback"
@@ -1234,6 +1229,47 @@ async fn script_calls_and_places(port: u16, prefix: &str) -> (u64, usize) {
     (calls, places.len())
 }
 
+/// An acme caller, as the store sees it, and the key of acme's admin
+/// credential (the one its callers without a token of their own use).
+fn acme(user: &str) -> concur_gateway::auth::Identity {
+    concur_gateway::auth::Identity {
+        company: "acme".into(),
+        user: user.into(),
+    }
+}
+
+fn acme_admin() -> String {
+    concur_gateway::store::credential_key("acme", None)
+}
+
+/// A Redis node and one replica on it: `[rate_limit]` holds `limits`, and
+/// the store's keys start with `prefix`.
+async fn one_replica(limits: &str, prefix: &str) -> (RedisNode, Fleet) {
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        format!(
+            "[rate_limit]\n{limits}\n{}",
+            store_section(dir, &url, None, &format!("key_prefix = \"{prefix}\"\n"))
+        )
+    })
+    .await;
+    (redis, fleet)
+}
+
+/// Holds every client of the node at `url` for `ms` (`CLIENT PAUSE ALL`).
+async fn pause(url: &str, ms: u64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("ALL")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+}
+
 /// A place given back is released at once; places given back while that
 /// call is under way ride on the next admission of their company, or go
 /// together in the next call: one call for all of them, never a wait of
@@ -1245,21 +1281,14 @@ async fn releases_go_at_once_and_together() {
     if !redis_available() {
         return;
     }
-    let redis = single_node();
-    let url = format!("redis://127.0.0.1:{}", redis.port);
-    let fleet = Fleet::start(1, Duration::ZERO, |dir| {
-        format!(
-            "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\nuser_concurrent = 1\n{}",
-            store_section(dir, &url, None, "key_prefix = \"ride:\"\n")
-        )
-    })
+    let (redis, fleet) = one_replica(
+        "user_per_second = 1000.0\nuser_burst = 1000\ncompany_per_second = 1000.0\ncompany_burst = 1000\nuser_concurrent = 1",
+        "ride:",
+    )
     .await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
     let store = fleet.replicas[0].gateway.store.clone();
-    let who = |user: &str| concur_gateway::auth::Identity {
-        company: "acme".into(),
-        user: user.into(),
-    };
-    let cred = concur_gateway::store::credential_key("acme", None);
+    let (who, cred) = (acme, acme_admin());
     let settle = || tokio::time::sleep(Duration::from_millis(150));
     // Load both scripts.
     drop(store.admit(&who(ALICE.1), &cred).await.unwrap());
@@ -1276,15 +1305,7 @@ async fn releases_go_at_once_and_together() {
     }
     let (c1, p1) = script_calls_and_places(redis.port, "ride:").await;
     assert_eq!((c1 - c0, p1), (3, 3));
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(100)
-        .arg("ALL")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    pause(&url, 100).await;
     // The first release goes at once (and waits in Redis); the other two
     // wait for it, and ride on the admission that starts meanwhile, or go
     // with it in one call.
@@ -1324,32 +1345,13 @@ async fn an_admission_dropped_mid_call_leaves_no_place() {
     if !redis_available() {
         return;
     }
-    let redis = single_node();
+    let (redis, fleet) = one_replica("user_concurrent = 1", "cut:").await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    let fleet = Fleet::start(1, Duration::ZERO, |dir| {
-        format!(
-            "[rate_limit]\nuser_concurrent = 1\n{}",
-            store_section(dir, &url, None, "key_prefix = \"cut:\"\n")
-        )
-    })
-    .await;
     let store = fleet.replicas[0].gateway.store.clone();
-    let who = |user: &str| concur_gateway::auth::Identity {
-        company: "acme".into(),
-        user: user.into(),
-    };
-    let cred = concur_gateway::store::credential_key("acme", None);
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let (who, cred) = (acme, acme_admin());
     let alice = store.admit(&who(ALICE.1), &cred).await.unwrap();
     // Redis holds every call (paused) until the caller has gone...
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(150)
-        .arg("ALL")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    pause(&url, 150).await;
     // ...carol's admission among them (it may carry alice's place, given
     // back just now, or that goes on its own).
     drop(alice);
