@@ -63,7 +63,7 @@
 //!
 //!   Names inside strings, comments and ordinary stream data (content
 //!   streams, images, fonts, ...) are never looked at. But an object header
-//!   (`N G obj`) inside stream data is active content ([`hidden_object`]):
+//!   (`N G obj`) inside stream data is active content ([`HeaderWatch`]):
 //!   a cross-reference table can point a reader at it, and the lexer never
 //!   sees the object.
 //! * **Nesting** of `<<` / `[` deeper than `Limits::max_nesting` is
@@ -481,6 +481,8 @@ struct StreamStart {
     dict: Option<DictInfo>,
     /// The number of the object (`N G obj`) it belongs to.
     obj: Option<u64>,
+    /// That object's generation is 0.
+    gen0: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -868,6 +870,8 @@ struct Lexer {
     ints: [Option<u64>; 2],
     /// The number of the object whose `N G obj` came last.
     cur_obj: Option<u64>,
+    /// The generation of `cur_obj` is 0.
+    cur_gen0: bool,
     obj_body: ObjBody,
     names: NameObjs,
 }
@@ -905,6 +909,7 @@ impl Lexer {
             ef: EfLog::new(),
             ints: [None; 2],
             cur_obj: None,
+            cur_gen0: false,
             obj_body: ObjBody::None,
             names: NameObjs {
                 entries: [(0, None); NAME_OBJ_CAP],
@@ -1753,8 +1758,9 @@ impl Lexer {
             b"stream" => return Ok(true),
             b"obj" => {
                 self.resync();
-                if let [Some(n), Some(_)] = ints {
+                if let [Some(n), Some(g)] = ints {
                     self.cur_obj = Some(n);
+                    self.cur_gen0 = g == 0;
                     self.obj_body = ObjBody::Start(n);
                 }
             }
@@ -1828,6 +1834,7 @@ impl Lexer {
             kw_at: self.tok_at,
             dict: self.ready.take(),
             obj: self.cur_obj,
+            gen0: self.cur_gen0,
         };
         self.resync();
         start
@@ -2452,6 +2459,8 @@ struct StreamSkip {
     kw_at: u64,
     /// The number of its object (`N G obj`), if known.
     obj: Option<u64>,
+    /// Its generation is 0.
+    gen0: bool,
     /// Its dictionary says `/Type /EmbeddedFile`.
     embedded: bool,
     /// Its first decoded bytes are probed for XML.
@@ -2465,6 +2474,8 @@ struct StreamSkip {
     carry_len: usize,
     /// An `endstream` inside the `/Length`-counted data.
     early_end: Option<u64>,
+    /// Object headers hidden in the data (Reject policy).
+    headers: HeaderWatch,
 }
 
 impl StreamSkip {
@@ -2498,69 +2509,140 @@ impl StreamSkip {
     }
 }
 
-/// Where an object header (`N G obj`: digits, white space, digits, white
-/// space, `obj`) ends in stream data `bytes`, `carry` being the stream's
-/// bytes just before them (up to 8); the offset of its `obj` from the start
-/// of `bytes` (negative when it starts in `carry`). A cross-reference table may point a
-/// reader at such a header, and a reader rebuilding a damaged table finds
-/// it by searching the file: the object would be one the scanner never
-/// lexed.
-fn hidden_object(obj: &memmem::Finder<'_>, carry: &[u8], bytes: &[u8]) -> Option<isize> {
-    // `obj` across the boundary: its start in `carry`.
-    let m = bytes.len().min(2);
-    if !carry.is_empty() && m > 0 {
-        let mut tmp = [0u8; 10];
-        tmp[..carry.len()].copy_from_slice(carry);
-        tmp[carry.len()..carry.len() + m].copy_from_slice(&bytes[..m]);
-        let window = &tmp[..carry.len() + m];
-        for p in obj.find_iter(window) {
-            if p + 3 > carry.len() && p < carry.len() && header_before(&window[..p]) {
-                return Some(p as isize - carry.len() as isize);
-            }
-        }
-    }
-    for p in obj.find_iter(bytes) {
-        let before = if p >= 24 {
-            header_before(&bytes[p - 24..p])
-        } else {
-            let mut tmp = [0u8; 32];
-            let k = carry.len();
-            tmp[..k].copy_from_slice(carry);
-            tmp[k..k + p].copy_from_slice(&bytes[..p]);
-            header_before(&tmp[..k + p])
-        };
-        if before {
-            return Some(p as isize);
-        }
-    }
-    None
+/// Follows a stream's data, chunk by chunk, for an object header (`N G obj`:
+/// digits, white space, digits, white space, `obj`, then a delimiter or white
+/// space). A cross-reference table may point a reader at such a header, and
+/// a reader rebuilding a damaged table finds it by searching the file: the
+/// object would be one the scanner never lexed. `obj` is searched for
+/// (memmem); the digits and white space before it are checked backwards,
+/// and what the data so far ends with is carried from chunk to chunk, so
+/// that the verdict is the same however the data is cut.
+#[derive(Debug, Clone, Copy, Default)]
+struct HeaderWatch {
+    /// Where the data so far may be in a header ([`header_step`]).
+    mask: u8,
+    /// The data ends with this many bytes of `obj` (1 to 3), right after a
+    /// header's white space.
+    kw: u8,
 }
 
-/// Whether `before` ends with `digits ws digits ws` (the first number may be
-/// cut off by the start of `before`, after at least one of its digits).
-fn header_before(before: &[u8]) -> bool {
-    let mut i = before.len();
-    // White space, digits, white space, digits: from the end.
-    for (part, digits) in [false, true, false, true].into_iter().enumerate() {
-        let start = i;
-        while i > 0
-            && if digits {
-                before[i - 1].is_ascii_digit()
-            } else {
-                is_ws(before[i - 1])
-            }
-        {
-            i -= 1;
-        }
-        if i == start {
-            return false;
-        }
-        if i == 0 {
-            // The window's start: enough once the first number has begun.
-            return part == 3;
-        }
+/// In the first number, the white space after it, the second number, the
+/// white space after that (`obj` may follow).
+const H_N1: u8 = 1;
+const H_W1: u8 = 2;
+const H_N2: u8 = 4;
+const H_W2: u8 = 8;
+
+/// The header states after byte `b`: any digit may start a first number.
+/// A number is taken as readers lex one: digits, with a sign or a point
+/// (`5 -0 obj`, `5 +00 obj` and `5.0 0 obj` name object 5 for some).
+fn header_step(mask: u8, b: u8) -> u8 {
+    if is_number_byte(b) {
+        H_N1 | if mask & (H_W1 | H_N2) != 0 { H_N2 } else { 0 }
+    } else if is_ws(b) {
+        (if mask & (H_N1 | H_W1) != 0 { H_W1 } else { 0 })
+            | (if mask & (H_N2 | H_W2) != 0 { H_W2 } else { 0 })
+    } else {
+        0
     }
-    true
+}
+
+fn is_number_byte(b: u8) -> bool {
+    b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
+}
+
+fn is_header_byte(b: u8) -> bool {
+    is_number_byte(b) || is_ws(b)
+}
+
+impl HeaderWatch {
+    /// Follows `data`, the stream's next bytes. The offset in `data` of the
+    /// `obj` of a header, when one is complete (negative: it began before).
+    fn feed(&mut self, obj: &memmem::Finder<'_>, data: &[u8]) -> Option<isize> {
+        let mut from = 0;
+        let mut carried = self.mask;
+        if self.kw > 0 {
+            // An `obj` begun in the earlier data.
+            while self.kw < 3 && from < data.len() && data[from] == b"obj"[self.kw as usize] {
+                self.kw += 1;
+                from += 1;
+            }
+            if from == data.len() {
+                // Still open: the rest of it, or its delimiter, comes later.
+                return None;
+            }
+            if self.kw == 3 && is_delim_or_ws(data[from]) {
+                return Some(from as isize - 3);
+            }
+            // Not a header after all: what follows starts afresh.
+            self.kw = 0;
+            carried = 0;
+        }
+        let len = data.len();
+        for p in obj.find_iter(&data[from..]).map(|p| p + from) {
+            // The digits and white space right before it.
+            let mut start = p;
+            while start > from && is_header_byte(data[start - 1]) {
+                start -= 1;
+            }
+            let mut mask = if start == from { carried } else { 0 };
+            for &b in &data[start..p] {
+                mask = header_step(mask, b);
+            }
+            if mask & H_W2 == 0 {
+                continue;
+            }
+            match data.get(p + 3) {
+                Some(&b) if is_delim_or_ws(b) => return Some(p as isize),
+                Some(_) => {}
+                None => {
+                    // Its delimiter comes later.
+                    self.kw = 3;
+                    self.mask = 0;
+                    return None;
+                }
+            }
+        }
+        // What the data ends with, for the next chunk.
+        let mut start = len;
+        while start > from && is_header_byte(data[start - 1]) {
+            start -= 1;
+        }
+        let mut mask = if start == from { carried } else { 0 };
+        for &b in &data[start..] {
+            mask = header_step(mask, b);
+        }
+        self.mask = mask;
+        // An `o` or `ob` at the very end, after a header.
+        for k in [2usize, 1] {
+            if len >= from + k && data[len - k..] == b"obj"[..k] {
+                let mut start = len - k;
+                while start > from && is_header_byte(data[start - 1]) {
+                    start -= 1;
+                }
+                let mut mask = if start == from { carried } else { 0 };
+                for &b in &data[start..len - k] {
+                    mask = header_step(mask, b);
+                }
+                if mask & H_W2 != 0 {
+                    self.kw = k as u8;
+                    self.mask = 0;
+                }
+                break;
+            }
+        }
+        None
+    }
+
+    /// The stream's data ended (an end of line and `endstream` follow): an
+    /// `obj` right at its end is a header.
+    fn end(&self) -> bool {
+        self.kw == 3
+    }
+}
+
+fn is_delim_or_ws(b: u8) -> bool {
+    is_ws(b) || b"()<>[]{}/%".contains(&b)
 }
 
 fn hidden(kw_at: u64, at: u64) -> Rejection {
@@ -2591,8 +2673,11 @@ fn hidden(kw_at: u64, at: u64) -> Rejection {
 /// seen). A writer may leave an object's old definition in the file and
 /// append the new one (the `factur-x` library does, for the XMP metadata
 /// object it turns into the invoice), and a reader takes the one the
-/// cross-reference table points to, normally the last; a `/Type
-/// /EmbeddedFile` stream that is not approved is refused wherever it is.
+/// cross-reference table points to, normally the last. Only a definition of
+/// generation 0 supersedes, and none once a stream of another generation was
+/// not approved: a reference names a generation, and `7 1 obj` must not
+/// stand in for the `7 0 obj` a reader takes. A `/Type /EmbeddedFile` stream
+/// that is not approved is refused wherever it is.
 #[derive(Debug)]
 struct Files {
     approved: [u64; APPROVED_CAP],
@@ -2601,6 +2686,9 @@ struct Files {
     unapproved: Vec<u64>,
     unapproved_big: bool,
     unapproved_anon: bool,
+    /// A stream object of a generation other than 0 was not approved: the
+    /// last definition of a number may not be the one a reference names.
+    no_superseding: bool,
     /// A `/Type /EmbeddedFile` stream that is not approved: its offset.
     bad_stream: Option<u64>,
 }
@@ -2613,12 +2701,19 @@ impl Files {
             unapproved: Vec::new(),
             unapproved_big: false,
             unapproved_anon: false,
+            no_superseding: false,
             bad_stream: None,
         }
     }
 
     /// A stream object ended.
-    fn stream(&mut self, obj: Option<u64>, approved: bool) {
+    fn stream(&mut self, obj: Option<u64>, gen0: bool, approved: bool) {
+        if !gen0 && !approved {
+            // Another generation of an object number: readers tell them
+            // apart by the reference, the scanner does not. From now on no
+            // definition supersedes another.
+            self.no_superseding = true;
+        }
         match obj {
             Some(n) if approved => {
                 if !self.approved[..self.approved_len].contains(&n)
@@ -2628,8 +2723,10 @@ impl Files {
                     self.approved_len += 1;
                 }
                 if self.approved[..self.approved_len].contains(&n) {
-                    // This definition supersedes the earlier ones.
-                    self.reapprove(n);
+                    if gen0 && !self.no_superseding {
+                        // This definition supersedes the earlier ones.
+                        self.reapprove(n);
+                    }
                 } else {
                     // Past the cap the stream counts as not approved.
                     self.unapprove(n);
@@ -2746,7 +2843,7 @@ pub struct Pdf {
     stream: Option<StreamSkip>,
     objstm: ObjStm,
     endstream: memmem::Finder<'static>,
-    /// `obj`, searched for in stream data ([`hidden_object`]).
+    /// `obj`, searched for in stream data ([`HeaderWatch`]).
     obj: memmem::Finder<'static>,
     /// The last (up to 5) bytes fed.
     raw_tail: [u8; 5],
@@ -2873,7 +2970,12 @@ impl Pdf {
     }
 
     fn start_stream(&mut self, start: StreamStart) -> Result<(), Rejection> {
-        let StreamStart { kw_at, dict, obj } = start;
+        let StreamStart {
+            kw_at,
+            dict,
+            obj,
+            gen0,
+        } = start;
         let d = dict.unwrap_or(DictInfo::new(false));
         if let Some(at) = d.encrypt_at {
             // Only a cross-reference stream has `/Encrypt`, however its `/Type`
@@ -2920,6 +3022,7 @@ impl Pdf {
         self.stream = Some(StreamSkip {
             kw_at,
             obj,
+            gen0,
             embedded,
             probing,
             objstm,
@@ -2928,6 +3031,7 @@ impl Pdf {
             carry: [0; 8],
             carry_len: 0,
             early_end: None,
+            headers: HeaderWatch::default(),
         });
         Ok(())
     }
@@ -2973,14 +3077,18 @@ impl Pdf {
                         Some(e) => (e.saturating_sub(base + i as u64) as usize).min(take),
                         None => take,
                     };
-                    if self.reject_active
-                        && let Some(at) =
-                            hidden_object(&self.obj, &s.carry[..s.carry_len], &bytes[..own])
-                    {
-                        return Err(hidden(
-                            s.kw_at,
-                            (base + i as u64).saturating_add_signed(at as i64),
-                        ));
+                    if self.reject_active {
+                        let mut at = s.headers.feed(&self.obj, &bytes[..own]);
+                        if at.is_none() && own == take && left == take as u64 && s.headers.end() {
+                            // The data ends with `obj`: its end of line follows.
+                            at = Some(own as isize - 3);
+                        }
+                        if let Some(at) = at {
+                            return Err(hidden(
+                                s.kw_at,
+                                (base + i as u64).saturating_add_signed(at as i64),
+                            ));
+                        }
                     }
                     s.push_carry(bytes);
                     self.objstm.feed(bytes, &mut self.deferred)?;
@@ -3042,13 +3150,17 @@ impl Pdf {
                     };
                     // The stream's own data: up to its `endstream`.
                     let own = done.map_or(bytes.len(), |end| end.saturating_sub(ENDSTREAM.len()));
-                    if self.reject_active
-                        && let Some(at) = hidden_object(&self.obj, &carry[..k], &bytes[..own])
-                    {
-                        return Err(hidden(
-                            s.kw_at,
-                            (base + i as u64).saturating_add_signed(at as i64),
-                        ));
+                    if self.reject_active {
+                        let mut at = s.headers.feed(&self.obj, &bytes[..own]);
+                        if at.is_none() && done.is_some() && s.headers.end() {
+                            at = Some(own as isize - 3);
+                        }
+                        if let Some(at) = at {
+                            return Err(hidden(
+                                s.kw_at,
+                                (base + i as u64).saturating_add_signed(at as i64),
+                            ));
+                        }
                     }
                     self.objstm
                         .feed(&carry[..feed_to.min(k)], &mut self.deferred)?;
@@ -3076,7 +3188,7 @@ impl Pdf {
             if s.embedded && !approved {
                 self.files.bad_stream.get_or_insert(s.kw_at);
             }
-            self.files.stream(s.obj, approved);
+            self.files.stream(s.obj, s.gen0, approved);
             if s.objstm {
                 self.lexer.ef.merge(&mut self.objstm.lexer.ef);
             }
@@ -3257,24 +3369,37 @@ mod tests {
     }
 
     #[test]
-    fn files_every_definition_counts() {
+    fn files_the_last_definition_of_generation_0_counts() {
         let mut f = Files::new();
-        f.stream(Some(7), true);
+        f.stream(Some(7), true, true);
         assert!(f.ok(7));
-        f.stream(Some(7), false);
-        assert!(!f.ok(7));
+        f.stream(Some(7), true, false);
+        assert!(!f.ok(7), "redefined as something else");
+        f.stream(Some(7), true, true);
+        assert!(f.ok(7), "and back: the last definition");
         let mut f = Files::new();
-        f.stream(Some(70_000), true);
+        f.stream(Some(7), true, false);
+        f.stream(Some(7), false, true);
+        assert!(!f.ok(7), "another generation does not supersede");
+        let mut f = Files::new();
+        f.stream(Some(9), false, false);
+        f.stream(Some(7), true, false);
+        f.stream(Some(7), true, true);
+        assert!(!f.ok(7), "once generations differ, nothing supersedes");
+        let mut f = Files::new();
+        f.stream(Some(70_000), true, true);
         assert!(f.ok(70_000));
-        f.stream(Some(90_000), false);
+        f.stream(Some(90_000), true, false);
         assert!(!f.ok(70_000), "one flag stands for all big numbers");
+        f.stream(Some(70_000), true, true);
+        assert!(!f.ok(70_000), "and is never cleared");
         let mut f = Files::new();
-        f.stream(Some(8), true);
-        f.stream(None, false);
+        f.stream(Some(8), true, true);
+        f.stream(None, true, false);
         assert!(!f.ok(8), "a stream without N G obj could be any object");
         let mut f = Files::new();
         for n in 0..APPROVED_CAP as u64 + 1 {
-            f.stream(Some(n), true);
+            f.stream(Some(n), true, true);
         }
         assert!(f.ok(0));
         assert!(!f.ok(APPROVED_CAP as u64), "past the cap: not approved");

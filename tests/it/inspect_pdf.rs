@@ -401,13 +401,37 @@ fn hand_cases() -> Vec<Case> {
         Want::Reject(PdfActiveContent, "hides an object definition"),
     ));
     let js = b"BT ET\n5 0 obj\n<< /Type /Action /S /JavaScript /JS (app.alert\\(1\\)) >>\nendobj\n";
+    let spread = [
+        &b"q Q 5"[..],
+        &[b' '; 300],
+        b"0",
+        &[b'\n'; 300],
+        b"obj << /S /JavaScript >> endobj",
+    ]
+    .concat();
     for (name, data) in [
         ("h_object_inside_stream_data_js", &js[..]),
-        // Split by the 8 bytes the scanner carries, and with other white space.
         (
             "h_object_inside_stream_data_tabs",
             b"q Q 12345678\t0\r\nobj<< >>endobj",
         ),
+        // White space longer than anything carried between chunks.
+        ("h_object_inside_stream_data_spread", &spread[..]),
+        // Numbers as readers lex them: signs, points.
+        (
+            "h_object_inside_stream_data_signed_gen",
+            b"q Q 5 -0 obj << >> endobj",
+        ),
+        (
+            "h_object_inside_stream_data_plus_gen",
+            b"q Q 5 +00 obj<<>>endobj",
+        ),
+        (
+            "h_object_inside_stream_data_point",
+            b"q Q 5.0 0 obj<<>>endobj",
+        ),
+        // At the very end of the data.
+        ("h_object_inside_stream_data_at_end", b"q Q 5 0 obj"),
     ] {
         add(case(
             name,
@@ -423,7 +447,10 @@ fn hand_cases() -> Vec<Case> {
                 "",
                 "",
                 CONTENT,
-                &[stream("", b"BT (see obj 3 and 4 obj) Tj 1 obj ET 0 0obj")],
+                &[stream(
+                    "",
+                    b"BT (see obj 3 and 4 obj) Tj 1 obj ET 0 0obj (Total 5 0 objects) Tj",
+                )],
             ),
             "",
         ),
@@ -1943,6 +1970,51 @@ fn hand_cases_2() -> Vec<Case> {
         ),
         Want::Ok,
     ));
+    // Two generations of one number: the reference names one, and the
+    // scanner does not follow references, so neither supersedes the other.
+    let two_gens = |first: (u32, Vec<u8>), second: (u32, Vec<u8>)| {
+        let mut v = b"%PDF-1.7\n".to_vec();
+        let objs: Vec<(u32, u32, Vec<u8>)> = vec![
+            (
+                1,
+                0,
+                obj(
+                    "<< /Type /Catalog /Pages 2 0 R /Names << /EmbeddedFiles << /Names [(factur-x.xml) 5 0 R] >> >> >>",
+                ),
+            ),
+            (2, 0, obj("<< /Type /Pages /Kids [] /Count 0 >>")),
+            (
+                5,
+                0,
+                obj("<< /Type /Filespec /F (factur-x.xml) /EF << /F 7 0 R >> >>"),
+            ),
+            (7, first.0, first.1),
+            (7, second.0, second.1),
+        ];
+        for (n, g, body) in objs {
+            v.extend_from_slice(format!("{n} {g} obj\n").as_bytes());
+            v.extend_from_slice(&body);
+            v.extend_from_slice(b"\nendobj\n");
+        }
+        v.extend_from_slice(b"trailer\n<< /Size 8 /Root 1 0 R >>\n%%EOF\n");
+        v
+    };
+    add(case(
+        "h_ef_exe_gen0_then_xml_gen1",
+        two_gens(
+            (0, exe.clone()),
+            (1, ef_stream(XML_EF_DICT, INVOICE_XML, false)),
+        ),
+        Want::Reject(PdfActiveContent, "(object 7, referenced from /EF)"),
+    ));
+    add(case(
+        "h_ef_exe_gen1_then_xml_gen0",
+        two_gens(
+            (1, exe.clone()),
+            (0, ef_stream(XML_EF_DICT, INVOICE_XML, false)),
+        ),
+        Want::Reject(PdfActiveContent, "(object 7, referenced from /EF)"),
+    ));
     // Large object numbers (past the exact bitmap).
     add(case(
         "h_ef_xml_big_object_number",
@@ -2505,6 +2577,11 @@ cases!(
     h_object_inside_stream_data_embedded_pdf,
     h_object_inside_stream_data_js,
     h_object_inside_stream_data_tabs,
+    h_object_inside_stream_data_spread,
+    h_object_inside_stream_data_signed_gen,
+    h_object_inside_stream_data_plus_gen,
+    h_object_inside_stream_data_point,
+    h_object_inside_stream_data_at_end,
     h_obj_word_inside_stream_data,
     h_trailing_whitespace_and_nuls,
     h_deep_64,
@@ -2674,6 +2751,8 @@ cases!(
     h_ef_xml_then_redefined_as_exe,
     h_ef_exe_then_redefined_as_xml,
     h_ef_typed_exe_then_redefined_as_xml,
+    h_ef_exe_gen0_then_xml_gen1,
+    h_ef_exe_gen1_then_xml_gen0,
     h_ef_xml_redefined_as_xml,
     h_ef_xml_big_object_number,
     h_ef_big_object_number_exe_beside,
