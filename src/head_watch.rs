@@ -654,9 +654,17 @@ impl Tracker {
                         // Its CRLF would take the head past the limit.
                         break self.cut(data, Some(i), part_room, notes);
                     }
-                    if matches!(data[i], b'\r' | b'\n') {
-                        // The empty line that ends the head (or a line hyper
-                        // refuses): nothing after it is the head's.
+                    // A CR starts the empty line that ends the head only
+                    // with its LF; before anything else it starts a field
+                    // line hyper refuses, made harmless like the others.
+                    let bare_cr = data[i] == b'\r' && data.get(i + 1).is_some_and(|&b| b != b'\n');
+                    if data[i] == b'\r' && i + 1 == data.len() {
+                        // Which of the two: the next read tells.
+                        break Scan::Hold(i);
+                    }
+                    if matches!(data[i], b'\r' | b'\n') && !bare_cr {
+                        // The empty line that ends the head: nothing after
+                        // it is the head's.
                         self.line = Line::Done;
                         break Scan::Pass;
                     }
@@ -1863,7 +1871,7 @@ mod tests {
     }
 
     /// Field lines hyper refuses a head for (each sent with a CRLF).
-    const MALFORMED: [&str; 9] = [
+    const MALFORMED: [&str; 10] = [
         "X Bad: a",
         "X-Bad: a\x01b",
         "Content-Length : 5",
@@ -1873,6 +1881,7 @@ mod tests {
         "X-Bad: a\rb",
         ": no name",
         "Transfer-Encoding: chunked\x7f",
+        "\rX-Bad: a",
     ];
 
     proptest::proptest! {
@@ -1886,7 +1895,7 @@ mod tests {
             requests in proptest::collection::vec(
                 (
                     proptest::collection::vec((0usize..3, 0usize..8), 0..3),
-                    proptest::collection::vec((0usize..9, 0usize..8), 0..2),
+                    proptest::collection::vec((0usize..10, 0usize..8), 0..2),
                     proptest::bool::ANY,
                     proptest::bool::ANY,
                     0u8..16,

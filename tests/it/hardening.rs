@@ -240,6 +240,7 @@ async fn a_malformed_field_line_gets_the_gateways_400_however_it_arrives() {
         "no-colon\r\n",
         " folded\r\n",
         ": no name\r\n",
+        "\rx-note: a\r\n",
         "x\r\n",
     ];
     for line in lines {
