@@ -2510,8 +2510,8 @@ impl StreamSkip {
 }
 
 /// Follows a stream's data, chunk by chunk, for an object header (`N G obj`:
-/// digits, white space, digits, white space, `obj`, then a delimiter or white
-/// space). A cross-reference table may point a reader at such a header, and
+/// digits, white space, digits, white space or none (`5 0obj` lexes as the
+/// same three tokens), `obj`, then a delimiter or white space). A cross-reference table may point a reader at such a header, and
 /// a reader rebuilding a damaged table finds it by searching the file: the
 /// object would be one the scanner never lexed. `obj` is searched for
 /// (memmem); the digits and white space before it are checked backwards,
@@ -2522,7 +2522,7 @@ struct HeaderWatch {
     /// Where the data so far may be in a header ([`header_step`]).
     mask: u8,
     /// The data ends with this many bytes of `obj` (1 to 3), right after a
-    /// header's white space.
+    /// header's second number or the white space after it.
     kw: u8,
 }
 
@@ -2589,7 +2589,7 @@ impl HeaderWatch {
             for &b in &data[start..p] {
                 mask = header_step(mask, b);
             }
-            if mask & H_W2 == 0 {
+            if mask & (H_N2 | H_W2) == 0 {
                 continue;
             }
             match data.get(p + 3) {
@@ -2624,7 +2624,7 @@ impl HeaderWatch {
                 for &b in &data[start..len - k] {
                     mask = header_step(mask, b);
                 }
-                if mask & H_W2 != 0 {
+                if mask & (H_N2 | H_W2) != 0 {
                     self.kw = k as u8;
                     self.mask = 0;
                 }

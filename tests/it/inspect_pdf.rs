@@ -432,6 +432,11 @@ fn hand_cases() -> Vec<Case> {
         ),
         // At the very end of the data.
         ("h_object_inside_stream_data_at_end", b"q Q 5 0 obj"),
+        // No white space before `obj`: still three tokens.
+        (
+            "h_object_inside_stream_data_no_space",
+            b"q Q 5 0obj<<>>endobj",
+        ),
     ] {
         add(case(
             name,
@@ -439,7 +444,7 @@ fn hand_cases() -> Vec<Case> {
             Want::Reject(PdfActiveContent, "hides an object definition"),
         ));
     }
-    // Not a header: "obj" in text, numbers without the second one.
+    // Not a header: "obj" in text, one number, "obj" inside a longer word.
     add(case(
         "h_obj_word_inside_stream_data",
         pdf(
@@ -449,7 +454,7 @@ fn hand_cases() -> Vec<Case> {
                 CONTENT,
                 &[stream(
                     "",
-                    b"BT (see obj 3 and 4 obj) Tj 1 obj ET 0 0obj (Total 5 0 objects) Tj",
+                    b"BT (see obj 3 and 4 obj) Tj 1 obj ET 0 objx (Total 5 0 objects) Tj",
                 )],
             ),
             "",
@@ -2582,6 +2587,7 @@ cases!(
     h_object_inside_stream_data_plus_gen,
     h_object_inside_stream_data_point,
     h_object_inside_stream_data_at_end,
+    h_object_inside_stream_data_no_space,
     h_obj_word_inside_stream_data,
     h_trailing_whitespace_and_nuls,
     h_deep_64,
