@@ -69,19 +69,6 @@ fn serve_config(port: u16, admin: u16) -> GatewayToml {
         .remove("rate_limit")
 }
 
-async fn wait_ready(admin: u16) {
-    let addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    wait_for_async(async || {
-        // `request` needs a listener: the process binds it once started.
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-            && request(addr, "GET", "/readyz", &[], Payload::Full(vec![]))
-                .await
-                .status
-                == 200
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn serve_logs_no_secret_and_exits_zero_on_sigterm() {
     let h = Harness::start().await; // for its sandbox
@@ -96,7 +83,7 @@ async fn serve_logs_no_secret_and_exits_zero_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_ready(admin).await;
+    wait_admin_ready(admin).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let valid = jwt("acme", "alice@acme.example");
     let mut expired_claims = claims("acme", "alice@acme.example");
@@ -359,7 +346,7 @@ async fn the_standalone_sandbox_serves_a_refreshing_credential() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_ready(admin).await;
+    wait_admin_ready(admin).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     for _ in 0..2 {
         let r = upload_to(
@@ -397,7 +384,7 @@ async fn a_second_signal_exits_at_once() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_ready(admin).await;
+    wait_admin_ready(admin).await;
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     // Draining: not ready, still serving.
@@ -489,7 +476,7 @@ async fn a_crash_between_persisting_and_using_a_rotated_token_loses_nothing() {
     let config = configure(port, admin);
     let log1 = dir.path().join("run1.log");
     let child = spawn_serve(&config, &log1, true);
-    wait_ready(admin).await;
+    wait_admin_ready(admin).await;
     assert_eq!(upload(port).await, None, "no answer: the process aborted");
     let exit = wait(child).await;
     assert!(!exit.success(), "aborted: {exit:?}");
@@ -506,7 +493,7 @@ async fn a_crash_between_persisting_and_using_a_rotated_token_loses_nothing() {
     let config = configure(port, admin);
     let log2 = dir.path().join("run2.log");
     let child = spawn_serve(&config, &log2, false);
-    wait_ready(admin).await;
+    wait_admin_ready(admin).await;
     assert_eq!(upload(port).await, Some(201));
     assert_eq!(h.sandbox.token_requests(), 2);
     let status = Command::new("kill")

@@ -64,6 +64,21 @@ pub fn wait_for_async(mut condition: impl AsyncFnMut() -> bool) -> impl Future<O
     }
 }
 
+/// Waits until a `serve` process's admin listener on `admin` answers
+/// `/readyz` with 200.
+pub async fn wait_admin_ready(admin: u16) {
+    let addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    wait_for_async(async || {
+        // `request` needs a listener: the process binds it once started.
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+            && request(addr, "GET", "/readyz", &[], Payload::Full(vec![]))
+                .await
+                .status
+                == 200
+    })
+    .await;
+}
+
 /// A loopback port free now, for a process that cannot listen on port 0
 /// (clamd, the `serve` command): taken and released at once.
 pub fn free_port() -> u16 {
