@@ -67,7 +67,7 @@ pub enum GatewayError {
     Rejected(Rejection),
     #[error("the upload contains malware")]
     MalwareDetected,
-    #[error("rate limit exceeded for this {scope}; retry in {retry_after_s} s")]
+    #[error("{}", rate_limited_detail(scope, *retry_after_s))]
     RateLimited {
         scope: &'static str,
         retry_after_s: u64,
@@ -126,6 +126,18 @@ pub enum GatewayError {
     HeadTooLarge { limit: usize, max_fields: usize },
     #[error("internal error")]
     Internal(String),
+}
+
+/// The detail of a `429 rate_limited`: the caller's own limit (`user`,
+/// `company`), or Concur's back-off (`concur`: Concur answered 429 or 503
+/// with `Retry-After` for the company's credential).
+fn rate_limited_detail(scope: &str, retry_after_s: u64) -> String {
+    match scope {
+        "concur" => format!(
+            "Concur asked for uploads with this credential to pause; retry in {retry_after_s} s"
+        ),
+        _ => format!("rate limit exceeded for this {scope}; retry in {retry_after_s} s"),
+    }
 }
 
 impl GatewayError {

@@ -42,6 +42,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::SpanKind;
+use serde_json::Value;
 
 use crate::auth::Identity;
 use crate::body::{BodyReport, BodyTiming, InspectBody};
@@ -91,8 +92,58 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let gw = self.gw.clone();
-        Box::pin(async move { Ok(serve(gw, req).await) })
+        if !req.headers().contains_key(idempotency::IDEMPOTENCY_KEY) {
+            return Box::pin(async move { Ok(serve(gw, req).await) });
+        }
+        // A keyed upload runs on a task of its own, to Concur's answer, even
+        // when its client goes away: hyper drops a request's future when the
+        // client closes the connection or resets the stream, and a client
+        // that gave up waiting is the very one that will retry. Once the
+        // whole body went to Concur, only Concur's answer says whether the
+        // image exists; kept under the key, the retry gets it (a `409` while
+        // the exchange still runs) instead of uploading a second image. A
+        // body cut short by the client still fails as before, and drops the
+        // key's hold.
+        let id = req
+            .extensions()
+            .get::<RequestCtx>()
+            .map(|ctx| ctx.id.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let response = serve(gw, req).await;
+            if let Err(response) = tx.send(response) {
+                log_finished_without_client(&response);
+            }
+        });
+        Box::pin(async move {
+            Ok(rx.await.unwrap_or_else(|_| {
+                let id = id.unwrap_or_else(|| RequestId::from_client(None));
+                let mut response =
+                    GatewayError::Internal("the request's task ended without an answer".into())
+                        .into_response(id.as_str());
+                response.extensions_mut().insert(RequestCtx::new(id));
+                response
+            }))
+        })
     }
+}
+
+/// A keyed upload whose client left before the answer (its access line,
+/// `client_closed`, is written already): what became of it.
+fn log_finished_without_client(response: &Response<ResponseBody>) {
+    let Some(ctx) = response.extensions().get::<RequestCtx>() else {
+        return;
+    };
+    tracing::info!(
+        target: "concur_gateway::access",
+        request_id = %ctx.id.as_str(),
+        status = response.status().as_u16(),
+        upstream_status = ctx.upstream.map(|(status, _)| status),
+        image_id = ctx.image_id.as_deref(),
+        idempotency = ctx.idempotency,
+        error = ctx.error.as_deref(),
+        "keyed upload finished after its client left"
+    );
 }
 
 /// Serves one request; errors become problem+json responses. The single exit:
@@ -267,6 +318,7 @@ where
             headers,
             body: Bytes::from(record.body),
             repr_digest: record.repr_digest,
+            json: None,
         },
         client_headers,
     )
@@ -490,6 +542,9 @@ struct Answer {
     headers: HeaderMap,
     body: Bytes,
     repr_digest: Option<String>,
+    /// `body` translated, when it is meant as XML and was translated
+    /// already (`None`: not yet).
+    json: Option<Result<Value, transform::TransformError>>,
 }
 
 /// Phase 3: the token, a slot, and the exchange with Concur.
@@ -589,6 +644,19 @@ async fn exchange_with(
         }
         Ok(Ok(collected)) => redact_token(collected.to_bytes(), &access.authorization),
     };
+    // The translation, done once here: what the client and the log would see
+    // of the token once Concur's escapes are decoded (`&#45;`, CDATA, a
+    // comment or an element splitting it), which the byte search above
+    // cannot blank out.
+    let json = body_is_meant_as_xml(&head.headers, &body).then(|| transform::xml_to_json(&body));
+    if let Some(Ok(json)) = &json
+        && let Some(token) = token_text(&access.authorization)
+        && json_holds(json, token)
+    {
+        return Err(GatewayError::UpstreamInvalidResponse(
+            "Concur's answer quotes the access token in escaped form; it is not passed on".into(),
+        ));
+    }
     let elapsed = started.elapsed();
     gw.metrics
         .upstream_duration
@@ -629,6 +697,7 @@ async fn exchange_with(
         headers: head.headers,
         body,
         repr_digest,
+        json,
     })
 }
 
@@ -653,6 +722,17 @@ fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<std
         }
     };
     (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
+/// Whether a `Retry-After` value is well formed: delay-seconds or an
+/// HTTP-date.
+fn is_retry_after(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let text = text.trim();
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+        || httpdate::parse_http_date(text).is_ok()
 }
 
 /// `Content-Type` must be one of the four image types (`415` otherwise).
@@ -695,13 +775,11 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, GatewayError> {
 /// (`Invalid token: OAuth ...`) would otherwise reach the client, the access
 /// log and an idempotency record; the token never leaves the gateway.
 fn redact_token(body: Bytes, authorization: &HeaderValue) -> Bytes {
-    let value = authorization.as_bytes();
-    let token = value
-        .iter()
-        .position(|&b| b == b' ')
-        .map_or(value, |i| &value[i + 1..])
-        .trim_ascii();
-    if token.len() < 8 || memchr::memmem::find(&body, token).is_none() {
+    let Some(token) = token_text(authorization) else {
+        return body;
+    };
+    let token = token.as_bytes();
+    if memchr::memmem::find(&body, token).is_none() {
         return body;
     }
     let mut out = Vec::with_capacity(body.len());
@@ -713,6 +791,26 @@ fn redact_token(body: Bytes, authorization: &HeaderValue) -> Bytes {
     }
     out.extend_from_slice(rest);
     Bytes::from(out)
+}
+
+/// The token of an `Authorization` value (`OAuth …`, `Bearer …`), when it is
+/// long enough to look for (a shorter one would match ordinary words).
+fn token_text(authorization: &HeaderValue) -> Option<&str> {
+    let value = authorization.to_str().ok()?;
+    let token = value.split_once(' ').map_or(value, |(_, t)| t).trim();
+    (token.len() >= 8).then_some(token)
+}
+
+/// Whether a translated answer holds `token` in any key or string.
+fn json_holds(value: &Value, token: &str) -> bool {
+    match value {
+        Value::String(s) => s.contains(token),
+        Value::Array(items) => items.iter().any(|v| json_holds(v, token)),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| k.contains(token) || json_holds(v, token)),
+        _ => false,
+    }
 }
 
 /// Builds the request to Concur from scratch: nothing of the client's headers is
@@ -755,8 +853,15 @@ fn respond(
         headers: upstream_headers,
         body,
         repr_digest,
+        json: translated,
     } = answer;
-    let retry_after = upstream_headers.get(header::RETRY_AFTER).cloned();
+    let translate = || translated.unwrap_or_else(|| transform::xml_to_json(&body));
+    // Passed on when it is one (RFC 9110 §10.2.3: seconds or an HTTP-date);
+    // anything else is not repeated to the client.
+    let retry_after = upstream_headers
+        .get(header::RETRY_AFTER)
+        .filter(|v| is_retry_after(v))
+        .cloned();
     if status == StatusCode::UNAUTHORIZED {
         return Err(GatewayError::UpstreamAuthFailed);
     }
@@ -774,8 +879,7 @@ fn respond(
                 retry_after,
             })));
         }
-        let json = transform::xml_to_json(&body)
-            .map_err(|e| GatewayError::UpstreamInvalidResponse(e.to_string()))?;
+        let json = translate().map_err(|e| GatewayError::UpstreamInvalidResponse(e.to_string()))?;
         let message = transform::error_message(&json)
             .map(str::to_owned)
             .unwrap_or_else(|| {
@@ -793,12 +897,13 @@ fn respond(
     }
 
     if status == StatusCode::NO_CONTENT && body.is_empty() {
-        // Nothing to translate, and a 204 carries no body.
+        // Nothing to translate, and a 204 carries no body; a success all the
+        // same, with its `Repr-Digest`.
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        success_headers(headers, &upstream_headers, repr_digest);
         return Ok(response);
     }
     if !body.is_empty() && !body_is_meant_as_xml(&upstream_headers, &body) {
@@ -809,8 +914,7 @@ fn respond(
             status.as_u16()
         )));
     }
-    let json = transform::xml_to_json(&body)
-        .map_err(|e| GatewayError::UpstreamInvalidResponse(e.to_string()))?;
+    let json = translate().map_err(|e| GatewayError::UpstreamInvalidResponse(e.to_string()))?;
     if let Some(id) = json.pointer("/Image/Id").and_then(|v| v.as_str()) {
         ctx.image_id = Some(id.to_owned());
     }
@@ -833,13 +937,19 @@ fn respond(
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(location) = upstream_headers.get(header::LOCATION) {
+    success_headers(headers, &upstream_headers, repr_digest);
+    Ok(response)
+}
+
+/// What every success carries besides its body: Concur's `Location`, and the
+/// `Repr-Digest` of the bytes sent to Concur.
+fn success_headers(headers: &mut HeaderMap, upstream: &HeaderMap, repr_digest: Option<String>) {
+    if let Some(location) = upstream.get(header::LOCATION) {
         headers.insert(header::LOCATION, location.clone());
     }
     if let Some(digest) = repr_digest.and_then(|d| HeaderValue::try_from(d).ok()) {
         headers.insert("repr-digest", digest);
     }
-    Ok(response)
 }
 
 /// Whether the body of a Concur answer is meant as XML (and so goes through
@@ -873,31 +983,54 @@ fn body_is_meant_as_xml(headers: &HeaderMap, body: &[u8]) -> bool {
 
 /// Whether `Accept` ranks `application/xml` (or `text/xml`) above JSON.
 /// No `Accept`, `*/*` or a tie means JSON, the gateway's native answer.
+///
+/// Each type gets the quality of the most specific range that matches it
+/// (RFC 9110 §12.5.1): `application/json;q=0, */*` makes JSON unacceptable
+/// and XML acceptable, and `text/*` or `application/*` rank XML as high as
+/// they say.
 pub fn prefers_xml(headers: &HeaderMap) -> bool {
-    let mut xml = 0.0f32;
-    let mut json = 0.0f32;
-    let mut wildcard = 0.0f32;
+    // Per candidate: (specificity of the best match so far, its quality);
+    // specificity 0 means no range matched yet.
+    let mut q = [(0u8, 0.0f32); 3];
+    const CANDIDATES: [(&str, &str); 3] = [
+        ("application", "json"),
+        ("application", "xml"),
+        ("text", "xml"),
+    ];
     for value in headers.get_all(header::ACCEPT) {
         let Ok(value) = value.to_str() else { continue };
         for item in value.split(',') {
             let mut params = item.split(';');
-            let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = params
+            let range = params.next().unwrap_or("").trim();
+            let Some((ty, sub)) = range.split_once('/') else {
+                continue;
+            };
+            let quality = params
                 .filter_map(|p| {
                     let (k, v) = p.split_once('=')?;
                     (k.trim().eq_ignore_ascii_case("q")).then(|| v.trim().parse::<f32>().ok())?
                 })
                 .next()
-                .unwrap_or(1.0);
-            match media.as_str() {
-                "application/xml" | "text/xml" => xml = xml.max(q),
-                "application/json" | "application/*" => json = json.max(q),
-                "*/*" => wildcard = wildcard.max(q),
-                _ => {}
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            for (slot, (cty, csub)) in q.iter_mut().zip(CANDIDATES) {
+                let specificity = match (ty.trim(), sub.trim()) {
+                    ("*", "*") => 1,
+                    (t, "*") if t.eq_ignore_ascii_case(cty) => 2,
+                    (t, s) if t.eq_ignore_ascii_case(cty) && s.eq_ignore_ascii_case(csub) => 3,
+                    _ => continue,
+                };
+                // The most specific range decides; among equally specific
+                // ones (a repeated range), the higher quality.
+                if specificity > slot.0 || (specificity == slot.0 && quality > slot.1) {
+                    *slot = (specificity, quality);
+                }
             }
         }
     }
-    xml > 0.0 && xml > json.max(wildcard)
+    let json = q[0].1;
+    let xml = q[1].1.max(q[2].1);
+    xml > 0.0 && xml > json
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -939,6 +1072,22 @@ mod tests {
         assert_eq!(retry_after_at(&HeaderMap::new(), now), None);
     }
 
+    #[test]
+    fn only_a_well_formed_retry_after_is_passed_on() {
+        let ok = |v: &str| is_retry_after(&HeaderValue::from_str(v).unwrap());
+        assert!(ok("120"));
+        assert!(ok(" 0 "));
+        assert!(ok("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert!(!ok("soon<script>"));
+        assert!(!ok(""));
+        assert!(!ok("-5"));
+        assert!(!ok("1.5"));
+        assert!(!ok("120 s"));
+        assert!(!is_retry_after(
+            &HeaderValue::from_bytes(b"\xff12").unwrap()
+        ));
+    }
+
     fn accept(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
@@ -960,5 +1109,22 @@ mod tests {
         assert!(!prefers_xml(&accept("application/xml, */*")));
         assert!(prefers_xml(&accept("application/xml, */*;q=0.1")));
         assert!(!prefers_xml(&accept("application/xml;q=0")));
+        // The most specific range that matches a type gives its quality.
+        assert!(prefers_xml(&accept("application/json;q=0, */*")));
+        assert!(prefers_xml(&accept("text/*")));
+        assert!(prefers_xml(&accept(
+            "application/*, application/json;q=0.1"
+        )));
+        assert!(prefers_xml(&accept("*/*;q=0.5, application/json;q=0.1")));
+        assert!(prefers_xml(&accept("text/*, application/json;q=0.5")));
+        assert!(prefers_xml(&accept("Application/XML")));
+        assert!(!prefers_xml(&accept("application/*")));
+        assert!(!prefers_xml(&accept("text/*;q=0.5, application/json")));
+        assert!(!prefers_xml(&accept("image/png")));
+        assert!(!prefers_xml(&accept("application/xml;q=0, */*")));
+        assert!(!prefers_xml(&accept("text/*, text/xml;q=0")));
+        let mut two = accept("application/json;q=0.2");
+        two.append(header::ACCEPT, HeaderValue::from_static("text/xml;q=0.3"));
+        assert!(prefers_xml(&two));
     }
 }

@@ -1099,7 +1099,13 @@ async fn concur_throttling_pauses_that_company_only() {
     // acme's callers now wait, without reaching Concur.
     let r = h.upload("/api/image/v1.0/report/R2", JPEG).await;
     let v = r.problem(429, "rate_limited");
-    assert!(v["detail"].as_str().unwrap().contains("concur"), "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Concur asked for uploads with this credential to pause"),
+        "{v}"
+    );
     let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((28..=30).contains(&wait), "{wait}");
     assert_eq!(h.uploads().len(), 1);
@@ -1481,6 +1487,12 @@ async fn a_2xx_without_concurs_xml() {
     let r = h.upload(path, JPEG).await;
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(r.text().is_empty());
+    // A success all the same: it carries the digest of what Concur
+    // received, as a 201 of the same bytes does.
+    let created = h.upload(path, JPEG).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert!(created.header("repr-digest").is_some());
+    assert_eq!(r.header("repr-digest"), created.header("repr-digest"));
 }
 
 /// A Concur error message that quotes the access token the gateway sent:
@@ -1516,4 +1528,82 @@ async fn a_concur_answer_that_quotes_the_token_is_redacted() {
             .iter()
             .any(|(k, v)| k == "authorization" && v.ends_with(token))
     );
+}
+
+/// The token hidden from a byte search by XML's own escapes (a character
+/// reference, a CDATA section, a comment or an element splitting it) would
+/// come out whole once translated: such an answer is not passed on, on
+/// success as on error, and nothing of it reaches the log.
+#[tokio::test]
+async fn a_concur_answer_that_quotes_the_token_in_escaped_form_is_not_passed_on() {
+    let h = Harness::start().await;
+    let token = "concur-alice-token-0001";
+    let hidden = [
+        "concur&#45;alice-token-0001",
+        "concur<![CDATA[-alice]]>-token-0001",
+        "concur<!---->-alice-token-0001",
+        "concur-alice<b/>-token-0001",
+    ];
+    for (k, quoted) in hidden.iter().enumerate() {
+        let capture = capture_logs().await;
+        for accept in ["application/json", "application/xml"] {
+            let (status, body) = if k % 2 == 0 {
+                (
+                    403,
+                    format!("<Error><Message>Token {quoted} is not valid</Message></Error>"),
+                )
+            } else {
+                (201, format!("<Image><Id>{quoted}</Id><Url/></Image>"))
+            };
+            h.sandbox.push_fault(Fault::Raw {
+                status,
+                content_type: "application/xml".into(),
+                body,
+                retry_after: None,
+            });
+            let auth = format!("Bearer {}", jwt("acme", "alice@acme.example"));
+            let r = h
+                .post(
+                    "/api/image/v1.0/receipt",
+                    &[
+                        ("authorization", &auth),
+                        ("content-type", "image/jpeg"),
+                        ("accept", accept),
+                    ],
+                    JPEG.to_vec(),
+                )
+                .await;
+            let v = r.problem(502, "upstream_invalid_response");
+            assert!(
+                v["detail"].as_str().unwrap().contains("escaped form"),
+                "{quoted}: {v}"
+            );
+            assert!(!r.text().contains(token), "{}", r.text());
+        }
+        let logs = capture.finish();
+        assert!(!logs.contains(token), "the token in the log: {logs}");
+    }
+}
+
+/// Concur's `Retry-After` reaches the client when it is one (seconds or an
+/// HTTP-date), and not when it is anything else.
+#[tokio::test]
+async fn only_a_well_formed_retry_after_from_concur_is_passed_on() {
+    let h = Harness::start().await;
+    let path = "/api/image/v1.0/report/R1";
+    for (value, passed) in [
+        ("soon<script>", false),
+        ("1.5", false),
+        ("Sun, 06 Nov 1994 08:49:37 GMT", true),
+        ("120", true),
+    ] {
+        h.sandbox.push_fault(Fault::Status {
+            status: 400,
+            message: "try later".into(),
+            retry_after: Some(value.into()),
+        });
+        let r = h.upload(path, JPEG).await;
+        r.problem(400, "concur_error");
+        assert_eq!(r.header("retry-after"), passed.then_some(value), "{value}");
+    }
 }

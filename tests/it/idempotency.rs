@@ -173,6 +173,71 @@ async fn a_key_in_flight_is_a_conflict() {
     assert_eq!(h.uploads().len(), 1);
 }
 
+/// A client that gives up waiting (its connection closed while Concur is
+/// still answering) is the one that retries: the upload runs on to Concur's
+/// answer, kept under the key, so the retry gets a `409` while it runs and
+/// then that answer, never a second upload.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_gets_it_on_its_retry() {
+    let capture = capture_logs().await;
+    let h = Harness::start().await;
+    h.sandbox.push_fault(Fault::Delay { millis: 1500 });
+    let addr = h.addr;
+    let gone = tokio::spawn(async move {
+        keyed(
+            addr,
+            ALICE,
+            "/api/image/v1.0/report/R1",
+            "left-1",
+            JPEG,
+            &[],
+        )
+        .await
+    });
+    h.wait_for_uploads(1).await;
+    // The client gives up: its connection closes with the request unanswered.
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R1",
+        "left-1",
+        JPEG,
+        &[],
+    )
+    .await
+    .problem(409, "idempotency_conflict");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let retry = loop {
+        let r = keyed(
+            h.addr,
+            ALICE,
+            "/api/image/v1.0/report/R1",
+            "left-1",
+            JPEG,
+            &[],
+        )
+        .await;
+        if r.status != 409 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let uploads = h.uploads();
+    assert_eq!(uploads.len(), 1, "Concur saw one upload: {uploads:?}");
+    assert!(uploads[0].complete, "the whole body reached Concur");
+    let logs = capture.finish();
+    assert!(logs.contains("request abandoned by the client"), "{logs}");
+    assert!(
+        logs.contains("keyed upload finished after its client left"),
+        "{logs}"
+    );
+}
+
 /// `max_records` makes room by dropping the oldest *final* records: a key
 /// still in flight is never dropped, or its retry would reach Concur twice.
 #[tokio::test]
