@@ -52,7 +52,7 @@ impl Gateway {
         let credentials =
             open_credentials(&config.credentials.file).map_err(|ps| problems.extend(ps));
         problems.extend(check_state_dir(config.credentials.state_dir.as_deref()).err());
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_features(config.scan.is_some(), config.store.redis.is_some());
         let store = Store::new(
             &config.store,
             &config.rate_limit,

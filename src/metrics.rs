@@ -105,7 +105,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric, `[scan]`'s and the shared store's included.
     pub fn new() -> Self {
+        Self::with_features(true, true)
+    }
+
+    /// The metrics of a gateway with or without `[scan]` and a shared
+    /// (Redis) store: `clamd_up`, `scan_duration_seconds` and `store_up` are
+    /// only exported when their feature is on, so that an alert on
+    /// `clamd_up == 0` does not fire for a gateway that scans nothing.
+    pub fn with_features(scan: bool, shared_store: bool) -> Self {
         let mut registry = Registry::with_prefix("concur_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -182,17 +191,19 @@ impl Metrics {
             scans.clone(),
         );
         let scan_duration = duration_histogram();
-        registry.register(
-            "scan_duration_seconds",
-            "Time from the start of an upload's scan to clamd's verdict",
-            scan_duration.clone(),
-        );
         let clamd_up = Gauge::default();
-        registry.register(
-            "clamd_up",
-            "1 while clamd answers its health ping (only meaningful with [scan])",
-            clamd_up.clone(),
-        );
+        if scan {
+            registry.register(
+                "scan_duration_seconds",
+                "Time from the start of an upload's scan to clamd's verdict",
+                scan_duration.clone(),
+            );
+            registry.register(
+                "clamd_up",
+                "1 while clamd answers its health ping",
+                clamd_up.clone(),
+            );
+        }
         let spool_bytes = Gauge::default();
         registry.register(
             "spool_bytes",
@@ -218,11 +229,13 @@ impl Metrics {
             store_fallbacks.clone(),
         );
         let store_up = Gauge::default();
-        registry.register(
-            "store_up",
-            "1 while the shared store (Redis) answers (only meaningful with [store] backend = \"redis\")",
-            store_up.clone(),
-        );
+        if shared_store {
+            registry.register(
+                "store_up",
+                "1 while the shared store (Redis) answers",
+                store_up.clone(),
+            );
+        }
         let idempotency = Family::<ResultLabel, Counter>::default();
         registry.register(
             "idempotency",

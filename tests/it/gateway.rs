@@ -1607,3 +1607,20 @@ async fn only_a_well_formed_retry_after_from_concur_is_passed_on() {
         assert_eq!(r.header("retry-after"), passed.then_some(value), "{value}");
     }
 }
+
+/// Without `[scan]` and without a Redis store, their health gauges are not
+/// exported: `clamd_up 0` would fire a "clamd down" alert for a gateway that
+/// scans nothing (the `[scan]` and Redis tests read them when configured).
+#[tokio::test]
+async fn health_gauges_of_features_that_are_off_are_not_exported() {
+    let h = Harness::start().await;
+    let m = h.admin_get("/metrics").await.text();
+    assert!(m.contains("concur_gateway_in_flight_requests"), "{m}");
+    for name in [
+        "concur_gateway_clamd_up",
+        "concur_gateway_store_up",
+        "concur_gateway_scan_duration_seconds",
+    ] {
+        assert!(!m.contains(name), "{name} in {m}");
+    }
+}
