@@ -598,23 +598,27 @@ impl RawUpstream {
 
 /// `upstream.base_url`: https, a scheme and host only.
 fn parse_base_url(problems: &mut Vec<String>, text: &str) -> http::Uri {
+    let shown = shown_url(text);
     match text.trim_end_matches('/').parse::<http::Uri>() {
         Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
-            if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+            if uri.path() != "/" && !uri.path().is_empty()
+                || uri.query().is_some()
+                || has_userinfo(&uri)
+            {
                 problems.push(format!(
-                    "upstream.base_url `{text}` must be a scheme and host only (no path or query)"
+                    "upstream.base_url `{shown}` must be a scheme and host only (no user info, path or query)"
                 ));
             }
             uri
         }
         Ok(_) => {
             problems.push(format!(
-                "upstream.base_url `{text}` must be an https:// URL: Concur is only reached over TLS"
+                "upstream.base_url `{shown}` must be an https:// URL: Concur is only reached over TLS"
             ));
             http::Uri::from_static("https://invalid")
         }
         Err(e) => {
-            problems.push(format!("upstream.base_url `{text}`: {e}"));
+            problems.push(format!("upstream.base_url `{shown}`: {e}"));
             http::Uri::from_static("https://invalid")
         }
     }
@@ -700,10 +704,18 @@ impl RawAuth {
             .jwks_url
             .as_deref()
             .map(|text| match text.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => uri,
+                Ok(uri)
+                    if uri.scheme_str() == Some("https")
+                        && uri.host().is_some()
+                        && !has_userinfo(&uri) =>
+                {
+                    uri
+                }
                 _ => {
-                    cx.problems
-                        .push(format!("auth.jwks_url `{text}` must be an https:// URL"));
+                    cx.problems.push(format!(
+                        "auth.jwks_url `{}` must be an https:// URL without user info",
+                        shown_url(text)
+                    ));
                     http::Uri::from_static("https://invalid")
                 }
             });
@@ -1329,7 +1341,7 @@ impl RawStore {
         for url in &urls {
             if let Err(why) = check_redis_url(url) {
                 cx.problems
-                    .push(format!("store.url `{}`: {why}", redact_userinfo(url)));
+                    .push(format!("store.url `{}`: {why}", shown_url(url)));
             }
         }
         if urls.len() > 1
@@ -1398,23 +1410,36 @@ impl RawStore {
     }
 }
 
-/// `url` with the password of its user info (`redis://user:PASSWORD@host`)
-/// replaced, for messages: a Redis password is a secret.
-fn redact_userinfo(url: &str) -> String {
+/// `url` as a message may show it: the password of its user info
+/// (`redis://user:PASSWORD@host`) and its query (`?client_secret=…`)
+/// replaced, as either may hold a secret. Conservative: everything before
+/// the last `@` after the scheme is taken for user info.
+pub(crate) fn shown_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return if url.contains('@') || url.contains('?') {
+            "[redacted]".to_owned()
+        } else {
+            url.to_owned()
+        };
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{scheme}://{user}:[redacted]@{host}{}",
-                &rest[authority_end..]
-            )
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
+            let user = userinfo.split([':', '/', '?']).next().unwrap_or("");
+            (format!("{user}:[redacted]@"), after)
         }
-        None => url.to_owned(),
-    }
+        None => (String::new(), rest),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((before, _)) => (before, "?[redacted]"),
+        None => (rest, ""),
+    };
+    format!("{scheme}://{user}{rest}{query}")
+}
+
+/// Whether a URL carries user info (`https://user:password@host`): refused
+/// where the gateway calls the URL, as it would send it on.
+pub(crate) fn has_userinfo(uri: &http::Uri) -> bool {
+    uri.authority().is_some_and(|a| a.as_str().contains('@'))
 }
 
 /// `redis://[user:pass@]host[:port][/db]` or `rediss://…`; checked without
@@ -1446,13 +1471,58 @@ fn check_redis_url(url: &str) -> Result<(), String> {
     {
         return Err(format!("`{db}` is not a database number"));
     }
-    Ok(())
+    // What the client will make of it (no connection): a host with a space,
+    // an unclosed `[`… The client's error is not quoted: it says nothing more.
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(drop)
+        .map_err(|_| "not a URL the Redis client can read (check the host name)".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::Engine;
+
+    #[test]
+    fn urls_in_messages_never_show_a_password_or_a_query() {
+        for (url, shown) in [
+            ("https://www.example.com", "https://www.example.com"),
+            (
+                "redis://app:hunter2@h:6379/0",
+                "redis://app:[redacted]@h:6379/0",
+            ),
+            ("redis://:hunter2@h", "redis://:[redacted]@h"),
+            (
+                "http://u:pw@plain.example/oauth2/v0/token?client_secret=s3cret",
+                "http://u:[redacted]@plain.example/oauth2/v0/token?[redacted]",
+            ),
+            ("https://a:p@ss@host/x", "https://a:[redacted]@host/x"),
+            ("u:pw@host", "[redacted]"),
+            ("host", "host"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+        let problems = |text: &str| match Config::from_toml(text, Path::new(".")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        };
+        let p = problems("[upstream]\nbase_url = \"https://u:BASEPW@www.example.com/path?x=1\"\n");
+        assert!(
+            p.iter().any(|l| l.starts_with("upstream.base_url `https://u:[redacted]@www.example.com/path?[redacted]` must be a scheme and host only")),
+            "{p:?}"
+        );
+        let p = problems("[upstream]\nbase_url = \"https://u:BASEPW@www.example.com\"\n");
+        assert!(
+            p.iter().any(|l| l.contains("no user info")) && !p.iter().any(|l| l.contains("BASEPW")),
+            "{p:?}"
+        );
+        let p = problems("[auth]\njwks_url = \"https://u:JWKSPW@idp.example/jwks\"\n");
+        assert!(
+            p.iter()
+                .any(|l| l.contains("auth.jwks_url `https://u:[redacted]@idp.example/jwks`")),
+            "{p:?}"
+        );
+    }
 
     #[test]
     fn values_of_the_wrong_type_are_all_named_with_their_line() {
@@ -1630,6 +1700,22 @@ file = "credentials.toml"
             problems[0].contains("app:[redacted]@h:x") && !problems[0].contains("hunter2"),
             "{problems:?}"
         );
+        // A URL the client cannot read is named (redacted) beside the other
+        // problems of the section.
+        let problems = with("[store]\nbackend = \"redis\"\nurl = \"redis://:PW@bad host:6379\"\nencryption_key_file = \"missing.key\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "store.url `redis://:[redacted]@bad host:6379`: not a URL the Redis client can read"
+            )),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("missing.key")),
+            "{problems:?}"
+        );
+        assert!(!problems.iter().any(|p| p.contains("PW")), "{problems:?}");
         let problems = with("[store]\nbackend = \"memcached\"\n").unwrap_err().0;
         assert!(problems[0].starts_with("store.backend `memcached`"));
         let problems = with("[store]\nurl = \"redis://x:1\"\n").unwrap_err().0;
