@@ -300,6 +300,15 @@ impl CredentialSet {
                 problems.push(format!("credential #{n} ({owner}): duplicate entry"));
             }
         }
+        if problems.is_empty() && set.is_empty() {
+            // An empty file is what a truncating editor or a torn write
+            // leaves for a moment: as a reload it would take every
+            // credential away, so it is refused like any invalid file.
+            problems.push(
+                "credentials file: no `[[credential]]` entry: the gateway could act for no caller"
+                    .into(),
+            );
+        }
         if problems.is_empty() {
             Ok(set)
         } else {
@@ -425,10 +434,17 @@ fn refresh_spec(
     let token_url = match &c.token_url {
         None => None,
         Some(text) => match text.parse::<http::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Some(uri),
+            Ok(uri)
+                if uri.scheme_str() == Some("https")
+                    && uri.host().is_some()
+                    && !crate::config::has_userinfo(&uri) =>
+            {
+                Some(uri)
+            }
             _ => {
                 problems.push(format!(
-                    "{at}: `token_url` `{text}` must be an https:// URL"
+                    "{at}: `token_url` `{}` must be an https:// URL without user info",
+                    crate::config::shown_url(text)
                 ));
                 None
             }
@@ -655,6 +671,36 @@ client_secret = "cs-secret"
         let e = CredentialSet::from_toml("[[credential]]\naccess_token = \"abc\nsecret-xyz")
             .unwrap_err();
         assert!(!e.join("").contains("secret-xyz"), "{e:?}");
+    }
+
+    /// A file with no credential is refused (as a reload, the previous set
+    /// stays), and a `token_url` never shows its password or query.
+    #[test]
+    fn an_empty_file_and_a_token_url_with_user_info_are_refused() {
+        for text in ["", "# nothing yet\n"] {
+            let problems = CredentialSet::from_toml(text).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains("no `[[credential]]` entry"),
+                "{problems:?}"
+            );
+        }
+        let text = r#"
+[[credential]]
+company = "acme"
+user = "f"
+refresh_token = "rt"
+client_id = "id"
+client_secret = "cs"
+token_url = "https://u:URLPW@concur.example/oauth2/v0/token?client_secret=QS"
+"#;
+        let problems = CredentialSet::from_toml(text).unwrap_err();
+        let all = problems.join("\n");
+        assert!(
+            all.contains("`token_url` `https://u:[redacted]@concur.example/oauth2/v0/token?[redacted]` must be an https:// URL without user info"),
+            "{all}"
+        );
+        assert!(!all.contains("URLPW") && !all.contains("QS"), "{all}");
     }
 
     /// An entry of the wrong shape is reported, and so are the others.

@@ -228,6 +228,12 @@ async fn a_new_refresh_token_in_the_file_wins_and_an_invalid_file_is_ignored() {
     assert!(matches!(h.gateway.reload_credentials(), Reload::Refused(_)));
     assert_eq!(upload_as_bob(&h).await.status, 201);
     assert_eq!(h.sandbox.token_requests(), 3);
+    // So is an empty one (a truncating editor, a torn write): every caller
+    // keeps its credential, and the gateway stays ready.
+    swap_credentials(&h, "v5", "");
+    assert!(matches!(h.gateway.reload_credentials(), Reload::Refused(_)));
+    assert_eq!(upload_as_bob(&h).await.status, 201);
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
 }
 
 #[tokio::test]
