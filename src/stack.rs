@@ -56,6 +56,7 @@ use crate::head_watch::{HeadSize, HeadTooLarge, LostTrack, MalformedField, Refus
 use crate::metrics::{RequestLabels, RouteLabel};
 use crate::proxy::ProxyService;
 use crate::request_id::{RequestId, X_REQUEST_ID};
+use crate::route;
 use crate::telemetry::{self, Child};
 
 /// The response body the server writes.
@@ -94,6 +95,21 @@ where
     let auth = {
         let gw = gw.clone();
         move |req: &mut Request<B>| {
+            // The route first: an unknown path is `404` and another method on
+            // a route `405`, with a token or without (a probe's `GET` learns
+            // the method, not `missing_token`). Routes are public; what a
+            // route's answer depends on is checked after authentication.
+            match route::parse(req.method(), req.uri().path()) {
+                Err(e @ (GatewayError::NotFound | GatewayError::MethodNotAllowed)) => {
+                    return Err(e);
+                }
+                Ok(route) => {
+                    if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                        ctx.route = Some(route.kind);
+                    }
+                }
+                Err(_) => {}
+            }
             let span = req
                 .extensions()
                 .get::<RequestCtx>()

@@ -817,7 +817,7 @@ async fn request_ids_are_generated_and_unsafe_ones_replaced() {
     let r = h.post("/nope", &[], vec![]).await;
     let id = r.header("x-request-id").unwrap().to_owned();
     assert!(id.len() >= 16, "{id}");
-    r.problem(401, "missing_token");
+    r.problem(404, "not_found");
     let r = h
         .post(
             "/nope",
@@ -825,7 +825,7 @@ async fn request_ids_are_generated_and_unsafe_ones_replaced() {
             vec![],
         )
         .await;
-    r.problem(401, "missing_token");
+    r.problem(404, "not_found");
     let replaced = r.header("x-request-id").expect("a request id");
     assert_ne!(replaced, "has spaces and {braces}");
     assert!(
@@ -1623,4 +1623,38 @@ async fn health_gauges_of_features_that_are_off_are_not_exported() {
     ] {
         assert!(!m.contains(name), "{name} in {m}");
     }
+}
+
+/// The route's path and method are read before the token: a `GET` on a
+/// route is `405` and an unknown path `404`, with a token or without; on a
+/// route, a missing token is `401`.
+#[tokio::test]
+async fn a_wrong_path_or_method_is_answered_before_the_token_is_asked_for() {
+    let h = Harness::start().await;
+    let r = request(
+        h.addr,
+        "GET",
+        "/api/image/v1.0/receipt",
+        &[],
+        Payload::Full(Vec::new()),
+    )
+    .await;
+    r.problem(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("POST"));
+    h.post("/api/image/v1.0/nothing", &[], JPEG.to_vec())
+        .await
+        .problem(404, "not_found");
+    h.post("/api/image/v1.0/receipt", &[], JPEG.to_vec())
+        .await
+        .problem(401, "missing_token");
+    // A bad target ID is judged after authentication.
+    h.post("/api/image/v1.0/report/a.b", &[], JPEG.to_vec())
+        .await
+        .problem(401, "missing_token");
+    assert!(h.uploads().is_empty());
+    let m = h.admin_get("/metrics").await.text();
+    assert!(
+        m.contains("concur_gateway_requests_total{route=\"receipt\",status=\"401\",code=\"missing_token\"} 1"),
+        "{m}"
+    );
 }

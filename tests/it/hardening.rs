@@ -974,7 +974,7 @@ async fn a_hash_target_is_refused_after_connect_and_deep_pipelining() {
     let all = answers(h.addr, &wire, wait).await;
     let got = statuses(&all);
     assert_eq!(got.len(), 101, "{all}");
-    assert!(got[..100].iter().all(|&s| s == 401), "{got:?}");
+    assert!(got[..100].iter().all(|&s| s == 404), "{got:?}");
     assert_eq!(got[100], 400);
     assert!(all.trim_end().ends_with('}') && all.contains("invalid_id"));
     settle().await;

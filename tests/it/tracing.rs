@@ -292,7 +292,8 @@ async fn a_refused_request_has_its_code_and_a_failed_child_span() {
         .await;
     assert_eq!(r.status, 401);
     let spans = collector.wait_for_spans(2).await;
-    let server = named(&spans, "POST none");
+    // The route is known before the token is checked.
+    let server = named(&spans, "POST receipt");
     assert!(
         matches!(attr(server, "concur_gateway.code"), Some(Value::StringValue(v)) if v == "invalid_token")
     );
