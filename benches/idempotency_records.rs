@@ -54,6 +54,7 @@ fn main() {
                 ),
                 repr_digest: Some(format!("sha-256=:{:043}=:", i)),
                 location: None,
+                retry_after: None,
             },
         );
     }

@@ -102,6 +102,10 @@ pub struct Record {
     pub repr_digest: Option<String>,
     /// Concur's `Location`, if any.
     pub location: Option<String>,
+    /// Concur's `Retry-After`, if any (a 4xx may carry one); absent from
+    /// records written before it was kept.
+    #[serde(default)]
+    pub retry_after: Option<String>,
 }
 
 /// The fingerprint of a request: route kind, target ID, canonical media type
@@ -369,7 +373,18 @@ mod tests {
             body: "<Image/>".into(),
             repr_digest: None,
             location: None,
+            retry_after: None,
         }
+    }
+
+    /// A record written before `retry_after` was kept (a Redis record of an
+    /// older build) still reads.
+    #[test]
+    fn a_record_without_retry_after_still_reads() {
+        let old = r#"{"fingerprint":"f","status":400,"content_type":null,"body":"<Error/>","repr_digest":null,"location":null}"#;
+        let r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!(r.retry_after, None);
+        assert_eq!(r.status, 400);
     }
 
     #[test]

@@ -241,6 +241,7 @@ where
                 body: String::from_utf8_lossy(&answer.body).into_owned(),
                 repr_digest: answer.repr_digest.clone(),
                 location: header_text(&answer.headers, header::LOCATION),
+                retry_after: header_text(&answer.headers, header::RETRY_AFTER),
             })
             .await;
             ctx.idempotency = Some("stored");
@@ -304,6 +305,7 @@ where
     for (name, value) in [
         (header::CONTENT_TYPE, &record.content_type),
         (header::LOCATION, &record.location),
+        (header::RETRY_AFTER, &record.retry_after),
     ] {
         if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name, v);

@@ -339,6 +339,22 @@ async fn concur_errors_are_replayed_and_gateway_refusals_are_not_recorded() {
     assert_eq!(again.problem(400, "concur_error")["concur"], v["concur"]);
     assert_eq!(h.uploads().len(), 2, "the replay did not reach Concur");
 
+    // Concur's Retry-After on a final answer comes back with its replay.
+    h.sandbox.push_fault(Fault::Status {
+        status: 400,
+        message: "try again later".into(),
+        retry_after: Some("2".into()),
+    });
+    let path = "/api/image/v1.0/report/R400";
+    let first = keyed(h.addr, ALICE, path, "later", JPEG, &[]).await;
+    first.problem(400, "concur_error");
+    assert_eq!(first.header("retry-after"), Some("2"));
+    let again = keyed(h.addr, ALICE, path, "later", JPEG, &[]).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    again.problem(400, "concur_error");
+    assert_eq!(again.header("retry-after"), Some("2"));
+    assert_eq!(h.uploads().len(), 3);
+
     // Concur's 403 is its refusal of this request: final (SPEC), replayed.
     h.sandbox.push_fault(Fault::Status {
         status: 403,
