@@ -37,6 +37,8 @@ pub struct Gateway {
     /// Spans and their export, with `[tracing]` (`telemetry.rs`).
     pub telemetry: Option<Telemetry>,
     draining: AtomicBool,
+    /// The shutdown grace ran out: connections still open are being dropped.
+    grace_over: AtomicBool,
 }
 
 impl Gateway {
@@ -107,6 +109,7 @@ impl Gateway {
                     spool_budget,
                     telemetry,
                     draining: AtomicBool::new(false),
+                    grace_over: AtomicBool::new(false),
                     config,
                 })
             }
@@ -149,6 +152,16 @@ impl Gateway {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A connection outlived `server.shutdown_grace_s` and is dropped with
+    /// its requests: they were cut short by the gateway, not their clients.
+    pub fn mark_grace_over(&self) {
+        self.grace_over.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_grace_over(&self) -> bool {
+        self.grace_over.load(Ordering::SeqCst)
     }
 
     /// Background housekeeping: credential reloads, rate-limiter pruning and,

@@ -247,6 +247,7 @@ async fn accept_loop(
         };
         let builder = builder.clone();
         let drain = drain.clone();
+        let gw = gw.clone();
         tracker.spawn(async move {
             let conn = builder
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
@@ -269,6 +270,9 @@ async fn accept_loop(
                     _ = timer.as_mut() => {
                         if closing {
                             tracing::debug!(%peer, "connection still open after the shutdown grace; dropping it");
+                            if gw.is_draining() {
+                                gw.mark_grace_over();
+                            }
                             break;
                         }
                         match ticket.activity.idle_for() {

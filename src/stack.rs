@@ -394,9 +394,22 @@ impl Drop for Pending {
     fn drop(&mut self) {
         self.gw.metrics.in_flight.dec();
         if !self.answered {
+            // Past the shutdown grace, the gateway drops the connections
+            // still open: their requests were cut short by the shutdown.
+            let (code, message) = if self.gw.is_grace_over() {
+                (
+                    "shutting_down",
+                    "request cut short by the shutdown (server.shutdown_grace_s ran out)",
+                )
+            } else {
+                (
+                    "client_closed",
+                    "request abandoned by the client before its answer",
+                )
+            };
             let span = self.trace.span();
-            span.set_attribute(KeyValue::new("concur_gateway.code", "client_closed"));
-            span.set_status(opentelemetry::trace::Status::error("client_closed"));
+            span.set_attribute(KeyValue::new("concur_gateway.code", code));
+            span.set_status(opentelemetry::trace::Status::error(code));
             span.end();
             tracing::info!(
                 target: "concur_gateway::access",
@@ -404,9 +417,9 @@ impl Drop for Pending {
                 trace_id = telemetry::trace_id(&self.trace),
                 method = %self.method,
                 path = %self.path,
-                code = "client_closed",
+                code,
                 duration_ms = self.started.elapsed().as_millis() as u64,
-                "request abandoned by the client before its answer"
+                "{message}"
             );
         }
     }

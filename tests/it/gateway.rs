@@ -1060,6 +1060,41 @@ async fn an_upload_in_flight_when_the_drain_starts_completes() {
     h.stop().await;
 }
 
+/// An upload still running when `shutdown_grace_s` runs out is cut by the
+/// gateway: its access line says so (`shutting_down`), not `client_closed`,
+/// and Concur never got it complete.
+#[tokio::test]
+async fn an_upload_cut_by_the_shutdown_grace_is_logged_as_such() {
+    let capture = capture_logs().await;
+    let mut h = Harness::with_config("[server]\ndrain_delay_s = 0\nshutdown_grace_s = 0.5").await;
+    let token = jwt(ALICE.0, ALICE.1);
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\n\r\n",
+        JPEG.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&JPEG[..2000]).await.unwrap();
+    wait_for(|| h.gateway.store.local_in_flight().current(&identity(ALICE)) == (1, 1)).await;
+    h.begin_shutdown();
+    // The grace (0.5 s) runs out with the body half sent.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(h.uploads().iter().all(|u| !u.complete), "{:?}", h.uploads());
+    h.stop().await;
+    let logs = capture.finish();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("POST") && l.contains("/api/image/v1.0/report/R1"))
+        .unwrap_or_else(|| panic!("no access line: {logs}"));
+    assert!(
+        line.contains("request cut short by the shutdown") && line.contains("shutting_down"),
+        "{line}"
+    );
+    assert!(!logs.contains("request abandoned by the client"), "{logs}");
+    drop(s);
+}
+
 #[tokio::test]
 async fn ratelimit_headers_follow_the_ietf_draft() {
     let h = Harness::with_config(
