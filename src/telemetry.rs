@@ -246,11 +246,41 @@ struct HeaderExtract<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtract<'_> {
     fn get(&self, key: &str) -> Option<&str> {
+        if key == "traceparent" {
+            // W3C Trace Context: one header, of exactly the shape of its
+            // version, or none at all (a new trace). The propagator itself
+            // reads short ids as if zero-padded.
+            let mut values = self.0.get_all(key).iter();
+            let value = values.next()?.to_str().ok()?;
+            return (values.next().is_none() && is_traceparent(value)).then_some(value);
+        }
         self.0.get(key).and_then(|v| v.to_str().ok())
     }
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(HeaderName::as_str).collect()
     }
+}
+
+/// Whether `value` is a `traceparent` as W3C Trace Context §3.2 writes it:
+/// `version-traceid-parentid-flags` in lowercase hex of 2, 32, 16 and 2
+/// digits; version `00` is exactly that, a later version may add fields
+/// after a `-`, and version `ff` is invalid. (All-zero ids are the
+/// propagator's to refuse.)
+fn is_traceparent(value: &str) -> bool {
+    let b = value.as_bytes();
+    let hex = |r: std::ops::Range<usize>| {
+        b.get(r)
+            .is_some_and(|s| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    };
+    let dash = |i: usize| b.get(i) == Some(&b'-');
+    let fields =
+        hex(0..2) && dash(2) && hex(3..35) && dash(35) && hex(36..52) && dash(52) && hex(53..55);
+    let rest = match b.get(..2) {
+        Some(b"00") => b.len() == 55,
+        Some(b"ff") => false,
+        _ => b.len() == 55 || dash(55),
+    };
+    fields && rest
 }
 
 struct HeaderInject<'a>(&'a mut HeaderMap);
@@ -358,4 +388,44 @@ async fn export_loop<E: SpanExporter>(
         }
     }
     let _ = exporter.shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_well_formed_traceparent_is_read() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let parent = "00f067aa0ba902b7";
+        assert!(is_traceparent(&format!("00-{id}-{parent}-01")));
+        assert!(is_traceparent(&format!("01-{id}-{parent}-01-later-fields")));
+        assert!(is_traceparent(&format!("01-{id}-{parent}-00")));
+        for bad in [
+            format!("00-{}-{parent}-01", &id[2..]),
+            format!("00-{id}-{}-01", &parent[1..]),
+            format!("00-{id}-{parent}-1"),
+            format!("00-{id}-{parent}-01-extra"),
+            format!("ff-{id}-{parent}-01"),
+            format!("01-{id}-{parent}-01x"),
+            format!("00-{}-{parent}-01", id.to_uppercase()),
+            format!("00-{id}0-{parent}-01"),
+            format!("0-{id}-{parent}-01"),
+            String::new(),
+        ] {
+            assert!(!is_traceparent(&bad), "{bad}");
+        }
+        // Two headers: none is read.
+        let mut h = HeaderMap::new();
+        h.append(
+            "traceparent",
+            HeaderValue::from_str(&format!("00-{id}-{parent}-01")).unwrap(),
+        );
+        assert!(HeaderExtract(&h).get("traceparent").is_some());
+        h.append(
+            "traceparent",
+            HeaderValue::from_str(&format!("00-{id}-{parent}-00")).unwrap(),
+        );
+        assert_eq!(HeaderExtract(&h).get("traceparent"), None);
+    }
 }

@@ -498,3 +498,38 @@ async fn spans_a_collector_cannot_take_are_counted_as_dropped() {
     .await;
     h.stop().await;
 }
+
+/// A `traceparent` that is not one (short ids, which the propagator would
+/// read zero-padded, or two headers) starts a new trace (W3C Trace Context):
+/// Concur gets the gateway's own trace id, not the caller's padded one.
+#[tokio::test]
+async fn a_malformed_or_doubled_traceparent_starts_a_new_trace() {
+    let collector = Collector::start().await;
+    let h = Harness::with_config(&collector.config()).await;
+    let short = format!("00-{}-{CALLER_SPAN}-01", &CALLER_TRACE[2..]);
+    let r = upload_traced(&h, ALICE, Some(&short)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (trace, _, _) = upstream_traceparent(&h);
+    assert!(!trace.ends_with(&CALLER_TRACE[2..]), "{trace}");
+    // Two traceparent headers: neither is continued.
+    let auth = format!("Bearer {}", jwt(ALICE.0, ALICE.1));
+    let first = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let other = format!("00-{}-{CALLER_SPAN}-01", "1".repeat(32));
+    let r = h
+        .post(
+            RECEIPT,
+            &[
+                ("authorization", &auth),
+                ("content-type", "image/jpeg"),
+                ("traceparent", &first),
+                ("traceparent", &other),
+            ],
+            JPEG.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (trace, _, _) = upstream_traceparent(&h);
+    assert_ne!(trace, CALLER_TRACE);
+    assert_ne!(trace, "1".repeat(32));
+    h.stop().await;
+}
