@@ -45,6 +45,34 @@ pub struct Route {
 /// Parses the request line. Order: an unknown path is `404` whatever the method;
 /// a known path with another method is `405`; then the ID is checked (`400`).
 pub fn parse(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    let (kind, version, id) = locate(path)?;
+    if method != Method::POST {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    if let Some(id) = id
+        && !valid_id(id)
+    {
+        return Err(GatewayError::InvalidId);
+    }
+    let upstream_path = match id {
+        None => format!("/api/image/{version}/{}", kind.as_str()),
+        Some(id) => format!("/api/image/{version}/{}/{id}", kind.as_str()),
+    };
+    Ok(Route {
+        kind,
+        id: id.map(str::to_owned),
+        upstream_path,
+    })
+}
+
+/// The route a path names, whatever the method and the ID: for metrics and
+/// spans of a request refused with `405` or `400 invalid_id`.
+pub fn kind(path: &str) -> Option<RouteKind> {
+    locate(path).ok().map(|(kind, _, _)| kind)
+}
+
+/// The route's kind, version and raw ID (`404` for any other path).
+fn locate(path: &str) -> Result<(RouteKind, &str, Option<&str>), GatewayError> {
     let rest = path
         .strip_prefix("/api/image/")
         .ok_or(GatewayError::NotFound)?;
@@ -73,23 +101,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, GatewayError> {
     if !version_ok {
         return Err(GatewayError::NotFound);
     }
-    if method != Method::POST {
-        return Err(GatewayError::MethodNotAllowed);
-    }
-    if let Some(id) = id
-        && !valid_id(id)
-    {
-        return Err(GatewayError::InvalidId);
-    }
-    let upstream_path = match id {
-        None => format!("/api/image/{version}/{}", kind.as_str()),
-        Some(id) => format!("/api/image/{version}/{}/{id}", kind.as_str()),
-    };
-    Ok(Route {
-        kind,
-        id: id.map(str::to_owned),
-        upstream_path,
-    })
+    Ok((kind, version, id))
 }
 
 /// IDs: 1 to 128 characters of `A-Z a-z 0-9 $ _ -`. Checked on the raw path, so

@@ -99,16 +99,12 @@ where
             // a route `405`, with a token or without (a probe's `GET` learns
             // the method, not `missing_token`). Routes are public; what a
             // route's answer depends on is checked after authentication.
-            match route::parse(req.method(), req.uri().path()) {
-                Err(e @ (GatewayError::NotFound | GatewayError::MethodNotAllowed)) => {
-                    return Err(e);
-                }
-                Ok(route) => {
-                    if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
-                        ctx.route = Some(route.kind);
-                    }
-                }
-                Err(_) => {}
+            let kind = route::kind(req.uri().path()).ok_or(GatewayError::NotFound)?;
+            if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                ctx.route = Some(kind);
+            }
+            if req.method() != http::Method::POST {
+                return Err(GatewayError::MethodNotAllowed);
             }
             let span = req
                 .extensions()

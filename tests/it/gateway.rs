@@ -1687,9 +1687,17 @@ async fn a_wrong_path_or_method_is_answered_before_the_token_is_asked_for() {
         .await
         .problem(401, "missing_token");
     assert!(h.uploads().is_empty());
+    // Counted under the route the path names, whatever the method or ID.
+    let r = h.upload("/api/image/v1.0/report/a.b", JPEG).await;
+    r.problem(400, "invalid_id");
     let m = h.admin_get("/metrics").await.text();
-    assert!(
-        m.contains("concur_gateway_requests_total{route=\"receipt\",status=\"401\",code=\"missing_token\"} 1"),
-        "{m}"
-    );
+    for line in [
+        "concur_gateway_requests_total{route=\"receipt\",status=\"401\",code=\"missing_token\"} 1",
+        "concur_gateway_requests_total{route=\"report\",status=\"401\",code=\"missing_token\"} 1",
+        "concur_gateway_requests_total{route=\"receipt\",status=\"405\",code=\"method_not_allowed\"} 1",
+        "concur_gateway_requests_total{route=\"none\",status=\"404\",code=\"not_found\"} 1",
+        "concur_gateway_requests_total{route=\"report\",status=\"400\",code=\"invalid_id\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in {m}");
+    }
 }
