@@ -36,6 +36,12 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_BLOCK: usize = 6 * 64 * 1024;
 /// The dynamic table size the h2 layer announces (its default, 4096).
 const TABLE_SIZE: usize = 4096;
+/// Streams followed at once for their trailers: those whose request head
+/// came without END_STREAM, until the client ends or resets them. Past it the
+/// oldest is forgotten (its trailers then go unchecked, as before the check
+/// existed): a stream the gateway reset, whose client never ends it, leaves
+/// its entry until then.
+const OPEN_CAP: usize = 1024;
 
 /// The RFC 7541 Huffman code (Appendix B), by symbol: code and length in
 /// bits. The same tables as the h2 crate's `hpack/huffman/table.rs`.
@@ -153,6 +159,9 @@ pub struct Lost;
 pub enum Refused {
     /// A request's `:path` had a `#`: its method and `:path`.
     Hash(HashPath),
+    /// A stream's trailers held a pseudo-header field (RFC 9113 §8.1: a
+    /// malformed request; the h2 layer would drop the field and serve it).
+    TrailerPseudo,
     /// The watch could not follow the client's frames.
     Lost,
 }
@@ -375,6 +384,13 @@ pub struct H2Tracker {
     in_block: bool,
     /// The block being gathered is one the h2 layer does not decode.
     skip_block: bool,
+    /// The stream of the block being gathered, and whether its HEADERS
+    /// frame ended the stream.
+    block_stream: u32,
+    block_ends_stream: bool,
+    /// Streams whose request head came and whose body has not ended: a
+    /// header block on one of them is its trailers.
+    open: std::collections::BTreeSet<u32>,
     hpack: Hpack,
 }
 
@@ -389,6 +405,9 @@ impl Default for H2Tracker {
             block: Vec::new(),
             in_block: false,
             skip_block: false,
+            block_stream: 0,
+            block_ends_stream: false,
+            open: std::collections::BTreeSet::new(),
             hpack: Hpack::default(),
         }
     }
@@ -423,6 +442,22 @@ impl H2Tracker {
                     let h = self.head;
                     let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
                     (self.kind, self.flags) = (h[3], h[4]);
+                    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                    match self.kind {
+                        // DATA with END_STREAM, or RST_STREAM: the client
+                        // is done with the stream.
+                        0x0 if self.flags & 0x1 != 0 => {
+                            self.open.remove(&stream);
+                        }
+                        0x3 => {
+                            self.open.remove(&stream);
+                        }
+                        0x1 if !self.in_block => {
+                            self.block_stream = stream;
+                            self.block_ends_stream = self.flags & 0x1 != 0;
+                        }
+                        _ => {}
+                    }
                     // A header block is HEADERS then CONTINUATIONs, nothing
                     // between (RFC 9113 §6.10; the h2 layer closes otherwise).
                     let headers = match self.kind {
@@ -508,16 +543,31 @@ impl H2Tracker {
             self.block.clear();
             return Ok(());
         }
-        let (mut method, mut path) = (None, None);
+        let (mut method, mut path, mut pseudo) = (None, None, false);
         let block = std::mem::take(&mut self.block);
-        let decoded = self.hpack.decode(&block, |name, value| match name {
-            b":method" => method = Some(value.to_vec()),
-            b":path" => path = Some(value.to_vec()),
-            _ => {}
+        let decoded = self.hpack.decode(&block, |name, value| {
+            pseudo |= name.first() == Some(&b':');
+            match name {
+                b":method" => method = Some(value.to_vec()),
+                b":path" => path = Some(value.to_vec()),
+                _ => {}
+            }
         });
         self.block = block;
         self.block.clear();
         decoded?;
+        if self.open.remove(&self.block_stream) {
+            // A second block on a stream: its trailers.
+            if pseudo {
+                return Err(Refused::TrailerPseudo);
+            }
+        } else if !self.block_ends_stream {
+            // A request head, its body to come.
+            self.open.insert(self.block_stream);
+            if self.open.len() > OPEN_CAP {
+                self.open.pop_first();
+            }
+        }
         match path {
             // In a request's head or in trailers alike: malformed either way.
             Some(path) if path.contains(&b'#') => Err(Refused::Hash(HashPath {
@@ -697,5 +747,52 @@ mod tests {
         bad.extend(frame(0x1, 0, 1, &literal(":path", "/")));
         bad.extend(frame(0x0, 0, 1, b"x"));
         assert_eq!(H2Tracker::default().feed(&bad), Err(Refused::Lost));
+    }
+
+    #[test]
+    fn refuses_pseudo_header_fields_in_trailers() {
+        let mut head = literal(":method", "POST");
+        head.extend(literal(":path", "/r/R1"));
+        let body = frame(0x0, 0, 1, b"body");
+        let wire = |trailers: &[u8]| {
+            let mut w = PREFACE.to_vec();
+            w.extend(frame(0x1, 0x4, 1, &head));
+            w.extend(&body);
+            w.extend(frame(0x1, 0x4 | 0x1, 1, trailers));
+            w
+        };
+        for step in [1, 7, 1000] {
+            let mut t = H2Tracker::default();
+            let refused = wire(&literal(":path", "/x"))
+                .chunks(step)
+                .find_map(|piece| t.feed(piece).err());
+            assert_eq!(refused, Some(Refused::TrailerPseudo), "split every {step}");
+        }
+        // Plain trailers are fine, and so is the next request on the stream
+        // after, and a request head that ends its stream at once.
+        let mut t = H2Tracker::default();
+        assert_eq!(t.feed(&wire(&literal("x-sum", "1"))), Ok(()));
+        assert!(t.open.is_empty());
+        let mut w = Vec::new();
+        w.extend(frame(0x1, 0x4 | 0x1, 3, &head));
+        w.extend(frame(0x1, 0x4, 5, &head));
+        w.extend(frame(0x0, 0x1, 5, b"all"));
+        assert_eq!(t.feed(&w), Ok(()));
+        assert!(t.open.is_empty(), "{:?}", t.open);
+        // A stream the client resets is forgotten: a later block with the
+        // same (reused, invalid) id is a head again, not trailers.
+        let mut w = Vec::new();
+        w.extend(frame(0x1, 0x4, 7, &head));
+        w.extend(frame(0x3, 0, 7, &[0, 0, 0, 8]));
+        assert_eq!(t.feed(&w), Ok(()));
+        assert!(t.open.is_empty());
+        // Followed streams are bounded.
+        let mut t = H2Tracker::default();
+        let mut w = PREFACE.to_vec();
+        for k in 0..(OPEN_CAP as u32 + 10) {
+            w.extend(frame(0x1, 0x4, 2 * k + 1, &head));
+        }
+        assert_eq!(t.feed(&w), Ok(()));
+        assert_eq!(t.open.len(), OPEN_CAP);
     }
 }

@@ -1051,6 +1051,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadWatch<T> {
                         );
                         "a :path with a '#'"
                     }
+                    Refused::TrailerPseudo => {
+                        tracing::info!(
+                            "closing an HTTP/2 connection: a pseudo-header field in a stream's trailers"
+                        );
+                        "a pseudo-header field in trailers"
+                    }
                     Refused::Lost => {
                         tracing::info!(
                             "closing an HTTP/2 connection whose header blocks cannot be followed"
