@@ -42,8 +42,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body::Body;
-use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use tower::{Layer, Service, ServiceBuilder};
@@ -250,6 +250,13 @@ where
             } else {
                 response.map(|b| b.map_err(Into::into).boxed_unsync())
             };
+            if pending.method == http::Method::HEAD {
+                // A HEAD answer has no content (RFC 9110 §9.3.2). hyper drops
+                // it on HTTP/1.1; over HTTP/2 the problem body would follow
+                // the head, a stream error to the client. The head (its
+                // `Content-Length` included) stays as a GET's would be.
+                *response.body_mut() = Empty::new().map_err(|never| match never {}).boxed_unsync();
+            }
             let ctx = response
                 .extensions_mut()
                 .remove::<RequestCtx>()

@@ -907,3 +907,93 @@ async fn the_h2_watch_keeps_step_with_hyper_s_hpack_encoder() {
     }
     assert!(!conn.is_finished());
 }
+
+/// A HEAD answer has no content: over HTTP/2 the refusal's head comes
+/// alone, ending the stream (a problem body after it would be a stream error
+/// to the client), as hyper does on HTTP/1.1.
+#[tokio::test]
+async fn a_head_request_gets_its_answer_without_a_body() {
+    let h = Harness::start().await;
+    let (sender, _conn) = h2c(h.addr).await;
+    for (path, status) in [
+        ("/api/image/v1.0/receipt", 405),
+        ("/api/image/v1.0/nothing", 404),
+    ] {
+        let req = Request::head(format!("http://{}{path}", h.addr))
+            .body(full(Vec::new()))
+            .unwrap();
+        let r = send(&mut sender.clone(), req)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        assert_eq!(r.status.as_u16(), status, "{path}");
+        assert!(r.body.is_empty(), "{path}: {:?}", r.body);
+        assert!(r.headers.get("x-request-id").is_some());
+    }
+    // The connection is still good for an upload.
+    let r = upload(&sender, h.addr, "/api/image/v1.0/receipt", ALICE, JPEG).await;
+    assert_eq!(r.status.as_u16(), 201);
+}
+
+/// Trailers with a pseudo-header field make the request malformed (RFC 9113
+/// §8.1); the h2 layer would drop the field and serve the upload. The watch
+/// fails the connection before hyper reads them, so the body never reaches
+/// Concur complete; plain trailers are fine.
+#[tokio::test]
+async fn pseudo_header_fields_in_trailers_are_refused() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let upload = |trailer: (&str, &str)| {
+        let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
+        wire.extend(h2_frame(0x4, 0, 0, &[]));
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "gw.test"),
+            (":path", "/api/image/v1.0/report/T1"),
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "image/jpeg"),
+            ("content-length", &JPEG.len().to_string()),
+        ] {
+            hpack_literal(&mut block, name, value);
+        }
+        wire.extend(h2_frame(0x1, 0x4, 1, &block));
+        for chunk in JPEG.chunks(16 * 1024) {
+            wire.extend(h2_frame(0x0, 0, 1, chunk));
+        }
+        let mut trailers = Vec::new();
+        hpack_literal(&mut trailers, trailer.0, trailer.1);
+        wire.extend(h2_frame(0x1, 0x4 | 0x1, 1, &trailers));
+        wire
+    };
+    for (trailer, served) in [((":path", "/x"), false), (("x-sum", "1"), true)] {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(&upload(trailer)).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut chunk = [0u8; 16384];
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(n) if n > 0 => {
+                        got.extend_from_slice(&chunk[..n]);
+                        // A HEADERS frame back on stream 1: the answer.
+                        if got.windows(5).any(|w| w == [0x1, 0x4, 0, 0, 0]) && served {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{trailer:?}: neither an answer nor a close");
+        settle().await;
+        let complete = h.uploads().iter().filter(|u| u.complete).count();
+        assert_eq!(
+            complete,
+            usize::from(served),
+            "{trailer:?}: {:?}",
+            h.uploads()
+        );
+    }
+}
