@@ -39,6 +39,13 @@ pub struct Gateway {
     draining: AtomicBool,
     /// The shutdown grace ran out: connections still open are being dropped.
     grace_over: AtomicBool,
+    /// Keyed uploads, each on a task of its own (`proxy.rs`): they may
+    /// outlive their client's connection, and the shutdown waits for them
+    /// as for connections.
+    pub detached: tokio_util::task::TaskTracker,
+    /// Cancelled when the shutdown grace is over: the keyed uploads still
+    /// running are cut, their keys released.
+    pub cut_detached: tokio_util::sync::CancellationToken,
 }
 
 impl Gateway {
@@ -110,6 +117,8 @@ impl Gateway {
                     telemetry,
                     draining: AtomicBool::new(false),
                     grace_over: AtomicBool::new(false),
+                    detached: tokio_util::task::TaskTracker::new(),
+                    cut_detached: tokio_util::sync::CancellationToken::new(),
                     config,
                 })
             }

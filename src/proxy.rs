@@ -107,24 +107,64 @@ where
         let id = req
             .extensions()
             .get::<RequestCtx>()
-            .map(|ctx| ctx.id.clone());
+            .map(|ctx| ctx.id.clone())
+            .unwrap_or_else(|| RequestId::from_client(None));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let response = serve(gw, req).await;
-            if let Err(response) = tx.send(response) {
-                log_finished_without_client(&response);
+        let cut = gw.cut_detached.clone();
+        let task_id = id.clone();
+        gw.detached.clone().spawn(async move {
+            tokio::select! {
+                response = serve(gw, req) => {
+                    if let Err(response) = tx.send(response) {
+                        log_finished_without_client(&response);
+                    }
+                }
+                // The shutdown grace is over: the upload is dropped here,
+                // its key released and Concur's request left incomplete.
+                () = cut.cancelled() => tracing::info!(
+                    target: "concur_gateway::access",
+                    request_id = %task_id.as_str(),
+                    code = "shutting_down",
+                    "keyed upload cut short by the shutdown (server.shutdown_grace_s ran out)"
+                ),
             }
         });
-        Box::pin(async move {
-            Ok(rx.await.unwrap_or_else(|_| {
-                let id = id.unwrap_or_else(|| RequestId::from_client(None));
+        Box::pin(async move { Ok(Detached { rx, id }.await) })
+    }
+}
+
+/// The answer of a keyed upload running on its own task. Dropped before it
+/// took the answer (the client left), it logs the answer if one had come in
+/// meanwhile; one that comes later the task logs itself.
+struct Detached {
+    rx: tokio::sync::oneshot::Receiver<Response<ResponseBody>>,
+    id: RequestId,
+}
+
+impl Future for Detached {
+    type Output = Response<ResponseBody>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|answer| {
+            answer.unwrap_or_else(|_| {
+                // The task ended without an answer: it panicked, or was cut.
                 let mut response =
                     GatewayError::Internal("the request's task ended without an answer".into())
-                        .into_response(id.as_str());
-                response.extensions_mut().insert(RequestCtx::new(id));
+                        .into_response(self.id.as_str());
                 response
-            }))
+                    .extensions_mut()
+                    .insert(RequestCtx::new(self.id.clone()));
+                response
+            })
         })
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Ok(response) = self.rx.try_recv() {
+            log_finished_without_client(&response);
+        }
     }
 }
 

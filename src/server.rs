@@ -154,14 +154,25 @@ pub async fn run(
     // Idle connections close now; busy ones after their request.
     drain.cancel();
     tracker.close();
-    match tokio::time::timeout(grace, tracker.wait()).await {
-        Ok(()) => tracing::info!("all connections finished"),
+    // Keyed uploads run on tasks of their own, which may have outlived
+    // their client's connection: waited for too, within the same grace.
+    gw.detached.close();
+    let finished = async {
+        tracker.wait().await;
+        gw.detached.wait().await;
+    };
+    match tokio::time::timeout(grace, finished).await {
+        Ok(()) => tracing::info!("all connections and uploads finished"),
         Err(_) => {
             tracing::warn!("shutdown grace elapsed; closing remaining connections");
             // Each connection drops itself once its own grace is over (it
             // started with this one): its requests, and their places in
             // flight, go with it.
             let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+            // Keyed uploads still running are cut now, while the runtime
+            // still runs what their keys' release needs.
+            gw.cut_detached.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(1), gw.detached.wait()).await;
         }
     }
     // The places in flight those uploads gave back are released before the

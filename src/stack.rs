@@ -299,6 +299,7 @@ where
                 bytes = ctx.body.received,
                 sha = ctx.body.digest_hex.as_deref(),
                 image_id = ctx.image_id.as_deref(),
+                idempotency = ctx.idempotency,
                 upstream_status = ctx.upstream.map(|(s, _)| s),
                 upstream_ms = ctx.upstream.map(|(_, t)| t.as_millis() as u64),
                 duration_ms = elapsed.as_millis() as u64,

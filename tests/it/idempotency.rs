@@ -238,6 +238,43 @@ async fn a_client_that_leaves_before_the_answer_gets_it_on_its_retry() {
     );
 }
 
+/// The shutdown waits for a keyed upload whose client left, as for a
+/// connection: its answer is kept before the process ends. One still running
+/// when the grace is over is cut, and says so.
+#[tokio::test]
+async fn the_shutdown_waits_for_keyed_uploads_whose_client_left() {
+    for (grace, delay, line) in [
+        ("10", 1500, "keyed upload finished after its client left"),
+        ("0.3", 4000, "keyed upload cut short by the shutdown"),
+    ] {
+        let capture = capture_logs().await;
+        let mut h = Harness::with_config(&format!(
+            "[server]\ndrain_delay_s = 0\nshutdown_grace_s = {grace}"
+        ))
+        .await;
+        h.sandbox.push_fault(Fault::Delay { millis: delay });
+        let addr = h.addr;
+        let gone = tokio::spawn(async move {
+            keyed(addr, ALICE, "/api/image/v1.0/report/R1", "bye-1", JPEG, &[]).await
+        });
+        h.wait_for_uploads(1).await;
+        gone.abort();
+        let _ = gone.await;
+        let started = std::time::Instant::now();
+        h.begin_shutdown();
+        h.stop().await;
+        let took = started.elapsed();
+        let logs = capture.finish();
+        assert!(logs.contains(line), "grace {grace}: {logs}");
+        if grace == "10" {
+            assert!(logs.contains("\"stored\""), "{logs}");
+            assert!(took >= std::time::Duration::from_millis(1000), "{took:?}");
+        } else {
+            assert!(took < std::time::Duration::from_millis(3500), "{took:?}");
+        }
+    }
+}
+
 /// `max_records` makes room by dropping the oldest *final* records: a key
 /// still in flight is never dropped, or its retry would reach Concur twice.
 #[tokio::test]
