@@ -305,9 +305,10 @@ impl Cx<'_> {
     ) -> Duration {
         let v = value.unwrap_or(default.as_secs_f64());
         if !v.is_finite() || v < 0.0 || (!zero_ok && v == 0.0) || v > 86_400.0 * 365.0 {
-            let range = if zero_ok { ">= 0" } else { "> 0" };
-            self.problems
-                .push(format!("{key} = {v}: expected seconds {range}"));
+            let range = if zero_ok { "from 0" } else { "more than 0" };
+            self.problems.push(format!(
+                "{key} = {v}: expected seconds, {range} and at most a year (31536000)"
+            ));
             return default;
         }
         Duration::from_secs_f64(v)
@@ -318,7 +319,7 @@ impl Cx<'_> {
         let v = value.unwrap_or(default);
         if !v.is_finite() || v <= 0.0 || v > 1_000_000.0 {
             self.problems.push(format!(
-                "{key} = {v}: expected a rate > 0 (requests per second)"
+                "{key} = {v}: expected a rate in requests per second, more than 0 and at most 1000000"
             ));
             return default;
         }

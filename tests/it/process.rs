@@ -232,7 +232,7 @@ fn check_config_reports_config_and_file_problems_in_one_run() {
     assert_eq!(code, Some(2));
     let at = |name: &str| dir.path().join(name).display().to_string();
     let expected = [
-        "rate_limit.user_per_second = -1: expected a rate > 0 (requests per second)".to_owned(),
+        "rate_limit.user_per_second = -1: expected a rate in requests per second, more than 0 and at most 1000000".to_owned(),
         format!("upstream.ca_file {}: no such file", at("ca.pem")),
         format!("auth.jwks_file {}: no such file", at("jwks.json")),
         format!("credentials.file {}: no such file", at("creds.toml")),
@@ -288,7 +288,7 @@ fn check_config_reports_every_value_of_the_wrong_type_and_the_rest() {
         "server.max_body_bytes (line 2): invalid type: string \"10MB\"".to_owned(),
         "upstream.timeout_s (line 4): invalid type: string \"slow\"".to_owned(),
         "idempotency.ttl_s (line 13): invalid type: sequence".to_owned(),
-        "rate_limit.user_per_second = -1: expected a rate > 0".to_owned(),
+        "rate_limit.user_per_second = -1: expected a rate in requests per second".to_owned(),
         format!("upstream.ca_file {}: no such file", at("ca.pem")),
         format!("auth.jwks_file {}: no such file", at("jwks.json")),
         format!("credentials.file {}: no such file", at("creds.toml")),
