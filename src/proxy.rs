@@ -376,8 +376,9 @@ struct Admitted {
     /// The credential's name in the store (back-off, token state).
     credential_key: String,
     /// The upload's place among the uploads in flight, held until the
-    /// answer is ready.
-    _place: Place,
+    /// answer is ready (none for a replay during Concur's back-off, which
+    /// was admitted without one).
+    _place: Option<Place>,
     /// What the store holds for the request's `Idempotency-Key`.
     key: Option<KeyState>,
 }
@@ -440,6 +441,30 @@ async fn admit(
     let credential_key = store::credential_key(&credential.company, credential.user.as_deref());
     let span = Child::start(&ctx.trace, "admission", SpanKind::Internal);
     let admitted = gw.store.admit(&identity, &credential_key).await;
+    if let (
+        Err(GatewayError::RateLimited {
+            scope: "concur", ..
+        }),
+        Some(k),
+    ) = (&admitted, &key)
+    {
+        // Concur asked this credential to pause. A retry whose answer is
+        // kept needs nothing of Concur: it is replayed all the same. (A
+        // hold begun here is given back at once, with the refusal.)
+        if let Ok(KeyState::Final(record)) = gw.store.begin_key(&identity, k).await {
+            drop(span);
+            return Ok(Admitted {
+                key: Some(KeyState::Final(record)),
+                identity,
+                route,
+                media,
+                declared_len,
+                credential,
+                credential_key,
+                _place: None,
+            });
+        }
+    }
     if let Err(e) = &admitted {
         span.fail(e.code());
     }
@@ -491,7 +516,7 @@ async fn admit(
         declared_len,
         credential,
         credential_key,
-        _place: admission.place,
+        _place: Some(admission.place),
     })
 }
 

@@ -275,6 +275,78 @@ async fn the_shutdown_waits_for_keyed_uploads_whose_client_left() {
     }
 }
 
+/// While Concur's back-off pauses a company (a Concur 429 with
+/// `Retry-After`), a retry whose answer is kept is still replayed: nothing
+/// of it goes to Concur. A new upload waits out the pause.
+#[tokio::test]
+async fn a_replay_is_served_during_concurs_back_off() {
+    let h = Harness::start().await;
+    let first = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R1",
+        "kept-1",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    h.sandbox.push_fault(Fault::Status {
+        status: 429,
+        message: "slow down".into(),
+        retry_after: Some("2".into()),
+    });
+    keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R2",
+        "other-1",
+        JPEG,
+        &[],
+    )
+    .await
+    .problem(429, "concur_error");
+    // The pause holds for a new upload, keyed or not…
+    keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R3",
+        "new-1",
+        JPEG,
+        &[],
+    )
+    .await
+    .problem(429, "rate_limited");
+    // …but not for a replay.
+    let again = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R1",
+        "kept-1",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json());
+    assert_eq!(h.uploads().len(), 2, "nothing more reached Concur");
+    // The refused new key was not left in flight: after the pause (2 s) it
+    // goes to Concur, not a 409.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let later = keyed(
+        h.addr,
+        ALICE,
+        "/api/image/v1.0/report/R3",
+        "new-1",
+        JPEG,
+        &[],
+    )
+    .await;
+    assert_eq!(later.status, 201, "{}", later.text());
+    assert!(later.header("idempotent-replayed").is_none());
+}
+
 /// `max_records` makes room by dropping the oldest *final* records: a key
 /// still in flight is never dropped, or its retry would reach Concur twice.
 #[tokio::test]
