@@ -441,72 +441,73 @@ async fn admit(
     let credential_key = store::credential_key(&credential.company, credential.user.as_deref());
     let span = Child::start(&ctx.trace, "admission", SpanKind::Internal);
     let admitted = gw.store.admit(&identity, &credential_key).await;
-    if let (
-        Err(GatewayError::RateLimited {
-            scope: "concur", ..
-        }),
-        Some(k),
-    ) = (&admitted, &key)
-    {
-        // Concur asked this credential to pause. A retry whose answer is
-        // kept needs nothing of Concur: it is replayed all the same. (A
-        // hold begun here is given back at once, with the refusal.)
-        if let Ok(KeyState::Final(record)) = gw.store.begin_key(&identity, k).await {
-            drop(span);
-            return Ok(Admitted {
-                key: Some(KeyState::Final(record)),
-                identity,
-                route,
-                media,
-                declared_len,
-                credential,
-                credential_key,
-                _place: None,
-            });
-        }
-    }
-    if let Err(e) = &admitted {
-        span.fail(e.code());
-    }
-    drop(span);
-    let admission = match admitted {
-        Ok(admission) => admission,
-        Err(e) => {
-            if let GatewayError::RateLimited {
-                scope,
-                retry_after_s,
-            } = &e
-            {
-                gw.metrics
-                    .rate_limited
-                    .get_or_create(&ScopeLabel { scope })
-                    .inc();
-                ctx.rate_limit = Some(format!("\"{scope}\";r=0;t={retry_after_s}"));
-            }
-            return Err(e);
-        }
-    };
-    let [user, company] = gw.store.local_limits().policies();
-    ctx.rate_limit = Some(format!(
-        "{}, {}",
-        user.usage_item(admission.remaining.user),
-        company.usage_item(admission.remaining.company)
-    ));
-    // The key, last: held in flight from here until Concur's answer.
-    let key = match key {
-        None => None,
-        Some(key) => match gw.store.begin_key(&identity, &key).await {
-            Ok(state) => Some(state),
-            Err(e) => {
-                if matches!(e, GatewayError::IdempotencyConflict { .. }) {
-                    gw.metrics
-                        .idempotency
-                        .get_or_create(&ResultLabel { result: "conflict" })
-                        .inc();
-                }
-                return Err(e);
-            }
+    // Concur asked this credential to pause. A retry whose answer is kept
+    // needs nothing of Concur: it is replayed all the same, without a place
+    // in flight. (A hold begun here is given back at once, with the
+    // refusal.)
+    let kept = match (&admitted, &key) {
+        (
+            Err(GatewayError::RateLimited {
+                scope: "concur", ..
+            }),
+            Some(k),
+        ) => match gw.store.begin_key(&identity, k).await {
+            Ok(KeyState::Final(record)) => Some(record),
+            _ => None,
         },
+        _ => None,
+    };
+    let (place, key) = match kept {
+        Some(record) => {
+            drop(span);
+            (None, Some(KeyState::Final(record)))
+        }
+        None => {
+            if let Err(e) = &admitted {
+                span.fail(e.code());
+            }
+            drop(span);
+            let admission = match admitted {
+                Ok(admission) => admission,
+                Err(e) => {
+                    if let GatewayError::RateLimited {
+                        scope,
+                        retry_after_s,
+                    } = &e
+                    {
+                        gw.metrics
+                            .rate_limited
+                            .get_or_create(&ScopeLabel { scope })
+                            .inc();
+                        ctx.rate_limit = Some(format!("\"{scope}\";r=0;t={retry_after_s}"));
+                    }
+                    return Err(e);
+                }
+            };
+            let [user, company] = gw.store.local_limits().policies();
+            ctx.rate_limit = Some(format!(
+                "{}, {}",
+                user.usage_item(admission.remaining.user),
+                company.usage_item(admission.remaining.company)
+            ));
+            // The key, last: held in flight from here until Concur's answer.
+            let key = match key {
+                None => None,
+                Some(key) => match gw.store.begin_key(&identity, &key).await {
+                    Ok(state) => Some(state),
+                    Err(e) => {
+                        if matches!(e, GatewayError::IdempotencyConflict { .. }) {
+                            gw.metrics
+                                .idempotency
+                                .get_or_create(&ResultLabel { result: "conflict" })
+                                .inc();
+                        }
+                        return Err(e);
+                    }
+                },
+            };
+            (Some(admission.place), key)
+        }
     };
     Ok(Admitted {
         key,
@@ -516,7 +517,7 @@ async fn admit(
         declared_len,
         credential,
         credential_key,
-        _place: Some(admission.place),
+        _place: place,
     })
 }
 

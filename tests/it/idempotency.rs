@@ -190,15 +190,16 @@ async fn a_client_that_leaves_before_the_answer_gets_it_on_its_retry() {
             "/api/image/v1.0/report/R1",
             "left-1",
             JPEG,
-            &[],
+            &[("x-request-id", "left-before-its-answer")],
         )
         .await
     });
     h.wait_for_uploads(1).await;
-    // The client gives up: its connection closes with the request unanswered.
+    // The client gives up: its connection closes with the request unanswered,
+    // which the gateway notices (the request leaves the in-flight gauge).
     gone.abort();
     assert!(gone.await.unwrap_err().is_cancelled());
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    wait_for(|| h.gateway.metrics.in_flight.get() == 0).await;
     keyed(
         h.addr,
         ALICE,
@@ -230,11 +231,23 @@ async fn a_client_that_leaves_before_the_answer_gets_it_on_its_retry() {
     let uploads = h.uploads();
     assert_eq!(uploads.len(), 1, "Concur saw one upload: {uploads:?}");
     assert!(uploads[0].complete, "the whole body reached Concur");
+    // Other tests log into the same capture: this request's lines only.
     let logs = capture.finish();
-    assert!(logs.contains("request abandoned by the client"), "{logs}");
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("left-before-its-answer"))
+        .collect();
     assert!(
-        logs.contains("keyed upload finished after its client left"),
-        "{logs}"
+        lines
+            .iter()
+            .any(|l| l.contains("request abandoned by the client")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(
+            |l| l.contains("keyed upload finished after its client left") && l.contains("stored")
+        ),
+        "{lines:?}"
     );
 }
 
@@ -255,7 +268,8 @@ async fn the_shutdown_waits_for_keyed_uploads_whose_client_left() {
         h.sandbox.push_fault(Fault::Delay { millis: delay });
         let addr = h.addr;
         let gone = tokio::spawn(async move {
-            keyed(addr, ALICE, "/api/image/v1.0/report/R1", "bye-1", JPEG, &[]).await
+            let id = [("x-request-id", "bye-before-the-shutdown")];
+            keyed(addr, ALICE, "/api/image/v1.0/report/R1", "bye-1", JPEG, &id).await
         });
         h.wait_for_uploads(1).await;
         gone.abort();
@@ -265,9 +279,13 @@ async fn the_shutdown_waits_for_keyed_uploads_whose_client_left() {
         h.stop().await;
         let took = started.elapsed();
         let logs = capture.finish();
-        assert!(logs.contains(line), "grace {grace}: {logs}");
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("bye-before-the-shutdown") && l.contains(line))
+            .collect();
+        assert_eq!(lines.len(), 1, "grace {grace}: {logs}");
         if grace == "10" {
-            assert!(logs.contains("\"stored\""), "{logs}");
+            assert!(lines[0].contains("stored"), "{lines:?}");
             assert!(took >= std::time::Duration::from_millis(1000), "{took:?}");
         } else {
             assert!(took < std::time::Duration::from_millis(3500), "{took:?}");
