@@ -2641,6 +2641,12 @@ impl HeaderWatch {
     }
 }
 
+/// Where a hidden header found by [`HeaderWatch::feed`] at `at` ends in the
+/// data fed: after `obj` and the byte that closes it.
+fn header_end(at: isize) -> usize {
+    usize::try_from(at + 4).unwrap_or(0)
+}
+
 fn is_delim_or_ws(b: u8) -> bool {
     is_ws(b) || b"()<>[]{}/%".contains(&b)
 }
@@ -3084,6 +3090,11 @@ impl Pdf {
                             at = Some(own as isize - 3);
                         }
                         if let Some(at) = at {
+                            // The data up to the header's end reaches the
+                            // object stream first, as in a chunking cut
+                            // there: what comes first decides, however cut.
+                            let cut = header_end(at).min(own);
+                            self.objstm.feed(&bytes[..cut], &mut self.deferred)?;
                             return Err(hidden(
                                 s.kw_at,
                                 (base + i as u64).saturating_add_signed(at as i64),
@@ -3156,6 +3167,16 @@ impl Pdf {
                             at = Some(own as isize - 3);
                         }
                         if let Some(at) = at {
+                            // As above; the carried bytes are data here (the
+                            // header's bytes cannot be part of an `endstream`).
+                            let mut upto = k + header_end(at).min(own);
+                            if done.is_some() {
+                                upto = upto.min(feed_to);
+                            }
+                            self.objstm
+                                .feed(&carry[..upto.min(k)], &mut self.deferred)?;
+                            self.objstm
+                                .feed(&bytes[..upto.saturating_sub(k)], &mut self.deferred)?;
                             return Err(hidden(
                                 s.kw_at,
                                 (base + i as u64).saturating_add_signed(at as i64),

@@ -2918,6 +2918,42 @@ fn every_split_point_gives_the_one_shot_verdict_2() {
     split_points(2, 3);
 }
 
+/// An object stream (no filter) whose objects hold `/Launch` and, in its
+/// data, a hidden object header: the first problem in the data is the one
+/// reported, at every split point. (One-shot, the header used to win: the
+/// search ran over the whole data before the object stream saw any of it.)
+#[test]
+fn an_object_stream_problem_and_a_hidden_header_first_comes_first_however_cut() {
+    let launch = "<< /S /Launch /F (a.exe) >>";
+    let hidden = "(filler) 9 0 obj << >> endobj";
+    for (objects, first_problem) in [
+        ([launch, hidden], "/Launch"),
+        ([hidden, launch], "hides an object definition"),
+    ] {
+        let (data, n, first) = objstm_data(5, &objects);
+        let file = pdf(
+            &[
+                b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+                b"<< /Type /Pages /Kids [] /Count 0 >>".to_vec(),
+                stream(&format!("/Type /ObjStm /N {n} /First {first}"), &data),
+            ],
+            "",
+        );
+        let limits = Limits::default();
+        let one = scan_pdf(&limits, &file, file.len());
+        let err = one.clone().expect_err("rejected");
+        assert_eq!(err.code, PdfActiveContent);
+        assert!(err.detail.contains(first_problem), "{}", err.detail);
+        for at in 1..file.len() {
+            let got = feed_chunks(&limits, &file, [at, file.len()].into_iter());
+            assert_eq!(got, one, "split at {at}");
+        }
+        for size in [1, 2, 3, 7, 64] {
+            assert_eq!(scan_pdf(&limits, &file, size), one, "chunks of {size}");
+        }
+    }
+}
+
 #[test]
 fn byte_at_a_time_gives_the_one_shot_verdict() {
     for c in &corpus().cases {
