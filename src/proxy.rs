@@ -58,7 +58,7 @@ use crate::metrics::{CodeLabel, DirectionLabel, ResultLabel, RouteLabel, ScopeLa
 use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::route::{self, Route};
 use crate::spool::Spool;
-use crate::store::{self, KeyState, Place};
+use crate::store::{KeyState, Place};
 use crate::telemetry::Child;
 use crate::transform;
 use crate::upstream::{Pace, Paced, UpstreamBody};
@@ -373,8 +373,6 @@ struct Admitted {
     media: MediaType,
     declared_len: Option<u64>,
     credential: Arc<Credential>,
-    /// The credential's name in the store (back-off, token state).
-    credential_key: String,
     /// The upload's place among the uploads in flight, held until the
     /// answer is ready (none for a replay during Concur's back-off, which
     /// was admitted without one).
@@ -438,9 +436,8 @@ async fn admit(
     ctx.credential = Some(format!("{} ({acting:?})", credential.label()));
     // A credential Concur has refused fails before any body byte is read.
     gw.tokens.check_usable(&credential)?;
-    let credential_key = store::credential_key(&credential.company, credential.user.as_deref());
     let span = Child::start(&ctx.trace, "admission", SpanKind::Internal);
-    let admitted = gw.store.admit(&identity, &credential_key).await;
+    let admitted = gw.store.admit(&identity, &credential.store_key).await;
     // Concur asked this credential to pause. A retry whose answer is kept
     // needs nothing of Concur: it is replayed all the same, without a place
     // in flight. (A hold begun here is given back at once, with the
@@ -516,7 +513,6 @@ async fn admit(
         media,
         declared_len,
         credential,
-        credential_key,
         _place: place,
     })
 }
@@ -757,7 +753,11 @@ async fn exchange_with(
             "Concur asked to back off"
         );
         gw.store
-            .back_off(&admitted.identity.company, &admitted.credential_key, wait)
+            .back_off(
+                &admitted.identity.company,
+                &admitted.credential.store_key,
+                wait,
+            )
             .await;
     }
     Ok(Answer {

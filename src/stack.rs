@@ -161,6 +161,14 @@ where
         .service(ProxyService::new(gw))
 }
 
+/// The first `n` characters of `s` (the whole of it when shorter).
+fn first_chars(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    s.char_indices().nth(n).map_or(s, |(end, _)| &s[..end])
+}
+
 fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response<ResponseBody> {
     let what = payload
         .downcast_ref::<&str>()
@@ -227,7 +235,7 @@ where
         req.extensions_mut().insert(ctx);
         let method = req.method().clone();
         // The path only: query strings may hold secrets and are never logged.
-        let path: String = req.uri().path().chars().take(256).collect();
+        let path = first_chars(req.uri().path(), 256).to_owned();
         let gw = self.gw.clone();
         let mut pending = Pending::new(
             gw.clone(),
@@ -473,5 +481,19 @@ where
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(e) => Box::pin(std::future::ready(Ok(refuse(&mut req, e)))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_chars;
+
+    #[test]
+    fn first_chars_counts_characters_not_bytes() {
+        assert_eq!(first_chars("/api/x", 256), "/api/x");
+        assert_eq!(first_chars("abcdef", 3), "abc");
+        assert_eq!(first_chars("éééé", 2), "éé");
+        assert_eq!(first_chars("abc", 3), "abc");
+        assert_eq!(first_chars("", 0), "");
     }
 }

@@ -79,6 +79,9 @@ impl Scheme {
 pub struct Credential {
     pub company: String,
     pub user: Option<String>,
+    /// The credential's name in the store (Concur's back-off, token state):
+    /// [`crate::store::credential_key`], worked out once.
+    pub store_key: String,
     pub scheme: Scheme,
     pub source: Source,
 }
@@ -287,6 +290,7 @@ impl CredentialSet {
                 Source::Refresh(_) => Scheme::Bearer,
             });
             let cred = Arc::new(Credential {
+                store_key: crate::store::credential_key(&company, c.user.as_deref()),
                 company: company.clone(),
                 user: c.user.clone(),
                 scheme,

@@ -242,8 +242,14 @@ pub fn company_tag(company: &str) -> String {
 
 /// 16 hex digits of SHA-256: names in keys that do not spell out users.
 pub fn short_hash(data: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(16);
+    for b in &d.as_ref()[..8] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 fn gcra(per_second: f64, burst: u32) -> (u64, u64) {
@@ -734,6 +740,13 @@ mod tests {
     fn gcra_parameters_match_the_configured_rate_and_burst() {
         assert_eq!(gcra(5.0, 10), (200_000, 1_800_000));
         assert_eq!(gcra(1000.0, 1), (1000, 0));
+    }
+
+    #[test]
+    fn short_hash_is_the_first_8_bytes_of_sha256_in_lowercase_hex() {
+        // Keys in Redis are named with it: replicas of two versions must agree.
+        assert_eq!(short_hash(b"abc"), "ba7816bf8f01cfea");
+        assert_eq!(short_hash(b""), "e3b0c44298fc1c14");
     }
 
     #[test]
