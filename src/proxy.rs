@@ -684,8 +684,19 @@ async fn exchange_with(
         }
         Ok(Ok(response)) => response,
     };
-    let (head, upstream_body) = response.into_parts();
+    let (mut head, upstream_body) = response.into_parts();
     pace.touch();
+    if head.status.as_u16() < 200 || head.status.as_u16() > 599 {
+        // 101 without our `Upgrade`, or a code HTTP does not define (600 and
+        // up): nothing a client could be given as Concur's answer.
+        return Err(GatewayError::UpstreamInvalidResponse(format!(
+            "Concur answered with status {}, which is not a final HTTP status",
+            head.status.as_u16()
+        )));
+    }
+    if let Some(token) = token_text(&access.authorization) {
+        scrub_headers(&mut head.headers, token);
+    }
     if matches!(
         head.status,
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
@@ -859,6 +870,65 @@ fn redact_token(body: Bytes, authorization: &HeaderValue) -> Bytes {
     }
     out.extend_from_slice(rest);
     Bytes::from(out)
+}
+
+/// Concur's header fields with the access token the gateway sent taken out:
+/// a copy written as is is replaced by `[redacted]` (as in the body); one
+/// only percent-encoded (`Location: …?access_token=a%2Bb`) takes its whole
+/// field away. Only `Location`, `Content-Type` and `Retry-After` are ever
+/// passed on or kept for a retry, but none should hold the token.
+fn scrub_headers(headers: &mut HeaderMap, token: &str) {
+    let holds = |v: &HeaderValue| {
+        let raw = v.as_bytes();
+        memchr::memmem::find(raw, token.as_bytes()).is_some()
+            || (memchr::memchr(b'%', raw).is_some()
+                && memchr::memmem::find(&percent_decoded(raw), token.as_bytes()).is_some())
+    };
+    if !headers.values().any(holds) {
+        return;
+    }
+    let names: Vec<header::HeaderName> = headers.keys().cloned().collect();
+    for name in names {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        if !values.iter().any(holds) {
+            continue;
+        }
+        headers.remove(&name);
+        for v in values {
+            if !holds(&v) {
+                headers.append(name.clone(), v);
+                continue;
+            }
+            let redacted = String::from_utf8_lossy(v.as_bytes()).replace(token, "[redacted]");
+            if let Ok(v) = HeaderValue::try_from(redacted)
+                && !holds(&v)
+            {
+                headers.append(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// `%XX` sequences decoded (others kept as they are).
+fn percent_decoded(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The token of an `Authorization` value (`OAuth …`, `Bearer …`), when it is

@@ -222,13 +222,15 @@ pub enum Fault {
     /// Answer `201` with a truncated, unparseable XML body.
     MalformedXml,
     /// Answer exactly this status, `Content-Type` and body (and a
-    /// `Retry-After` header when given).
+    /// `Retry-After` or `Location` header when given).
     Raw {
         status: u16,
         content_type: String,
         body: String,
         #[serde(default)]
         retry_after: Option<String>,
+        #[serde(default)]
+        location: Option<String>,
     },
 }
 

@@ -211,6 +211,7 @@ struct Answer {
     content_type: Option<String>,
     body: String,
     retry_after: Option<HeaderValue>,
+    location: Option<HeaderValue>,
     allow_post: bool,
     image_id: Option<String>,
     error_message: Option<String>,
@@ -224,6 +225,7 @@ impl Answer {
             content_type: Some(XML.to_owned()),
             body: error_xml(state, &message),
             retry_after: None,
+            location: None,
             allow_post: false,
             image_id: None,
             error_message: Some(message),
@@ -236,6 +238,7 @@ impl Answer {
             content_type: Some(XML.to_owned()),
             body: image_xml(&id),
             retry_after: None,
+            location: None,
             allow_post: false,
             image_id: Some(id),
             error_message: None,
@@ -253,6 +256,9 @@ impl Answer {
         }
         if let Some(ra) = self.retry_after {
             h.insert(header::RETRY_AFTER, ra);
+        }
+        if let Some(location) = self.location {
+            h.insert(header::LOCATION, location);
         }
         if self.allow_post {
             h.insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -443,6 +449,7 @@ async fn upload(
                 concur_id()
             ),
             retry_after: None,
+            location: None,
             allow_post: false,
             image_id: None,
             error_message: None,
@@ -452,11 +459,13 @@ async fn upload(
             content_type,
             body,
             retry_after,
+            location,
         }) => Answer {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             content_type: Some(content_type),
             body,
             retry_after: retry_after.and_then(|r| HeaderValue::from_str(&r).ok()),
+            location: location.and_then(|l| HeaderValue::from_str(&l).ok()),
             allow_post: false,
             image_id: None,
             error_message: None,

@@ -565,6 +565,7 @@ async fn concur_errors_map_as_specified() {
         content_type: "application/xml".into(),
         body: "<!DOCTYPE x [<!ENTITY a \"b\">]><Image><Id>&a;</Id></Image>".into(),
         retry_after: None,
+        location: None,
     });
     h.upload(path, JPEG)
         .await
@@ -575,6 +576,7 @@ async fn concur_errors_map_as_specified() {
         content_type: "text/html".into(),
         body: "<html>bad gateway</html>".into(),
         retry_after: None,
+        location: None,
     });
     // HTML that is XML-shaped enough to parse is still Concur's answer.
     let r = h.upload(path, JPEG).await;
@@ -794,6 +796,7 @@ async fn xml_clients_get_concurs_answer_verbatim() {
         content_type: "text/xml".into(),
         body: sent.into(),
         retry_after: None,
+        location: None,
     });
     let r = h
         .post(
@@ -1464,6 +1467,7 @@ async fn an_html_error_page_before_concur_keeps_its_status_and_retry_after() {
         content_type: "application/xml".into(),
         body: "<!DOCTYPE Error [<!ENTITY a \"b\">]><Error><Message>&a;</Message></Error>".into(),
         retry_after: None,
+        location: None,
     });
     h.upload(path, JPEG)
         .await
@@ -1489,6 +1493,7 @@ async fn an_html_error_page_before_concur_keeps_its_status_and_retry_after() {
             content_type: content_type.into(),
             body: body.into(),
             retry_after: Some("3".into()),
+            location: None,
         });
         let r = h.upload(path, JPEG).await;
         let v = r.problem(status, "concur_error");
@@ -1515,6 +1520,7 @@ async fn a_2xx_without_concurs_xml() {
         content_type: "text/html".into(),
         body: "<html><body><p>Please log in</p></body></html>".into(),
         retry_after: None,
+        location: None,
     });
     h.upload(path, JPEG)
         .await
@@ -1524,6 +1530,7 @@ async fn a_2xx_without_concurs_xml() {
         content_type: "application/xml".into(),
         body: String::new(),
         retry_after: None,
+        location: None,
     });
     let r = h.upload(path, JPEG).await;
     assert_eq!(r.status, 204, "{}", r.text());
@@ -1549,6 +1556,7 @@ async fn a_concur_answer_that_quotes_the_token_is_redacted() {
             "<Error><Message>Invalid token: OAuth {token} (token {token})</Message></Error>"
         ),
         retry_after: None,
+        location: None,
     });
     let capture = capture_logs().await;
     let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
@@ -1569,6 +1577,82 @@ async fn a_concur_answer_that_quotes_the_token_is_redacted() {
             .iter()
             .any(|(k, v)| k == "authorization" && v.ends_with(token))
     );
+}
+
+/// Concur's `Location` quoting the access token (a URL with it in the
+/// query): redacted as the body is, or, percent-encoded, not passed on; the
+/// record kept for a retry holds no token either.
+#[tokio::test]
+async fn a_concur_location_that_quotes_the_token_is_redacted() {
+    let h = Harness::start().await;
+    let token = "concur-alice-token-0001";
+    let auth = format!("Bearer {}", jwt("acme", "alice@acme.example"));
+    let cases = [
+        (
+            format!("https://concur.example/img/1?access_token={token}&x=1"),
+            Some("https://concur.example/img/1?access_token=[redacted]&x=1"),
+        ),
+        (
+            "https://concur.example/img/2?t=concur%2Dalice%2dtoken-0001".to_owned(),
+            None,
+        ),
+        (
+            "https://concur.example/img/3".to_owned(),
+            Some("https://concur.example/img/3"),
+        ),
+    ];
+    for (k, (location, expected)) in cases.iter().enumerate() {
+        h.sandbox.push_fault(Fault::Raw {
+            status: 201,
+            content_type: "application/xml".into(),
+            body: "<Image><Id>L1</Id><Url/></Image>".into(),
+            retry_after: None,
+            location: Some(location.clone()),
+        });
+        let key = format!("location-{k}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "image/jpeg"),
+            ("idempotency-key", key.as_str()),
+        ];
+        let path = "/api/image/v1.0/receipt";
+        let first = h.post(path, &headers, JPEG.to_vec()).await;
+        assert_eq!(first.status, 201, "{}", first.text());
+        // The retry is the kept record, replayed.
+        let replay = h.post(path, &headers, JPEG.to_vec()).await;
+        assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+        for r in [&first, &replay] {
+            assert_eq!(r.header("location"), *expected, "{location}");
+            for (name, value) in &r.headers {
+                let value = String::from_utf8_lossy(value.as_bytes());
+                assert!(!value.contains("alice-token"), "{name}: {value}");
+                assert!(!value.contains("alice%2"), "{name}: {value}");
+            }
+        }
+    }
+    assert_eq!(h.uploads().len(), 3, "the replays reached Concur");
+}
+
+/// A Concur status that is no final answer (101 without an `Upgrade` asked
+/// for, a code HTTP does not define) is not passed on as the client's.
+#[tokio::test]
+async fn a_concur_status_that_is_no_final_answer_is_invalid() {
+    let h = Harness::start().await;
+    for status in [600, 999] {
+        h.sandbox.push_fault(Fault::Raw {
+            status,
+            content_type: "application/xml".into(),
+            body: "<Image><Id>X</Id></Image>".into(),
+            retry_after: None,
+            location: None,
+        });
+        let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
+        let v = r.problem(502, "upstream_invalid_response");
+        assert!(
+            v["detail"].as_str().unwrap().contains(&status.to_string()),
+            "{v}"
+        );
+    }
 }
 
 /// The token hidden from a byte search by XML's own escapes (a character
@@ -1601,6 +1685,7 @@ async fn a_concur_answer_that_quotes_the_token_in_escaped_form_is_not_passed_on(
                 content_type: "application/xml".into(),
                 body,
                 retry_after: None,
+                location: None,
             });
             let auth = format!("Bearer {}", jwt("acme", "alice@acme.example"));
             let r = h

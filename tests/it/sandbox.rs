@@ -864,6 +864,7 @@ async fn raw_fault_answers_exactly() {
         content_type: "text/html".into(),
         body: "<html>Bad Gateway</html>".into(),
         retry_after: None,
+        location: None,
     });
     let r = upload(&sb, "/api/image/v1.0/report/RR", ALICE).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
