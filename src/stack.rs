@@ -161,6 +161,37 @@ where
         .service(ProxyService::new(gw))
 }
 
+/// The request path as the access log shows it: its first 256 characters,
+/// with anything shaped like a JWT (a run of base64url characters and dots
+/// that starts `eyJ`, a JSON object's start, or that holds a dot and is 32
+/// characters or longer) replaced by `[redacted]`. A client that put its
+/// token in the path (`/nope/<JWT>`, `…/report/<JWT>`) gets `404` or
+/// `400 invalid_id`; its token stays out of the log all the same.
+fn logged_path(path: &str) -> String {
+    let path = first_chars(path, 256);
+    let is_run = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && is_run(bytes[i]) {
+            i += 1;
+        }
+        let run = &path[start..i];
+        let jwt_like =
+            (run.starts_with("eyJ") && run.len() >= 16) || (run.len() >= 32 && run.contains('.'));
+        out.push_str(if jwt_like { "[redacted]" } else { run });
+        let rest = &path[i..];
+        let other = rest
+            .find(|c: char| c.is_ascii() && is_run(c as u8))
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..other]);
+        i += other;
+    }
+    out
+}
+
 /// The first `n` characters of `s` (the whole of it when shorter).
 fn first_chars(s: &str, n: usize) -> &str {
     if s.len() <= n {
@@ -235,7 +266,7 @@ where
         req.extensions_mut().insert(ctx);
         let method = req.method().clone();
         // The path only: query strings may hold secrets and are never logged.
-        let path = first_chars(req.uri().path(), 256).to_owned();
+        let path = logged_path(req.uri().path());
         let gw = self.gw.clone();
         let mut pending = Pending::new(
             gw.clone(),
@@ -486,7 +517,36 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::first_chars;
+    use super::{first_chars, logged_path};
+
+    #[test]
+    fn logged_paths_keep_routes_and_ids_and_lose_jwts() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg";
+        for path in [
+            "/api/image/v1.0/receipt",
+            "/api/image/v1.1/invoice/INV-2024_0001$x",
+            "/nope",
+            "/api/image/v1.0/report/ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+            "/é/x.jpg",
+        ] {
+            assert_eq!(logged_path(path), path);
+        }
+        assert_eq!(logged_path(&format!("/nope/{jwt}")), "/nope/[redacted]");
+        assert_eq!(
+            logged_path(&format!("/api/image/v1.0/receipt;jwt={jwt}/x")),
+            "/api/image/v1.0/receipt;jwt=[redacted]/x"
+        );
+        // Cut at 256 characters, what is left of it still goes.
+        let long = format!("/{}/{jwt}{}", "a".repeat(200), "b".repeat(100));
+        assert_eq!(
+            logged_path(&long),
+            format!("/{}/[redacted]", "a".repeat(200))
+        );
+        // No padding, other alphabets, nothing shaped like one: kept.
+        assert_eq!(logged_path("/a.b.c"), "/a.b.c");
+        let dotted = format!("/x/{}.{}", "k".repeat(20), "m".repeat(20));
+        assert_eq!(logged_path(&dotted), "/x/[redacted]");
+    }
 
     #[test]
     fn first_chars_counts_characters_not_bytes() {

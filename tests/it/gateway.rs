@@ -1655,6 +1655,50 @@ async fn a_concur_status_that_is_no_final_answer_is_invalid() {
     }
 }
 
+/// A caller that puts its JWT in the path (as a target ID, after an unknown
+/// path) is answered as usual; the access log shows the path without it.
+#[tokio::test]
+async fn a_jwt_in_the_path_stays_out_of_the_log() {
+    let h = Harness::start().await;
+    let token = jwt("acme", "alice@acme.example");
+    let auth = format!("Bearer {token}");
+    let capture = capture_logs().await;
+    for (k, (path, status)) in [
+        (format!("/api/image/v1.0/report/{token}"), 400),
+        (format!("/nope/{token}"), 404),
+        (format!("/api/image/v1.0/receipt;jwt={token}"), 404),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("jwt-in-path-{k}");
+        let r = h
+            .post(
+                path,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "image/jpeg"),
+                    ("x-request-id", id.as_str()),
+                ],
+                JPEG.to_vec(),
+            )
+            .await;
+        assert_eq!(r.status, *status, "{path}: {}", r.text());
+        assert!(!r.text().contains(&token[..20]));
+    }
+    let logs = capture.finish();
+    for k in 0..3 {
+        let id = format!("request_id=jwt-in-path-{k} ");
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_else(|| panic!("no access line for {id}: {logs}"));
+        assert!(line.contains("[redacted]"), "{line}");
+        assert!(!line.contains(&token[..20]), "{line}");
+    }
+    assert!(h.uploads().is_empty());
+}
+
 /// The token hidden from a byte search by XML's own escapes (a character
 /// reference, a CDATA section, a comment or an element splitting it) would
 /// come out whole once translated: such an answer is not passed on, on
