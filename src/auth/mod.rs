@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{AuthConfig, KeySource};
@@ -61,9 +61,14 @@ struct VerifyKey {
     algorithms: Vec<Algorithm>,
 }
 
+/// A usable JWKS key and its `kid`, if it has one.
+type KidKey = (Option<String>, Arc<VerifyKey>);
+
 /// Loaded keys: by `kid`, plus those without one.
 pub struct KeySet {
-    by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// Several keys may share a `kid` (a set published mid-rotation): each is
+    /// tried.
+    by_kid: HashMap<String, Vec<Arc<VerifyKey>>>,
     all: Vec<Arc<VerifyKey>>,
 }
 
@@ -113,41 +118,83 @@ fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
 }
 
 impl KeySet {
-    /// Parses a JWKS document. Keys meant for encryption (`use: enc`) are skipped.
+    /// Parses a JWKS document. Keys meant for encryption (`use: enc`) are
+    /// skipped, and so, with a warning, are keys the gateway cannot verify
+    /// with (an unknown `kty`, a curve such as P-521 or secp256k1, an `alg`
+    /// that does not fit the key, unreadable key material): RFC 7517 §5, an
+    /// identity provider that adds such a key must not stop every
+    /// authentication. A symmetric (`oct`) key refuses the whole set: it is a
+    /// secret published. Without one usable signature key the set is refused.
     pub fn from_jwks(json: &[u8]) -> Result<Self, String> {
-        let set: JwkSet =
+        #[derive(serde::Deserialize)]
+        struct RawSet {
+            keys: Vec<serde_json::Value>,
+        }
+        let set: RawSet =
             serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
-        let mut by_kid = HashMap::new();
+        let mut by_kid: HashMap<String, Vec<Arc<VerifyKey>>> = HashMap::new();
         let mut all = Vec::new();
-        for (i, jwk) in set.keys.iter().enumerate() {
-            let name = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
-            if matches!(
-                jwk.common.public_key_use,
-                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
-            ) {
-                continue;
+        let mut skipped = Vec::new();
+        for (i, raw) in set.keys.into_iter().enumerate() {
+            let name = raw
+                .get("kid")
+                .and_then(serde_json::Value::as_str)
+                .map_or_else(|| format!("#{i}"), str::to_owned);
+            if raw.get("kty").and_then(serde_json::Value::as_str) == Some("oct") {
+                return Err(format!(
+                    "key {name}: symmetric (oct) keys are refused in a JWKS: use hs256_secret_file"
+                ));
             }
-            let mut algorithms =
-                algorithms_for(&jwk.algorithm).map_err(|e| format!("key {name}: {e}"))?;
-            if let Some(alg) = jwk.common.key_algorithm {
-                let alg = key_algorithm(alg)
-                    .filter(|a| algorithms.contains(a))
-                    .ok_or_else(|| {
-                        format!("key {name}: `alg` {alg:?} does not fit the key type")
-                    })?;
-                algorithms = vec![alg];
+            match Self::verify_key(raw) {
+                Ok(None) => {}
+                Ok(Some((kid, key))) => {
+                    if let Some(kid) = kid {
+                        by_kid.entry(kid).or_default().push(key.clone());
+                    }
+                    all.push(key);
+                }
+                Err(reason) => skipped.push(format!("key {name}: {reason}")),
             }
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {name}: {e}"))?;
-            let key = Arc::new(VerifyKey { key, algorithms });
-            if let Some(kid) = &jwk.common.key_id {
-                by_kid.insert(kid.clone(), key.clone());
-            }
-            all.push(key);
+        }
+        for reason in &skipped {
+            tracing::warn!(reason = %reason, "JWKS key skipped: the gateway cannot verify with it");
         }
         if all.is_empty() {
-            return Err("the JWKS has no signature keys".into());
+            return Err(if skipped.is_empty() {
+                "the JWKS has no signature keys".into()
+            } else {
+                format!(
+                    "the JWKS has no signature keys the gateway can use ({})",
+                    skipped.join("; ")
+                )
+            });
         }
         Ok(Self { by_kid, all })
+    }
+
+    /// One JWK: `Ok(None)` for an encryption key, else its `kid` and the
+    /// key, or why it cannot be used.
+    fn verify_key(raw: serde_json::Value) -> Result<Option<KidKey>, String> {
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(raw).map_err(|e| format!("not a key the gateway reads: {e}"))?;
+        if matches!(
+            jwk.common.public_key_use,
+            Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+        ) {
+            return Ok(None);
+        }
+        let mut algorithms = algorithms_for(&jwk.algorithm)?;
+        if let Some(alg) = jwk.common.key_algorithm {
+            let alg = key_algorithm(alg)
+                .filter(|a| algorithms.contains(a))
+                .ok_or_else(|| format!("`alg` {alg:?} does not fit the key type"))?;
+            algorithms = vec![alg];
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+        Ok(Some((
+            jwk.common.key_id.clone(),
+            Arc::new(VerifyKey { key, algorithms }),
+        )))
     }
 
     /// No keys: every token is refused (a JWKS URL not fetched yet).
@@ -209,25 +256,44 @@ impl KeySet {
         }
     }
 
-    fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&VerifyKey, String> {
+    /// The keys a token's signature is checked against, in order: those of
+    /// its `kid` (usually one) that allow its algorithm, or the one key
+    /// that fits the algorithm when it has no `kid`. `Err(None)`: the `kid`
+    /// is unknown (the set may need a refetch).
+    fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<&VerifyKey>, SelectError> {
         match kid {
-            Some(kid) => self
-                .by_kid
-                .get(kid)
-                .map(|k| &**k)
-                .ok_or_else(|| "unknown key id".to_owned()),
+            Some(kid) => {
+                let keys = self.by_kid.get(kid).ok_or(SelectError::UnknownKid)?;
+                let fitting: Vec<&VerifyKey> = keys
+                    .iter()
+                    .map(|k| &**k)
+                    .filter(|k| k.algorithms.contains(&alg))
+                    .collect();
+                if fitting.is_empty() {
+                    return Err(SelectError::Other(format!(
+                        "algorithm {alg:?} is not allowed for this key"
+                    )));
+                }
+                Ok(fitting)
+            }
             None => {
                 let mut fitting = self.all.iter().filter(|k| k.algorithms.contains(&alg));
                 match (fitting.next(), fitting.next()) {
-                    (Some(k), None) => Ok(k),
-                    (None, _) => Err("no key for this algorithm".to_owned()),
-                    (Some(_), Some(_)) => {
-                        Err("several keys fit and the token has no kid".to_owned())
-                    }
+                    (Some(k), None) => Ok(vec![&**k]),
+                    (None, _) => Err(SelectError::Other("no key for this algorithm".to_owned())),
+                    (Some(_), Some(_)) => Err(SelectError::Other(
+                        "several keys fit and the token has no kid".to_owned(),
+                    )),
                 }
             }
         }
     }
+}
+
+/// Why no key was found for a token.
+enum SelectError {
+    UnknownKid,
+    Other(String),
 }
 
 /// Longest encoded JOSE header segment read (an `x5c` chain of a few
@@ -389,7 +455,8 @@ impl Authenticator {
     fn check_times(&self, exp: f64, nbf: Option<f64>) -> Result<(), String> {
         let now = self.clock.now_unix() as f64;
         let leeway = self.leeway as f64;
-        if now > exp + leeway {
+        // RFC 7519 §4.1.4: the current time must be before `exp`.
+        if now >= exp + leeway {
             return Err("token expired".into());
         }
         if let Some(nbf) = nbf
@@ -405,19 +472,14 @@ impl Authenticator {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_owned())?;
         let keys = self.keys.load();
-        let key = keys
-            .select(header.kid.as_deref(), header.alg)
-            .inspect_err(|_| {
-                if header.kid.is_some() {
-                    self.unknown_kid.notify_one();
-                }
-            })?;
-        if !key.algorithms.contains(&header.alg) {
-            return Err(format!(
-                "algorithm {:?} is not allowed for this key",
-                header.alg
-            ));
-        }
+        let candidates = match keys.select(header.kid.as_deref(), header.alg) {
+            Ok(candidates) => candidates,
+            Err(SelectError::UnknownKid) => {
+                self.unknown_kid.notify_one();
+                return Err("unknown key id".to_owned());
+            }
+            Err(SelectError::Other(e)) => return Err(e),
+        };
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         // Time claims are checked below against the injected clock.
@@ -428,12 +490,22 @@ impl Authenticator {
         validation.set_audience(&[&self.audience]);
         validation.required_spec_claims.insert("iss".into());
         validation.required_spec_claims.insert("aud".into());
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            &key.key,
-            &validation,
-        )
-        .map_err(|e| {
+        // Each key of the `kid` in turn: a signature that fails with one may
+        // be another's.
+        let mut decoded = Err(jsonwebtoken::errors::ErrorKind::InvalidSignature.into());
+        for key in candidates {
+            decoded = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                token,
+                &key.key,
+                &validation,
+            );
+            match &decoded {
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
+                }
+                _ => break,
+            }
+        }
+        let data = decoded.map_err(|e: jsonwebtoken::errors::Error| {
             use jsonwebtoken::errors::ErrorKind::*;
             match e.kind() {
                 InvalidSignature => "bad signature".to_owned(),
@@ -560,8 +632,9 @@ mod tests {
                 user: "u".into()
             }
         );
-        clock.set(T0 + 630); // exp + leeway: still accepted
+        clock.set(T0 + 629); // the last second before exp + leeway
         assert!(auth.verify(&t).is_ok());
+        // RFC 7519 §4.1.4: the time must be before `exp` (+ leeway), not at it.
         clock.advance(Duration::from_secs(1));
         assert_eq!(auth.verify(&t).unwrap_err(), "token expired");
     }

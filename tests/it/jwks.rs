@@ -98,3 +98,126 @@ async fn not_ready_until_the_first_key_set_arrives() {
     // The start-up retry backs off from 1 s.
     wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
 }
+
+/// The test key set with more keys added.
+fn with_keys(extra: &[serde_json::Value]) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&keys().jwks).unwrap();
+    v["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(extra.iter().cloned());
+    v.to_string()
+}
+
+/// Keys the gateway cannot verify with (a P-521 or secp256k1 curve, a `kty`
+/// it does not know, an RSA key whose `alg` is for encryption) are skipped
+/// (RFC 7517 §5): the others keep working, at start and on a refetch. A
+/// set of only such keys is refused and the last good one kept.
+#[tokio::test]
+async fn keys_the_gateway_cannot_use_are_skipped() {
+    let coord = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+    let rsa = serde_json::from_str::<serde_json::Value>(&rsa_only("x")).unwrap()["keys"][0].clone();
+    let mut oaep = rsa.clone();
+    oaep["kid"] = "oaep".into();
+    oaep["alg"] = "RSA-OAEP".into();
+    oaep.as_object_mut().unwrap().remove("use");
+    let unusable = [
+        serde_json::json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": coord, "y": coord}),
+        serde_json::json!({"kty": "EC", "crv": "secp256k1", "kid": "k1", "x": coord, "y": coord}),
+        serde_json::json!({"kty": "FOO", "kid": "foo", "z": 1}),
+        oaep,
+    ];
+    let idp = JwksServer::start(&with_keys(&unusable)).await;
+    let h = Harness::builder()
+        .jwks_from(&idp)
+        .set("auth.jwks_min_refetch_s", 0.2)
+        .start()
+        .await;
+    wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
+    let c = claims("acme", "alice@acme.example");
+    let post = |token: String| {
+        let h = &h;
+        async move {
+            h.upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
+                .await
+        }
+    };
+    for (alg, kid) in [
+        (Algorithm::ES256, "es"),
+        (Algorithm::RS256, "rsa"),
+        (Algorithm::EdDSA, "ed"),
+    ] {
+        assert_eq!(post(sign(alg, Some(kid), &c)).await.status, 201, "{kid}");
+    }
+    post(sign(Algorithm::ES256, Some("p521"), &c))
+        .await
+        .problem(401, "invalid_token");
+
+    // Rotation to a set that adds a key under a new kid and an unusable
+    // one: the new kid is picked up.
+    let mut es2 =
+        serde_json::from_str::<serde_json::Value>(&keys().jwks).unwrap()["keys"][0].clone();
+    es2["kid"] = "es-next".into();
+    let mut extra = unusable.to_vec();
+    extra.push(es2);
+    idp.publish(Some(with_keys(&extra)));
+    wait_for_async(async || {
+        post(sign(Algorithm::ES256, Some("es-next"), &c))
+            .await
+            .status
+            == 201
+    })
+    .await;
+
+    // Nothing usable: refused, the last good set stays.
+    let before = idp.fetches();
+    idp.publish(Some(serde_json::json!({"keys": unusable}).to_string()));
+    post(sign(Algorithm::ES256, Some("unknown-kid"), &c))
+        .await
+        .problem(401, "invalid_token");
+    wait_for_async(async || idp.fetches() > before).await;
+    assert_eq!(
+        post(sign(Algorithm::ES256, Some("es"), &c)).await.status,
+        201
+    );
+}
+
+/// Two keys published under one `kid` (an IdP mid-rotation): a token signed
+/// by either verifies; by neither, it is refused.
+#[tokio::test]
+async fn two_keys_under_one_kid_are_both_tried() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = other.public_key_raw();
+    let other_key = jsonwebtoken::EncodingKey::from_ec_der(&other.serialize_der());
+    let mut es =
+        serde_json::from_str::<serde_json::Value>(&keys().jwks).unwrap()["keys"][0].clone();
+    es["kid"] = "same".into();
+    let twin = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "same", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])});
+    let idp = JwksServer::start(&serde_json::json!({"keys": [es, twin]}).to_string()).await;
+    let h = Harness::builder().jwks_from(&idp).start().await;
+    wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
+    let c = claims("acme", "alice@acme.example");
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.kid = Some("same".into());
+    let by_twin = jsonwebtoken::encode(&header, &c, &other_key).unwrap();
+    for token in [sign(Algorithm::ES256, Some("same"), &c), by_twin] {
+        let r = h
+            .upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // Signed by a third key under the same kid: neither verifies.
+    let third = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let forged = jsonwebtoken::encode(
+        &header,
+        &c,
+        &jsonwebtoken::EncodingKey::from_ec_der(&third.serialize_der()),
+    )
+    .unwrap();
+    h.upload_with_token(&forged, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
+        .await
+        .problem(401, "invalid_token");
+}
