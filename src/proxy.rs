@@ -793,6 +793,9 @@ fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<std
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     let secs = match value.parse::<u64>() {
         Ok(secs) => secs,
+        // Delay-seconds too large for 64 bits is still a long pause (it is
+        // capped at the back-off's maximum), not none.
+        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => u64::MAX,
         Err(_) => {
             let at = httpdate::parse_http_date(value).ok()?;
             let left = at.duration_since(now).ok()?;
@@ -1207,6 +1210,11 @@ mod tests {
         assert_eq!(at(&date(now)), None, "now");
         assert_eq!(at("soon"), None);
         assert_eq!(at("-3"), None);
+        // Too large for 64 bits: the longest pause (capped by the back-off).
+        assert_eq!(
+            at("99999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
+        );
         assert_eq!(retry_after_at(&HeaderMap::new(), now), None);
     }
 
