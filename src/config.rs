@@ -76,6 +76,8 @@ pub struct Files {
     pub jwks_ca_file: Option<PathBuf>,
     /// `upstream.ca_file` (it exists; its PEM is not yet read).
     pub upstream_ca_file: Option<PathBuf>,
+    /// `store.ca_file` (it exists; its PEM is not yet read).
+    pub store_ca_file: Option<PathBuf>,
     /// `credentials.file`.
     pub credentials_file: Option<PathBuf>,
     /// `credentials.state_dir`.
@@ -1361,6 +1363,7 @@ impl RawStore {
             cx.problems
                 .push(format!("store.ca_file {}: no such file", ca.display()));
         }
+        cx.files.store_ca_file = ca_file.clone().filter(|p| p.is_file());
         let encryption_key_file = match self.encryption_key_file.map(|p| cx.resolve(p)) {
             None => {
                 cx.problems.push(
@@ -1873,6 +1876,7 @@ x = 1
                 // Reported already as missing: not loaded again.
                 jwks_ca_file: None,
                 upstream_ca_file: at("ca.pem"),
+                store_ca_file: None,
                 credentials_file: at("creds.toml"),
                 state_dir: at("state"),
             }

@@ -307,6 +307,7 @@ fn check_files(files: &Files) -> Vec<String> {
     for (key, ca_file) in [
         ("upstream.ca_file", &files.upstream_ca_file),
         ("auth.jwks_ca_file", &files.jwks_ca_file),
+        ("store.ca_file", &files.store_ca_file),
     ] {
         if let Some(ca_file) = ca_file
             && let Err(e) = tls_config(Some(ca_file))

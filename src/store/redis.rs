@@ -272,7 +272,13 @@ impl Redis {
     /// ([`Redis::connect`]), so a gateway starts while Redis is down.
     pub fn new(config: &RedisConfig) -> Result<Self, String> {
         let certs = match &config.ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| format!("store.ca_file: {e}"))?),
+            Some(path) => {
+                // The same check as `upstream.ca_file`: a file without a PEM
+                // certificate would leave TLS to Redis failing for good.
+                crate::upstream::tls_config(Some(path))
+                    .map_err(|e| format!("store.ca_file {e}"))?;
+                Some(std::fs::read(path).map_err(|e| format!("store.ca_file: {e}"))?)
+            }
             None => None,
         };
         let tls = || redis::TlsCertificates {

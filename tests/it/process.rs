@@ -216,6 +216,51 @@ fn check_config_reports_every_problem() {
     assert_eq!(code, Some(0), "{text}");
 }
 
+/// `store.ca_file` is read as `upstream.ca_file` is: a file without a PEM
+/// certificate is a problem (it passed, and TLS to Redis then failed for good).
+#[test]
+fn check_config_reads_the_store_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(dir.path().join("jwks.json"), &keys().jwks).unwrap();
+    std::fs::write(dir.path().join("credentials.toml"), CREDENTIALS).unwrap();
+    std::fs::write(
+        dir.path().join("store.key"),
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        "[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"jwks.json\"\n\
+         [credentials]\nfile = \"credentials.toml\"\n\
+         [store]\nbackend = \"redis\"\nurl = \"rediss://localhost:6380/0\"\n\
+         ca_file = \"redis-ca.pem\"\nencryption_key_file = \"store.key\"\n",
+    )
+    .unwrap();
+    let ca = dir.path().join("redis-ca.pem");
+    for junk in ["hello\n", ""] {
+        std::fs::write(&ca, junk).unwrap();
+        let (code, text) = check_config(&path);
+        assert_eq!(code, Some(2), "{text}");
+        let line = format!(
+            "{}: store.ca_file {}: no PEM certificate found",
+            path.display(),
+            ca.display()
+        );
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    std::fs::write(&ca, keys().rsa_public_pem.as_bytes()).unwrap();
+    let (code, text) = check_config(&path);
+    assert_eq!(code, Some(2), "a public key is no certificate: {text}");
+    let (_, cert_pem) = localhost_tls();
+    std::fs::write(&ca, cert_pem).unwrap();
+    let (code, text) = check_config(&path);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 #[test]
 fn check_config_reports_config_and_file_problems_in_one_run() {
     let dir = tempfile::tempdir().unwrap();
