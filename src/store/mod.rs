@@ -364,7 +364,18 @@ impl Store {
             return Vec::new();
         };
         if !redis.connected() {
-            return vec!["store: not connected to Redis yet; limits are this replica's own, refreshes that need the lock wait".into()];
+            // Why, when a try failed (a wrong password, an untrusted
+            // certificate): the log is not the only place to find it.
+            let why = self
+                .last_error
+                .lock()
+                .expect("store lock")
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            return vec![format!(
+                "store: not connected to Redis yet{why}; limits are this replica's own, refreshes that need the lock wait"
+            )];
         }
         if self.degraded.load(Ordering::Acquire) {
             let why = self

@@ -265,6 +265,16 @@ impl Fleet {
     /// A sandbox (access tokens living `ttl`; zero: an hour) and `n` gateways
     /// configured with `sections` (TOML sections appended to the base config).
     async fn start(n: usize, ttl: Duration, sections: impl Fn(&Path) -> String) -> Fleet {
+        Self::start_with(n, ttl, sections, true).await
+    }
+
+    /// [`Fleet::start`], waiting for each replica to connect to Redis or not.
+    async fn start_with(
+        n: usize,
+        ttl: Duration,
+        sections: impl Fn(&Path) -> String,
+        wait_for_redis: bool,
+    ) -> Fleet {
         let sandbox = Sandbox::start(
             "127.0.0.1:0".parse().unwrap(),
             SandboxConfig {
@@ -303,7 +313,7 @@ impl Fleet {
         );
         let mut replicas = Vec::new();
         for _ in 0..n {
-            replicas.push(Self::replica(&text, dir.path()).await);
+            replicas.push(Self::replica(&text, dir.path(), wait_for_redis).await);
         }
         Fleet {
             sandbox,
@@ -312,7 +322,7 @@ impl Fleet {
         }
     }
 
-    async fn replica(text: &str, dir: &Path) -> Replica {
+    async fn replica(text: &str, dir: &Path, wait_for_redis: bool) -> Replica {
         let config = Config::from_toml(text, dir).unwrap_or_else(|e| panic!("{e}"));
         let gateway = Arc::new(Gateway::new(config).unwrap_or_else(|e| panic!("{e:?}")));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -330,7 +340,7 @@ impl Fleet {
             task,
         };
         // Wait until the store is connected (the health loop runs every second).
-        if let Some(redis) = replica.gateway.store.redis() {
+        if let Some(redis) = replica.gateway.store.redis().filter(|_| wait_for_redis) {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !redis.connected() {
                 assert!(
@@ -1038,6 +1048,53 @@ async fn a_replica_killed_while_holding_the_refresh_lock_is_taken_over() {
     assert!(ready.text().contains("unusable"), "{}", ready.text());
     assert_eq!(
         upload(a, ALICE, "/api/image/v1.0/report/R1").await.status,
+        201
+    );
+    fleet.stop().await;
+}
+
+/// A Redis the gateway never reached (a wrong password here): `/readyz`
+/// stays 200 and says why, not only that it is not connected yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_why_redis_was_never_reached() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisNode::spawn(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &["--requirepass".into(), "right-password-1".into()],
+    );
+    let url = format!("redis://:wrong-password-2@127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start_with(
+        1,
+        Duration::ZERO,
+        |dir| store_section(dir, &url, None, ""),
+        false,
+    )
+    .await;
+    let admin = fleet.replicas[0].admin;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let ready = request(admin, "GET", "/readyz", &[], Payload::Full(Vec::new())).await;
+        assert_eq!(ready.status, 200, "{}", ready.text());
+        let text = ready.text();
+        if text.contains("not connected to Redis yet (") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.contains("not connected to Redis yet ("), "{text}");
+    let lower = text.to_lowercase();
+    assert!(
+        lower.contains("auth") || lower.contains("pass"),
+        "the reason: {text}"
+    );
+    assert!(!text.contains("wrong-password-2"), "{text}");
+    // Requests flow on the replica's own limits all the same.
+    assert_eq!(
+        upload(fleet.replicas[0].addr, ALICE, "/api/image/v1.0/report/P1")
+            .await
+            .status,
         201
     );
     fleet.stop().await;
