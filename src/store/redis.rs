@@ -108,6 +108,7 @@ struct Scripts {
     unlock: Script,
     extend_lock: Script,
     cas: Script,
+    cas_version: Script,
     idem_begin: Script,
     idem_finish: Script,
 }
@@ -224,6 +225,17 @@ redis.call('HSET', KEYS[1], 'v', ARGV[3], 's', ARGV[4])
 return 1
 "#;
 
+/// Writes a token state if the stored version is still ARGV[1], whoever holds
+/// the lock: `1` written, `-1` version moved. For a refreshed state whose
+/// write failed under the lock (the store went away past the lock's life):
+/// the version alone says that no replica stored anything since.
+const CAS_VERSION: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v or '0') ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
+return 1
+"#;
+
 /// The keys of one admission.
 #[derive(Debug, Clone)]
 pub struct AdmitKeys {
@@ -323,6 +335,7 @@ impl Redis {
                 unlock: Script::new(UNLOCK),
                 extend_lock: Script::new(EXTEND_LOCK),
                 cas: Script::new(CAS),
+                cas_version: Script::new(CAS_VERSION),
                 idem_begin: Script::new(IDEM_BEGIN),
                 idem_finish: Script::new(IDEM_FINISH),
             },
@@ -540,6 +553,30 @@ impl Redis {
             1 => CasResult::Written,
             0 => CasResult::LockLost,
             _ => CasResult::VersionMoved,
+        })
+    }
+
+    /// Writes `sealed` as version `expected + 1` if the stored version is
+    /// still `expected`, lock or no lock ([`CAS_VERSION`]).
+    pub async fn token_cas_version(
+        &self,
+        key: &str,
+        expected: u64,
+        sealed: &str,
+    ) -> Result<CasResult, StoreError> {
+        let mut invocation = self.scripts.cas_version.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(expected)
+            .arg(expected + 1)
+            .arg(sealed);
+        let r: i64 = self
+            .call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        Ok(if r == 1 {
+            CasResult::Written
+        } else {
+            CasResult::VersionMoved
         })
     }
 

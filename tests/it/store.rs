@@ -109,6 +109,14 @@ impl RedisNode {
         }
     }
 
+    /// SIGSTOP / SIGCONT: a Redis that stops answering without closing its
+    /// connections (a stalled node, a failover under way).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -931,6 +939,60 @@ async fn shared_state_on_a_cluster() {
     .await;
     r.problem(429, "rate_limited");
     assert!(r.text().contains("concur"), "{}", r.text());
+    fleet.stop().await;
+}
+
+/// The store stalls while a replica refreshes, past the refresh lock's
+/// life: the rotated state Concur handed back is not lost. The replica keeps
+/// it and writes it once Redis answers; every replica then uses it, and
+/// nobody refreshes with the rotated-out token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_the_store_missed_is_written_once_it_answers() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let fleet = Fleet::start(2, Duration::ZERO, |dir| {
+        store_section(dir, &url, None, "refresh_lock_ttl_ms = 300\n")
+    })
+    .await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    fleet
+        .sandbox
+        .delay_token_answers(Duration::from_millis(1200));
+    let first = tokio::spawn(async move { upload(a, BOB, "/api/image/v1.0/receipt").await });
+    wait_for(|| fleet.sandbox.token_requests() == 1).await;
+    redis.signal("-STOP");
+    // The token answer arrives (1.2 s) while Redis is stalled, past the
+    // lock's life: the write fails, the caller is told to retry.
+    let r = first.await.unwrap();
+    r.problem(503, "store_unavailable");
+    redis.signal("-CONT");
+    fleet.sandbox.delay_token_answers(Duration::ZERO);
+    // Once Redis answers, the kept state is written (by the replica's next
+    // request at the latest, before anything else): both replicas use it,
+    // with no second refresh (the file's token is dead, rotated away). (A
+    // request on the other replica in the first 100 ms after Redis is back,
+    // before the kept state is offered again, would still refresh with the
+    // dead token: docs/store.md.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = upload(a, BOB, "/api/image/v1.0/receipt").await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            r.status == 503 && Instant::now() < deadline,
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(upload(b, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    assert_eq!(fleet.sandbox.token_requests(), 1, "refreshed once");
+    assert_eq!(fleet.sandbox.successful_refreshes(), 1);
     fleet.stop().await;
 }
 

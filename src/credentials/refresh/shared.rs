@@ -32,13 +32,23 @@
 //! the lock (a lost rotation would need a person to issue a new refresh
 //! token): its callers get `503 store_unavailable`.
 //!
+//! **The store gone past the lock's life**: Concur answered, and the write
+//! under the lock failed (the store did not answer, or the lock expired
+//! while it was away). The replica keeps the sealed new state and writes it
+//! with a version-only compare-and-set as soon as the store answers (every
+//! 100 ms, for up to an hour; first thing too when it needs the token
+//! again): the version says no replica stored anything since. Meanwhile its
+//! callers get `503 store_unavailable`.
+//!
 //! **The window no client can close**: Concur rotated the refresh token but
-//! its answer never reached the store (the replica died, or the store went
-//! away between the answer and the write). The stored refresh token is then
-//! dead; the next refresh gets `invalid_grant`, and the credential is
+//! its answer never reached the store (the replica died before writing it,
+//! or another replica refreshed with the old token while the store was
+//! away and before the kept state was written). The stored refresh token is
+//! then dead; the next refresh gets `invalid_grant`, and the credential is
 //! reported unusable (log, metric, `/readyz`) until the Secret provides a new
 //! refresh token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -72,7 +82,22 @@ pub struct SharedTokens {
     /// third of it while a refresh runs.
     lock_ttl: Duration,
     crash_after_answer: bool,
+    /// Refreshed states whose write under the lock failed (the store went
+    /// away past the lock's life), by token key: written with a version-only
+    /// compare-and-set as soon as the store answers ([`UNSTORED_RETRY`]).
+    unstored: Arc<std::sync::Mutex<HashMap<String, Unstored>>>,
 }
+
+/// A sealed token state not written yet, and the version it follows.
+#[derive(Clone)]
+struct Unstored {
+    version: u64,
+    sealed: String,
+}
+
+/// How often a state the store missed is offered again, and for how long.
+const UNSTORED_RETRY: Duration = Duration::from_millis(100);
+const UNSTORED_KEPT: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for SharedTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,7 +139,42 @@ impl SharedTokens {
             store,
             sealer: Sealer::new(key),
             crash_after_answer: std::env::var_os(CRASH_AFTER_TOKEN_ANSWER_ENV).is_some(),
+            unstored: Arc::default(),
         })
+    }
+
+    /// Keeps a refreshed state the store did not take, and offers it again
+    /// every [`UNSTORED_RETRY`] until it is written, a newer state is found,
+    /// or [`UNSTORED_KEPT`] has passed.
+    fn keep_unstored(&self, key: &str, owner: &str, version: u64, sealed: String) {
+        let fresh = self
+            .unstored
+            .lock()
+            .expect("unstored lock")
+            .insert(key.to_owned(), Unstored { version, sealed })
+            .is_none();
+        if !fresh {
+            return;
+        }
+        let (redis, unstored) = (self.redis.clone(), self.unstored.clone());
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + UNSTORED_KEPT;
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(UNSTORED_RETRY).await;
+                if let Ok(true) = flush_unstored(&redis, &unstored, &key, &owner).await {
+                    return;
+                }
+            }
+            if unstored
+                .lock()
+                .expect("unstored lock")
+                .remove(&key)
+                .is_some()
+            {
+                tracing::error!(credential = %owner, "a refreshed token state the store never took is dropped; if Concur rotated the refresh token, this credential needs a new one");
+            }
+        });
     }
 
     fn keys(&self, slot: &Slot) -> (String, String) {
@@ -139,6 +199,40 @@ impl SharedTokens {
             .map_err(|e| StoreError::Protocol(format!("a stored token state: {e}")))?;
         Ok(Some((version, record)))
     }
+}
+
+/// Writes the state kept for `key`, if any: `Ok(true)` when nothing is kept
+/// any more (written, or a newer state was stored first and it is dropped).
+async fn flush_unstored(
+    redis: &Redis,
+    unstored: &std::sync::Mutex<HashMap<String, Unstored>>,
+    key: &str,
+    owner: &str,
+) -> Result<bool, StoreError> {
+    let Some(kept) = unstored.lock().expect("unstored lock").get(key).cloned() else {
+        return Ok(true);
+    };
+    let result = redis
+        .token_cas_version(key, kept.version, &kept.sealed)
+        .await?;
+    {
+        let mut map = unstored.lock().expect("unstored lock");
+        if map.get(key).is_some_and(|k| k.version == kept.version) {
+            map.remove(key);
+        }
+    }
+    match result {
+        CasResult::Written => tracing::info!(
+            credential = %owner,
+            version = kept.version + 1,
+            "a refreshed token state the store had missed is stored now, for every replica"
+        ),
+        _ => tracing::error!(
+            credential = %owner,
+            "a refreshed token state the store had missed is dropped: another replica stored a newer one first; if Concur rotated the refresh token, this credential may need a new one"
+        ),
+    }
+    Ok(true)
 }
 
 /// The lineage of `record` against the file's refresh token `file_fp`.
@@ -167,6 +261,12 @@ impl TokenManager {
         // may take, plus the lock's life (a holder that died).
         let give_up = tokio::time::Instant::now() + self.request_timeout + shared.lock_ttl * 2;
         loop {
+            // A refreshed state this replica holds and the store missed goes
+            // first: refreshing with the stored (rotated-out) token would fail.
+            if let Err(e) = flush_unstored(&shared.redis, &shared.unstored, &key, &slot.owner).await
+            {
+                return self.without_store(shared, slot, cred, "token_write", &e);
+            }
             let stored = match shared.read(&key).await {
                 Ok(stored) => {
                     shared.store.recovered();
@@ -331,14 +431,20 @@ impl TokenManager {
                     written_at: now,
                 };
                 // Stored BEFORE it is used (see the module docs).
+                let sealed = write(&new);
                 let stored = if lost.load(Ordering::Acquire) {
                     Ok(CasResult::LockLost)
                 } else {
                     shared
                         .redis
-                        .token_cas(key, lock, owner, version, &write(&new))
+                        .token_cas(key, lock, owner, version, &sealed)
                         .await
                 };
+                if matches!(stored, Ok(CasResult::LockLost) | Err(_)) {
+                    // Not lost: written as soon as the store answers, if no
+                    // replica stored anything since `version`.
+                    shared.keep_unstored(key, &slot.owner, version, sealed);
+                }
                 self.after_store(slot, cred, stored, &new, version, rotated, expires_in, now)
             }
             Err(Failure::Rejected(why)) => {
@@ -415,7 +521,7 @@ impl TokenManager {
             credential = %slot.owner,
             rotated,
             reason = %why,
-            "Concur answered the refresh but the store did not take the new state; if Concur rotated the refresh token, this credential needs a new one"
+            "Concur answered the refresh but the store did not take the new state; it is kept here and written as soon as the store answers (unless another replica stores a newer state first)"
         );
         Err(GatewayError::StoreUnavailable { retry_after_s: 5 })
     }
