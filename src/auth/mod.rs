@@ -69,6 +69,9 @@ pub struct KeySet {
     /// Several keys may share a `kid` (a set published mid-rotation): each is
     /// tried.
     by_kid: HashMap<String, Vec<Arc<VerifyKey>>>,
+    /// The keys without a `kid` (an HS256 secret's one): what a token whose
+    /// `kid` names no key is checked against.
+    unnamed: Vec<Arc<VerifyKey>>,
     all: Vec<Arc<VerifyKey>>,
 }
 
@@ -133,6 +136,7 @@ impl KeySet {
         let set: RawSet =
             serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut by_kid: HashMap<String, Vec<Arc<VerifyKey>>> = HashMap::new();
+        let mut unnamed = Vec::new();
         let mut all = Vec::new();
         let mut skipped = Vec::new();
         for (i, raw) in set.keys.into_iter().enumerate() {
@@ -148,8 +152,9 @@ impl KeySet {
             match Self::verify_key(raw) {
                 Ok(None) => {}
                 Ok(Some((kid, key))) => {
-                    if let Some(kid) = kid {
-                        by_kid.entry(kid).or_default().push(key.clone());
+                    match kid {
+                        Some(kid) => by_kid.entry(kid).or_default().push(key.clone()),
+                        None => unnamed.push(key.clone()),
                     }
                     all.push(key);
                 }
@@ -169,7 +174,11 @@ impl KeySet {
                 )
             });
         }
-        Ok(Self { by_kid, all })
+        Ok(Self {
+            by_kid,
+            unnamed,
+            all,
+        })
     }
 
     /// One JWK: `Ok(None)` for an encryption key, else its `kid` and the
@@ -201,6 +210,7 @@ impl KeySet {
     pub fn empty() -> Self {
         Self {
             by_kid: HashMap::new(),
+            unnamed: Vec::new(),
             all: Vec::new(),
         }
     }
@@ -230,6 +240,7 @@ impl KeySet {
         });
         Ok(Self {
             by_kid: HashMap::new(),
+            unnamed: vec![key.clone()],
             all: vec![key],
         })
     }
@@ -258,28 +269,40 @@ impl KeySet {
 
     /// The keys a token's signature is checked against, in order: those of
     /// its `kid` (usually one) that allow its algorithm, or the one key
-    /// that fits the algorithm when it has no `kid`. `Err(None)`: the `kid`
-    /// is unknown (the set may need a refetch).
-    fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<&VerifyKey>, SelectError> {
+    /// that fits the algorithm when it has no `kid`. A `kid` that names no
+    /// key is checked against the keys without one (an HS256 secret, a JWKS
+    /// key published without `kid`: many issuers set a `kid` all the same);
+    /// `Selected::by_kid` false says so.
+    fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<Selected<'_>, SelectError> {
         match kid {
-            Some(kid) => {
-                let keys = self.by_kid.get(kid).ok_or(SelectError::UnknownKid)?;
-                let fitting: Vec<&VerifyKey> = keys
-                    .iter()
-                    .map(|k| &**k)
-                    .filter(|k| k.algorithms.contains(&alg))
-                    .collect();
-                if fitting.is_empty() {
-                    return Err(SelectError::Other(format!(
-                        "algorithm {alg:?} is not allowed for this key"
-                    )));
+            Some(kid) => match self.by_kid.get(kid) {
+                Some(keys) => {
+                    let keys = fitting(keys, alg);
+                    if keys.is_empty() {
+                        return Err(SelectError::Other(format!(
+                            "algorithm {alg:?} is not allowed for this key"
+                        )));
+                    }
+                    Ok(Selected { keys, by_kid: true })
                 }
-                Ok(fitting)
-            }
+                None => {
+                    let keys = fitting(&self.unnamed, alg);
+                    if keys.is_empty() {
+                        return Err(SelectError::UnknownKid);
+                    }
+                    Ok(Selected {
+                        keys,
+                        by_kid: false,
+                    })
+                }
+            },
             None => {
                 let mut fitting = self.all.iter().filter(|k| k.algorithms.contains(&alg));
                 match (fitting.next(), fitting.next()) {
-                    (Some(k), None) => Ok(vec![&**k]),
+                    (Some(k), None) => Ok(Selected {
+                        keys: vec![&**k],
+                        by_kid: true,
+                    }),
                     (None, _) => Err(SelectError::Other("no key for this algorithm".to_owned())),
                     (Some(_), Some(_)) => Err(SelectError::Other(
                         "several keys fit and the token has no kid".to_owned(),
@@ -288,6 +311,21 @@ impl KeySet {
             }
         }
     }
+}
+
+/// The keys of `keys` that allow `alg`.
+fn fitting(keys: &[Arc<VerifyKey>], alg: Algorithm) -> Vec<&VerifyKey> {
+    keys.iter()
+        .map(|k| &**k)
+        .filter(|k| k.algorithms.contains(&alg))
+        .collect()
+}
+
+/// The keys to check a token against.
+struct Selected<'a> {
+    keys: Vec<&'a VerifyKey>,
+    /// False: the token's `kid` named no key, these are the keys without one.
+    by_kid: bool,
 }
 
 /// Why no key was found for a token.
@@ -472,8 +510,8 @@ impl Authenticator {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_owned())?;
         let keys = self.keys.load();
-        let candidates = match keys.select(header.kid.as_deref(), header.alg) {
-            Ok(candidates) => candidates,
+        let selected = match keys.select(header.kid.as_deref(), header.alg) {
+            Ok(selected) => selected,
             Err(SelectError::UnknownKid) => {
                 self.unknown_kid.notify_one();
                 return Err("unknown key id".to_owned());
@@ -493,7 +531,7 @@ impl Authenticator {
         // Each key of the `kid` in turn: a signature that fails with one may
         // be another's.
         let mut decoded = Err(jsonwebtoken::errors::ErrorKind::InvalidSignature.into());
-        for key in candidates {
+        for key in &selected.keys {
             decoded = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
                 token,
                 &key.key,
@@ -504,6 +542,15 @@ impl Authenticator {
                 }
                 _ => break,
             }
+        }
+        if !selected.by_kid
+            && let Err(e) = &decoded
+            && matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature)
+        {
+            // Not a key without `kid` either: perhaps one the set does not
+            // hold yet.
+            self.unknown_kid.notify_one();
+            return Err("unknown key id".to_owned());
         }
         let data = decoded.map_err(|e: jsonwebtoken::errors::Error| {
             use jsonwebtoken::errors::ErrorKind::*;
@@ -637,6 +684,28 @@ mod tests {
         // RFC 7519 §4.1.4: the time must be before `exp` (+ leeway), not at it.
         clock.advance(Duration::from_secs(1));
         assert_eq!(auth.verify(&t).unwrap_err(), "token expired");
+    }
+
+    #[test]
+    fn a_kid_that_names_no_key_is_checked_against_the_keys_without_one() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let auth = authenticator(clock);
+        let claims = serde_json::json!({
+            "iss": "iss", "aud": "aud", "email": "u", "org": "c", "exp": T0 + 600,
+        });
+        let header = Header {
+            kid: Some("hs-2026".into()),
+            ..Header::default()
+        };
+        let t = encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap();
+        assert!(auth.verify(&t).is_ok(), "an HS256 token with a kid");
+        let forged = encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(b"another-secret-of-32-bytes-or-more!!"),
+        )
+        .unwrap();
+        assert_eq!(auth.verify(&forged).unwrap_err(), "unknown key id");
     }
 
     #[test]

@@ -221,3 +221,35 @@ async fn two_keys_under_one_kid_are_both_tried() {
         .await
         .problem(401, "invalid_token");
 }
+
+/// A JWKS key published without `kid`, and tokens that carry one all the
+/// same (some issuers do): checked against the keys without a `kid`.
+#[tokio::test]
+async fn a_token_kid_with_a_key_published_without_one() {
+    let mut v: serde_json::Value = serde_json::from_str(&rsa_only("x")).unwrap();
+    v["keys"][0].as_object_mut().unwrap().remove("kid");
+    let idp = JwksServer::start(&v.to_string()).await;
+    let h = Harness::builder().jwks_from(&idp).start().await;
+    wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
+    let c = claims("acme", "alice@acme.example");
+    for kid in [None, Some("issuer-key-1")] {
+        let r = h
+            .upload_with_token(
+                &sign(Algorithm::RS256, kid, &c),
+                "/api/image/v1.0/report/R1",
+                "image/jpeg",
+                JPEG,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{kid:?}: {}", r.text());
+    }
+    // Signed by another key under a kid the set does not hold: refused.
+    h.upload_with_token(
+        &sign(Algorithm::ES256, Some("issuer-key-1"), &c),
+        "/api/image/v1.0/report/R1",
+        "image/jpeg",
+        JPEG,
+    )
+    .await
+    .problem(401, "invalid_token");
+}
