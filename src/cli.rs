@@ -79,8 +79,9 @@ pub enum Command {
         /// The declared type (default: sniffed from the first bytes).
         #[arg(long)]
         content_type: Option<String>,
-        /// Pixel limit, as `inspect.max_pixels`.
-        #[arg(long, default_value_t = config::DEFAULT_MAX_PIXELS)]
+        /// Pixel limit, as `inspect.max_pixels` (more than 0).
+        #[arg(long, default_value_t = config::DEFAULT_MAX_PIXELS,
+              value_parser = clap::value_parser!(u64).range(1..))]
         max_pixels: u64,
         /// Accept PDF active content, as `inspect.pdf_active_content = "allow"`.
         #[arg(long)]
@@ -291,6 +292,16 @@ pub fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_refuses_a_pixel_limit_of_zero() {
+        use clap::Parser as _;
+        let args =
+            |n: &str| Cli::try_parse_from(["concur-gateway", "scan", "--max-pixels", n, "f"]);
+        let err = args("0").unwrap_err();
+        assert_eq!(err.exit_code(), 2, "a usage error");
+        assert!(args("1").is_ok());
+    }
 
     #[test]
     fn oauth_clients_on_the_command_line() {
