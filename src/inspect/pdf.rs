@@ -26,8 +26,10 @@
 //!   object syntax *and* in the decoded data of object streams, names compared
 //!   after unescaping:
 //!   * a name `/JavaScript`, `/JS`, `/Launch`, `/XFA`, `/RichMedia`,
-//!     `/SubmitForm` or `/ImportData`, at any depth and in any position (key or
-//!     value), at once;
+//!     `/SubmitForm`, `/ImportData` or `/RF` (a file specification's related
+//!     files arrays, which hold embedded file streams the `/EF` check does not
+//!     follow; e-invoices never use them), at any depth and in any position
+//!     (key or value), at once;
 //!   * a `/URI` name followed by a string (literal, with its escapes, octal
 //!     `\ddd` and line continuations decoded, or hex; a UTF-16BE string with its
 //!     `FE FF` BOM is read by code units, and so, conservatively, is a
@@ -1632,10 +1634,15 @@ impl Lexer {
     #[inline(never)]
     fn police_name(&mut self, class: NameClass, name: &[u8]) -> Result<(), Rejection> {
         if class == NameClass::Active {
+            let what = if name == b"RF" {
+                " (related files of an embedded file)"
+            } else {
+                ""
+            };
             return Err(Rejection::new(
                 RejectCode::PdfActiveContent,
                 format!(
-                    "PDF contains /{} {}",
+                    "PDF contains /{}{what} {}",
                     String::from_utf8_lossy(name),
                     self.where_(self.tok_at)
                 ),
@@ -2068,6 +2075,12 @@ fn classify(name: &[u8]) -> NameClass {
         (1, b"N") => K(Key::N),
         (2, b"JS") => Active,
         (2, b"EF") => NameClass::Ef,
+        // Related files arrays (ISO 32000-2 §7.11.4.2) hold embedded file
+        // streams that the `/EF` check does not follow. Any position, like
+        // the other active names: the lexer knows key position only in the
+        // top-level dictionary of an object, not in nested ones or in object
+        // streams, where file specifications sit.
+        (2, b"RF") => Active,
         (3, b"XFA") => Active,
         (3, b"URI") => NameClass::Uri,
         (4, b"Type") => K(Key::Type),

@@ -2515,6 +2515,7 @@ fn corpus() -> &'static Corpus {
     CORPUS.get_or_init(|| {
         let mut cases = hand_cases();
         cases.extend(hand_cases_2());
+        cases.extend(hand_cases_3());
         cases.extend(fixture_cases());
         cases.extend(generated_cases());
         let tools = tools_available();
@@ -2767,6 +2768,97 @@ cases!(
 );
 
 // Made by gs and qpdf.
+/// A file specification (object 6, named by the catalog's `/EmbeddedFiles`)
+/// whose `/EF` names an approved XML stream (7), with `rf` after it; object 8
+/// is an untyped stream holding an executable's first bytes, 9 a related
+/// files array naming it.
+fn with_related_files(rf: &str, objstm_filespec: bool) -> Vec<u8> {
+    let filespec = format!("<< /Type /Filespec /F (a.xml) /EF << /F 7 0 R >> {rf} >>");
+    let first = if objstm_filespec {
+        // The file specification, object 10, in an object stream (object 6).
+        objstm(10, &[&filespec], None)
+    } else {
+        obj(&filespec)
+    };
+    let names = if objstm_filespec { "10 0 R" } else { "6 0 R" };
+    pdf(
+        &objects(
+            &format!("/Names << /EmbeddedFiles << /Names [(a.xml) {names}] >> >>"),
+            "",
+            CONTENT,
+            &[
+                first,
+                ef_stream(
+                    "/Type /EmbeddedFile /Subtype /text#2Fxml",
+                    INVOICE_XML,
+                    true,
+                ),
+                stream("", b"MZ\x90\0"),
+                obj("[(x.exe) 8 0 R]"),
+            ],
+        ),
+        "",
+    )
+}
+
+/// Hand-built cases for related files arrays (`/RF`), embedded files without
+/// `/Type`, and bodies that are no PDF although they start with `%PDF-` and end
+/// with `%%EOF`.
+fn hand_cases_3() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut add = |c: Case| cases.push(c);
+
+    // --- /RF: related files arrays hold embedded file streams too.
+    add(case(
+        "h_rf_related_files_exe",
+        with_related_files("/RF << /F 9 0 R >>", false),
+        Want::Reject(
+            PdfActiveContent,
+            "PDF contains /RF (related files of an embedded file) at offset",
+        ),
+    ));
+    // Without the /RF the same file passes: the executable stream 8 is named
+    // by nothing the scanner follows (what the /RF bypass used).
+    add(case(
+        "h_rf_control_without_rf",
+        with_related_files("", false),
+        Want::Ok,
+    ));
+    add(case(
+        "h_rf_escaped",
+        with_related_files("/R#46 << /F 9 0 R >>", false),
+        Want::Reject(
+            PdfActiveContent,
+            "PDF contains /RF (related files of an embedded file) at offset",
+        ),
+    ));
+    add(case(
+        "h_rf_in_object_stream",
+        with_related_files("/RF << /F 9 0 R >>", true),
+        Want::Reject(
+            PdfActiveContent,
+            "/RF (related files of an embedded file) in the object stream",
+        ),
+    ));
+    add(case(
+        "h_rf_lookalikes_fine",
+        pdf(
+            &objects("/RFC 1 /XRF 2 /R#46x 3", "/T (RF /RF)", b"/RF 12 Tf\n", &[]),
+            "",
+        ),
+        Want::Ok,
+    ));
+    cases
+}
+
+cases!(
+    h_rf_related_files_exe,
+    h_rf_control_without_rf,
+    h_rf_escaped,
+    h_rf_in_object_stream,
+    h_rf_lookalikes_fine,
+);
+
 cases!(
     gs_shapes,
     gs_text_with_active_words,
