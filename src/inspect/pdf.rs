@@ -48,10 +48,11 @@
 //!     followed by a direct dictionary whose values are all references `N G
 //!     R` (anything else cannot be verified and is active content at once).
 //!     Every stream object (`N G obj << ... >> stream`) is classified as an
-//!     *approved* XML file or not: approved means `/Type /EmbeddedFile`,
-//!     `/Subtype` `text/xml` or `application/xml` (as a name, e.g.
-//!     `/text#2Fxml`, any case), no filter or FlateDecode without
-//!     `/DecodeParms`, and decoded data starting with `<` after an optional
+//!     *approved* XML file or not: approved means `/Subtype` `text/xml` or
+//!     `application/xml` (as a name, e.g. `/text#2Fxml`, any case, in the
+//!     stream's own dictionary, not in its `/Params`), with or without
+//!     `/Type /EmbeddedFile` (it is optional), no filter or FlateDecode
+//!     without `/DecodeParms`, and decoded data starting with `<` after an optional
 //!     UTF-8 BOM and at most 1 KiB of XML white-space (only those first bytes
 //!     are inflated, outside the inflate limits). At the end of the body, every
 //!     object number an `/EF` references must have been approved in its *last*
@@ -2680,8 +2681,8 @@ fn hidden(kw_at: u64, at: u64) -> Rejection {
 /// The stream objects seen, as far as embedded files go (Reject policy).
 ///
 /// An embedded file is allowed only when the last definition of every object
-/// an `/EF` dictionary references is an approved XML stream: `/Type
-/// /EmbeddedFile`, `/Subtype` `text/xml` or `application/xml`, no filter or
+/// an `/EF` dictionary references is an approved XML stream: `/Subtype`
+/// `text/xml` or `application/xml` (`/Type` optional), no filter or
 /// FlateDecode without parameters, and decoded data that starts with `<`
 /// (after an optional UTF-8 BOM and white-space). The `/EF` dictionaries may
 /// come before or after the streams, so both sides are remembered: the approved
@@ -3031,10 +3032,11 @@ impl Pdf {
                 }
             }
         } else if self.reject_active
-            && embedded
             && d.subtype_xml
             && let Some(sink) = sink
         {
+            // `/Type /EmbeddedFile` is optional (ISO 32000): an embedded
+            // file is approved on its `/Subtype` and its bytes alone.
             self.objstm.begin_probe(sink, kw_at);
             probing = true;
         }

@@ -1805,10 +1805,11 @@ fn hand_cases_2() -> Vec<Case> {
         ),
         Want::Reject(PdfActiveContent, "not XML data"),
     ));
+    // `/Type /EmbeddedFile` is optional: `/Subtype` and the bytes decide.
     add(case(
         "h_ef_no_type",
         with_attachment(ef_stream("/Subtype /text#2Fxml", INVOICE_XML, false), &[]),
-        Want::Reject(PdfActiveContent, "(object 7, referenced from /EF)"),
+        Want::Ok,
     ));
     add(case(
         "h_ef_xml_other_filter",
@@ -2115,13 +2116,11 @@ fn fixture_cases() -> Vec<Case> {
             fixture("facturx-xml-subtype-pdf.pdf"),
             Want::Reject(PdfActiveContent, "that is not XML data"),
         ),
+        // `/Type /EmbeddedFile` is optional: `/Subtype` and the bytes decide.
         case(
             "f_facturx_ef_stream_without_type",
             fixture("facturx-ef-no-type.pdf"),
-            Want::Reject(
-                PdfActiveContent,
-                "referenced from /EF) that is not XML data",
-            ),
+            Want::Ok,
         ),
     ]
 }
@@ -2848,10 +2847,71 @@ fn hand_cases_3() -> Vec<Case> {
         ),
         Want::Ok,
     ));
+
+    // --- Embedded files without `/Type /EmbeddedFile` (optional in ISO
+    // 32000): approved on `/Subtype` and the decoded bytes alone.
+    add(case(
+        "h_ef_no_type_raw_xml",
+        with_attachment(
+            stream("/Subtype /text#2Fxml", b"<?xml version=\"1.0\"?><Invoice/>"),
+            &[],
+        ),
+        Want::Ok,
+    ));
+    add(case(
+        "h_ef_no_type_application_xml_bom",
+        with_attachment(
+            ef_stream(
+                "/Subtype /application#2Fxml",
+                b"\xEF\xBB\xBF \r\n<Invoice/>",
+                false,
+            ),
+            &[],
+        ),
+        Want::Ok,
+    ));
+    add(case(
+        "h_ef_no_type_not_xml",
+        with_attachment(stream("/Subtype /text#2Fxml", b"MZ\x90\0"), &[]),
+        Want::Reject(
+            PdfActiveContent,
+            "(object 7, referenced from /EF) that is not XML data",
+        ),
+    ));
+    add(case(
+        "h_ef_no_type_xml_beside_exe",
+        with_attachment(
+            stream("/Subtype /text#2Fxml", INVOICE_XML),
+            &[
+                obj("<< /Type /Filespec /F (x.exe) /EF << /F 9 0 R >> >>"),
+                stream("", b"MZ\x90\0"),
+            ],
+        ),
+        Want::Reject(
+            PdfActiveContent,
+            "(object 9, referenced from /EF) that is not XML data",
+        ),
+    ));
+    add(case(
+        "h_ef_no_type_subtype_only_in_params",
+        with_attachment(
+            stream("/Params << /Subtype /text#2Fxml /Size 40 >>", INVOICE_XML),
+            &[],
+        ),
+        Want::Reject(
+            PdfActiveContent,
+            "(object 7, referenced from /EF) that is not XML data",
+        ),
+    ));
     cases
 }
 
 cases!(
+    h_ef_no_type_raw_xml,
+    h_ef_no_type_application_xml_bom,
+    h_ef_no_type_not_xml,
+    h_ef_no_type_xml_beside_exe,
+    h_ef_no_type_subtype_only_in_params,
     h_rf_related_files_exe,
     h_rf_control_without_rf,
     h_rf_escaped,
