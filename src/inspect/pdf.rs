@@ -11,6 +11,22 @@
 //! * **Trailer.** The body must end with `%%EOF`, optionally followed by PDF
 //!   whitespace (space, tab, CR, LF, FF, NUL). Only the last five significant
 //!   bytes are kept for that.
+//! * **File structure** (`malformed_image`, "not a PDF"): the body must hold
+//!   at least one object (`N G obj`) and a `startxref` followed by an integer,
+//!   and outside objects (between `obj` and `endobj`, or the next `xref`,
+//!   `trailer` or `startxref`) only the file's structure may appear: comments,
+//!   white-space, integers (object headers, cross-reference entries, the
+//!   `startxref` offset), the keywords `obj`, `endobj`, `endstream`, `xref`,
+//!   `f`, `n`, `trailer` and `startxref`, and a dictionary right after
+//!   `trailer`. A name, a string (`<html>` lexes as a hex string), an array,
+//!   another dictionary, `R`, a `stream` (whose data would be skipped
+//!   unseen) or a word of printable ASCII (text) there is refused as soon as
+//!   it is seen. Tolerated, since real files have them: a stray `endobj` or
+//!   `endstream`, a stray closing delimiter (`)`, `]`, `>`, `>>`, `{`, `}`),
+//!   and words with a byte that is no printable ASCII (binary junk, as some
+//!   writers leave after a `%%EOF` before an incremental update, or a binary
+//!   marker line written without its `%`). A word longer than 32 bytes is
+//!   judged on its first 32, however the chunks cut it.
 //! * **Encryption** (`pdf_encrypted`): a name equal, after `#xx` unescaping, to
 //!   `/Encrypt` used as a *key*, with a value other than `null`, at the top
 //!   level of either a `trailer` dictionary (every trailer of an incremental
@@ -143,7 +159,8 @@
 //! # End of body
 //!
 //! Besides the `%%EOF` check, a body that ends inside stream data or inside a
-//! string is `malformed_image`.
+//! string, or without an object or a `startxref` offset, is
+//! `malformed_image`.
 //!
 //! # State
 //!
@@ -165,7 +182,9 @@
 //! are not seen (nor those hidden in a comment line that an offset points
 //! into), references are never resolved (hence the conservative rules
 //! for `/URI N G R`, `/EF N G R` and an unresolved `/Type`), and object numbers
-//! inside object streams are not tracked (a stream cannot live there). The
+//! inside object streams are not tracked (a stream cannot live there). Inside
+//! objects, the syntax is not checked: text such as `1 0 obj hello world
+//! endobj` passes, and so does binary junk between objects. The
 //! scanner is a filter for ordinary files, not a proof.
 
 use flate2::{Decompress, FlushDecompress, Status};
@@ -877,6 +896,16 @@ struct Lexer {
     cur_gen0: bool,
     obj_body: ObjBody,
     names: NameObjs,
+    // File mode: the file's structure outside objects.
+    /// Between `obj` and `endobj` (or the next `xref`, `trailer` or
+    /// `startxref`); outside, only the file's structure may appear.
+    in_obj: bool,
+    /// An `N G obj` was seen.
+    saw_obj: bool,
+    /// The last token was `startxref`.
+    after_startxref: bool,
+    /// A `startxref` followed by an integer was seen.
+    saw_startxref: bool,
 }
 
 impl Lexer {
@@ -918,6 +947,10 @@ impl Lexer {
                 entries: [(0, None); NAME_OBJ_CAP],
                 len: 0,
             },
+            in_obj: false,
+            saw_obj: false,
+            after_startxref: false,
+            saw_startxref: false,
         }
     }
 
@@ -1075,7 +1108,7 @@ impl Lexer {
                     self.str_depth -= 1;
                     if self.str_depth == 0 {
                         self.state = State::Normal;
-                        self.on_value()?;
+                        self.on_string()?;
                     } else {
                         self.uri_byte(b)?;
                     }
@@ -1168,7 +1201,7 @@ impl Lexer {
                 self.uri_byte(hi << 4)?;
             }
             self.state = State::Normal;
-            return self.on_value();
+            return self.on_string();
         }
         if let Some(v) = hex_val(b) {
             match self.uri.hex_hi.take() {
@@ -1452,7 +1485,7 @@ impl Lexer {
                     self.str_depth -= 1;
                     if self.str_depth == 0 {
                         self.state = State::Normal;
-                        self.on_value()?;
+                        self.on_string()?;
                         return Ok(i);
                     }
                 }
@@ -1466,7 +1499,7 @@ impl Lexer {
         match memchr::memchr(b'>', &data[i..]) {
             Some(p) => {
                 self.state = State::Normal;
-                self.on_value()?;
+                self.on_string()?;
                 Ok(i + p + 1)
             }
             None => Ok(data.len()),
@@ -1664,6 +1697,9 @@ impl Lexer {
             NameClass::Val(v) => v,
             _ => NameVal::Other,
         };
+        if self.outside() {
+            return Err(self.stray("a name"));
+        }
         let body = self.obj_body;
         self.note_token();
         if let ObjBody::Start(n) = body {
@@ -1699,7 +1735,10 @@ impl Lexer {
     fn end_word(&mut self) -> Result<bool, Rejection> {
         let (buf, len) = (self.buf, self.len);
         self.len = 0;
-        self.word(if self.overflow { b"" } else { &buf[..len] })
+        // A word too long to keep: its first `TOKEN_CAP` bytes, which match
+        // no keyword or number, and tell binary junk from text as the whole
+        // word does in the hot loop (see `Lexer::keyword`).
+        self.word(&buf[..len])
     }
 
     /// A keyword or number ended (empty: too long to keep). Returns whether it
@@ -1743,6 +1782,9 @@ impl Lexer {
     #[inline(always)]
     fn number(&mut self, n: u64) -> Result<(), Rejection> {
         let older = self.ints[1];
+        if std::mem::take(&mut self.after_startxref) {
+            self.saw_startxref = true;
+        }
         self.note_token();
         self.ints = [older, Some(n)];
         if self.depth == 1 && self.top == Top::Dict {
@@ -1761,15 +1803,23 @@ impl Lexer {
     /// Returns whether it is `stream`.
     #[inline(never)]
     fn keyword(&mut self, word: &[u8]) -> Result<bool, Rejection> {
+        // What the lexer keeps of a word split by a chunk boundary (see
+        // `Lexer::end_word`): the same verdict and detail however it is cut.
+        let word = &word[..word.len().min(TOKEN_CAP)];
         let ints = self.ints;
         match word {
+            // Outside an object a `stream` would hide its data from the
+            // checks: no PDF has one there.
+            b"stream" if self.outside() => return Err(self.stray_word(word)),
             b"stream" => return Ok(true),
             b"obj" => {
                 self.resync();
+                self.in_obj = true;
                 if let [Some(n), Some(g)] = ints {
                     self.cur_obj = Some(n);
                     self.cur_gen0 = g == 0;
                     self.obj_body = ObjBody::Start(n);
+                    self.saw_obj = true;
                 }
             }
             b"endobj" => {
@@ -1777,13 +1827,29 @@ impl Lexer {
                     self.names.record(n, v);
                 }
                 self.resync();
+                self.in_obj = false;
             }
-            b"endstream" | b"xref" | b"startxref" => self.resync(),
+            // A stray `endstream` (some writers leave one) changes nothing.
+            b"endstream" => self.resync(),
+            b"xref" | b"startxref" => {
+                self.resync();
+                self.in_obj = false;
+                self.after_startxref = word == b"startxref";
+            }
             b"trailer" => {
                 self.resync();
+                self.in_obj = false;
                 self.trailer_pending = true;
             }
+            b"R" if self.outside() => return Err(self.stray_word(word)),
             b"R" => self.reference(ints[0])?,
+            // Outside objects: the `f` and `n` of cross-reference entries,
+            // and words with a byte that is no printable ASCII (binary junk,
+            // which some writers leave between a `%%EOF` and an incremental
+            // update), but no text.
+            _ if self.outside() && !(word == b"f" || word == b"n" || is_binary(word)) => {
+                return Err(self.stray_word(word));
+            }
             _ => {
                 self.note_token();
                 if self.depth == 1 && self.top == Top::Dict {
@@ -1848,6 +1914,17 @@ impl Lexer {
         start
     }
 
+    /// A string ended.
+    fn on_string(&mut self) -> Result<(), Rejection> {
+        // Outside any object: markup (`<html>` lexes as a hex string) or
+        // text. A stray `)`, `{`, `}`, `>`, `]` or `>>` is tolerated, like
+        // binary junk.
+        if self.mode == Mode::File && self.outside() {
+            return Err(self.stray("a string"));
+        }
+        self.on_value()
+    }
+
     /// A string or other non-name, non-composite value ended.
     fn on_value(&mut self) -> Result<(), Rejection> {
         if self.watch != Watch::Idle {
@@ -1880,6 +1957,10 @@ impl Lexer {
         }
         if self.watch != Watch::Idle {
             self.watch(Ev::Open(dict))?;
+        }
+        // Outside objects, only a trailer's dictionary.
+        if self.mode == Mode::File && self.outside() && !(dict && self.trailer_pending) {
+            return Err(self.stray(if dict { "a dictionary" } else { "an array" }));
         }
         self.depth += 1;
         if self.mode == Mode::ObjStm {
@@ -2009,10 +2090,32 @@ impl Lexer {
     /// are no longer `N G` of `N G obj` or `N G R`. Returns whether a
     /// `trailer` keyword came right before.
     fn note_token(&mut self) -> bool {
+        self.after_startxref = false;
         self.ready = None;
         self.ints = [None; 2];
         self.obj_body = ObjBody::None;
         std::mem::take(&mut self.trailer_pending)
+    }
+
+    /// At the top level of the file, outside any object (file mode): only
+    /// the file's structure belongs here.
+    #[inline(always)]
+    fn outside(&self) -> bool {
+        self.depth == 0 && !self.in_obj
+    }
+
+    /// Something that is no PDF file structure, outside any object.
+    #[cold]
+    fn stray(&self, what: &str) -> Rejection {
+        Rejection::malformed(format!(
+            "not a PDF: {what} outside any object at offset {}, where only the file's structure (objects, cross-reference sections, trailer, startxref) may be",
+            self.tok_at
+        ))
+    }
+
+    #[cold]
+    fn stray_word(&self, word: &[u8]) -> Rejection {
+        self.stray(&format!("the word \"{}\"", word.escape_ascii()))
     }
 
     /// Back to the top level (a keyword that only occurs there was seen).
@@ -2107,6 +2210,11 @@ fn classify(name: &[u8]) -> NameClass {
         (16, b"RichMediaExecute") => Active,
         _ => NameClass::Other,
     }
+}
+
+/// A word with a byte that is no printable ASCII (binary junk, not text).
+fn is_binary(word: &[u8]) -> bool {
+    word.iter().any(|&b| !(0x21..0x7F).contains(&b))
 }
 
 /// A non-negative integer of at most 19 digits (no sign, no point).
@@ -2949,6 +3057,16 @@ impl Pdf {
                 "string at offset {} is not terminated",
                 self.lexer.tok_at
             )));
+        }
+        if !self.lexer.saw_obj {
+            return Err(Rejection::malformed(
+                "not a PDF: it holds no object (N G obj ... endobj)",
+            ));
+        }
+        if !self.lexer.saw_startxref {
+            return Err(Rejection::malformed(
+                "not a PDF: it has no startxref (the offset of its cross-reference section)",
+            ));
         }
         if let Some(d) = self.deferred.take() {
             return Err(d);

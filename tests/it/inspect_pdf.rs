@@ -563,9 +563,15 @@ fn hand_cases() -> Vec<Case> {
         m[..m.len() - 6].to_vec(),
         Want::Reject(MalformedImage, "does not end with %%EOF"),
     ));
+    // Text after the last `%%EOF` is no PDF structure, which is seen first.
     add(case(
         "h_junk_after_eof",
         [m.as_slice(), b"junk\n"].concat(),
+        Want::Reject(MalformedImage, "the word \"junk\" outside any object"),
+    ));
+    add(case(
+        "h_binary_after_eof",
+        [m.as_slice(), b"\x80\x81\xFE\n"].concat(),
         Want::Reject(MalformedImage, "does not end with %%EOF"),
     ));
     add(case(
@@ -2002,7 +2008,7 @@ fn hand_cases_2() -> Vec<Case> {
             v.extend_from_slice(&body);
             v.extend_from_slice(b"\nendobj\n");
         }
-        v.extend_from_slice(b"trailer\n<< /Size 8 /Root 1 0 R >>\n%%EOF\n");
+        v.extend_from_slice(b"trailer\n<< /Size 8 /Root 1 0 R >>\nstartxref\n0\n%%EOF\n");
         v
     };
     add(case(
@@ -2609,6 +2615,7 @@ cases!(
     h_bad_version_short,
     h_missing_eof,
     h_junk_after_eof,
+    h_binary_after_eof,
     h_split_eof_marker,
     h_truncated_in_stream,
     h_truncated_half,
@@ -2903,10 +2910,189 @@ fn hand_cases_3() -> Vec<Case> {
             "(object 7, referenced from /EF) that is not XML data",
         ),
     ));
+
+    // --- Not a PDF, although it starts with `%PDF-` and ends with `%%EOF`.
+    let not_pdf = "not a PDF: ";
+    add(case(
+        "h_not_pdf_html",
+        b"%PDF-1.7\n<html><script>alert(1)</script></html>\n%%EOF\n".to_vec(),
+        Want::Reject(
+            MalformedImage,
+            "not a PDF: a string outside any object at offset 9",
+        ),
+    ));
+    add(case(
+        "h_not_pdf_text",
+        b"%PDF-1.7\nhello world this is not a pdf\n%%EOF\n".to_vec(),
+        Want::Reject(
+            MalformedImage,
+            "not a PDF: the word \"hello\" outside any object",
+        ),
+    ));
+    add(case(
+        "h_not_pdf_header_and_eof_only",
+        b"%PDF-1.7\n%%EOF\n".to_vec(),
+        Want::Reject(MalformedImage, "not a PDF: it holds no object"),
+    ));
+    add(case(
+        "h_not_pdf_zip",
+        [
+            &b"%PDF-1.7\nPK\x03\x04\x14\0\0\0\x08\0"[..],
+            &noise(200, 3),
+            b"\n%%EOF",
+        ]
+        .concat(),
+        Want::Reject(MalformedImage, not_pdf),
+    ));
+    for seed in 1..=4 {
+        add(case(
+            &format!("h_not_pdf_random_{seed}"),
+            [HEADER, &noise(4000, seed), b"\n%%EOF\n"].concat(),
+            Want::Reject(MalformedImage, not_pdf),
+        ));
+    }
+    // Objects, but no `startxref`: no reader finds them as a PDF's.
+    add(case(
+        "h_not_pdf_no_startxref",
+        {
+            let m = minimal();
+            let at = m.windows(9).rposition(|w| w == b"startxref").unwrap();
+            [&m[..at], b"%%EOF\n"].concat()
+        },
+        Want::Reject(MalformedImage, "not a PDF: it has no startxref"),
+    ));
+    add(case(
+        "h_not_pdf_startxref_without_offset",
+        {
+            let m = minimal();
+            let at = m.windows(9).rposition(|w| w == b"startxref").unwrap();
+            [&m[..at], b"startxref\n%%EOF\n"].concat()
+        },
+        Want::Reject(MalformedImage, "not a PDF: it has no startxref"),
+    ));
+    // Markup, text, names, arrays, dictionaries or a stream between objects.
+    let between = |junk: &[u8]| {
+        let m = minimal();
+        let at = m.windows(6).position(|w| w == b"2 0 ob").unwrap();
+        [&m[..at], junk, b"\n", &m[at..]].concat()
+    };
+    for (name, junk, detail) in [
+        (
+            "h_not_pdf_html_between_objects",
+            &b"<html><body onload=alert(1)></body></html>"[..],
+            "not a PDF: a string outside any object",
+        ),
+        (
+            "h_not_pdf_text_between_objects",
+            b"Dear customer, please find attached",
+            "not a PDF: the word \"Dear\" outside any object",
+        ),
+        (
+            "h_not_pdf_name_between_objects",
+            b"/Foo",
+            "not a PDF: a name outside any object",
+        ),
+        (
+            "h_not_pdf_dict_between_objects",
+            b"<< /Foo 1 >>",
+            "not a PDF: a dictionary outside any object",
+        ),
+        (
+            "h_not_pdf_array_between_objects",
+            b"[1 2]",
+            "not a PDF: an array outside any object",
+        ),
+        (
+            "h_not_pdf_reference_between_objects",
+            b"4 0 R",
+            "not a PDF: the word \"R\" outside any object",
+        ),
+        // The data of a stream outside any object would not be looked at.
+        (
+            "h_not_pdf_stream_between_objects",
+            b"stream\n<html><script>alert(1)</script></html>\nendstream",
+            "not a PDF: the word \"stream\" outside any object",
+        ),
+        (
+            "h_not_pdf_long_text_word_between_objects",
+            b"Supercalifragilisticexpialidocious-and-then-some-more",
+            "not a PDF: the word \"Supercalifragilisticexpialidocio\"",
+        ),
+    ] {
+        add(case(
+            name,
+            between(junk),
+            Want::Reject(MalformedImage, detail),
+        ));
+    }
+    // Text between a `%%EOF` and an incremental update.
+    add(case(
+        "h_not_pdf_text_before_incremental_update",
+        incremental(
+            &[minimal().as_slice(), b"<script>alert(1)</script>\n"].concat(),
+            &[(3, obj("<< /Type /Page /Parent 2 0 R >>"))],
+            "",
+        ),
+        Want::Reject(MalformedImage, "not a PDF: a string outside any object"),
+    ));
+    // What real files hold between objects is tolerated: stray `endobj` and
+    // `endstream`, NULs and binary junk after a mid-file `%%EOF`, stray
+    // closing delimiters, comments, a cross-reference table.
+    add(case(
+        "h_tolerated_stray_keywords",
+        between(b"endobj\nendstream\nendobj ] >> ) } % a comment <html>\n"),
+        Want::Ok,
+    ));
+    add(case(
+        "h_tolerated_binary_junk_before_incremental_update",
+        incremental(
+            &[
+                minimal().as_slice(),
+                &[0u8; 64],
+                b"\x80\x81\x82 \xFE\xFFjunk\x01\x02 \xC3\xA9t\xC3\xA9\n",
+                &[0u8; 16],
+            ]
+            .concat(),
+            &[(3, obj("<< /Type /Page /Parent 2 0 R >>"))],
+            "",
+        ),
+        Want::Ok,
+    ));
+    add(case(
+        "h_tolerated_binary_line_without_percent",
+        [
+            &b"%PDF-1.4\n\xE2\xE3\xCF\xD3\n"[..],
+            &minimal()[HEADER.len()..],
+        ]
+        .concat(),
+        Want::Ok,
+    ));
     cases
 }
 
 cases!(
+    h_not_pdf_html,
+    h_not_pdf_text,
+    h_not_pdf_header_and_eof_only,
+    h_not_pdf_zip,
+    h_not_pdf_random_1,
+    h_not_pdf_random_2,
+    h_not_pdf_random_3,
+    h_not_pdf_random_4,
+    h_not_pdf_no_startxref,
+    h_not_pdf_startxref_without_offset,
+    h_not_pdf_html_between_objects,
+    h_not_pdf_text_between_objects,
+    h_not_pdf_name_between_objects,
+    h_not_pdf_dict_between_objects,
+    h_not_pdf_array_between_objects,
+    h_not_pdf_reference_between_objects,
+    h_not_pdf_stream_between_objects,
+    h_not_pdf_long_text_word_between_objects,
+    h_not_pdf_text_before_incremental_update,
+    h_tolerated_stray_keywords,
+    h_tolerated_binary_junk_before_incremental_update,
+    h_tolerated_binary_line_without_percent,
     h_ef_no_type_raw_xml,
     h_ef_no_type_application_xml_bom,
     h_ef_no_type_not_xml,
