@@ -1698,7 +1698,7 @@ impl Lexer {
             _ => NameVal::Other,
         };
         if self.outside() {
-            return Err(self.stray("a name"));
+            return Err(self.stray("a name", self.tok_at));
         }
         let body = self.obj_body;
         self.note_token();
@@ -1920,7 +1920,7 @@ impl Lexer {
         // text. A stray `)`, `{`, `}`, `>`, `]` or `>>` is tolerated, like
         // binary junk.
         if self.mode == Mode::File && self.outside() {
-            return Err(self.stray("a string"));
+            return Err(self.stray("a string", self.tok_at));
         }
         self.on_value()
     }
@@ -1960,7 +1960,8 @@ impl Lexer {
         }
         // Outside objects, only a trailer's dictionary.
         if self.mode == Mode::File && self.outside() && !(dict && self.trailer_pending) {
-            return Err(self.stray(if dict { "a dictionary" } else { "an array" }));
+            let what = if dict { "a dictionary" } else { "an array" };
+            return Err(self.stray(what, at));
         }
         self.depth += 1;
         if self.mode == Mode::ObjStm {
@@ -2106,16 +2107,18 @@ impl Lexer {
 
     /// Something that is no PDF file structure, outside any object.
     #[cold]
-    fn stray(&self, what: &str) -> Rejection {
+    fn stray(&self, what: &str, at: u64) -> Rejection {
         Rejection::malformed(format!(
-            "not a PDF: {what} outside any object at offset {}, where only the file's structure (objects, cross-reference sections, trailer, startxref) may be",
-            self.tok_at
+            "not a PDF: {what} outside any object at offset {at}, where only the file's structure (objects, cross-reference sections, trailer, startxref) may be"
         ))
     }
 
     #[cold]
     fn stray_word(&self, word: &[u8]) -> Rejection {
-        self.stray(&format!("the word \"{}\"", word.escape_ascii()))
+        self.stray(
+            &format!("the word \"{}\"", word.escape_ascii()),
+            self.tok_at,
+        )
     }
 
     /// Back to the top level (a keyword that only occurs there was seen).

@@ -2935,6 +2935,14 @@ fn hand_cases_3() -> Vec<Case> {
         Want::Reject(MalformedImage, "not a PDF: it holds no object"),
     ));
     add(case(
+        "h_not_pdf_array_offset",
+        b"%PDF-1.7\n1 0 obj\nnull\nendobj\n  [1]\nstartxref\n0\n%%EOF\n".to_vec(),
+        Want::Reject(
+            MalformedImage,
+            "not a PDF: an array outside any object at offset 31,",
+        ),
+    ));
+    add(case(
         "h_not_pdf_zip",
         [
             &b"%PDF-1.7\nPK\x03\x04\x14\0\0\0\x08\0"[..],
@@ -3074,6 +3082,7 @@ cases!(
     h_not_pdf_html,
     h_not_pdf_text,
     h_not_pdf_header_and_eof_only,
+    h_not_pdf_array_offset,
     h_not_pdf_zip,
     h_not_pdf_random_1,
     h_not_pdf_random_2,
