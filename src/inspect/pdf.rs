@@ -1741,7 +1741,8 @@ impl Lexer {
         self.word(&buf[..len])
     }
 
-    /// A keyword or number ended (empty: too long to keep). Returns whether it
+    /// A keyword or number ended (only its first `TOKEN_CAP` bytes count:
+    /// a longer word matches no keyword or number). Returns whether it
     /// is the `stream` keyword, which the caller then takes with
     /// [`Lexer::stream_start`].
     #[inline(always)]
