@@ -158,6 +158,7 @@ impl GatewayError {
             BodyTimeout(_) | BodyTooSlow { .. } | BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejected(r) if r.code == RejectCode::EmptyBody => StatusCode::BAD_REQUEST,
             Rejected(r) if r.code == RejectCode::UnsupportedMediaType => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -233,6 +234,7 @@ impl GatewayError {
                 RejectCode::PdfEncrypted => "Encrypted PDF",
                 RejectCode::PdfActiveContent => "PDF with active content",
                 RejectCode::UnsupportedMediaType => "Unsupported media type",
+                RejectCode::EmptyBody => "Empty body",
             },
             MalwareDetected => "Malware detected",
             RateLimited { .. } => "Rate limited",

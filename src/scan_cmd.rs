@@ -36,6 +36,14 @@ pub fn scan_file(
     limits: &Limits,
 ) -> io::Result<FileVerdict> {
     let mut file = File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.len() == 0 {
+        // What an upload of it gets (`400 empty_body`), whatever its type.
+        return Ok(FileVerdict {
+            media_type: content_type.and_then(MediaType::from_content_type),
+            result: Err(Rejection::new(RejectCode::EmptyBody, "the file is empty")),
+        });
+    }
     let mut buf = vec![0u8; CHUNK_SIZE];
     let declared = match content_type {
         Some(ct) => match MediaType::from_content_type(ct) {

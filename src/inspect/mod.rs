@@ -177,6 +177,9 @@ pub enum RejectCode {
     PdfActiveContent,
     /// No accepted type could be sniffed (415; the `scan` command only).
     UnsupportedMediaType,
+    /// The file is empty (400, as an upload with no body; the `scan` command
+    /// only).
+    EmptyBody,
 }
 
 impl RejectCode {
@@ -187,6 +190,7 @@ impl RejectCode {
             Self::PdfEncrypted => "pdf_encrypted",
             Self::PdfActiveContent => "pdf_active_content",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::EmptyBody => "empty_body",
         }
     }
 }

@@ -1593,6 +1593,21 @@ fn scan_all_accepted_plain() {
     assert_eq!(r.err, "");
 }
 
+/// An empty file gets what an upload of it gets: `empty_body`, whatever
+/// type is declared or not.
+#[test]
+fn scan_an_empty_file_is_empty_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write_temp(&dir, "empty.pdf", b"");
+    for content_type in [None, Some("application/pdf"), Some("image/png")] {
+        let r = scan(std::slice::from_ref(&empty), content_type, true);
+        assert_eq!(r.code, 1, "{content_type:?}: {}", r.err);
+        let v: serde_json::Value = serde_json::from_str(r.out.trim()).unwrap();
+        assert_eq!(v["verdict"], "reject");
+        assert_eq!(v["code"], "empty_body", "{content_type:?}: {v}");
+    }
+}
+
 #[test]
 fn scan_json_lines_shape() {
     let dir = tempfile::tempdir().unwrap();
