@@ -680,15 +680,29 @@ async fn exchange_with(
         Err(_) => return Err(GatewayError::UpstreamTimeout(gw.upstream.timeout)),
         Ok(Err(e)) => {
             tracing::warn!(error = %error_chain(&e), "Concur exchange failed");
+            if let crate::upstream::SendError::Http(h) = &e
+                && h.is_parse()
+            {
+                // Concur answered, with something that is not HTTP (a
+                // status line such as `HTTP/1.1 099` or `1000`).
+                return Err(GatewayError::UpstreamInvalidResponse(
+                    "Concur's answer is not valid HTTP".into(),
+                ));
+            }
             return Err(GatewayError::UpstreamUnavailable(Box::new(e)));
         }
         Ok(Ok(response)) => response,
     };
     let (mut head, upstream_body) = response.into_parts();
     pace.touch();
-    if head.status.as_u16() < 200 || head.status.as_u16() > 599 {
-        // 101 without our `Upgrade`, or a code HTTP does not define (600 and
-        // up): nothing a client could be given as Concur's answer.
+    if head.status.as_u16() < 200
+        || head.status.as_u16() > 599
+        || head.status == StatusCode::NOT_MODIFIED
+    {
+        // 101 without our `Upgrade`, a code HTTP does not define (600 and
+        // up), or a 304 to a request that asked for no condition (it can
+        // carry no body, so not the problem document a client is owed):
+        // nothing a client could be given as Concur's answer.
         return Err(GatewayError::UpstreamInvalidResponse(format!(
             "Concur answered with status {}, which is not a final HTTP status",
             head.status.as_u16()
@@ -853,25 +867,53 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, GatewayError> {
 }
 
 /// Concur's answer with every copy of the access token the gateway sent in
-/// it replaced by `[redacted]`. An error message that quotes the token
-/// (`Invalid token: OAuth ...`) would otherwise reach the client, the access
-/// log and an idempotency record; the token never leaves the gateway.
+/// it replaced by `[redacted]`: written as is, or percent-encoded in part or
+/// whole (a URL quoting it, `?access_token=a%2Bb`; `%25XX` too). An error
+/// message that quotes the token (`Invalid token: OAuth ...`) would
+/// otherwise reach the client, the access log and an idempotency record; the
+/// token never leaves the gateway.
 fn redact_token(body: Bytes, authorization: &HeaderValue) -> Bytes {
     let Some(token) = token_text(authorization) else {
         return body;
     };
     let token = token.as_bytes();
-    if memchr::memmem::find(&body, token).is_none() {
+    let mut body = body;
+    if memchr::memmem::find(&body, token).is_some() {
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest = &body[..];
+        while let Some(i) = memchr::memmem::find(rest, token) {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(b"[redacted]");
+            rest = &rest[i + token.len()..];
+        }
+        out.extend_from_slice(rest);
+        body = Bytes::from(out);
+    }
+    if memchr::memchr(b'%', &body).is_none() {
+        return body;
+    }
+    // Copies only an escape can reveal: found in the decoded bytes, blanked
+    // out in the raw ones.
+    let (decoded, origin) = percent_decode_mapped(&body);
+    let finder = memchr::memmem::Finder::new(token);
+    let mut ranges = Vec::new();
+    let mut from = 0;
+    while let Some(i) = finder.find(&decoded[from..]) {
+        let (s, e) = (from + i, from + i + token.len());
+        ranges.push((origin[s], origin[e]));
+        from = e;
+    }
+    if ranges.is_empty() {
         return body;
     }
     let mut out = Vec::with_capacity(body.len());
-    let mut rest = &body[..];
-    while let Some(i) = memchr::memmem::find(rest, token) {
-        out.extend_from_slice(&rest[..i]);
+    let mut at = 0;
+    for (s, e) in ranges {
+        out.extend_from_slice(&body[at..s]);
         out.extend_from_slice(b"[redacted]");
-        rest = &rest[i + token.len()..];
+        at = e;
     }
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&body[at..]);
     Bytes::from(out)
 }
 
@@ -885,7 +927,7 @@ fn scrub_headers(headers: &mut HeaderMap, token: &str) {
         let raw = v.as_bytes();
         memchr::memmem::find(raw, token.as_bytes()).is_some()
             || (memchr::memchr(b'%', raw).is_some()
-                && memchr::memmem::find(&percent_decoded(raw), token.as_bytes()).is_some())
+                && memchr::memmem::find(&percent_decode_mapped(raw).0, token.as_bytes()).is_some())
     };
     if !headers.values().any(holds) {
         return;
@@ -912,26 +954,41 @@ fn scrub_headers(headers: &mut HeaderMap, token: &str) {
     }
 }
 
-/// `%XX` sequences decoded (others kept as they are).
-fn percent_decoded(raw: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| char::from(b).to_digit(16);
+/// `raw` with its `%XX` escapes decoded (and `%25XX`, an escape escaped
+/// once more, as the byte it names; anything else kept as it is), and, for
+/// each decoded byte, where it starts in `raw` (one more entry: `raw.len()`).
+fn percent_decode_mapped(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
+    let hex = |i: usize| {
+        raw.get(i)
+            .and_then(|&b| char::from(b).to_digit(16))
+            .map(|v| v as u8)
+    };
+    let escape = |i: usize| -> Option<u8> {
+        (raw.get(i) == Some(&b'%')).then_some(())?;
+        Some(hex(i + 1)? << 4 | hex(i + 2)?)
+    };
     let mut out = Vec::with_capacity(raw.len());
+    let mut origin = Vec::with_capacity(raw.len() + 1);
     let mut i = 0;
     while i < raw.len() {
-        if raw[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                raw.get(i + 1).copied().and_then(hex),
-                raw.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(raw[i]);
-            i += 1;
+        origin.push(i);
+        match escape(i) {
+            Some(b'%') if let (Some(h), Some(l)) = (hex(i + 3), hex(i + 4)) => {
+                out.push(h << 4 | l);
+                i += 5;
+            }
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(raw[i]);
+                i += 1;
+            }
         }
     }
-    out
+    origin.push(raw.len());
+    (out, origin)
 }
 
 /// The token of an `Authorization` value (`OAuth …`, `Bearer …`), when it is
@@ -1037,9 +1094,9 @@ fn respond(
         })));
     }
 
-    if status == StatusCode::NO_CONTENT && body.is_empty() {
-        // Nothing to translate, and a 204 carries no body; a success all the
-        // same, with its `Repr-Digest`.
+    if matches!(status, StatusCode::NO_CONTENT | StatusCode::RESET_CONTENT) && body.is_empty() {
+        // Nothing to translate, and a 204 (or 205) carries no body; a
+        // success all the same, with its `Repr-Digest`.
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -1188,6 +1245,37 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_redacted_written_as_is_or_percent_encoded() {
+        let auth = HeaderValue::from_static("OAuth cc-Tk/abc+def=1234567890");
+        let redact = |body: &str| {
+            String::from_utf8(redact_token(Bytes::from(body.to_owned()), &auth).to_vec()).unwrap()
+        };
+        for (body, expected) in [
+            ("<M>cc-Tk/abc+def=1234567890</M>", "<M>[redacted]</M>"),
+            (
+                "<U>https://c/i?t=cc-Tk%2Fabc%2Bdef%3D1234567890&x=1</U>",
+                "<U>https://c/i?t=[redacted]&x=1</U>",
+            ),
+            ("<U>%63c-Tk%2fabc+def=1234567890</U>", "<U>[redacted]</U>"),
+            (
+                "<U>cc-Tk%252Fabc%252Bdef%253D1234567890</U>",
+                "<U>[redacted]</U>",
+            ),
+            (
+                "a cc-Tk/abc+def=1234567890 b cc-Tk%2Fabc+def=1234567890 c",
+                "a [redacted] b [redacted] c",
+            ),
+            ("<M>100% sure: %zz %2</M>", "<M>100% sure: %zz %2</M>"),
+            (
+                "<M>cc-Tk/abc+def=123456789</M>",
+                "<M>cc-Tk/abc+def=123456789</M>",
+            ),
+        ] {
+            assert_eq!(redact(body), expected, "{body}");
+        }
+    }
 
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {

@@ -1535,6 +1535,17 @@ async fn a_2xx_without_concurs_xml() {
     let r = h.upload(path, JPEG).await;
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(r.text().is_empty());
+    // 205 (Reset Content) has no content either.
+    h.sandbox.push_fault(Fault::Raw {
+        status: 205,
+        content_type: "application/xml".into(),
+        body: String::new(),
+        retry_after: None,
+        location: None,
+    });
+    let reset = h.upload(path, JPEG).await;
+    assert_eq!(reset.status, 205, "{}", reset.text());
+    assert!(reset.text().is_empty());
     // A success all the same: it carries the digest of what Concur
     // received, as a 201 of the same bytes does.
     let created = h.upload(path, JPEG).await;
@@ -1638,11 +1649,15 @@ async fn a_concur_location_that_quotes_the_token_is_redacted() {
 #[tokio::test]
 async fn a_concur_status_that_is_no_final_answer_is_invalid() {
     let h = Harness::start().await;
-    for status in [600, 999] {
+    for status in [600, 999, 304] {
         h.sandbox.push_fault(Fault::Raw {
             status,
             content_type: "application/xml".into(),
-            body: "<Image><Id>X</Id></Image>".into(),
+            body: if status == 304 {
+                String::new()
+            } else {
+                "<Image><Id>X</Id></Image>".into()
+            },
             retry_after: None,
             location: None,
         });
