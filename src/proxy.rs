@@ -957,7 +957,7 @@ fn scrub_headers(headers: &mut HeaderMap, token: &str) {
 /// `raw` with its `%XX` escapes decoded (and `%25XX`, an escape escaped
 /// once more, as the byte it names; anything else kept as it is), and, for
 /// each decoded byte, where it starts in `raw` (one more entry: `raw.len()`).
-fn percent_decode_mapped(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
+pub(crate) fn percent_decode_mapped(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
     let hex = |i: usize| {
         raw.get(i)
             .and_then(|&b| char::from(b).to_digit(16))

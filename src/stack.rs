@@ -162,16 +162,29 @@ where
 }
 
 /// The request path as the access log shows it: its first 256 characters,
-/// with anything shaped like a JWT (a run of base64url characters and dots
-/// that starts `eyJ`, a JSON object's start, or that holds a dot and is 32
-/// characters or longer) replaced by `[redacted]`. A client that put its
-/// token in the path (`/nope/<JWT>`, `…/report/<JWT>`) gets `404` or
-/// `400 invalid_id`; its token stays out of the log all the same.
-fn logged_path(path: &str) -> String {
-    let path = first_chars(path, 256);
+/// with anything shaped like a JWT replaced by `[redacted]`: a run of
+/// base64url characters and dots that starts `eyJ` (a JSON object), or that
+/// holds a dot and is 32 characters or longer, and the one or two long runs
+/// right after such a run (a token whose dots were sent as `/`). The path is
+/// judged with its `%XX` escapes decoded (dots sent as `%2E`), and shown so
+/// when something was redacted. A client that put its token in the path
+/// (`/nope/<JWT>`, `…/report/<JWT>`) gets `404` or `400 invalid_id`; its
+/// token stays out of the log all the same.
+fn logged_path(raw: &str) -> String {
+    let decoded;
+    let path = if raw.contains('%') {
+        decoded = String::from_utf8_lossy(&crate::proxy::percent_decode_mapped(raw.as_bytes()).0)
+            .into_owned();
+        first_chars(&decoded, 256)
+    } else {
+        first_chars(raw, 256)
+    };
     let is_run = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
+    let mut redacted = false;
+    // Runs still to redact after a JWT-like one, if they follow at once.
+    let mut follow = 0;
     let mut i = 0;
     while i < bytes.len() {
         let start = i;
@@ -181,15 +194,36 @@ fn logged_path(path: &str) -> String {
         let run = &path[start..i];
         let jwt_like =
             (run.starts_with("eyJ") && run.len() >= 16) || (run.len() >= 32 && run.contains('.'));
-        out.push_str(if jwt_like { "[redacted]" } else { run });
+        let follows = follow > 0 && run.len() >= 16;
+        follow = if jwt_like {
+            2
+        } else if follows {
+            follow - 1
+        } else {
+            0
+        };
+        if jwt_like || follows {
+            out.push_str("[redacted]");
+            redacted = true;
+        } else {
+            out.push_str(run);
+        }
         let rest = &path[i..];
         let other = rest
             .find(|c: char| c.is_ascii() && is_run(c as u8))
             .unwrap_or(rest.len());
+        if other > 1 {
+            // Only a one-character separator keeps a token's parts together.
+            follow = 0;
+        }
         out.push_str(&rest[..other]);
         i += other;
     }
-    out
+    if redacted || !raw.contains('%') {
+        out
+    } else {
+        first_chars(raw, 256).to_owned()
+    }
 }
 
 /// The first `n` characters of `s` (the whole of it when shorter).
@@ -546,6 +580,21 @@ mod tests {
         assert_eq!(logged_path("/a.b.c"), "/a.b.c");
         let dotted = format!("/x/{}.{}", "k".repeat(20), "m".repeat(20));
         assert_eq!(logged_path(&dotted), "/x/[redacted]");
+        // Dots sent as %2E, or as slashes.
+        let escaped = jwt.replace('.', "%2E");
+        assert_eq!(
+            logged_path(&format!("/api/image/v1.0/report/{escaped}")),
+            "/api/image/v1.0/report/[redacted]"
+        );
+        let lower = jwt.replace('.', "%2e");
+        assert_eq!(logged_path(&format!("/r/{lower}?")), "/r/[redacted]?");
+        let slashed = jwt.replace('.', "/");
+        assert_eq!(
+            logged_path(&format!("/nope/{slashed}")),
+            "/nope/[redacted]/[redacted]/[redacted]"
+        );
+        // A path with escapes and nothing to hide is shown as sent.
+        assert_eq!(logged_path("/a%20b/c"), "/a%20b/c");
     }
 
     #[test]
