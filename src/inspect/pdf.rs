@@ -26,7 +26,10 @@
 //!   and words with a byte that is no printable ASCII (binary junk, as some
 //!   writers leave after a `%%EOF` before an incremental update, or a binary
 //!   marker line written without its `%`). A word longer than 32 bytes is
-//!   judged on its first 32, however the chunks cut it.
+//!   judged on its first 32, however the chunks cut it. After a stream whose
+//!   end was found by searching (an indirect `/Length`), nothing up to the
+//!   next object or cross-reference section is judged: the `endstream` found
+//!   may have been quoted in its data.
 //! * **Encryption** (`pdf_encrypted`): a name equal, after `#xx` unescaping, to
 //!   `/Encrypt` used as a *key*, with a value other than `null`, at the top
 //!   level of either a `trailer` dictionary (every trailer of an incremental
@@ -906,6 +909,12 @@ struct Lexer {
     after_startxref: bool,
     /// A `startxref` followed by an integer was seen.
     saw_startxref: bool,
+    /// The last stream's end was found by searching for `endstream` (its
+    /// `/Length` is indirect): that may have been a word inside its data
+    /// (uncompressed text such as `(… endstream endobj) Tj`), so up to the
+    /// next object or cross-reference section what follows is not judged as
+    /// file structure.
+    unsure_end: bool,
 }
 
 impl Lexer {
@@ -951,6 +960,7 @@ impl Lexer {
             saw_obj: false,
             after_startxref: false,
             saw_startxref: false,
+            unsure_end: false,
         }
     }
 
@@ -1816,6 +1826,7 @@ impl Lexer {
             b"obj" => {
                 self.resync();
                 self.in_obj = true;
+                self.unsure_end = false;
                 if let [Some(n), Some(g)] = ints {
                     self.cur_obj = Some(n);
                     self.cur_gen0 = g == 0;
@@ -1835,11 +1846,13 @@ impl Lexer {
             b"xref" | b"startxref" => {
                 self.resync();
                 self.in_obj = false;
+                self.unsure_end = false;
                 self.after_startxref = word == b"startxref";
             }
             b"trailer" => {
                 self.resync();
                 self.in_obj = false;
+                self.unsure_end = false;
                 self.trailer_pending = true;
             }
             b"R" if self.outside() => return Err(self.stray_word(word)),
@@ -2103,7 +2116,7 @@ impl Lexer {
     /// the file's structure belongs here.
     #[inline(always)]
     fn outside(&self) -> bool {
-        self.depth == 0 && !self.in_obj
+        self.depth == 0 && !self.in_obj && !self.unsure_end
     }
 
     /// Something that is no PDF file structure, outside any object.
@@ -3325,6 +3338,7 @@ impl Pdf {
                     self.objstm
                         .feed(&bytes[..feed_to.saturating_sub(k)], &mut self.deferred)?;
                     if let Some(end) = done {
+                        self.lexer.unsure_end = true;
                         return self.end_stream(i + end);
                     }
                     s.push_carry(bytes);

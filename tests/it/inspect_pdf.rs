@@ -3075,10 +3075,30 @@ fn hand_cases_3() -> Vec<Case> {
         .concat(),
         Want::Ok,
     ));
+    // A content stream with an indirect `/Length` (Ghostscript, qpdf's QDF)
+    // whose uncompressed text quotes `endstream endobj`: the search for its
+    // end stops there, and the rest of its data, up to the next object, is
+    // not judged as file structure (it was refused as "the word Tj").
+    let text = b"BT /F1 12 Tf 72 720 Td (Keywords: endstream endobj) Tj ET";
+    add(case(
+        "h_tolerated_endstream_quoted_in_a_stream_of_indirect_length",
+        pdf(
+            &[
+                b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>".to_vec(),
+                [&b"<< /Length 5 0 R >>\nstream\n"[..], text, b"\nendstream"].concat(),
+                text.len().to_string().into_bytes(),
+            ],
+            "",
+        ),
+        Want::Ok,
+    ));
     cases
 }
 
 cases!(
+    h_tolerated_endstream_quoted_in_a_stream_of_indirect_length,
     h_not_pdf_html,
     h_not_pdf_text,
     h_not_pdf_header_and_eof_only,
