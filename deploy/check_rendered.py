@@ -278,6 +278,43 @@ def main() -> int:
     cred = cfg.get("credentials", {}).get("file")
     if check(bool(cred), "credentials.file is set"):
         check_file(cred, "credentials.file", want_secret=True)
+    clamd = cfg.get("scan", {}).get("clamd", "")
+    if clamd.startswith("unix:"):
+        # clamd's socket: on a volume the gateway shares with the container
+        # whose clamd.conf puts it there, at a path the official image's
+        # entrypoint waits for (else it gives up on clamd after 30 min).
+        sock = clamd[len("unix:") :]
+        loc = locate(sock)
+        if check(loc is not None and loc[1] is not None, f"scan.clamd {sock} is on a mounted volume"):
+            vol_name = loc[0]["name"]
+            others = [
+                (c, m)
+                for c in pod.get("initContainers", []) + pod.get("containers", [])
+                if c["name"] != GATEWAY
+                for m in c.get("volumeMounts") or []
+                if m["name"] == vol_name
+            ]
+            if check(len(others) == 1, f"one other container mounts volume {vol_name}"):
+                c, m = others[0]
+                conf = next(
+                    (
+                        volume_files(volumes[cm["name"]]).get(cm.get("subPath", ""), b"").decode()
+                        for cm in c.get("volumeMounts") or []
+                        if cm["mountPath"] == "/etc/clamav/clamd.conf" and cm["name"] in volumes
+                    ),
+                    "",
+                )
+                local = re.search(r"^LocalSocket\s+(\S+)", conf, re.M)
+                there = posixpath.join(m["mountPath"], loc[2])
+                check(
+                    local is not None and local.group(1) == there,
+                    f"{c['name']}: clamd.conf LocalSocket is {there}",
+                    f"found {local.group(1) if local else None}",
+                )
+                check(
+                    there in ("/run/clamav/clamd.sock", "/tmp/clamd.sock"),
+                    f"{c['name']}: the socket {there} is where the image's entrypoint waits for it",
+                )
     tmp = next((m for m in mounts if m["mountPath"].rstrip("/") == "/tmp"), None)
     tmpvol = volumes.get(tmp["name"]) if tmp else None
     check(
