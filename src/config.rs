@@ -356,10 +356,20 @@ impl Cx<'_> {
     }
 
     fn required(&mut self, key: &str, value: Option<String>) -> String {
-        value.unwrap_or_else(|| {
+        let value = value.unwrap_or_else(|| {
             self.problems.push(format!("{key} is required"));
             String::new()
-        })
+        });
+        self.not_blank(key, &value);
+        value
+    }
+
+    /// A value that was given must hold more than white space (an empty
+    /// issuer would accept only tokens with `"iss": ""`).
+    fn not_blank(&mut self, key: &str, value: &str) {
+        if value.trim().is_empty() && !self.problems.iter().any(|p| p.starts_with(key)) {
+            self.problems.push(format!("{key} must not be empty"));
+        }
     }
 }
 
@@ -465,10 +475,21 @@ impl RawServer {
             self.admin_listen,
             DEFAULT_ADMIN_LISTEN,
         );
+        if listen == admin_listen && listen.port() != 0 {
+            cx.problems.push(format!(
+                "server.admin_listen {admin_listen} is server.listen too: they need two addresses"
+            ));
+        }
         let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             cx.problems
                 .push("server.max_body_bytes must be greater than 0".into());
+        }
+        if self.spool_max_bytes == Some(0) {
+            cx.problems.push(
+                "server.spool_max_bytes must be greater than 0 (0 would refuse every chunked upload)"
+                    .into(),
+            );
         }
         ServerConfig {
             listen,
@@ -759,14 +780,18 @@ impl RawAuth {
                 KeySource::JwksFile(PathBuf::new())
             }
         };
+        let user_claim = self.user_claim.unwrap_or_else(|| DEFAULT_USER_CLAIM.into());
+        cx.not_blank("auth.user_claim", &user_claim);
+        let company_claim = self
+            .company_claim
+            .unwrap_or_else(|| DEFAULT_COMPANY_CLAIM.into());
+        cx.not_blank("auth.company_claim", &company_claim);
         AuthConfig {
             issuer,
             audience,
             keys,
-            user_claim: self.user_claim.unwrap_or_else(|| DEFAULT_USER_CLAIM.into()),
-            company_claim: self
-                .company_claim
-                .unwrap_or_else(|| DEFAULT_COMPANY_CLAIM.into()),
+            user_claim,
+            company_claim,
             leeway: cx.duration_or_zero("auth.leeway_s", self.leeway_s, DEFAULT_LEEWAY),
         }
     }
@@ -1486,6 +1511,67 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use base64::Engine;
+
+    #[test]
+    fn blank_identity_keys_the_same_address_twice_and_a_zero_spool_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |extra: &str, auth: &str| {
+            let text = format!(
+                "[server]\n{extra}\n[auth]\nissuer = \"i\"\naudience = \"a\"\nhs256_secret_file = \"s\"\n{auth}\n[credentials]\nfile = \"c.toml\"\n"
+            );
+            Config::parse(&text, dir.path())
+                .config
+                .err()
+                .map(|e| e.0.join("\n"))
+                .unwrap_or_default()
+        };
+        for (issuer, audience, claims, problem) in [
+            ("", "a", "", "auth.issuer must not be empty"),
+            ("i", " ", "", "auth.audience must not be empty"),
+            (
+                "i",
+                "a",
+                "user_claim = \"\"",
+                "auth.user_claim must not be empty",
+            ),
+            (
+                "i",
+                "a",
+                "company_claim = \"\"",
+                "auth.company_claim must not be empty",
+            ),
+        ] {
+            let text = format!(
+                "[auth]\nissuer = \"{issuer}\"\naudience = \"{audience}\"\n{claims}\nhs256_secret_file = \"s\"\n[credentials]\nfile = \"c.toml\"\n"
+            );
+            let all = Config::parse(&text, dir.path())
+                .config
+                .err()
+                .map(|e| e.0.join("\n"))
+                .unwrap_or_default();
+            assert!(all.contains(problem), "{problem}: {all}");
+        }
+        let all = with(
+            "listen = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"",
+            "",
+        );
+        assert!(
+            all.contains("server.admin_listen 127.0.0.1:8080 is server.listen too"),
+            "{all}"
+        );
+        assert!(
+            !with(
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+                ""
+            )
+            .contains("admin_listen")
+        );
+        let all = with("spool_max_bytes = 0", "");
+        assert!(
+            all.contains("server.spool_max_bytes must be greater than 0"),
+            "{all}"
+        );
+    }
 
     #[test]
     fn urls_in_messages_never_show_a_password_or_a_query() {
