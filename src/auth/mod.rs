@@ -105,6 +105,60 @@ fn algorithms_for(params: &AlgorithmParameters) -> Result<Vec<Algorithm>, String
     })
 }
 
+/// Refuses key material no signature could verify against, so that such a
+/// key is skipped with a reason instead of failing every token as "bad
+/// signature": an RSA modulus under 2048 bits (RFC 7518 §3.3) or without an
+/// exponent, an EC point that is not on its curve (or has the other curve's
+/// size), an Ed25519 key that is not 32 bytes.
+fn check_key_material(params: &AlgorithmParameters) -> Result<(), String> {
+    use aws_lc_rs::signature::{self, ParsedPublicKey};
+    let bytes = |what: &str, b64: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .map_err(|_| format!("`{what}` is not base64url"))
+    };
+    match params {
+        AlgorithmParameters::RSA(rsa) => {
+            let n = bytes("n", &rsa.n)?;
+            let e = bytes("e", &rsa.e)?;
+            let n = &n[n.iter().take_while(|&&b| b == 0).count()..];
+            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            if bits < 2048 {
+                return Err(format!("an RSA key of {bits} bits (2048 at least)"));
+            }
+            if e.iter().all(|&b| b == 0) {
+                return Err("an RSA key without an exponent".into());
+            }
+        }
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let (alg, size): (&'static dyn signature::VerificationAlgorithm, usize) = match ec.curve
+            {
+                EllipticCurve::P256 => (&signature::ECDSA_P256_SHA256_FIXED, 32),
+                EllipticCurve::P384 => (&signature::ECDSA_P384_SHA384_FIXED, 48),
+                _ => return Ok(()),
+            };
+            let (x, y) = (bytes("x", &ec.x)?, bytes("y", &ec.y)?);
+            if x.len() != size || y.len() != size {
+                return Err(format!(
+                    "EC coordinates of {} and {} bytes, not {size}",
+                    x.len(),
+                    y.len()
+                ));
+            }
+            let point = [&[4u8][..], &x, &y].concat();
+            ParsedPublicKey::new(alg, point).map_err(|_| "an EC point that is not on its curve")?;
+        }
+        AlgorithmParameters::OctetKeyPair(okp) => {
+            let x = bytes("x", &okp.x)?;
+            ParsedPublicKey::new(&signature::ED25519, x)
+                .map_err(|_| "an Ed25519 key that is not 32 bytes")?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
     Some(match alg {
         KeyAlgorithm::RS256 => Algorithm::RS256,
@@ -199,6 +253,7 @@ impl KeySet {
                 .ok_or_else(|| format!("`alg` {alg:?} does not fit the key type"))?;
             algorithms = vec![alg];
         }
+        check_key_material(&jwk.algorithm)?;
         let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
         Ok(Some((
             jwk.common.key_id.clone(),
@@ -706,6 +761,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(auth.verify(&forged).unwrap_err(), "unknown key id");
+    }
+
+    #[test]
+    fn weak_or_broken_key_material_is_skipped() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        // The test suite's real keys all pass the check.
+        let good: serde_json::Value = serde_json::from_str(&crate::testkit::keys().jwks).unwrap();
+        assert_eq!(
+            KeySet::from_jwks(good.to_string().as_bytes())
+                .unwrap()
+                .all
+                .len(),
+            3
+        );
+        let es = good["keys"][0].clone();
+        let mut off_curve = es.clone();
+        off_curve["y"] = es["x"].clone();
+        let mut wrong_curve = es.clone();
+        wrong_curve["crv"] = "P-384".into();
+        for (key, reason) in [
+            (
+                serde_json::json!({"kty": "RSA", "n": b64(&[0xC5; 128]), "e": "AQAB"}),
+                "an RSA key of 1024 bits",
+            ),
+            (
+                serde_json::json!({"kty": "RSA", "n": b64(&[0xC5; 256]), "e": "AA"}),
+                "without an exponent",
+            ),
+            (off_curve, "not on its curve"),
+            (wrong_curve, "not 48"),
+            (
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&[7; 31])}),
+                "not 32 bytes",
+            ),
+        ] {
+            let set = serde_json::json!({"keys": [key]}).to_string();
+            let err = KeySet::from_jwks(set.as_bytes()).unwrap_err();
+            assert!(err.contains(reason), "{reason}: {err}");
+            // Beside a good key, it is skipped and the good one kept.
+            let mixed = serde_json::json!({"keys": [key, es]}).to_string();
+            assert_eq!(KeySet::from_jwks(mixed.as_bytes()).unwrap().all.len(), 1);
+        }
     }
 
     #[test]
