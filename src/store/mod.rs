@@ -345,7 +345,11 @@ impl Store {
             tracing::warn!(op, error = %error, "store unavailable: falling back to this replica's own state");
         }
         self.up.set(0);
-        *self.last_error.lock().expect("store lock") = Some(error.to_string());
+        let mut last = self.last_error.lock().expect("store lock");
+        // "Not connected yet" says nothing new: keep why the connection failed.
+        if !(matches!(error, StoreError::NotConnected) && last.is_some()) {
+            *last = Some(error.to_string());
+        }
     }
 
     /// A store call succeeded.

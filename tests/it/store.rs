@@ -1152,6 +1152,24 @@ async fn readiness_says_why_redis_was_never_reached() {
         "the reason: {text}"
     );
     assert!(!text.contains("wrong-password-2"), "{text}");
+    // A keyed upload fails for want of the store (503); the reason shown
+    // stays why the connection failed, not "not connected yet".
+    let token = jwt(ALICE.0, ALICE.1);
+    let keyed = request(
+        fleet.replicas[0].addr,
+        "POST",
+        "/api/image/v1.0/report/K9",
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "image/jpeg"),
+            ("idempotency-key", "k-readyz-1"),
+        ],
+        Payload::Full(JPEG.to_vec()),
+    )
+    .await;
+    keyed.problem(503, "store_unavailable");
+    let again = request(admin, "GET", "/readyz", &[], Payload::Full(Vec::new())).await;
+    assert_eq!(again.text(), text, "the reason is kept");
     // Requests flow on the replica's own limits all the same.
     assert_eq!(
         upload(fleet.replicas[0].addr, ALICE, "/api/image/v1.0/report/P1")
