@@ -548,8 +548,10 @@ impl Authenticator {
     fn check_times(&self, exp: f64, nbf: Option<f64>) -> Result<(), String> {
         let now = self.clock.now_unix() as f64;
         let leeway = self.leeway as f64;
-        // RFC 7519 §4.1.4: the current time must be before `exp`.
-        if now >= exp + leeway {
+        // RFC 7519 §4.1.4: the current time must be before `exp`. The clock
+        // reads whole seconds: a fractional `exp` counts from its second, so
+        // a token is never taken after it expired (at worst < 1 s before).
+        if now >= exp.floor() + leeway {
             return Err("token expired".into());
         }
         if let Some(nbf) = nbf
@@ -739,6 +741,15 @@ mod tests {
         // RFC 7519 §4.1.4: the time must be before `exp` (+ leeway), not at it.
         clock.advance(Duration::from_secs(1));
         assert_eq!(auth.verify(&t).unwrap_err(), "token expired");
+        // A fractional `exp`: the clock's second T0 + 630 may be T0 + 630.8,
+        // past an `exp` of T0 + 600.2 (+ leeway).
+        let t = token(serde_json::json!({
+            "iss": "iss", "aud": "aud", "email": "u", "org": "c",
+            "exp": (T0 + 600) as f64 + 0.2,
+        }));
+        assert_eq!(auth.verify(&t).unwrap_err(), "token expired");
+        clock.set(T0 + 629);
+        assert!(auth.verify(&t).is_ok());
     }
 
     #[test]
