@@ -36,18 +36,10 @@ pub fn scan_file(
     limits: &Limits,
 ) -> io::Result<FileVerdict> {
     let mut file = File::open(path)?;
-    let meta = file.metadata()?;
-    if meta.is_file() && meta.len() == 0 {
-        // What an upload of it gets (`400 empty_body`), whatever its type.
-        return Ok(FileVerdict {
-            media_type: content_type.and_then(MediaType::from_content_type),
-            result: Err(Rejection::new(RejectCode::EmptyBody, "the file is empty")),
-        });
-    }
-    let mut buf = vec![0u8; CHUNK_SIZE];
     let declared = match content_type {
+        None => None,
         Some(ct) => match MediaType::from_content_type(ct) {
-            Some(t) => t,
+            Some(t) => Some(t),
             None => {
                 return Ok(FileVerdict {
                     media_type: None,
@@ -60,29 +52,30 @@ pub fn scan_file(
                 });
             }
         },
-        None => {
-            let n = read_full(&mut file, &mut buf)?;
-            let Some(t) = sniff(&buf[..n]) else {
-                return Ok(FileVerdict {
-                    media_type: None,
-                    result: Err(Rejection::new(
-                        RejectCode::UnsupportedMediaType,
-                        "the file does not start like a JPEG, PNG or PDF",
-                    )),
-                });
-            };
-            let mut inspector = Inspector::new(t, limits);
-            let result = feed_rest(&mut inspector, &mut file, &mut buf, n)?;
-            return Ok(FileVerdict {
-                media_type: Some(t),
-                result,
-            });
-        }
     };
-    let mut inspector = Inspector::new(declared, limits);
-    let result = feed_rest(&mut inspector, &mut file, &mut buf, 0)?;
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    let n = read_full(&mut file, &mut buf)?;
+    if n == 0 {
+        // What an upload of it gets (`400 empty_body`), whatever its type
+        // (`/dev/null` and an empty pipe included).
+        return Ok(FileVerdict {
+            media_type: declared,
+            result: Err(Rejection::new(RejectCode::EmptyBody, "the file is empty")),
+        });
+    }
+    let Some(t) = declared.or_else(|| sniff(&buf[..n])) else {
+        return Ok(FileVerdict {
+            media_type: None,
+            result: Err(Rejection::new(
+                RejectCode::UnsupportedMediaType,
+                "the file does not start like a JPEG, PNG or PDF",
+            )),
+        });
+    };
+    let mut inspector = Inspector::new(t, limits);
+    let result = feed_rest(&mut inspector, &mut file, &mut buf, n)?;
     Ok(FileVerdict {
-        media_type: Some(declared),
+        media_type: Some(t),
         result,
     })
 }

@@ -1606,6 +1606,14 @@ fn scan_an_empty_file_is_empty_body() {
         assert_eq!(v["verdict"], "reject");
         assert_eq!(v["code"], "empty_body", "{content_type:?}: {v}");
     }
+    // Not a regular file: /dev/null reads as empty too.
+    let r = scan(&[PathBuf::from("/dev/null")], None, true);
+    let v: serde_json::Value = serde_json::from_str(r.out.trim()).unwrap();
+    assert_eq!(v["code"], "empty_body", "{v}");
+    // An unsupported declared type is said first, as for an upload (415).
+    let r = scan(std::slice::from_ref(&empty), Some("text/plain"), true);
+    let v: serde_json::Value = serde_json::from_str(r.out.trim()).unwrap();
+    assert_eq!(v["code"], "unsupported_media_type", "{v}");
 }
 
 #[test]
