@@ -219,8 +219,20 @@ fn logged_path(raw: &str) -> String {
         out.push_str(&rest[..other]);
         i += other;
     }
-    if redacted || !raw.contains('%') {
+    if !raw.contains('%') {
         out
+    } else if redacted {
+        // Decoded for the search; control characters go back to escapes
+        // (a `%0A` must not start a line of its own in a terminal's log).
+        out.chars()
+            .map(|c| {
+                if c.is_control() {
+                    format!("%{:02X}", u32::from(c))
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
     } else {
         first_chars(raw, 256).to_owned()
     }
@@ -595,6 +607,11 @@ mod tests {
         );
         // A path with escapes and nothing to hide is shown as sent.
         assert_eq!(logged_path("/a%20b/c"), "/a%20b/c");
+        // Decoded and redacted, control characters are escaped again.
+        assert_eq!(
+            logged_path(&format!("/x%0Afake%09line/{escaped}")),
+            "/x%0Afake%09line/[redacted]"
+        );
     }
 
     #[test]

@@ -212,9 +212,17 @@ async fn flush_unstored(
     let Some(kept) = unstored.lock().expect("unstored lock").get(key).cloned() else {
         return Ok(true);
     };
-    let result = redis
+    let mut result = redis
         .token_cas_version(key, kept.version, &kept.sealed)
         .await?;
+    if matches!(result, CasResult::VersionMoved)
+        && let Ok(Some((_, stored))) = redis.token_read(key).await
+        && stored == kept.sealed
+    {
+        // Written already, by this replica's other flush (the background
+        // one and a request's may run at once).
+        result = CasResult::Written;
+    }
     {
         let mut map = unstored.lock().expect("unstored lock");
         if map.get(key).is_some_and(|k| k.version == kept.version) {
