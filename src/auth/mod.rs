@@ -123,7 +123,9 @@ fn check_key_material(params: &AlgorithmParameters) -> Result<(), String> {
             let n = bytes("n", &rsa.n)?;
             let e = bytes("e", &rsa.e)?;
             let n = &n[n.iter().take_while(|&&b| b == 0).count()..];
-            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            let bits = n
+                .first()
+                .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
             if bits < 2048 {
                 return Err(format!("an RSA key of {bits} bits (2048 at least)"));
             }
@@ -800,6 +802,10 @@ mod tests {
             (
                 serde_json::json!({"kty": "RSA", "n": b64(&[0xC5; 256]), "e": "AA"}),
                 "without an exponent",
+            ),
+            (
+                serde_json::json!({"kty": "RSA", "n": b64(&[0; 4]), "e": "AQAB"}),
+                "an RSA key of 0 bits",
             ),
             (off_curve, "not on its curve"),
             (wrong_curve, "not 48"),
