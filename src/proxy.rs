@@ -893,18 +893,20 @@ fn redact_token(body: Bytes, authorization: &HeaderValue) -> Bytes {
         return body;
     }
     // Copies only an escape can reveal: found in the decoded bytes, blanked
-    // out in the raw ones.
-    let (decoded, origin) = percent_decode_mapped(&body);
+    // out in the raw ones (the map from decoded to raw offsets, 8 bytes per
+    // byte, is built only when there is one).
     let finder = memchr::memmem::Finder::new(token);
+    if finder.find(&percent_decode(&body, None)).is_none() {
+        return body;
+    }
+    let mut origin = Vec::with_capacity(body.len() + 1);
+    let decoded = percent_decode(&body, Some(&mut origin));
     let mut ranges = Vec::new();
     let mut from = 0;
     while let Some(i) = finder.find(&decoded[from..]) {
         let (s, e) = (from + i, from + i + token.len());
         ranges.push((origin[s], origin[e]));
         from = e;
-    }
-    if ranges.is_empty() {
-        return body;
     }
     let mut out = Vec::with_capacity(body.len());
     let mut at = 0;
@@ -927,7 +929,7 @@ fn scrub_headers(headers: &mut HeaderMap, token: &str) {
         let raw = v.as_bytes();
         memchr::memmem::find(raw, token.as_bytes()).is_some()
             || (memchr::memchr(b'%', raw).is_some()
-                && memchr::memmem::find(&percent_decode_mapped(raw).0, token.as_bytes()).is_some())
+                && memchr::memmem::find(&percent_decode(raw, None), token.as_bytes()).is_some())
     };
     if !headers.values().any(holds) {
         return;
@@ -955,9 +957,10 @@ fn scrub_headers(headers: &mut HeaderMap, token: &str) {
 }
 
 /// `raw` with its `%XX` escapes decoded (and `%25XX`, an escape escaped
-/// once more, as the byte it names; anything else kept as it is), and, for
-/// each decoded byte, where it starts in `raw` (one more entry: `raw.len()`).
-pub(crate) fn percent_decode_mapped(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
+/// once more, as the byte it names; anything else kept as it is). With
+/// `origin`, where each decoded byte starts in `raw` (one more entry:
+/// `raw.len()`), asked for only once a match is known to be there.
+pub(crate) fn percent_decode(raw: &[u8], mut origin: Option<&mut Vec<usize>>) -> Vec<u8> {
     let hex = |i: usize| {
         raw.get(i)
             .and_then(|&b| char::from(b).to_digit(16))
@@ -968,10 +971,11 @@ pub(crate) fn percent_decode_mapped(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
         Some(hex(i + 1)? << 4 | hex(i + 2)?)
     };
     let mut out = Vec::with_capacity(raw.len());
-    let mut origin = Vec::with_capacity(raw.len() + 1);
     let mut i = 0;
     while i < raw.len() {
-        origin.push(i);
+        if let Some(origin) = origin.as_deref_mut() {
+            origin.push(i);
+        }
         match escape(i) {
             Some(b'%') if let (Some(h), Some(l)) = (hex(i + 3), hex(i + 4)) => {
                 out.push(h << 4 | l);
@@ -987,8 +991,10 @@ pub(crate) fn percent_decode_mapped(raw: &[u8]) -> (Vec<u8>, Vec<usize>) {
             }
         }
     }
-    origin.push(raw.len());
-    (out, origin)
+    if let Some(origin) = origin {
+        origin.push(raw.len());
+    }
+    out
 }
 
 /// The token of an `Authorization` value (`OAuth …`, `Bearer …`), when it is

@@ -173,7 +173,7 @@ where
 fn logged_path(raw: &str) -> String {
     let decoded;
     let path = if raw.contains('%') {
-        decoded = String::from_utf8_lossy(&crate::proxy::percent_decode_mapped(raw.as_bytes()).0)
+        decoded = String::from_utf8_lossy(&crate::proxy::percent_decode(raw.as_bytes(), None))
             .into_owned();
         first_chars(&decoded, 256)
     } else {
