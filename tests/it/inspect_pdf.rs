@@ -2959,25 +2959,20 @@ fn hand_cases_3() -> Vec<Case> {
             Want::Reject(MalformedImage, not_pdf),
         ));
     }
-    // Objects, but no `startxref`: no reader finds them as a PDF's.
-    add(case(
-        "h_not_pdf_no_startxref",
-        {
-            let m = minimal();
-            let at = m.windows(9).rposition(|w| w == b"startxref").unwrap();
-            [&m[..at], b"%%EOF\n"].concat()
-        },
-        Want::Reject(MalformedImage, "not a PDF: it has no startxref"),
-    ));
-    add(case(
-        "h_not_pdf_startxref_without_offset",
-        {
-            let m = minimal();
-            let at = m.windows(9).rposition(|w| w == b"startxref").unwrap();
-            [&m[..at], b"startxref\n%%EOF\n"].concat()
-        },
-        Want::Reject(MalformedImage, "not a PDF: it has no startxref"),
-    ));
+    // Objects, but no `startxref` (or none with its offset): no reader finds
+    // them as a PDF's.
+    for (name, tail) in [
+        ("h_not_pdf_no_startxref", &b"%%EOF\n"[..]),
+        ("h_not_pdf_startxref_without_offset", b"startxref\n%%EOF\n"),
+    ] {
+        let m = minimal();
+        let at = m.windows(9).rposition(|w| w == b"startxref").unwrap();
+        add(case(
+            name,
+            [&m[..at], tail].concat(),
+            Want::Reject(MalformedImage, "not a PDF: it has no startxref"),
+        ));
+    }
     // Markup, text, names, arrays, dictionaries or a stream between objects.
     let between = |junk: &[u8]| {
         let m = minimal();

@@ -22,23 +22,29 @@ fn rsa_only(kid: &str) -> String {
     v.to_string()
 }
 
-#[tokio::test]
-async fn keys_come_from_the_idp_and_follow_its_rotation() {
-    let idp = JwksServer::start(&rsa_only("k1")).await;
+/// A gateway on `idp`'s key set (refetched at most every 0.2 s), ready.
+async fn gateway_on(idp: &JwksServer) -> Harness {
     let h = Harness::builder()
-        .jwks_from(&idp)
+        .jwks_from(idp)
         .set("auth.jwks_min_refetch_s", 0.2)
         .start()
         .await;
     wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
+    h
+}
+
+/// An upload carrying `token`.
+async fn upload_signed(h: &Harness, token: String) -> Reply {
+    h.upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
+        .await
+}
+
+#[tokio::test]
+async fn keys_come_from_the_idp_and_follow_its_rotation() {
+    let idp = JwksServer::start(&rsa_only("k1")).await;
+    let h = gateway_on(&idp).await;
     let c = claims("acme", "alice@acme.example");
-    let post = |token: String| {
-        let h = &h;
-        async move {
-            h.upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
-                .await
-        }
-    };
+    let post = |token: String| upload_signed(&h, token);
     assert_eq!(
         post(sign(Algorithm::RS256, Some("k1"), &c)).await.status,
         201
@@ -91,9 +97,7 @@ async fn not_ready_until_the_first_key_set_arrives() {
         Some("k1"),
         &claims("acme", "alice@acme.example"),
     );
-    h.upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
-        .await
-        .problem(401, "invalid_token");
+    upload_signed(&h, token).await.problem(401, "invalid_token");
     idp.publish(Some(rsa_only("k1")));
     // The start-up retry backs off from 1 s.
     wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
@@ -128,20 +132,9 @@ async fn keys_the_gateway_cannot_use_are_skipped() {
         oaep,
     ];
     let idp = JwksServer::start(&with_keys(&unusable)).await;
-    let h = Harness::builder()
-        .jwks_from(&idp)
-        .set("auth.jwks_min_refetch_s", 0.2)
-        .start()
-        .await;
-    wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
+    let h = gateway_on(&idp).await;
     let c = claims("acme", "alice@acme.example");
-    let post = |token: String| {
-        let h = &h;
-        async move {
-            h.upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
-                .await
-        }
-    };
+    let post = |token: String| upload_signed(&h, token);
     for (alg, kid) in [
         (Algorithm::ES256, "es"),
         (Algorithm::RS256, "rsa"),
@@ -197,16 +190,13 @@ async fn two_keys_under_one_kid_are_both_tried() {
     let twin = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "same", "use": "sig",
         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])});
     let idp = JwksServer::start(&serde_json::json!({"keys": [es, twin]}).to_string()).await;
-    let h = Harness::builder().jwks_from(&idp).start().await;
-    wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
+    let h = gateway_on(&idp).await;
     let c = claims("acme", "alice@acme.example");
     let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
     header.kid = Some("same".into());
     let by_twin = jsonwebtoken::encode(&header, &c, &other_key).unwrap();
     for token in [sign(Algorithm::ES256, Some("same"), &c), by_twin] {
-        let r = h
-            .upload_with_token(&token, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
-            .await;
+        let r = upload_signed(&h, token).await;
         assert_eq!(r.status, 201, "{}", r.text());
     }
     // Signed by a third key under the same kid: neither verifies.
@@ -217,7 +207,7 @@ async fn two_keys_under_one_kid_are_both_tried() {
         &jsonwebtoken::EncodingKey::from_ec_der(&third.serialize_der()),
     )
     .unwrap();
-    h.upload_with_token(&forged, "/api/image/v1.0/report/R1", "image/jpeg", JPEG)
+    upload_signed(&h, forged)
         .await
         .problem(401, "invalid_token");
 }
@@ -229,27 +219,14 @@ async fn a_token_kid_with_a_key_published_without_one() {
     let mut v: serde_json::Value = serde_json::from_str(&rsa_only("x")).unwrap();
     v["keys"][0].as_object_mut().unwrap().remove("kid");
     let idp = JwksServer::start(&v.to_string()).await;
-    let h = Harness::builder().jwks_from(&idp).start().await;
-    wait_for_async(async || h.admin_get("/readyz").await.status == 200).await;
+    let h = gateway_on(&idp).await;
     let c = claims("acme", "alice@acme.example");
     for kid in [None, Some("issuer-key-1")] {
-        let r = h
-            .upload_with_token(
-                &sign(Algorithm::RS256, kid, &c),
-                "/api/image/v1.0/report/R1",
-                "image/jpeg",
-                JPEG,
-            )
-            .await;
+        let r = upload_signed(&h, sign(Algorithm::RS256, kid, &c)).await;
         assert_eq!(r.status, 201, "{kid:?}: {}", r.text());
     }
     // Signed by another key under a kid the set does not hold: refused.
-    h.upload_with_token(
-        &sign(Algorithm::ES256, Some("issuer-key-1"), &c),
-        "/api/image/v1.0/report/R1",
-        "image/jpeg",
-        JPEG,
-    )
-    .await
-    .problem(401, "invalid_token");
+    upload_signed(&h, sign(Algorithm::ES256, Some("issuer-key-1"), &c))
+        .await
+        .problem(401, "invalid_token");
 }
