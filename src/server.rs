@@ -50,7 +50,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -261,7 +260,7 @@ async fn accept_loop(
         let gw = gw.clone();
         tracker.spawn(async move {
             let conn = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             // Until the connection is told to close: when to look at its idle
             // time again. After: when to give up on it.
@@ -346,6 +345,15 @@ impl<B: Body + Unpin> Body for ReadToEnd<B> {
 }
 
 /// The stack, marking its connection busy while a request is served.
+///
+/// hyper's service: the stack is called as hyper hands the request over,
+/// not when hyper first polls the answer's future (as `TowerToHyperService`
+/// does, through `oneshot`). hyper drops that future unpolled when it sees
+/// the client close right after a request it read whole (an HTTP/1.1 client
+/// that half-closes after a small body): called at once, such a request has
+/// its access-log line (`client_closed`), and a keyed upload runs on to
+/// Concur's answer, as for any client that left. Every layer of the stack is
+/// always ready; were one not, the call waits for it in the future instead.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
@@ -354,20 +362,20 @@ struct Tracked<S> {
     notes: Arc<HeadNotes>,
 }
 
-impl<S, R> tower::Service<http::Request<Incoming>> for Tracked<S>
+impl<S, R> hyper::service::Service<http::Request<Incoming>> for Tracked<S>
 where
-    S: tower::Service<http::Request<ReadToEnd<Incoming>>, Response = http::Response<R>>,
+    S: tower::Service<http::Request<ReadToEnd<Incoming>>, Response = http::Response<R>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
+    S::Error: Send,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         self.notes.apply(&mut req);
         let busy = self.activity.begin();
         let done = Arc::new(AtomicBool::new(req.body().is_end_stream()));
@@ -376,8 +384,20 @@ where
             inner,
             done: done.clone(),
         });
-        let future = self.inner.call(req);
+        let mut inner = self.inner.clone();
+        let noop = &mut Context::from_waker(std::task::Waker::noop());
+        let (eager, later) = match inner.poll_ready(noop) {
+            Poll::Ready(Ok(())) => (Some(inner.call(req)), None),
+            _ => (None, Some(req)),
+        };
         Box::pin(async move {
+            let future = match (eager, later) {
+                (Some(future), _) => future,
+                (None, req) => {
+                    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                    inner.call(req.expect("the request waits for the stack"))
+                }
+            };
             let mut response = future.await;
             drop(busy);
             // Answered before the body was read to its end (a refusal, or

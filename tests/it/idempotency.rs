@@ -251,6 +251,78 @@ async fn a_client_that_leaves_before_the_answer_gets_it_on_its_retry() {
     );
 }
 
+/// An HTTP/1.1 client that half-closes its connection right after a small
+/// body: hyper reads the whole request, then the end of the connection, and
+/// drops the request's future before polling it. The gateway took it all the
+/// same, as it does any request of a client that left: each has its access
+/// line, and a keyed one runs on to Concur's answer, kept for the retry.
+/// (hyper's `oneshot` adapter called the stack only when first polled: such
+/// requests left no trace, and a keyed one never reached Concur.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_a_small_body_is_one_that_left() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let capture = capture_logs().await;
+    let h = Harness::start().await;
+    let auth = jwt(ALICE.0, ALICE.1);
+    const N: usize = 20;
+    for i in 0..N {
+        let key = if i % 2 == 0 {
+            format!("idempotency-key: half-{i}\r\n")
+        } else {
+            String::new()
+        };
+        let head = format!(
+            "POST /api/image/v1.0/report/R1 HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {auth}\r\n\
+             content-type: image/jpeg\r\ncontent-length: {}\r\nx-request-id: half-closed-{i}\r\n{key}\r\n",
+            JPEG.len()
+        );
+        let mut c = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(JPEG);
+        c.write_all(&bytes).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer).await;
+    }
+    // The three keyed uploads reach Concur whole and are kept.
+    let keyed_ids = (0..N).step_by(2).map(|i| format!("half-closed-{i}"));
+    let keyed_ids: Vec<String> = keyed_ids.collect();
+    wait_for(|| {
+        let logs = capture.snapshot();
+        keyed_ids.iter().all(|id| {
+            logs.lines().any(|l| {
+                l.contains(&format!("request_id={id} "))
+                    && l.contains("keyed upload finished after its client left")
+            })
+        })
+    })
+    .await;
+    for i in (0..N).step_by(2) {
+        let retry = keyed(
+            h.addr,
+            ALICE,
+            "/api/image/v1.0/report/R1",
+            &format!("half-{i}"),
+            JPEG,
+            &[],
+        )
+        .await;
+        assert_eq!(retry.status, 201, "{}", retry.text());
+        assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    }
+    let logs = capture.finish();
+    for i in 0..N {
+        let id = format!("request_id=half-closed-{i} ");
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&id) && l.contains("concur_gateway::access")),
+            "no access line for half-closed-{i}: {logs}"
+        );
+    }
+    let complete = h.uploads().iter().filter(|u| u.complete).count();
+    assert!(complete >= N / 2, "{complete} complete uploads");
+}
+
 /// The shutdown waits for a keyed upload whose client left, as for a
 /// connection: its answer is kept before the process ends. One still running
 /// when the grace is over is cut, and says so.

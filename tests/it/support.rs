@@ -480,6 +480,12 @@ pub struct LogCapture {
 }
 
 impl LogCapture {
+    /// What was logged so far; capturing goes on.
+    pub fn snapshot(&self) -> String {
+        let captured = CAPTURED.lock().unwrap();
+        String::from_utf8_lossy(captured.as_deref().unwrap_or_default()).into_owned()
+    }
+
     /// Stops capturing and returns what was logged.
     pub fn finish(self) -> String {
         let bytes = CAPTURED.lock().unwrap().take().unwrap_or_default();
