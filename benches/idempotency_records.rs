@@ -55,6 +55,7 @@ fn main() {
                 repr_digest: Some(format!("sha-256=:{:043}=:", i)),
                 location: None,
                 retry_after: None,
+                invalid: None,
             },
         );
     }

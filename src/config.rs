@@ -293,6 +293,27 @@ impl Cx<'_> {
         self.secs(key, value, default, false)
     }
 
+    /// Seconds, at least 1: a record's life or lease, which Redis keeps in
+    /// whole milliseconds and a lease renews every third of (a lease of a
+    /// few microseconds would be renewed without pause, and `PX 0` is an
+    /// error).
+    fn duration_from_a_second(
+        &mut self,
+        key: &str,
+        value: Option<f64>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.secs(key, value, default, false);
+        if d < Duration::from_secs(1) {
+            self.problems.push(format!(
+                "{key} = {}: expected seconds, at least 1 and at most a year (31536000)",
+                d.as_secs_f64()
+            ));
+            return default;
+        }
+        d
+    }
+
     /// Seconds, 0 allowed.
     fn duration_or_zero(&mut self, key: &str, value: Option<f64>, default: Duration) -> Duration {
         self.secs(key, value, default, true)
@@ -1258,14 +1279,18 @@ struct RawIdempotency {
 impl RawIdempotency {
     fn parse(self, cx: &mut Cx<'_>) -> IdempotencyConfig {
         IdempotencyConfig {
-            ttl: cx.duration("idempotency.ttl_s", self.ttl_s, DEFAULT_IDEMPOTENCY_TTL),
+            ttl: cx.duration_from_a_second(
+                "idempotency.ttl_s",
+                self.ttl_s,
+                DEFAULT_IDEMPOTENCY_TTL,
+            ),
             max_records: cx.positive(
                 "idempotency.max_records",
                 self.max_records,
                 DEFAULT_IDEMPOTENCY_MAX_RECORDS,
             ),
             required: self.required.unwrap_or(false),
-            lease: cx.duration(
+            lease: cx.duration_from_a_second(
                 "idempotency.lease_s",
                 self.lease_s,
                 DEFAULT_IDEMPOTENCY_LEASE,
@@ -1571,6 +1596,48 @@ mod tests {
             all.contains("server.spool_max_bytes must be greater than 0"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn idempotency_lives_and_leases_under_a_second_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let problems = |idem: &str| {
+            let text = format!(
+                "[auth]\nissuer = \"i\"\naudience = \"a\"\nhs256_secret_file = \"s\"\n[credentials]\nfile = \"c.toml\"\n[idempotency]\n{idem}\n"
+            );
+            Config::parse(&text, dir.path())
+                .config
+                .err()
+                .map(|e| e.0.join("\n"))
+                .unwrap_or_default()
+        };
+        for (idem, problem) in [
+            (
+                "ttl_s = 0.0001",
+                "idempotency.ttl_s = 0.0001: expected seconds, at least 1",
+            ),
+            (
+                "lease_s = 0.5",
+                "idempotency.lease_s = 0.5: expected seconds, at least 1",
+            ),
+            (
+                "lease_s = 0",
+                "idempotency.lease_s = 0: expected seconds, more than 0",
+            ),
+        ] {
+            assert!(
+                problems(idem).contains(problem),
+                "{idem}: {}",
+                problems(idem)
+            );
+        }
+        for fine in ["ttl_s = 1", "lease_s = 1.5", "ttl_s = 86400\nlease_s = 30"] {
+            assert!(
+                !problems(fine).contains("idempotency"),
+                "{fine}: {}",
+                problems(fine)
+            );
+        }
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub struct Record {
     /// records written before it was kept.
     #[serde(default)]
     pub retry_after: Option<String>,
+    /// Concur's answer could not be given to a client (it quoted the access
+    /// token, or it was too large): why. Its body is not kept; a replay is
+    /// the same `502 upstream_invalid_response`. Absent from older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 /// The fingerprint of a request: route kind, target ID, canonical media type
@@ -374,6 +379,7 @@ mod tests {
             repr_digest: None,
             location: None,
             retry_after: None,
+            invalid: None,
         }
     }
 
@@ -384,6 +390,7 @@ mod tests {
         let old = r#"{"fingerprint":"f","status":400,"content_type":null,"body":"<Error/>","repr_digest":null,"location":null}"#;
         let r: Record = serde_json::from_str(old).unwrap();
         assert_eq!(r.retry_after, None);
+        assert_eq!(r.invalid, None);
         assert_eq!(r.status, 400);
     }
 

@@ -274,20 +274,24 @@ where
         // Concur's final answer is kept for retries; anything else drops the
         // record (the hold's drop), so a retry goes to Concur again.
         if idempotency::is_final(answer.status.as_u16()) {
-            hold.finish(&Record {
-                fingerprint: admitted.fingerprint(&body_sha256(report)),
-                status: answer.status.as_u16(),
-                content_type: header_text(&answer.headers, header::CONTENT_TYPE),
-                body: String::from_utf8_lossy(&answer.body).into_owned(),
-                repr_digest: answer.repr_digest.clone(),
-                location: header_text(&answer.headers, header::LOCATION),
-                retry_after: header_text(&answer.headers, header::RETRY_AFTER),
-            })
-            .await;
-            ctx.idempotency = Some("stored");
+            let kept = hold
+                .finish(&Record {
+                    fingerprint: admitted.fingerprint(&body_sha256(report)),
+                    status: answer.status.as_u16(),
+                    content_type: header_text(&answer.headers, header::CONTENT_TYPE),
+                    body: String::from_utf8_lossy(&answer.body).into_owned(),
+                    repr_digest: answer.repr_digest.clone(),
+                    location: header_text(&answer.headers, header::LOCATION),
+                    retry_after: header_text(&answer.headers, header::RETRY_AFTER),
+                    invalid: answer.invalid.clone(),
+                })
+                .await;
+            ctx.idempotency = Some(kept.as_str());
             gw.metrics
                 .idempotency
-                .get_or_create(&ResultLabel { result: "stored" })
+                .get_or_create(&ResultLabel {
+                    result: kept.as_str(),
+                })
                 .inc();
         }
     }
@@ -361,6 +365,7 @@ where
             body: Bytes::from(record.body),
             repr_digest: record.repr_digest,
             json: None,
+            invalid: record.invalid,
         },
         client_headers,
     )
@@ -609,6 +614,11 @@ struct Answer {
     /// `body` translated, when it is meant as XML and was translated
     /// already (`None`: not yet).
     json: Option<Result<Value, transform::TransformError>>,
+    /// Concur answered, with something no client may be given (it quotes
+    /// the access token, or it is too large): why. Answered `502
+    /// upstream_invalid_response`; still Concur's final answer to the upload
+    /// (kept under an `Idempotency-Key`, without its body).
+    invalid: Option<String>,
 }
 
 /// Phase 3: the token, a slot, and the exchange with Concur.
@@ -720,32 +730,36 @@ async fn exchange_with(
         gw.tokens.mark_stale(&admitted.credential, &access);
     }
     let read = Limited::new(upstream_body, transform::MAX_XML_BYTES).collect();
+    let mut invalid = None;
     let body = match pace.within(timeout, read).await {
         Err(_) => return Err(GatewayError::UpstreamTimeout(gw.upstream.timeout)),
-        Ok(Err(e)) => {
-            return Err(if e.is::<http_body_util::LengthLimitError>() {
-                GatewayError::UpstreamInvalidResponse(
-                    transform::TransformError::TooLarge.to_string(),
-                )
-            } else {
-                GatewayError::UpstreamUnavailable(e)
-            });
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            invalid = Some(transform::TransformError::TooLarge.to_string());
+            Bytes::new()
         }
+        Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e)),
         Ok(Ok(collected)) => redact_token(collected.to_bytes(), &access.authorization),
     };
     // The translation, done once here: what the client and the log would see
     // of the token once Concur's escapes are decoded (`&#45;`, CDATA, a
     // comment or an element splitting it), which the byte search above
     // cannot blank out.
-    let json = body_is_meant_as_xml(&head.headers, &body).then(|| transform::xml_to_json(&body));
-    if let Some(Ok(json)) = &json
+    let mut json = (invalid.is_none() && body_is_meant_as_xml(&head.headers, &body))
+        .then(|| transform::xml_to_json(&body));
+    if let Some(Ok(translated)) = &json
         && let Some(token) = token_text(&access.authorization)
-        && json_holds(json, token)
+        && json_holds(translated, token)
     {
-        return Err(GatewayError::UpstreamInvalidResponse(
+        invalid = Some(
             "Concur's answer quotes the access token in escaped form; it is not passed on".into(),
-        ));
+        );
+        json = None;
     }
+    let body = if invalid.is_some() {
+        Bytes::new()
+    } else {
+        body
+    };
     let elapsed = started.elapsed();
     gw.metrics
         .upstream_duration
@@ -791,6 +805,7 @@ async fn exchange_with(
         body,
         repr_digest,
         json,
+        invalid,
     })
 }
 
@@ -1058,7 +1073,11 @@ fn respond(
         body,
         repr_digest,
         json: translated,
+        invalid,
     } = answer;
+    if let Some(why) = invalid {
+        return Err(GatewayError::UpstreamInvalidResponse(why));
+    }
     let translate = || translated.unwrap_or_else(|| transform::xml_to_json(&body));
     // Passed on when it is one (RFC 9110 §10.2.3: seconds or an HTTP-date);
     // anything else is not repeated to the client.

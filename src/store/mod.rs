@@ -595,30 +595,124 @@ pub struct KeyHold {
     finished: bool,
 }
 
+/// What became of a final answer handed to [`KeyHold::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Stored: a retry gets it.
+    Stored,
+    /// The store did not answer: kept in memory with the key's lease renewed,
+    /// and written as soon as the store answers ([`FINISH_RETRY`]).
+    Pending,
+    /// Another request holds the key now (this one's lease ran out): not
+    /// stored.
+    NotStored,
+}
+
+impl Kept {
+    /// The access log's `idempotency` and the metric's `result`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kept::Stored => "stored",
+            Kept::Pending => "pending",
+            Kept::NotStored => "not_stored",
+        }
+    }
+}
+
+/// How often a final answer the store missed is offered again; for at most
+/// [`FINISH_KEPT`] (or the record's own life, if shorter).
+const FINISH_RETRY: Duration = Duration::from_millis(100);
+const FINISH_KEPT: Duration = Duration::from_secs(3600);
+
 impl KeyHold {
     /// Keeps Concur's final answer for `idempotency.ttl_s`.
-    pub async fn finish(mut self, record: &Record) {
+    pub async fn finish(mut self, record: &Record) -> Kept {
         self.finished = true;
         if let Some(r) = self.renewal.take() {
             r.abort();
         }
         let store = &self.store;
-        match &store.shared {
-            None => store
+        let Some(redis) = &store.shared else {
+            store
                 .records
-                .finish(&self.key, &self.marker, record.clone()),
-            Some(redis) => {
-                let json = serde_json::to_string(record).expect("a record serialises");
-                match redis
-                    .idem_finish(&self.key, &self.marker, &json, store.idempotency.ttl)
-                    .await
-                {
-                    Ok(_) => store.recovered(),
-                    Err(e) => store.fell_back("idempotency_finish", &e),
-                }
+                .finish(&self.key, &self.marker, record.clone());
+            return Kept::Stored;
+        };
+        let json = serde_json::to_string(record).expect("a record serialises");
+        let ttl = store.idempotency.ttl;
+        match redis.idem_finish(&self.key, &self.marker, &json, ttl).await {
+            Ok(true) => {
+                store.recovered();
+                Kept::Stored
+            }
+            Ok(false) => {
+                store.recovered();
+                tracing::warn!(
+                    "Concur's final answer is not kept under its Idempotency-Key: the key's lease ran out and another request holds it"
+                );
+                Kept::NotStored
+            }
+            Err(e) => {
+                store.fell_back("idempotency_finish", &e);
+                let key = std::mem::take(&mut self.key);
+                let marker = std::mem::take(&mut self.marker);
+                finish_later(
+                    redis.clone(),
+                    key,
+                    marker,
+                    json,
+                    ttl,
+                    store.idempotency.lease,
+                );
+                Kept::Pending
             }
         }
     }
+}
+
+/// Writes a final answer the store missed as soon as it answers, holding the
+/// key's in-flight lease meanwhile: a retry gets `409` until then, never a
+/// second upload to Concur. Given up after [`FINISH_KEPT`] (logged): the key
+/// is then free again when its lease runs out, as for a gateway that died.
+fn finish_later(
+    redis: Arc<Redis>,
+    key: String,
+    marker: String,
+    record: String,
+    ttl: Duration,
+    lease: Duration,
+) {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let until = started + ttl.min(FINISH_KEPT);
+        let mut renew_at = started;
+        while Instant::now() < until {
+            tokio::time::sleep(FINISH_RETRY).await;
+            if Instant::now() >= renew_at {
+                let _ = redis.extend_lock(&key, &marker, lease).await;
+                renew_at = Instant::now() + lease / 3;
+            }
+            match redis.idem_finish(&key, &marker, &record, ttl).await {
+                Ok(true) => {
+                    tracing::info!(
+                        after_ms = started.elapsed().as_millis() as u64,
+                        "a final answer the store had missed is kept under its Idempotency-Key now"
+                    );
+                    return;
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        "a final answer the store had missed is dropped: another request holds its Idempotency-Key"
+                    );
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        tracing::error!(
+            "a final answer the store never took is dropped: a retry with its Idempotency-Key will reach Concur again"
+        );
+    });
 }
 
 impl Drop for KeyHold {
@@ -696,6 +790,13 @@ impl Store {
                     }
                     Err(e) => {
                         self.fell_back("idempotency_begin", &e);
+                        if matches!(e, StoreError::Timeout(_) | StoreError::Redis(_)) {
+                            // The call may have run after all (a stall, a
+                            // failover): its in-flight marker would hold the
+                            // key for a whole lease against a corrected
+                            // retry. Taken away as soon as the store answers.
+                            unmark_later(redis.clone(), record_key, marker, lease);
+                        }
                         return Err(GatewayError::StoreUnavailable { retry_after_s: 5 });
                     }
                 };
@@ -709,6 +810,20 @@ impl Store {
             }
         }
     }
+}
+
+/// Removes this request's in-flight `marker`, if it is there, once the store
+/// answers (every [`FINISH_RETRY`], for at most the lease it would live).
+fn unmark_later(redis: Arc<Redis>, key: String, marker: String, lease: Duration) {
+    tokio::spawn(async move {
+        let until = Instant::now() + lease;
+        while Instant::now() < until {
+            if redis.unlock(&key, &marker).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(FINISH_RETRY).await;
+        }
+    });
 }
 
 impl Store {

@@ -206,9 +206,11 @@ return false
 "#;
 
 /// Replaces the in-flight marker ARGV[1] by the final record ARGV[2] for
-/// ARGV[3] ms, if the marker is still ours.
+/// ARGV[3] ms, if the marker is still ours, or gone (its lease ran out while
+/// the store was away, and no other request took the key since).
 const IDEM_FINISH: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] or not v then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
@@ -649,7 +651,8 @@ impl Redis {
             .await
     }
 
-    /// Replaces our in-flight `marker` by the final `record` for `ttl`.
+    /// Replaces our in-flight `marker` (or nothing) by the final `record`
+    /// for `ttl`: `false` when another request holds the key now.
     pub async fn idem_finish(
         &self,
         key: &str,

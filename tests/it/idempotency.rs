@@ -323,6 +323,51 @@ async fn a_client_that_half_closes_after_a_small_body_is_one_that_left() {
     assert!(complete >= N / 2, "{complete} complete uploads");
 }
 
+/// A final Concur answer the gateway cannot pass on (it quotes the access
+/// token in escaped form, or it is over the 1 MiB cap) is still Concur's
+/// answer: the image may exist. It is kept under the key without its body,
+/// and the retry gets the same `502` replayed instead of a second upload.
+#[tokio::test]
+async fn a_final_answer_that_cannot_be_passed_on_is_still_kept() {
+    let h = Harness::start().await;
+    let big = format!("<Image><Id>{}</Id></Image>", "A".repeat(1024 * 1024));
+    for (i, (status, body, detail)) in [
+        (
+            201,
+            "<Image><Id>concur&#45;alice-token-0001</Id><Url/></Image>".to_owned(),
+            "escaped form",
+        ),
+        (
+            400,
+            "<Error><Message>concur<![CDATA[-alice]]>-token-0001</Message></Error>".to_owned(),
+            "escaped form",
+        ),
+        (201, big, "larger than"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h.sandbox.push_fault(Fault::Raw {
+            status,
+            content_type: "application/xml".into(),
+            body,
+            retry_after: None,
+            location: None,
+        });
+        let key = format!("unpassable-{i}");
+        let path = "/api/image/v1.0/report/R1";
+        let first = keyed(h.addr, ALICE, path, &key, JPEG, &[]).await;
+        let v = first.problem(502, "upstream_invalid_response");
+        assert!(v["detail"].as_str().unwrap().contains(detail), "{v}");
+        let again = keyed(h.addr, ALICE, path, &key, JPEG, &[]).await;
+        let w = again.problem(502, "upstream_invalid_response");
+        assert_eq!(w["detail"], v["detail"]);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert!(!again.text().contains("token-0001"), "{}", again.text());
+        assert_eq!(h.uploads().len(), i + 1, "Concur saw one upload per key");
+    }
+}
+
 /// The shutdown waits for a keyed upload whose client left, as for a
 /// connection: its answer is kept before the process ends. One still running
 /// when the grace is over is cut, and says so.

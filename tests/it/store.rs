@@ -1222,6 +1222,125 @@ async fn idempotency_records_are_shared_by_every_replica() {
     fleet.stop().await;
 }
 
+/// Holds the clients of the node at `url` that write, for `ms` (`CLIENT
+/// PAUSE … WRITE`, what a managed failover does): a script that writes waits,
+/// then runs; the gateway's call times out meanwhile.
+async fn pause_writes(url: &str, ms: u64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+}
+
+/// Retries `key` on `addr` while it answers `409` or `503` (for up to 10 s),
+/// as a client told to come back later would.
+async fn retry_past_409(addr: SocketAddr, path: &str, key: &str) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = crate::idempotency::keyed(addr, ALICE, path, key, JPEG, &[]).await;
+        if !matches!(r.status.as_u16(), 409 | 503) || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Concur's final answer came while Redis stalled: the write of the record
+/// timed out. The replica keeps it, holds the key meanwhile (a retry gets
+/// `409`), and writes it once Redis answers: the retry on another replica
+/// gets the answer, and Concur saw one upload. (It was lost, and logged as
+/// stored: the in-flight record held the key for its lease, then the retry
+/// uploaded a second image.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_answer_the_store_missed_is_written_once_it_answers() {
+    if !redis_available() {
+        return;
+    }
+    use crate::idempotency::keyed;
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let limits = "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\n";
+    let fleet = Fleet::start(2, Duration::ZERO, |dir| {
+        format!("{limits}{}", store_section(dir, &url, None, ""))
+    })
+    .await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    fleet
+        .sandbox
+        .push_fault(concur_gateway::sandbox::Fault::Delay { millis: 1000 });
+    let first = tokio::spawn(async move {
+        keyed(a, ALICE, "/api/image/v1.0/report/M1", "missed-1", JPEG, &[]).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.sandbox.uploads().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Concur answers within the pause.
+    pause_writes(&url, 1600).await;
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201, "{}", first.text());
+    let pending = fleet.replicas[0].gateway.metrics.encode_prometheus();
+    assert!(
+        pending.contains("concur_gateway_idempotency_total{result=\"pending\"} 1"),
+        "{pending}"
+    );
+    let again = retry_past_409(b, "/api/image/v1.0/report/M1", "missed-1").await;
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json());
+    assert_eq!(fleet.sandbox.uploads().len(), 1, "one image at Concur");
+    fleet.stop().await;
+}
+
+/// The call that takes a key timed out (Redis stalled) and ran after all:
+/// the request got `503 store_unavailable`, and its in-flight record would
+/// have held the key for a whole lease against the corrected retry. It is
+/// taken away once Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_taking_timed_out_is_free_for_the_retry() {
+    if !redis_available() {
+        return;
+    }
+    use crate::idempotency::keyed;
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // (Generous rate limits: the retry polls.)
+    let limits = "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\n";
+    let fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        format!("{limits}{}", store_section(dir, &url, None, ""))
+    })
+    .await;
+    let a = fleet.replicas[0].addr;
+    // A first key: Redis has the script now, so the stalled call is one
+    // `EVALSHA` that runs when the pause ends (not a `NOSCRIPT` answered then,
+    // which the client, timed out, would never follow with the script).
+    let warm = keyed(a, ALICE, "/api/image/v1.0/report/T0", "warm-1", JPEG, &[]).await;
+    assert_eq!(warm.status, 201, "{}", warm.text());
+    pause_writes(&url, 400).await;
+    keyed(
+        a,
+        ALICE,
+        "/api/image/v1.0/report/T1",
+        "stalled-1",
+        JPEG,
+        &[],
+    )
+    .await
+    .problem(503, "store_unavailable");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let retry = retry_past_409(a, "/api/image/v1.0/report/T1", "stalled-1").await;
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert!(retry.header("idempotent-replayed").is_none());
+    assert_eq!(fleet.sandbox.uploads().len(), 2);
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_held_by_a_killed_replica_is_free_after_its_lease() {
     if !redis_available() {
