@@ -35,6 +35,10 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
 }
 
 fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let known = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         r.headers_mut().insert(

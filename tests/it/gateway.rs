@@ -944,6 +944,11 @@ async fn admin_endpoints_and_drain() {
     let r = request(h.admin, "POST", "/healthz", &[], Payload::Full(Vec::new())).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    // A path it does not serve is not found, whatever the method.
+    for method in ["GET", "POST"] {
+        let r = request(h.admin, method, "/foo", &[], Payload::Full(Vec::new())).await;
+        assert_eq!(r.status, 404, "{method}");
+    }
     h.begin_shutdown();
     wait_for_async(async || h.admin_get("/readyz").await.status == 503).await;
     let r = h.admin_get("/readyz").await;
