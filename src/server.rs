@@ -178,6 +178,11 @@ pub async fn run(
     // process ends, not left to their leases (other replicas would count
     // them until then).
     gw.store.flush_releases().await;
+    // The spans of the requests that finished during the drain go out
+    // before the process ends.
+    if let Some(telemetry) = &gw.telemetry {
+        telemetry.flush().await;
+    }
     admin_task.abort();
     housekeeping.abort();
 }

@@ -239,6 +239,10 @@ fn logged_path(raw: &str) -> String {
 }
 
 /// The first `n` characters of `s` (the whole of it when shorter).
+/// An extension method is logged by its first 32 characters (HTTP sets no
+/// bound; hyper takes any token).
+const LOGGED_METHOD_CHARS: usize = 32;
+
 fn first_chars(s: &str, n: usize) -> &str {
     if s.len() <= n {
         return s;
@@ -373,7 +377,7 @@ where
                 target: "concur_gateway::access",
                 request_id = %ctx.id.as_str(),
                 trace_id = telemetry::trace_id(&ctx.trace),
-                method = %pending.method,
+                method = first_chars(pending.method.as_str(), LOGGED_METHOD_CHARS),
                 path = %pending.path,
                 route,
                 company = identity.map(|i| i.company.as_str()),
@@ -410,7 +414,7 @@ fn end_server_span(
         span.end();
         return;
     }
-    span.update_name(format!("{method} {route}"));
+    span.update_name(format!("{} {route}", telemetry::span_method(method)));
     let mut attributes = vec![
         KeyValue::new("http.route", route),
         KeyValue::new("http.response.status_code", i64::from(status)),
@@ -497,14 +501,20 @@ impl Drop for Pending {
                 )
             };
             let span = self.trace.span();
-            span.set_attribute(KeyValue::new("concur_gateway.code", code));
-            span.set_status(opentelemetry::trace::Status::error(code));
+            span.set_attributes([
+                KeyValue::new("concur_gateway.code", code),
+                KeyValue::new("concur_gateway.request_id", self.id.as_str().to_owned()),
+            ]);
+            if code == "shutting_down" {
+                // Cut by this gateway; a client that left is no error of ours.
+                span.set_status(opentelemetry::trace::Status::error(code));
+            }
             span.end();
             tracing::info!(
                 target: "concur_gateway::access",
                 request_id = %self.id.as_str(),
                 trace_id = telemetry::trace_id(&self.trace),
-                method = %self.method,
+                method = first_chars(self.method.as_str(), LOGGED_METHOD_CHARS),
                 path = %self.path,
                 code,
                 duration_ms = self.started.elapsed().as_millis() as u64,

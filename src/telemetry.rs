@@ -54,6 +54,12 @@ pub const MAX_BATCH: usize = 512;
 pub const BATCH_DELAY: Duration = Duration::from_secs(1);
 /// One export (connect, send, answer); its spans are dropped past it.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// At shutdown, how long the spans still queued may take to go out (within
+/// the margin the Kubernetes base leaves past `shutdown_grace_s`).
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+/// The service name when `OTEL_SERVICE_NAME` (or `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`) does not give one.
+pub const SERVICE_NAME: &str = "concur-gateway";
 
 /// This gateway's tracer, carried in a request's [`Context`].
 #[derive(Clone, Debug)]
@@ -65,6 +71,8 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    /// The export task, awaited at shutdown ([`Telemetry::flush`]).
+    export: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Telemetry {
@@ -73,15 +81,17 @@ impl Telemetry {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "tracing: the exporter needs a Tokio runtime".to_owned())?;
         let dropped = metrics.trace_spans_dropped.clone();
-        let processor = match config.protocol {
+        let resource = resource();
+        let (processor, export) = match config.protocol {
             OtlpProtocol::Grpc => {
                 let _guard = runtime.enter();
-                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                let mut exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
                     .with_endpoint(&config.otlp_endpoint)
                     .with_timeout(EXPORT_TIMEOUT)
                     .build()
                     .map_err(|e| format!("tracing.otlp_endpoint: {e}"))?;
+                exporter.set_resource(&resource);
                 BoundedBatch::start(&runtime, exporter, dropped)
             }
             OtlpProtocol::HttpProtobuf => {
@@ -89,7 +99,7 @@ impl Telemetry {
                     .map_err(|e| format!("tracing: {e}"))?;
                 let client =
                     opentelemetry_http::hyper::HyperClient::new(connector, EXPORT_TIMEOUT, None);
-                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                let mut exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_http_client(client)
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -97,6 +107,7 @@ impl Telemetry {
                     .with_timeout(EXPORT_TIMEOUT)
                     .build()
                     .map_err(|e| format!("tracing.otlp_endpoint: {e}"))?;
+                exporter.set_resource(&resource);
                 BoundedBatch::start(&runtime, exporter, dropped)
             }
         };
@@ -105,19 +116,30 @@ impl Telemetry {
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sample_ratio,
             ))))
-            .with_resource(
-                Resource::builder_empty()
-                    .with_service_name("concur-gateway")
-                    .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-                    .build(),
-            )
+            .with_resource(resource)
             .build();
         let tracer = provider.tracer("concur-gateway");
         Ok(Self {
             provider,
             tracer,
             propagator: TraceContextPropagator::new(),
+            export: Mutex::new(Some(export)),
         })
+    }
+
+    /// At shutdown, once the requests are done: closes the queue and waits
+    /// (at most [`SHUTDOWN_FLUSH`]) for the export task to send what is left,
+    /// the spans of the uploads that finished during the drain among them.
+    pub async fn flush(&self) {
+        let _ = self.provider.shutdown();
+        let export = self.export.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(export) = export
+            && tokio::time::timeout(SHUTDOWN_FLUSH, export).await.is_err()
+        {
+            tracing::warn!(
+                "the spans still queued at shutdown did not reach the collector in time"
+            );
+        }
     }
 
     /// The request's server span, child of the caller's `traceparent` when
@@ -126,9 +148,9 @@ impl Telemetry {
         let parent = self.propagator.extract(&HeaderExtract(headers));
         let span = self
             .tracer
-            .span_builder(method.to_string())
+            .span_builder(span_method(method))
             .with_kind(SpanKind::Server)
-            .with_attributes([KeyValue::new("http.request.method", method.to_string())])
+            .with_attributes([KeyValue::new("http.request.method", method_label(method))])
             .start_with_context(&self.tracer, &parent);
         parent
             .with_span(span)
@@ -149,6 +171,49 @@ impl Drop for Telemetry {
         // Closes the queue: the export task sends what is left and ends.
         let _ = self.provider.shutdown();
     }
+}
+
+/// A request's method as spans show it (`http.request.method`): one of
+/// HTTP's own, or `_OTHER` (OpenTelemetry's HTTP conventions), so that a
+/// client cannot make span names and attribute values without end.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
+/// The method part of a span name: [`method_label`], `HTTP` for `_OTHER`.
+pub fn span_method(method: &http::Method) -> &'static str {
+    match method_label(method) {
+        "_OTHER" => "HTTP",
+        known => known,
+    }
+}
+
+/// What the spans are from (the OTLP resource): the service's name and
+/// version, with what the standard variables add (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`: a pod name, an environment) and the SDK's own
+/// `telemetry.sdk.*`. The name is `concur-gateway` unless they give one.
+fn resource() -> Resource {
+    let detected = Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::new("service.name"))
+        .map(|v| v.to_string())
+        .filter(|n| !n.is_empty() && !n.starts_with("unknown_service"));
+    Resource::builder()
+        .with_service_name(named.unwrap_or_else(|| SERVICE_NAME.to_owned()))
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 /// The trace id of `cx`'s span, for the access log; `None` without tracing.
@@ -313,13 +378,14 @@ impl BoundedBatch {
         runtime: &tokio::runtime::Handle,
         exporter: E,
         dropped: Family<ReasonLabel, Counter>,
-    ) -> Self {
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_SPANS);
-        runtime.spawn(export_loop(exporter, rx, dropped.clone()));
-        Self {
+        let export = runtime.spawn(export_loop(exporter, rx, dropped.clone()));
+        let batch = Self {
             queue: Mutex::new(Some(tx)),
             dropped,
-        }
+        };
+        (batch, export)
     }
 }
 

@@ -109,6 +109,27 @@ impl Collector {
         self.spans()
     }
 
+    /// The `service.name` of every export request's resources.
+    pub fn service_names(&self) -> Vec<String> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                ExportTraceServiceRequest::decode(b.clone())
+                    .expect("OTLP protobuf")
+                    .resource_spans
+            })
+            .filter_map(|rs| rs.resource)
+            .flat_map(|r| r.attributes)
+            .filter(|kv| kv.key == "service.name")
+            .filter_map(|kv| match kv.value.and_then(|v| v.value) {
+                Some(Value::StringValue(name)) => Some(name),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn raw(&self) -> Vec<u8> {
         self.bodies.lock().unwrap().concat()
     }
@@ -304,6 +325,45 @@ async fn a_refused_request_has_its_code_and_a_failed_child_span() {
     );
     assert!(!String::from_utf8_lossy(&collector.raw()).contains("not-a-jwt"));
     h.stop().await;
+}
+
+/// The spans say what sent them (`service.name` in the OTLP resource, which
+/// the exporter was never given), a method of the client's own making is
+/// `_OTHER` rather than a name without end, and the spans of the last
+/// requests reach the collector at shutdown, not a batch delay later (the
+/// process would be gone).
+#[tokio::test]
+async fn spans_name_their_service_bound_methods_and_go_out_at_shutdown() {
+    let collector = Collector::start().await;
+    let h = Harness::with_config(&format!(
+        "{}[server]\ndrain_delay_s = 0\n",
+        collector.config()
+    ))
+    .await;
+    let odd = request(h.addr, "FOO-4711", "/nope", &[], Payload::Full(Vec::new())).await;
+    assert_eq!(odd.status, 404);
+    let r = upload_traced(&h, ("acme", "alice@acme.example"), None).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let stopped = Instant::now();
+    h.stop().await;
+    // No waiting here: what the collector has once the server stopped.
+    let spans = collector.spans();
+    assert!(
+        spans.iter().any(|s| s.name == "POST receipt"),
+        "{:?} after {:?}",
+        names(&spans),
+        stopped.elapsed()
+    );
+    let other = named(&spans, "HTTP none");
+    assert!(
+        matches!(attr(other, "http.request.method"), Some(Value::StringValue(v)) if v == "_OTHER")
+    );
+    assert!(!String::from_utf8_lossy(&collector.raw()).contains("FOO-4711"));
+    let services = collector.service_names();
+    assert!(
+        !services.is_empty() && services.iter().all(|n| n == "concur-gateway"),
+        "{services:?}"
+    );
 }
 
 /// A gateway exporting to `collector`, with bob's refreshing credential
