@@ -238,11 +238,11 @@ fn logged_path(raw: &str) -> String {
     }
 }
 
-/// The first `n` characters of `s` (the whole of it when shorter).
 /// An extension method is logged by its first 32 characters (HTTP sets no
 /// bound; hyper takes any token).
 const LOGGED_METHOD_CHARS: usize = 32;
 
+/// The first `n` characters of `s` (the whole of it when shorter).
 fn first_chars(s: &str, n: usize) -> &str {
     if s.len() <= n {
         return s;
