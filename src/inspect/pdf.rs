@@ -1359,6 +1359,14 @@ impl Lexer {
                 // integer that ends in this chunk is read in one pass (what
                 // `word` would make of it).
                 if b.is_ascii_digit() {
+                    if self.depth == 0
+                        && self.mode == Mode::File
+                        && self.idle()
+                        && let Some(end) = self.top_level_line(data, i)
+                    {
+                        i = end;
+                        continue;
+                    }
                     let mut j = i + 1;
                     let mut v = u64::from(b - b'0');
                     while let Some(&c) = data.get(j) {
@@ -1378,6 +1386,18 @@ impl Lexer {
                         self.uint(v)?;
                         continue;
                     }
+                }
+                if b == b'e'
+                    && self.mode == Mode::File
+                    && self.idle()
+                    && data.get(i..i + 6) == Some(b"endobj")
+                    && let Some(&c) = data.get(i + 6)
+                    && STOPS[c as usize] & STOP_REG != 0
+                {
+                    // What `keyword` does with it, without the search.
+                    self.endobj();
+                    i += 6;
+                    continue;
                 }
                 let end = token_end(data, i + 1);
                 if end == n {
@@ -1521,6 +1541,52 @@ impl Lexer {
             self.assign(Val::Other)?;
         }
         Ok(Some(end))
+    }
+
+    /// At the top level of the file (file mode, no value followed), at the
+    /// digit at `i`: an object's `N G obj`, or an entry of a cross-reference
+    /// section (`0000012345 00000 n`, exactly so), that ends in this chunk:
+    /// what its three tokens would do one by one, at once. Returns the index
+    /// after the last token, or `None` (and nothing done).
+    #[inline(always)]
+    fn top_level_line(&mut self, data: &[u8], i: usize) -> Option<usize> {
+        if let Some(e) = data.get(i..i + 19)
+            && is_xref_entry(e)
+        {
+            // Two integers and an `f` or `n`, which is file structure
+            // anywhere at the top level.
+            if self.after_startxref {
+                self.saw_startxref = true;
+            }
+            self.note_token();
+            return Some(i + 18);
+        }
+        let (n, j) = top_uint(data, i)?;
+        let k = skip_ws(data, j);
+        if k == j {
+            return None;
+        }
+        let (g, j) = top_uint(data, k)?;
+        let k = skip_ws(data, j);
+        if k == j
+            || data.get(k..k + 3) != Some(b"obj")
+            || STOPS[*data.get(k + 3)? as usize] & STOP_REG == 0
+        {
+            return None;
+        }
+        // The integers (the first takes `after_startxref`), then `obj`.
+        if self.after_startxref {
+            self.saw_startxref = true;
+        }
+        self.after_startxref = false;
+        self.resync();
+        self.in_obj = true;
+        self.unsure_end = false;
+        self.cur_obj = Some(n);
+        self.cur_gen0 = g == 0;
+        self.obj_body = ObjBody::Start(n);
+        self.saw_obj = true;
+        Some(k + 3)
     }
 
     /// The `stream` keyword ended at `consumed`.
@@ -1938,13 +2004,7 @@ impl Lexer {
                     self.saw_obj = true;
                 }
             }
-            b"endobj" => {
-                if let ObjBody::Name(n, v) = self.obj_body {
-                    self.names.record(n, v);
-                }
-                self.resync();
-                self.in_obj = false;
-            }
+            b"endobj" => self.endobj(),
             // A stray `endstream` (some writers leave one) changes nothing.
             b"endstream" => self.resync(),
             b"xref" | b"startxref" => {
@@ -1987,6 +2047,16 @@ impl Lexer {
             }
         }
         Ok(false)
+    }
+
+    /// The `endobj` keyword (file mode).
+    #[inline(always)]
+    fn endobj(&mut self) {
+        if let ObjBody::Name(n, v) = self.obj_body {
+            self.names.record(n, v);
+        }
+        self.resync();
+        self.in_obj = false;
     }
 
     /// The `R` of `N G R`; `n` is `N` when the two tokens before were
@@ -2348,6 +2418,40 @@ fn classify(name: &[u8]) -> NameClass {
         (16, b"RichMediaExecute") => Active,
         _ => NameClass::Other,
     }
+}
+
+/// Eight ASCII digits.
+#[inline(always)]
+fn digits8(w: u64) -> bool {
+    const HI: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const ZERO: u64 = 0x3030_3030_3030_3030;
+    w & HI == ZERO && w.wrapping_add(0x0606_0606_0606_0606) & HI == ZERO
+}
+
+/// A cross-reference entry as writers write it, `nnnnnnnnnn ggggg n` (or
+/// `f`), followed by a byte that ends the `n`.
+#[inline(always)]
+fn is_xref_entry(e: &[u8]) -> bool {
+    e.len() == 19
+        && digits8(u64::from_le_bytes([
+            e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7],
+        ]))
+        && e[8..10].iter().all(u8::is_ascii_digit)
+        && e[10] == b' '
+        && e[11..16].iter().all(u8::is_ascii_digit)
+        && e[16] == b' '
+        && matches!(e[17], b'f' | b'n')
+        && STOPS[e[18] as usize] & STOP_REG != 0
+}
+
+/// A non-negative integer of at most 19 digits at `i`, ended by a byte in
+/// `data` that is no regular byte: its value and end.
+#[inline(always)]
+fn top_uint(data: &[u8], i: usize) -> Option<(u64, usize)> {
+    let end = token_end(data, i);
+    let v = parse_uint(&data[i..end])?;
+    data.get(end)?;
+    Some((v, end))
 }
 
 /// A word with a byte that is no printable ASCII (binary junk, not text).
@@ -3799,6 +3903,58 @@ mod tests {
                 max_nesting,
                 ..Limits::default()
             };
+            let one = scan_pdf(&limits, &bytes, bytes.len());
+            let text = String::from_utf8_lossy(&bytes);
+            assert_eq!(one.as_ref().err().map(|r| r.code), want, "{text}: {one:?}");
+            for at in 0..=bytes.len() {
+                let mut s = PdfScanner::new(&limits);
+                let (a, b) = bytes.split_at(at);
+                let got = s.feed(a).and_then(|()| s.feed(b)).and_then(|()| s.finish());
+                assert_eq!(got, one, "{text}: split at {at}");
+            }
+        }
+    }
+
+    /// The top-level lines the hot loop takes at once (`N G obj` and
+    /// cross-reference entries, `Lexer::top_level_line`) and `endobj`: the
+    /// verdict and detail of the token-by-token reading, with a chunk
+    /// boundary anywhere.
+    #[test]
+    fn top_level_lines_any_split_point() {
+        let objs = "1 0 obj\n<< /Type /Catalog >>\nendobj\n12  3\r\nobj[1]endobj\n\
+                    4 0 obj /ObjStm endobj 5 0 obj%c\n(x)endobj\n";
+        let xref = "xref\n0 4\n0000000000 65535 f \n0000000009 00000 n\r\n\
+                    0000000042 00000 n\n0000000077 00001 f\r";
+        let malformed = Some(RejectCode::MalformedImage);
+        for (bytes, want) in [
+            (
+                format!("%PDF-1.7\n{objs}{xref}\ntrailer\n<< >>\nstartxref\n0\n%%EOF\n"),
+                None,
+            ),
+            (
+                format!("%PDF-1.7\n{objs}startxref\n0000000000 00000 n\n%%EOF\n"),
+                None,
+            ),
+            (format!("%PDF-1.7\n{objs}startxref\n%%EOF\n"), malformed),
+            (
+                format!("%PDF-1.7\n{objs}0000000009 00000 x\nstartxref 0\n%%EOF\n"),
+                malformed,
+            ),
+            (
+                format!("%PDF-1.7\n{objs}1 0 objx\nstartxref 0\n%%EOF\n"),
+                malformed,
+            ),
+            (
+                format!("%PDF-1.7\n{objs}1 0 endobjx\nstartxref 0\n%%EOF\n"),
+                malformed,
+            ),
+            (
+                "%PDF-1.7\n1 0 obj /A endobj 1 0 obj endobj\nstartxref 0\n%%EOF\n".to_owned(),
+                None,
+            ),
+        ] {
+            let bytes = bytes.into_bytes();
+            let limits = Limits::default();
             let one = scan_pdf(&limits, &bytes, bytes.len());
             let text = String::from_utf8_lossy(&bytes);
             assert_eq!(one.as_ref().err().map(|r| r.code), want, "{text}: {one:?}");
