@@ -1833,12 +1833,17 @@ impl Lexer {
     /// keep, which matches nothing).
     #[inline(always)]
     fn name(&mut self, name: &[u8]) -> Result<(), Rejection> {
-        let class = classify(name);
-        if self.reject_active && (class.is_policed() || !self.idle()) {
+        let NameInfo {
+            class,
+            key,
+            val,
+            policed,
+        } = classify(name);
+        if self.reject_active && (policed || !self.idle()) {
             self.police_name(class, name)?;
         }
         if self.mode == Mode::File {
-            self.file_name(class)?;
+            self.file_name(key, val)?;
         }
         Ok(())
     }
@@ -1847,7 +1852,7 @@ impl Lexer {
     /// [`Lexer::watch`] follows or is following.
     #[inline(never)]
     fn police_name(&mut self, class: NameClass, name: &[u8]) -> Result<(), Rejection> {
-        if class == NameClass::Active {
+        if matches!(class, NameClass::Active) {
             let what = if name == b"RF" {
                 " (related files of an embedded file)"
             } else {
@@ -1868,15 +1873,7 @@ impl Lexer {
     /// A name in file mode: a key or value of the top-level dictionary, the
     /// body of a bare name object, a `/Filter` array entry.
     #[inline(always)]
-    fn file_name(&mut self, class: NameClass) -> Result<(), Rejection> {
-        let key = match class {
-            NameClass::Key(k) => k,
-            _ => Key::Other,
-        };
-        let val = match class {
-            NameClass::Val(v) => v,
-            _ => NameVal::Other,
-        };
+    fn file_name(&mut self, key: Key, val: NameVal) -> Result<(), Rejection> {
         if self.outside() {
             return Err(self.stray("a name", self.tok_at));
         }
@@ -2307,7 +2304,8 @@ impl Lexer {
     /// the file's structure belongs here.
     #[inline(always)]
     fn outside(&self) -> bool {
-        self.depth == 0 && !self.in_obj && !self.unsure_end
+        // Inside an object first: the common case, decided by one test.
+        !self.in_obj && self.depth == 0 && !self.unsure_end
     }
 
     /// Something that is no PDF file structure, outside any object.
@@ -2363,7 +2361,8 @@ enum NameClass {
 impl NameClass {
     /// Under the Reject policy, the lexer has something to do with it.
     fn is_policed(self) -> bool {
-        self == NameClass::Active || self.is_watched()
+        // `matches!`, not the derived `==`, which compares payloads too.
+        matches!(self, NameClass::Active) || self.is_watched()
     }
 
     /// `Lexer::watch` has something to do with it even when idle.
@@ -2379,9 +2378,45 @@ impl NameClass {
     }
 }
 
+/// A [`NameClass`] and what the lexer reads of it, worked out in each arm of
+/// [`classify`] (constants there) rather than from the class after it.
+#[derive(Debug, Clone, Copy)]
+struct NameInfo {
+    class: NameClass,
+    /// The top-level dictionary key it is (`Key::Other` if none).
+    key: Key,
+    /// The value it is (`NameVal::Other` if none).
+    val: NameVal,
+    /// [`NameClass::is_policed`].
+    policed: bool,
+}
+
+impl NameClass {
+    #[inline(always)]
+    fn info(self) -> NameInfo {
+        NameInfo {
+            class: self,
+            key: match self {
+                NameClass::Key(k) => k,
+                _ => Key::Other,
+            },
+            val: match self {
+                NameClass::Val(v) => v,
+                _ => NameVal::Other,
+            },
+            policed: self.is_policed(),
+        }
+    }
+}
+
 /// What a name (unescaped, without its `/`) means.
 #[inline(always)]
-fn classify(name: &[u8]) -> NameClass {
+fn classify(name: &[u8]) -> NameInfo {
+    classify_class(name).info()
+}
+
+#[inline(always)]
+fn classify_class(name: &[u8]) -> NameClass {
     use NameClass::{Active, Key as K, Val as V};
     match (name.len(), name) {
         (1, b"N") => K(Key::N),
