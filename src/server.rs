@@ -146,6 +146,7 @@ pub async fn run(
     stop_accepting.cancel();
     let _ = accept.await;
     let grace = gw.config.server.shutdown_grace;
+    let grace_ends = Instant::now() + grace;
     tracing::info!(
         shutdown_grace_s = grace.as_secs_f64(),
         "accept stopped; waiting for in-flight requests"
@@ -178,6 +179,12 @@ pub async fn run(
     // process ends, not left to their leases (other replicas would count
     // them until then).
     gw.store.flush_releases().await;
+    // Final answers Redis missed (kept under their `Idempotency-Key` once
+    // written) get what is left of the grace, and at least a second.
+    let left = grace_ends.saturating_duration_since(Instant::now());
+    gw.store
+        .flush_pending(left.max(Duration::from_secs(1)))
+        .await;
     // The spans of the requests that finished during the drain go out
     // before the process ends.
     if let Some(telemetry) = &gw.telemetry {

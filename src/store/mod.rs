@@ -75,6 +75,9 @@ pub struct Store {
     /// `Idempotency-Key` records of the memory backend.
     records: MemoryRecords,
     idempotency: IdempotencyConfig,
+    /// Final answers Redis missed, being written ([`finish_later`]): the
+    /// shutdown waits for them ([`Store::flush_pending`]).
+    pending: tokio_util::task::TaskTracker,
 }
 
 /// An admitted request: what is left of the limits, and its place among the
@@ -314,7 +317,26 @@ impl Store {
             last_error: Mutex::new(None),
             fallbacks: metrics.store_fallbacks.clone(),
             up: metrics.store_up.clone(),
+            pending: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// At shutdown: waits (for at most `within`) for the final answers Redis
+    /// missed to be written; those still unwritten are dropped, each logged.
+    pub async fn flush_pending(&self, within: Duration) {
+        self.pending.close();
+        if self.pending.is_empty() {
+            return;
+        }
+        if tokio::time::timeout(within, self.pending.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                answers = self.pending.len(),
+                "final answers Redis never took are dropped at shutdown: a retry with their Idempotency-Key will reach Concur again once the key's lease runs out"
+            );
+        }
     }
 
     /// The `RateLimit-Policy` header value.
@@ -657,6 +679,7 @@ impl KeyHold {
                 let key = std::mem::take(&mut self.key);
                 let marker = std::mem::take(&mut self.marker);
                 finish_later(
+                    &store.pending,
                     redis.clone(),
                     key,
                     marker,
@@ -675,6 +698,7 @@ impl KeyHold {
 /// second upload to Concur. Given up after [`FINISH_KEPT`] (logged): the key
 /// is then free again when its lease runs out, as for a gateway that died.
 fn finish_later(
+    tracker: &tokio_util::task::TaskTracker,
     redis: Arc<Redis>,
     key: String,
     marker: String,
@@ -682,7 +706,7 @@ fn finish_later(
     ttl: Duration,
     lease: Duration,
 ) {
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let started = Instant::now();
         let until = started + ttl.min(FINISH_KEPT);
         let mut renew_at = started;

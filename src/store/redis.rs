@@ -207,13 +207,16 @@ return false
 
 /// Replaces the in-flight marker ARGV[1] by the final record ARGV[2] for
 /// ARGV[3] ms, if the marker is still ours, or gone (its lease ran out while
-/// the store was away, and no other request took the key since).
+/// the store was away, and no other request took the key since). The record
+/// there already (an earlier call that timed out here and ran after all)
+/// counts as written.
 const IDEM_FINISH: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] or not v then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
+if v == ARGV[2] then return 1 end
 return 0
 "#;
 

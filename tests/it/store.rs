@@ -1251,51 +1251,98 @@ async fn retry_past_409(addr: SocketAddr, path: &str, key: &str) -> Reply {
 }
 
 /// Concur's final answer came while Redis stalled: the write of the record
-/// timed out. The replica keeps it, holds the key meanwhile (a retry gets
-/// `409`), and writes it once Redis answers: the retry on another replica
-/// gets the answer, and Concur saw one upload. (It was lost, and logged as
-/// stored: the in-flight record held the key for its lease, then the retry
-/// uploaded a second image.)
+/// timed out. The replica keeps it, holds the key meanwhile, and writes it
+/// once Redis answers: the retry on another replica gets the answer, and
+/// Concur saw one upload. (It was lost, and logged as stored: the in-flight
+/// record held the key for its lease, then the retry uploaded a second
+/// image.) The stalled write itself ran when Redis came back, which the
+/// retried write takes as done, not as another request's record. A replica
+/// told to stop meanwhile writes it before it ends (it ended at once, and
+/// the answer was lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_answer_the_store_missed_is_written_once_it_answers() {
     if !redis_available() {
         return;
     }
     use crate::idempotency::keyed;
-    let redis = single_node();
-    let url = format!("redis://127.0.0.1:{}", redis.port);
-    let limits = "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\n";
-    let fleet = Fleet::start(2, Duration::ZERO, |dir| {
-        format!("{limits}{}", store_section(dir, &url, None, ""))
-    })
-    .await;
-    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
-    fleet
-        .sandbox
-        .push_fault(concur_gateway::sandbox::Fault::Delay { millis: 1000 });
-    let first = tokio::spawn(async move {
-        keyed(a, ALICE, "/api/image/v1.0/report/M1", "missed-1", JPEG, &[]).await
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fleet.sandbox.uploads().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for stop_first in [false, true] {
+        let capture = capture_logs().await;
+        let redis = single_node();
+        let url = format!("redis://127.0.0.1:{}", redis.port);
+        // (The fleet's shutdown grace is 2 s, past the pause.)
+        let limits = "[rate_limit]\nuser_per_second = 1000.0\nuser_burst = 1000\n";
+        let mut fleet = Fleet::start(2, Duration::ZERO, |dir| {
+            format!("{limits}{}", store_section(dir, &url, None, ""))
+        })
+        .await;
+        let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+        // A first key: Redis has the scripts now, so the stalled write is one
+        // `EVALSHA` that runs when the pause ends.
+        let warm = keyed(a, ALICE, "/api/image/v1.0/report/M0", "warm-1", JPEG, &[]).await;
+        assert_eq!(warm.status, 201, "{}", warm.text());
+        fleet
+            .sandbox
+            .push_fault(concur_gateway::sandbox::Fault::Delay { millis: 1000 });
+        let first = tokio::spawn(async move {
+            keyed(a, ALICE, "/api/image/v1.0/report/M1", "missed-1", JPEG, &[]).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fleet.sandbox.uploads().len() < 2 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Concur answers within the pause.
+        pause_writes(&url, 1600).await;
+        let first = first.await.unwrap();
+        assert_eq!(first.status, 201, "{}", first.text());
+        let metrics = fleet.replicas[0].gateway.metrics.encode_prometheus();
+        assert!(
+            metrics.contains("concur_gateway_idempotency_total{result=\"pending\"} 1"),
+            "{metrics}"
+        );
+        if stop_first {
+            // Stopped while Redis is still paused: it ends once the record
+            // is in, which the key holds when it has stopped.
+            let mut replica = fleet.replicas.remove(0);
+            let _ = replica.stop.take().map(|tx| tx.send(()));
+            tokio::time::timeout(Duration::from_secs(10), replica.task)
+                .await
+                .expect("stopped in time")
+                .unwrap();
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("concur-gateway:*:idem:*")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            assert_eq!(keys.len(), 2, "{keys:?}");
+            for key in keys {
+                let held: String = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                assert!(held.contains("fingerprint"), "a record, not: {held}");
+            }
+        }
+        let again = retry_past_409(b, "/api/image/v1.0/report/M1", "missed-1").await;
+        assert_eq!(again.status, 201, "{}", again.text());
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.json(), first.json());
+        assert_eq!(
+            fleet.sandbox.uploads().len(),
+            2,
+            "one image at Concur per key"
+        );
+        fleet.stop().await;
+        let logs = capture.finish();
+        assert!(
+            logs.contains("is kept under its Idempotency-Key now"),
+            "stop_first {stop_first}: {logs}"
+        );
+        assert!(!logs.contains("is dropped"), "{logs}");
     }
-    // Concur answers within the pause.
-    pause_writes(&url, 1600).await;
-    let first = first.await.unwrap();
-    assert_eq!(first.status, 201, "{}", first.text());
-    let pending = fleet.replicas[0].gateway.metrics.encode_prometheus();
-    assert!(
-        pending.contains("concur_gateway_idempotency_total{result=\"pending\"} 1"),
-        "{pending}"
-    );
-    let again = retry_past_409(b, "/api/image/v1.0/report/M1", "missed-1").await;
-    assert_eq!(again.status, 201, "{}", again.text());
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
-    assert_eq!(again.json(), first.json());
-    assert_eq!(fleet.sandbox.uploads().len(), 1, "one image at Concur");
-    fleet.stop().await;
 }
 
 /// The call that takes a key timed out (Redis stalled) and ran after all:
