@@ -205,11 +205,21 @@ pub fn span_method(method: &http::Method) -> &'static str {
 /// `OTEL_RESOURCE_ATTRIBUTES`: a pod name, an environment) and the SDK's own
 /// `telemetry.sdk.*`. The name is `concur-gateway` unless they give one.
 fn resource() -> Resource {
+    resource_named(std::env::var("OTEL_SERVICE_NAME").ok())
+}
+
+/// [`resource`], with `OTEL_SERVICE_NAME` given: it wins over a
+/// `service.name` in `OTEL_RESOURCE_ATTRIBUTES` (OpenTelemetry's SDK
+/// configuration spec; the SDK's detectors let the latter win).
+fn resource_named(service_name: Option<String>) -> Resource {
+    let from_env = service_name.filter(|n| !n.trim().is_empty());
     let detected = Resource::builder().build();
-    let named = detected
-        .get(&opentelemetry::Key::new("service.name"))
-        .map(|v| v.to_string())
-        .filter(|n| !n.is_empty() && !n.starts_with("unknown_service"));
+    let named = from_env.or_else(|| {
+        detected
+            .get(&opentelemetry::Key::new("service.name"))
+            .map(|v| v.to_string())
+            .filter(|n| !n.is_empty() && !n.starts_with("unknown_service"))
+    });
     Resource::builder()
         .with_service_name(named.unwrap_or_else(|| SERVICE_NAME.to_owned()))
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -459,6 +469,27 @@ async fn export_loop<E: SpanExporter>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_is_named_by_otel_service_name_else_concur_gateway() {
+        let name = |r: &Resource| {
+            r.get(&opentelemetry::Key::new("service.name"))
+                .map(|v| v.to_string())
+        };
+        // (This process sets neither variable.)
+        assert_eq!(name(&resource_named(None)).as_deref(), Some(SERVICE_NAME));
+        assert_eq!(
+            name(&resource_named(Some(" ".into()))).as_deref(),
+            Some(SERVICE_NAME)
+        );
+        let named = resource_named(Some("receipts-gw".into()));
+        assert_eq!(name(&named).as_deref(), Some("receipts-gw"));
+        assert!(
+            named
+                .get(&opentelemetry::Key::new("service.version"))
+                .is_some()
+        );
+    }
 
     #[test]
     fn only_a_well_formed_traceparent_is_read() {
