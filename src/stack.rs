@@ -323,6 +323,7 @@ where
             fallback.id.clone(),
             method,
             path,
+            route::kind(req.uri().path()),
             fallback.trace.clone(),
         );
         let future = self.inner.call(req);
@@ -452,6 +453,8 @@ struct Pending {
     id: RequestId,
     method: http::Method,
     path: String,
+    /// The route the path names (an abandoned request has no other).
+    route: Option<route::RouteKind>,
     started: std::time::Instant,
     answered: bool,
     /// The server span, ended here if the request is abandoned.
@@ -464,6 +467,7 @@ impl Pending {
         id: RequestId,
         method: http::Method,
         path: String,
+        route: Option<route::RouteKind>,
         trace: opentelemetry::Context,
     ) -> Self {
         gw.metrics.in_flight.inc();
@@ -472,6 +476,7 @@ impl Pending {
             id,
             method,
             path,
+            route,
             started: std::time::Instant::now(),
             answered: false,
             trace,
@@ -500,8 +505,13 @@ impl Drop for Pending {
                     "request abandoned by the client before its answer",
                 )
             };
+            let route = self.route.map_or("none", |r| r.as_str());
             let span = self.trace.span();
+            if span.is_recording() {
+                span.update_name(format!("{} {route}", telemetry::span_method(&self.method)));
+            }
             span.set_attributes([
+                KeyValue::new("http.route", route),
                 KeyValue::new("concur_gateway.code", code),
                 KeyValue::new("concur_gateway.request_id", self.id.as_str().to_owned()),
             ]);
@@ -516,6 +526,7 @@ impl Drop for Pending {
                 trace_id = telemetry::trace_id(&self.trace),
                 method = first_chars(self.method.as_str(), LOGGED_METHOD_CHARS),
                 path = %self.path,
+                route,
                 code,
                 duration_ms = self.started.elapsed().as_millis() as u64,
                 "{message}"

@@ -240,7 +240,8 @@ async fn a_client_that_leaves_before_the_answer_gets_it_on_its_retry() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("request abandoned by the client")),
+            .any(|l| l.contains("request abandoned by the client")
+                && (l.contains("route=\"report\"") || l.contains("route=report"))),
         "{lines:?}"
     );
     assert!(

@@ -366,6 +366,43 @@ async fn spans_name_their_service_bound_methods_and_go_out_at_shutdown() {
     );
 }
 
+/// A request its client abandoned (the connection closed while Concur
+/// takes its time) still ends its server span with its route, code and
+/// request id, and not as an error: the client left, the gateway did not
+/// fail.
+#[tokio::test]
+async fn an_abandoned_request_ends_its_span_with_its_route_and_id() {
+    let collector = Collector::start().await;
+    let h = Harness::with_config(&collector.config()).await;
+    h.sandbox
+        .push_fault(concur_gateway::sandbox::Fault::Delay { millis: 1500 });
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(700),
+        upload_traced(&h, ("acme", "alice@acme.example"), None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the client gave up before the answer");
+    wait_for(|| h.gateway.metrics.in_flight.get() == 0).await;
+    let spans = collector.wait_for_spans(1).await;
+    let server = named(&spans, "POST receipt");
+    assert!(
+        matches!(attr(server, "concur_gateway.code"), Some(Value::StringValue(v)) if v == "client_closed"),
+        "{server:?}"
+    );
+    assert!(matches!(attr(server, "http.route"), Some(Value::StringValue(v)) if v == "receipt"));
+    assert!(matches!(
+        attr(server, "concur_gateway.request_id"),
+        Some(Value::StringValue(v)) if !v.is_empty()
+    ));
+    // 2 is STATUS_CODE_ERROR.
+    assert_ne!(
+        server.status.as_ref().map(|s| s.code),
+        Some(2),
+        "{server:?}"
+    );
+    h.stop().await;
+}
+
 /// A gateway exporting to `collector`, with bob's refreshing credential
 /// (its first upload needs a token refresh).
 async fn with_bob(collector: &Collector) -> Harness {
