@@ -450,7 +450,7 @@ impl Store {
     /// per company. One Redis round trip with the shared backend (it also
     /// carries the releases of places given back and not sent yet).
     pub async fn admit(&self, who: &Identity, credential: &str) -> Result<Admission, GatewayError> {
-        if self.shared.is_some() && self.down.load(Ordering::Acquire) {
+        if self.shared.is_some() && self.known_down() {
             // Redis did not answer the last health check: this replica's own
             // limits at once, rather than each upload waiting `timeout_ms`
             // for a call that fails (until a ping succeeds, at most a second
@@ -678,65 +678,93 @@ impl KeyHold {
                 store.fell_back("idempotency_finish", &e);
                 let key = std::mem::take(&mut self.key);
                 let marker = std::mem::take(&mut self.marker);
-                finish_later(
-                    &store.pending,
-                    redis.clone(),
-                    key,
-                    marker,
-                    json,
-                    ttl,
-                    store.idempotency.lease,
-                );
+                store.finish_later(redis.clone(), key, marker, json);
                 Kept::Pending
             }
         }
     }
 }
 
-/// Writes a final answer the store missed as soon as it answers, holding the
-/// key's in-flight lease meanwhile: a retry gets `409` until then, never a
-/// second upload to Concur. Given up after [`FINISH_KEPT`] (logged): the key
-/// is then free again when its lease runs out, as for a gateway that died.
-fn finish_later(
-    tracker: &tokio_util::task::TaskTracker,
-    redis: Arc<Redis>,
-    key: String,
-    marker: String,
-    record: String,
-    ttl: Duration,
-    lease: Duration,
-) {
-    tracker.spawn(async move {
-        let started = Instant::now();
-        let until = started + ttl.min(FINISH_KEPT);
-        let mut renew_at = started;
-        while Instant::now() < until {
-            tokio::time::sleep(FINISH_RETRY).await;
-            if Instant::now() >= renew_at {
-                let _ = redis.extend_lock(&key, &marker, lease).await;
-                renew_at = Instant::now() + lease / 3;
+impl Store {
+    /// Whether the health check's last ping failed: calls to Redis are not
+    /// worth making until one succeeds (at most a second after it is back).
+    fn known_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Writes a final answer the store missed as soon as it answers, holding
+    /// the key's in-flight lease meanwhile: a retry gets `409` until then,
+    /// never a second upload to Concur. Given up after [`FINISH_KEPT`]
+    /// (logged): the key is then free again when its lease runs out, as for
+    /// a gateway that died. While Redis is known down, no call is made: a
+    /// thousand answers kept in an outage do not each call every 100 ms.
+    fn finish_later(
+        self: &Arc<Self>,
+        redis: Arc<Redis>,
+        key: String,
+        marker: String,
+        record: String,
+    ) {
+        let (ttl, lease) = (self.idempotency.ttl, self.idempotency.lease);
+        let store = Arc::downgrade(self);
+        self.pending.spawn(async move {
+            let started = Instant::now();
+            let until = started + ttl.min(FINISH_KEPT);
+            let mut renew_at = started;
+            while Instant::now() < until {
+                tokio::time::sleep(FINISH_RETRY).await;
+                match store.upgrade() {
+                    Some(store) if store.known_down() => continue,
+                    Some(_) => {}
+                    None => break,
+                }
+                if Instant::now() >= renew_at {
+                    let _ = redis.extend_lock(&key, &marker, lease).await;
+                    renew_at = Instant::now() + lease / 3;
+                }
+                match redis.idem_finish(&key, &marker, &record, ttl).await {
+                    Ok(true) => {
+                        tracing::info!(
+                            after_ms = started.elapsed().as_millis() as u64,
+                            "a final answer the store had missed is kept under its Idempotency-Key now"
+                        );
+                        return;
+                    }
+                    Ok(false) => {
+                        tracing::warn!(
+                            "a final answer the store had missed is dropped: another request holds its Idempotency-Key"
+                        );
+                        return;
+                    }
+                    Err(_) => {}
+                }
             }
-            match redis.idem_finish(&key, &marker, &record, ttl).await {
-                Ok(true) => {
-                    tracing::info!(
-                        after_ms = started.elapsed().as_millis() as u64,
-                        "a final answer the store had missed is kept under its Idempotency-Key now"
-                    );
+            tracing::error!(
+                "a final answer the store never took is dropped: a retry with its Idempotency-Key will reach Concur again"
+            );
+        });
+    }
+
+    /// Removes this request's in-flight `marker`, if it is there, once the
+    /// store answers (every [`FINISH_RETRY`], for at most the lease it would
+    /// live; no call while Redis is known down).
+    fn unmark_later(self: &Arc<Self>, redis: Arc<Redis>, key: String, marker: String) {
+        let lease = self.idempotency.lease;
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let until = Instant::now() + lease;
+            while Instant::now() < until {
+                let down = match store.upgrade() {
+                    Some(store) => store.known_down(),
+                    None => return,
+                };
+                if !down && redis.unlock(&key, &marker).await.is_ok() {
                     return;
                 }
-                Ok(false) => {
-                    tracing::warn!(
-                        "a final answer the store had missed is dropped: another request holds its Idempotency-Key"
-                    );
-                    return;
-                }
-                Err(_) => {}
+                tokio::time::sleep(FINISH_RETRY).await;
             }
-        }
-        tracing::error!(
-            "a final answer the store never took is dropped: a retry with its Idempotency-Key will reach Concur again"
-        );
-    });
+        });
+    }
 }
 
 impl Drop for KeyHold {
@@ -819,7 +847,7 @@ impl Store {
                             // failover): its in-flight marker would hold the
                             // key for a whole lease against a corrected
                             // retry. Taken away as soon as the store answers.
-                            unmark_later(redis.clone(), record_key, marker, lease);
+                            self.unmark_later(redis.clone(), record_key, marker);
                         }
                         return Err(GatewayError::StoreUnavailable { retry_after_s: 5 });
                     }
@@ -834,20 +862,6 @@ impl Store {
             }
         }
     }
-}
-
-/// Removes this request's in-flight `marker`, if it is there, once the store
-/// answers (every [`FINISH_RETRY`], for at most the lease it would live).
-fn unmark_later(redis: Arc<Redis>, key: String, marker: String, lease: Duration) {
-    tokio::spawn(async move {
-        let until = Instant::now() + lease;
-        while Instant::now() < until {
-            if redis.unlock(&key, &marker).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(FINISH_RETRY).await;
-        }
-    });
 }
 
 impl Store {
