@@ -1537,6 +1537,16 @@ mod tests {
     use super::*;
     use base64::Engine;
 
+    /// Every problem `Config::parse` finds in `text`, one per line (empty
+    /// when it finds none).
+    fn problems_in(text: &str, dir: &Path) -> String {
+        Config::parse(text, dir)
+            .config
+            .err()
+            .map(|e| e.0.join("\n"))
+            .unwrap_or_default()
+    }
+
     #[test]
     fn blank_identity_keys_the_same_address_twice_and_a_zero_spool_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1544,11 +1554,7 @@ mod tests {
             let text = format!(
                 "[server]\n{extra}\n[auth]\nissuer = \"i\"\naudience = \"a\"\nhs256_secret_file = \"s\"\n{auth}\n[credentials]\nfile = \"c.toml\"\n"
             );
-            Config::parse(&text, dir.path())
-                .config
-                .err()
-                .map(|e| e.0.join("\n"))
-                .unwrap_or_default()
+            problems_in(&text, dir.path())
         };
         for (issuer, audience, claims, problem) in [
             ("", "a", "", "auth.issuer must not be empty"),
@@ -1569,11 +1575,7 @@ mod tests {
             let text = format!(
                 "[auth]\nissuer = \"{issuer}\"\naudience = \"{audience}\"\n{claims}\nhs256_secret_file = \"s\"\n[credentials]\nfile = \"c.toml\"\n"
             );
-            let all = Config::parse(&text, dir.path())
-                .config
-                .err()
-                .map(|e| e.0.join("\n"))
-                .unwrap_or_default();
+            let all = problems_in(&text, dir.path());
             assert!(all.contains(problem), "{problem}: {all}");
         }
         let all = with(
@@ -1605,11 +1607,7 @@ mod tests {
             let text = format!(
                 "[auth]\nissuer = \"i\"\naudience = \"a\"\nhs256_secret_file = \"s\"\n[credentials]\nfile = \"c.toml\"\n[idempotency]\n{idem}\n"
             );
-            Config::parse(&text, dir.path())
-                .config
-                .err()
-                .map(|e| e.0.join("\n"))
-                .unwrap_or_default()
+            problems_in(&text, dir.path())
         };
         for (idem, problem) in [
             (

@@ -3869,6 +3869,17 @@ mod tests {
         out
     }
 
+    /// `bytes` fed in two pieces, cut at every point, gives `one` (the verdict
+    /// of the whole file at once, detail included).
+    fn same_at_every_split(limits: &Limits, bytes: &[u8], one: &Result<(), Rejection>, what: &str) {
+        for at in 0..=bytes.len() {
+            let mut s = PdfScanner::new(limits);
+            let (a, b) = bytes.split_at(at);
+            let got = s.feed(a).and_then(|()| s.feed(b)).and_then(|()| s.finish());
+            assert_eq!(&got, one, "{what}: split at {at}");
+        }
+    }
+
     /// Arrays of numbers, which the hot loop takes at once when they end in
     /// the chunk (`Lexer::number_array`): the verdict and detail of the
     /// token-by-token reading, with a chunk boundary anywhere, and the nesting
@@ -3941,12 +3952,7 @@ mod tests {
             let one = scan_pdf(&limits, &bytes, bytes.len());
             let text = String::from_utf8_lossy(&bytes);
             assert_eq!(one.as_ref().err().map(|r| r.code), want, "{text}: {one:?}");
-            for at in 0..=bytes.len() {
-                let mut s = PdfScanner::new(&limits);
-                let (a, b) = bytes.split_at(at);
-                let got = s.feed(a).and_then(|()| s.feed(b)).and_then(|()| s.finish());
-                assert_eq!(got, one, "{text}: split at {at}");
-            }
+            same_at_every_split(&limits, &bytes, &one, &text);
         }
     }
 
@@ -3993,12 +3999,7 @@ mod tests {
             let one = scan_pdf(&limits, &bytes, bytes.len());
             let text = String::from_utf8_lossy(&bytes);
             assert_eq!(one.as_ref().err().map(|r| r.code), want, "{text}: {one:?}");
-            for at in 0..=bytes.len() {
-                let mut s = PdfScanner::new(&limits);
-                let (a, b) = bytes.split_at(at);
-                let got = s.feed(a).and_then(|()| s.feed(b)).and_then(|()| s.finish());
-                assert_eq!(got, one, "{text}: split at {at}");
-            }
+            same_at_every_split(&limits, &bytes, &one, &text);
         }
     }
 
@@ -4034,12 +4035,7 @@ mod tests {
                     "{extra}: {one:?}"
                 );
                 assert_eq!(scan_pdf(limits, &bytes, 1), one, "{extra}: byte by byte");
-                for at in 0..=bytes.len() {
-                    let mut s = PdfScanner::new(limits);
-                    let (a, b) = bytes.split_at(at);
-                    let got = s.feed(a).and_then(|()| s.feed(b)).and_then(|()| s.finish());
-                    assert_eq!(got, one, "{extra}: split at {at}");
-                }
+                same_at_every_split(limits, &bytes, &one, extra);
             }
         }
     }

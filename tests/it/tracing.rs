@@ -13,8 +13,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
 use tokio::net::TcpListener;
 
@@ -88,7 +88,8 @@ impl Collector {
         )
     }
 
-    pub fn spans(&self) -> Vec<Span> {
+    /// Every export request received, decoded, as resource spans.
+    fn resource_spans(&self) -> Vec<ResourceSpans> {
         self.bodies
             .lock()
             .unwrap()
@@ -98,6 +99,12 @@ impl Collector {
                     .expect("OTLP protobuf")
                     .resource_spans
             })
+            .collect()
+    }
+
+    pub fn spans(&self) -> Vec<Span> {
+        self.resource_spans()
+            .into_iter()
             .flat_map(|rs| rs.scope_spans)
             .flat_map(|ss| ss.spans)
             .collect()
@@ -111,15 +118,8 @@ impl Collector {
 
     /// The `service.name` of every export request's resources.
     pub fn service_names(&self) -> Vec<String> {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|b| {
-                ExportTraceServiceRequest::decode(b.clone())
-                    .expect("OTLP protobuf")
-                    .resource_spans
-            })
+        self.resource_spans()
+            .into_iter()
             .filter_map(|rs| rs.resource)
             .flat_map(|r| r.attributes)
             .filter(|kv| kv.key == "service.name")
