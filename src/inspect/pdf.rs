@@ -129,7 +129,14 @@
 //!   between could not be inspected;
 //! * otherwise (indirect `/Length`, none, or a `/Length` that is too short) the
 //!   data ends at the next `endstream`, found with `memmem` across chunk
-//!   boundaries.
+//!   boundaries. A reader that resolves the length may take that `endstream`
+//!   for data and read on, so nothing after it may hide from the lexer what
+//!   such a reader sees: from the first such stream on, an `endstream` inside
+//!   a string or comment body is `malformed_image` (`Lexer::guard_body`: the
+//!   string, opened in the quoted data, would swallow the real end and the
+//!   objects after it), and so, deferred, is an object stream whose data is
+//!   not over there (its lexer inside a string, or its zlib stream not
+//!   ended: what follows would never be decoded).
 //!
 //! # Object streams
 //!
@@ -963,6 +970,14 @@ struct Lexer {
     /// next object or cross-reference section what follows is not judged as
     /// file structure.
     unsure_end: bool,
+    /// File mode: the `stream` keyword of the first stream whose end was
+    /// found by searching. From then on an `endstream` inside a string or a
+    /// comment is refused ([`Lexer::guard_body`]).
+    guard_from: Option<u64>,
+    /// The last (up to 8) bytes of the string or comment body being read,
+    /// while guarding.
+    guard_carry: [u8; 8],
+    guard_len: usize,
 }
 
 impl Lexer {
@@ -1009,6 +1024,9 @@ impl Lexer {
             after_startxref: false,
             saw_startxref: false,
             unsure_end: false,
+            guard_from: None,
+            guard_carry: [0; 8],
+            guard_len: 0,
         }
     }
 
@@ -1291,12 +1309,17 @@ impl Lexer {
         let n = data.len();
         let mut i = 0;
         while i < n {
+            let from = i;
+            // (`comment`, `literal` and `hex` guard their own bodies.)
+            let guarded = self.guard_from.is_some()
+                && matches!(self.state, State::Literal | State::Hex)
+                && self.uri_str();
             i = match self.state {
                 State::Normal => match self.tokens(data, base, i)? {
                     Flow::At(i) => i,
                     Flow::Stream(consumed) => return Ok(self.stream_step(consumed)),
                 },
-                State::Comment => self.comment(data, i),
+                State::Comment => self.comment(data, i)?,
                 State::Name => self.rest_of_name(data, i)?,
                 State::Word => {
                     let (i, stream) = self.rest_of_word(data, i)?;
@@ -1315,8 +1338,46 @@ impl Lexer {
                 State::Lt => self.after_lt(data[i], i)?,
                 State::Gt => self.after_gt(data[i], i)?,
             };
+            if guarded {
+                self.guard_body(&data[from..i])?;
+            }
         }
         Ok(Step::Done)
+    }
+
+    /// After a stream whose end was found by searching for `endstream` (its
+    /// `/Length` is no number here), a reader that knows the length may take
+    /// that `endstream` for data and the stream for longer: the real end,
+    /// and the objects after it, would then be what the lexer reads as the
+    /// inside of a string or comment it opened in that data, never looked
+    /// at. So from then on an `endstream` inside a string or comment body
+    /// (`body`: the next piece of the one that starts at `tok_at`) is
+    /// refused: a real file has no such word there.
+    #[cold]
+    fn guard_body(&mut self, body: &[u8]) -> Result<(), Rejection> {
+        let k = self.guard_len;
+        let mut tmp = [0u8; 16];
+        let m = body.len().min(8);
+        tmp[..k].copy_from_slice(&self.guard_carry[..k]);
+        tmp[k..k + m].copy_from_slice(&body[..m]);
+        if memchr::memmem::find(&tmp[..k + m], ENDSTREAM).is_some()
+            || memchr::memmem::find(body, ENDSTREAM).is_some()
+        {
+            let from = self.guard_from.unwrap_or(0);
+            return Err(Rejection::malformed(format!(
+                "stream at offset {from} was taken to end at the first endstream in its data (its /Length is no number that checks out), but another endstream follows inside the string or comment at offset {}: where the stream really ends cannot be told",
+                self.tok_at
+            )));
+        }
+        if self.state == State::Normal {
+            // The body ended.
+            self.guard_len = 0;
+        } else {
+            let (t, l) = last_n(&self.guard_carry[..k], body);
+            self.guard_carry = t;
+            self.guard_len = l;
+        }
+        Ok(())
     }
 
     /// The hot loop: lexes whole tokens from `i` on in the `Normal` state,
@@ -1493,6 +1554,7 @@ impl Lexer {
                     }
                 }
                 b'%' => {
+                    self.tok_at = at;
                     self.state = State::Comment;
                     return Ok(Flow::At(i + 1));
                 }
@@ -1630,19 +1692,34 @@ impl Lexer {
     }
 
     /// A comment's body, up to and including its end of line.
-    fn comment(&mut self, data: &[u8], i: usize) -> usize {
-        match memchr::memchr2(b'\n', b'\r', &data[i..]) {
+    fn comment(&mut self, data: &[u8], i: usize) -> Result<usize, Rejection> {
+        let end = match memchr::memchr2(b'\n', b'\r', &data[i..]) {
             Some(p) => {
                 self.state = State::Normal;
                 i + p + 1
             }
             None => data.len(),
+        };
+        if self.guard_from.is_some() {
+            self.guard_body(&data[i..end])?;
         }
+        Ok(end)
+    }
+
+    /// A literal string's body (not a `/URI` value), guarded after a
+    /// searched stream end ([`Lexer::guard_body`]).
+    #[inline(always)]
+    fn literal(&mut self, data: &[u8], i: usize) -> Result<usize, Rejection> {
+        let end = self.literal_body(data, i)?;
+        if self.guard_from.is_some() {
+            self.guard_body(&data[i..end])?;
+        }
+        Ok(end)
     }
 
     /// A literal string's body (not a `/URI` value), jumping from one
     /// parenthesis or backslash to the next.
-    fn literal(&mut self, data: &[u8], mut i: usize) -> Result<usize, Rejection> {
+    fn literal_body(&mut self, data: &[u8], mut i: usize) -> Result<usize, Rejection> {
         let n = data.len();
         if self.str_escape {
             self.str_escape = false;
@@ -1676,14 +1753,18 @@ impl Lexer {
 
     /// A hex string's body (not a `/URI` value).
     fn hex(&mut self, data: &[u8], i: usize) -> Result<usize, Rejection> {
-        match find_stop(&data[i..], STOP_GT, |d| memchr::memchr(b'>', d)) {
+        let end = match find_stop(&data[i..], STOP_GT, |d| memchr::memchr(b'>', d)) {
             Some(p) => {
                 self.state = State::Normal;
                 self.on_string()?;
-                Ok(i + p + 1)
+                i + p + 1
             }
-            None => Ok(data.len()),
+            None => data.len(),
+        };
+        if self.guard_from.is_some() {
+            self.guard_body(&data[i..end])?;
         }
+        Ok(end)
     }
 
     /// The rest of a name that a chunk boundary split or that has `#`
@@ -2719,16 +2800,23 @@ impl ObjStm {
         }
     }
 
-    /// The stream ended.
-    fn end(&mut self, deferred: &mut Option<Rejection>) -> Result<(), Rejection> {
+    /// The stream ended. Returns whether its data was over there: not in
+    /// the middle of a string, nor before the end of its FlateDecode data.
+    fn end(&mut self, deferred: &mut Option<Rejection>) -> Result<bool, Rejection> {
         let result = match (self.sink, self.probe.is_some()) {
             (Sink::Off, _) | (Sink::Raw, true) => Ok(()),
             (Sink::Raw, false) => self.lexer.flush(),
             (Sink::Inflate, true) => self.pump(deferred),
             (Sink::Inflate, false) => self.pump(deferred).and_then(|()| self.lexer.flush()),
         };
+        // A pump that reached the end of the zlib stream turned the sink off.
+        let over = match self.sink {
+            Sink::Off => true,
+            Sink::Raw => !self.lexer.in_string(),
+            Sink::Inflate => false,
+        };
         self.sink = Sink::Off;
-        result
+        result.map(|()| over)
     }
 
     /// Inflates the staged input and lexes the output.
@@ -3357,11 +3445,11 @@ impl Pdf {
     /// Keeps the last five significant bytes for the `%%EOF` check.
     fn track_tail(&mut self, chunk: &[u8]) {
         if let Some(j) = chunk.iter().rposition(|&b| !is_ws(b)) {
-            let (t, l) = last5(&self.raw_tail[..self.raw_len], &chunk[..=j]);
+            let (t, l) = last_n(&self.raw_tail[..self.raw_len], &chunk[..=j]);
             self.sig_tail = t;
             self.sig_len = l;
         }
-        let (t, l) = last5(&self.raw_tail[..self.raw_len], chunk);
+        let (t, l) = last_n(&self.raw_tail[..self.raw_len], chunk);
         self.raw_tail = t;
         self.raw_len = l;
     }
@@ -3528,7 +3616,7 @@ impl Pdf {
                         s.push_carry(&[b]);
                         i += 1;
                         if matched + 1 == ENDSTREAM.len() {
-                            return self.end_stream(i);
+                            return self.end_stream(i, false);
                         }
                         s.phase = Phase::Verify(matched + 1);
                     } else {
@@ -3599,7 +3687,8 @@ impl Pdf {
                         .feed(&bytes[..feed_to.saturating_sub(k)], &mut self.deferred)?;
                     if let Some(end) = done {
                         self.lexer.unsure_end = true;
-                        return self.end_stream(i + end);
+                        self.lexer.guard_from.get_or_insert(s.kw_at);
+                        return self.end_stream(i + end, true);
                     }
                     s.push_carry(bytes);
                     i = n;
@@ -3609,9 +3698,25 @@ impl Pdf {
         Ok(n)
     }
 
-    fn end_stream(&mut self, consumed: usize) -> Result<usize, Rejection> {
+    /// The stream's `endstream` was reached; `searched`: found by searching
+    /// rather than after `/Length` bytes.
+    fn end_stream(&mut self, consumed: usize, searched: bool) -> Result<usize, Rejection> {
         let s = self.stream.take();
-        self.objstm.end(&mut self.deferred)?;
+        let over = self.objstm.end(&mut self.deferred)?;
+        if searched
+            && !over
+            && let Some(s) = &s
+            && s.objstm
+        {
+            // The first `endstream` was inside the object stream's data: a
+            // reader that knows the length reads on, past what was decoded.
+            self.deferred.get_or_insert_with(|| {
+                Rejection::malformed(format!(
+                    "object stream at offset {}: its /Length is no number that checks out, and its data is not over at the first endstream (inside a string, or before the end of its FlateDecode data): where it really ends cannot be told",
+                    s.kw_at
+                ))
+            });
+        }
         self.lexer.resync();
         if self.reject_active
             && let Some(s) = s
@@ -3668,14 +3773,14 @@ fn no_eof() -> Rejection {
     Rejection::malformed("PDF does not end with %%EOF (truncated?)")
 }
 
-/// The last five bytes of `a` followed by `b`.
-fn last5(a: &[u8], b: &[u8]) -> ([u8; 5], usize) {
-    let mut out = [0u8; 5];
-    if b.len() >= 5 {
-        out.copy_from_slice(&b[b.len() - 5..]);
-        return (out, 5);
+/// The last `N` bytes of `a` followed by `b`, and how many there are.
+fn last_n<const N: usize>(a: &[u8], b: &[u8]) -> ([u8; N], usize) {
+    let mut out = [0u8; N];
+    if b.len() >= N {
+        out.copy_from_slice(&b[b.len() - N..]);
+        return (out, N);
     }
-    let keep = (5 - b.len()).min(a.len());
+    let keep = (N - b.len()).min(a.len());
     out[..keep].copy_from_slice(&a[a.len() - keep..]);
     out[keep..keep + b.len()].copy_from_slice(b);
     (out, keep + b.len())

@@ -3089,10 +3089,199 @@ fn hand_cases_3() -> Vec<Case> {
         ),
         Want::Ok,
     ));
+    endstream_inside_data_cases(&mut add);
     cases
 }
 
+/// Page objects 1-3 (the catalog with `catalog_extra`), then `more`.
+fn page_with(catalog_extra: &str, more: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut v = vec![
+        format!("<< /Type /Catalog /Pages 2 0 R {catalog_extra} >>").into_bytes(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>".to_vec(),
+    ];
+    v.extend_from_slice(more);
+    v
+}
+
+/// An object stream with an indirect `/Length` (object 5, which follows it).
+fn objstm_indirect_length(dict: &str, data: &[u8]) -> [Vec<u8>; 2] {
+    [
+        [
+            format!("<< /Type /ObjStm {dict} /Length 5 0 R >>\nstream\n").as_bytes(),
+            data,
+            b"\nendstream",
+        ]
+        .concat(),
+        data.len().to_string().into_bytes(),
+    ]
+}
+
+fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in data {
+        a = (a + u32::from(x)) % 65521;
+        b = (b + a) % 65521;
+    }
+    b << 16 | a
+}
+
+/// A stream whose `/Length` is indirect ends, for the scanner, at the first
+/// `endstream`; a reader that resolves the length may read on. Data that
+/// quotes `endstream` must not hide from the scanner what such a reader
+/// sees (the black-box round of 2026-11-30 hid an `/OpenAction` JavaScript
+/// and an embedded `.exe` so).
+fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
+    // A Flate object stream: the first object's string quotes `endstream
+    // endobj` in a stored (uncompressed) deflate block; the second object,
+    // the JavaScript, is in a Huffman-coded block the scanner never inflated.
+    let o1 = "<< /A (x\nendstream\nendobj\n) >>\n";
+    let flate = (0..20_000)
+        .find_map(|pad| {
+            let spaces = " ".repeat(pad % 7);
+            let o2 =
+                format!("<< /K{pad} 0 {spaces}/S /JavaScript /JS <6170702e616c657274283129> >>\n");
+            let head = format!("1 0 2 {}\n", o1.len());
+            let part1 = format!("{head}{o1}");
+            let mut z = vec![0x78, 0x01, 0x00];
+            let len = part1.len() as u16;
+            z.extend_from_slice(&len.to_le_bytes());
+            z.extend_from_slice(&(!len).to_le_bytes());
+            z.extend_from_slice(part1.as_bytes());
+            let part2 = {
+                use std::io::Write as _;
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(o2.as_bytes()).unwrap();
+                e.finish().unwrap()
+            };
+            // Bytes that open a string, a comment or an array at the top
+            // level would make the string guard answer first.
+            if part2.iter().any(|b| b"(<[%".contains(b)) {
+                return None;
+            }
+            z.extend_from_slice(&part2);
+            z.extend_from_slice(&adler32(format!("{part1}{o2}").as_bytes()).to_be_bytes());
+            Some((z, head.len()))
+        })
+        .expect("a padding whose Huffman block opens nothing");
+    let dict = format!("/N 2 /First {} /Filter /FlateDecode", flate.1);
+    add(case(
+        "h_objstm_indirect_length_endstream_in_stored_block_js",
+        pdf(
+            &page_with(
+                "/OpenAction 11 0 R",
+                &objstm_indirect_length(&dict, &flate.0),
+            ),
+            "",
+        ),
+        Want::Reject(
+            MalformedImage,
+            "its data is not over at the first endstream",
+        ),
+    ));
+    // The same without the quoted `endstream`: its end found at once, and
+    // the JavaScript seen.
+    let (data, n, first) = objstm_data(10, &["<< /A (x) >>", "<< /S /JavaScript >>"]);
+    add(case(
+        "h_objstm_indirect_length_control_js",
+        pdf(
+            &page_with(
+                "",
+                &objstm_indirect_length(
+                    &format!("/N {n} /First {first} /Filter /FlateDecode"),
+                    &zlib(&data),
+                ),
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "/JavaScript in the object stream"),
+    ));
+    // An uncompressed object stream: after the quoted `endstream`, a `<`
+    // that opens a hex string for the file's lexer up to the `>>` ending
+    // the object that holds the JavaScript.
+    let (data, n, first) = objstm_data(
+        10,
+        &[
+            "<< /A (x\nendstream\n<) /S /JavaScript /JS (a) >>",
+            "<< /B 1 >>",
+        ],
+    );
+    add(case(
+        "h_objstm_indirect_length_endstream_in_string_js",
+        pdf(
+            &page_with(
+                "",
+                &objstm_indirect_length(&format!("/N {n} /First {first}"), &data),
+            ),
+            "",
+        ),
+        Want::Reject(
+            MalformedImage,
+            "its data is not over at the first endstream",
+        ),
+    ));
+    // A content stream: after its quoted `endstream`, a `(` opens a string
+    // for the file's lexer that runs over the real end and the object with
+    // the JavaScript (a `)` in a comment closes it).
+    let text = b"BT /F1 12 Tf 72 700 Td (Hello) Tj ET\n% endstream\n(";
+    add(case(
+        "h_string_after_quoted_endstream_hides_an_object",
+        pdf(
+            &page_with(
+                "/OpenAction 6 0 R",
+                &[
+                    [&b"<< /Length 5 0 R >>\nstream\n"[..], text, b"\nendstream"].concat(),
+                    text.len().to_string().into_bytes(),
+                    b"<< /S /JavaScript /JS (app.alert\\(1\\)) >>".to_vec(),
+                    b"<< /X (x) % )\n>>".to_vec(),
+                ],
+            ),
+            "",
+        ),
+        Want::Reject(MalformedImage, "inside the string or comment at offset"),
+    ));
+    // The same with a comment: the real `endstream` and the next object on
+    // the comment's line.
+    let text = b"BT ET\nendstream\n% ";
+    add(case(
+        "h_comment_after_quoted_endstream_hides_an_object",
+        pdf(
+            &page_with(
+                "/OpenAction 6 0 R",
+                &[
+                    [
+                        &b"<< /Length 5 0 R >>\nstream\n"[..],
+                        text,
+                        b"endstream endobj 6 0 obj << /S /JavaScript >>",
+                    ]
+                    .concat(),
+                    text.len().to_string().into_bytes(),
+                ],
+            ),
+            "",
+        ),
+        Want::Reject(MalformedImage, "inside the string or comment at offset"),
+    ));
+    // A string quoting `endstream` in a file whose streams all have direct
+    // lengths is fine (a title, say).
+    add(case(
+        "h_endstream_in_a_string_with_direct_lengths_fine",
+        pdf(
+            &objects("", "", CONTENT, &[obj("<< /Title (endstream endobj) >>")]),
+            "",
+        ),
+        Want::Ok,
+    ));
+}
+
 cases!(
+    h_objstm_indirect_length_endstream_in_stored_block_js,
+    h_objstm_indirect_length_control_js,
+    h_objstm_indirect_length_endstream_in_string_js,
+    h_string_after_quoted_endstream_hides_an_object,
+    h_comment_after_quoted_endstream_hides_an_object,
+    h_endstream_in_a_string_with_direct_lengths_fine,
     h_tolerated_endstream_quoted_in_a_stream_of_indirect_length,
     h_not_pdf_html,
     h_not_pdf_text,
