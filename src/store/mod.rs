@@ -426,6 +426,7 @@ impl Store {
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut was_up = None;
             loop {
                 tick.tick().await;
                 let Some(store) = store.upgrade() else { return };
@@ -433,6 +434,12 @@ impl Store {
                     Ok(()) => redis.ping().await,
                     Err(e) => Err(e),
                 };
+                if redis.connected() && was_up != Some(result.is_ok()) {
+                    // Connected, back, or gone (a restart empties the
+                    // script cache; a slow link needs them loaded).
+                    redis.load_scripts();
+                    was_up = Some(result.is_ok());
+                }
                 match result {
                     Ok(()) => store.recovered(),
                     Err(e) => {

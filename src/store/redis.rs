@@ -400,6 +400,41 @@ impl Redis {
         }
     }
 
+    /// Loads every script into Redis's script cache, in the background and
+    /// without `timeout_ms`. A script runs by its hash (`EVALSHA`); one
+    /// missing from the cache (a fresh or restarted Redis) is loaded and run
+    /// again by the same call, and a call that times out never gets to that
+    /// second step: on a link slower than `timeout_ms`, a script no replica
+    /// had loaded would never run at all (a lock never renewed, a state never
+    /// written). Called when the connection is made and whenever the store
+    /// comes or goes.
+    pub fn load_scripts(&self) {
+        let Some(conn) = self.conn.load_full() else {
+            return;
+        };
+        for code in [
+            ADMIT,
+            RELEASE,
+            RENEW,
+            BACK_OFF,
+            UNLOCK,
+            EXTEND_LOCK,
+            CAS,
+            CAS_VERSION,
+            IDEM_BEGIN,
+            IDEM_FINISH,
+        ] {
+            let mut conn = (*conn).clone();
+            tokio::spawn(async move {
+                let _: redis::RedisResult<String> = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(code)
+                    .query_async(&mut conn)
+                    .await;
+            });
+        }
+    }
+
     /// Pings the store (health).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })

@@ -228,6 +228,8 @@ struct Fleet {
     sandbox: Sandbox,
     replicas: Vec<Replica>,
     dir: tempfile::TempDir,
+    /// The replicas' configuration.
+    text: String,
 }
 
 fn bob_client() -> OAuthClient {
@@ -327,6 +329,7 @@ impl Fleet {
             sandbox,
             replicas,
             dir,
+            text,
         }
     }
 
@@ -993,6 +996,129 @@ async fn a_rotation_the_store_missed_is_written_once_it_answers() {
     assert_eq!(upload(b, BOB, "/api/image/v1.0/receipt").await.status, 201);
     assert_eq!(fleet.sandbox.token_requests(), 1, "refreshed once");
     assert_eq!(fleet.sandbox.successful_refreshes(), 1);
+    fleet.stop().await;
+}
+
+/// A TCP proxy to `port` that holds each piece of the server's answers for
+/// the delay in milliseconds that the returned handle says (a slow link for
+/// one replica only).
+async fn slow_link(port: u16) -> (u16, Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap().port();
+    let d = delay.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            });
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let ms = d.load(std::sync::atomic::Ordering::Relaxed);
+                    if ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (local, delay)
+}
+
+/// The black-box round of 2026-11-30: replica C refreshes; while Concur
+/// takes its time, C's link to Redis turns slow (past `timeout_ms`, but
+/// every command still arrives). C's lock renewals time out; it used to take
+/// that for a lost lock, skip the write and release the lock, and replica A
+/// then refreshed with the refresh token C had just rotated out (Concur:
+/// `invalid_grant`, the credential dead on A). Now C keeps the lock until its
+/// state is written, and A waits for that state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_slow_link_keeps_the_refresh_lock_until_its_state_is_stored() {
+    if !redis_available() {
+        return;
+    }
+    let capture = capture_logs().await;
+    let redis = single_node();
+    let (proxy, delay) = slow_link(redis.port).await;
+    let slow_url = format!("redis://127.0.0.1:{proxy}");
+    // C, through the slow link; its lock renewed every second.
+    let mut fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        store_section(dir, &slow_url, None, "refresh_lock_ttl_ms = 3000\n")
+    })
+    .await;
+    // A, straight to Redis.
+    let direct = fleet
+        .text
+        .replace(&slow_url, &format!("redis://127.0.0.1:{}", redis.port));
+    fleet
+        .replicas
+        .push(Fleet::replica(&direct, fleet.dir.path(), true).await);
+    let (c, a) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    fleet
+        .sandbox
+        .delay_token_answers(Duration::from_millis(2500));
+    let on_c = tokio::spawn(async move { upload(c, BOB, "/api/image/v1.0/receipt").await });
+    wait_for(|| fleet.sandbox.token_requests() == 1).await;
+    // Slower than `timeout_ms` (200), for C only.
+    delay.store(400, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let on_a = tokio::spawn(async move { upload(a, BOB, "/api/image/v1.0/receipt").await });
+    let r = on_c.await.unwrap();
+    r.problem(503, "store_unavailable");
+    // A gets the state C refreshed (written although C saw its write time
+    // out), not a refresh of its own with the rotated-out token.
+    let r = on_a.await.unwrap();
+    assert_eq!(r.status, 201, "{}\n{}", r.text(), capture.snapshot());
+    assert_eq!(fleet.sandbox.token_requests(), 1, "one refresh for both");
+    // C's link is well again: C uses the same state, and the lock is free.
+    delay.store(0, std::sync::atomic::Ordering::Relaxed);
+    fleet.sandbox.delay_token_answers(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = upload(c, BOB, "/api/image/v1.0/receipt").await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            r.status == 503 && Instant::now() < deadline,
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fleet.sandbox.token_requests(), 1, "refreshed once");
+    assert_eq!(fleet.sandbox.successful_refreshes(), 1);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let locks = loop {
+        let locks: Vec<String> = redis::cmd("KEYS")
+            .arg("*:lock:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if locks.is_empty() || Instant::now() > deadline {
+            break locks;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(locks.is_empty(), "the refresh lock is released: {locks:?}");
     fleet.stop().await;
 }
 

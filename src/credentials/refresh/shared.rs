@@ -32,13 +32,19 @@
 //! the lock (a lost rotation would need a person to issue a new refresh
 //! token): its callers get `503 store_unavailable`.
 //!
-//! **The store gone past the lock's life**: Concur answered, and the write
-//! under the lock failed (the store did not answer, or the lock expired
-//! while it was away). The replica keeps the sealed new state and writes it
-//! with a version-only compare-and-set as soon as the store answers (every
-//! 100 ms, for up to an hour; first thing too when it needs the token
-//! again): the version says no replica stored anything since. Meanwhile its
-//! callers get `503 store_unavailable`.
+//! **The store slow or gone**: Concur answered, and the write under the lock
+//! failed (the store did not answer in time, or the lock expired while it
+//! was away). The replica keeps the sealed new state and writes it with a
+//! version-only compare-and-set as soon as the store answers (every 100 ms,
+//! for up to an hour; first thing too when it needs the token again): the
+//! version says no replica stored anything since. Meanwhile its callers get
+//! `503 store_unavailable`. Unless the store said the lock is gone, the
+//! replica **keeps the lock** until the state is written (renewing it, and
+//! releasing it after): a store that is only slow for this replica still
+//! takes the renewals, and the other replicas wait for the state instead
+//! of refreshing with the refresh token it rotated out. A renewal that
+//! times out does not count as a lost lock either: the compare-and-set
+//! checks the lock in the store.
 //!
 //! **The window no client can close**: Concur rotated the refresh token but
 //! its answer never reached the store (the replica died before writing it,
@@ -99,6 +105,13 @@ struct Unstored {
 const UNSTORED_RETRY: Duration = Duration::from_millis(100);
 const UNSTORED_KEPT: Duration = Duration::from_secs(3600);
 
+/// The refresh lock held on to by a state kept for the store.
+struct HeldLock {
+    lock: String,
+    owner: String,
+    ttl: Duration,
+}
+
 impl std::fmt::Debug for SharedTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedTokens").finish_non_exhaustive()
@@ -145,8 +158,18 @@ impl SharedTokens {
 
     /// Keeps a refreshed state the store did not take, and offers it again
     /// every [`UNSTORED_RETRY`] until it is written, a newer state is found,
-    /// or [`UNSTORED_KEPT`] has passed.
-    fn keep_unstored(&self, key: &str, owner: &str, version: u64, sealed: String) {
+    /// or [`UNSTORED_KEPT`] has passed; `held`, the refresh lock, is renewed
+    /// meanwhile and released after. Returns whether it took `held` (a
+    /// state already kept for `key` has its own task, and the caller
+    /// releases its lock).
+    fn keep_unstored(
+        &self,
+        key: &str,
+        owner: &str,
+        version: u64,
+        sealed: String,
+        held: Option<HeldLock>,
+    ) -> bool {
         let fresh = self
             .unstored
             .lock()
@@ -154,27 +177,48 @@ impl SharedTokens {
             .insert(key.to_owned(), Unstored { version, sealed })
             .is_none();
         if !fresh {
-            return;
+            return false;
         }
+        let took = held.is_some();
         let (redis, unstored) = (self.redis.clone(), self.unstored.clone());
         let (key, owner) = (key.to_owned(), owner.to_owned());
         tokio::spawn(async move {
-            let until = tokio::time::Instant::now() + UNSTORED_KEPT;
+            let mut held = held;
+            let start = tokio::time::Instant::now();
+            let until = start + UNSTORED_KEPT;
+            let mut renew_at = start;
+            let mut written = false;
             while tokio::time::Instant::now() < until {
                 tokio::time::sleep(UNSTORED_RETRY).await;
+                if let Some(h) = &held
+                    && tokio::time::Instant::now() >= renew_at
+                {
+                    renew_at = tokio::time::Instant::now() + h.ttl / 3;
+                    // A timeout may still have renewed it; only the
+                    // store's "not yours" ends it.
+                    if let Ok(false) = redis.extend_lock(&h.lock, &h.owner, h.ttl).await {
+                        held = None;
+                    }
+                }
                 if let Ok(true) = flush_unstored(&redis, &unstored, &key, &owner).await {
-                    return;
+                    written = true;
+                    break;
                 }
             }
-            if unstored
-                .lock()
-                .expect("unstored lock")
-                .remove(&key)
-                .is_some()
+            if let Some(h) = held {
+                let _ = redis.unlock(&h.lock, &h.owner).await;
+            }
+            if !written
+                && unstored
+                    .lock()
+                    .expect("unstored lock")
+                    .remove(&key)
+                    .is_some()
             {
                 tracing::error!(credential = %owner, "a refreshed token state the store never took is dropped; if Concur rotated the refresh token, this credential needs a new one");
             }
         });
+        took
     }
 
     fn keys(&self, slot: &Slot) -> (String, String) {
@@ -327,10 +371,13 @@ impl TokenManager {
                 }
                 Ok(true) => {}
             }
+            let mut handed_over = false;
             let result = self
-                .refresh_under_lock(shared, slot, cred, &key, &lock, &owner)
+                .refresh_under_lock(shared, slot, cred, &key, &lock, &owner, &mut handed_over)
                 .await;
-            let _ = shared.redis.unlock(&lock, &owner).await;
+            if !handed_over {
+                let _ = shared.redis.unlock(&lock, &owner).await;
+            }
             return result;
         }
     }
@@ -352,6 +399,9 @@ impl TokenManager {
     }
 
     /// The refresh itself, holding the lock: re-read, refresh, store, use.
+    /// Sets `handed_over` when the lock went to the task that writes a state
+    /// the store did not take (it releases it).
+    #[allow(clippy::too_many_arguments)]
     async fn refresh_under_lock(
         &self,
         shared: &SharedTokens,
@@ -360,11 +410,14 @@ impl TokenManager {
         key: &str,
         lock: &str,
         owner: &str,
+        handed_over: &mut bool,
     ) -> Result<Access, GatewayError> {
         // A child of the request that needed it (the current trace context).
         let span = crate::telemetry::Child::current("credential refresh");
         let _running = slot.refresh_started(&span);
-        // Keep the lock alive while the token endpoint takes its time.
+        // Keep the lock alive while the token endpoint takes its time. Lost
+        // only when the store says so: a renewal that timed out may still
+        // have been applied (a slow link), and the write checks the lock.
         let lost = Arc::new(AtomicBool::new(false));
         let renewal = {
             let (redis, lock, owner, lost, ttl) = (
@@ -377,7 +430,7 @@ impl TokenManager {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
-                    if !matches!(redis.extend_lock(&lock, &owner, ttl).await, Ok(true)) {
+                    if let Ok(false) = redis.extend_lock(&lock, &owner, ttl).await {
                         lost.store(true, Ordering::Release);
                     }
                 }
@@ -450,8 +503,16 @@ impl TokenManager {
                 };
                 if matches!(stored, Ok(CasResult::LockLost) | Err(_)) {
                     // Not lost: written as soon as the store answers, if no
-                    // replica stored anything since `version`.
-                    shared.keep_unstored(key, &slot.owner, version, sealed);
+                    // replica stored anything since `version`. Unless the
+                    // store said the lock is gone, it is kept until then,
+                    // so that no replica refreshes with the refresh token
+                    // Concur just rotated out.
+                    let held = stored.is_err().then(|| HeldLock {
+                        lock: lock.to_owned(),
+                        owner: owner.to_owned(),
+                        ttl: shared.lock_ttl,
+                    });
+                    *handed_over = shared.keep_unstored(key, &slot.owner, version, sealed, held);
                 }
                 self.after_store(slot, cred, stored, &new, version, rotated, expires_in, now)
             }
