@@ -646,6 +646,11 @@ fn parse_base_url(problems: &mut Vec<String>, text: &str) -> http::Uri {
     let shown = shown_url(text);
     match text.trim_end_matches('/').parse::<http::Uri>() {
         Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
+            if !port_ok(&uri) {
+                problems.push(format!(
+                    "upstream.base_url `{shown}`: the port is not a number from 1 to 65535"
+                ));
+            }
             if uri.path() != "/" && !uri.path().is_empty()
                 || uri.query().is_some()
                 || has_userinfo(&uri)
@@ -752,13 +757,14 @@ impl RawAuth {
                 Ok(uri)
                     if uri.scheme_str() == Some("https")
                         && uri.host().is_some()
+                        && port_ok(&uri)
                         && !has_userinfo(&uri) =>
                 {
                     uri
                 }
                 _ => {
                     cx.problems.push(format!(
-                        "auth.jwks_url `{}` must be an https:// URL without user info",
+                        "auth.jwks_url `{}` must be an https:// URL without user info (and a port, if any, from 1 to 65535)",
                         shown_url(text)
                     ));
                     http::Uri::from_static("https://invalid")
@@ -1046,6 +1052,17 @@ impl RawTracing {
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.host().is_some_and(|h| !h.is_empty()) =>
             {
+                let otlp_endpoint = shown_url(&otlp_endpoint);
+                if has_userinfo(&uri) {
+                    cx.problems.push(format!(
+                        "tracing.otlp_endpoint `{otlp_endpoint}`: no user info (the exporter would send it in clear to the collector)"
+                    ));
+                }
+                if !port_ok(&uri) {
+                    cx.problems.push(format!(
+                        "tracing.otlp_endpoint `{otlp_endpoint}`: the port is not a number from 1 to 65535"
+                    ));
+                }
                 if protocol == OtlpProtocol::HttpProtobuf && !uri.path().ends_with("/v1/traces") {
                     cx.problems.push(format!(
                         "tracing.otlp_endpoint `{otlp_endpoint}`: with protocol = \"http/protobuf\" the URL ends with /v1/traces"
@@ -1063,7 +1080,8 @@ impl RawTracing {
                 }
             }
             _ => cx.problems.push(format!(
-                "tracing.otlp_endpoint `{otlp_endpoint}`: expected an http:// or https:// URL"
+                "tracing.otlp_endpoint `{}`: expected an http:// or https:// URL",
+                shown_url(&otlp_endpoint)
             )),
         }
         let sample_ratio = self.sample_ratio.unwrap_or(DEFAULT_SAMPLE_RATIO);
@@ -1392,7 +1410,7 @@ impl RawStore {
                 .collect(),
         };
         for url in &urls {
-            if let Err(why) = check_redis_url(url) {
+            if let Err(why) = check_redis_url(url, urls.len() > 1) {
                 cx.problems
                     .push(format!("store.url `{}`: {why}", shown_url(url)));
             }
@@ -1490,19 +1508,39 @@ pub(crate) fn shown_url(url: &str) -> String {
     format!("{scheme}://{user}{rest}{query}")
 }
 
+/// Whether a URL's port, if it names one, is a number from 1 to 65535.
+/// (`http::Uri` takes `host:99999` or `host:abc` and then has no port: the
+/// client would quietly use 443.)
+pub(crate) fn port_ok(uri: &http::Uri) -> bool {
+    let Some(authority) = uri.authority() else {
+        return true;
+    };
+    let hostport = authority.as_str().rsplit('@').next().unwrap_or("");
+    let after_host = match hostport.rfind(']') {
+        Some(i) => &hostport[i + 1..],
+        None => hostport,
+    };
+    match after_host.split_once(':') {
+        None => true,
+        Some((_, port)) => port.parse::<u16>().is_ok_and(|p| p > 0),
+    }
+}
+
 /// Whether a URL carries user info (`https://user:password@host`): refused
 /// where the gateway calls the URL, as it would send it on.
 pub(crate) fn has_userinfo(uri: &http::Uri) -> bool {
     uri.authority().is_some_and(|a| a.as_str().contains('@'))
 }
 
-/// `redis://[user:pass@]host[:port][/db]` or `rediss://…`; checked without
-/// connecting.
-fn check_redis_url(url: &str) -> Result<(), String> {
+/// `redis://[user:pass@]host[:port][/db][?…]` or `rediss://…`, one of the
+/// seeds of a cluster when `cluster`; checked without connecting. What it
+/// quotes comes from before the query (which may hold a password).
+fn check_redis_url(url: &str, cluster: bool) -> Result<(), String> {
     let rest = url
         .strip_prefix("redis://")
         .or_else(|| url.strip_prefix("rediss://"))
         .ok_or("expected redis://host:port or rediss://host:port")?;
+    let rest = rest.split('?').next().unwrap_or("");
     let authority = rest.split('/').next().unwrap_or("");
     let hostport = authority.rsplit('@').next().unwrap_or("");
     if hostport.is_empty() {
@@ -1524,6 +1562,14 @@ fn check_redis_url(url: &str) -> Result<(), String> {
         && db.parse::<u32>().is_err()
     {
         return Err(format!("`{db}` is not a database number"));
+    }
+    if cluster
+        && rest
+            .split('/')
+            .nth(1)
+            .is_some_and(|db| !db.is_empty() && db != "0")
+    {
+        return Err("a Redis Cluster has database 0 only (no /db in its seed URLs)".into());
     }
     // What the client will make of it (no connection): a host with a space,
     // an unclosed `[`… The client's error is not quoted: it says nothing more.
@@ -1636,6 +1682,48 @@ mod tests {
                 problems(fine)
             );
         }
+    }
+
+    /// A port that is no number from 1 to 65535 is refused: `http::Uri`
+    /// takes it and then has none, and the client would use 443 (the
+    /// black-box round of 2026-11-30: `check-config` said OK, `serve` logged
+    /// `:99999` and connected to 443).
+    #[test]
+    fn a_url_port_out_of_range_is_refused() {
+        for (url, ok) in [
+            ("https://x.example", true),
+            ("https://x.example:8443", true),
+            ("https://[::1]:8443", true),
+            ("https://[::1]", true),
+            ("https://x.example:99999", false),
+            ("https://x.example:65536", false),
+            ("https://x.example:abc", false),
+            ("https://x.example:0", false),
+            ("https://x.example:", false),
+            ("https://[::1]:x", false),
+        ] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(port_ok(&uri), ok, "{url}");
+        }
+        let problems = |text: &str| match Config::from_toml(text, Path::new(".")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        };
+        let p = problems("[upstream]\nbase_url = \"https://localhost:99999\"\n");
+        assert!(
+            p.iter()
+                .any(|l| l.contains("upstream.base_url `https://localhost:99999`: the port")),
+            "{p:?}"
+        );
+        let p = problems("[auth]\njwks_url = \"https://idp.example:abc/jwks\"\n");
+        assert!(p.iter().any(|l| l.starts_with("auth.jwks_url")), "{p:?}");
+        let p = problems("[tracing]\notlp_endpoint = \"http://u:OTLPPW@127.0.0.1:99999\"\n");
+        assert!(
+            p.iter().any(|l| l.contains("no user info"))
+                && p.iter().any(|l| l.contains("the port is not a number"))
+                && !p.iter().any(|l| l.contains("OTLPPW")),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -1883,6 +1971,36 @@ file = "credentials.toml"
         assert!(
             problems.iter().any(|p| p.ends_with("no such file")),
             "{problems:?}"
+        );
+        // What is quoted comes from before the query, which may hold a
+        // password (it was quoted in clear as the wrong part).
+        for url in [
+            "redis://127.0.0.1:6379/0?password=TopSecretPW/x",
+            "redis://127.0.0.1:6379/x?password=TopSecretPW",
+            "redis://127.0.0.1:x?password=TopSecretPW",
+            "redis://127.0.0.1:6379?password=Top/Secret:PW",
+        ] {
+            let problems = with(&format!(
+                "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key_file = \"good.key\"\n"
+            ));
+            if let Err(problems) = problems {
+                assert!(
+                    !problems
+                        .0
+                        .iter()
+                        .any(|p| p.contains("TopSecret") || p.contains("Secret:PW")),
+                    "{url}: {problems:?}"
+                );
+            }
+        }
+        // A cluster has database 0 only.
+        let problems = with("[store]\nbackend = \"redis\"\nurl = \"redis://a:7001/3,redis://b:7002/3\"\nencryption_key_file = \"good.key\"\n").unwrap_err().0;
+        assert!(
+            problems.iter().any(|p| p.contains("database 0 only")),
+            "{problems:?}"
+        );
+        assert!(
+            with("[store]\nbackend = \"redis\"\nurl = \"redis://a:7001/0,redis://b:7002\"\nencryption_key_file = \"good.key\"\n").is_ok()
         );
     }
 

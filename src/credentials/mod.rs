@@ -441,13 +441,14 @@ fn refresh_spec(
             Ok(uri)
                 if uri.scheme_str() == Some("https")
                     && uri.host().is_some()
+                    && crate::config::port_ok(&uri)
                     && !crate::config::has_userinfo(&uri) =>
             {
                 Some(uri)
             }
             _ => {
                 problems.push(format!(
-                    "{at}: `token_url` `{}` must be an https:// URL without user info",
+                    "{at}: `token_url` `{}` must be an https:// URL without user info (and a port, if any, from 1 to 65535)",
                     crate::config::shown_url(text)
                 ));
                 None
@@ -705,6 +706,9 @@ token_url = "https://u:URLPW@concur.example/oauth2/v0/token?client_secret=QS"
             "{all}"
         );
         assert!(!all.contains("URLPW") && !all.contains("QS"), "{all}");
+        let text = text.replace("u:URLPW@concur.example/", "concur.example:abc/");
+        let all = CredentialSet::from_toml(&text).unwrap_err().join("\n");
+        assert!(all.contains("`token_url`"), "{all}");
     }
 
     /// An entry of the wrong shape is reported, and so are the others.
