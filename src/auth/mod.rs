@@ -591,11 +591,7 @@ impl Authenticator {
         // be another's.
         let mut decoded = Err(jsonwebtoken::errors::ErrorKind::InvalidSignature.into());
         for key in &selected.keys {
-            decoded = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-                token,
-                &key.key,
-                &validation,
-            );
+            decoded = jsonwebtoken::decode::<UniqueClaims>(token, &key.key, &validation);
             match &decoded {
                 Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
                 }
@@ -622,7 +618,7 @@ impl Authenticator {
                 _ => "malformed token".to_owned(),
             }
         })?;
-        let claims = data.claims;
+        let claims = data.claims.0;
         let exp = claims
             .get("exp")
             .and_then(serde_json::Value::as_f64)
@@ -646,6 +642,39 @@ impl Authenticator {
             exp,
             nbf,
         })
+    }
+}
+
+/// A JWT's claims, refused when a name appears twice. JSON parsers differ on
+/// which one wins (serde_json takes the last); for the claims that choose
+/// the company and the user, and so whose Concur token acts, a component
+/// that reads the first would see another tenant. (jsonwebtoken already
+/// refuses a repeated registered claim.)
+struct UniqueClaims(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueClaims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueClaims, A::Error> {
+                let mut claims = serde_json::Map::new();
+                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if claims.contains_key(&name) {
+                        return Err(serde::de::Error::custom("a claim appears twice"));
+                    }
+                    claims.insert(name, value);
+                }
+                Ok(UniqueClaims(claims))
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
@@ -719,6 +748,51 @@ mod tests {
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap()
+    }
+
+    /// A claim named twice is refused, whichever it is (the black-box round
+    /// of 2026-11-30: a repeated company claim was taken, the last one
+    /// winning, while a repeated `sub` was refused).
+    #[test]
+    fn a_claim_named_twice_is_refused() {
+        use base64::Engine as _;
+        let clock = Arc::new(ManualClock::new(T0));
+        let auth = authenticator(clock);
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let signed = |payload: &str| {
+            let message = format!(
+                "{}.{}",
+                b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+                b64(payload.as_bytes())
+            );
+            let sig = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &EncodingKey::from_secret(SECRET),
+                jsonwebtoken::Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{message}.{sig}")
+        };
+        let exp = T0 + 600;
+        let once = format!(r#"{{"iss":"iss","aud":"aud","email":"u","org":"acme","exp":{exp}}}"#);
+        assert!(auth.verify(&signed(&once)).is_ok());
+        for twice in [
+            format!(
+                r#"{{"iss":"iss","aud":"aud","email":"u","org":"acme","org":"beta","exp":{exp}}}"#
+            ),
+            format!(
+                r#"{{"iss":"iss","aud":"aud","email":"x","email":"u","org":"acme","exp":{exp}}}"#
+            ),
+            format!(
+                r#"{{"iss":"iss","aud":"aud","email":"u","org":"acme","extra":1,"extra":2,"exp":{exp}}}"#
+            ),
+        ] {
+            assert_eq!(
+                auth.verify(&signed(&twice)).unwrap_err(),
+                "malformed token",
+                "{twice}"
+            );
+        }
     }
 
     #[test]
