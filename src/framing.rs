@@ -124,6 +124,22 @@ fn check_size(
 }
 
 fn check_host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), GatewayError> {
+    // An absolute-form target (`POST http://gw/api/…`) names the target
+    // too, and RFC 9112 §3.2.2 has it win over Host: the same rules for it
+    // (RFC 9110 §4.2.4: user info in an http(s) URI is an error), and no
+    // scheme but http and https.
+    if version != Version::HTTP_2
+        && let Some(authority) = uri.authority()
+    {
+        let scheme_ok = uri
+            .scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+        if !scheme_ok || !valid_host(authority.as_str().as_bytes()) {
+            return Err(GatewayError::InvalidRequest(
+                "invalid absolute-form request target",
+            ));
+        }
+    }
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {

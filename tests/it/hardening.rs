@@ -119,6 +119,24 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
             400,
             "invalid_request",
         ),
+        // An absolute-form target wins over Host (RFC 9112 §3.2.2): its
+        // authority is held to the same rules, and its scheme is http(s).
+        (
+            "an absolute-form target with user info",
+            format!(
+                "POST http://u:p@evil.example/api/image/v1.0/report/R1 HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\n{body_len}\r\n"
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "an absolute-form target with another scheme",
+            format!(
+                "POST ftp://gw.test/api/image/v1.0/report/R1 HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\n{body_len}\r\n"
+            ),
+            400,
+            "invalid_request",
+        ),
         (
             "two Authorization headers",
             upload_head(
@@ -209,11 +227,27 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
     )
     .await;
     assert_eq!(status_of(&answer), 201, "{answer}");
+    // An absolute-form target that is well formed is served (RFC 9112: a
+    // server accepts it).
+    let answer = raw(
+        h.addr,
+        &[
+            format!(
+                "POST http://gw.test/api/image/v1.0/report/R2 HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {token}\r\ncontent-type: image/jpeg\r\n{body_len}\r\n"
+            )
+            .as_bytes(),
+            JPEG,
+        ]
+        .concat(),
+        wait,
+    )
+    .await;
+    assert_eq!(status_of(&answer), 201, "{answer}");
     settle().await;
     assert_eq!(
         h.uploads().len(),
-        1,
-        "only the well-framed upload reached Concur"
+        2,
+        "only the well-framed uploads reached Concur"
     );
 }
 
