@@ -127,6 +127,17 @@ const TRAILER_SIGS: &[(&[u8], &str, bool)] = &[
     (b"{\\rtf", "RTF", false),
     (b"7z\xBC\xAF", "7-Zip", false),
     (b"\x1f\x8b", "gzip", false),
+    (b"\xfd7zXZ\x00", "xz", false),
+    (b"\x28\xb5\x2f\xfd", "Zstandard", false),
+    (b"BZh", "bzip2", false),
+    (b"MSCF", "a Windows cabinet", false),
+    (
+        b"L\x00\x00\x00\x01\x14\x02\x00",
+        "a Windows shortcut",
+        false,
+    ),
+    // `\0asm`: its NUL is skipped as padding before the prefix is classified.
+    (b"asm\x01\x00\x00\x00", "WebAssembly", false),
     (b"<?xml", "XML", true),
     (b"<svg", "SVG", true),
     (b"<script", "a script", true),
@@ -992,6 +1003,20 @@ mod tests {
             classify_trailer(b"MZ", false),
             Match("a Windows executable")
         );
+        // Archives and executables the black-box round of 2026-11-30 found
+        // accepted at the start of a trailer.
+        for (prefix, what) in [
+            (&b"\xfd7zXZ\x00\x00\x04"[..], "xz"),
+            (b"\x28\xb5\x2f\xfd\x00", "Zstandard"),
+            (b"BZh91AY&SY", "bzip2"),
+            (b"MSCF\x00\x00\x00\x00", "a Windows cabinet"),
+            (b"L\x00\x00\x00\x01\x14\x02\x00", "a Windows shortcut"),
+            (b"asm\x01\x00\x00\x00", "WebAssembly"),
+        ] {
+            assert_eq!(classify_trailer(prefix, false), Match(what), "{what}");
+        }
+        assert_eq!(classify_trailer(b"BZ", false), Pending);
+        assert_eq!(classify_trailer(b"BZx", false), NoMatch);
         assert_eq!(classify_trailer(b"<html>", false), Match("HTML"));
         assert_eq!(classify_trailer(b"<s", false), Pending);
         assert_eq!(classify_trailer(b"<s", true), Match("HTML"));
