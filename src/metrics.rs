@@ -175,7 +175,7 @@ impl Metrics {
         let credential_refreshes = Family::<ResultLabel, Counter>::default();
         registry.register(
             "credential_refreshes",
-            "OAuth2 access-token refreshes, by result (ok, failed, rejected, persist_failed)",
+            "OAuth2 access-token refreshes, by result (ok, failed, rejected, persist_failed, store_failed)",
             credential_refreshes.clone(),
         );
         let credentials_unusable = Gauge::default();

@@ -348,6 +348,11 @@ impl TokenManager {
                 "credentials.state_dir is not set: rotated refresh tokens are kept in memory only and are lost on restart"
             );
         }
+        if self.state_dir.is_some() && self.shared.is_some() {
+            tracing::warn!(
+                "credentials.state_dir is not used with store.backend = \"redis\": rotated refresh tokens live in the store, sealed"
+            );
+        }
         self.sync(set);
     }
 
