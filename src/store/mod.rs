@@ -68,6 +68,10 @@ pub struct Store {
     /// any call that succeeds): admissions do not wait on Redis meanwhile.
     down: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// A stored token state did not open with `store.encryption_key_file`
+    /// (a replica with another key): a configuration problem that a
+    /// successful call does not clear; the next state that opens does.
+    unsealable: AtomicBool,
     fallbacks: Family<OpLabel, Counter>,
     up: Gauge,
     /// `RateLimit-Policy`: fixed for the gateway's lifetime, built once.
@@ -315,6 +319,7 @@ impl Store {
             degraded: AtomicBool::new(false),
             down: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            unsealable: AtomicBool::new(false),
             fallbacks: metrics.store_fallbacks.clone(),
             up: metrics.store_up.clone(),
             pending: tokio_util::task::TaskTracker::new(),
@@ -384,11 +389,31 @@ impl Store {
         self.up.set(1);
     }
 
+    /// Whether the last stored token state read opened with this replica's
+    /// `store.encryption_key_file` (see [`Store::readiness_details`]).
+    pub fn sealing(&self, opened: bool) {
+        if self.unsealable.swap(!opened, Ordering::AcqRel) == opened {
+            if opened {
+                tracing::info!("stored token states open with store.encryption_key_file again");
+            } else {
+                tracing::error!(
+                    "a stored token state does not open with store.encryption_key_file: every replica sharing this Redis needs the same key; the credentials concerned get 503 until then"
+                );
+            }
+        }
+    }
+
     /// Details for `/readyz` (never a reason to be unready).
     pub fn readiness_details(&self) -> Vec<String> {
         let Some(redis) = &self.shared else {
             return Vec::new();
         };
+        let mut details = Vec::new();
+        if self.unsealable.load(Ordering::Acquire) {
+            details.push(
+                "store: a stored token state does not open with store.encryption_key_file (every replica sharing this Redis needs the same key); its credential is not refreshed here".to_owned(),
+            );
+        }
         if !redis.connected() {
             // Why, when a try failed (a wrong password, an untrusted
             // certificate): the log is not the only place to find it.
@@ -399,9 +424,10 @@ impl Store {
                 .as_ref()
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default();
-            return vec![format!(
-                "store: not connected to Redis yet{why}; limits are this replica's own, refreshes that need the lock wait"
-            )];
+            details.push(format!(
+                "store: not connected to Redis yet{why}; limits are this replica's own, and a credential that needs a refresh gets 503 store_unavailable"
+            ));
+            return details;
         }
         if self.degraded.load(Ordering::Acquire) {
             let why = self
@@ -410,11 +436,11 @@ impl Store {
                 .expect("store lock")
                 .clone()
                 .unwrap_or_default();
-            return vec![format!(
-                "store: Redis unavailable ({why}); limits are this replica's own, refreshes that need the lock wait"
-            )];
+            details.push(format!(
+                "store: Redis unavailable ({why}); limits are this replica's own, and a credential that needs a refresh gets 503 store_unavailable"
+            ));
         }
-        Vec::new()
+        details
     }
 
     /// Connects to Redis (retrying) and pings it every second, so that the

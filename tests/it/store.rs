@@ -1122,6 +1122,55 @@ async fn a_replica_with_a_slow_link_keeps_the_refresh_lock_until_its_state_is_st
     fleet.stop().await;
 }
 
+/// A replica whose `store.encryption_key_file` differs from the one that
+/// sealed the stored token state: its callers get 503, it never refreshes
+/// with the file's token nor overwrites the store, and `/readyz` keeps
+/// saying why (it said so only until the next health ping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_encryption_key_keeps_saying_so_in_readyz() {
+    if !redis_available() {
+        return;
+    }
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut fleet = Fleet::start(1, Duration::ZERO, |dir| store_section(dir, &url, None, "")).await;
+    let a = fleet.replicas[0].addr;
+    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    let mut other = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut other).unwrap();
+    std::fs::write(
+        fleet.dir.path().join("other.key"),
+        base64::engine::general_purpose::STANDARD.encode(other),
+    )
+    .unwrap();
+    let text = fleet.text.replace("\"store.key\"", "\"other.key\"");
+    fleet
+        .replicas
+        .push(Fleet::replica(&text, fleet.dir.path(), true).await);
+    let (b, b_admin) = (fleet.replicas[1].addr, fleet.replicas[1].admin);
+    upload(b, BOB, "/api/image/v1.0/receipt")
+        .await
+        .problem(503, "store_unavailable");
+    // Past two health pings (one a second), it is still said.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ready = request(b_admin, "GET", "/readyz", &[], Payload::Full(Vec::new())).await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready
+            .text()
+            .contains("does not open with store.encryption_key_file"),
+        "{}",
+        ready.text()
+    );
+    assert_eq!(
+        fleet.sandbox.token_requests(),
+        1,
+        "no refresh on the other key"
+    );
+    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_while_holding_the_refresh_lock_is_taken_over() {
     if !redis_available() {

@@ -234,7 +234,9 @@ impl SharedTokens {
         let Some((version, sealed)) = self.redis.token_read(key).await? else {
             return Ok(None);
         };
-        let plain = self.sealer.open(key, &sealed).ok_or_else(|| {
+        let plain = self.sealer.open(key, &sealed);
+        self.store.sealing(plain.is_some());
+        let plain = plain.ok_or_else(|| {
             StoreError::Protocol(
                 "a stored token state does not open with store.encryption_key_file".into(),
             )
