@@ -128,12 +128,12 @@ fn check_host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Ga
     // too, and RFC 9112 §3.2.2 has it win over Host: the same rules for it
     // (RFC 9110 §4.2.4: user info in an http(s) URI is an error), and no
     // scheme but http and https.
+    // (An authority-form target, `CONNECT gw:443`, has no scheme: the
+    // method is refused on its own.)
     if version != Version::HTTP_2
-        && let Some(authority) = uri.authority()
+        && let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority())
     {
-        let scheme_ok = uri
-            .scheme_str()
-            .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+        let scheme_ok = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
         if !scheme_ok || !valid_host(authority.as_str().as_bytes()) {
             return Err(GatewayError::InvalidRequest(
                 "invalid absolute-form request target",
