@@ -131,12 +131,26 @@
 //!   data ends at the next `endstream`, found with `memmem` across chunk
 //!   boundaries. A reader that resolves the length may take that `endstream`
 //!   for data and read on, so nothing after it may hide from the lexer what
-//!   such a reader sees: from the first such stream on, an `endstream` inside
-//!   a string or comment body is `malformed_image` (`Lexer::guard_body`: the
-//!   string, opened in the quoted data, would swallow the real end and the
-//!   objects after it), and so, deferred, is an object stream whose data is
-//!   not over there (its lexer inside a string, or its zlib stream not
-//!   ended: what follows would never be decoded).
+//!   such a reader sees. From the first such stream on:
+//!   * an object header (`N G obj`) inside a string or comment body is
+//!     active content (`Lexer::guard_body`: a string opened in the quoted
+//!     data would swallow the real end and the objects after it);
+//!   * an `endstream` inside the counted data of a later stream is
+//!     `malformed_image` (a quoted `/Length` swallowing the real end);
+//!   * a stray `endstream` token after an object header is
+//!     `malformed_image` (the real end, the objects before it quoted data);
+//!   * an object stream whose data is not over at the found end (its lexer
+//!     inside a string, or its zlib stream not ended: what follows would
+//!     never be decoded) is `malformed_image`, deferred.
+//!
+//!   So a file whose streams' lengths are indirect and whose *uncompressed*
+//!   text quotes that syntax is refused (Ghostscript without compression,
+//!   qpdf's QDF): a known, conservative false positive.
+//!
+//! In counted data, an object header is looked for in all of it, also past
+//! an `endstream` inside it: refused at once before that `endstream`, and
+//! past it once the data checks out (a `/Length` that runs past the inner
+//! `endstream` is `malformed_image` instead).
 //!
 //! # Object streams
 //!
@@ -971,13 +985,17 @@ struct Lexer {
     /// file structure.
     unsure_end: bool,
     /// File mode: the `stream` keyword of the first stream whose end was
-    /// found by searching. From then on an `endstream` inside a string or a
-    /// comment is refused ([`Lexer::guard_body`]).
+    /// found by searching. From then on an object header inside a string or
+    /// a comment is refused ([`Lexer::guard_body`]), and so is a stray
+    /// `endstream` after an object header.
     guard_from: Option<u64>,
-    /// The last (up to 8) bytes of the string or comment body being read,
-    /// while guarding.
-    guard_carry: [u8; 8],
-    guard_len: usize,
+    /// Object headers in the string or comment body being read, while
+    /// guarding.
+    guard_watch: HeaderWatch,
+    obj_finder: memmem::Finder<'static>,
+    /// An object header (`N G obj`) came after a stream whose end was found
+    /// by searching.
+    obj_after_search: bool,
 }
 
 impl Lexer {
@@ -1025,8 +1043,9 @@ impl Lexer {
             saw_startxref: false,
             unsure_end: false,
             guard_from: None,
-            guard_carry: [0; 8],
-            guard_len: 0,
+            guard_watch: HeaderWatch::default(),
+            obj_finder: memmem::Finder::new(b"obj"),
+            obj_after_search: false,
         }
     }
 
@@ -1349,33 +1368,36 @@ impl Lexer {
     /// `/Length` is no number here), a reader that knows the length may take
     /// that `endstream` for data and the stream for longer: the real end,
     /// and the objects after it, would then be what the lexer reads as the
-    /// inside of a string or comment it opened in that data, never looked
-    /// at. So from then on an `endstream` inside a string or comment body
-    /// (`body`: the next piece of the one that starts at `tok_at`) is
-    /// refused: a real file has no such word there.
+    /// inside of a string or comment opened in that data, never looked at.
+    /// So from then on an object header (`N G obj`) inside a string or
+    /// comment body (`body`: the next piece of the one that starts at
+    /// `tok_at`) is refused, as one inside stream data is ([`HeaderWatch`]).
+    /// (An `endstream` alone there is fine: text in an uncompressed content
+    /// stream may quote it.)
     #[cold]
     fn guard_body(&mut self, body: &[u8]) -> Result<(), Rejection> {
-        let k = self.guard_len;
-        let mut tmp = [0u8; 16];
-        let m = body.len().min(8);
-        tmp[..k].copy_from_slice(&self.guard_carry[..k]);
-        tmp[k..k + m].copy_from_slice(&body[..m]);
-        if memchr::memmem::find(&tmp[..k + m], ENDSTREAM).is_some()
-            || memchr::memmem::find(body, ENDSTREAM).is_some()
-        {
+        if !self.reject_active {
+            // (As in stream data: a hidden object matters for what it may
+            // hold, active content.)
+            return Ok(());
+        }
+        let mut found = self.guard_watch.feed(&self.obj_finder, body);
+        if found.is_none() && self.state == State::Normal && self.guard_watch.end() {
+            found = Some(0);
+        }
+        if found.is_some() {
             let from = self.guard_from.unwrap_or(0);
-            return Err(Rejection::malformed(format!(
-                "stream at offset {from} was taken to end at the first endstream in its data (its /Length is no number that checks out), but another endstream follows inside the string or comment at offset {}: where the stream really ends cannot be told",
-                self.tok_at
-            )));
+            return Err(Rejection::new(
+                RejectCode::PdfActiveContent,
+                format!(
+                    "PDF hides an object definition (N G obj) inside the string or comment at offset {} after the stream at offset {from}, whose /Length is no number that checks out: a reader that knows its length can take it for an object, the inspection cannot see it",
+                    self.tok_at
+                ),
+            ));
         }
         if self.state == State::Normal {
             // The body ended.
-            self.guard_len = 0;
-        } else {
-            let (t, l) = last_n(&self.guard_carry[..k], body);
-            self.guard_carry = t;
-            self.guard_len = l;
+            self.guard_watch = HeaderWatch::default();
         }
         Ok(())
     }
@@ -1648,6 +1670,7 @@ impl Lexer {
         self.cur_gen0 = g == 0;
         self.obj_body = ObjBody::Start(n);
         self.saw_obj = true;
+        self.obj_after_search |= self.guard_from.is_some();
         Some(k + 3)
     }
 
@@ -2080,10 +2103,20 @@ impl Lexer {
                     self.cur_gen0 = g == 0;
                     self.obj_body = ObjBody::Start(n);
                     self.saw_obj = true;
+                    self.obj_after_search |= self.guard_from.is_some();
                 }
             }
             b"endobj" => self.endobj(),
-            // A stray `endstream` (some writers leave one) changes nothing.
+            // A stray `endstream` (some writers leave one) changes nothing,
+            // but after a stream whose end was found by searching it may be
+            // that stream's real end, the objects since then its data.
+            b"endstream" if self.obj_after_search => {
+                return Err(Rejection::malformed(format!(
+                    "a stray endstream at offset {} follows an object that came after the stream at offset {}, whose /Length is no number that checks out: that stream may really end here, and the objects in between be its data",
+                    self.tok_at,
+                    self.guard_from.unwrap_or(0)
+                )));
+            }
             b"endstream" => self.resync(),
             b"xref" | b"startxref" => {
                 self.resync();
@@ -2961,6 +2994,9 @@ struct StreamSkip {
     carry_len: usize,
     /// An `endstream` inside the `/Length`-counted data.
     early_end: Option<u64>,
+    /// An object header in the counted data past `early_end`: hidden, if the
+    /// data checks out (else the `/Length` runs past, refused as such).
+    hidden_late: Option<u64>,
     /// Object headers hidden in the data (Reject policy).
     headers: HeaderWatch,
 }
@@ -3535,6 +3571,7 @@ impl Pdf {
             carry: [0; 8],
             carry_len: 0,
             early_end: None,
+            hidden_late: None,
             headers: HeaderWatch::default(),
         });
         Ok(())
@@ -3571,21 +3608,41 @@ impl Pdf {
                     let bytes = &data[i..i + take];
                     let before_early_end = s.early_end.is_none();
                     if before_early_end && let Some(end) = s.find_end(&self.endstream, bytes) {
-                        s.early_end = Some(base + (i + end) as u64 - ENDSTREAM.len() as u64);
+                        let e = base + (i + end) as u64 - ENDSTREAM.len() as u64;
+                        s.early_end = Some(e);
+                        if let Some(from) = self.lexer.guard_from {
+                            // After a stream whose end was found by
+                            // searching, this may be that stream's real end,
+                            // swallowed by a `/Length` quoted in its data.
+                            return Err(Rejection::malformed(format!(
+                                "an endstream at offset {e} inside the data of the stream at offset {} follows the stream at offset {from}, whose /Length is no number that checks out: where that stream really ends cannot be told",
+                                s.kw_at
+                            )));
+                        }
                     }
                     // Up to an `endstream` inside the counted bytes: past it
                     // they may be the next objects (a `/Length` too long,
-                    // refused below) rather than this stream's data.
+                    // refused below) rather than this stream's data; a
+                    // header there is refused once the data checks out.
                     let own = match s.early_end {
                         _ if !before_early_end => 0,
                         Some(e) => (e.saturating_sub(base + i as u64) as usize).min(take),
                         None => take,
                     };
                     if self.reject_active {
-                        let mut at = s.headers.feed(&self.obj, &bytes[..own]);
-                        if at.is_none() && own == take && left == take as u64 && s.headers.end() {
+                        let mut at = s.headers.feed(&self.obj, bytes);
+                        if at.is_none() && left == take as u64 && s.headers.end() {
                             // The data ends with `obj`: its end of line follows.
-                            at = Some(own as isize - 3);
+                            at = Some(take as isize - 3);
+                        }
+                        if let Some(a) = at {
+                            let abs = (base + i as u64).saturating_add_signed(a as i64);
+                            if s.early_end.is_some_and(|e| abs >= e) {
+                                // Past the `endstream`: decided by the end.
+                                s.hidden_late.get_or_insert(abs);
+                                s.headers = HeaderWatch::default();
+                                at = None;
+                            }
                         }
                         if let Some(at) = at {
                             // The data up to the header's end reaches the
@@ -3616,6 +3673,11 @@ impl Pdf {
                         s.push_carry(&[b]);
                         i += 1;
                         if matched + 1 == ENDSTREAM.len() {
+                            if let Some(at) = s.hidden_late {
+                                // The data checks out: what followed its
+                                // inner `endstream` was data too.
+                                return Err(hidden(s.kw_at, at));
+                            }
                             return self.end_stream(i, false);
                         }
                         s.phase = Phase::Verify(matched + 1);

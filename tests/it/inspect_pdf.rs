@@ -3239,7 +3239,7 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
             ),
             "",
         ),
-        Want::Reject(MalformedImage, "inside the string or comment at offset"),
+        Want::Reject(PdfActiveContent, "inside the string or comment at offset"),
     ));
     // The same with a comment: the real `endstream` and the next object on
     // the comment's line.
@@ -3261,7 +3261,79 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
             ),
             "",
         ),
-        Want::Reject(MalformedImage, "inside the string or comment at offset"),
+        Want::Reject(PdfActiveContent, "inside the string or comment at offset"),
+    ));
+    // (Second black-box round.) A stream of direct length whose data quotes
+    // `endstream`: the object header after it, in the same data, is still
+    // watched for once the data checks out.
+    let text = b"BT (endstream) Tj ET\n11 0 obj << /S /JavaScript /JS (a) >> endobj\n";
+    add(case(
+        "h_header_after_quoted_endstream_in_counted_data",
+        pdf(
+            &page_with(
+                "/OpenAction 11 0 R",
+                &[[
+                    format!("<< /Length {} >>\nstream\n", text.len()).as_bytes(),
+                    text,
+                    b"\nendstream",
+                ]
+                .concat()],
+            ),
+            "",
+        ),
+        Want::Reject(PdfActiveContent, "hides an object definition"),
+    ));
+    // A stream of indirect length quotes `endstream endobj` and the head of
+    // a stream of direct length, which swallows the real end and what
+    // follows (here a trailer with /Encrypt, no object header in it).
+    let swallowed = b"\nendstream\nendobj\nxref\n0 1\n0000000000 65535 f \ntrailer\n<< /Size 9 /Root 1 0 R /Encrypt 9 0 R >>\n";
+    let quoted = [
+        &b"BT ET\nendstream\nendobj\n20 0 obj\n"[..],
+        format!("<< /Length {} >>\nstream\n", swallowed.len()).as_bytes(),
+    ]
+    .concat();
+    add(case(
+        "h_fake_direct_stream_after_quoted_endstream_swallows_a_trailer",
+        pdf(
+            &page_with(
+                "",
+                &[
+                    [
+                        &b"<< /Length 5 0 R >>\nstream\n"[..],
+                        &quoted,
+                        &swallowed[..],
+                        b"endstream",
+                    ]
+                    .concat(),
+                    quoted.len().to_string().into_bytes(),
+                ],
+            ),
+            "",
+        ),
+        Want::Reject(MalformedImage, "inside the data of the stream at offset"),
+    ));
+    // A stream of indirect length quotes a decoy XML definition of object 6,
+    // which the /EF names; the real object 6 is an executable.
+    let decoy = b"BT ET\nendstream\nendobj\n6 0 obj\n<< /Type /EmbeddedFile /Subtype /text#2Fxml >>\nstream\n<x/>\nendstream\nendobj\n";
+    add(case(
+        "h_decoy_definition_inside_a_stream_of_indirect_length",
+        pdf(
+            &page_with(
+                "/Names << /EmbeddedFiles << /Names [(a.xml) << /Type /Filespec /F (a.xml) /EF << /F 6 0 R >> >>] >> >>",
+                &[
+                    [&b"<< /Length 5 0 R >>\nstream\n"[..], decoy, b"\nendstream"].concat(),
+                    decoy.len().to_string().into_bytes(),
+                    [
+                        &b"<< /Type /EmbeddedFile /Length 8 >>\nstream\n"[..],
+                        b"MZ\x90\x00\x03\x00\x00\x00",
+                        b"\nendstream",
+                    ]
+                    .concat(),
+                ],
+            ),
+            "",
+        ),
+        Want::Reject(MalformedImage, "a stray endstream at offset"),
     ));
     // A string quoting `endstream` in a file whose streams all have direct
     // lengths is fine (a title, say).
@@ -3276,6 +3348,9 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
 }
 
 cases!(
+    h_header_after_quoted_endstream_in_counted_data,
+    h_fake_direct_stream_after_quoted_endstream_swallows_a_trailer,
+    h_decoy_definition_inside_a_stream_of_indirect_length,
     h_objstm_indirect_length_endstream_in_stored_block_js,
     h_objstm_indirect_length_control_js,
     h_objstm_indirect_length_endstream_in_string_js,
