@@ -37,9 +37,14 @@
 //!   `/Type` says, or leaves out: only a cross-reference stream has one, and a
 //!   reader takes it for one), decided at the `stream` keyword, so key order
 //!   does not matter; a `/Type /XRef` dictionary with `/Encrypt` is rejected as
-//!   soon as it closes. `/Encrypt` elsewhere (a value, a nested dictionary, a
-//!   dictionary that is no stream's, a string, stream data) does not count:
-//!   readers only decrypt when the trailer says so.
+//!   soon as it closes. `/Encrypt` as a token elsewhere (a value, a nested
+//!   dictionary, a dictionary that is no stream's) does not count: readers
+//!   only decrypt when the trailer says so. But `/Encrypt` in the bytes the
+//!   lexer skips (stream data, string and comment bodies: [`EncryptWatch`])
+//!   does, at the end: a trailer written there is the one a reader uses
+//!   when `startxref` or `/Prev` point at it, and the scanner follows
+//!   neither. Likewise an object header in a string or comment body is
+//!   active content (at the end), as one in stream data is.
 //! * **Active content** (`pdf_active_content`, unless the policy is `Allow`,
 //!   under which none of the following is even tracked), in the uncompressed
 //!   object syntax *and* in the decoded data of object streams, names compared
@@ -996,6 +1001,14 @@ struct Lexer {
     /// An object header (`N G obj`) came after a stream whose end was found
     /// by searching.
     obj_after_search: bool,
+    /// File mode: `/Encrypt` in the string or comment body being read, and
+    /// where the first one found was ([`EncryptWatch`]).
+    encrypt_watch: EncryptWatch,
+    encrypt_hidden: Option<u64>,
+    /// File mode: an object header found in a string or comment body, the
+    /// verdict given at the end (whatever the chunking, what the lexer
+    /// decides at the string's end, such as a stray string, comes first).
+    hidden_in_body: Option<Rejection>,
 }
 
 impl Lexer {
@@ -1046,6 +1059,9 @@ impl Lexer {
             guard_watch: HeaderWatch::default(),
             obj_finder: memmem::Finder::new(b"obj"),
             obj_after_search: false,
+            encrypt_watch: EncryptWatch::default(),
+            encrypt_hidden: None,
+            hidden_in_body: None,
         }
     }
 
@@ -1330,7 +1346,7 @@ impl Lexer {
         while i < n {
             let from = i;
             // (`comment`, `literal` and `hex` guard their own bodies.)
-            let guarded = self.guard_from.is_some()
+            let guarded = self.mode == Mode::File
                 && matches!(self.state, State::Literal | State::Hex)
                 && self.uri_str();
             i = match self.state {
@@ -1364,33 +1380,44 @@ impl Lexer {
         Ok(Step::Done)
     }
 
-    /// After a stream whose end was found by searching for `endstream` (its
-    /// `/Length` is no number here), a reader that knows the length may take
-    /// that `endstream` for data and the stream for longer: the real end,
-    /// and the objects after it, would then be what the lexer reads as the
-    /// inside of a string or comment opened in that data, never looked at.
-    /// So from then on an object header (`N G obj`) inside a string or
-    /// comment body (`body`: the next piece of the one that starts at
-    /// `tok_at`) is refused, as one inside stream data is ([`HeaderWatch`]).
-    /// (An `endstream` alone there is fine: text in an uncompressed content
-    /// stream may quote it.)
-    #[cold]
+    /// File mode: a string or comment body (`body`: the next piece of the
+    /// one that starts at `tok_at`), which the lexer skips, but which a
+    /// cross-reference table can point a reader into (the scanner does not
+    /// follow it): an object header (`N G obj`) there is refused as one
+    /// inside stream data is ([`HeaderWatch`]), and `/Encrypt` there makes
+    /// the file encrypted at the end ([`EncryptWatch`]). After a stream whose
+    /// end was found by searching for `endstream`, this is also where a
+    /// string opened in that stream's quoted data would swallow its real end
+    /// and the objects after it. (An `endstream` alone there is fine: text
+    /// in an uncompressed content stream may quote it.)
     fn guard_body(&mut self, body: &[u8]) -> Result<(), Rejection> {
+        let ended = self.state == State::Normal;
+        if self.encrypt_watch.feed(body) || (ended && self.encrypt_watch.pending()) {
+            self.encrypt_hidden.get_or_insert(self.tok_at);
+        }
+        if ended {
+            self.encrypt_watch = EncryptWatch::default();
+        }
         if !self.reject_active {
             // (As in stream data: a hidden object matters for what it may
             // hold, active content.)
             return Ok(());
         }
         let mut found = self.guard_watch.feed(&self.obj_finder, body);
-        if found.is_none() && self.state == State::Normal && self.guard_watch.end() {
+        if found.is_none() && ended && self.guard_watch.end() {
             found = Some(0);
         }
-        if found.is_some() {
-            let from = self.guard_from.unwrap_or(0);
-            return Err(Rejection::new(
+        if found.is_some() && self.hidden_in_body.is_none() {
+            let after = match self.guard_from {
+                Some(from) => format!(
+                    " after the stream at offset {from}, whose /Length is no number that checks out"
+                ),
+                None => String::new(),
+            };
+            self.hidden_in_body = Some(Rejection::new(
                 RejectCode::PdfActiveContent,
                 format!(
-                    "PDF hides an object definition (N G obj) inside the string or comment at offset {} after the stream at offset {from}, whose /Length is no number that checks out: a reader that knows its length can take it for an object, the inspection cannot see it",
+                    "PDF hides an object definition (N G obj) inside the string or comment at offset {}{after}: a reader can be pointed at it, the inspection cannot see it",
                     self.tok_at
                 ),
             ));
@@ -1723,7 +1750,7 @@ impl Lexer {
             }
             None => data.len(),
         };
-        if self.guard_from.is_some() {
+        if self.mode == Mode::File {
             self.guard_body(&data[i..end])?;
         }
         Ok(end)
@@ -1734,7 +1761,7 @@ impl Lexer {
     #[inline(always)]
     fn literal(&mut self, data: &[u8], i: usize) -> Result<usize, Rejection> {
         let end = self.literal_body(data, i)?;
-        if self.guard_from.is_some() {
+        if self.mode == Mode::File {
             self.guard_body(&data[i..end])?;
         }
         Ok(end)
@@ -1784,7 +1811,7 @@ impl Lexer {
             }
             None => data.len(),
         };
-        if self.guard_from.is_some() {
+        if self.mode == Mode::File {
             self.guard_body(&data[i..end])?;
         }
         Ok(end)
@@ -2997,6 +3024,7 @@ struct StreamSkip {
     /// An object header in the counted data past `early_end`: hidden, if the
     /// data checks out (else the `/Length` runs past, refused as such).
     hidden_late: Option<u64>,
+    encrypt: EncryptWatch,
     /// Object headers hidden in the data (Reject policy).
     headers: HeaderWatch,
 }
@@ -3172,6 +3200,113 @@ fn header_end(at: isize) -> usize {
 
 fn is_delim_or_ws(b: u8) -> bool {
     is_ws(b) || b"()<>[]{}/%".contains(&b)
+}
+
+/// Watches bytes the lexer does not read as tokens (stream data, string
+/// and comment bodies) for the name `/Encrypt` (`#xx` escapes decoded) and
+/// a delimiter after it: a cross-reference section written there, which a
+/// reader reaches through `startxref` or `/Prev` (the scanner follows
+/// neither), would make it decrypt the file.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncryptWatch {
+    /// 0: no candidate; k (1 to 8): after a `/` and k - 1 letters of it.
+    pos: u8,
+    /// 0: no escape; 1: after `#`; 2: after `#` and one hex digit.
+    esc: u8,
+    hi: u8,
+}
+
+impl EncryptWatch {
+    const NAME: &'static [u8; 7] = b"Encrypt";
+
+    /// Whether `/Encrypt` and its delimiter were seen in `data` (the watch
+    /// starts afresh after).
+    fn feed(&mut self, data: &[u8]) -> bool {
+        let mut i = 0;
+        while i < data.len() {
+            if self.pos == 0 {
+                match memchr::memchr(b'/', &data[i..]) {
+                    Some(p) => {
+                        i += p + 1;
+                        self.pos = 1;
+                        self.esc = 0;
+                        continue;
+                    }
+                    None => return false,
+                }
+            }
+            let b = data[i];
+            i += 1;
+            if self.esc == 0 && self.pos == 8 {
+                if is_delim_or_ws(b) {
+                    *self = Self::default();
+                    return true;
+                }
+                self.restart(b);
+                continue;
+            }
+            let c = match self.esc {
+                0 if b == b'#' => {
+                    self.esc = 1;
+                    continue;
+                }
+                0 => b,
+                1 => match hex_val(b) {
+                    Some(v) => {
+                        self.hi = v;
+                        self.esc = 2;
+                        continue;
+                    }
+                    None => {
+                        self.restart(b);
+                        continue;
+                    }
+                },
+                _ => match hex_val(b) {
+                    Some(v) => {
+                        self.esc = 0;
+                        self.hi << 4 | v
+                    }
+                    None => {
+                        self.restart(b);
+                        continue;
+                    }
+                },
+            };
+            if self.pos < 8 && c == Self::NAME[usize::from(self.pos - 1)] {
+                self.pos += 1;
+            } else if self.esc == 0 && b == c {
+                self.restart(b);
+            } else {
+                *self = Self::default();
+            }
+        }
+        false
+    }
+
+    /// The candidate failed at raw byte `b`, which may start the next one.
+    fn restart(&mut self, b: u8) {
+        *self = Self::default();
+        if b == b'/' {
+            self.pos = 1;
+        }
+    }
+
+    /// The data ended right after `/Encrypt` (its delimiter comes next).
+    fn pending(&self) -> bool {
+        self.pos == 8 && self.esc == 0
+    }
+}
+
+/// An `/Encrypt` found where the lexer does not read tokens, at `at` (the
+/// stream's `stream` keyword, or the string or comment).
+fn hidden_encrypt(at: u64) -> Rejection {
+    Rejection::new(
+        RejectCode::PdfEncrypted,
+        format!(
+            "PDF may be encrypted: /Encrypt inside the stream data, string or comment at offset {at}, where a cross-reference section the scanner does not read can put it"
+        ),
+    )
 }
 
 fn hidden(kw_at: u64, at: u64) -> Rejection {
@@ -3382,6 +3517,8 @@ pub struct Pdf {
     sig_len: usize,
     /// A malformed verdict held back until the end (see the module docs).
     deferred: Option<Rejection>,
+    /// `/Encrypt` in stream data ([`EncryptWatch`]): the stream's offset.
+    encrypt_hidden: Option<u64>,
     reject_active: bool,
     files: Files,
 }
@@ -3403,6 +3540,7 @@ impl Pdf {
             sig_tail: [0; 5],
             sig_len: 0,
             deferred: None,
+            encrypt_hidden: None,
             reject_active: limits.pdf_active_content == ActiveContentPolicy::Reject,
             files: Files::new(),
         }
@@ -3468,6 +3606,16 @@ impl Pdf {
             return Err(Rejection::malformed(
                 "not a PDF: it has no startxref (the offset of its cross-reference section)",
             ));
+        }
+        let encrypt = match (self.encrypt_hidden, self.lexer.encrypt_hidden) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = encrypt {
+            return Err(hidden_encrypt(at));
+        }
+        if let Some(hidden) = self.lexer.hidden_in_body.take() {
+            return Err(hidden);
         }
         if let Some(d) = self.deferred.take() {
             return Err(d);
@@ -3572,6 +3720,7 @@ impl Pdf {
             carry_len: 0,
             early_end: None,
             hidden_late: None,
+            encrypt: EncryptWatch::default(),
             headers: HeaderWatch::default(),
         });
         Ok(())
@@ -3655,6 +3804,9 @@ impl Pdf {
                                 (base + i as u64).saturating_add_signed(at as i64),
                             ));
                         }
+                    }
+                    if s.encrypt.feed(bytes) || (left == take as u64 && s.encrypt.pending()) {
+                        self.encrypt_hidden.get_or_insert(s.kw_at);
                     }
                     s.push_carry(bytes);
                     self.objstm.feed(bytes, &mut self.deferred)?;
@@ -3742,6 +3894,9 @@ impl Pdf {
                                 (base + i as u64).saturating_add_signed(at as i64),
                             ));
                         }
+                    }
+                    if s.encrypt.feed(&bytes[..own]) || (done.is_some() && s.encrypt.pending()) {
+                        self.encrypt_hidden.get_or_insert(s.kw_at);
                     }
                     self.objstm
                         .feed(&carry[..feed_to.min(k)], &mut self.deferred)?;

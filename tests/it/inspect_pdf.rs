@@ -235,7 +235,7 @@ fn hand_cases() -> Vec<Case> {
     // The words only in strings, comments, hex strings and stream data.
     let benign_content = b"% /JavaScript /JS /Launch in a content stream comment\n\
         /JavaScript BMC /RichMedia BDC BT /F1 24 Tf 72 700 Td (JavaScript /JS Launch EmbeddedFile) Tj ET EMC EMC\n\
-        /JS << /Encrypt 7 /Type /XRef >> BDC (trailer) Tj EMC\n";
+        /JS << /Encrypted 7 /Type /XRef >> BDC (trailer) Tj EMC\n";
     add(case(
         "h_words_in_strings_comments_streams",
         pdf(
@@ -279,7 +279,7 @@ fn hand_cases() -> Vec<Case> {
     // Binary stream data full of syntax, with a correct /Length.
     let mut binary = noise(5000, 7);
     binary.extend_from_slice(
-        b" /JavaScript /Encrypt trailer << /Encrypt 1 0 R >> ((( << [[[[ endstream ",
+        b" /JavaScript /EncryptMetadata trailer << /Size 1 >> ((( << [[[[ endstream ",
     );
     binary.extend_from_slice(&noise(3000, 8));
     add(case(
@@ -379,7 +379,9 @@ fn hand_cases() -> Vec<Case> {
         Want::Reject(MalformedImage, "runs past its endstream"),
     ));
     // /Length right although the data contains "endstream" (an embedded PDF).
-    let embedded_text = b"%PDF-1.4\n<< /Length 3 >> stream\nabc\nendstream endobj trailer << /Encrypt 2 0 R >> %%EOF\n";
+    // (No /Encrypt in it: that would count, see
+    // `h_encrypt_where_a_reader_can_be_pointed`.)
+    let embedded_text = b"%PDF-1.4\n<< /Length 3 >> stream\nabc\nendstream endobj trailer << /Root 2 0 R >> %%EOF\n";
     add(case(
         "h_length_right_with_endstream_in_data",
         pdf(
@@ -3335,6 +3337,63 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
         ),
         Want::Reject(MalformedImage, "a stray endstream at offset"),
     ));
+    // (Third black-box round.) Bytes the scanner skips but a cross-reference
+    // table can point a reader into: an object header in a comment or a
+    // string, and a trailer with /Encrypt in a string or in stream data.
+    for (name, catalog, more) in [
+        (
+            "h_object_in_a_comment",
+            "/OpenAction 6 0 R",
+            obj("<< /A 1 >> % 6 0 obj << /S /JavaScript /JS (a) >> endobj"),
+        ),
+        (
+            "h_object_in_a_string",
+            "/OpenAction 6 0 R",
+            obj("<< /Title (6 0 obj << /S /JavaScript /JS <61> >> endobj) >>"),
+        ),
+    ] {
+        add(case(
+            name,
+            pdf(&page_with(catalog, &[more]), ""),
+            Want::Reject(PdfActiveContent, "inside the string or comment at offset"),
+        ));
+    }
+    let trailer =
+        "xref\n0 1\n0000000000 65535 f \ntrailer\n<< /Size 9 /Root 1 0 R /Encr#79pt 9 0 R >>\n";
+    add(case(
+        "h_encrypt_where_a_reader_can_be_pointed_string",
+        pdf(&page_with("", &[obj(&format!("({trailer})"))]), ""),
+        Want::Reject(
+            PdfEncrypted,
+            "/Encrypt inside the stream data, string or comment",
+        ),
+    ));
+    add(case(
+        "h_encrypt_where_a_reader_can_be_pointed_stream",
+        pdf(&page_with("", &[stream("", trailer.as_bytes())]), ""),
+        Want::Reject(
+            PdfEncrypted,
+            "/Encrypt inside the stream data, string or comment",
+        ),
+    ));
+    // Lookalikes are fine.
+    add(case(
+        "h_encrypt_lookalikes_in_data_fine",
+        pdf(
+            &page_with(
+                "",
+                &[
+                    stream(
+                        "",
+                        b"/EncryptMetadata /Encrypted /Encryp /Encr#79pts Encrypt",
+                    ),
+                    obj("<< /Title (/EncryptMetadata true) >>"),
+                ],
+            ),
+            "",
+        ),
+        Want::Ok,
+    ));
     // A string quoting `endstream` in a file whose streams all have direct
     // lengths is fine (a title, say).
     add(case(
@@ -3348,6 +3407,11 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
 }
 
 cases!(
+    h_object_in_a_comment,
+    h_object_in_a_string,
+    h_encrypt_where_a_reader_can_be_pointed_string,
+    h_encrypt_where_a_reader_can_be_pointed_stream,
+    h_encrypt_lookalikes_in_data_fine,
     h_header_after_quoted_endstream_in_counted_data,
     h_fake_direct_stream_after_quoted_endstream_swallows_a_trailer,
     h_decoy_definition_inside_a_stream_of_indirect_length,
