@@ -230,13 +230,15 @@ redis.call('HSET', KEYS[1], 'v', ARGV[3], 's', ARGV[4])
 return 1
 "#;
 
-/// Writes a token state if the stored version is still ARGV[1], whoever holds
-/// the lock: `1` written, `-1` version moved. For a refreshed state whose
-/// write failed under the lock (the store went away past the lock's life):
-/// the version alone says that no replica stored anything since.
+/// Writes a token state if the stored version is still ARGV[1], or if there
+/// is none at all, whoever holds the lock: `1` written, `-1` version moved.
+/// For a refreshed state whose write failed under the lock (the store went
+/// away past the lock's life): the version alone says that no replica
+/// stored anything since, and a Redis that came back empty (no persistence)
+/// holds nothing newer than the state this replica kept.
 const CAS_VERSION: &str = r#"
 local v = redis.call('HGET', KEYS[1], 'v')
-if (v or '0') ~= ARGV[1] then return -1 end
+if v and v ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
 return 1
 "#;

@@ -1122,6 +1122,70 @@ async fn a_replica_with_a_slow_link_keeps_the_refresh_lock_until_its_state_is_st
     fleet.stop().await;
 }
 
+/// The second black-box round on the refresh lock: Redis came back empty
+/// (restarted without persistence) while a refresh was in flight. The
+/// refreshing replica's write found the lock gone, kept the state, and then
+/// dropped it as if another replica had stored a newer one (the key was
+/// absent, not newer): the next refresh used the refresh token Concur had
+/// just rotated out. Now an absent state takes the kept one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_state_is_written_to_a_redis_that_came_back_empty() {
+    if !redis_available() {
+        return;
+    }
+    let capture = capture_logs().await;
+    let redis = single_node();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // Access tokens of 2 s: a request 2 s later refreshes again.
+    let fleet = Fleet::start(2, Duration::from_secs(2), |dir| {
+        store_section(dir, &url, None, "refresh_lock_ttl_ms = 3000\n")
+    })
+    .await;
+    let (a, b) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    // A first state in Redis, so that the emptied key is one that was there.
+    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    fleet
+        .sandbox
+        .delay_token_answers(Duration::from_millis(1500));
+    let first = tokio::spawn(async move { upload(a, BOB, "/api/image/v1.0/receipt").await });
+    wait_for(|| fleet.sandbox.token_requests() == 2).await;
+    // Emptied while Concur takes its time (the lock and the state go).
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    let _ = first.await.unwrap();
+    fleet.sandbox.delay_token_answers(Duration::ZERO);
+    // The other replica gets the state A kept (written once the store took
+    // it), not a refresh of its own with the rotated-out token.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = upload(b, BOB, "/api/image/v1.0/receipt").await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            r.status == 503 && Instant::now() < deadline,
+            "{} {}\n{}",
+            r.status,
+            r.text(),
+            capture.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
+    // Every refresh used a live refresh token.
+    assert_eq!(
+        fleet.sandbox.token_requests(),
+        fleet.sandbox.successful_refreshes(),
+        "{}",
+        capture.snapshot()
+    );
+    fleet.stop().await;
+    let logs = capture.finish();
+    assert!(!logs.contains("is dropped"), "{logs}");
+}
+
 /// A replica whose `store.encryption_key_file` differs from the one that
 /// sealed the stored token state: its callers get 503, it never refreshes
 /// with the file's token nor overwrites the store, and `/readyz` keeps

@@ -200,7 +200,9 @@ impl SharedTokens {
                         held = None;
                     }
                 }
-                if let Ok(true) = flush_unstored(&redis, &unstored, &key, &owner).await {
+                if let Ok(Flushed::Nothing | Flushed::Written | Flushed::Dropped) =
+                    flush_unstored(&redis, &unstored, &key, &owner).await
+                {
                     written = true;
                     break;
                 }
@@ -247,16 +249,26 @@ impl SharedTokens {
     }
 }
 
-/// Writes the state kept for `key`, if any: `Ok(true)` when nothing is kept
-/// any more (written, or a newer state was stored first and it is dropped).
+/// What became of a state kept for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flushed {
+    /// None was kept.
+    Nothing,
+    Written,
+    /// A newer state was stored first.
+    Dropped,
+}
+
+/// Writes the state kept for `key`, if any (when `Ok`, nothing is kept any
+/// more).
 async fn flush_unstored(
     redis: &Redis,
     unstored: &std::sync::Mutex<HashMap<String, Unstored>>,
     key: &str,
     owner: &str,
-) -> Result<bool, StoreError> {
+) -> Result<Flushed, StoreError> {
     let Some(kept) = unstored.lock().expect("unstored lock").get(key).cloned() else {
-        return Ok(true);
+        return Ok(Flushed::Nothing);
     };
     let mut result = redis
         .token_cas_version(key, kept.version, &kept.sealed)
@@ -275,18 +287,23 @@ async fn flush_unstored(
             map.remove(key);
         }
     }
-    match result {
-        CasResult::Written => tracing::info!(
-            credential = %owner,
-            version = kept.version + 1,
-            "a refreshed token state the store had missed is stored now, for every replica"
-        ),
-        _ => tracing::error!(
-            credential = %owner,
-            "a refreshed token state the store had missed is dropped: another replica stored a newer one first; if Concur rotated the refresh token, this credential may need a new one"
-        ),
-    }
-    Ok(true)
+    Ok(match result {
+        CasResult::Written => {
+            tracing::info!(
+                credential = %owner,
+                version = kept.version + 1,
+                "a refreshed token state the store had missed is stored now, for every replica"
+            );
+            Flushed::Written
+        }
+        _ => {
+            tracing::error!(
+                credential = %owner,
+                "a refreshed token state the store had missed is dropped: another replica stored a newer one first; if Concur rotated the refresh token, this credential may need a new one"
+            );
+            Flushed::Dropped
+        }
+    })
 }
 
 /// The lineage of `record` against the file's refresh token `file_fp`.
@@ -516,6 +533,20 @@ impl TokenManager {
                     });
                     *handed_over = shared.keep_unstored(key, &slot.owner, version, sealed, held);
                 }
+                // Offered again at once, without the lock (a Redis that lost
+                // it, or came back empty, takes it by the version alone):
+                // the other replicas then find it before they refresh.
+                let stored = match stored {
+                    Ok(CasResult::LockLost) => {
+                        match flush_unstored(&shared.redis, &shared.unstored, key, &slot.owner)
+                            .await
+                        {
+                            Ok(Flushed::Written) => Ok(CasResult::Written),
+                            _ => stored,
+                        }
+                    }
+                    other => other,
+                };
                 self.after_store(slot, cred, stored, &new, version, rotated, expires_in, now)
             }
             Err(Failure::Rejected(why)) => {
