@@ -67,6 +67,9 @@ pub const CRASH_AFTER_PERSIST_ENV: &str = "CONCUR_GATEWAY_TEST_CRASH_AFTER_PERSI
 
 const TOKEN_BODY_LIMIT: usize = 64 * 1024;
 const BACKOFF_BASE_S: f64 = 1.0;
+/// With the shared store, how often a dead credential asks it whether another
+/// replica stored a live state since.
+const REVIVE_CHECK_S: u64 = 5;
 const BACKOFF_CAP_S: f64 = 300.0;
 /// When Concur's answer has no usable `expires_in`: its documented lifetime.
 const DEFAULT_EXPIRES_IN: u64 = 3600;
@@ -179,6 +182,11 @@ struct SlotState {
     access: Option<AccessToken>,
     generation: u64,
     dead: Option<String>,
+    /// With the shared store: the stored version known when the credential
+    /// was found dead, and when the store may next be asked whether another
+    /// replica has stored a newer, live state since (it revives then).
+    dead_version: u64,
+    revive_at: u64,
     failures: u32,
     retry_at: u64,
 }
@@ -458,6 +466,8 @@ impl TokenManager {
                 access: None,
                 generation: 0,
                 dead: None,
+                dead_version: 0,
+                revive_at: 0,
                 failures: 0,
                 retry_at: 0,
             }),
@@ -484,8 +494,15 @@ impl TokenManager {
             return Ok(());
         };
         let slot = self.slot(cred, spec);
-        let st = slot.state.lock().expect("slot lock");
+        let mut st = slot.state.lock().expect("slot lock");
         match st.dead {
+            // With the shared store, one request every few seconds goes on
+            // to ask it whether another replica stored a live state since
+            // ([`TokenManager::access`]).
+            Some(_) if self.shared.is_some() && self.clock.now_unix() >= st.revive_at => {
+                st.revive_at = self.clock.now_unix() + REVIVE_CHECK_S;
+                Ok(())
+            }
             Some(_) => Err(GatewayError::CredentialUnusable),
             None => Ok(()),
         }
@@ -504,6 +521,11 @@ impl TokenManager {
             });
         };
         let slot = self.slot(cred, spec);
+        if let Some(shared) = &self.shared
+            && slot.state.lock().expect("slot lock").dead.is_some()
+        {
+            self.revive_shared(shared, &slot).await;
+        }
         if let Some(access) = slot.current(cred, self.clock.now_unix(), Some(self.margin_s))? {
             return Ok(access);
         }

@@ -341,8 +341,9 @@ impl Sandbox {
         self.state.token_requests()
     }
 
-    /// Makes `/oauth2/v0/token` wait this long before it answers (a slow
-    /// identity service; `Duration::ZERO` again for none).
+    /// Makes `/oauth2/v0/token` wait this long before it answers, after it
+    /// has done the refresh (the token rotates at once: a slow identity
+    /// service, or a slow way back; `Duration::ZERO` again for none).
     pub fn delay_token_answers(&self, delay: Duration) {
         self.state.set_token_delay(delay);
     }

@@ -18,10 +18,17 @@ const SCOPE: &str = "openid user COMPANY IMAGE receipts.read receipts.write expe
 
 pub(crate) async fn handle(req: Request<Incoming>, state: &State) -> Resp {
     state.count_token_request();
+    // As Concur does it: the refresh happens (and the token rotates) at
+    // once; it is the answer that takes its time.
+    let resp = answer(req, state).await;
     let delay = state.token_delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    resp
+}
+
+async fn answer(req: Request<Incoming>, state: &State) -> Resp {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
         let mut resp = oauth_error(

@@ -1003,6 +1003,15 @@ async fn a_rotation_the_store_missed_is_written_once_it_answers() {
 /// the delay in milliseconds that the returned handle says (a slow link for
 /// one replica only).
 async fn slow_link(port: u16) -> (u16, Arc<std::sync::atomic::AtomicU64>) {
+    slow_link_both(port, None).await
+}
+
+/// [`slow_link`], and with `commands` the commands too are held for the
+/// delay that handle says (a link cut for a while: nothing arrives).
+async fn slow_link_both(
+    port: u16,
+    commands: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> (u16, Arc<std::sync::atomic::AtomicU64>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1015,8 +1024,26 @@ async fn slow_link(port: u16) -> (u16, Arc<std::sync::atomic::AtomicU64>) {
             };
             let (mut cr, mut cw) = client.into_split();
             let (mut sr, mut sw) = server.into_split();
+            let commands = commands.clone();
             tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                let Some(hold) = commands else {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    return;
+                };
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    // Held until the link is back (checked every 10 ms).
+                    while hold.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
             });
             let d = d.clone();
             tokio::spawn(async move {
@@ -1120,6 +1147,76 @@ async fn a_replica_with_a_slow_link_keeps_the_refresh_lock_until_its_state_is_st
     };
     assert!(locks.is_empty(), "the refresh lock is released: {locks:?}");
     fleet.stop().await;
+}
+
+/// The second black-box round on the refresh lock: replica C refreshes and
+/// is then cut off from Redis for longer than the lock's life; replica A
+/// takes the expired lock and refreshes with the refresh token C just
+/// rotated out (Concur: `invalid_grant`), storing a dead state. When C is
+/// back, its kept, live state used to be dropped for that dead one, and A
+/// stayed unusable for good. Now C's state replaces the dead one, and A,
+/// asking the store again a few seconds later, revives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_state_kept_through_a_partition_beats_the_dead_one_and_revives_the_others() {
+    if !redis_available() {
+        return;
+    }
+    let capture = capture_logs().await;
+    let redis = single_node();
+    let cut = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (proxy, answers) = slow_link_both(redis.port, Some(cut.clone())).await;
+    let cut_url = format!("redis://127.0.0.1:{proxy}");
+    let mut fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        store_section(dir, &cut_url, None, "refresh_lock_ttl_ms = 1000\n")
+    })
+    .await;
+    let direct = fleet
+        .text
+        .replace(&cut_url, &format!("redis://127.0.0.1:{}", redis.port));
+    fleet
+        .replicas
+        .push(Fleet::replica(&direct, fleet.dir.path(), true).await);
+    let (c, a) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
+    fleet
+        .sandbox
+        .delay_token_answers(Duration::from_millis(2500));
+    let on_c = tokio::spawn(async move { upload(c, BOB, "/api/image/v1.0/receipt").await });
+    wait_for(|| fleet.sandbox.token_requests() == 1).await;
+    // C cut off: its lock expires after a second.
+    cut.store(1, std::sync::atomic::Ordering::Relaxed);
+    answers.store(1, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fleet.sandbox.delay_token_answers(Duration::ZERO);
+    let r = upload(a, BOB, "/api/image/v1.0/receipt").await;
+    r.problem(502, "upstream_auth_failed");
+    assert_eq!(fleet.sandbox.token_requests(), 2);
+    let _ = on_c.await.unwrap();
+    // C is back: its state replaces the dead one.
+    cut.store(0, std::sync::atomic::Ordering::Relaxed);
+    answers.store(0, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for addr in [c, a] {
+        loop {
+            let r = upload(addr, BOB, "/api/image/v1.0/receipt").await;
+            if r.status == 201 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {}\n{}",
+                r.status,
+                r.text(),
+                capture.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    assert_eq!(fleet.sandbox.token_requests(), 2, "no refresh since");
+    assert_eq!(fleet.sandbox.successful_refreshes(), 1);
+    fleet.stop().await;
+    let logs = capture.finish();
+    assert!(logs.contains("replaces the dead state"), "{logs}");
+    assert!(logs.contains("is usable again"), "{logs}");
 }
 
 /// The second black-box round on the refresh lock: Redis came back empty

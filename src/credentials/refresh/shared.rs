@@ -83,7 +83,7 @@ pub const CRASH_AFTER_TOKEN_ANSWER_ENV: &str = "CONCUR_GATEWAY_TEST_CRASH_AFTER_
 pub struct SharedTokens {
     redis: Arc<Redis>,
     store: Arc<Store>,
-    sealer: Sealer,
+    sealer: Arc<Sealer>,
     /// The refresh lock's life (`store.refresh_lock_ttl_ms`), renewed every
     /// third of it while a refresh runs.
     lock_ttl: Duration,
@@ -150,7 +150,7 @@ impl SharedTokens {
             lock_ttl,
             redis: store.redis()?.clone(),
             store,
-            sealer: Sealer::new(key),
+            sealer: Arc::new(Sealer::new(key)),
             crash_after_answer: std::env::var_os(CRASH_AFTER_TOKEN_ANSWER_ENV).is_some(),
             unstored: Arc::default(),
         })
@@ -180,7 +180,11 @@ impl SharedTokens {
             return false;
         }
         let took = held.is_some();
-        let (redis, unstored) = (self.redis.clone(), self.unstored.clone());
+        let (redis, unstored, sealer) = (
+            self.redis.clone(),
+            self.unstored.clone(),
+            self.sealer.clone(),
+        );
         let (key, owner) = (key.to_owned(), owner.to_owned());
         tokio::spawn(async move {
             let mut held = held;
@@ -201,7 +205,7 @@ impl SharedTokens {
                     }
                 }
                 if let Ok(Flushed::Nothing | Flushed::Written | Flushed::Dropped) =
-                    flush_unstored(&redis, &unstored, &key, &owner).await
+                    flush_unstored(&redis, &sealer, &unstored, &key, &owner).await
                 {
                     written = true;
                     break;
@@ -263,6 +267,7 @@ enum Flushed {
 /// more).
 async fn flush_unstored(
     redis: &Redis,
+    sealer: &Sealer,
     unstored: &std::sync::Mutex<HashMap<String, Unstored>>,
     key: &str,
     owner: &str,
@@ -274,12 +279,31 @@ async fn flush_unstored(
         .token_cas_version(key, kept.version, &kept.sealed)
         .await?;
     if matches!(result, CasResult::VersionMoved)
-        && let Ok(Some((_, stored))) = redis.token_read(key).await
-        && stored == kept.sealed
+        && let Ok(Some((stored_version, stored))) = redis.token_read(key).await
     {
-        // Written already, by this replica's other flush (the background
-        // one and a request's may run at once).
-        result = CasResult::Written;
+        if stored == kept.sealed {
+            // Written already, by this replica's other flush (the background
+            // one and a request's may run at once).
+            result = CasResult::Written;
+        } else if sealer
+            .open(key, &stored)
+            .and_then(|plain| serde_json::from_slice::<Record>(&plain).ok())
+            .is_some_and(|r| r.dead.is_some())
+        {
+            // What was stored meanwhile is a refresh Concur refused: another
+            // replica took the lock after it expired and refreshed with the
+            // refresh token this state rotated out. This state is the live
+            // one.
+            result = redis
+                .token_cas_version(key, stored_version, &kept.sealed)
+                .await?;
+            if matches!(result, CasResult::Written) {
+                tracing::warn!(
+                    credential = %owner,
+                    "a refreshed token state the store had missed replaces the dead state another replica stored meanwhile (it refreshed with the refresh token this one had rotated out)"
+                );
+            }
+        }
     }
     {
         let mut map = unstored.lock().expect("unstored lock");
@@ -334,7 +358,14 @@ impl TokenManager {
         loop {
             // A refreshed state this replica holds and the store missed goes
             // first: refreshing with the stored (rotated-out) token would fail.
-            if let Err(e) = flush_unstored(&shared.redis, &shared.unstored, &key, &slot.owner).await
+            if let Err(e) = flush_unstored(
+                &shared.redis,
+                &shared.sealer,
+                &shared.unstored,
+                &key,
+                &slot.owner,
+            )
+            .await
             {
                 return self.without_store(shared, slot, cred, "token_write", &e);
             }
@@ -354,6 +385,7 @@ impl TokenManager {
             if let (Lineage::Stored, Some(r)) = (lineage(record.as_ref(), &file_fp), &record) {
                 if let Some(why) = &r.dead {
                     self.mark_dead(slot, why.clone());
+                    dead_at(slot, version);
                     return Err(GatewayError::CredentialUnusable);
                 }
                 if adopt(slot, version, r, now, Some(self.margin_s)) {
@@ -468,6 +500,7 @@ impl TokenManager {
         if let (Lineage::Stored, Some(r)) = (&lineage, &record) {
             if let Some(why) = &r.dead {
                 self.mark_dead(slot, why.clone());
+                dead_at(slot, version);
                 return Err(GatewayError::CredentialUnusable);
             }
             if adopt(slot, version, r, now, Some(self.margin_s)) {
@@ -538,8 +571,14 @@ impl TokenManager {
                 // the other replicas then find it before they refresh.
                 let stored = match stored {
                     Ok(CasResult::LockLost) => {
-                        match flush_unstored(&shared.redis, &shared.unstored, key, &slot.owner)
-                            .await
+                        match flush_unstored(
+                            &shared.redis,
+                            &shared.sealer,
+                            &shared.unstored,
+                            key,
+                            &slot.owner,
+                        )
+                        .await
                         {
                             Ok(Flushed::Written) => Ok(CasResult::Written),
                             _ => stored,
@@ -562,11 +601,16 @@ impl TokenManager {
                     dead: Some(why.clone()),
                     written_at: now,
                 };
-                let _ = shared
+                let wrote = shared
                     .redis
                     .token_cas(key, lock, owner, version, &write(&dead))
                     .await;
-                Err(self.on_rejected(slot, why))
+                let error = self.on_rejected(slot, why);
+                dead_at(
+                    slot,
+                    version + u64::from(matches!(wrote, Ok(CasResult::Written))),
+                );
+                Err(error)
             }
             Err(Failure::Superseded) => Err(GatewayError::UpstreamUnavailable(
                 "the credentials file changed during the token refresh; retry".into(),
@@ -653,6 +697,47 @@ impl TokenManager {
         }
     }
 
+    /// A credential found dead here: whether another replica has stored a
+    /// newer, live state since (it refreshed after this one's refresh was
+    /// refused: the lock holder cut off from Redis, say). It revives then,
+    /// rather than stay unusable until the credentials file changes while
+    /// every other replica works. Asked by one request every few seconds.
+    pub(super) async fn revive_shared(&self, shared: &SharedTokens, slot: &Slot) {
+        let (key, _) = shared.keys(slot);
+        let Ok(Some((version, record))) = shared.read(&key).await else {
+            return;
+        };
+        let (dead_version, file_fp) = {
+            let st = slot.state.lock().expect("slot lock");
+            (st.dead_version, st.origin.clone())
+        };
+        if version <= dead_version
+            || record.dead.is_some()
+            || !matches!(lineage(Some(&record), &file_fp), Lineage::Stored)
+        {
+            return;
+        }
+        {
+            let mut st = slot.state.lock().expect("slot lock");
+            st.dead = None;
+            st.failures = 0;
+            st.retry_at = 0;
+            // Its refresh token, should its access token need a refresh.
+            st.refresh_token = Secret::new(record.refresh_token.clone());
+            st.generation = version;
+        }
+        adopt(slot, version, &record, self.clock.now_unix(), None);
+        {
+            let slots = self.slots.lock().expect("slots lock");
+            self.update_gauge(&slots);
+        }
+        tracing::info!(
+            credential = %slot.owner,
+            version,
+            "the credential is usable again: another replica stored a newer, live token state since this one found it dead"
+        );
+    }
+
     fn current_or(&self, slot: &Slot, cred: &Credential, now: u64) -> Result<Access, GatewayError> {
         slot.current(cred, now, None)?
             .ok_or_else(|| GatewayError::Internal("refreshed token already expired".into()))
@@ -683,6 +768,11 @@ fn next_lineage(
         superseded.drain(..excess);
     }
     (st.refresh_token.clone(), st.origin.clone(), superseded)
+}
+
+/// Notes the stored version at which the credential was found dead.
+fn dead_at(slot: &Slot, version: u64) {
+    slot.state.lock().expect("slot lock").dead_version = version;
 }
 
 /// Takes the stored access token into the slot when it is usable at `now`
