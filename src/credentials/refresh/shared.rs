@@ -204,7 +204,7 @@ impl SharedTokens {
                         held = None;
                     }
                 }
-                if let Ok(Flushed::Nothing | Flushed::Written | Flushed::Dropped) =
+                if let Ok(Flushed::Nothing | Flushed::Written(_) | Flushed::Dropped) =
                     flush_unstored(&redis, &sealer, &unstored, &key, &owner).await
                 {
                     written = true;
@@ -258,7 +258,8 @@ impl SharedTokens {
 enum Flushed {
     /// None was kept.
     Nothing,
-    Written,
+    /// Written, as this version.
+    Written(u64),
     /// A newer state was stored first.
     Dropped,
 }
@@ -275,6 +276,7 @@ async fn flush_unstored(
     let Some(kept) = unstored.lock().expect("unstored lock").get(key).cloned() else {
         return Ok(Flushed::Nothing);
     };
+    let mut written_as = kept.version + 1;
     let mut result = redis
         .token_cas_version(key, kept.version, &kept.sealed)
         .await?;
@@ -285,6 +287,7 @@ async fn flush_unstored(
             // Written already, by this replica's other flush (the background
             // one and a request's may run at once).
             result = CasResult::Written;
+            written_as = stored_version;
         } else if sealer
             .open(key, &stored)
             .and_then(|plain| serde_json::from_slice::<Record>(&plain).ok())
@@ -297,6 +300,7 @@ async fn flush_unstored(
             result = redis
                 .token_cas_version(key, stored_version, &kept.sealed)
                 .await?;
+            written_as = stored_version + 1;
             if matches!(result, CasResult::Written) {
                 tracing::warn!(
                     credential = %owner,
@@ -315,10 +319,10 @@ async fn flush_unstored(
         CasResult::Written => {
             tracing::info!(
                 credential = %owner,
-                version = kept.version + 1,
+                version = written_as,
                 "a refreshed token state the store had missed is stored now, for every replica"
             );
-            Flushed::Written
+            Flushed::Written(written_as)
         }
         _ => {
             tracing::error!(
@@ -569,7 +573,7 @@ impl TokenManager {
                 // Offered again at once, without the lock (a Redis that lost
                 // it, or came back empty, takes it by the version alone):
                 // the other replicas then find it before they refresh.
-                let stored = match stored {
+                let (stored, version) = match stored {
                     Ok(CasResult::LockLost) => {
                         match flush_unstored(
                             &shared.redis,
@@ -580,11 +584,14 @@ impl TokenManager {
                         )
                         .await
                         {
-                            Ok(Flushed::Written) => Ok(CasResult::Written),
-                            _ => stored,
+                            // (`after_store` takes the version it follows.)
+                            Ok(Flushed::Written(v)) => {
+                                (Ok(CasResult::Written), v.saturating_sub(1))
+                            }
+                            _ => (stored, version),
                         }
                     }
-                    other => other,
+                    other => (other, version),
                 };
                 self.after_store(slot, cred, stored, &new, version, rotated, expires_in, now)
             }
