@@ -1390,7 +1390,39 @@ impl Lexer {
     /// string opened in that stream's quoted data would swallow its real end
     /// and the objects after it. (An `endstream` alone there is fine: text
     /// in an uncompressed content stream may quote it.)
+    #[inline(always)]
     fn guard_body(&mut self, body: &[u8]) -> Result<(), Rejection> {
+        // Most bodies hold no `j` (no `obj`) and no `/` that may start
+        // `/Encrypt` (`/E`, `/#`, or one at the end): with nothing carried
+        // from the body's earlier bytes, there is nothing to watch.
+        if self.encrypt_watch.pos == 0 && self.guard_watch.idle() {
+            let mut from = 0;
+            let quiet = loop {
+                match memchr::memchr2(b'/', b'j', &body[from..]) {
+                    None => break true,
+                    Some(p) if body[from + p] == b'j' => break false,
+                    Some(p) => {
+                        from += p + 1;
+                        if matches!(body.get(from), Some(b'E' | b'#') | None) {
+                            break false;
+                        }
+                    }
+                }
+            };
+            // (A piece that ends in what may begin a header, `6 0 ` or
+            // `6 0 o`, is watched: the rest may come in the next piece.)
+            if quiet
+                && !body
+                    .last()
+                    .is_some_and(|&b| is_header_byte(b) || b == b'o' || b == b'b')
+            {
+                return Ok(());
+            }
+        }
+        self.watch_body(body)
+    }
+
+    fn watch_body(&mut self, body: &[u8]) -> Result<(), Rejection> {
         let ended = self.state == State::Normal;
         if self.encrypt_watch.feed(body) || (ended && self.encrypt_watch.pending()) {
             self.encrypt_hidden.get_or_insert(self.tok_at);
@@ -1756,8 +1788,8 @@ impl Lexer {
         Ok(end)
     }
 
-    /// A literal string's body (not a `/URI` value), guarded after a
-    /// searched stream end ([`Lexer::guard_body`]).
+    /// A literal string's body (not a `/URI` value), its bytes watched in
+    /// file mode ([`Lexer::guard_body`]).
     #[inline(always)]
     fn literal(&mut self, data: &[u8], i: usize) -> Result<usize, Rejection> {
         let end = self.literal_body(data, i)?;
@@ -3190,6 +3222,11 @@ impl HeaderWatch {
     fn end(&self) -> bool {
         self.kw == 3
     }
+
+    /// Nothing carried from the data before: what comes next starts afresh.
+    fn idle(&self) -> bool {
+        self.kw == 0 && self.mask == 0
+    }
 }
 
 /// Where a hidden header found by [`HeaderWatch::feed`] at `at` ends in the
@@ -3219,6 +3256,49 @@ struct EncryptWatch {
 impl EncryptWatch {
     const NAME: &'static [u8; 7] = b"Encrypt";
 
+    /// [`EncryptWatch::feed`] for stream data, which may be long: only a
+    /// name that starts `/E` or `/#` can be `/Encrypt` (`/#45ncrypt`), so
+    /// those two are searched for with `finders`, and only from them on is
+    /// the name decoded.
+    fn feed_data(&mut self, finders: &[memmem::Finder<'static>; 2], data: &[u8]) -> bool {
+        let mut i = 0;
+        loop {
+            if self.pos != 0 {
+                // A candidate: decoded byte by byte until it fails (a few
+                // bytes) or the data ends.
+                while i < data.len() && self.pos != 0 {
+                    if self.feed(&data[i..=i]) {
+                        return true;
+                    }
+                    i += 1;
+                }
+                if self.pos != 0 {
+                    return false;
+                }
+                continue;
+            }
+            let rest = &data[i..];
+            let next = match (finders[0].find(rest), finders[1].find(rest)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match next {
+                Some(p) => {
+                    i += p + 1;
+                    self.pos = 1;
+                    self.esc = 0;
+                }
+                None => {
+                    if data.last() == Some(&b'/') {
+                        self.pos = 1;
+                        self.esc = 0;
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+
     /// Whether `/Encrypt` and its delimiter were seen in `data` (the watch
     /// starts afresh after).
     fn feed(&mut self, data: &[u8]) -> bool {
@@ -3228,8 +3308,11 @@ impl EncryptWatch {
                 match memchr::memchr(b'/', &data[i..]) {
                     Some(p) => {
                         i += p + 1;
-                        self.pos = 1;
-                        self.esc = 0;
+                        // Most names start with another letter: skipped here.
+                        if matches!(data.get(i), Some(b'E' | b'#') | None) {
+                            self.pos = 1;
+                            self.esc = 0;
+                        }
                         continue;
                     }
                     None => return false,
@@ -3519,6 +3602,8 @@ pub struct Pdf {
     deferred: Option<Rejection>,
     /// `/Encrypt` in stream data ([`EncryptWatch`]): the stream's offset.
     encrypt_hidden: Option<u64>,
+    /// `/E` and `/#`, where `/Encrypt` may start.
+    encrypt_finders: [memmem::Finder<'static>; 2],
     reject_active: bool,
     files: Files,
 }
@@ -3541,6 +3626,7 @@ impl Pdf {
             sig_len: 0,
             deferred: None,
             encrypt_hidden: None,
+            encrypt_finders: [memmem::Finder::new(b"/E"), memmem::Finder::new(b"/#")],
             reject_active: limits.pdf_active_content == ActiveContentPolicy::Reject,
             files: Files::new(),
         }
@@ -3805,7 +3891,9 @@ impl Pdf {
                             ));
                         }
                     }
-                    if s.encrypt.feed(bytes) || (left == take as u64 && s.encrypt.pending()) {
+                    if s.encrypt.feed_data(&self.encrypt_finders, bytes)
+                        || (left == take as u64 && s.encrypt.pending())
+                    {
                         self.encrypt_hidden.get_or_insert(s.kw_at);
                     }
                     s.push_carry(bytes);
@@ -3895,7 +3983,9 @@ impl Pdf {
                             ));
                         }
                     }
-                    if s.encrypt.feed(&bytes[..own]) || (done.is_some() && s.encrypt.pending()) {
+                    if s.encrypt.feed_data(&self.encrypt_finders, &bytes[..own])
+                        || (done.is_some() && s.encrypt.pending())
+                    {
                         self.encrypt_hidden.get_or_insert(s.kw_at);
                     }
                     self.objstm
