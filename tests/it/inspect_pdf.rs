@@ -3119,6 +3119,16 @@ fn objstm_indirect_length(dict: &str, data: &[u8]) -> [Vec<u8>; 2] {
     ]
 }
 
+/// A stream whose `/Length 5 0 R` (object 5, which follows it) counts
+/// `data`; `after` comes between the data and the end of the object (with
+/// its `endstream` if it is to have one).
+fn indirect_stream(data: &[u8], after: &[u8]) -> [Vec<u8>; 2] {
+    [
+        [&b"<< /Length 5 0 R >>\nstream\n"[..], data, after].concat(),
+        data.len().to_string().into_bytes(),
+    ]
+}
+
 fn adler32(data: &[u8]) -> u32 {
     let (mut a, mut b) = (1u32, 0u32);
     for &x in data {
@@ -3233,11 +3243,13 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
             &page_with(
                 "/OpenAction 6 0 R",
                 &[
-                    [&b"<< /Length 5 0 R >>\nstream\n"[..], text, b"\nendstream"].concat(),
-                    text.len().to_string().into_bytes(),
-                    b"<< /S /JavaScript /JS (app.alert\\(1\\)) >>".to_vec(),
-                    b"<< /X (x) % )\n>>".to_vec(),
-                ],
+                    indirect_stream(text, b"\nendstream").as_slice(),
+                    &[
+                        b"<< /S /JavaScript /JS (app.alert\\(1\\)) >>".to_vec(),
+                        b"<< /X (x) % )\n>>".to_vec(),
+                    ],
+                ]
+                .concat(),
             ),
             "",
         ),
@@ -3251,15 +3263,7 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
         pdf(
             &page_with(
                 "/OpenAction 6 0 R",
-                &[
-                    [
-                        &b"<< /Length 5 0 R >>\nstream\n"[..],
-                        text,
-                        b"endstream endobj 6 0 obj << /S /JavaScript >>",
-                    ]
-                    .concat(),
-                    text.len().to_string().into_bytes(),
-                ],
+                &indirect_stream(text, b"endstream endobj 6 0 obj << /S /JavaScript >>"),
             ),
             "",
         ),
@@ -3299,16 +3303,7 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
         pdf(
             &page_with(
                 "",
-                &[
-                    [
-                        &b"<< /Length 5 0 R >>\nstream\n"[..],
-                        &quoted,
-                        &swallowed[..],
-                        b"endstream",
-                    ]
-                    .concat(),
-                    quoted.len().to_string().into_bytes(),
-                ],
+                &indirect_stream(&quoted, &[&swallowed[..], b"endstream"].concat()),
             ),
             "",
         ),
@@ -3323,15 +3318,15 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
             &page_with(
                 "/Names << /EmbeddedFiles << /Names [(a.xml) << /Type /Filespec /F (a.xml) /EF << /F 6 0 R >> >>] >> >>",
                 &[
-                    [&b"<< /Length 5 0 R >>\nstream\n"[..], decoy, b"\nendstream"].concat(),
-                    decoy.len().to_string().into_bytes(),
-                    [
+                    indirect_stream(decoy, b"\nendstream").as_slice(),
+                    &[[
                         &b"<< /Type /EmbeddedFile /Length 8 >>\nstream\n"[..],
                         b"MZ\x90\x00\x03\x00\x00\x00",
                         b"\nendstream",
                     ]
-                    .concat(),
-                ],
+                    .concat()],
+                ]
+                .concat(),
             ),
             "",
         ),

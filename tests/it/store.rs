@@ -1067,6 +1067,22 @@ async fn slow_link_both(
     (local, delay)
 }
 
+/// Replica C, whose store URL is `via` (a proxy in front of Redis), with
+/// `extra` in its `[store]`, then replica A, the same but straight to Redis.
+async fn fleet_via(via: &str, redis_port: u16, extra: &str) -> Fleet {
+    let mut fleet = Fleet::start(1, Duration::ZERO, |dir| {
+        store_section(dir, via, None, extra)
+    })
+    .await;
+    let direct = fleet
+        .text
+        .replace(via, &format!("redis://127.0.0.1:{redis_port}"));
+    fleet
+        .replicas
+        .push(Fleet::replica(&direct, fleet.dir.path(), true).await);
+    fleet
+}
+
 /// The black-box round of 2026-11-30: replica C refreshes; while Concur
 /// takes its time, C's link to Redis turns slow (past `timeout_ms`, but
 /// every command still arrives). C's lock renewals time out; it used to take
@@ -1083,18 +1099,9 @@ async fn a_replica_with_a_slow_link_keeps_the_refresh_lock_until_its_state_is_st
     let redis = single_node();
     let (proxy, delay) = slow_link(redis.port).await;
     let slow_url = format!("redis://127.0.0.1:{proxy}");
-    // C, through the slow link; its lock renewed every second.
-    let mut fleet = Fleet::start(1, Duration::ZERO, |dir| {
-        store_section(dir, &slow_url, None, "refresh_lock_ttl_ms = 3000\n")
-    })
-    .await;
-    // A, straight to Redis.
-    let direct = fleet
-        .text
-        .replace(&slow_url, &format!("redis://127.0.0.1:{}", redis.port));
-    fleet
-        .replicas
-        .push(Fleet::replica(&direct, fleet.dir.path(), true).await);
+    // C, through the slow link (its lock renewed every second); A, straight
+    // to Redis.
+    let fleet = fleet_via(&slow_url, redis.port, "refresh_lock_ttl_ms = 3000\n").await;
     let (c, a) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
     fleet
         .sandbox
@@ -1166,16 +1173,7 @@ async fn a_live_state_kept_through_a_partition_beats_the_dead_one_and_revives_th
     let cut = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (proxy, answers) = slow_link_both(redis.port, Some(cut.clone())).await;
     let cut_url = format!("redis://127.0.0.1:{proxy}");
-    let mut fleet = Fleet::start(1, Duration::ZERO, |dir| {
-        store_section(dir, &cut_url, None, "refresh_lock_ttl_ms = 1000\n")
-    })
-    .await;
-    let direct = fleet
-        .text
-        .replace(&cut_url, &format!("redis://127.0.0.1:{}", redis.port));
-    fleet
-        .replicas
-        .push(Fleet::replica(&direct, fleet.dir.path(), true).await);
+    let fleet = fleet_via(&cut_url, redis.port, "refresh_lock_ttl_ms = 1000\n").await;
     let (c, a) = (fleet.replicas[0].addr, fleet.replicas[1].addr);
     fleet
         .sandbox
