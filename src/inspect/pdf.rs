@@ -271,6 +271,12 @@ const STOP_NUMS: u8 = 8;
 const STOP_LIT: u8 = 16;
 /// `>` (the end of a hex string).
 const STOP_GT: u8 = 32;
+/// `/` or `j`: what may begin `/Encrypt` or end `obj` in a string or comment
+/// body ([`Lexer::guard_body`]).
+const STOP_GUARD: u8 = 64;
+/// `j`, `E` or `#`: the same, told by the byte after the `/` (`/E`, `/#`),
+/// for literal strings, where `/` is common (URLs) and those are rare.
+const STOP_GUARD_LIT: u8 = 128;
 
 const fn stops_table() -> [u8; 256] {
     let mut t = [0; 256];
@@ -298,6 +304,10 @@ const fn stops_table() -> [u8; 256] {
     t[b')' as usize] |= STOP_LIT;
     t[b'\\' as usize] |= STOP_LIT;
     t[b'>' as usize] |= STOP_GT;
+    t[b'/' as usize] |= STOP_GUARD;
+    t[b'j' as usize] |= STOP_GUARD | STOP_GUARD_LIT;
+    t[b'E' as usize] |= STOP_GUARD_LIT;
+    t[b'#' as usize] |= STOP_GUARD_LIT;
     t
 }
 
@@ -1395,10 +1405,14 @@ impl Lexer {
         // Most bodies hold no `j` (no `obj`) and no `/` that may start
         // `/Encrypt` (`/E`, `/#`, or one at the end): with nothing carried
         // from the body's earlier bytes, there is nothing to watch.
-        if self.encrypt_watch.pos == 0 && self.guard_watch.idle() {
+        if self.guard_idle() {
             let mut from = 0;
             let quiet = loop {
-                match memchr::memchr2(b'/', b'j', &body[from..]) {
+                // (Most bodies are short: byte by byte, as the string
+                // itself was read, beats setting `memchr` up.)
+                match find_stop(&body[from..], STOP_GUARD, |d| {
+                    memchr::memchr2(b'/', b'j', d)
+                }) {
                     None => break true,
                     Some(p) if body[from + p] == b'j' => break false,
                     Some(p) => {
@@ -1792,49 +1806,98 @@ impl Lexer {
     /// file mode ([`Lexer::guard_body`]).
     #[inline(always)]
     fn literal(&mut self, data: &[u8], i: usize) -> Result<usize, Rejection> {
-        let end = self.literal_body(data, i)?;
-        if self.mode == Mode::File {
+        if self.mode != Mode::File {
+            return Ok(self.literal_body(data, i, false)?.0);
+        }
+        let idle = self.guard_idle();
+        let (end, quiet) = self.literal_body(data, i, idle)?;
+        if !(quiet && self.state == State::Normal) {
             self.guard_body(&data[i..end])?;
         }
         Ok(end)
     }
 
+    /// Whether the watches of [`Lexer::guard_body`] carry nothing from an
+    /// earlier piece of the body.
+    #[inline(always)]
+    fn guard_idle(&self) -> bool {
+        self.encrypt_watch.pos == 0 && self.guard_watch.idle()
+    }
+
     /// A literal string's body (not a `/URI` value), jumping from one
-    /// parenthesis or backslash to the next.
-    fn literal_body(&mut self, data: &[u8], mut i: usize) -> Result<usize, Rejection> {
+    /// parenthesis or backslash to the next. With `guard`, the same pass
+    /// also stops at `j`, `E` and `#` (in the first [`SHORT`] bytes of each
+    /// jump, where it reads byte by byte anyway), and the second value
+    /// returned says that the bytes read hold nothing that
+    /// [`Lexer::guard_body`] looks for, so that the string, when it ended
+    /// here, needs no second pass (`false`: not known, or not so).
+    fn literal_body(
+        &mut self,
+        data: &[u8],
+        mut i: usize,
+        guard: bool,
+    ) -> Result<(usize, bool), Rejection> {
         let n = data.len();
+        let mut quiet = guard;
         if self.str_escape {
             self.str_escape = false;
             i += 1;
         }
         while i < n {
-            let Some(p) = find_stop(&data[i..], STOP_LIT, |d| {
-                memchr::memchr3(b'(', b')', b'\\', d)
-            }) else {
-                return Ok(n);
+            let stops = if quiet {
+                STOP_LIT | STOP_GUARD_LIT
+            } else {
+                STOP_LIT
             };
+            let Some(p) = find_stop(&data[i..], stops, |d| memchr::memchr3(b'(', b')', b'\\', d))
+            else {
+                // (Past `SHORT` bytes, `memchr` looked for the three only.)
+                quiet &= n - i <= SHORT;
+                return Ok((n, quiet));
+            };
+            quiet &= p < SHORT;
             let b = data[i + p];
             i += p + 1;
             match b {
                 b'\\' if i == n => self.str_escape = true,
-                // The escaped byte cannot open or close the string.
+                // The escaped byte cannot open or close the string. Nor,
+                // after a `\`, can it end `obj` or be the `E` or `#` of `/E`
+                // or `/#` (an escaped `/` is a byte like any: the `E` or `#`
+                // after it stops the run).
                 b'\\' => i += 1,
                 b'(' => self.str_depth = self.str_depth.saturating_add(1),
-                _ => {
+                b')' => {
                     self.str_depth -= 1;
                     if self.str_depth == 0 {
                         self.state = State::Normal;
                         self.on_string()?;
-                        return Ok(i);
+                        return Ok((i, quiet));
                     }
                 }
+                // An `E` or `#` that is not after a `/` (the byte before the
+                // body is its `(`, or the piece before, which would have
+                // left the watch busy had it ended in `/`): read on.
+                b'E' | b'#' => quiet = i < 2 || data[i - 2] != b'/',
+                _ => quiet = false,
             }
         }
-        Ok(i)
+        Ok((i, quiet))
     }
 
-    /// A hex string's body (not a `/URI` value).
+    /// A hex string's body (not a `/URI` value). In file mode, its end is
+    /// looked for together with what [`Lexer::guard_body`] watches, which a
+    /// well-formed hex string never holds: the body needs no second pass.
     fn hex(&mut self, data: &[u8], i: usize) -> Result<usize, Rejection> {
+        let file = self.mode == Mode::File;
+        if file && self.guard_idle() {
+            let head = &data[i..data.len().min(i + SHORT)];
+            let p = run_end(head, 0, STOP_GT | STOP_GUARD);
+            if head.get(p) == Some(&b'>') {
+                self.state = State::Normal;
+                self.on_string()?;
+                return Ok(i + p + 1);
+            }
+        }
         let end = match find_stop(&data[i..], STOP_GT, |d| memchr::memchr(b'>', d)) {
             Some(p) => {
                 self.state = State::Normal;
@@ -1843,7 +1906,7 @@ impl Lexer {
             }
             None => data.len(),
         };
-        if self.mode == Mode::File {
+        if file {
             self.guard_body(&data[i..end])?;
         }
         Ok(end)
@@ -3067,11 +3130,17 @@ impl StreamSkip {
             self.carry.copy_from_slice(&bytes[bytes.len() - 8..]);
             self.carry_len = 8;
         } else {
-            let keep = (8 - bytes.len()).min(self.carry_len);
-            self.carry
-                .copy_within(self.carry_len - keep..self.carry_len, 0);
-            self.carry[keep..keep + bytes.len()].copy_from_slice(bytes);
-            self.carry_len = keep + bytes.len();
+            // A few bytes (one at a time after the data): shifted in, with
+            // moves of a fixed size rather than a call to `memmove`.
+            for &b in bytes {
+                if self.carry_len < 8 {
+                    self.carry[self.carry_len] = b;
+                    self.carry_len += 1;
+                } else {
+                    self.carry.copy_within(1.., 0);
+                    self.carry[7] = b;
+                }
+            }
         }
     }
 

@@ -3399,9 +3399,66 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
         ),
         Want::Ok,
     ));
+    // The string and hex-string bodies that the lexer reads in one pass
+    // with the watches' bytes (`j`, and `E` or `#` after a `/`): the same
+    // verdicts as the watches give, where the bytes sit early or late in
+    // the body (past the first 32, found by `memchr`), escaped, hex-encoded
+    // or in a hex string that no reader decodes.
+    let filler = "x".repeat(40);
+    for (name, title, want) in [
+        ("h_guard_literal_encrypt", "(/Encrypt 9 0 R)", Some(true)),
+        (
+            "h_guard_literal_escaped_slash",
+            "(a\\/Encrypt 9 0 R)",
+            Some(true),
+        ),
+        (
+            "h_guard_literal_hash_escape",
+            "(/#45ncrypt 9 0 R)",
+            Some(true),
+        ),
+        (
+            "h_guard_literal_late_encrypt",
+            &format!("({filler} /Encrypt 9 0 R)"),
+            Some(true),
+        ),
+        (
+            "h_guard_literal_late_header",
+            &format!("({filler} 6 0 obj << >>)"),
+            Some(false),
+        ),
+        ("h_guard_literal_header", "(6 0 obj)", Some(false)),
+        ("h_guard_hex_encrypt", "<00 /Encrypt 9 0 R>", Some(true)),
+        ("h_guard_hex_header", "<00 6 0 obj>", Some(false)),
+        (
+            "h_guard_lookalikes_fine",
+            "(ENCRYPT E# \\E \\#45 a\\j https://e.com/a/b#E) <2F456E6372797074>",
+            None,
+        ),
+    ] {
+        let file = pdf(&page_with("", &[obj(&format!("<< /Title {title} >>"))]), "");
+        let want = match want {
+            Some(true) => Want::Reject(
+                PdfEncrypted,
+                "/Encrypt inside the stream data, string or comment",
+            ),
+            Some(false) => Want::Reject(PdfActiveContent, "inside the string or comment at offset"),
+            None => Want::Ok,
+        };
+        add(case(name, file, want));
+    }
 }
 
 cases!(
+    h_guard_literal_encrypt,
+    h_guard_literal_escaped_slash,
+    h_guard_literal_hash_escape,
+    h_guard_literal_late_encrypt,
+    h_guard_literal_late_header,
+    h_guard_literal_header,
+    h_guard_hex_encrypt,
+    h_guard_hex_header,
+    h_guard_lookalikes_fine,
     h_object_in_a_comment,
     h_object_in_a_string,
     h_encrypt_where_a_reader_can_be_pointed_string,
