@@ -91,9 +91,14 @@ pub enum GatewayError {
     #[error("the malware scanner is unavailable")]
     ScanUnavailable,
     /// The shared store is needed (a refresh that must hold the lock) and
-    /// does not answer.
-    #[error("the shared store is unavailable; retry in {retry_after_s} s")]
-    StoreUnavailable { retry_after_s: u64 },
+    /// does not answer, or (`unsealable`) holds the credential's token
+    /// state sealed with another `store.encryption_key_file` than this
+    /// replica's.
+    #[error("{}; retry in {retry_after_s} s", store_why(*unsealable))]
+    StoreUnavailable {
+        retry_after_s: u64,
+        unsealable: bool,
+    },
     #[error("Concur did not answer within {0:?}")]
     UpstreamTimeout(Duration),
     /// Concur answered with an error (boxed: it is the largest variant).
@@ -137,6 +142,15 @@ fn rate_limited_detail(scope: &str, retry_after_s: u64) -> String {
             "Concur asked for uploads with this credential to pause; retry in {retry_after_s} s"
         ),
         _ => format!("rate limit exceeded for this {scope}; retry in {retry_after_s} s"),
+    }
+}
+
+/// What a `store_unavailable` answer says happened.
+fn store_why(unsealable: bool) -> &'static str {
+    if unsealable {
+        "this replica cannot open the shared store's token state of this credential: its store.encryption_key_file differs from the other replicas'"
+    } else {
+        "the shared store is unavailable"
     }
 }
 
@@ -330,7 +344,7 @@ impl GatewayError {
             }
             GatewayError::RateLimited { retry_after_s, .. }
             | GatewayError::Overloaded { retry_after_s }
-            | GatewayError::StoreUnavailable { retry_after_s }
+            | GatewayError::StoreUnavailable { retry_after_s, .. }
             | GatewayError::IdempotencyConflict { retry_after_s } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
@@ -504,7 +518,10 @@ mod tests {
             (GatewayError::ShuttingDown, 503, "shutting_down"),
             (GatewayError::ScanUnavailable, 503, "scan_unavailable"),
             (
-                GatewayError::StoreUnavailable { retry_after_s: 5 },
+                GatewayError::StoreUnavailable {
+                    retry_after_s: 5,
+                    unsealable: false,
+                },
                 503,
                 "store_unavailable",
             ),

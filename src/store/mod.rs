@@ -882,7 +882,10 @@ impl Store {
                             // retry. Taken away as soon as the store answers.
                             self.unmark_later(redis.clone(), record_key, marker);
                         }
-                        return Err(GatewayError::StoreUnavailable { retry_after_s: 5 });
+                        return Err(GatewayError::StoreUnavailable {
+                            retry_after_s: 5,
+                            unsealable: false,
+                        });
                     }
                 };
                 match found {

@@ -75,6 +75,9 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected answer from the store: {0}")]
     Protocol(String),
+    /// A stored token state that this replica's key does not open.
+    #[error("a stored token state does not open with store.encryption_key_file")]
+    Unsealable,
 }
 
 /// The shared store on Redis.

@@ -1307,9 +1307,23 @@ async fn a_replica_with_another_encryption_key_keeps_saying_so_in_readyz() {
         .replicas
         .push(Fleet::replica(&text, fleet.dir.path(), true).await);
     let (b, b_admin) = (fleet.replicas[1].addr, fleet.replicas[1].admin);
-    upload(b, BOB, "/api/image/v1.0/receipt")
+    let problem = upload(b, BOB, "/api/image/v1.0/receipt")
         .await
         .problem(503, "store_unavailable");
+    // The answer says why (not "unavailable": Redis answers), and the store
+    // counts no fallback for it.
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("store.encryption_key_file differs"),
+        "{detail}"
+    );
+    assert!(!detail.contains("unavailable"), "{detail}");
+    let m = metrics(b_admin).await;
+    assert!(
+        !m.contains("concur_gateway_store_fallbacks_total{op=\"token_read\"}"),
+        "{m}"
+    );
+    assert!(m.contains("concur_gateway_store_up 1"), "{m}");
     // Past two health pings (one a second), it is still said.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let ready = request(b_admin, "GET", "/readyz", &[], Payload::Full(Vec::new())).await;

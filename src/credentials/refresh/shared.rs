@@ -242,11 +242,7 @@ impl SharedTokens {
         };
         let plain = self.sealer.open(key, &sealed);
         self.store.sealing(plain.is_some());
-        let plain = plain.ok_or_else(|| {
-            StoreError::Protocol(
-                "a stored token state does not open with store.encryption_key_file".into(),
-            )
-        })?;
+        let plain = plain.ok_or(StoreError::Unsealable)?;
         let record = serde_json::from_slice(&plain)
             .map_err(|e| StoreError::Protocol(format!("a stored token state: {e}")))?;
         Ok(Some((version, record)))
@@ -676,7 +672,10 @@ impl TokenManager {
             reason = %why,
             "Concur answered the refresh but the store did not take the new state; it is kept here and written as soon as the store answers (unless another replica stores a newer state first)"
         );
-        Err(GatewayError::StoreUnavailable { retry_after_s: 5 })
+        Err(GatewayError::StoreUnavailable {
+            retry_after_s: 5,
+            unsealable: false,
+        })
     }
 
     /// The store did not answer: a cached token that has not expired is
@@ -689,7 +688,13 @@ impl TokenManager {
         op: &'static str,
         error: &StoreError,
     ) -> Result<Access, GatewayError> {
-        shared.store.fell_back(op, error);
+        // A state sealed with another key: Redis answers (nothing falls
+        // back, `store_up` stays 1); `Store::sealing` logged it and
+        // `/readyz` says it.
+        let unsealable = matches!(error, StoreError::Unsealable);
+        if !unsealable {
+            shared.store.fell_back(op, error);
+        }
         let now = self.clock.now_unix();
         match slot.current(cred, now, None)? {
             Some(access) => Ok(access),
@@ -697,9 +702,12 @@ impl TokenManager {
                 tracing::warn!(
                     credential = %slot.owner,
                     error = %error,
-                    "the access token needs a refresh and the store is unavailable: not refreshing without the lock"
+                    "the access token needs a refresh and the store cannot be used for it: not refreshing without the lock"
                 );
-                Err(GatewayError::StoreUnavailable { retry_after_s: 5 })
+                Err(GatewayError::StoreUnavailable {
+                    retry_after_s: 5,
+                    unsealable,
+                })
             }
         }
     }
