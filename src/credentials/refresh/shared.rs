@@ -678,8 +678,9 @@ impl TokenManager {
         })
     }
 
-    /// The store did not answer: a cached token that has not expired is
-    /// still used; nothing is refreshed without the lock.
+    /// The store did not answer, or holds the credential's state sealed
+    /// with another key: a cached token that has not expired is still used;
+    /// nothing is refreshed without the lock.
     fn without_store(
         &self,
         shared: &SharedTokens,
