@@ -169,6 +169,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_ports(n):
+    """`n` distinct free ports (held together while picked: two calls of
+    `free_port` in a row can give the same one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_port(port, timeout=30.0, proc=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -431,13 +444,42 @@ def start_sandbox(bin_, work):
 
 def start_gateway(bin_, work, name, sandbox_port, digest, clamd_port=None, redis_port=None,
                   h2_streams=100, otlp_port=None):
+    """Starts a gateway; a start that fails (the process exits before its
+    port opens: a port taken meanwhile, say) is tried again with fresh
+    ports, twice at most, and each failure says why on stderr: the same
+    command run again with its log captured (the measured runs send the
+    log to /dev/null, as in production its collector would take it)."""
+    for attempt in range(3):
+        try:
+            return start_gateway_once(bin_, work, name, sandbox_port, digest, clamd_port, redis_port,
+                                      h2_streams, otlp_port)
+        except GatewayExited as e:
+            try:
+                again = subprocess.run([bin_, "serve", "--config", e.config], capture_output=True,
+                                       text=True, timeout=5, env={**os.environ, "RUST_LOG": "info"})
+                why = f"exit {again.returncode}: " + again.stderr.strip()[-2000:]
+            except subprocess.TimeoutExpired:
+                why = "started fine when run again"
+            print(f"{name}: attempt {attempt + 1}: {e}; {why}", file=sys.stderr)
+            if attempt == 2:
+                raise RuntimeError(f"{name}: {e}; {why}") from None
+
+
+class GatewayExited(RuntimeError):
+    def __init__(self, msg, config):
+        super().__init__(msg)
+        self.config = config
+
+
+def start_gateway_once(bin_, work, name, sandbox_port, digest, clamd_port, redis_port,
+                       h2_streams, otlp_port):
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     shutil.copy(os.path.join(work, "sandbox-ca.pem"), os.path.join(d, "ca.pem"))
     shutil.copy(os.path.join(work, "hs256.secret"), os.path.join(d, "hs256.secret"))
     with open(os.path.join(d, "credentials.toml"), "w") as f:
         f.write(f'[[credential]]\ncompany = "{COMPANY}"\nuser = "{USER}"\naccess_token = "{SANDBOX_TOKEN}"\n')
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     # max_connections: the default (1024), written out because --scaling goes
     # to 256 connections and --h2c-vs-h1 to 100; h2_max_concurrent_streams
     # follows --streams / --h2c-vs-h1 when they ask for more than the
@@ -495,7 +537,13 @@ file = "credentials.toml"
     proc = subprocess.Popen(pinned([bin_, "serve", "--config", os.path.join(d, "gateway.toml")]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "info"})
-    wait_port(port, proc=proc)
+    try:
+        wait_port(port, proc=proc)
+    except RuntimeError as e:
+        if proc.poll() is None:
+            proc.kill()
+            raise
+        raise GatewayExited(str(e), os.path.join(d, "gateway.toml")) from None
     t = Target(name, port, proc, "gateway", admin_port=admin)
     if redis_port is not None:
         t.redis_port = redis_port
