@@ -758,7 +758,7 @@ http {{
 def start_envoy(envoy_bin, work, sandbox_port, ca, concurrency):
     d = os.path.join(work, "envoy")
     os.makedirs(d, exist_ok=True)
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     conf = os.path.join(d, "envoy.yaml")
     with open(conf, "w") as f:
         f.write(f"""admin:
