@@ -390,6 +390,27 @@ async fn upload(addr: SocketAddr, who: (&str, &str), path: &str) -> Reply {
     .await
 }
 
+/// Uploads to `addr` (Bob's receipt) until one is answered 201, every answer
+/// before it a 503 (a state kept for the store, not written yet), for 10 s
+/// at most; `context` is printed with a failure.
+async fn upload_until_created(addr: SocketAddr, context: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = upload(addr, BOB, "/api/image/v1.0/receipt").await;
+        if r.status == 201 {
+            return;
+        }
+        assert!(
+            r.status == 503 && Instant::now() < deadline,
+            "{} {}\n{}",
+            r.status,
+            r.text(),
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn metrics(admin: SocketAddr) -> String {
     request(admin, "GET", "/metrics", &[], Payload::Full(Vec::new()))
         .await
@@ -979,20 +1000,7 @@ async fn a_rotation_the_store_missed_is_written_once_it_answers() {
     // request on the other replica in the first 100 ms after Redis is back,
     // before the kept state is offered again, would still refresh with the
     // dead token: docs/store.md.)
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = upload(a, BOB, "/api/image/v1.0/receipt").await;
-        if r.status == 201 {
-            break;
-        }
-        assert!(
-            r.status == 503 && Instant::now() < deadline,
-            "{} {}",
-            r.status,
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    upload_until_created(a, String::new).await;
     assert_eq!(upload(b, BOB, "/api/image/v1.0/receipt").await.status, 201);
     assert_eq!(fleet.sandbox.token_requests(), 1, "refreshed once");
     assert_eq!(fleet.sandbox.successful_refreshes(), 1);
@@ -1122,20 +1130,7 @@ async fn a_replica_with_a_slow_link_keeps_the_refresh_lock_until_its_state_is_st
     // C's link is well again: C uses the same state, and the lock is free.
     delay.store(0, std::sync::atomic::Ordering::Relaxed);
     fleet.sandbox.delay_token_answers(Duration::ZERO);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = upload(c, BOB, "/api/image/v1.0/receipt").await;
-        if r.status == 201 {
-            break;
-        }
-        assert!(
-            r.status == 503 && Instant::now() < deadline,
-            "{} {}",
-            r.status,
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    upload_until_created(c, String::new).await;
     assert_eq!(fleet.sandbox.token_requests(), 1, "refreshed once");
     assert_eq!(fleet.sandbox.successful_refreshes(), 1);
     let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
@@ -1253,21 +1248,7 @@ async fn a_kept_state_is_written_to_a_redis_that_came_back_empty() {
     fleet.sandbox.delay_token_answers(Duration::ZERO);
     // The other replica gets the state A kept (written once the store took
     // it), not a refresh of its own with the rotated-out token.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = upload(b, BOB, "/api/image/v1.0/receipt").await;
-        if r.status == 201 {
-            break;
-        }
-        assert!(
-            r.status == 503 && Instant::now() < deadline,
-            "{} {}\n{}",
-            r.status,
-            r.text(),
-            capture.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    upload_until_created(b, || capture.snapshot()).await;
     assert_eq!(upload(a, BOB, "/api/image/v1.0/receipt").await.status, 201);
     // Every refresh used a live refresh token.
     assert_eq!(
