@@ -44,6 +44,13 @@ const PNGS: &[&str] = &[
     "pillow-apng.png",
     "pypng-rgb16-interlaced.png",
     "pypng-gray2-smallidat.png",
+    "pypng-adam7-1x1-gray1.png",
+    "pypng-adam7-3x2-gray4.png",
+    "pypng-adam7-5x7-rgb8.png",
+    "pypng-adam7-9x9-rgba16.png",
+    "pypng-adam7-17x3-palette2.png",
+    "pypng-adam7-2x13-graya8.png",
+    "pillow-ztxt-iccp.png",
 ];
 
 fn fixture_dir() -> PathBuf {
@@ -657,8 +664,24 @@ fn png_ihdr_fields() {
     check_png_reject(&patched(10, 1), "compression method 1");
     check_png_reject(&patched(11, 1), "filter method 1");
     check_png_reject(&patched(12, 2), "interlace method 2");
-    // A 16-bit truecolour IHDR is fine syntactically (IDAT is not inflated).
-    assert_eq!(one_shot(Kind::Png, &limits(), &patched(8, 16)), Ok(()));
+    // IHDR fields that are valid but do not describe the image data: it
+    // inflates to another size, or its rows are cut elsewhere.
+    check_png_reject(
+        &patched(8, 16),
+        "PNG image data (IDAT chunks from offset 114): ",
+    );
+    check_png_reject(
+        &patched(12, 1),
+        "PNG image data (IDAT chunks from offset 114): ",
+    );
+    check_png_reject(
+        &with_ihdr(&bytes, |d| d[7] = 45),
+        "inflates to more than the 9495 bytes a 70 x 45 image of this type needs",
+    );
+    check_png_reject(
+        &with_ihdr(&bytes, |d| d[7] = 47),
+        "inflates to 9706 of the 9917 bytes a 70 x 47 image of this type needs",
+    );
 }
 
 #[test]
@@ -671,9 +694,18 @@ fn png_chunk_rules() {
         .map(|(i, _)| i)
         .collect();
     assert!(idats.len() >= 2);
-    // IDATs not consecutive.
+    // IDATs not consecutive: the first run ends before its zlib stream does;
+    // an IDAT after the run, even empty, is out of place.
     let mut c = base.clone();
     c.insert(idats[1], chunk(b"tEXt", b"k\0v"));
+    check_png_reject(
+        &png_build(&c),
+        "PNG image data (IDAT chunks from offset 33): ends before its zlib stream does",
+    );
+    let mut c = base.clone();
+    let last = *idats.last().unwrap();
+    c.insert(last + 1, chunk(b"IDAT", b""));
+    c.insert(last + 1, chunk(b"tEXt", b"k\0v"));
     check_png_reject(&png_build(&c), "IDAT chunks are not consecutive");
     // Unknown critical chunk, anywhere.
     for at in [1, idats[0], base.len() - 1] {
@@ -709,6 +741,395 @@ fn png_chunk_rules() {
         check_chunking(Kind::Png, &limits(), &bad, &[]),
         Err(Rejection::malformed("PNG at offset 0: bad signature"))
     );
+}
+
+// ---------------------------------------------------------------------------
+// PNG compressed data: inflated, to the byte
+// ---------------------------------------------------------------------------
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(data).unwrap();
+    z.finish().unwrap()
+}
+
+/// A 10 x 10 8-bit grey PNG whose IDAT chunks hold `idats`.
+fn gray10(idats: &[&[u8]]) -> Vec<u8> {
+    let mut ihdr = 10u32.to_be_bytes().to_vec();
+    ihdr.extend(10u32.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    let mut c = vec![chunk(b"IHDR", &ihdr)];
+    c.extend(idats.iter().map(|d| chunk(b"IDAT", d)));
+    c.push(chunk(b"IEND", b""));
+    png_build(&c)
+}
+
+/// The 110 bytes of a 10 x 10 8-bit grey image: each row a filter type
+/// (all five in turn) and ten bytes.
+fn rows10() -> Vec<u8> {
+    (0..10u8)
+        .flat_map(|r| std::iter::once(r % 5).chain((0..10u8).map(move |x| x * 25 + r)))
+        .collect()
+}
+
+const IDAT10: &str = "PNG image data (IDAT chunks from offset 33): ";
+
+/// `check_chunking` for bodies that inflate to megabytes (each run inflates
+/// them again): one piece, 16 KiB and 4093-byte pieces, and splits around
+/// every chunk boundary; the scanner and the inspector agree.
+fn check_png_few(bytes: &[u8]) -> Result<(), Rejection> {
+    let l = limits();
+    let expected = one_shot(Kind::Png, &l, bytes);
+    for size in [16 * 1024, 4093] {
+        let pieces: Vec<&[u8]> = bytes.chunks(size).collect();
+        assert_eq!(
+            run_pieces(Kind::Png, &l, &pieces),
+            expected,
+            "{size}-byte pieces"
+        );
+    }
+    for k in png_offsets(&png_parse(bytes)) {
+        for k in [k - 1, k + 9] {
+            let got = run_pieces(Kind::Png, &l, &[&bytes[..k], &bytes[k..]]);
+            assert_eq!(got, expected, "split at {k}");
+        }
+    }
+    assert_eq!(one_shot(Kind::Inspect(MediaType::Png), &l, bytes), expected);
+    expected
+}
+
+#[test]
+fn png_image_data_must_inflate_to_exactly_the_image() {
+    let rows = rows10();
+    let z = zlib(&rows);
+    assert_eq!(
+        check_chunking(Kind::Png, &limits(), &gray10(&[&z]), &[]),
+        Ok(())
+    );
+    // Spread over many IDAT chunks, empty ones among them.
+    let pieces: Vec<&[u8]> = std::iter::once(&[][..])
+        .chain(z.chunks(7))
+        .chain([&[][..]])
+        .collect();
+    assert_eq!(
+        check_chunking(Kind::Png, &limits(), &gray10(&pieces), &[]),
+        Ok(())
+    );
+
+    let too_long =
+        format!("{IDAT10}inflates to more than the 110 bytes a 10 x 10 image of this type needs");
+    check_png_reject(&gray10(&[&zlib(&[&rows[..], &[0]].concat())]), &too_long);
+    // A bomb: 64 MiB of zeros behind a 10 x 10 image.
+    let bomb = zlib(&vec![0; 64 << 20]);
+    assert!(bomb.len() < 100_000);
+    let e = check_png_reject(&gray10(&[&bomb]), &too_long);
+    assert_eq!(e.detail, too_long);
+    check_png_reject(
+        &gray10(&[&zlib(&rows[..99])]),
+        &format!("{IDAT10}inflates to 99 of the 110 bytes a 10 x 10 image of this type needs"),
+    );
+    let mut bad_filter = rows.clone();
+    bad_filter[3 * 11] = 5;
+    check_png_reject(
+        &gray10(&[&zlib(&bad_filter)]),
+        &format!("{IDAT10}row 3 has filter type 5 (0-4 are defined)"),
+    );
+    // Cut short: the stream (or its checksum) does not end in the IDAT run.
+    for cut in [1, 4, 20] {
+        check_png_reject(
+            &gray10(&[&z[..z.len() - cut]]),
+            &format!("{IDAT10}ends before its zlib stream does"),
+        );
+    }
+    // A wrong Adler-32, damaged data, no zlib header, not zlib at all.
+    let invalid = format!("{IDAT10}not a valid zlib stream (corrupt data or checksum)");
+    let mut bad_sum = z.clone();
+    *bad_sum.last_mut().unwrap() ^= 1;
+    check_png_reject(&gray10(&[&bad_sum]), &invalid);
+    let mut raw_deflate = z.clone();
+    raw_deflate.drain(..2);
+    check_png_reject(&gray10(&[&raw_deflate]), &invalid);
+    check_png_reject(&gray10(&[b"xyz"]), &invalid);
+    check_png_reject(&gray10(&[b"PK\x03\x04 not an image"]), &invalid);
+    // Anything after the end of the stream, in its chunk or in the next.
+    let extra = format!("{IDAT10}data after the end of its zlib stream");
+    check_png_reject(&gray10(&[&[&z[..], b"<html>"].concat()]), &extra);
+    check_png_reject(&gray10(&[&z, b"\0"]), &extra);
+    // A damaged IDAT is still a CRC mismatch first.
+    let mut damaged = gray10(&[&z]);
+    damaged[33 + 8 + 5] ^= 0x40;
+    let e = check_png_reject(&damaged, "");
+    assert_eq!(e.detail, "PNG chunk IDAT at offset 33: CRC mismatch");
+}
+
+#[test]
+fn png_animation_frames_are_checked_like_the_image() {
+    // pillow-apng.png: IHDR, acTL, fcTL, IDAT, fcTL, fdAT, fcTL, fdAT, IEND;
+    // three 70 x 46 frames.
+    let base = png_parse(&fixture("pillow-apng.png"));
+    let at = |ty: &[u8; 4], n: usize| {
+        base.iter()
+            .enumerate()
+            .filter(|(_, c)| &c.ty == ty)
+            .nth(n)
+            .map(|(i, _)| i)
+            .unwrap()
+    };
+    let offsets = png_offsets(&base);
+    let (fctl0, fctl1, fdat0, fdat1) = (
+        at(b"fcTL", 0),
+        at(b"fcTL", 1),
+        at(b"fdAT", 0),
+        at(b"fdAT", 1),
+    );
+    let patched = |idx: usize, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut c = base.clone();
+        f(&mut c[idx].data);
+        png_build(&c)
+    };
+    let set_u32 = |d: &mut Vec<u8>, i: usize, v: u32| d[i..i + 4].copy_from_slice(&v.to_be_bytes());
+    assert_eq!(
+        check_chunking(Kind::Png, &limits(), &png_build(&base), &[]),
+        Ok(())
+    );
+
+    check_png_reject(
+        &patched(fctl1, &|d| set_u32(d, 12, 1)),
+        "frame 70 x 46 at (1, 0) leaves the 70 x 46 image",
+    );
+    check_png_reject(
+        &patched(fctl0, &|d| set_u32(d, 4, 69)),
+        "the fcTL before IDAT must frame the whole 70 x 46 image",
+    );
+    // A frame one row shorter than its data, one pixel narrower.
+    let frame0 = format!(
+        "PNG frame data (fdAT chunks from offset {}): ",
+        offsets[fdat0]
+    );
+    check_png_reject(
+        &patched(fctl1, &|d| set_u32(d, 8, 45)),
+        &format!("{frame0}inflates to more than the 9495 bytes a 70 x 45 image of this type needs"),
+    );
+    check_png_reject(
+        &patched(fctl1, &|d| set_u32(d, 4, 69)),
+        &format!("{frame0}row 13 has filter type 252 (0-4 are defined)"),
+    );
+    check_png_reject(
+        &patched(fctl1, &|d| d[24] = 3),
+        "dispose_op 3 (0-2 are defined)",
+    );
+    // Damaged frame data (CRC recomputed), the sequence number aside.
+    check_png_reject(
+        &patched(fdat1, &|d| {
+            let mid = d.len() / 2;
+            d[mid] ^= 0xFF;
+        }),
+        &format!(
+            "PNG frame data (fdAT chunks from offset {}): ",
+            offsets[fdat1]
+        ),
+    );
+    let seq_only = patched(fdat0, &|d| d[..4].copy_from_slice(&[9, 9, 9, 9]));
+    assert_eq!(check_chunking(Kind::Png, &limits(), &seq_only, &[]), Ok(()));
+    // A frame announced and never given data; data with no frame announced.
+    let mut c = base.clone();
+    c.remove(fdat1);
+    check_png_reject(
+        &png_build(&c),
+        &format!(
+            "the frame announced by the fcTL at offset {} has no fdAT data",
+            offsets[at(b"fcTL", 2)]
+        ),
+    );
+    let mut c = base.clone();
+    c.remove(fdat0);
+    check_png_reject(
+        &png_build(&c),
+        &format!(
+            "the frame announced by the fcTL at offset {} has no fdAT data",
+            offsets[fctl1]
+        ),
+    );
+    let mut c = base.clone();
+    c.remove(fctl1);
+    check_png_reject(&png_build(&c), "fdAT without an fcTL announcing its frame");
+    // fdAT before IDAT.
+    let mut c = base.clone();
+    let f = c.remove(fdat0);
+    c.insert(fctl0, f);
+    check_png_reject(&png_build(&c), "fdAT before the image data (IDAT)");
+    // The frames' pixels count together against max_pixels.
+    let mut l = limits();
+    l.max_pixels = 3 * 70 * 46;
+    assert_eq!(
+        check_chunking(Kind::Png, &l, &png_build(&base), &[]),
+        Ok(())
+    );
+    l.max_pixels -= 1;
+    let e = check_chunking(Kind::Png, &l, &png_build(&base), &[]).unwrap_err();
+    assert_eq!(
+        e.detail,
+        format!(
+            "PNG chunk fcTL at offset {}: the animation's frames total 9660 pixels, over the \
+             limit of 9659 (inspect.max_pixels)",
+            offsets[at(b"fcTL", 2)]
+        )
+    );
+}
+
+#[test]
+fn png_compressed_text_and_icc_chunks_are_inflated_and_bounded() {
+    // pillow-ztxt-iccp.png: IHDR, iCCP, zTXt, IDAT, IEND.
+    let base = png_parse(&fixture("pillow-ztxt-iccp.png"));
+    let offsets = png_offsets(&base);
+    let with = |extra: Vec<PngChunk>| {
+        let mut c = base.clone();
+        for (k, x) in extra.into_iter().enumerate() {
+            c.insert(3 + k, x);
+        }
+        png_build(&c)
+    };
+    let at = offsets[3];
+    let ztxt = |key: &[u8], method: u8, data: &[u8]| {
+        chunk(b"zTXt", &[key, b"\0", &[method], data].concat())
+    };
+    let text = zlib(b"a comment");
+    assert_eq!(
+        check_chunking(
+            Kind::Png,
+            &limits(),
+            &with(vec![ztxt(b"Comment", 0, &text)]),
+            &[]
+        ),
+        Ok(())
+    );
+    // iTXt: compressed or not.
+    let itxt = |flag: u8, method: u8, data: &[u8]| {
+        chunk(
+            b"iTXt",
+            &[&b"Title\0"[..], &[flag, method], b"fr\0Titre\0", data].concat(),
+        )
+    };
+    assert_eq!(
+        check_chunking(
+            Kind::Png,
+            &limits(),
+            &with(vec![itxt(0, 0, "été".as_bytes())]),
+            &[]
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        check_chunking(Kind::Png, &limits(), &with(vec![itxt(1, 0, &text)]), &[]),
+        Ok(())
+    );
+
+    let here = |what: &str| format!("PNG chunk zTXt at offset {at}: {what}");
+    // Bombs: one chunk, or several, past 8 000 000 bytes in all.
+    let past = here("compressed text and ICC profile chunks inflate past 8000000 bytes in total");
+    let e = check_png_few(&with(vec![ztxt(
+        b"Comment",
+        0,
+        &zlib(&vec![b' '; 8_000_001]),
+    )]));
+    assert_eq!(e.unwrap_err().detail, past);
+    let four = zlib(&vec![b' '; 4_000_000]);
+    assert_eq!(
+        check_png_few(&with(vec![
+            ztxt(b"a", 0, &four),
+            ztxt(b"b", 0, &zlib(&vec![b' '; 3_990_000]))
+        ])),
+        Ok(()),
+        "the fixture's own iCCP and zTXt inflate to under 10 000 bytes"
+    );
+    let e = check_png_few(&with(vec![ztxt(b"a", 0, &four), ztxt(b"b", 0, &four)])).unwrap_err();
+    assert!(e.detail.contains("inflate past 8000000 bytes"), "{e}");
+    assert!(
+        e.detail
+            .contains(&format!("zTXt at offset {}", at + 12 + 3 + four.len())),
+        "{e}"
+    );
+    // Broken streams.
+    let mut bad = text.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    check_png_reject(
+        &with(vec![ztxt(b"Comment", 0, &bad)]),
+        &here("compressed data is not a valid zlib stream"),
+    );
+    check_png_reject(
+        &with(vec![ztxt(b"Comment", 0, b"plain text")]),
+        &here("compressed data is not a valid zlib stream"),
+    );
+    check_png_reject(
+        &with(vec![ztxt(b"Comment", 0, &text[..text.len() - 2])]),
+        &here("compressed data ends before its zlib stream does"),
+    );
+    check_png_reject(
+        &with(vec![ztxt(
+            b"Comment",
+            0,
+            &[&text[..], b"PK\x03\x04"].concat(),
+        )]),
+        &here("data after the end of its zlib stream"),
+    );
+    // The header.
+    check_png_reject(
+        &with(vec![ztxt(b"Comment", 1, &text)]),
+        &here("unknown compression method 1"),
+    );
+    check_png_reject(&with(vec![ztxt(b"", 0, &text)]), &here("empty keyword"));
+    check_png_reject(
+        &with(vec![ztxt(&[b'k'; 80], 0, &text)]),
+        &here("keyword longer than 79 bytes"),
+    );
+    assert_eq!(
+        check_chunking(
+            Kind::Png,
+            &limits(),
+            &with(vec![ztxt(&[b'k'; 79], 0, &text)]),
+            &[]
+        ),
+        Ok(())
+    );
+    check_png_reject(
+        &with(vec![chunk(b"zTXt", b"Comment")]),
+        &here("the chunk ends inside its header"),
+    );
+    check_png_reject(
+        &with(vec![chunk(b"zTXt", b"")]),
+        &here("the chunk ends inside its header"),
+    );
+    let itxt_at = |what: &str| format!("PNG chunk iTXt at offset {at}: {what}");
+    check_png_reject(
+        &with(vec![itxt(2, 0, &text)]),
+        &itxt_at("compression flag 2 (must be 0 or 1)"),
+    );
+    check_png_reject(
+        &with(vec![itxt(1, 8, &text)]),
+        &itxt_at("unknown compression method 8"),
+    );
+    check_png_reject(
+        &with(vec![itxt(1, 0, b"not zlib")]),
+        &itxt_at("compressed data is not a valid zlib stream"),
+    );
+    check_png_reject(
+        &with(vec![chunk(b"iTXt", b"Title\0\x01\0fr")]),
+        &itxt_at("the chunk ends inside its header"),
+    );
+    // The fixture's ICC profile, damaged with its CRC recomputed, then not.
+    let mut c = base.clone();
+    assert_eq!(&c[1].ty, b"iCCP");
+    let n = c[1].data.len();
+    c[1].data[n - 10] ^= 0x10;
+    check_png_reject(
+        &png_build(&c),
+        "PNG chunk iCCP at offset 33: compressed data ",
+    );
+    let mut raw = fixture("pillow-ztxt-iccp.png");
+    raw[33 + 8 + n - 10] ^= 0x10;
+    let e = check_png_reject(&raw, "");
+    assert_eq!(e.detail, "PNG chunk iCCP at offset 33: CRC mismatch");
 }
 
 // ---------------------------------------------------------------------------
