@@ -7,8 +7,12 @@
 //! * JPEG: a 4000 × 3000 baseline frame whose scan is ~4 MB of pseudo-random
 //!   entropy-coded bytes (every `FF` stuffed as `FF 00`, about 1 in 256 bytes, as
 //!   in real Huffman output) with RSTn markers every 4 KiB;
-//! * PNG: 1400 × 1000 RGB, pseudo-random pixels, zlib with stored blocks (flate2
-//!   level 0), split into 8 KiB IDAT chunks like libpng writes them;
+//! * PNG, two shapes, both split into 8 KiB IDAT chunks like libpng writes
+//!   them, both inflated and checked row by row by the scanner: `png` is
+//!   1400 × 1000 RGB, pseudo-random pixels, zlib with stored blocks (flate2
+//!   level 0: inflating is a copy); `png_scan` is what a scanned A4 receipt
+//!   looks like, 2480 × 3508 8-bit grey at 300 dpi (white paper with a little
+//!   noise, lines of dark strokes), deflated at zlib's default level;
 //! * PDF, two shapes: `pdf_image` is a page with one ~4 MB DCT image stream
 //!   (direct `/Length`, so the scanner skips the data and checks `endstream`),
 //!   `pdf_objects` ~2 MB of small uncompressed dictionaries (link annotations),
@@ -114,6 +118,44 @@ fn synth_png(width: u32, height: u32) -> Vec<u8> {
     v
 }
 
+/// A grey "scanned receipt": paper white with two bits of noise, every 40th
+/// row band holding 12 rows of dark strokes; deflated at the default level.
+fn synth_png_scan(width: u32, height: u32) -> Vec<u8> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut raw = Vec::with_capacity((height * (1 + width)) as usize);
+    for y in 0..height {
+        raw.push(0); // filter: None
+        let text = y % 40 < 12;
+        let mut x = 0;
+        while x < width {
+            let r = rng.next_u8();
+            if text && r < 24 {
+                // A stroke: a dark run of 2 to 9 pixels.
+                let run = (2 + (r & 7) as u32).min(width - x);
+                raw.extend((0..run).map(|_| 20 + (rng.next_u8() & 15)));
+                x += run;
+            } else {
+                raw.push(255 - (r & 3));
+                x += 1;
+            }
+        }
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&raw).unwrap();
+    let zdata = z.finish().unwrap();
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    png_chunk(&mut v, b"IHDR", &ihdr);
+    for part in zdata.chunks(8192) {
+        png_chunk(&mut v, b"IDAT", part);
+    }
+    png_chunk(&mut v, b"IEND", b"");
+    v
+}
+
 /// A PDF whose bulk is one image stream of `image_bytes` (direct `/Length`).
 fn synth_pdf_image(image_bytes: usize) -> Vec<u8> {
     let mut v = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n".to_vec();
@@ -174,6 +216,7 @@ fn bench(c: &mut Criterion) {
     let limits = Limits::default();
     let jpeg = synth_jpeg(4 * 1024 * 1024);
     let png = synth_png(1400, 1000);
+    let png_scan = synth_png_scan(2480, 3508);
     let pdf_image = synth_pdf_image(4 * 1024 * 1024);
     let pdf_objects = synth_pdf_objects(16_000);
     assert_eq!(
@@ -181,11 +224,13 @@ fn bench(c: &mut Criterion) {
         Ok(()),
         "synthetic JPEG rejected"
     );
-    assert_eq!(
-        inspect_all(MediaType::Png, &limits, &png, CHUNK),
-        Ok(()),
-        "synthetic PNG rejected"
-    );
+    for (name, png) in [("stored", &png), ("scan", &png_scan)] {
+        assert_eq!(
+            inspect_all(MediaType::Png, &limits, png, CHUNK),
+            Ok(()),
+            "synthetic PNG ({name}) rejected"
+        );
+    }
     for (name, pdf) in [("image", &pdf_image), ("objects", &pdf_objects)] {
         assert_eq!(
             inspect_all(MediaType::Pdf, &limits, pdf, CHUNK),
@@ -198,6 +243,7 @@ fn bench(c: &mut Criterion) {
     for (name, ty, body) in [
         ("jpeg", MediaType::Jpeg, &jpeg),
         ("png", MediaType::Png, &png),
+        ("png_scan", MediaType::Png, &png_scan),
         ("pdf_image", MediaType::Pdf, &pdf_image),
         ("pdf_objects", MediaType::Pdf, &pdf_objects),
     ] {
