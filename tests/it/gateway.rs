@@ -1035,6 +1035,89 @@ async fn a_rejected_upload_never_reaches_concur_complete() {
     );
 }
 
+/// A PNG chunk: length, type, data, CRC-32.
+fn png_chunk(ty: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut v = (data.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(ty);
+    v.extend_from_slice(data);
+    let mut h = crc32fast::Hasher::new();
+    h.update(ty);
+    h.update(data);
+    v.extend_from_slice(&h.finalize().to_be_bytes());
+    v
+}
+
+/// A 10 x 10 8-bit grey PNG with 300 kB of `tEXt` before its image data
+/// (so that the exchange with Concur starts before the data is seen), whose
+/// IDAT chunks (8 KiB each) hold `zdata`.
+fn png_with_data(zdata: &[u8]) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let ihdr = [
+        &10u32.to_be_bytes()[..],
+        &10u32.to_be_bytes(),
+        &[8, 0, 0, 0, 0],
+    ]
+    .concat();
+    v.extend(png_chunk(b"IHDR", &ihdr));
+    v.extend(png_chunk(
+        b"tEXt",
+        &[&b"Comment\0"[..], &vec![b'x'; 300_000]].concat(),
+    ));
+    for part in zdata.chunks(8192) {
+        v.extend(png_chunk(b"IDAT", part));
+    }
+    v.extend(png_chunk(b"IEND", b""));
+    v
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(data).unwrap();
+    z.finish().unwrap()
+}
+
+#[tokio::test]
+async fn a_png_whose_data_is_a_bomb_or_not_an_image_never_reaches_concur_complete() {
+    let h = Harness::start().await;
+    let upload = |body: Vec<u8>| h.upload_as(ALICE, "/api/image/v1.0/receipt", "image/png", body);
+    // The 110 bytes its rows need: accepted, byte-identical upstream.
+    let rows: Vec<u8> = (0..10u8)
+        .flat_map(|r| [&[r % 5][..], &[r; 10]].concat())
+        .collect();
+    let good = png_with_data(&zlib(&rows));
+    let r = upload(good.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let u = h.uploads().pop().unwrap();
+    assert!(u.complete);
+    assert_eq!(u.sha256_hex, sha256_hex(&good));
+    // 64 MiB of zeros behind the 10 x 10 image; HTML where the image data
+    // should be; the image's rows and then a ZIP after the zlib stream.
+    let bomb = png_with_data(&zlib(&vec![0; 64 << 20]));
+    let html = png_with_data(b"<html><script>alert(1)</script></html>");
+    let zip = png_with_data(&[&zlib(&rows)[..], b"PK\x03\x04\x14\0payload.exe"].concat());
+    let details = [
+        "PNG image data (IDAT chunks from offset 300053): inflates to more than the 110 bytes \
+         a 10 x 10 image of this type needs",
+        "PNG image data (IDAT chunks from offset 300053): not a valid zlib stream (corrupt data \
+         or checksum)",
+        "PNG image data (IDAT chunks from offset 300053): data after the end of its zlib stream",
+    ];
+    for (body, detail) in [bomb, html, zip].into_iter().zip(details) {
+        let r = upload(body).await;
+        let p = r.problem(422, "malformed_image");
+        assert_eq!(p["detail"], detail);
+    }
+    // Each had started streaming to Concur (the text chunk is past the
+    // first 64 KiB chunk), and was cut short.
+    let ups = h.wait_for_uploads(4).await;
+    for u in &ups[1..] {
+        assert!(!u.complete, "{u:?}");
+        assert!(u.received_bytes < u.content_length.unwrap(), "{u:?}");
+        assert!(u.image_id.is_none());
+    }
+}
+
 /// Alice's upload of `JPEG` to report R1, with request id `id`, its first
 /// 2000 bytes sent, once the gateway counts it in flight.
 async fn half_sent_upload(h: &Harness, id: &str) -> tokio::net::TcpStream {
