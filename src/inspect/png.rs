@@ -22,9 +22,9 @@
 //! * the image data (the IDAT run) is one zlib stream whose checksum holds,
 //!   that inflates to exactly the bytes the IHDR's dimensions, depth, colour
 //!   type and interlacing need (every row, of every Adam7 pass, with a filter
-//!   type 0–4), and that ends where the IDAT run ends: not one byte more is
-//!   inflated than the image needs, so a 10 × 10 image whose data would
-//!   inflate to gigabytes costs a few bytes of work;
+//!   type 0–4), and that ends where the IDAT run ends: no more than one byte
+//!   past the image's size is ever inflated, so a 10 × 10 image whose data
+//!   would inflate to gigabytes costs a few bytes of work;
 //! * an APNG's frames the same way: each `fcTL` inside the canvas (the one
 //!   before IDAT the whole canvas), each later frame's `fdAT` run one zlib
 //!   stream of exactly that frame's size, and the pixels of all frames
