@@ -101,16 +101,39 @@ fn synth_png(width: u32, height: u32) -> Vec<u8> {
         raw.push(0); // filter: None
         raw.extend((0..3 * width).map(|_| rng.next_u8()));
     }
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::none());
-    z.write_all(&raw).unwrap();
+    let text: &[u8] = b"Comment\0synthetic benchmark input";
+    png_file(
+        width,
+        height,
+        2,
+        Some(text),
+        &raw,
+        flate2::Compression::none(),
+    )
+}
+
+/// A PNG of 8-bit `colour` type: IHDR, an optional tEXt, `raw` (the filtered
+/// rows) deflated at `level` in 8 KiB IDAT chunks, IEND.
+fn png_file(
+    width: u32,
+    height: u32,
+    colour: u8,
+    text: Option<&[u8]>,
+    raw: &[u8],
+    level: flate2::Compression,
+) -> Vec<u8> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), level);
+    z.write_all(raw).unwrap();
     let zdata = z.finish().unwrap();
     let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = Vec::new();
     ihdr.extend_from_slice(&width.to_be_bytes());
     ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    ihdr.extend_from_slice(&[8, colour, 0, 0, 0]);
     png_chunk(&mut v, b"IHDR", &ihdr);
-    png_chunk(&mut v, b"tEXt", b"Comment\0synthetic benchmark input");
+    if let Some(text) = text {
+        png_chunk(&mut v, b"tEXt", text);
+    }
     for part in zdata.chunks(8192) {
         png_chunk(&mut v, b"IDAT", part);
     }
@@ -140,20 +163,7 @@ fn synth_png_scan(width: u32, height: u32) -> Vec<u8> {
             }
         }
     }
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(&raw).unwrap();
-    let zdata = z.finish().unwrap();
-    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-    png_chunk(&mut v, b"IHDR", &ihdr);
-    for part in zdata.chunks(8192) {
-        png_chunk(&mut v, b"IDAT", part);
-    }
-    png_chunk(&mut v, b"IEND", b"");
-    v
+    png_file(width, height, 0, None, &raw, flate2::Compression::default())
 }
 
 /// A PDF whose bulk is one image stream of `image_bytes` (direct `/Length`).

@@ -1035,18 +1035,6 @@ async fn a_rejected_upload_never_reaches_concur_complete() {
     );
 }
 
-/// A PNG chunk: length, type, data, CRC-32.
-fn png_chunk(ty: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut v = (data.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(ty);
-    v.extend_from_slice(data);
-    let mut h = crc32fast::Hasher::new();
-    h.update(ty);
-    h.update(data);
-    v.extend_from_slice(&h.finalize().to_be_bytes());
-    v
-}
-
 /// A 10 x 10 8-bit grey PNG with 300 kB of `tEXt` before its image data
 /// (so that the exchange with Concur starts before the data is seen), whose
 /// IDAT chunks (8 KiB each) hold `zdata`.
@@ -1058,23 +1046,16 @@ fn png_with_data(zdata: &[u8]) -> Vec<u8> {
         &[8, 0, 0, 0, 0],
     ]
     .concat();
-    v.extend(png_chunk(b"IHDR", &ihdr));
-    v.extend(png_chunk(
+    v.extend(png_chunk_bytes(b"IHDR", &ihdr));
+    v.extend(png_chunk_bytes(
         b"tEXt",
         &[&b"Comment\0"[..], &vec![b'x'; 300_000]].concat(),
     ));
     for part in zdata.chunks(8192) {
-        v.extend(png_chunk(b"IDAT", part));
+        v.extend(png_chunk_bytes(b"IDAT", part));
     }
-    v.extend(png_chunk(b"IEND", b""));
+    v.extend(png_chunk_bytes(b"IEND", b""));
     v
-}
-
-fn zlib(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(data).unwrap();
-    z.finish().unwrap()
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@ use concur_gateway::inspect::{Inspector, Limits, MediaType, RejectCode, Rejectio
 use concur_gateway::scan_cmd::run_scan;
 use proptest::prelude::*;
 
+use crate::support::{png_chunk_bytes, zlib};
+
 // ---------------------------------------------------------------------------
 // Fixtures and helpers
 // ---------------------------------------------------------------------------
@@ -232,17 +234,6 @@ fn png_parse(bytes: &[u8]) -> Vec<PngChunk> {
         i += 12 + n;
     }
     out
-}
-
-fn png_chunk_bytes(ty: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut v = (data.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(ty);
-    v.extend_from_slice(data);
-    let mut h = crc32fast::Hasher::new();
-    h.update(ty);
-    h.update(data);
-    v.extend_from_slice(&h.finalize().to_be_bytes());
-    v
 }
 
 fn png_build(chunks: &[PngChunk]) -> Vec<u8> {
@@ -746,13 +737,6 @@ fn png_chunk_rules() {
 // ---------------------------------------------------------------------------
 // PNG compressed data: inflated, to the byte
 // ---------------------------------------------------------------------------
-
-fn zlib(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(data).unwrap();
-    z.finish().unwrap()
-}
 
 /// A 10 x 10 8-bit grey PNG whose IDAT chunks hold `idats`.
 fn gray10(idats: &[&[u8]]) -> Vec<u8> {

@@ -539,3 +539,23 @@ async fn a_harness_writes_its_typed_config_and_removes_its_folder_when_dropped()
     h.stop().await;
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// A PNG chunk's bytes: length, type, data, CRC-32.
+pub fn png_chunk_bytes(ty: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut v = (data.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(ty);
+    v.extend_from_slice(data);
+    let mut h = crc32fast::Hasher::new();
+    h.update(ty);
+    h.update(data);
+    v.extend_from_slice(&h.finalize().to_be_bytes());
+    v
+}
+
+/// `data` as a zlib stream, at zlib's default level.
+pub fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(data).unwrap();
+    z.finish().unwrap()
+}
