@@ -120,7 +120,10 @@ pub async fn serve(config: PathBuf) -> ExitCode {
             return 1;
         }
     };
-    server::run(gw, listener, admin, server::shutdown_signal()).await;
+    if let Err(e) = server::run(gw, listener, admin, server::shutdown_signal()).await {
+        tracing::error!("cannot start the connection workers (server.workers): {e}");
+        return 1;
+    }
     0
 }
 

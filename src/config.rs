@@ -416,6 +416,9 @@ pub struct ServerConfig {
     /// Streams one HTTP/2 connection may have open at once
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub h2_max_concurrent_streams: u32,
+    /// Connection workers: threads that each run their own connections from
+    /// accept to close (`crate::workers`).
+    pub workers: usize,
 }
 
 /// Over every 10 s window that ends after `grace`, a body must bring at least
@@ -486,6 +489,8 @@ struct RawServer {
     /// (h2c) connection may have open at once; each is a request like an
     /// HTTP/1.1 one, under every limit.
     h2_max_concurrent_streams: Option<u32>,
+    /// Default: the CPUs this process may run on ([`default_workers`]).
+    workers: Option<usize>,
 }
 
 impl RawServer {
@@ -565,8 +570,27 @@ impl RawServer {
                 self.h2_max_concurrent_streams.map(|n| n as usize),
                 DEFAULT_H2_MAX_CONCURRENT_STREAMS as usize,
             ) as u32,
+            workers: {
+                let n = cx.positive("server.workers", self.workers, default_workers());
+                if n > MAX_WORKERS {
+                    cx.problems.push(format!(
+                        "server.workers must be at most {MAX_WORKERS} (got {n})"
+                    ));
+                }
+                n.min(MAX_WORKERS)
+            },
         }
     }
+}
+
+/// The most connection workers a configuration may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+/// One connection worker per CPU this process may run on: the CPUs in its
+/// affinity mask and within its cgroup's CPU quota (a Kubernetes limit of
+/// `2` gives 2), as [`std::thread::available_parallelism`] reads them.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 // ---- [upstream] ----
@@ -1862,6 +1886,25 @@ file = "credentials.toml"
     }
 
     #[test]
+    fn connection_workers_are_one_per_cpu_unless_set() {
+        let c = Config::from_toml(MINIMAL, Path::new("/etc/gw")).unwrap();
+        assert_eq!(
+            c.server.workers,
+            std::thread::available_parallelism().unwrap().get()
+        );
+        let set = |n: &str| {
+            let text = format!("{MINIMAL}[server]\nworkers = {n}\n");
+            Config::from_toml(&text, Path::new("/etc/gw"))
+        };
+        assert_eq!(set("3").unwrap().server.workers, 3);
+        assert_eq!(set("1024").unwrap().server.workers, 1024);
+        let e = set("1025").unwrap_err().0.join("\n");
+        assert!(e.contains("server.workers must be at most 1024"), "{e}");
+        let e = set("0").unwrap_err().0.join("\n");
+        assert!(e.contains("server.workers must be greater than 0"), "{e}");
+    }
+
+    #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = Config::from_toml(MINIMAL, Path::new("/etc/gw")).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
@@ -1872,6 +1915,8 @@ file = "credentials.toml"
         assert_eq!(c.server.drain_delay, Duration::from_secs(5));
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.server.h2_max_concurrent_streams, 100);
+        assert_eq!(c.server.workers, default_workers());
+        assert!(c.server.workers >= 1);
         assert_eq!(c.upstream.base_url, "https://www.concursolutions.com");
         assert_eq!(c.upstream.timeout, Duration::from_secs(90));
         assert_eq!(c.auth.user_claim, "sub");
@@ -2012,6 +2057,7 @@ listen = "nowhere"
 lisen = "typo"
 header_read_timeout_s = 0
 h2_max_concurrent_streams = 0
+workers = 0
 [upstream]
 base_url = "http://plain.example.com"
 [auth]
@@ -2031,6 +2077,7 @@ x = 1
             "unknown key `bogus`",
             "server.header_read_timeout_s",
             "server.h2_max_concurrent_streams must be greater than 0",
+            "server.workers must be greater than 0",
             "must be an https:// URL",
             "auth.issuer is required",
             "one of jwks_file, jwks_url or hs256_secret_file",

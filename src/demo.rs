@@ -163,8 +163,9 @@ async fn setup(listen: SocketAddr, admin_listen: SocketAddr) -> Result<ExitCode,
             receipt.display()
         );
     }
-    server::run(gw, listener, admin, server::shutdown_signal()).await;
+    let served = server::run(gw, listener, admin, server::shutdown_signal()).await;
     sandbox.shutdown().await;
     drop(dir);
+    served.map_err(|e| format!("cannot start the connection workers: {e}"))?;
     Ok(0)
 }

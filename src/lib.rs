@@ -66,3 +66,4 @@ pub mod telemetry;
 pub mod testkit;
 pub mod transform;
 pub mod upstream;
+pub mod workers;

@@ -54,6 +54,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -96,6 +101,8 @@ pub struct Metrics {
     pub idempotency: Family<ResultLabel, Counter>,
     /// Spans not exported (`[tracing]`): `queue_full`, `export_failed`.
     pub trace_spans_dropped: Family<ReasonLabel, Counter>,
+    /// Client connections and HTTP/2 streams each connection worker runs now.
+    pub worker_tasks: Family<WorkerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -248,6 +255,12 @@ impl Metrics {
             "Spans not exported ([tracing]): queue_full (the bounded export queue was full), export_failed (the collector refused, failed or timed out)",
             trace_spans_dropped.clone(),
         );
+        let worker_tasks = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_tasks",
+            "Client connections and HTTP/2 streams each connection worker runs now (server.workers)",
+            worker_tasks.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -278,6 +291,7 @@ impl Metrics {
             store_up,
             idempotency,
             trace_spans_dropped,
+            worker_tasks,
         }
     }
 

@@ -15,6 +15,10 @@
 //! At `server.max_connections` the longest-idle connection makes room for a
 //! new one (`connections.rs`).
 //!
+//! Each accepted connection is handed to one of the connection workers
+//! (`workers.rs`, `server.workers`: a thread per core, each with its own
+//! single-threaded runtime), which runs it until it closes.
+//!
 //! One port, two protocols: HTTP/1.1, and HTTP/2 over cleartext with prior
 //! knowledge (h2c), chosen by the first bytes (the HTTP/2 connection preface;
 //! hyper-util's `auto` builder). There is no TLS on the listener and no
@@ -48,7 +52,7 @@ use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -60,6 +64,7 @@ use crate::connections::{Activity, Admission, Connections};
 use crate::gateway::Gateway;
 use crate::head_watch::{HeadNotes, HeadWatch};
 use crate::stack;
+use crate::workers::{Spread, Workers};
 
 /// The connection's read buffer cap. hyper uses one cap for two things: the
 /// largest request head accepted (request line + headers; past it a bare
@@ -116,13 +121,15 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 /// Serves the gateway on `listener` and the admin endpoints on `admin` until
-/// `shutdown` completes, then drains as described above.
+/// `shutdown` completes, then drains as described above. Fails before
+/// serving anything if the connection workers' threads cannot be started.
 pub async fn run(
     gw: Arc<Gateway>,
     listener: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
-) {
+) -> std::io::Result<()> {
+    let workers = Workers::start(gw.config.server.workers, &gw.metrics.worker_tasks)?;
     let housekeeping = gw.spawn_housekeeping();
     let admin_task = tokio::spawn(admin::serve(gw.clone(), admin));
     let stop_accepting = CancellationToken::new();
@@ -131,6 +138,7 @@ pub async fn run(
     let accept = tokio::spawn(accept_loop(
         gw.clone(),
         listener,
+        workers.clone(),
         stop_accepting.clone(),
         drain.clone(),
         tracker.clone(),
@@ -192,11 +200,14 @@ pub async fn run(
     }
     admin_task.abort();
     housekeeping.abort();
+    workers.shutdown().await;
+    Ok(())
 }
 
 async fn accept_loop(
     gw: Arc<Gateway>,
     listener: TcpListener,
+    workers: Arc<Workers>,
     stop: CancellationToken,
     drain: CancellationToken,
     tracker: TaskTracker,
@@ -204,7 +215,7 @@ async fn accept_loop(
     let server = &gw.config.server;
     let connections = Connections::new(server.max_connections);
     let service = stack::build::<ReadToEnd<Incoming>>(gw.clone());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(Spread(workers.clone()));
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -260,19 +271,19 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let notes = Arc::new(HeadNotes::default());
-        let stream = HeadWatch::new(stream, notes.clone());
-        let service = Tracked {
-            inner: service.clone(),
-            activity: ticket.activity.clone(),
-            notes,
-        };
+        let service = service.clone();
         let builder = builder.clone();
         let drain = drain.clone();
         let gw = gw.clone();
-        tracker.spawn(async move {
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service);
+        let serve = move |stream: tokio::net::TcpStream| async move {
+            let notes = Arc::new(HeadNotes::default());
+            let stream = HeadWatch::new(stream, notes.clone());
+            let service = Tracked {
+                inner: service,
+                activity: ticket.activity.clone(),
+                notes,
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             // Until the connection is told to close: when to look at its idle
             // time again. After: when to give up on it.
@@ -317,6 +328,26 @@ async fn accept_loop(
                 }
             }
             drop(ticket);
+        };
+        // The connection moves to its worker's runtime: that one polls it.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "accepted connection unusable; closed");
+                continue;
+            }
+        };
+        // Counted by the drain from now, not from when its worker first
+        // polls it.
+        let tracked = tracker.token();
+        workers.spawn_with(move || async move {
+            let _tracked = tracked;
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream).await,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "accepted connection unusable; closed")
+                }
+            }
         });
     }
 }

@@ -484,9 +484,13 @@ pub async fn serve(gateway: Arc<Gateway>) -> Served {
     let addr = listener.local_addr().expect("local address");
     let admin_addr = admin.local_addr().expect("local address");
     let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(crate::server::run(gateway, listener, admin, async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(async move {
+        crate::server::run(gateway, listener, admin, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("connection workers");
+    });
     Served {
         addr,
         admin: admin_addr,

@@ -20,8 +20,10 @@
 //! CPU per GB at 256, and 2–6 MiB less peak RSS with 64 uploads in flight in
 //! each of four runs (fewer chunks queued between two tasks).
 //!
-//! The pool: idle connections per authority, newest reused first, at most
-//! `max_in_flight` of them, each kept [`IDLE_TIMEOUT`]. Before reuse a
+//! The pool: idle connections per connection worker (`workers.rs`: a
+//! connection is reused by the worker whose runtime polls its socket) and
+//! authority, newest reused first, at most `max_in_flight` of them in all,
+//! each kept [`IDLE_TIMEOUT`]. Before reuse a
 //! connection is given one turn, which reads an end that Concur sent while
 //! it was idle; a request refused by a connection that closed before any of
 //! it was written goes on another. Every [`REAP_EVERY`] the idle ones are
@@ -212,10 +214,13 @@ impl Upstream {
     ) -> Result<Response<Driven>, SendError> {
         let mut request = request;
         let uri = request.uri().clone();
-        let key = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
+        let key = PoolKey {
+            worker: crate::workers::current(),
+            authority: uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_default(),
+        };
         // On the wire the request-target is the origin form (`/path?query`):
         // the absolute form is for proxies.
         *request.uri_mut() = uri
@@ -304,9 +309,19 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// in `CLOSE_WAIT`, until the next upload).
 const REAP_EVERY: Duration = Duration::from_secs(5);
 
-/// Idle connections by authority, most recently used last.
+/// Whose idle connections: the connection worker's that used them (a
+/// connection is polled by the runtime that registered its socket, so it
+/// is reused on that worker only), to one authority.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct PoolKey {
+    worker: Option<usize>,
+    authority: String,
+}
+
+/// Idle connections by worker and authority, most recently used last.
 struct Pool {
-    idle: Mutex<HashMap<String, Vec<Conn>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Conn>>>,
+    /// Idle connections kept at most, all workers and authorities together.
     max_idle: usize,
     reaper: std::sync::Once,
 }
@@ -314,7 +329,7 @@ struct Pool {
 impl Pool {
     /// The most recently used idle connection to `key` that is still open and
     /// ready for a request.
-    async fn checkout(&self, key: &str) -> Option<Conn> {
+    async fn checkout(&self, key: &PoolKey) -> Option<Conn> {
         loop {
             let mut conn = {
                 let mut idle = self.idle.lock().expect("pool lock");
@@ -344,9 +359,10 @@ impl Pool {
         }
     }
 
-    fn checkin(self: &Arc<Self>, key: String, mut conn: Conn) {
+    fn checkin(self: &Arc<Self>, key: PoolKey, mut conn: Conn) {
         self.reaper.call_once(|| {
-            // On the runtime that reads answers; ends with the pool.
+            // On the runtime of the first connection put back (a connection
+            // worker's); ends with the pool, or with that runtime.
             let pool = Arc::downgrade(self);
             tokio::spawn(async move {
                 let first = tokio::time::Instant::now() + REAP_EVERY;
@@ -363,10 +379,12 @@ impl Pool {
         });
         conn.idle_since = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.entry(key).or_default();
-        list.retain(|c| c.idle_since.elapsed() < IDLE_TIMEOUT);
-        if list.len() < self.max_idle {
-            list.push(conn);
+        if let Some(list) = idle.get_mut(&key) {
+            list.retain(|c| c.idle_since.elapsed() < IDLE_TIMEOUT);
+        }
+        let kept: usize = idle.values().map(Vec::len).sum();
+        if kept < self.max_idle {
+            idle.entry(key).or_default().push(conn);
         }
     }
 
@@ -391,7 +409,7 @@ pub struct Driven {
     body: Incoming,
     conn: Option<Conn>,
     pool: Arc<Pool>,
-    key: String,
+    key: PoolKey,
 }
 
 impl Body for Driven {

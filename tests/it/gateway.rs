@@ -660,7 +660,8 @@ fn holds_socket(inode: &str) -> bool {
 
 #[tokio::test]
 async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
-    let h = Harness::start().await;
+    // One connection worker: one pool (each worker keeps its own, below).
+    let h = Harness::with_config("[server]\nworkers = 1").await;
     assert_eq!(h.upload("/api/image/v1.0/receipt", JPEG).await.status, 201);
     let opened = h.sandbox.connections();
     for _ in 0..3 {
@@ -689,8 +690,25 @@ async fn uploads_reuse_a_connection_to_concur_and_replace_one_concur_closed() {
 }
 
 #[tokio::test]
+async fn each_connection_worker_reuses_its_own_connection_to_concur() {
+    let h = Harness::with_config("[server]\nworkers = 2").await;
+    // One client connection per upload: they go to the two workers in
+    // turn, and each worker opens one connection to Concur and reuses it.
+    for _ in 0..8 {
+        let r = h.upload("/api/image/v1.0/receipt", JPEG).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    assert_eq!(h.sandbox.connections(), 2, "one per worker");
+    let ups = h.wait_for_uploads(8).await;
+    assert!(
+        ups.iter()
+            .all(|u| u.complete && u.sha256_hex == sha256_hex(JPEG))
+    );
+}
+
+#[tokio::test]
 async fn concurrent_uploads_reuse_their_connections_to_concur() {
-    let h = std::sync::Arc::new(Harness::start().await);
+    let h = std::sync::Arc::new(Harness::with_config("[server]\nworkers = 1").await);
     let body = big_jpeg(300_000);
     let callers = (0..4).map(|_| {
         let (h, body) = (h.clone(), body.clone());

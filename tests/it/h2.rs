@@ -997,3 +997,76 @@ async fn pseudo_header_fields_in_trailers_are_refused() {
         );
     }
 }
+
+/// Each connection worker's `concur_gateway_worker_tasks`, worker 0 first.
+async fn worker_tasks(h: &Harness, workers: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for w in 0..workers {
+        let name = format!("concur_gateway_worker_tasks{{worker=\"{w}\"}}");
+        out.push(metric(h, &name).await.unwrap_or(-1.0));
+    }
+    out
+}
+
+/// Waits until the workers' gauges, in increasing order, are `want`.
+async fn workers_settle(h: &Harness, want: &[f64]) -> Vec<f64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut now = worker_tasks(h, want.len()).await;
+        now.sort_by(f64::total_cmp);
+        if now == want {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker tasks {now:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_streams_of_one_connection_run_on_every_connection_worker() {
+    // A mesh sidecar may send all its callers' requests over one HTTP/2
+    // connection: its streams must not all queue on the connection's worker.
+    let h = Harness::with_config("[server]\nworkers = 2").await;
+    workers_settle(&h, &[0.0, 0.0]).await;
+    let (sender, conn) = h2c(h.addr).await;
+    // The connection alone: one task on one worker.
+    workers_settle(&h, &[0.0, 1.0]).await;
+    let body = big_jpeg(200_000);
+    let mut feeds = Vec::new();
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let (tx, fed_body) = fed();
+        let who = if i % 2 == 0 { ALICE } else { GINA };
+        let path = format!("/api/image/v1.0/report/W{i}");
+        let req = upload_request(h.addr, &path, who, Some(body.len()), fed_body);
+        let mut s = sender.clone();
+        answers.push(tokio::spawn(async move { send(&mut s, req).await }));
+        tx.send(Ok(Bytes::copy_from_slice(&body[..100_000])))
+            .await
+            .unwrap();
+        feeds.push(tx);
+    }
+    // Six uploads under way: with the connection, seven tasks, split 3 / 4.
+    workers_settle(&h, &[3.0, 4.0]).await;
+    for tx in feeds {
+        tx.send(Ok(Bytes::copy_from_slice(&body[100_000..])))
+            .await
+            .unwrap();
+    }
+    for a in answers {
+        let r = a.await.unwrap().unwrap();
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let ups = h.wait_for_uploads(6).await;
+    assert!(
+        ups.iter()
+            .all(|u| u.complete && u.sha256_hex == sha256_hex(&body))
+    );
+    workers_settle(&h, &[0.0, 1.0]).await;
+    drop(sender);
+    let _ = conn.await;
+    workers_settle(&h, &[0.0, 0.0]).await;
+}

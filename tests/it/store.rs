@@ -340,9 +340,14 @@ impl Fleet {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(gateway.clone(), listener, admin, async {
-            let _ = rx.await;
-        }));
+        let gw = gateway.clone();
+        let task = tokio::spawn(async move {
+            server::run(gw, listener, admin, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("connection workers");
+        });
         let replica = Replica {
             gateway,
             addr,
