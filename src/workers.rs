@@ -16,8 +16,9 @@
 //! uploads, throughput ×1.19, p99 ×0.81, CPU per GB ×0.88.
 //!
 //! What stays on the process's main runtime: accepting, the admin
-//! endpoints, housekeeping, credential refresh, the Redis connections and
-//! the trace exporter. Their work is per event, not per byte.
+//! endpoints, the periodic housekeeping and the trace exporter; their work
+//! is per event, not per byte. What a request spawns (a Redis release sent
+//! after its answer, a lease renewal) runs on the request's worker.
 //!
 //! A new connection goes to the worker with the fewest tasks of this kind
 //! (connections and HTTP/2 streams). An HTTP/2 connection's streams are
