@@ -189,8 +189,9 @@ impl Drop for Busy {
     }
 }
 
-/// hyper's executor for HTTP/2 streams: each stream's task on the least busy
-/// worker, the connection's own on a tie.
+/// hyper's executor for HTTP/2 streams: each stream's task on the
+/// connection's worker unless another has at least two tasks fewer (then on
+/// the least busy one).
 #[derive(Clone)]
 pub struct Spread(pub Arc<Workers>);
 
