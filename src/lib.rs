@@ -5,7 +5,8 @@
 //! first line uses, and `ARCHITECTURE.md` explains it:
 //!
 //! 1. [`server`]: accept, the connection table ([`connections`]: the
-//!    longest-idle connection makes room at the limit), graceful drain;
+//!    longest-idle connection makes room at the limit), the hand-off to a
+//!    connection worker ([`workers`]: a thread per core), graceful drain;
 //! 2. [`stack`]: the request context ([`context`], [`request_id`]), the
 //!    access log and metrics, panic safety;
 //! 3. [`framing`]: the RFC 9112 checks hyper leaves to us;

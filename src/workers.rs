@@ -1,3 +1,5 @@
+//! Request path, step 1 (see `ARCHITECTURE.md`).
+//!
 //! Connection workers: a thread per core, each running a single-threaded
 //! tokio runtime of its own, and each client connection run by one of them
 //! from accept to close (`server.workers`, one per CPU by default).
