@@ -85,9 +85,24 @@ pub struct Redis {
     config: RedisConfig,
     conn: ArcSwapOption<Conn>,
     connecting: AtomicBool,
+    /// Each connection worker's own connection (`crate::workers`), by worker
+    /// index: made on that worker's runtime after its first call, so that
+    /// its calls do not wait for another thread to run the connection. The
+    /// shared `conn` serves the rest (housekeeping, health) and a worker
+    /// until its own is up.
+    local: Arc<[LocalConn]>,
     client: Client,
     scripts: Scripts,
 }
+
+#[derive(Default)]
+struct LocalConn {
+    conn: ArcSwapOption<Conn>,
+    connecting: AtomicBool,
+}
+
+/// How long a worker waits before trying again to open its own connection.
+const LOCAL_RETRY: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,9 +113,28 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+#[derive(Clone)]
 enum Client {
     Single(Box<redis::Client>),
     Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+impl Client {
+    /// A connection: one node over a reconnecting `ConnectionManager`, or a
+    /// Cluster. Its driver runs on the calling runtime.
+    async fn open(&self) -> redis::RedisResult<Conn> {
+        Ok(match self {
+            Client::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(1)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(2));
+                Conn::Single(client.get_connection_manager_with_config(config).await?)
+            }
+            Client::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+        })
+    }
 }
 
 struct Scripts {
@@ -336,6 +370,9 @@ impl Redis {
             config: config.clone(),
             conn: ArcSwapOption::empty(),
             connecting: AtomicBool::new(false),
+            local: (0..crate::config::MAX_WORKERS)
+                .map(|_| LocalConn::default())
+                .collect(),
             client,
             scripts: Scripts {
                 admit: Script::new(ADMIT),
@@ -373,17 +410,7 @@ impl Redis {
             return Ok(());
         }
         let result = async {
-            let conn = match &self.client {
-                Client::Single(client) => {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(Duration::from_secs(1)))
-                        .set_response_timeout(Some(Duration::from_secs(1)))
-                        .set_number_of_retries(2)
-                        .set_max_delay(Duration::from_secs(2));
-                    Conn::Single(client.get_connection_manager_with_config(config).await?)
-                }
-                Client::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
-            };
+            let conn = self.client.open().await?;
             self.conn.store(Some(Arc::new(conn)));
             Ok::<_, StoreError>(())
         }
@@ -398,11 +425,58 @@ impl Redis {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+        let shared = self.conn.load_full().ok_or(StoreError::NotConnected)?;
+        let local = crate::workers::current().and_then(|i| Some((i, self.local.get(i)?)));
+        let (conn, own) = match local {
+            Some((i, slot)) => match slot.conn.load_full() {
+                Some(conn) => (conn, Some(slot)),
+                None => {
+                    self.open_local(i);
+                    (shared, None)
+                }
+            },
+            None => (shared, None),
+        };
         match tokio::time::timeout(self.config.timeout, op((*conn).clone())).await {
-            Ok(result) => Ok(result?),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                // A worker's own connection that failed (its runtime gone,
+                // say) is given up: the shared one serves until a new one
+                // is up.
+                if let Some(slot) = own {
+                    slot.conn.store(None);
+                }
+                Err(e.into())
+            }
             Err(_) => Err(StoreError::Timeout(self.config.timeout)),
         }
+    }
+
+    /// Opens worker `i`'s own connection in the background on its runtime,
+    /// unless it is being opened (or failed less than [`LOCAL_RETRY`] ago).
+    fn open_local(&self, i: usize) {
+        if self.local[i].connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, local) = (self.client.clone(), self.local.clone());
+        tokio::spawn(async move {
+            let slot = &local[i];
+            match client.open().await {
+                Ok(conn) => slot.conn.store(Some(Arc::new(conn))),
+                Err(_) => tokio::time::sleep(LOCAL_RETRY).await,
+            }
+            slot.connecting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Connections open now: the shared one and the workers' own.
+    pub fn connections(&self) -> usize {
+        usize::from(self.conn.load().is_some())
+            + self
+                .local
+                .iter()
+                .filter(|slot| slot.conn.load().is_some())
+                .count()
     }
 
     /// Loads every script into Redis's script cache, in the background and

@@ -2146,3 +2146,69 @@ async fn uploads_do_not_wait_on_a_redis_known_to_be_down() {
     );
     fleet.stop().await;
 }
+
+/// The Redis clients connected to the node on `port` now.
+async fn redis_clients(port: u16) -> usize {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // Without this listing's own connection.
+    list.lines().count() - 1
+}
+
+/// Each connection worker calls Redis over a connection of its own, opened
+/// on its runtime after its first call (until then the shared one serves):
+/// its calls never wait for another thread to run Redis's connection.
+#[tokio::test]
+async fn each_connection_worker_gets_a_redis_connection_of_its_own() {
+    if !redis_available() {
+        return;
+    }
+    let (redis, fleet) = one_replica("user_per_second = 1000.0\nuser_burst = 1000", "own:").await;
+    let replica = &fleet.replicas[0];
+    let workers = replica.gateway.config.server.workers;
+    let store = replica
+        .gateway
+        .store
+        .redis()
+        .expect("a Redis store")
+        .clone();
+    assert_eq!(store.connections(), 1, "the shared connection");
+    assert_eq!(redis_clients(redis.port).await, 1);
+    // One client connection per upload: the workers take them in turn.
+    for i in 0..2 * workers {
+        let r = upload(
+            replica.addr,
+            ALICE,
+            &format!("/api/image/v1.0/report/OWN{i}"),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while store.connections() < 1 + workers {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} connections for {workers} workers",
+            store.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.connections(), 1 + workers);
+    assert_eq!(redis_clients(redis.port).await, 1 + workers);
+    // And they serve: more uploads, no new connection, every one admitted.
+    for i in 0..2 * workers {
+        let r = upload(
+            replica.addr,
+            ALICE,
+            &format!("/api/image/v1.0/report/TWO{i}"),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    assert_eq!(redis_clients(redis.port).await, 1 + workers);
+}
