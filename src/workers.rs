@@ -20,7 +20,8 @@
 //! What stays on the process's main runtime: accepting, the admin
 //! endpoints, the periodic housekeeping and the trace exporter; their work
 //! is per event, not per byte. What a request spawns (a Redis release sent
-//! after its answer, a lease renewal) runs on the request's worker.
+//! after its answer, a lease renewal) runs on the request's worker, and each
+//! worker calls Redis over a connection of its own (`crate::store::redis`).
 //!
 //! A new connection goes to the worker with the fewest tasks of this kind
 //! (connections and HTTP/2 streams). An HTTP/2 connection's streams are
