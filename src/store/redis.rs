@@ -440,10 +440,12 @@ impl Redis {
         match tokio::time::timeout(self.config.timeout, op((*conn).clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                // A worker's own connection that failed (its runtime gone,
+                // A worker's own connection that broke (its runtime gone,
                 // say) is given up: the shared one serves until a new one
-                // is up.
-                if let Some(slot) = own {
+                // is up. An error Redis answered leaves it in place.
+                if let Some(slot) = own
+                    && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+                {
                     slot.conn.store(None);
                 }
                 Err(e.into())

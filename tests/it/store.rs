@@ -2168,7 +2168,8 @@ async fn each_connection_worker_gets_a_redis_connection_of_its_own() {
     if !redis_available() {
         return;
     }
-    let (redis, fleet) = one_replica("user_per_second = 1000.0\nuser_burst = 1000", "own:").await;
+    let (mut redis, fleet) =
+        one_replica("user_per_second = 1000.0\nuser_burst = 1000", "own:").await;
     let replica = &fleet.replicas[0];
     let workers = replica.gateway.config.server.workers;
     let store = replica
@@ -2211,4 +2212,35 @@ async fn each_connection_worker_gets_a_redis_connection_of_its_own() {
         assert_eq!(r.status, 201, "{}", r.text());
     }
     assert_eq!(redis_clients(redis.port).await, 1 + workers);
+    // Redis restarts: every connection is made again (the shared one and
+    // the workers' own by themselves, or a worker's anew after it broke),
+    // and uploads go on through Redis.
+    redis.stop();
+    redis.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    loop {
+        let r = upload(
+            replica.addr,
+            ALICE,
+            &format!("/api/image/v1.0/report/BACK{i}"),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        i += 1;
+        if i >= 2 * workers && redis_clients(redis.port).await == 1 + workers {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} Redis clients after the restart, {workers} workers",
+            redis_clients(redis.port).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (calls, _) = script_calls_and_places(redis.port, "own:").await;
+    assert!(
+        calls > 0,
+        "uploads after the restart were admitted by Redis"
+    );
 }
