@@ -216,6 +216,18 @@ mod tests {
     use std::collections::HashSet;
     use std::time::Duration;
 
+    /// Runs a task through `spread`, as hyper runs a stream: which worker
+    /// took it, and what holds it until sent or dropped.
+    async fn execute_held(spread: &Spread) -> (usize, oneshot::Sender<()>) {
+        let (hold_tx, hold_rx) = oneshot::channel::<()>();
+        let (where_tx, where_rx) = oneshot::channel();
+        hyper::rt::Executor::execute(spread, async move {
+            let _ = where_tx.send(current().unwrap());
+            let _ = hold_rx.await;
+        });
+        (where_rx.await.unwrap(), hold_tx)
+    }
+
     /// Which worker runs a spawned task, reported back.
     fn run_where(
         workers: &Workers,
@@ -278,14 +290,9 @@ mod tests {
             let mut holds = Vec::new();
             let mut placed = Vec::new();
             for _ in 0..6 {
-                let (hold_tx, hold_rx) = oneshot::channel::<()>();
-                let (where_tx, where_rx) = oneshot::channel();
-                hyper::rt::Executor::execute(&spread, async move {
-                    let _ = where_tx.send(current().unwrap());
-                    let _ = hold_rx.await;
-                });
-                placed.push(where_rx.await.unwrap() == here);
-                holds.push(hold_tx);
+                let (worker, hold) = execute_held(&spread).await;
+                placed.push(worker == here);
+                holds.push(hold);
             }
             let loads: Vec<i64> = inner.workers.iter().map(|w| w.load.get()).collect();
             drop(holds);
@@ -312,14 +319,9 @@ mod tests {
             let mut holds = Vec::new();
             let mut seen = Vec::new();
             for _ in 0..100 {
-                let (hold_tx, hold_rx) = oneshot::channel::<()>();
-                let (where_tx, where_rx) = oneshot::channel();
-                hyper::rt::Executor::execute(&spread, async move {
-                    let _ = where_tx.send(current().unwrap());
-                    let _ = hold_rx.await;
-                });
-                seen.push(where_rx.await.unwrap());
-                holds.push(hold_tx);
+                let (worker, hold) = execute_held(&spread).await;
+                seen.push(worker);
+                holds.push(hold);
             }
             drop(holds);
             let _ = tx.send(seen);

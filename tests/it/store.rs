@@ -2181,14 +2181,17 @@ async fn each_connection_worker_gets_a_redis_connection_of_its_own() {
     assert_eq!(store.connections(), 1, "the shared connection");
     assert_eq!(redis_clients(redis.port).await, 1);
     // One client connection per upload: the workers take them in turn.
-    for i in 0..2 * workers {
+    let created = |name: String| async move {
         let r = upload(
             replica.addr,
             ALICE,
-            &format!("/api/image/v1.0/report/OWN{i}"),
+            &format!("/api/image/v1.0/report/{name}"),
         )
         .await;
         assert_eq!(r.status, 201, "{}", r.text());
+    };
+    for i in 0..2 * workers {
+        created(format!("OWN{i}")).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while store.connections() < 1 + workers {
@@ -2203,13 +2206,7 @@ async fn each_connection_worker_gets_a_redis_connection_of_its_own() {
     assert_eq!(redis_clients(redis.port).await, 1 + workers);
     // And they serve: more uploads, no new connection, every one admitted.
     for i in 0..2 * workers {
-        let r = upload(
-            replica.addr,
-            ALICE,
-            &format!("/api/image/v1.0/report/TWO{i}"),
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.text());
+        created(format!("TWO{i}")).await;
     }
     assert_eq!(redis_clients(redis.port).await, 1 + workers);
     // Redis restarts: every connection is made again (the shared one and
@@ -2220,13 +2217,7 @@ async fn each_connection_worker_gets_a_redis_connection_of_its_own() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut i = 0;
     loop {
-        let r = upload(
-            replica.addr,
-            ALICE,
-            &format!("/api/image/v1.0/report/BACK{i}"),
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.text());
+        created(format!("BACK{i}")).await;
         i += 1;
         if i >= 2 * workers && redis_clients(redis.port).await == 1 + workers {
             break;
