@@ -3915,18 +3915,22 @@ impl Pdf {
                     let take = left.min((n - i) as u64) as usize;
                     let bytes = &data[i..i + take];
                     let before_early_end = s.early_end.is_none();
+                    let mut swallowed = None;
                     if before_early_end && let Some(end) = s.find_end(&self.endstream, bytes) {
                         let e = base + (i + end) as u64 - ENDSTREAM.len() as u64;
                         s.early_end = Some(e);
-                        if let Some(from) = self.lexer.guard_from {
-                            // After a stream whose end was found by
-                            // searching, this may be that stream's real end,
-                            // swallowed by a `/Length` quoted in its data.
-                            return Err(Rejection::malformed(format!(
+                        // After a stream whose end was found by searching,
+                        // this may be that stream's real end, swallowed by a
+                        // `/Length` quoted in its data. Refused below, once
+                        // the bytes before it have been checked, as a
+                        // chunking cut right before it would have them: what
+                        // comes first decides, however cut.
+                        swallowed = self.lexer.guard_from.map(|from| {
+                            Rejection::malformed(format!(
                                 "an endstream at offset {e} inside the data of the stream at offset {} follows the stream at offset {from}, whose /Length is no number that checks out: where that stream really ends cannot be told",
                                 s.kw_at
-                            )));
-                        }
+                            ))
+                        });
                     }
                     // Up to an `endstream` inside the counted bytes: past it
                     // they may be the next objects (a `/Length` too long,
@@ -3963,6 +3967,10 @@ impl Pdf {
                                 (base + i as u64).saturating_add_signed(at as i64),
                             ));
                         }
+                    }
+                    if let Some(r) = swallowed {
+                        self.objstm.feed(&bytes[..own], &mut self.deferred)?;
+                        return Err(r);
                     }
                     if s.encrypt.feed_data(&self.encrypt_finders, bytes)
                         || (left == take as u64 && s.encrypt.pending())

@@ -3309,6 +3309,31 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
         ),
         Want::Reject(MalformedImage, "inside the data of the stream at offset"),
     ));
+    // (Fuzzing, 2026-12-01.) The same with an object header in the swallowed
+    // bytes, before the `endstream` inside them: the header comes first, so
+    // it decides however the body is cut (fed in one piece, the `endstream`
+    // used to decide). Without the header watch (`Allow`) the `endstream`
+    // does.
+    let swallowed = b"\n7 0 obj\n<< /S /JavaScript >>\nendobj\nendstream\n";
+    let quoted = [
+        &b"BT ET\nendstream\nendobj\n20 0 obj\n"[..],
+        format!("<< /Length {} >>\nstream\n", swallowed.len()).as_bytes(),
+    ]
+    .concat();
+    add(Case {
+        want_allow: Want::Reject(MalformedImage, "inside the data of the stream at offset"),
+        ..case(
+            "h_header_before_a_swallowed_endstream",
+            pdf(
+                &page_with(
+                    "",
+                    &indirect_stream(&quoted, &[&swallowed[..], b"endstream"].concat()),
+                ),
+                "",
+            ),
+            Want::Reject(PdfActiveContent, "hides an object definition"),
+        )
+    });
     // A stream of indirect length quotes a decoy XML definition of object 6,
     // which the /EF names; the real object 6 is an executable.
     let decoy = b"BT ET\nendstream\nendobj\n6 0 obj\n<< /Type /EmbeddedFile /Subtype /text#2Fxml >>\nstream\n<x/>\nendstream\nendobj\n";
@@ -3466,6 +3491,7 @@ cases!(
     h_encrypt_lookalikes_in_data_fine,
     h_header_after_quoted_endstream_in_counted_data,
     h_fake_direct_stream_after_quoted_endstream_swallows_a_trailer,
+    h_header_before_a_swallowed_endstream,
     h_decoy_definition_inside_a_stream_of_indirect_length,
     h_objstm_indirect_length_endstream_in_stored_block_js,
     h_objstm_indirect_length_control_js,
