@@ -4042,31 +4042,31 @@ impl Pdf {
                     };
                     // The stream's own data: up to its `endstream`.
                     let own = done.map_or(bytes.len(), |end| end.saturating_sub(ENDSTREAM.len()));
-                    if self.reject_active {
-                        let mut at = s.headers.feed(&self.obj, &bytes[..own]);
-                        if at.is_none() && done.is_some() && s.headers.end() {
-                            at = Some(own as isize - 3);
-                        }
-                        if let Some(at) = at {
-                            // As above; the carried bytes are data here (the
-                            // header's bytes cannot be part of an `endstream`).
-                            let mut upto = k + header_end(at).min(own);
-                            if done.is_some() {
-                                upto = upto.min(feed_to);
-                            }
-                            self.objstm
-                                .feed(&carry[..upto.min(k)], &mut self.deferred)?;
-                            self.objstm
-                                .feed(&bytes[..upto.saturating_sub(k)], &mut self.deferred)?;
-                            return Err(hidden(
-                                s.kw_at,
-                                (base + i as u64).saturating_add_signed(at as i64),
-                            ));
-                        }
-                    }
-                    if s.encrypt.feed_data(&self.encrypt_finders, &bytes[..own])
-                        || (done.is_some() && s.encrypt.pending())
+                    // The watches see the data, not its end: data that ends
+                    // in `obj` or `/Encrypt` right before the `endstream`
+                    // lexes as `objendstream` or `/Encryptendstream` for a
+                    // reader pointed into it, and so it does here however a
+                    // chunk boundary cuts that `endstream` (the bytes of a
+                    // cut one went to the watches before it was found).
+                    if self.reject_active
+                        && let Some(at) = s.headers.feed(&self.obj, &bytes[..own])
                     {
+                        // As above; the carried bytes are data here (the
+                        // header's bytes cannot be part of an `endstream`).
+                        let mut upto = k + header_end(at).min(own);
+                        if done.is_some() {
+                            upto = upto.min(feed_to);
+                        }
+                        self.objstm
+                            .feed(&carry[..upto.min(k)], &mut self.deferred)?;
+                        self.objstm
+                            .feed(&bytes[..upto.saturating_sub(k)], &mut self.deferred)?;
+                        return Err(hidden(
+                            s.kw_at,
+                            (base + i as u64).saturating_add_signed(at as i64),
+                        ));
+                    }
+                    if s.encrypt.feed_data(&self.encrypt_finders, &bytes[..own]) {
                         self.encrypt_hidden.get_or_insert(s.kw_at);
                     }
                     self.objstm

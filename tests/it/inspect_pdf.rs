@@ -3334,6 +3334,24 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
             Want::Reject(PdfActiveContent, "hides an object definition"),
         )
     });
+    // (Fuzzing, 2026-12-01.) Data of indirect length that ends in `/Encrypt`
+    // or `obj` right before its `endstream`: a reader pointed into it lexes
+    // `/Encryptendstream` or `objendstream`, so neither counts, whether the
+    // body comes in one piece or cut inside that `endstream` (fed in one
+    // piece, the end of the data used to count as the end of the token).
+    for (name, data) in [
+        (
+            "h_encrypt_right_before_endstream_fine",
+            &b"BT ET /Encrypt"[..],
+        ),
+        ("h_obj_right_before_endstream_fine", b"BT ET 6 0 obj"),
+    ] {
+        add(case(
+            name,
+            pdf(&page_with("", &indirect_stream(data, b"endstream")), ""),
+            Want::Ok,
+        ));
+    }
     // A stream of indirect length quotes a decoy XML definition of object 6,
     // which the /EF names; the real object 6 is an executable.
     let decoy = b"BT ET\nendstream\nendobj\n6 0 obj\n<< /Type /EmbeddedFile /Subtype /text#2Fxml >>\nstream\n<x/>\nendstream\nendobj\n";
@@ -3492,6 +3510,8 @@ cases!(
     h_header_after_quoted_endstream_in_counted_data,
     h_fake_direct_stream_after_quoted_endstream_swallows_a_trailer,
     h_header_before_a_swallowed_endstream,
+    h_encrypt_right_before_endstream_fine,
+    h_obj_right_before_endstream_fine,
     h_decoy_definition_inside_a_stream_of_indirect_length,
     h_objstm_indirect_length_endstream_in_stored_block_js,
     h_objstm_indirect_length_control_js,
