@@ -3292,21 +3292,23 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
     // A stream of indirect length quotes `endstream endobj` and the head of
     // a stream of direct length, which swallows the real end and what
     // follows (here a trailer with /Encrypt, no object header in it).
-    let swallowed = b"\nendstream\nendobj\nxref\n0 1\n0000000000 65535 f \ntrailer\n<< /Size 9 /Root 1 0 R /Encrypt 9 0 R >>\n";
-    let quoted = [
-        &b"BT ET\nendstream\nendobj\n20 0 obj\n"[..],
-        format!("<< /Length {} >>\nstream\n", swallowed.len()).as_bytes(),
-    ]
-    .concat();
-    add(case(
-        "h_fake_direct_stream_after_quoted_endstream_swallows_a_trailer",
+    let swallowing = |swallowed: &[u8]| {
+        let quoted = [
+            &b"BT ET\nendstream\nendobj\n20 0 obj\n"[..],
+            format!("<< /Length {} >>\nstream\n", swallowed.len()).as_bytes(),
+        ]
+        .concat();
         pdf(
             &page_with(
                 "",
-                &indirect_stream(&quoted, &[&swallowed[..], b"endstream"].concat()),
+                &indirect_stream(&quoted, &[swallowed, b"endstream"].concat()),
             ),
             "",
-        ),
+        )
+    };
+    add(case(
+        "h_fake_direct_stream_after_quoted_endstream_swallows_a_trailer",
+        swallowing(b"\nendstream\nendobj\nxref\n0 1\n0000000000 65535 f \ntrailer\n<< /Size 9 /Root 1 0 R /Encrypt 9 0 R >>\n"),
         Want::Reject(MalformedImage, "inside the data of the stream at offset"),
     ));
     // (Fuzzing, 2026-12-01.) The same with an object header in the swallowed
@@ -3314,23 +3316,11 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
     // it decides however the body is cut (fed in one piece, the `endstream`
     // used to decide). Without the header watch (`Allow`) the `endstream`
     // does.
-    let swallowed = b"\n7 0 obj\n<< /S /JavaScript >>\nendobj\nendstream\n";
-    let quoted = [
-        &b"BT ET\nendstream\nendobj\n20 0 obj\n"[..],
-        format!("<< /Length {} >>\nstream\n", swallowed.len()).as_bytes(),
-    ]
-    .concat();
     add(Case {
         want_allow: Want::Reject(MalformedImage, "inside the data of the stream at offset"),
         ..case(
             "h_header_before_a_swallowed_endstream",
-            pdf(
-                &page_with(
-                    "",
-                    &indirect_stream(&quoted, &[&swallowed[..], b"endstream"].concat()),
-                ),
-                "",
-            ),
+            swallowing(b"\n7 0 obj\n<< /S /JavaScript >>\nendobj\nendstream\n"),
             Want::Reject(PdfActiveContent, "hides an object definition"),
         )
     });
