@@ -189,9 +189,17 @@ impl FragmentTarget {
 
 /// An absolute-form request-target's path and query (`http://gw/a?b` →
 /// `/a?b`, `http://gw` → ``); any other target as it is.
+///
+/// A scheme is what the `http` crate, which parses the target for hyper,
+/// takes for one (`Scheme2::parse`): in a target longer than three bytes,
+/// the characters before the first `://` when all of them are letters,
+/// digits, `+`, `-`, `.` or `~`, none at all included (`://gw/a`).
 fn without_scheme_and_authority(target: &str) -> &str {
-    match target.find("://") {
-        Some(end) if end > 0 && target[..end].bytes().all(|b| b.is_ascii_alphabetic()) => {
+    let scheme = target
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || b"+-.~".contains(&b)));
+    match scheme {
+        Some(end) if target.len() > 3 && target[end..].starts_with("://") => {
             let rest = &target[end + 3..];
             rest.find(['/', '?', '#']).map_or("", |i| &rest[i..])
         }
@@ -1641,15 +1649,23 @@ mod tests {
                          GET HTTPS://gw:8/x?y HTTP/1.1\r\n\r\n\
                          CONNECT gw:443 HTTP/1.1\r\n\r\n\
                          OPTIONS * HTTP/1.1\r\n\r\n\
-                         GET //a/b?c HTTP/1.1\r\n\r\n"
+                         GET //a/b?c HTTP/1.1\r\n\r\n\
+                         GET ://g HTTP/1.1\r\n\r\n\
+                         GET h5-t+.~://g/a?b HTTP/1.1\r\n\r\n\
+                         GET 7://g HTTP/1.1\r\n\r\n"
             .to_vec();
         t.feed(&mut wire, &notes);
+        // The last three: schemes the `http` crate takes (fuzzing, tests/fuzz
+        // `h1`), empty or with digits and symbols.
         for (method, target) in [
             ("OPTIONS", "http://gw"),
             ("GET", "HTTPS://gw:8/x?y"),
             ("CONNECT", "gw:443"),
             ("OPTIONS", "*"),
             ("GET", "//a/b?c"),
+            ("GET", "://g"),
+            ("GET", "h5-t+.~://g/a?b"),
+            ("GET", "7://g"),
         ] {
             let mut r = Request::builder()
                 .method(method)
