@@ -25,7 +25,8 @@
 //!   are sent they must agree (RFC 9113 §8.3.1);
 //! - a `Transfer-Encoding` must be exactly `chunked`: `gzip`, `gzip, chunked`
 //!   or `identity, chunked` use codings the gateway does not implement
-//!   (`501 not_implemented`, RFC 9112 §6.1);
+//!   (`501 not_implemented`, RFC 9112 §6.1), and an empty element (`,
+//!   chunked`) is refused the same way;
 //! - at most one `Authorization` header (`400 invalid_request`): with two,
 //!   which one a component honours is a matter of implementation, the classic
 //!   seed of a confused deputy; likewise at most one `Content-Type` (the
@@ -204,8 +205,11 @@ fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), GatewayError> {
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty());
+        .map(<[u8]>::trim_ascii);
+    // An empty element counts as a coding too (`, chunked`, or an empty
+    // `Transfer-Encoding` line before a `chunked` one): the head watch
+    // refuses a line whose last coding is empty, as hyper would, so a
+    // list with an empty element is refused however it is split into lines.
     let Some(first) = codings.next() else {
         return Ok(());
     };
@@ -320,6 +324,9 @@ mod tests {
             "identity, chunked",
             "chunked, chunked",
             "gzip",
+            ", chunked",
+            "chunked,",
+            "",
         ] {
             assert_eq!(
                 run(&[h, ("transfer-encoding", te)]),
@@ -331,6 +338,14 @@ mod tests {
             run(&[
                 h,
                 ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked")
+            ]),
+            Err("not_implemented")
+        );
+        assert_eq!(
+            run(&[
+                h,
+                ("transfer-encoding", ""),
                 ("transfer-encoding", "chunked")
             ]),
             Err("not_implemented")

@@ -188,6 +188,24 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
             501,
             "not_implemented",
         ),
+        // An empty coding: hyper reads `, chunked` as chunked; the gateway
+        // refuses it like `chunked,` (which hyper refuses) and an empty line
+        // before a `chunked` one (fuzzing, tests/fuzz `h1`).
+        (
+            "an empty coding before chunked",
+            upload_head(&token, "Transfer-Encoding: , chunked\r\n"),
+            501,
+            "not_implemented",
+        ),
+        (
+            "an empty line before chunked",
+            upload_head(
+                &token,
+                "transfer-encoding:\r\ntransfer-encoding: chunked\r\n",
+            ),
+            501,
+            "not_implemented",
+        ),
         (
             "chunked then gzip in two fields",
             upload_head(
