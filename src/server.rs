@@ -76,7 +76,7 @@ use crate::workers::{Spread, Workers};
 /// 16 KiB chunks cost measurably more CPU per byte than 64 KiB ones (see
 /// `docs/benchmarks.md`). 64 KiB is also about Envoy's default head limit
 /// (60 KiB); nginx allows 4 × 8 KiB header lines.
-const READ_BUF_BYTES: usize = 64 * 1024;
+pub const READ_BUF_BYTES: usize = 64 * 1024;
 
 /// HTTP/2 flow control: how much of one stream's body the client may send
 /// ahead of what the gateway has read. 1 MiB keeps one upload at full speed
@@ -100,7 +100,7 @@ const H2_MAX_HEADER_LIST: u32 = (crate::framing::MAX_HEAD_BYTES + 32 * 1024) as 
 /// hyper's limit on request header fields (its default), above
 /// [`crate::framing::MAX_HEADER_FIELDS`] so that the gateway's own `431`
 /// answers heads of 65 to 100 fields.
-const HYPER_MAX_HEADERS: usize = 100;
+pub const HYPER_MAX_HEADERS: usize = 100;
 /// The largest DATA frame a client may send (`SETTINGS_MAX_FRAME_SIZE`):
 /// one HTTP/1.1 read, [`READ_BUF_BYTES`]. Each frame is one body chunk
 /// through the inspection, the hand-off upstream and a TLS write; the

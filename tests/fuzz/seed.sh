@@ -98,4 +98,43 @@ for f in *.pdf; do
     prefix 000 "$f" "$corpus/pdf/$f"
     prefix 001 "$f" "$corpus/pdf/allow-$f"
 done
-echo "corpus files: $(ls "$corpus/jpeg" | wc -l) jpeg, $(ls "$corpus/png" | wc -l) png, $(ls "$corpus/pdf" | wc -l) pdf"
+# h1: what clients send on one connection, each twice (control byte 0 bit 0
+# clear: pieces of 1-4096 bytes; set: 1-16 bytes).
+mkdir -p "$corpus/h1"
+python3 - "$corpus/h1" <<'EOF'
+import sys
+out = sys.argv[1]
+auth = b"Authorization: Bearer a.b.c\r\nContent-Type: image/jpeg\r\n"
+seeds = {
+    "length-pipelined": b"POST /api/image/v1.0/receipt HTTP/1.1\r\nHost: gw\r\n" + auth
+        + b"Content-Length: 5\r\n\r\nhelloGET /x HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "chunked-ext-trailer-hash": b"POST /r/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0A ;a=\"b;c\";d\r\n0123456789\r\n0\r\nX-T: y\r\n\r\n"
+        b"POST /r/2#f HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    "te-gzip": b"POST /r/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+    "te-chunked-br": b"POST /r/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, br\r\n\r\n0\r\n\r\n",
+    "te-two-lines": b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "malformed-space": b"POST /r/1 HTTP/1.1\r\nHost: x\r\nX Bad: a\r\nContent-Length: 1\r\n\r\na",
+    "malformed-folded": b"POST /r/1 HTTP/1.1\r\nHost: x\r\n folded\r\nContent-Length: 1\r\n\r\na",
+    "absolute-forms": b"\r\n\r\nPOST http://gw/a?b#c HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nab"
+        b"GET http://gw HTTP/1.1\r\nHost: gw\r\n\r\nGET h2-x.y://gw/p HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "connect": b"CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\nPOST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\nz",
+    "two-lengths": b"POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "te-and-length": b"POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "http10": b"POST /a HTTP/1.0\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nabcPOST /b HTTP/1.0\r\n\r\n",
+    "expect": b"POST /a HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+    "bare-lf": b"POST /a HTTP/1.1\nHost: x\nContent-Length: 1\n\nzPOST /b HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
+    "trailer-lf": b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+        b"Transfer-Encoding: gzip\r\nX: a\nb\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n",
+    "upgrade": b"POST /a HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    "obs-text": b"POST /a HTTP/1.1\r\nHost: x\r\nX-A: \x80\xff\r\nContent-Length: 0\r\n\r\n",
+    "big-head": b"POST /a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+    "many-fields": b"POST /a HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101))
+        + b"\r\nGET /z HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+for name, wire in seeds.items():
+    for bit in (0, 1):
+        open("%s/%s-%d" % (out, name, bit), "wb").write(bytes([bit]) + b"\x00" * 7 + wire)
+EOF
+echo "corpus files: $(ls "$corpus/jpeg" | wc -l) jpeg, $(ls "$corpus/png" | wc -l) png, $(ls "$corpus/pdf" | wc -l) pdf, $(ls "$corpus/h1" | wc -l) h1"
