@@ -96,7 +96,7 @@ pub const H2_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// gateway's `431 request_head_too_large` (problem body, `X-Request-Id`)
 /// rather than the h2 crate's bare `431` and a reset stream, which clients
 /// such as curl take for a failure to retry. Past it the h2 crate refuses.
-const H2_MAX_HEADER_LIST: u32 = (crate::framing::MAX_HEAD_BYTES + 32 * 1024) as u32;
+pub const H2_MAX_HEADER_LIST: u32 = (crate::framing::MAX_HEAD_BYTES + 32 * 1024) as u32;
 /// hyper's limit on request header fields (its default), above
 /// [`crate::framing::MAX_HEADER_FIELDS`] so that the gateway's own `431`
 /// answers heads of 65 to 100 fields.
@@ -118,7 +118,7 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the gateway may reset for the client's protocol errors over a
 /// connection's life (a `content-length` the DATA does not match, say); past
 /// it the connection gets GOAWAY. A correct client makes none.
-const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 /// Serves the gateway on `listener` and the admin endpoints on `admin` until
 /// `shutdown` completes, then drains as described above. Fails before

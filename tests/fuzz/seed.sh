@@ -137,4 +137,41 @@ for name, wire in seeds.items():
     for bit in (0, 1):
         open("%s/%s-%d" % (out, name, bit), "wb").write(bytes([bit]) + b"\x00" * 7 + wire)
 EOF
-echo "corpus files: $(ls "$corpus/jpeg" | wc -l) jpeg, $(ls "$corpus/png" | wc -l) png, $(ls "$corpus/pdf" | wc -l) pdf, $(ls "$corpus/h1" | wc -l) h1"
+# h2: header blocks, encoded with the `hpack` Python package (the h2
+# project's; `pip install hpack`), skipped if it is missing.
+mkdir -p "$corpus/h2"
+if python3 -c 'import hpack' 2>/dev/null; then
+python3 - "$corpus/h2" <<'EOF'
+import hpack, struct, sys, os
+out_dir = sys.argv[1]
+def seed(name, reqs, huffman=True, size_update=None):
+    e = hpack.Encoder()
+    out = b"\0" * 8
+    for i, hdrs in enumerate(reqs):
+        if size_update is not None and i == 1:
+            e.header_table_size = size_update
+        b = e.encode(hdrs, huffman=huffman)
+        out += struct.pack(">H", len(b)) + b
+    open(os.path.join(out_dir, name), "wb").write(out)
+base = [(":method", "POST"), (":scheme", "http"), (":authority", "gw"),
+        (":path", "/api/image/v1.0/receipt"),
+        ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+        ("content-type", "image/jpeg"), ("idempotency-key", "k1")]
+def path(p):
+    return base[:3] + [(":path", p)] + base[4:]
+seed("three-huffman", [base, base, path("/api/image/v1.0/report/R1")])
+seed("three-raw", [base, base, base], huffman=False)
+seed("hash", [base, path("/api/image/v1.0/report/R1#R2")])
+seed("query", [path("/a?b=c&d"), path("/a%23b")])
+seed("connect", [[(":method", "CONNECT"), (":authority", "gw:443")], base])
+seed("size-update", [base, base, base], size_update=256)
+seed("size-zero", [base, base], size_update=0)
+big = base + [("x-big", "v" * 3000)]
+seed("evict", [big, big, base, big])
+seed("never-indexed", [base + [hpack.NeverIndexedHeaderTuple("cookie", "a=b")], base])
+seed("many", [base + [("x-%d" % i, "v%d" % i) for i in range(60)], base])
+seed("options-star", [[(":method", "OPTIONS"), (":scheme", "http"), (":authority", "gw"), (":path", "*")]])
+seed("get-absolute", [[(":method", "GET"), (":scheme", "https"), (":authority", "gw:8443"), (":path", "/x")], base])
+EOF
+fi
+echo "corpus files: $(ls "$corpus/jpeg" | wc -l) jpeg, $(ls "$corpus/png" | wc -l) png, $(ls "$corpus/pdf" | wc -l) pdf, $(ls "$corpus/h1" | wc -l) h1, $(ls "$corpus/h2" | wc -l) h2"

@@ -1,0 +1,293 @@
+#![no_main]
+//! The HTTP/2 follower's HPACK decoder (`src/h2_watch.rs`) against the h2
+//! crate's, through a real hyper HTTP/2 server.
+//!
+//! The watch decodes every header block a second time with a decoder of its
+//! own, to see `#`s in `:path`s that the `http` crate drops. Its dynamic
+//! table must stay in step with the h2 layer's: a block it decodes otherwise
+//! could hide a `#`, and a block it cannot decode fails a connection hyper
+//! would have served.
+//!
+//! The input, after an 8-byte control block (unused, for the corpus to share
+//! the other targets' layout), is a series of header blocks, each a 2-byte
+//! big-endian length (modulo 4096) and that many bytes. A client sends the
+//! preface, an empty SETTINGS frame, then each block as one HEADERS frame
+//! (END_HEADERS, END_STREAM) on streams 1, 3, 5, …, one at a time: the
+//! server (the gateway's HTTP/2 settings from `server.rs`) runs until it has
+//! done all it can with a block before the next one comes. The same blocks
+//! go through the watch's decoder (`Hpack`) and its frame follower
+//! (`H2Tracker`). The target asserts, block by block, while hyper's
+//! connection lives:
+//! - a block the watch cannot decode is one that ends hyper's connection
+//!   (a compression error);
+//! - a request hyper served has the watch's `:method`, its `:path` up to a
+//!   `#` as the path and query, and its other fields;
+//! - the frame follower refuses the connection exactly at the first block
+//!   whose `:path` has a `#` or that the decoder cannot decode;
+//! - nothing panics or hangs.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use concur_gateway::h2_watch::{H2Tracker, Hpack, PREFACE, Refused};
+use concur_gateway::server::{
+    H2_CONNECTION_WINDOW, H2_MAX_FRAME_SIZE, H2_MAX_HEADER_LIST, H2_MAX_LOCAL_ERROR_RESETS,
+    H2_STREAM_WINDOW,
+};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use libfuzzer_sys::fuzz_target;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A request as hyper served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Served {
+    method: String,
+    path_and_query: String,
+    /// Regular fields, sorted.
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The client: the bytes of the block being sent, then `Pending` until the
+/// next block is handed over.
+#[derive(Default)]
+struct Wire {
+    now: VecDeque<u8>,
+}
+
+struct Client(Rc<RefCell<Wire>>);
+
+impl AsyncRead for Client {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut wire = self.0.borrow_mut();
+        if wire.now.is_empty() {
+            return Poll::Pending;
+        }
+        let n = wire.now.len().min(buf.remaining());
+        let piece: Vec<u8> = wire.now.drain(..n).collect();
+        buf.put_slice(&piece);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Client {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+/// hyper's executor for the streams' tasks: they are polled by hand with
+/// the connection ([`until_quiet`]).
+#[derive(Clone, Default)]
+struct Local(Rc<RefCell<Vec<Task>>>);
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for Local {
+    fn execute(&self, fut: F) {
+        self.0.borrow_mut().push(Box::pin(async move {
+            fut.await;
+        }));
+    }
+}
+
+/// Polls the connection and its streams' tasks until nothing is left to do
+/// before more bytes come. Returns whether the connection ended.
+fn until_quiet(
+    conn: &mut Pin<Box<dyn Future<Output = Result<(), hyper::Error>>>>,
+    tasks: &Local,
+) -> bool {
+    struct Woken(AtomicBool);
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let woken = Arc::new(Woken(AtomicBool::new(false)));
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        woken.0.store(false, Ordering::Relaxed);
+        let ended = conn.as_mut().poll(&mut cx).is_ready();
+        let running = std::mem::take(&mut *tasks.0.borrow_mut());
+        for mut task in running {
+            if task.as_mut().poll(&mut cx).is_pending() {
+                tasks.0.borrow_mut().push(task);
+            }
+        }
+        if ended {
+            return true;
+        }
+        if !woken.0.load(Ordering::Relaxed) {
+            return false;
+        }
+    }
+}
+
+/// A frame header (RFC 9113 §4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// What the watch's decoder makes of a block: the request's method, path
+/// and regular fields (sorted), or `None` when it cannot decode it.
+type Decoded = Option<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+fn decode(hpack: &mut Hpack, block: &[u8]) -> Decoded {
+    let (mut method, mut path, mut fields) = (None, None, Vec::new());
+    hpack
+        .decode(block, |name, value| match name {
+            b":method" => method = Some(value.to_vec()),
+            b":path" => path = Some(value.to_vec()),
+            _ if name.starts_with(b":") => {}
+            _ => fields.push((name.to_vec(), value.to_vec())),
+        })
+        .ok()?;
+    fields.sort();
+    Some((method, path, fields))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((_, mut rest)) = data.split_first_chunk::<8>() else {
+        return;
+    };
+    let mut blocks = Vec::new();
+    while let Some((len, tail)) = rest.split_first_chunk::<2>() {
+        let len = (usize::from(u16::from_be_bytes(*len)) % 4096).min(tail.len());
+        blocks.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    if blocks.is_empty() {
+        return;
+    }
+
+    let served = Rc::new(RefCell::new(Vec::new()));
+    let service = {
+        let served = served.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let mut fields: Vec<(Vec<u8>, Vec<u8>)> = req
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect();
+            fields.sort();
+            served.borrow_mut().push(Served {
+                method: req.method().to_string(),
+                path_and_query: req
+                    .uri()
+                    .path_and_query()
+                    .map_or(String::new(), |pq| pq.as_str().to_owned()),
+                fields,
+            });
+            async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
+        })
+    };
+    let tasks = Local::default();
+    let wire = Rc::new(RefCell::new(Wire::default()));
+    let mut builder = http2::Builder::new(tasks.clone());
+    builder
+        .max_concurrent_streams(100)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME_SIZE);
+    let mut conn: Pin<Box<dyn Future<Output = Result<(), hyper::Error>>>> =
+        Box::pin(builder.serve_connection(TokioIo::new(Client(wire.clone())), service));
+
+    let mut hpack = Hpack::default();
+    let mut tracker = H2Tracker::default();
+    let mut tracker_refused = false;
+    let mut start = PREFACE.to_vec();
+    start.extend(frame(4, 0, 0, &[]));
+    for (i, block) in blocks.iter().enumerate() {
+        let mut bytes = std::mem::take(&mut start);
+        bytes.extend(frame(1, 0x4 | 0x1, 2 * i as u32 + 1, block));
+        let followed = tracker.feed(&bytes);
+        wire.borrow_mut().now.extend(bytes);
+        let before = served.borrow().len();
+        let ended = until_quiet(&mut conn, &tasks);
+        let now = served.borrow().len();
+        let decoded = decode(&mut hpack, block);
+
+        // The frame follower: refuses at the first block the decoder cannot
+        // decode or whose `:path` has a `#`, and not before.
+        if !tracker_refused {
+            let hash = decoded
+                .as_ref()
+                .is_some_and(|(_, path, _)| path.as_ref().is_some_and(|p| p.contains(&b'#')));
+            match (&followed, &decoded) {
+                (Err(Refused::Lost), None) => tracker_refused = true,
+                (Err(Refused::Hash(_)), Some(_)) if hash => tracker_refused = true,
+                (Ok(()), Some(_)) if !hash => {}
+                _ => panic!("block {i}: the follower said {followed:?}, the decoder {decoded:?}"),
+            }
+        }
+
+        let Some((method, path, fields)) = decoded else {
+            assert!(
+                ended,
+                "block {i}: the watch cannot decode a block hyper took ({:?})",
+                served.borrow()
+            );
+            return;
+        };
+        if now > before {
+            assert_eq!(now, before + 1, "block {i}: one request per block");
+            let got = served.borrow()[before].clone();
+            // No `:path`: a CONNECT, whose URI is its authority alone, or a
+            // request the h2 crate serves as `/` (it lets a missing `:path`
+            // through, RFC 9113 §8.3.1 notwithstanding).
+            let path = path.unwrap_or_else(|| {
+                if got.path_and_query == "/" {
+                    b"/".to_vec()
+                } else {
+                    Vec::new()
+                }
+            });
+            let before_hash = path.split(|&b| b == b'#').next().unwrap_or_default();
+            assert_eq!(
+                (method.as_deref(), before_hash, &fields,),
+                (
+                    Some(got.method.as_bytes()),
+                    got.path_and_query.as_bytes(),
+                    &got.fields,
+                ),
+                "block {i}: the watch decoded another request than hyper served"
+            );
+        }
+        if ended {
+            return;
+        }
+    }
+});
