@@ -301,6 +301,15 @@ impl Hpack {
     }
 
     /// Decodes a header block: calls `field` with each name and value.
+    ///
+    /// A literal field with an empty name is
+    /// skipped: neither passed to `field` nor added to the table. That is
+    /// what the h2 layer (h2 0.4) ends up doing: its decoder fails such a
+    /// field as "need more bytes" after it has consumed it, so in a block
+    /// that goes on in a CONTINUATION frame the field is dropped and the
+    /// block decoded on; in the block's last frame the connection fails
+    /// instead. Adding it to the table here would put the two tables out of
+    /// step for every block after it (found by `tests/fuzz` `h2`).
     pub fn decode(
         &mut self,
         block: &[u8],
@@ -323,6 +332,10 @@ impl Hpack {
                     self.entry(index)?.0.to_vec()
                 };
                 let value = string(block, &mut at)?;
+                if name.is_empty() {
+                    // As the h2 layer does (above).
+                    continue;
+                }
                 field(&name, &value);
                 self.insert(name, value);
             } else if b & 0xe0 == 0x20 {
@@ -345,7 +358,10 @@ impl Hpack {
                 };
                 let name = name.to_vec();
                 let value = string(block, &mut at)?;
-                field(&name, &value);
+                if !name.is_empty() {
+                    // An empty one is skipped, as the h2 layer does (above).
+                    field(&name, &value);
+                }
             }
         }
         Ok(())
@@ -648,6 +664,26 @@ mod tests {
         );
         assert_eq!(h.size, 164);
         assert_eq!(huffman(&hex("ff")), Err(Lost), "8 bits of padding");
+    }
+
+    /// A literal field with an empty name, with or without indexing, is
+    /// skipped as the h2 layer skips it when the block goes on in a
+    /// CONTINUATION: the dynamic table stays the h2 layer's.
+    #[test]
+    fn skips_an_empty_name_as_the_h2_layer_does() {
+        let mut h = Hpack::default();
+        // `x-a: 1`, added to the table (index 62).
+        assert_eq!(
+            decoded(&mut h, &hex("40 03 782d61 01 31")),
+            [("x-a".to_owned(), "1".to_owned())]
+        );
+        // An empty name added to the table, one not added, one never
+        // indexed, then index 62: still `x-a: 1`.
+        assert_eq!(
+            decoded(&mut h, &hex("40 00 00  00 00 01 62  10 00 00  be")),
+            [("x-a".to_owned(), "1".to_owned())]
+        );
+        assert_eq!(h.table.len(), 1);
     }
 
     /// A literal header field without indexing, new name, raw strings.
