@@ -782,19 +782,34 @@ async fn h2_raw_uploads(
             hpack_literal(&mut block, name, value);
         }
         wire.extend(h2_frame(0x1, 0x4, stream, &block));
-        let chunks: Vec<&[u8]> = JPEG.chunks(16 * 1024).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let end = if i + 1 == chunks.len() { 0x1 } else { 0 };
-            wire.extend(h2_frame(0x0, end, stream, chunk));
-        }
+        jpeg_data_frames(&mut wire, stream);
     }
+    h2_raw_exchange(h, &wire, streams.len()).await
+}
+
+/// `JPEG` as DATA frames of 16 KiB, the last with END_STREAM.
+fn jpeg_data_frames(wire: &mut Vec<u8>, stream: u32) {
+    let chunks: Vec<&[u8]> = JPEG.chunks(16 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let end = if i + 1 == chunks.len() { 0x1 } else { 0 };
+        wire.extend(h2_frame(0x0, end, stream, chunk));
+    }
+}
+
+/// Writes `wire` (preface and frames) on a new connection and reads until
+/// the gateway has answered `streams` streams or closed the connection.
+async fn h2_raw_exchange(
+    h: &Harness,
+    wire: &[u8],
+    streams: usize,
+) -> (std::collections::BTreeMap<u32, String>, bool) {
     let mut s = TcpStream::connect(h.addr).await.unwrap();
-    s.write_all(&wire).await.unwrap();
+    s.write_all(wire).await.unwrap();
     let mut hpack = concur_gateway::h2_watch::Hpack::default();
     let mut statuses = std::collections::BTreeMap::new();
     let mut buf = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while statuses.len() < streams.len() {
+    while statuses.len() < streams {
         let mut chunk = [0u8; 16384];
         let read = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk))
             .await
@@ -866,6 +881,74 @@ async fn a_hash_in_an_h2_path_closes_the_connection_before_it_is_served() {
         targets,
         ["/api/image/v1.0/report/R7", "/api/image/v1.0/report/R9"],
         "only the paths without a `#`"
+    );
+}
+
+/// A literal field with an empty name, in a header block that goes on in a
+/// CONTINUATION frame, is dropped by the h2 layer and never enters its
+/// dynamic table. A watch that added it to its own table read every older
+/// entry one index further on: here a later block names its `:path` by
+/// index 62 (the h2 layer's `:path` entry, the watch's empty one) and its
+/// `#` went unseen, so `report/R2#R3` was served as `report/R2`. Found by
+/// the `h2` fuzz target (tests/fuzz).
+#[tokio::test]
+async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let rest = |block: &mut Vec<u8>| {
+        for (name, value) in [
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "image/jpeg".to_owned()),
+            ("content-length", JPEG.len().to_string()),
+        ] {
+            hpack_literal(block, name, &value);
+        }
+    };
+    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    // Stream 1: `:path` added to the table (index 62), then an empty name
+    // added to it, in a HEADERS frame that a CONTINUATION ends.
+    let mut first = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "gw.test"),
+    ] {
+        hpack_literal(&mut first, name, value);
+    }
+    let path = b"/api/image/v1.0/report/R1";
+    first.extend([0x44, path.len() as u8]);
+    first.extend_from_slice(path);
+    first.extend([0x40, 0x00, 0x00]);
+    let mut second = Vec::new();
+    rest(&mut second);
+    wire.extend(h2_frame(0x1, 0, 1, &first));
+    wire.extend(h2_frame(0x9, 0x4, 1, &second));
+    jpeg_data_frames(&mut wire, 1);
+    // Stream 3: the `:path` by the name at index 62, with a `#`.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "gw.test"),
+    ] {
+        hpack_literal(&mut block, name, value);
+    }
+    let hashed = b"/api/image/v1.0/report/R2#R3";
+    block.extend([0x0f, 62 - 15, hashed.len() as u8]);
+    block.extend_from_slice(hashed);
+    rest(&mut block);
+    wire.extend(h2_frame(0x1, 0x4, 3, &block));
+    jpeg_data_frames(&mut wire, 3);
+
+    let (statuses, closed) = h2_raw_exchange(&h, &wire, 2).await;
+    assert!(closed, "{statuses:?}");
+    assert_eq!(statuses.get(&3), None, "{statuses:?}");
+    settle().await;
+    let targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
+    assert!(
+        !targets.iter().any(|t| t.contains("R2")),
+        "the stream with a `#` was served: {targets:?}"
     );
 }
 
