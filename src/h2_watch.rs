@@ -559,13 +559,22 @@ impl H2Tracker {
             self.block.clear();
             return Ok(());
         }
+        // Every `:path` of the block is looked at, not the last one only:
+        // with two, the h2 layer serves the first when the block went on in
+        // a CONTINUATION (h2 0.4 forgets across frames that a repeated
+        // pseudo-header field makes the request malformed, and drops the
+        // second), so a `#` in either is refused.
         let (mut method, mut path, mut pseudo) = (None, None, false);
         let block = std::mem::take(&mut self.block);
         let decoded = self.hpack.decode(&block, |name, value| {
             pseudo |= name.first() == Some(&b':');
             match name {
-                b":method" => method = Some(value.to_vec()),
-                b":path" => path = Some(value.to_vec()),
+                b":method" if method.is_none() => method = Some(value.to_vec()),
+                b":path" if path.is_none() || value.contains(&b'#') => {
+                    if !path.as_ref().is_some_and(|p: &Vec<u8>| p.contains(&b'#')) {
+                        path = Some(value.to_vec());
+                    }
+                }
                 _ => {}
             }
         });
@@ -684,6 +693,29 @@ mod tests {
             [("x-a".to_owned(), "1".to_owned())]
         );
         assert_eq!(h.table.len(), 1);
+    }
+
+    /// Two `:path`s in one block: a `#` in either is refused (the h2 layer
+    /// serves the first when the block goes on in a CONTINUATION).
+    #[test]
+    fn a_hash_in_any_of_two_paths_is_refused() {
+        for paths in [["/r/R1#R2", "/r/R3"], ["/r/R3", "/r/R1#R2"]] {
+            let mut block = literal(":method", "POST");
+            for p in paths {
+                block.extend(literal(":path", p));
+            }
+            let mut wire = PREFACE.to_vec();
+            wire.extend(frame(0x4, 0, 0, &[]));
+            wire.extend(frame(0x1, 0x4 | 0x1, 1, &block));
+            assert_eq!(
+                H2Tracker::default().feed(&wire),
+                Err(Refused::Hash(HashPath {
+                    method: "POST".into(),
+                    path: "/r/R1#R2".into()
+                })),
+                "{paths:?}"
+            );
+        }
     }
 
     /// A literal header field without indexing, new name, raw strings.
