@@ -952,6 +952,47 @@ async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
     );
 }
 
+/// Two `:path`s in one request head, the first with a `#`, in a HEADERS
+/// frame that ends inside a field and a CONTINUATION: the h2 layer loses,
+/// across the two frames, that a repeated `:path` makes the request
+/// malformed, and serves it by the first (`report/R2#R3` as `report/R2`).
+/// The watch looked at the last `:path` only; it now refuses a `#` in any.
+/// Found by the `h2` fuzz target (tests/fuzz).
+#[tokio::test]
+async fn a_hash_in_the_first_of_two_h2_paths_is_refused() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "gw.test"),
+        (":path", "/api/image/v1.0/report/R2#R3"),
+        (":path", "/api/image/v1.0/report/R4"),
+        ("authorization", &format!("Bearer {token}")),
+        ("content-type", "image/jpeg"),
+        ("content-length", &JPEG.len().to_string()),
+    ] {
+        hpack_literal(&mut block, name, value);
+    }
+    // Cut inside the `authorization` field.
+    let cut = block
+        .windows(13)
+        .position(|w| w == b"authorization")
+        .unwrap()
+        + 5;
+    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    wire.extend(h2_frame(0x1, 0, 1, &block[..cut]));
+    wire.extend(h2_frame(0x9, 0x4, 1, &block[cut..]));
+    jpeg_data_frames(&mut wire, 1);
+
+    let (statuses, closed) = h2_raw_exchange(&h, &wire, 1).await;
+    assert!(closed && statuses.is_empty(), "{statuses:?}");
+    settle().await;
+    assert_eq!(h.uploads().len(), 0, "nothing reaches Concur");
+}
+
 /// The watch's own HPACK decoder keeps step with what a real encoder sends
 /// (hyper's: Huffman coding, a dynamic table filled, evicted and reused):
 /// 120 requests on one connection with header fields of many sizes, some
