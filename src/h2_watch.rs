@@ -570,10 +570,13 @@ impl H2Tracker {
             pseudo |= name.first() == Some(&b':');
             match name {
                 b":method" if method.is_none() => method = Some(value.to_vec()),
-                b":path" if path.is_none() || value.contains(&b'#') => {
-                    if !path.as_ref().is_some_and(|p: &Vec<u8>| p.contains(&b'#')) {
-                        path = Some(value.to_vec());
-                    }
+                // The first, unless a later one has a `#` and it has none.
+                b":path"
+                    if path.is_none()
+                        || (value.contains(&b'#')
+                            && !path.as_ref().is_some_and(|p: &Vec<u8>| p.contains(&b'#'))) =>
+                {
+                    path = Some(value.to_vec());
                 }
                 _ => {}
             }
