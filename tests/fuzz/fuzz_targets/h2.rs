@@ -8,20 +8,24 @@
 //! could hide a `#`, and a block it cannot decode fails a connection hyper
 //! would have served.
 //!
-//! The input, after an 8-byte control block (unused, for the corpus to share
-//! the other targets' layout), is a series of header blocks, each a 2-byte
-//! big-endian length (modulo 4096) and that many bytes. A client sends the
-//! preface, an empty SETTINGS frame, then each block as one HEADERS frame
-//! (END_HEADERS, END_STREAM) on streams 1, 3, 5, …, one at a time: the
-//! server (the gateway's HTTP/2 settings from `server.rs`) runs until it has
-//! done all it can with a block before the next one comes. The same blocks
-//! go through the watch's decoder (`Hpack`) and its frame follower
-//! (`H2Tracker`). The target asserts, block by block, while hyper's
-//! connection lives:
+//! The input, after an 8-byte control block (a PRNG seed; bit 0 of byte 0:
+//! split), is a series of header blocks, each a 2-byte big-endian length
+//! (modulo 4096) and that many bytes. A client sends the preface, an empty
+//! SETTINGS frame, then each block on streams 1, 3, 5, …, one block at a
+//! time: as one HEADERS frame (END_HEADERS, END_STREAM), or, split, as a
+//! HEADERS frame (END_STREAM) and one or two CONTINUATION frames cut at
+//! random points, the last with END_HEADERS. The server (the gateway's
+//! HTTP/2 settings from `server.rs`) runs until it has done all it can with
+//! a block before the next one comes. The same blocks go through the
+//! watch's decoder (`Hpack`) and its frame follower (`H2Tracker`, fed in
+//! pieces of 1–64 bytes when split). The target asserts, block by block,
+//! while hyper's connection lives:
 //! - a block the watch cannot decode is one that ends hyper's connection
 //!   (a compression error);
 //! - a request hyper served has the watch's `:method`, its `:path` up to a
-//!   `#` as the path and query, and its other fields;
+//!   `#` as the path and query, and its other fields (read as the h2 layer
+//!   reads them: the first `:method` and `:path`, before any regular
+//!   field; no connection-specific fields);
 //! - the frame follower refuses the connection exactly at the first block
 //!   whose `:path` has a `#` or that the decoder cannot decode;
 //! - nothing panics or hangs.
@@ -159,28 +163,79 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// What the watch's decoder makes of a block: the request's method, path
-/// and regular fields (sorted), or `None` when it cannot decode it.
-type Decoded = Option<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>)>;
+/// What the watch's decoder makes of a block, read as the h2 layer reads a
+/// request: or `None` when it cannot decode it.
+#[derive(Debug)]
+struct Decoded {
+    /// The first `:method` and `:path` before any regular field: the h2
+    /// layer keeps those (a repeated one, or one after a regular field,
+    /// makes the request malformed; when the block goes on in a
+    /// CONTINUATION, h2 0.4 forgets that and serves the request without
+    /// the field).
+    method: Option<Vec<u8>>,
+    path: Option<Vec<u8>>,
+    /// Any `:path` has a `#`: what the follower refuses.
+    hash: bool,
+    /// Regular fields the h2 layer keeps (not the connection-specific ones,
+    /// which make the request malformed, as above), sorted.
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
 
-fn decode(hpack: &mut Hpack, block: &[u8]) -> Decoded {
-    let (mut method, mut path, mut fields) = (None, None, Vec::new());
+fn decode(hpack: &mut Hpack, block: &[u8]) -> Option<Decoded> {
+    let mut d = Decoded {
+        method: None,
+        path: None,
+        hash: false,
+        fields: Vec::new(),
+    };
+    let mut regular = false;
     hpack
-        .decode(block, |name, value| match name {
-            b":method" => method = Some(value.to_vec()),
-            b":path" => path = Some(value.to_vec()),
-            _ if name.starts_with(b":") => {}
-            _ => fields.push((name.to_vec(), value.to_vec())),
+        .decode(block, |name, value| {
+            if name.starts_with(b":") {
+                d.hash |= name == b":path" && value.contains(&b'#');
+                let slot = match name {
+                    _ if regular => return,
+                    b":method" => &mut d.method,
+                    b":path" => &mut d.path,
+                    _ => return,
+                };
+                if slot.is_none() {
+                    *slot = Some(value.to_vec());
+                }
+                return;
+            }
+            regular = true;
+            let connection_specific = matches!(
+                name,
+                b"connection"
+                    | b"keep-alive"
+                    | b"proxy-connection"
+                    | b"transfer-encoding"
+                    | b"upgrade"
+            ) || (name == b"te" && value != b"trailers");
+            if !connection_specific {
+                d.fields.push((name.to_vec(), value.to_vec()));
+            }
         })
         .ok()?;
-    fields.sort();
-    Some((method, path, fields))
+    d.fields.sort();
+    Some(d)
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((_, mut rest)) = data.split_first_chunk::<8>() else {
+    let Some((ctl, mut rest)) = data.split_first_chunk::<8>() else {
         return;
     };
+    let mut seed = u64::from_le_bytes(*ctl) | 1;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Bit 0 of byte 0: blocks split into HEADERS and CONTINUATION frames,
+    // and the follower fed in pieces of 1–64 bytes.
+    let split = ctl[0] & 1 == 1;
     let mut blocks = Vec::new();
     while let Some((len, tail)) = rest.split_first_chunk::<2>() {
         let len = (usize::from(u16::from_be_bytes(*len)) % 4096).min(tail.len());
@@ -232,8 +287,34 @@ fuzz_target!(|data: &[u8]| {
     start.extend(frame(4, 0, 0, &[]));
     for (i, block) in blocks.iter().enumerate() {
         let mut bytes = std::mem::take(&mut start);
-        bytes.extend(frame(1, 0x4 | 0x1, 2 * i as u32 + 1, block));
-        let followed = tracker.feed(&bytes);
+        let stream = 2 * i as u32 + 1;
+        if split && !block.is_empty() {
+            // HEADERS, then one or two CONTINUATIONs, the last with
+            // END_HEADERS; a fragment may be empty.
+            let a = next() as usize % (block.len() + 1);
+            let b = a + next() as usize % (block.len() - a + 1);
+            bytes.extend(frame(1, 0x1, stream, &block[..a]));
+            if next() % 2 == 0 {
+                bytes.extend(frame(9, 0, stream, &block[a..b]));
+                bytes.extend(frame(9, 0x4, stream, &block[b..]));
+            } else {
+                bytes.extend(frame(9, 0x4, stream, &block[a..]));
+            }
+        } else {
+            bytes.extend(frame(1, 0x4 | 0x1, stream, block));
+        }
+        let followed = if split {
+            let mut followed = Ok(());
+            let mut left = &bytes[..];
+            while !left.is_empty() && followed.is_ok() {
+                let (piece, tail) = left.split_at((next() as usize % 64 + 1).min(left.len()));
+                followed = tracker.feed(piece);
+                left = tail;
+            }
+            followed
+        } else {
+            tracker.feed(&bytes)
+        };
         wire.borrow_mut().now.extend(bytes);
         let before = served.borrow().len();
         let ended = until_quiet(&mut conn, &tasks);
@@ -243,9 +324,7 @@ fuzz_target!(|data: &[u8]| {
         // The frame follower: refuses at the first block the decoder cannot
         // decode or whose `:path` has a `#`, and not before.
         if !tracker_refused {
-            let hash = decoded
-                .as_ref()
-                .is_some_and(|(_, path, _)| path.as_ref().is_some_and(|p| p.contains(&b'#')));
+            let hash = decoded.as_ref().is_some_and(|d| d.hash);
             match (&followed, &decoded) {
                 (Err(Refused::Lost), None) => tracker_refused = true,
                 (Err(Refused::Hash(_)), Some(_)) if hash => tracker_refused = true,
@@ -254,7 +333,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
 
-        let Some((method, path, fields)) = decoded else {
+        let Some(Decoded {
+            method,
+            path,
+            fields,
+            ..
+        }) = decoded
+        else {
             assert!(
                 ended,
                 "block {i}: the watch cannot decode a block hyper took ({:?})",
@@ -277,7 +362,7 @@ fuzz_target!(|data: &[u8]| {
             });
             let before_hash = path.split(|&b| b == b'#').next().unwrap_or_default();
             assert_eq!(
-                (method.as_deref(), before_hash, &fields,),
+                (method.as_deref(), before_hash, &fields),
                 (
                     Some(got.method.as_bytes()),
                     got.path_and_query.as_bytes(),
