@@ -302,9 +302,9 @@ impl Hpack {
 
     /// Decodes a header block: calls `field` with each name and value.
     ///
-    /// A literal field with an empty name is
-    /// skipped: neither passed to `field` nor added to the table. That is
-    /// what the h2 layer (h2 0.4) ends up doing: its decoder fails such a
+    /// A literal field with an empty name is skipped: neither passed to
+    /// `field` nor added to the table. That is what the h2 layer (h2 0.4)
+    /// ends up doing: its decoder fails such a
     /// field as "need more bytes" after it has consumed it, so in a block
     /// that goes on in a CONTINUATION frame the field is dropped and the
     /// block decoded on; in the block's last frame the connection fails

@@ -884,6 +884,17 @@ async fn a_hash_in_an_h2_path_closes_the_connection_before_it_is_served() {
     );
 }
 
+/// `:method POST`, `:scheme http` and `:authority gw.test` as HPACK literals.
+fn hpack_post_start(out: &mut Vec<u8>) {
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "gw.test"),
+    ] {
+        hpack_literal(out, name, value);
+    }
+}
+
 /// A literal field with an empty name, in a header block that goes on in a
 /// CONTINUATION frame, is dropped by the h2 layer and never enters its
 /// dynamic table. A watch that added it to its own table read every older
@@ -909,13 +920,7 @@ async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
     // Stream 1: `:path` added to the table (index 62), then an empty name
     // added to it, in a HEADERS frame that a CONTINUATION ends.
     let mut first = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":authority", "gw.test"),
-    ] {
-        hpack_literal(&mut first, name, value);
-    }
+    hpack_post_start(&mut first);
     let path = b"/api/image/v1.0/report/R1";
     first.extend([0x44, path.len() as u8]);
     first.extend_from_slice(path);
@@ -927,13 +932,7 @@ async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
     jpeg_data_frames(&mut wire, 1);
     // Stream 3: the `:path` by the name at index 62, with a `#`.
     let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":authority", "gw.test"),
-    ] {
-        hpack_literal(&mut block, name, value);
-    }
+    hpack_post_start(&mut block);
     let hashed = b"/api/image/v1.0/report/R2#R3";
     block.extend([0x0f, 62 - 15, hashed.len() as u8]);
     block.extend_from_slice(hashed);
