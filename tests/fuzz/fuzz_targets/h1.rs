@@ -41,8 +41,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,7 +58,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[path = "net.rs"]
+mod net;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// What the service saw of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,25 +138,11 @@ impl AsyncRead for Wire<'_> {
     }
 }
 
-impl AsyncWrite for Wire<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+net::drop_writes!(Wire<'_>);
 
 thread_local! {
     /// Only for hyper's timer to register with: the connection is polled by
-    /// hand ([`until_quiet`]).
+    /// hand (`net::until_quiet`).
     static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -252,32 +240,10 @@ fn serve(wire: Wire<'_>, notes: Option<Arc<HeadNotes>>) -> Vec<Seen> {
         // hyper's timer needs a runtime to register with; none of its
         // timeouts is reached.
         let _runtime = rt.enter();
-        until_quiet(conn);
+        let mut conn = conn;
+        net::until_quiet(|cx| conn.as_mut().poll(cx).is_ready());
     });
     seen.take()
-}
-
-/// Polls `conn` until it ends, or until it waits and nothing will wake it:
-/// hyper waits for bytes the client will not send (the service's futures run
-/// inside the connection's, so nothing else is left to happen).
-fn until_quiet(mut conn: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + '_>>) {
-    struct Woken(AtomicBool);
-    impl Wake for Woken {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::Relaxed);
-        }
-    }
-    let woken = Arc::new(Woken(AtomicBool::new(false)));
-    let waker = Waker::from(woken.clone());
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        woken.0.store(false, Ordering::Relaxed);
-        match conn.as_mut().poll(&mut cx) {
-            Poll::Ready(_) => return,
-            Poll::Pending if woken.0.load(Ordering::Relaxed) => {}
-            Poll::Pending => return,
-        }
-    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -36,9 +36,7 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use concur_gateway::h2_watch::{H2Tracker, Hpack, PREFACE, Refused};
@@ -53,7 +51,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[path = "net.rs"]
+mod net;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// A request as hyper served it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,21 +91,7 @@ impl AsyncRead for Client {
     }
 }
 
-impl AsyncWrite for Client {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+net::drop_writes!(Client);
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -127,31 +114,16 @@ fn until_quiet(
     conn: &mut Pin<Box<dyn Future<Output = Result<(), hyper::Error>>>>,
     tasks: &Local,
 ) -> bool {
-    struct Woken(AtomicBool);
-    impl Wake for Woken {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::Relaxed);
-        }
-    }
-    let woken = Arc::new(Woken(AtomicBool::new(false)));
-    let waker = Waker::from(woken.clone());
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        woken.0.store(false, Ordering::Relaxed);
-        let ended = conn.as_mut().poll(&mut cx).is_ready();
+    net::until_quiet(|cx| {
+        let ended = conn.as_mut().poll(cx).is_ready();
         let running = std::mem::take(&mut *tasks.0.borrow_mut());
         for mut task in running {
-            if task.as_mut().poll(&mut cx).is_pending() {
+            if task.as_mut().poll(cx).is_pending() {
                 tasks.0.borrow_mut().push(task);
             }
         }
-        if ended {
-            return true;
-        }
-        if !woken.0.load(Ordering::Relaxed) {
-            return false;
-        }
-    }
+        ended
+    })
 }
 
 /// A frame header (RFC 9113 §4.1).
