@@ -162,6 +162,12 @@ pub enum Refused {
     /// A stream's trailers held a pseudo-header field (RFC 9113 §8.1: a
     /// malformed request; the h2 layer would drop the field and serve it).
     TrailerPseudo,
+    /// The client sent a PUSH_PROMISE frame, which only a server may send
+    /// (RFC 9113 §8.4: a connection error). The h2 layer closes the
+    /// connection for one too, except on a stream it has reset: there it
+    /// resets the stream again and reads on, after decoding the frame's
+    /// header block into its dynamic table.
+    PushPromise,
     /// The watch could not follow the client's frames.
     Lost,
 }
@@ -476,7 +482,10 @@ impl H2Tracker {
                     }
                     // A header block is HEADERS then CONTINUATIONs, nothing
                     // between (RFC 9113 §6.10; the h2 layer closes otherwise).
+                    // A PUSH_PROMISE also holds a header block, which the h2
+                    // layer decodes; a client never sends one.
                     let headers = match self.kind {
+                        0x5 => return Err(Refused::PushPromise),
                         0x1 if !self.in_block => true,
                         0x9 if self.in_block => true,
                         _ if self.in_block => return Err(Refused::Lost),
@@ -865,5 +874,40 @@ mod tests {
         }
         assert_eq!(t.feed(&w), Ok(()));
         assert_eq!(t.open.len(), OPEN_CAP);
+    }
+
+    /// A PUSH_PROMISE's header block enters the h2 layer's table, which the
+    /// watch's would not follow: the frame is refused as soon as its header
+    /// is in, whatever it holds and wherever the reads split it.
+    #[test]
+    fn refuses_a_push_promise_from_the_client() {
+        let mut promise = 2u32.to_be_bytes().to_vec();
+        promise.extend(literal(":path", "/r/R2"));
+        let mut w = PREFACE.to_vec();
+        w.extend(frame(0x1, 0x4 | 0x1, 1, &literal(":path", "/r/R1")));
+        let head_end = w.len() + 9;
+        w.extend(frame(0x5, 0x4, 1, &promise));
+        for step in [1, 7, 1000] {
+            let mut t = H2Tracker::default();
+            let mut fed = 0;
+            let refused = w.chunks(step).find_map(|piece| {
+                fed += piece.len();
+                t.feed(piece).err()
+            });
+            assert_eq!(refused, Some(Refused::PushPromise), "split every {step}");
+            assert!(
+                fed >= head_end && fed < head_end + step,
+                "split every {step}"
+            );
+        }
+        // Empty, or in the middle of a header block (where any frame but a
+        // CONTINUATION is refused anyway).
+        let mut w = PREFACE.to_vec();
+        w.extend(frame(0x5, 0, 3, &[]));
+        assert_eq!(H2Tracker::default().feed(&w), Err(Refused::PushPromise));
+        let mut w = PREFACE.to_vec();
+        w.extend(frame(0x1, 0, 1, &literal(":path", "/")));
+        w.extend(frame(0x5, 0x4, 1, &promise));
+        assert!(H2Tracker::default().feed(&w).is_err());
     }
 }

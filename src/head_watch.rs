@@ -1065,6 +1065,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadWatch<T> {
                         );
                         "a pseudo-header field in trailers"
                     }
+                    Refused::PushPromise => {
+                        tracing::info!(
+                            "closing an HTTP/2 connection: a PUSH_PROMISE frame from the client"
+                        );
+                        "a PUSH_PROMISE frame from the client"
+                    }
                     Refused::Lost => {
                         tracing::info!(
                             "closing an HTTP/2 connection whose header blocks cannot be followed"
