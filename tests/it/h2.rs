@@ -992,6 +992,59 @@ async fn a_hash_in_the_first_of_two_h2_paths_is_refused() {
     assert_eq!(h.uploads().len(), 0, "nothing reaches Concur");
 }
 
+/// A client must not send PUSH_PROMISE (RFC 9113 §8.4), and the h2 layer
+/// closes the connection for one, except on a stream it has reset: there it
+/// resets the stream again and goes on, after decoding the frame's header
+/// block into its dynamic table. A watch that skipped the frame lost step:
+/// here the promise adds a `:path` with a `#` to the h2 layer's table, and
+/// a later stream names its `:path` by index 62, the promise's entry for
+/// the h2 layer and an older one without a `#` for the watch.
+#[tokio::test]
+async fn a_push_promise_from_the_client_closes_the_connection() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    // Stream 1: malformed (a connection-specific field), so the h2 layer
+    // resets it; its `:path` enters both tables (index 62).
+    let mut first = Vec::new();
+    hpack_post_start(&mut first);
+    let path = b"/api/image/v1.0/report/R1";
+    first.extend([0x44, path.len() as u8]);
+    first.extend_from_slice(path);
+    hpack_literal(&mut first, "connection", "close");
+    wire.extend(h2_frame(0x1, 0x4 | 0x1, 1, &first));
+    // PUSH_PROMISE on stream 1 (promised stream 2): a `:path` with a `#`
+    // added to the table.
+    let mut promise = 2u32.to_be_bytes().to_vec();
+    let hashed = b"/api/image/v1.0/report/R2#R3";
+    promise.extend([0x44, hashed.len() as u8]);
+    promise.extend_from_slice(hashed);
+    wire.extend(h2_frame(0x5, 0x4, 1, &promise));
+    // Stream 3: the `:path` at index 62.
+    let mut block = Vec::new();
+    hpack_post_start(&mut block);
+    block.push(0x80 | 62);
+    for (name, value) in [
+        ("authorization", format!("Bearer {token}")),
+        ("content-type", "image/jpeg".to_owned()),
+        ("content-length", JPEG.len().to_string()),
+    ] {
+        hpack_literal(&mut block, name, &value);
+    }
+    wire.extend(h2_frame(0x1, 0x4, 3, &block));
+    jpeg_data_frames(&mut wire, 3);
+
+    let (statuses, closed) = h2_raw_exchange(&h, &wire, 1).await;
+    settle().await;
+    let targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
+    assert!(
+        !targets.iter().any(|t| t.contains("R2")),
+        "the stream with a `#` was served: {targets:?} {statuses:?}"
+    );
+    assert!(closed && !statuses.contains_key(&3), "{statuses:?}");
+}
+
 /// The watch's own HPACK decoder keeps step with what a real encoder sends
 /// (hyper's: Huffman coding, a dynamic table filled, evicted and reused):
 /// 120 requests on one connection with header fields of many sizes, some
