@@ -146,13 +146,15 @@ import hpack, struct, sys, os
 out_dir = sys.argv[1]
 def seed(name, reqs, huffman=True, size_update=None):
     e = hpack.Encoder()
-    out = b"\0" * 8
+    out = b""
     for i, hdrs in enumerate(reqs):
         if size_update is not None and i == 1:
             e.header_table_size = size_update
         b = e.encode(hdrs, huffman=huffman)
         out += struct.pack(">H", len(b)) + b
-    open(os.path.join(out_dir, name), "wb").write(out)
+    # Control byte 0: one HEADERS frame per block; 3: split and rich.
+    for ctl in (0, 3):
+        open(os.path.join(out_dir, "%s-%d" % (name, ctl)), "wb").write(bytes([ctl]) + b"\0" * 7 + out)
 base = [(":method", "POST"), (":scheme", "http"), (":authority", "gw"),
         (":path", "/api/image/v1.0/receipt"),
         ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
@@ -170,6 +172,8 @@ big = base + [("x-big", "v" * 3000)]
 seed("evict", [big, big, base, big])
 seed("never-indexed", [base + [hpack.NeverIndexedHeaderTuple("cookie", "a=b")], base])
 seed("many", [base + [("x-%d" % i, "v%d" % i) for i in range(60)], base])
+seed("malformed-first", [base + [("connection", "close")], base, path("/api/image/v1.0/report/R1#R2"), base])
+seed("trailers", [base, [("x-sum", "1")], [(":path", "/t")], base])
 seed("options-star", [[(":method", "OPTIONS"), (":scheme", "http"), (":authority", "gw"), (":path", "*")]])
 seed("get-absolute", [[(":method", "GET"), (":scheme", "https"), (":authority", "gw:8443"), (":path", "/x")], base])
 EOF

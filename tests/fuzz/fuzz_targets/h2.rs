@@ -18,16 +18,26 @@
 //! HTTP/2 settings from `server.rs`) runs until it has done all it can with
 //! a block before the next one comes. The same blocks go through the
 //! watch's decoder (`Hpack`) and its frame follower (`H2Tracker`, fed in
-//! pieces of 1–64 bytes when split). The target asserts, block by block,
-//! while hyper's connection lives:
+//! pieces of 1–64 bytes when split). Bit 1 of byte 0, the rich mode: a
+//! block may go on a stream used before (trailers, or a stream h2 has ended
+//! or reset), without END_STREAM, in a PUSH_PROMISE frame, padded (perhaps
+//! past its frame), with a priority (perhaps on its own stream), and other
+//! frames go between blocks ([`other_frames`]). The target asserts, block
+//! by block, while hyper's connection lives:
 //! - a block the watch cannot decode is one that ends hyper's connection
-//!   (a compression error);
+//!   (a compression error); a block h2 does not decode (its stream depends
+//!   on itself, or its padding runs past the frame) is not served, and
+//!   only the first keeps the connection;
 //! - a request hyper served has the watch's `:method`, its `:path` up to a
 //!   `#` as the path and query, and its other fields (read as the h2 layer
 //!   reads them: the first `:method` and `:path`, before any regular
 //!   field; no connection-specific fields);
 //! - the frame follower refuses the connection exactly at the first block
-//!   whose `:path` has a `#` or that the decoder cannot decode;
+//!   whose `:path` has a `#`, that the decoder cannot decode, that comes in
+//!   a PUSH_PROMISE, whose padding runs past its frame, or that holds a
+//!   pseudo-header field on a stream used before (trailers, as far as the
+//!   follower can tell);
+//! - a request hyper served came from a block on a new stream;
 //! - nothing panics or hangs.
 
 use std::cell::RefCell;
@@ -148,6 +158,8 @@ struct Decoded {
     path: Option<Vec<u8>>,
     /// Any `:path` has a `#`: what the follower refuses.
     hash: bool,
+    /// Any pseudo-header field: what the follower refuses in trailers.
+    pseudo: bool,
     /// Regular fields the h2 layer keeps (not the connection-specific ones,
     /// which make the request malformed, as above), sorted.
     fields: Vec<(Vec<u8>, Vec<u8>)>,
@@ -158,12 +170,14 @@ fn decode(hpack: &mut Hpack, block: &[u8]) -> Option<Decoded> {
         method: None,
         path: None,
         hash: false,
+        pseudo: false,
         fields: Vec::new(),
     };
     let mut regular = false;
     hpack
         .decode(block, |name, value| {
             if name.starts_with(b":") {
+                d.pseudo = true;
                 d.hash |= name == b":path" && value.contains(&b'#');
                 let slot = match name {
                     _ if regular => return,
@@ -194,6 +208,185 @@ fn decode(hpack: &mut Hpack, block: &[u8]) -> Option<Decoded> {
     Some(d)
 }
 
+/// How a block is sent.
+#[derive(Debug)]
+struct Shape {
+    stream: u32,
+    /// No block was sent on the stream before.
+    new_stream: bool,
+    /// In a PUSH_PROMISE frame (promising this stream), not a HEADERS one.
+    push: Option<u32>,
+    end_stream: bool,
+    /// Where CONTINUATION frames take over: one cut or two.
+    cuts: Option<(usize, Option<usize>)>,
+    /// PADDED: the pad length, and whether it runs past the frame (no
+    /// padding is then sent at all).
+    pad: Option<u8>,
+    bad_padding: bool,
+    /// PRIORITY: the dependency (exclusive bit included) and the weight.
+    priority: Option<(u32, u8)>,
+    self_dependent: bool,
+}
+
+impl Shape {
+    fn new(
+        (split, rich): (bool, bool),
+        used: &mut Vec<u32>,
+        fresh: &mut u32,
+        len: usize,
+        next: &mut impl FnMut() -> u64,
+    ) -> Self {
+        let push = (rich && next() % 16 == 0).then(|| 2 * (next() as u32 % 100) + 2);
+        let stream = if rich && !used.is_empty() && next() % 4 == 0 {
+            used[next() as usize % used.len()]
+        } else {
+            *fresh += 2;
+            *fresh - 2
+        };
+        let new_stream = !used.contains(&stream);
+        if new_stream {
+            used.push(stream);
+        }
+        // HEADERS, then one or two CONTINUATIONs, the last with
+        // END_HEADERS; a fragment may be empty.
+        let cuts = (split && len > 0).then(|| {
+            let a = next() as usize % (len + 1);
+            let b = a + next() as usize % (len - a + 1);
+            (a, (next() % 2 == 0).then_some(b))
+        });
+        let mut shape = Shape {
+            stream,
+            new_stream,
+            push,
+            end_stream: !rich || next() % 4 != 0,
+            cuts,
+            pad: None,
+            bad_padding: false,
+            priority: None,
+            self_dependent: false,
+        };
+        if !rich {
+            return shape;
+        }
+        if push.is_none() && next() % 4 == 0 {
+            shape.self_dependent = next() % 4 == 0;
+            let on = if shape.self_dependent {
+                stream
+            } else {
+                next() as u32 % stream
+            };
+            shape.priority = Some((on | (next() as u32 & 0x8000_0000), next() as u8));
+        }
+        if next() % 4 == 0 {
+            let first = cuts.map_or(len, |(a, _)| a);
+            let past = first + 1 + next() as usize % 4;
+            shape.bad_padding = next() % 8 == 0 && past <= 255;
+            shape.pad = Some(if shape.bad_padding {
+                past as u8
+            } else {
+                (next() % 8) as u8
+            });
+        }
+        shape
+    }
+
+    fn write(&self, out: &mut Vec<u8>, block: &[u8]) {
+        let (first, rest): (&[u8], Vec<&[u8]>) = match self.cuts {
+            None => (block, vec![]),
+            Some((a, None)) => (&block[..a], vec![&block[a..]]),
+            Some((a, Some(b))) => (&block[..a], vec![&block[a..b], &block[b..]]),
+        };
+        let mut payload = Vec::new();
+        let mut flags = 0;
+        if let Some(pad) = self.pad {
+            payload.push(pad);
+            flags |= 0x8;
+        }
+        if let Some(promised) = self.push {
+            payload.extend(promised.to_be_bytes());
+        } else if self.end_stream {
+            flags |= 0x1;
+        }
+        if let Some((on, weight)) = self.priority {
+            payload.extend(on.to_be_bytes());
+            payload.push(weight);
+            flags |= 0x20;
+        }
+        payload.extend_from_slice(first);
+        if let Some(pad) = self.pad
+            && !self.bad_padding
+        {
+            payload.extend(std::iter::repeat_n(0, usize::from(pad)));
+        }
+        if rest.is_empty() {
+            flags |= 0x4;
+        }
+        let kind = if self.push.is_some() { 5 } else { 1 };
+        out.extend(frame(kind, flags, self.stream, &payload));
+        for (k, fragment) in rest.iter().enumerate() {
+            let end = if k + 1 == rest.len() { 0x4 } else { 0 };
+            out.extend(frame(9, end, self.stream, fragment));
+        }
+    }
+}
+
+/// Up to two frames that carry no header block, between two blocks: DATA
+/// (perhaps ending its stream, perhaps padded), RST_STREAM, WINDOW_UPDATE,
+/// PING, PRIORITY (perhaps on itself), a frame of an unknown type,
+/// SETTINGS.
+fn other_frames(out: &mut Vec<u8>, used: &[u32], next: &mut impl FnMut() -> u64) {
+    for _ in 0..next() % 3 {
+        let stream = match used.len() {
+            0 => 0,
+            n => used[next() as usize % n],
+        };
+        match next() % 8 {
+            0 if stream != 0 => {
+                let mut flags = (next() % 2) as u8;
+                let data = vec![b'd'; next() as usize % 9];
+                let payload = if next() % 4 == 0 {
+                    flags |= 0x8;
+                    let pad = (next() % 4) as u8;
+                    let mut p = vec![pad];
+                    p.extend(&data);
+                    p.extend(std::iter::repeat_n(0, usize::from(pad)));
+                    p
+                } else {
+                    data
+                };
+                out.extend(frame(0, flags, stream, &payload));
+            }
+            1 if stream != 0 => {
+                out.extend(frame(3, 0, stream, &(next() as u32 % 14).to_be_bytes()))
+            }
+            2 => out.extend(frame(
+                8,
+                0,
+                stream,
+                &(1 + next() as u32 % 65536).to_be_bytes(),
+            )),
+            3 => out.extend(frame(6, 0, 0, &next().to_be_bytes())),
+            4 if stream != 0 => {
+                let on = if next() % 4 == 0 {
+                    stream
+                } else {
+                    next() as u32 % stream
+                };
+                let mut payload = on.to_be_bytes().to_vec();
+                payload.push(next() as u8);
+                out.extend(frame(2, 0, stream, &payload));
+            }
+            5 => {
+                let kind = 0x20 + (next() % 0xd0) as u8;
+                let id = next() as u32 & 0x7fff_ffff;
+                out.extend(frame(kind, next() as u8, id, &[next() as u8; 3]));
+            }
+            6 => out.extend(frame(4, 0, 0, &[])),
+            _ => {}
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((ctl, mut rest)) = data.split_first_chunk::<8>() else {
         return;
@@ -208,6 +401,10 @@ fuzz_target!(|data: &[u8]| {
     // Bit 0 of byte 0: blocks split into HEADERS and CONTINUATION frames,
     // and the follower fed in pieces of 1–64 bytes.
     let split = ctl[0] & 1 == 1;
+    // Bit 1: blocks on streams used before (trailers, or streams closed or
+    // reset), in PUSH_PROMISE frames, with padding and priorities, and
+    // other frames between them.
+    let rich = ctl[0] & 2 == 2;
     let mut blocks = Vec::new();
     while let Some((len, tail)) = rest.split_first_chunk::<2>() {
         let len = (usize::from(u16::from_be_bytes(*len)) % 4096).min(tail.len());
@@ -257,24 +454,16 @@ fuzz_target!(|data: &[u8]| {
     let mut tracker_refused = false;
     let mut start = PREFACE.to_vec();
     start.extend(frame(4, 0, 0, &[]));
+    // The streams of the blocks sent so far, and the next new one.
+    let mut used: Vec<u32> = Vec::new();
+    let mut fresh = 1u32;
     for (i, block) in blocks.iter().enumerate() {
         let mut bytes = std::mem::take(&mut start);
-        let stream = 2 * i as u32 + 1;
-        if split && !block.is_empty() {
-            // HEADERS, then one or two CONTINUATIONs, the last with
-            // END_HEADERS; a fragment may be empty.
-            let a = next() as usize % (block.len() + 1);
-            let b = a + next() as usize % (block.len() - a + 1);
-            bytes.extend(frame(1, 0x1, stream, &block[..a]));
-            if next() % 2 == 0 {
-                bytes.extend(frame(9, 0, stream, &block[a..b]));
-                bytes.extend(frame(9, 0x4, stream, &block[b..]));
-            } else {
-                bytes.extend(frame(9, 0x4, stream, &block[a..]));
-            }
-        } else {
-            bytes.extend(frame(1, 0x4 | 0x1, stream, block));
+        if rich {
+            other_frames(&mut bytes, &used, &mut next);
         }
+        let shape = Shape::new((split, rich), &mut used, &mut fresh, block.len(), &mut next);
+        shape.write(&mut bytes, block);
         let followed = if split {
             let mut followed = Ok(());
             let mut left = &bytes[..];
@@ -291,20 +480,48 @@ fuzz_target!(|data: &[u8]| {
         let before = served.borrow().len();
         let ended = until_quiet(&mut conn, &tasks);
         let now = served.borrow().len();
-        let decoded = decode(&mut hpack, block);
+        // The h2 layer decodes the block unless its frame fails to load (a
+        // connection error) or its stream depends on itself (a stream
+        // error, checked before the padding).
+        let decoded =
+            (!shape.self_dependent && !shape.bad_padding).then(|| decode(&mut hpack, block));
 
-        // The frame follower: refuses at the first block the decoder cannot
-        // decode or whose `:path` has a `#`, and not before.
+        // The frame follower: refuses a PUSH_PROMISE, a frame whose padding
+        // runs past it, and at the first block the decoder cannot decode or
+        // whose `:path` has a `#` (or that holds a pseudo-header field on a
+        // stream used before: trailers, as far as the follower can tell);
+        // and not otherwise.
         if !tracker_refused {
-            let hash = decoded.as_ref().is_some_and(|d| d.hash);
-            match (&followed, &decoded) {
-                (Err(Refused::Lost), None) => tracker_refused = true,
-                (Err(Refused::Hash(_)), Some(_)) if hash => tracker_refused = true,
-                (Ok(()), Some(_)) if !hash => {}
-                _ => panic!("block {i}: the follower said {followed:?}, the decoder {decoded:?}"),
-            }
+            let found = decoded.as_ref().and_then(|d| d.as_ref());
+            let hash = found.is_some_and(|d| d.hash);
+            let ok = match &followed {
+                Err(Refused::PushPromise) => shape.push.is_some(),
+                _ if shape.push.is_some() => false,
+                Err(Refused::Lost) => shape.bad_padding || matches!(decoded, Some(None)),
+                Err(Refused::Hash(_)) => hash,
+                Err(Refused::TrailerPseudo) => !shape.new_stream && found.is_some_and(|d| d.pseudo),
+                Ok(()) => !shape.bad_padding && !hash && !matches!(decoded, Some(None)),
+            };
+            assert!(
+                ok,
+                "block {i} ({shape:?}): the follower said {followed:?}, the decoder {decoded:?}"
+            );
+            tracker_refused = followed.is_err();
         }
 
+        let Some(decoded) = decoded else {
+            // Not decoded: a stream that depends on itself is reset, a
+            // frame whose padding runs past it fails the connection.
+            assert_eq!(now, before, "block {i}: a block not decoded was served");
+            assert!(
+                ended || shape.self_dependent,
+                "block {i}: a frame with bad padding was taken"
+            );
+            if ended {
+                return;
+            }
+            continue;
+        };
         let Some(Decoded {
             method,
             path,
@@ -320,6 +537,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         if now > before {
+            assert!(
+                shape.new_stream && shape.push.is_none(),
+                "block {i} ({shape:?}): served as a new request"
+            );
             assert_eq!(now, before + 1, "block {i}: one request per block");
             let got = served.borrow()[before].clone();
             // No `:path`: a CONNECT, whose URI is its authority alone, or a
