@@ -901,7 +901,8 @@ fn hpack_post_start(out: &mut Vec<u8>) {
 /// entry one index further on: here a later block names its `:path` by
 /// index 62 (the h2 layer's `:path` entry, the watch's empty one) and its
 /// `#` went unseen, so `report/R2#R3` was served as `report/R2`. Found by
-/// the `h2` fuzz target (tests/fuzz).
+/// the `h2` fuzz target (tests/fuzz). The watch first skipped such a field
+/// as the h2 layer does here; it now refuses the connection at once.
 #[tokio::test]
 async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
     let h = Harness::start().await;
@@ -990,6 +991,70 @@ async fn a_hash_in_the_first_of_two_h2_paths_is_refused() {
     assert!(closed && statuses.is_empty(), "{statuses:?}");
     settle().await;
     assert_eq!(h.uploads().len(), 0, "nothing reaches Concur");
+}
+
+/// An empty field name, in a header block that goes on in a CONTINUATION
+/// frame, makes the h2 layer's decoder stop with "need more bytes" after
+/// consuming the name but not a Huffman-coded value: once the next frame
+/// comes, it decodes from the value's length byte on, as header fields. The
+/// watch skipped the whole field, so it never saw what the h2 layer read
+/// there: here, after the length byte (read as index 62: the `:method POST`
+/// an earlier request put in the table), a `:path` with a `#` (the value is
+/// valid Huffman code too, with harmless `user-agent` and `referer` fields
+/// after the `:path`): `report/R2#R3` was served as `report/R2`. Found by
+/// the `h2` fuzz target's rich mode (tests/fuzz). The watch now refuses any
+/// field with an empty name.
+#[tokio::test]
+async fn an_empty_field_name_with_a_huffman_value_closes_the_connection() {
+    let h = Harness::start().await;
+    let token = jwt(ALICE.0, ALICE.1);
+    let rest = |block: &mut Vec<u8>| {
+        for (name, value) in [
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "image/jpeg".to_owned()),
+            ("content-length", JPEG.len().to_string()),
+        ] {
+            hpack_literal(block, name, &value);
+        }
+    };
+    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    // Stream 1, an upload to R1: `:method POST` added to the table.
+    let mut block = vec![0x43, 4];
+    block.extend_from_slice(b"POST");
+    hpack_literal(&mut block, ":scheme", "http");
+    hpack_literal(&mut block, ":authority", "gw.test");
+    hpack_literal(&mut block, ":path", "/api/image/v1.0/report/R1");
+    rest(&mut block);
+    wire.extend(h2_frame(0x1, 0x4, 1, &block));
+    jpeg_data_frames(&mut wire, 1);
+    // Stream 3: no `:method` but in the value of a field with an empty
+    // name: its length byte (Huffman, 62 bytes) reads as index 62.
+    let hashed = b"/api/image/v1.0/report/R2#R3";
+    let mut value = vec![0x04, hashed.len() as u8];
+    value.extend_from_slice(hashed);
+    value.extend([0xba; 30]);
+    value.extend([0xb3; 2]);
+    assert_eq!(value.len(), 62);
+    let mut first = Vec::new();
+    hpack_literal(&mut first, ":scheme", "http");
+    hpack_literal(&mut first, ":authority", "gw.test");
+    first.extend([0x00, 0x00, 0x80 | 62]);
+    first.extend(&value);
+    let mut second = Vec::new();
+    rest(&mut second);
+    wire.extend(h2_frame(0x1, 0, 3, &first));
+    wire.extend(h2_frame(0x9, 0x4, 3, &second));
+    jpeg_data_frames(&mut wire, 3);
+
+    let (statuses, closed) = h2_raw_exchange(&h, &wire, 2).await;
+    settle().await;
+    let targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
+    assert!(
+        !targets.iter().any(|t| t.contains("R2")),
+        "the stream with a `#` was served: {targets:?} {statuses:?}"
+    );
+    assert!(closed && !statuses.contains_key(&3), "{statuses:?}");
 }
 
 /// A client must not send PUSH_PROMISE (RFC 9113 §8.4), and the h2 layer
