@@ -98,6 +98,35 @@ for f in *.pdf; do
     prefix 000 "$f" "$corpus/pdf/$f"
     prefix 001 "$f" "$corpus/pdf/allow-$f"
 done
+# body: the fixtures and PDFs above, each as its own media type (control
+# byte 1: 0 JPEG, 1 PNG, 2 PDF), read three ways (bits 4-5 of byte 0), with
+# and without a declared length (bit 0); and three bodies past the 64 KiB
+# hold-back: a JPEG with APP15 filler, a PNG with a large tEXt chunk, a PDF
+# with a large comment.
+mkdir -p "$corpus/body"
+python3 - "$fixtures" "$work" "$corpus/body" <<'EOF'
+import glob, os, struct, sys, zlib
+fixtures, work, out = sys.argv[1:]
+def w(name, media, data):
+    for read in range(3):
+        for declared in (0, 1):
+            ctl = bytes([read << 4 | declared, media]) + b"\0" * 6
+            open(os.path.join(out, "%s-%d%d" % (name, read, declared)), "wb").write(ctl + data)
+files = [(f, 0) for f in glob.glob(fixtures + "/*.jpg")]
+files += [(f, 1) for f in glob.glob(fixtures + "/*.png")]
+files += [(f, 2) for f in sorted(glob.glob(work + "/*.pdf"))]
+for f, media in files:
+    w(os.path.basename(f), media, open(f, "rb").read())
+jpg = open(sorted(glob.glob(fixtures + "/*.jpg"))[0], "rb").read()
+app15 = b"\xff\xef\xff\xff" + b"f" * 0xfffd
+w("big-jpeg", 0, jpg[:2] + app15 * 3 + jpg[2:])
+png = open(sorted(glob.glob(fixtures + "/*.png"))[0], "rb").read()
+text = b"Comment\0" + b"t" * 150000
+chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
+w("big-png", 1, png[:33] + chunk + png[33:])
+pdf = open(sorted(glob.glob(work + "/*.pdf"))[0], "rb").read()
+w("big-pdf", 2, pdf.replace(b"%%EOF", b"%" + b"p" * 150000 + b"\n%%EOF", 1))
+EOF
 # h1: what clients send on one connection, each twice (control byte 0 bit 0
 # clear: pieces of 1-4096 bytes; set: 1-16 bytes).
 mkdir -p "$corpus/h1"
@@ -178,4 +207,4 @@ seed("options-star", [[(":method", "OPTIONS"), (":scheme", "http"), (":authority
 seed("get-absolute", [[(":method", "GET"), (":scheme", "https"), (":authority", "gw:8443"), (":path", "/x")], base])
 EOF
 fi
-echo "corpus files: $(ls "$corpus/jpeg" | wc -l) jpeg, $(ls "$corpus/png" | wc -l) png, $(ls "$corpus/pdf" | wc -l) pdf, $(ls "$corpus/h1" | wc -l) h1, $(ls "$corpus/h2" | wc -l) h2"
+echo "corpus files: $(ls "$corpus/jpeg" | wc -l) jpeg, $(ls "$corpus/png" | wc -l) png, $(ls "$corpus/pdf" | wc -l) pdf, $(ls "$corpus/h1" | wc -l) h1, $(ls "$corpus/h2" | wc -l) h2, $(ls "$corpus/body" | wc -l) body"

@@ -25,7 +25,9 @@
 //! frames go between blocks ([`other_frames`]). The target asserts, block
 //! by block, while hyper's connection lives:
 //! - a block the watch cannot decode is one that ends hyper's connection
-//!   (a compression error); a block h2 does not decode (its stream depends
+//!   (a compression error), or one with an empty field name, which the
+//!   watch refuses and h2 reads past across a CONTINUATION (the target
+//!   stops there); a block h2 does not decode (its stream depends
 //!   on itself, or its padding runs past the frame) is not served, and
 //!   only the first keeps the connection;
 //! - a request hyper served has the watch's `:method`, its `:path` up to a
@@ -387,6 +389,62 @@ fn other_frames(out: &mut Vec<u8>, used: &[u32], next: &mut impl FnMut() -> u64)
     }
 }
 
+/// Whether a header block holds a literal field with an empty name, read
+/// by the lengths alone, up to where they run past its end.
+fn empty_name(block: &[u8]) -> bool {
+    fn integer(block: &[u8], at: &mut usize, prefix: u8) -> Option<usize> {
+        let mask = (1u16 << prefix) as u8 - 1;
+        let mut n = usize::from(*block.get(*at)? & mask);
+        *at += 1;
+        if n < usize::from(mask) {
+            return Some(n);
+        }
+        for shift in (0..).step_by(7).take(4) {
+            let b = *block.get(*at)?;
+            *at += 1;
+            n += usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
+    fn string(block: &[u8], at: &mut usize) -> Option<usize> {
+        let len = integer(block, at, 7)?;
+        *at = at.checked_add(len).filter(|&end| end <= block.len())?;
+        Some(len)
+    }
+    let mut at = 0;
+    while let Some(&b) = block.get(at) {
+        let literal = match b {
+            _ if b & 0x80 != 0 => None,
+            _ if b & 0xc0 == 0x40 => Some(6),
+            _ if b & 0xe0 == 0x20 => None,
+            _ => Some(4),
+        };
+        let Some(prefix) = literal else {
+            let prefix = if b & 0x80 != 0 { 7 } else { 5 };
+            if integer(block, &mut at, prefix).is_none() {
+                return false;
+            }
+            continue;
+        };
+        match integer(block, &mut at, prefix) {
+            Some(0) => match string(block, &mut at) {
+                Some(0) => return true,
+                Some(_) => {}
+                None => return false,
+            },
+            Some(_) => {}
+            None => return false,
+        }
+        if string(block, &mut at).is_none() {
+            return false;
+        }
+    }
+    false
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((ctl, mut rest)) = data.split_first_chunk::<8>() else {
         return;
@@ -529,8 +587,11 @@ fuzz_target!(|data: &[u8]| {
             ..
         }) = decoded
         else {
+            // The watch refuses a field with an empty name, which h2 reads
+            // past when the block goes on in a CONTINUATION (see
+            // `Hpack::decode`).
             assert!(
-                ended,
+                ended || empty_name(block),
                 "block {i}: the watch cannot decode a block hyper took ({:?})",
                 served.borrow()
             );
