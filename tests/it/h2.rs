@@ -895,6 +895,32 @@ fn hpack_post_start(out: &mut Vec<u8>) {
     }
 }
 
+/// An upload's regular fields, as literals: the caller's JWT, a JPEG type
+/// and `JPEG`'s length.
+fn upload_fields(out: &mut Vec<u8>, token: &str) {
+    for (name, value) in [
+        ("authorization", format!("Bearer {token}")),
+        ("content-type", "image/jpeg".to_owned()),
+        ("content-length", JPEG.len().to_string()),
+    ] {
+        hpack_literal(out, name, &value);
+    }
+}
+
+/// Writes `wire` and reads until `streams` answers or a close: the
+/// connection must be closed before stream 3 (the one whose `:path` holds
+/// `report/R2#R3`) is answered, and nothing of R2 may reach Concur.
+async fn r2_never_served(h: &Harness, wire: &[u8], streams: usize) {
+    let (statuses, closed) = h2_raw_exchange(h, wire, streams).await;
+    settle().await;
+    let targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
+    assert!(
+        !targets.iter().any(|t| t.contains("R2")),
+        "the stream with a `#` was served: {targets:?} {statuses:?}"
+    );
+    assert!(closed && !statuses.contains_key(&3), "{statuses:?}");
+}
+
 /// A literal field with an empty name, in a header block that goes on in a
 /// CONTINUATION frame, is dropped by the h2 layer and never enters its
 /// dynamic table. A watch that added it to its own table read every older
@@ -907,15 +933,6 @@ fn hpack_post_start(out: &mut Vec<u8>) {
 async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
     let h = Harness::start().await;
     let token = jwt(ALICE.0, ALICE.1);
-    let rest = |block: &mut Vec<u8>| {
-        for (name, value) in [
-            ("authorization", format!("Bearer {token}")),
-            ("content-type", "image/jpeg".to_owned()),
-            ("content-length", JPEG.len().to_string()),
-        ] {
-            hpack_literal(block, name, &value);
-        }
-    };
     let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
     wire.extend(h2_frame(0x4, 0, 0, &[]));
     // Stream 1: `:path` added to the table (index 62), then an empty name
@@ -927,7 +944,7 @@ async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
     first.extend_from_slice(path);
     first.extend([0x40, 0x00, 0x00]);
     let mut second = Vec::new();
-    rest(&mut second);
+    upload_fields(&mut second, &token);
     wire.extend(h2_frame(0x1, 0, 1, &first));
     wire.extend(h2_frame(0x9, 0x4, 1, &second));
     jpeg_data_frames(&mut wire, 1);
@@ -937,19 +954,11 @@ async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
     let hashed = b"/api/image/v1.0/report/R2#R3";
     block.extend([0x0f, 62 - 15, hashed.len() as u8]);
     block.extend_from_slice(hashed);
-    rest(&mut block);
+    upload_fields(&mut block, &token);
     wire.extend(h2_frame(0x1, 0x4, 3, &block));
     jpeg_data_frames(&mut wire, 3);
 
-    let (statuses, closed) = h2_raw_exchange(&h, &wire, 2).await;
-    assert!(closed, "{statuses:?}");
-    assert_eq!(statuses.get(&3), None, "{statuses:?}");
-    settle().await;
-    let targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
-    assert!(
-        !targets.iter().any(|t| t.contains("R2")),
-        "the stream with a `#` was served: {targets:?}"
-    );
+    r2_never_served(&h, &wire, 2).await;
 }
 
 /// Two `:path`s in one request head, the first with a `#`, in a HEADERS
@@ -1008,15 +1017,6 @@ async fn a_hash_in_the_first_of_two_h2_paths_is_refused() {
 async fn an_empty_field_name_with_a_huffman_value_closes_the_connection() {
     let h = Harness::start().await;
     let token = jwt(ALICE.0, ALICE.1);
-    let rest = |block: &mut Vec<u8>| {
-        for (name, value) in [
-            ("authorization", format!("Bearer {token}")),
-            ("content-type", "image/jpeg".to_owned()),
-            ("content-length", JPEG.len().to_string()),
-        ] {
-            hpack_literal(block, name, &value);
-        }
-    };
     let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
     wire.extend(h2_frame(0x4, 0, 0, &[]));
     // Stream 1, an upload to R1: `:method POST` added to the table.
@@ -1025,7 +1025,7 @@ async fn an_empty_field_name_with_a_huffman_value_closes_the_connection() {
     hpack_literal(&mut block, ":scheme", "http");
     hpack_literal(&mut block, ":authority", "gw.test");
     hpack_literal(&mut block, ":path", "/api/image/v1.0/report/R1");
-    rest(&mut block);
+    upload_fields(&mut block, &token);
     wire.extend(h2_frame(0x1, 0x4, 1, &block));
     jpeg_data_frames(&mut wire, 1);
     // Stream 3: no `:method` but in the value of a field with an empty
@@ -1042,19 +1042,12 @@ async fn an_empty_field_name_with_a_huffman_value_closes_the_connection() {
     first.extend([0x00, 0x00, 0x80 | 62]);
     first.extend(&value);
     let mut second = Vec::new();
-    rest(&mut second);
+    upload_fields(&mut second, &token);
     wire.extend(h2_frame(0x1, 0, 3, &first));
     wire.extend(h2_frame(0x9, 0x4, 3, &second));
     jpeg_data_frames(&mut wire, 3);
 
-    let (statuses, closed) = h2_raw_exchange(&h, &wire, 2).await;
-    settle().await;
-    let targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
-    assert!(
-        !targets.iter().any(|t| t.contains("R2")),
-        "the stream with a `#` was served: {targets:?} {statuses:?}"
-    );
-    assert!(closed && !statuses.contains_key(&3), "{statuses:?}");
+    r2_never_served(&h, &wire, 2).await;
 }
 
 /// A client must not send PUSH_PROMISE (RFC 9113 §8.4), and the h2 layer
@@ -1090,24 +1083,11 @@ async fn a_push_promise_from_the_client_closes_the_connection() {
     let mut block = Vec::new();
     hpack_post_start(&mut block);
     block.push(0x80 | 62);
-    for (name, value) in [
-        ("authorization", format!("Bearer {token}")),
-        ("content-type", "image/jpeg".to_owned()),
-        ("content-length", JPEG.len().to_string()),
-    ] {
-        hpack_literal(&mut block, name, &value);
-    }
+    upload_fields(&mut block, &token);
     wire.extend(h2_frame(0x1, 0x4, 3, &block));
     jpeg_data_frames(&mut wire, 3);
 
-    let (statuses, closed) = h2_raw_exchange(&h, &wire, 1).await;
-    settle().await;
-    let targets: Vec<String> = h.uploads().into_iter().map(|u| u.target).collect();
-    assert!(
-        !targets.iter().any(|t| t.contains("R2")),
-        "the stream with a `#` was served: {targets:?} {statuses:?}"
-    );
-    assert!(closed && !statuses.contains_key(&3), "{statuses:?}");
+    r2_never_served(&h, &wire, 1).await;
 }
 
 /// The watch's own HPACK decoder keeps step with what a real encoder sends
