@@ -46,6 +46,9 @@ use concur_gateway::inspect::{Inspector, Limits, MediaType, inspect_all};
 use hyper::body::{Body, Frame};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "rng.rs"]
+mod rng;
+
 /// What the client's body does next.
 #[derive(Debug)]
 enum Event {
@@ -221,12 +224,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut seed = u64::from_le_bytes(*ctl) | 1;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = move || rng::next(&mut seed);
     let declared_len = ctl[0] & 1 == 1;
     let cut = ctl[0] & 2 == 2;
     let cut_plain_end = ctl[0] & 4 == 4;

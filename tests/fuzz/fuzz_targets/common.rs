@@ -47,12 +47,9 @@ pub fn setup(data: &[u8]) -> Option<(u64, Limits, &[u8])> {
     Some((seed, limits, body))
 }
 
-fn next(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
+#[path = "rng.rs"]
+mod rng;
+use rng::next;
 
 /// Feeds `body` through an [`Inspector`] in random 1–64 byte chunks.
 fn random_chunks(

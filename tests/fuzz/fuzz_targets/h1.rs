@@ -61,6 +61,8 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "net.rs"]
 mod net;
+#[path = "rng.rs"]
+mod rng;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// What the service saw of one request.
@@ -126,10 +128,7 @@ impl AsyncRead for Wire<'_> {
         }
         let mut n = self.rest.len().min(buf.remaining());
         if let Some(seed) = self.seed.as_mut() {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            n = n.min((*seed % self.max_piece) as usize + 1);
+            n = n.min((rng::next(seed) % self.max_piece) as usize + 1);
         }
         let (piece, rest) = self.rest.split_at(n);
         buf.put_slice(piece);

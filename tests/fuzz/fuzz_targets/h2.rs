@@ -66,6 +66,8 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "net.rs"]
 mod net;
+#[path = "rng.rs"]
+mod rng;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// A request as hyper served it.
@@ -450,12 +452,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut seed = u64::from_le_bytes(*ctl) | 1;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = move || rng::next(&mut seed);
     // Bit 0 of byte 0: blocks split into HEADERS and CONTINUATION frames,
     // and the follower fed in pieces of 1–64 bytes.
     let split = ctl[0] & 1 == 1;
