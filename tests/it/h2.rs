@@ -749,6 +749,13 @@ fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
     }
 }
 
+/// What a client sends first: the preface and an empty SETTINGS frame.
+fn client_preface() -> Vec<u8> {
+    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    wire
+}
+
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
     out.extend_from_slice(&[kind, flags]);
@@ -766,8 +773,7 @@ async fn h2_raw_uploads(
     streams: &[(u32, &str)],
 ) -> (std::collections::BTreeMap<u32, String>, bool) {
     let token = jwt(ALICE.0, ALICE.1);
-    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
-    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut wire = client_preface();
     for &(stream, path) in streams {
         let mut block = Vec::new();
         for (name, value) in [
@@ -933,8 +939,7 @@ async fn r2_never_served(h: &Harness, wire: &[u8], streams: usize) {
 async fn an_empty_field_name_keeps_the_watch_in_step_with_the_h2_layer() {
     let h = Harness::start().await;
     let token = jwt(ALICE.0, ALICE.1);
-    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
-    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut wire = client_preface();
     // Stream 1: `:path` added to the table (index 62), then an empty name
     // added to it, in a HEADERS frame that a CONTINUATION ends.
     let mut first = Vec::new();
@@ -990,8 +995,7 @@ async fn a_hash_in_the_first_of_two_h2_paths_is_refused() {
         .position(|w| w == b"authorization")
         .unwrap()
         + 5;
-    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
-    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut wire = client_preface();
     wire.extend(h2_frame(0x1, 0, 1, &block[..cut]));
     wire.extend(h2_frame(0x9, 0x4, 1, &block[cut..]));
     jpeg_data_frames(&mut wire, 1);
@@ -1017,8 +1021,7 @@ async fn a_hash_in_the_first_of_two_h2_paths_is_refused() {
 async fn an_empty_field_name_with_a_huffman_value_closes_the_connection() {
     let h = Harness::start().await;
     let token = jwt(ALICE.0, ALICE.1);
-    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
-    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut wire = client_preface();
     // Stream 1, an upload to R1: `:method POST` added to the table.
     let mut block = vec![0x43, 4];
     block.extend_from_slice(b"POST");
@@ -1061,8 +1064,7 @@ async fn an_empty_field_name_with_a_huffman_value_closes_the_connection() {
 async fn a_push_promise_from_the_client_closes_the_connection() {
     let h = Harness::start().await;
     let token = jwt(ALICE.0, ALICE.1);
-    let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
-    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut wire = client_preface();
     // Stream 1: malformed (a connection-specific field), so the h2 layer
     // resets it; its `:path` enters both tables (index 62).
     let mut first = Vec::new();
@@ -1164,8 +1166,7 @@ async fn pseudo_header_fields_in_trailers_are_refused() {
     let h = Harness::start().await;
     let token = jwt(ALICE.0, ALICE.1);
     let upload = |trailer: (&str, &str)| {
-        let mut wire = concur_gateway::h2_watch::PREFACE.to_vec();
-        wire.extend(h2_frame(0x4, 0, 0, &[]));
+        let mut wire = client_preface();
         let mut block = Vec::new();
         for (name, value) in [
             (":method", "POST"),
