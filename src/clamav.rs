@@ -87,7 +87,7 @@ pub fn chunk_header(len: usize) -> [u8; 4] {
 }
 
 /// Where a scan task delivers its outcome.
-pub(crate) type VerdictSender = oneshot::Sender<Result<Reply, ScanError>>;
+pub type VerdictSender = oneshot::Sender<Result<Reply, ScanError>>;
 
 /// Why clamd gave no verdict.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -286,9 +286,10 @@ impl Scanner {
         }
     }
 
-    /// A session whose far end the caller holds: tests of the body adapter.
-    #[cfg(test)]
-    pub(crate) fn detached(&self) -> (ScanSession, mpsc::Receiver<Bytes>, VerdictSender) {
+    /// A session whose far end the caller holds: tests of the body adapter
+    /// (its unit tests, and the `body` fuzz target through `testkit`).
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn detached(&self) -> (ScanSession, mpsc::Receiver<Bytes>, VerdictSender) {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let (verdict_tx, verdict_rx) = oneshot::channel();
         let session = ScanSession {

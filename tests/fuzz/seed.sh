@@ -102,16 +102,21 @@ done
 # byte 1: 0 JPEG, 1 PNG, 2 PDF), read three ways (bits 4-5 of byte 0), with
 # and without a declared length (bit 0); and three bodies past the 64 KiB
 # hold-back: a JPEG with APP15 filler, a PNG with a large tEXt chunk, a PDF
-# with a large comment.
+# with a large comment (the JPEG and the PNG also with malware scanning and
+# each kind of scanner answer: byte 2).
 mkdir -p "$corpus/body"
 python3 - "$fixtures" "$work" "$corpus/body" <<'EOF'
 import glob, os, struct, sys, zlib
 fixtures, work, out = sys.argv[1:]
-def w(name, media, data):
+def w(name, media, data, scans=(0,)):
     for read in range(3):
         for declared in (0, 1):
-            ctl = bytes([read << 4 | declared, media]) + b"\0" * 6
-            open(os.path.join(out, "%s-%d%d" % (name, read, declared)), "wb").write(ctl + data)
+            for scan in scans:
+                ctl = bytes([read << 4 | declared, media, scan]) + b"\0" * 5
+                open(os.path.join(out, "%s-%d%d-%d" % (name, read, declared, scan)), "wb").write(ctl + data)
+# Byte 2, malware scanning: off; clean; found; error; no answer; error
+# with on_error = "allow"; found after the first chunk.
+scans = (0, 1, 5, 9, 13, 11, 0x15)
 files = [(f, 0) for f in glob.glob(fixtures + "/*.jpg")]
 files += [(f, 1) for f in glob.glob(fixtures + "/*.png")]
 files += [(f, 2) for f in sorted(glob.glob(work + "/*.pdf"))]
@@ -119,11 +124,11 @@ for f, media in files:
     w(os.path.basename(f), media, open(f, "rb").read())
 jpg = open(sorted(glob.glob(fixtures + "/*.jpg"))[0], "rb").read()
 app15 = b"\xff\xef\xff\xff" + b"f" * 0xfffd
-w("big-jpeg", 0, jpg[:2] + app15 * 3 + jpg[2:])
+w("big-jpeg", 0, jpg[:2] + app15 * 3 + jpg[2:], scans)
 png = open(sorted(glob.glob(fixtures + "/*.png"))[0], "rb").read()
 text = b"Comment\0" + b"t" * 150000
 chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
-w("big-png", 1, png[:33] + chunk + png[33:])
+w("big-png", 1, png[:33] + chunk + png[33:], scans)
 pdf = open(sorted(glob.glob(work + "/*.pdf"))[0], "rb").read()
 w("big-pdf", 2, pdf.replace(b"%%EOF", b"%" + b"p" * 150000 + b"\n%%EOF", 1))
 EOF

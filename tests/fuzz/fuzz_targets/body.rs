@@ -13,7 +13,11 @@
 //! length; bit 3: the digest is SHA-256. Bits 4–5 of byte 0 (modulo 3): how
 //! the proxy reads the adapter: `poll_frame` alone, `prime` then
 //! `poll_frame` (an upload with a declared length), or `prime` then
-//! `next_cleared` (a spooled one). The target asserts:
+//! `next_cleared` (a spooled one). Byte 2: malware scanning, with a
+//! scanner driven by hand (`Scanner::detached`): it takes what the adapter
+//! hands it whenever the adapter waits, and answers clean, found, error or
+//! not at all (bits 0-3), at the end or (bit 4) after a random number of
+//! chunks. The target asserts:
 //! - what is forwarded is always a prefix of the body;
 //! - until the body is accepted: with a declared length, the forwarded
 //!   bytes stay short of it; without one, the last `HOLD_BACK` bytes
@@ -30,6 +34,12 @@
 //!   client failed or fell short of its declared length;
 //! - the report counts the bytes received, and the digest of an accepted
 //!   body does not depend on how it was framed;
+//! - with scanning, the scanner gets a prefix of the body; a body the
+//!   checks accept fails exactly when clamd finds malware or (with
+//!   `on_error = "reject"`) fails, as `malware`/`scan_unavailable`; and a
+//!   body accepted on a clean verdict reached the scanner whole before
+//!   anything past the hold-back was released (the hold-back checks above
+//!   hold until the verdict);
 //! - nothing panics or hangs.
 
 use std::cell::Cell;
@@ -39,10 +49,14 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use tokio::sync::mpsc::{self, error::TryRecvError};
+
 use bytes::Bytes;
 use concur_gateway::body::{BodyFailure, BodyTiming, HOLD_BACK, InspectBody};
-use concur_gateway::config::{DigestAlgorithm, MinBodyRate};
+use concur_gateway::clamav::{Reply, Scanner, VerdictSender};
+use concur_gateway::config::{ClamdAddr, DigestAlgorithm, MinBodyRate, OnScanError, ScanConfig};
 use concur_gateway::inspect::{Inspector, Limits, MediaType, inspect_all};
+use concur_gateway::metrics::Metrics;
 use hyper::body::{Body, Frame};
 use libfuzzer_sys::fuzz_target;
 
@@ -94,6 +108,83 @@ enum Read {
     PrimeThenCleared,
 }
 
+/// clamd's answer, in a run with malware scanning.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answer {
+    Clean,
+    Found,
+    Error,
+    /// The scan task ends without a verdict.
+    Gone,
+}
+
+/// How the scanner behaves.
+#[derive(Debug, Clone, Copy)]
+struct ScanPlan {
+    /// `scan.on_error = "allow"`.
+    allow: bool,
+    answer: Answer,
+    /// The scan ends (with its answer, never `Clean`) once it took more
+    /// than this many chunks, before the body's end.
+    early: Option<usize>,
+}
+
+impl ScanPlan {
+    /// The adapter's decision: `None` for clean (or allowed unscanned),
+    /// else the failure it must end with.
+    fn failure(&self) -> Option<BodyFailure> {
+        match self.answer {
+            Answer::Clean => None,
+            Answer::Found => Some(BodyFailure::Malware),
+            Answer::Error | Answer::Gone if self.allow => None,
+            Answer::Error | Answer::Gone => Some(BodyFailure::ScanUnavailable),
+        }
+    }
+}
+
+/// The scanner's end of a session: the chunks it was handed, and its
+/// verdict to give.
+struct Far {
+    rx: Option<mpsc::Receiver<Bytes>>,
+    verdict: Option<VerdictSender>,
+    scanned: Vec<u8>,
+    chunks: usize,
+    plan: ScanPlan,
+}
+
+impl Far {
+    /// Takes what the adapter handed over; answers once the stream to it
+    /// ended (or, `early`, once it took enough).
+    fn step(&mut self) {
+        let Some(rx) = self.rx.as_mut() else {
+            return;
+        };
+        loop {
+            match rx.try_recv() {
+                Ok(chunk) => {
+                    self.scanned.extend_from_slice(&chunk);
+                    self.chunks += 1;
+                    if self.plan.early.is_some_and(|k| self.chunks > k) {
+                        break;
+                    }
+                }
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Some(tx) = self.verdict.take() {
+            let reply = match self.plan.answer {
+                Answer::Clean => Reply::Clean,
+                Answer::Found => Reply::Found("Fuzz-Test".into()),
+                Answer::Error => Reply::Error("fuzz".into()),
+                Answer::Gone => return drop(tx),
+            };
+            let _ = tx.send(Ok(reply));
+        }
+        self.rx = None;
+    }
+}
+
 /// What came of one run.
 #[derive(Debug)]
 struct Run {
@@ -104,6 +195,8 @@ struct Run {
     received: u64,
     accepted: bool,
     digest: Option<String>,
+    /// What reached the scanner.
+    scanned: Option<Vec<u8>>,
 }
 
 fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
@@ -117,6 +210,7 @@ fn run(
     (max, declared, digest): (u64, Option<u64>, DigestAlgorithm),
     read: Read,
     body: &[u8],
+    scan: Option<ScanPlan>,
 ) -> Run {
     let timing = BodyTiming {
         idle: Duration::from_secs(3600),
@@ -127,7 +221,33 @@ fn run(
         deadline: Duration::from_secs(3600),
     };
     let handed = Rc::new(Cell::new(0));
-    let (mut adapter, mut report) = InspectBody::new(
+    let mut far = None;
+    let session = scan.map(|plan| {
+        let scanner = Scanner::new(
+            &ScanConfig {
+                clamd: ClamdAddr::Tcp("127.0.0.1:9".into()),
+                timeout: Duration::from_secs(1),
+                on_error: if plan.allow {
+                    OnScanError::Allow
+                } else {
+                    OnScanError::Reject
+                },
+                max_concurrent: 1,
+                ping_interval: Duration::from_secs(10),
+            },
+            &Metrics::new(),
+        );
+        let (session, rx, verdict) = scanner.detached();
+        far = Some(Far {
+            rx: Some(rx),
+            verdict: Some(verdict),
+            scanned: Vec::new(),
+            chunks: 0,
+            plan,
+        });
+        session
+    });
+    let (adapter, mut report) = InspectBody::new(
         Client(events, handed.clone()),
         Inspector::new(media, limits),
         digest,
@@ -135,6 +255,17 @@ fn run(
         declared,
         timing,
     );
+    let mut adapter = match session {
+        Some(session) => adapter.with_scan(session),
+        None => adapter,
+    };
+    // Whenever the adapter waits, the scanner takes what it was handed
+    // (the adapter's backpressure) and answers at the end.
+    let mut waited = || {
+        if let Some(far) = far.as_mut() {
+            far.step();
+        }
+    };
     let mut forwarded = Vec::new();
     let check_held = |forwarded: &[u8], accepted: bool| {
         assert_eq!(
@@ -165,6 +296,7 @@ fn run(
             if let Poll::Ready(r) = poll_once(prime.as_mut()) {
                 break r;
             }
+            waited();
         };
         primed_failed = primed.is_err();
     }
@@ -177,6 +309,7 @@ fn run(
                 if let Poll::Ready(r) = poll_once(next.as_mut()) {
                     break r;
                 }
+                waited();
             };
             match got {
                 Ok(Some(chunk)) => {
@@ -192,7 +325,7 @@ fn run(
         let mut cx = Context::from_waker(Waker::noop());
         loop {
             match Pin::new(&mut adapter).poll_frame(&mut cx) {
-                Poll::Pending => continue,
+                Poll::Pending => waited(),
                 Poll::Ready(None) => break true,
                 Poll::Ready(Some(Ok(frame))) => {
                     let data = frame.into_data().expect("only data frames are forwarded");
@@ -210,6 +343,7 @@ fn run(
         .expect("a report once the adapter ends or fails");
     drop(adapter);
     Run {
+        scanned: far.map(|f| f.scanned),
         forwarded,
         ended,
         failure: outcome.failure,
@@ -248,6 +382,25 @@ fuzz_target!(|data: &[u8]| {
     } else {
         DigestAlgorithm::None
     };
+    // Byte 2: malware scanning. Bit 0: on; bit 1: `on_error = "allow"`;
+    // bits 2-3: clamd's answer (clean, found, error, none at all); bit 4:
+    // the scan ends early, after a random number of chunks (then never
+    // clean: an answer before the end is not a verdict on the body).
+    let scan = (ctl[2] & 1 == 1).then(|| {
+        let early = (ctl[2] & 16 == 16).then(|| next() as usize % 8);
+        let answer = match (ctl[2] >> 2) % 4 {
+            0 if early.is_some() => Answer::Gone,
+            0 => Answer::Clean,
+            1 => Answer::Found,
+            2 => Answer::Error,
+            _ => Answer::Gone,
+        };
+        ScanPlan {
+            allow: ctl[2] & 2 == 2,
+            answer,
+            early,
+        }
+    });
     let limits = Limits::default();
     // The client sends `sent` bytes, then ends (or fails).
     let sent = if cut {
@@ -288,21 +441,42 @@ fuzz_target!(|data: &[u8]| {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let got = run(events, media, &limits, (max, declared, digest), read, body);
+    let got = run(
+        events,
+        media,
+        &limits,
+        (max, declared, digest),
+        read,
+        body,
+        scan,
+    );
 
     // What should come of it.
     let sent_bytes = &body[..sent];
     let verdict = inspect_all(media, &limits, sent_bytes, sent.max(1));
     let short = declared.is_some() && sent < body.len();
-    let accept = !aborted && !short && sent > 0 && sent as u64 <= max && verdict.is_ok();
+    let fine = !aborted && !short && sent > 0 && sent as u64 <= max && verdict.is_ok();
+    let scan_failure = scan.and_then(|plan| plan.failure());
+    let accept = fine && scan_failure.is_none();
     assert_eq!(
         (got.ended, got.accepted),
         (accept, accept),
-        "{media:?} {read:?} sent {sent} of {}, max {max}: {:?}",
+        "{media:?} {read:?} {scan:?} sent {sent} of {}, max {max}: {:?}",
         body.len(),
         got.failure
     );
     assert!(got.received <= sent as u64);
+    if let Some(scanned) = &got.scanned {
+        assert_eq!(
+            scanned[..],
+            body[..scanned.len()],
+            "the scanner got other bytes"
+        );
+        // A clean verdict is one on the whole body.
+        if accept && scan.is_some_and(|plan| plan.answer == Answer::Clean) {
+            assert_eq!(scanned[..], *sent_bytes, "accepted before clamd saw it all");
+        }
+    }
     if accept {
         assert_eq!(
             got.forwarded, sent_bytes,
@@ -315,11 +489,23 @@ fuzz_target!(|data: &[u8]| {
         if digest == DigestAlgorithm::Sha256 {
             let one = VecDeque::from([Event::Data(Bytes::copy_from_slice(sent_bytes))]);
             let limits_max_declared = (max, declared, digest);
-            let whole = run(one, media, &limits, limits_max_declared, Read::Frames, body);
+            let whole = run(
+                one,
+                media,
+                &limits,
+                limits_max_declared,
+                Read::Frames,
+                body,
+                None,
+            );
             assert_eq!(got.digest, whole.digest);
         }
     } else {
         let failure = got.failure.clone().expect("a failed body says why");
+        if fine {
+            // Only the scan could fail it, and it says so.
+            assert_eq!(Some(&failure), scan_failure.as_ref());
+        }
         match &failure {
             BodyFailure::Rejected(r) => assert_eq!(
                 Some(r.code),
@@ -332,6 +518,9 @@ fuzz_target!(|data: &[u8]| {
             }
             BodyFailure::ClientAborted(_) => assert!(aborted || short),
             BodyFailure::Empty => assert_eq!(sent, 0),
+            BodyFailure::Malware | BodyFailure::ScanUnavailable => {
+                assert_eq!(Some(&failure), scan_failure.as_ref())
+            }
             other => panic!("unexpected failure {other:?}"),
         }
         // Never complete upstream: with a declared length, short of it.
