@@ -332,9 +332,19 @@ impl Hpack {
                 let index = integer(block, &mut at, 7)?;
                 let (n, v) = self.entry(index)?;
                 field(n, v);
-            } else if b & 0xc0 == 0x40 {
-                // Literal, added to the table.
-                let index = integer(block, &mut at, 6)?;
+            } else if b & 0xe0 == 0x20 {
+                // Dynamic table size update.
+                let max = integer(block, &mut at, 5)?;
+                if max > TABLE_SIZE {
+                    return Err(Lost);
+                }
+                self.max = max;
+                self.evict_to(max);
+            } else {
+                // A literal: added to the table (01), not added (0000) or
+                // never indexed (0001).
+                let added = b & 0xc0 == 0x40;
+                let index = integer(block, &mut at, if added { 6 } else { 4 })?;
                 let name = if index == 0 {
                     string(block, &mut at)?
                 } else {
@@ -345,31 +355,9 @@ impl Hpack {
                 }
                 let value = string(block, &mut at)?;
                 field(&name, &value);
-                self.insert(name, value);
-            } else if b & 0xe0 == 0x20 {
-                // Dynamic table size update.
-                let max = integer(block, &mut at, 5)?;
-                if max > TABLE_SIZE {
-                    return Err(Lost);
+                if added {
+                    self.insert(name, value);
                 }
-                self.max = max;
-                self.evict_to(max);
-            } else {
-                // Literal, not added (0000) or never indexed (0001).
-                let index = integer(block, &mut at, 4)?;
-                let value_name;
-                let name: &[u8] = if index == 0 {
-                    value_name = string(block, &mut at)?;
-                    &value_name
-                } else {
-                    self.entry(index)?.0
-                };
-                if name.is_empty() {
-                    return Err(Lost); // see above
-                }
-                let name = name.to_vec();
-                let value = string(block, &mut at)?;
-                field(&name, &value);
             }
         }
         Ok(())
