@@ -178,9 +178,18 @@
 //! * any other filter (or filter chain), or a `/DecodeParms`: the stream cannot be
 //!   inspected, which is `malformed_image`;
 //! * corrupt Flate data, or an object stream whose `/Length` does not check out,
-//!   is `malformed_image` too.
+//!   is `malformed_image` too;
+//! * a reader finds each object where the stream's header puts it (`/N`
+//!   pairs of object number and offset from `/First`), not by reading the
+//!   data in order, so the header is read too ([`Layout`]): at each object's
+//!   start the second lexer must be between objects (not in a string,
+//!   comment, name or word, or an open dictionary or array), else an
+//!   object could start inside what the lexer took for a comment of the one
+//!   before and never be looked at. Such a stream, one whose `/N` or
+//!   `/First` is no direct integer, or whose header is not `/N` pairs of
+//!   integers over before `/First`, is `malformed_image`.
 //!
-//! Those last three verdicts are *deferred* to [`PdfScanner::finish`]: in an
+//! Those last four verdicts are *deferred* to [`PdfScanner::finish`]: in an
 //! encrypted file the object streams are encrypted and cannot be decoded, and the
 //! `/Encrypt` entry usually comes later, in the last trailer or cross-reference
 //! stream. An encryption or active-content verdict reached before the end wins.
@@ -201,8 +210,11 @@
 //! stream definition, one flag for all larger numbers, one for streams without
 //! `N G obj`. The first decoded stream (object stream or probed XML file) adds
 //! a 16 KiB staging buffer, a 32 KiB output buffer and the inflater, reused for
-//! the following ones. Nothing grows with the file, and nothing is allocated
-//! per chunk except the detail of a verdict.
+//! the following ones, and an object stream's header its objects' offsets,
+//! 4 bytes each (at most [`MAX_OBJSTM_OBJECTS`]: 256 KiB; writers put 100 to
+//! 200 objects in one), the buffer reused for the following ones. Nothing
+//! else grows with the file, and nothing is allocated per chunk except the
+//! detail of a verdict.
 //!
 //! # Limits of the approach
 //!
@@ -498,8 +510,8 @@ struct DictInfo {
     length: Option<u64>,
     decode_parms: bool,
     encrypt_at: Option<u64>,
-    has_n: bool,
-    has_first: bool,
+    n: IntEntry,
+    first: IntEntry,
     /// `/Subtype` is `text/xml` or `application/xml`.
     subtype_xml: bool,
 }
@@ -513,9 +525,28 @@ impl DictInfo {
             length: None,
             decode_parms: false,
             encrypt_at: None,
-            has_n: false,
-            has_first: false,
+            n: IntEntry::Absent,
+            first: IntEntry::Absent,
             subtype_xml: false,
+        }
+    }
+}
+
+/// A top-level dictionary's integer entry (an object stream's `/N` and
+/// `/First`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IntEntry {
+    Absent,
+    Int(u64),
+    /// A reference, or anything but a non-negative integer.
+    Other,
+}
+
+impl IntEntry {
+    fn of(val: Val) -> Self {
+        match val {
+            Val::Int(n) => IntEntry::Int(n),
+            _ => IntEntry::Other,
         }
     }
 }
@@ -1099,6 +1130,18 @@ impl Lexer {
 
     fn in_string(&self) -> bool {
         matches!(self.state, State::Literal | State::Hex | State::Lt)
+    }
+
+    /// ObjStm mode: whether an object may start here, before `next`: at
+    /// the top level, not inside a string, a comment or `<`/`>`, and not in
+    /// a name or word that `next` would go on.
+    fn between_objects(&self, next: u8) -> bool {
+        self.depth == 0
+            && match self.state {
+                State::Normal => true,
+                State::Name | State::Word => is_delim_or_ws(next),
+                _ => false,
+            }
     }
 
     /// The object stream this lexer reads, if any.
@@ -2313,6 +2356,8 @@ impl Lexer {
                     }
                     Key::Filter => self.dict.filter = FilterKind::Other,
                     Key::Subtype => self.dict.subtype_xml = false,
+                    Key::N => self.dict.n = IntEntry::Other,
+                    Key::First => self.dict.first = IntEntry::Other,
                     _ => {}
                 }
             } else {
@@ -2519,8 +2564,8 @@ impl Lexer {
                     _ => None,
                 }
             }
-            Key::N => self.dict.has_n = true,
-            Key::First => self.dict.has_first = true,
+            Key::N => self.dict.n = IntEntry::of(val),
+            Key::First => self.dict.first = IntEntry::of(val),
             Key::Subtype => self.dict.subtype_xml = matches!(val, Val::Name(NameVal::Xml)),
             _ => {}
         }
@@ -2873,6 +2918,8 @@ struct ObjStm {
     max_bytes: u64,
     max_total: u64,
     lexer: Lexer,
+    /// Where the objects of the object stream start (its header).
+    layout: Layout,
     inflater: Option<Decompress>,
     stage: Vec<u8>,
     out: Vec<u8>,
@@ -2889,6 +2936,7 @@ impl ObjStm {
             max_bytes: limits.max_inflate_bytes,
             max_total: limits.max_inflate_total,
             lexer: Lexer::new(Mode::ObjStm, limits),
+            layout: Layout::default(),
             inflater: None,
             stage: Vec::new(),
             out: Vec::new(),
@@ -2912,6 +2960,7 @@ impl ObjStm {
         self.at = at;
         self.produced = 0;
         self.lexer.reset(at);
+        self.layout.off();
         if sink == Sink::Inflate {
             // Allocated once per scanner, on the first object stream.
             match &mut self.inflater {
@@ -2943,7 +2992,8 @@ impl ObjStm {
                 }
                 let base = self.produced;
                 self.produced += bytes.len() as u64;
-                self.lexer.lex(bytes, base).map(|_| ())
+                self.layout
+                    .lex(&mut self.lexer, bytes, base, self.at, deferred)
             }
             Sink::Inflate => {
                 while !bytes.is_empty() && self.sink == Sink::Inflate {
@@ -2968,6 +3018,11 @@ impl ObjStm {
             (Sink::Inflate, true) => self.pump(deferred),
             (Sink::Inflate, false) => self.pump(deferred).and_then(|()| self.lexer.flush()),
         };
+        if let Some(problem) = self.layout.end() {
+            deferred.get_or_insert_with(|| {
+                Rejection::malformed(format!("object stream at offset {} {problem}", self.at))
+            });
+        }
         // A pump that reached the end of the zlib stream turned the sink off.
         let over = match self.sink {
             Sink::Off => true,
@@ -3045,7 +3100,8 @@ impl ObjStm {
                         self.max_total
                     )));
                 }
-                self.lexer.lex(&self.out[..made], base)?;
+                self.layout
+                    .lex(&mut self.lexer, &self.out[..made], base, self.at, deferred)?;
             }
             match status {
                 Err(_) => {
@@ -3076,6 +3132,196 @@ impl ObjStm {
             self.lexer.flush()?;
         }
         Ok(())
+    }
+}
+
+/// Most objects an object stream may declare (`/N`): each takes 4 bytes of
+/// [`Layout::starts`] while the stream is read. Writers put 100 to 200
+/// objects in one (qpdf, iText, PDFBox).
+const MAX_OBJSTM_OBJECTS: u64 = 65_536;
+
+/// Where the objects of an object stream start. A reader finds object `k`
+/// at `/First` plus the offset its header gives (the stream's data starts
+/// with `/N` pairs of integers: object number, offset), not by reading the
+/// data in order; so an object could start inside what the lexer, reading
+/// in order, takes for a comment or a string of the object before it, and
+/// never be looked at. Hence: the header is read (`/N` pairs of plain
+/// integers separated by white space, over before `/First`), and at each
+/// object's start the lexer must be between objects ([`Lexer::between_objects`]).
+/// Otherwise the object stream is `malformed_image` (deferred: an
+/// encrypted file's object streams are not readable).
+#[derive(Debug, Default)]
+struct Layout {
+    state: LayoutState,
+    /// The objects' offsets (from `/First`), sorted once the header is read.
+    starts: Vec<u32>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum LayoutState {
+    /// Not an object stream with a direct `/N` and `/First`, or given up.
+    #[default]
+    Off,
+    /// Reading the header: `got` of its `want` integers, the one being read.
+    Header {
+        first: u64,
+        want: u64,
+        got: u64,
+        cur: Option<u64>,
+    },
+    /// Reading the objects: `starts[next..]` are still to come.
+    Objects { first: u64, next: usize },
+}
+
+impl Layout {
+    fn off(&mut self) {
+        self.state = LayoutState::Off;
+        self.starts.clear();
+    }
+
+    /// An object stream with `n` objects, the first at `first`.
+    fn expect(&mut self, n: u64, first: u64) -> Result<(), String> {
+        if n > MAX_OBJSTM_OBJECTS {
+            return Err(format!(
+                "declares {n} objects (/N), more than the {MAX_OBJSTM_OBJECTS} the scanner follows"
+            ));
+        }
+        self.starts.clear();
+        self.state = LayoutState::Header {
+            first,
+            want: 2 * n,
+            got: 0,
+            cur: None,
+        };
+        if n == 0 {
+            self.state = LayoutState::Objects { first, next: 0 };
+        }
+        Ok(())
+    }
+
+    /// Lexes `bytes` (decoded data from offset `base`), checking the lexer
+    /// at each object's start. A problem with the layout is deferred, and
+    /// the data is lexed in order all the same.
+    fn lex(
+        &mut self,
+        lexer: &mut Lexer,
+        mut bytes: &[u8],
+        mut base: u64,
+        at: u64,
+        deferred: &mut Option<Rejection>,
+    ) -> Result<(), Rejection> {
+        loop {
+            match self.state {
+                LayoutState::Off => return lexer.lex(bytes, base).map(|_| ()),
+                LayoutState::Header { .. } => match self.header(bytes, base) {
+                    Ok(None) => return lexer.lex(bytes, base).map(|_| ()),
+                    Ok(Some(k)) => {
+                        // The header is read; what follows is checked as
+                        // objects (the byte at `k` may start one).
+                        lexer.lex(&bytes[..k], base)?;
+                        bytes = &bytes[k..];
+                        base += k as u64;
+                    }
+                    Err(problem) => {
+                        self.off();
+                        deferred.get_or_insert_with(|| {
+                            Rejection::malformed(format!("object stream at offset {at} {problem}"))
+                        });
+                    }
+                },
+                LayoutState::Objects { first, next } => {
+                    let Some(&off) = self.starts.get(next) else {
+                        self.off();
+                        continue;
+                    };
+                    let start = first + u64::from(off);
+                    let end = base + bytes.len() as u64;
+                    if start >= end {
+                        return lexer.lex(bytes, base).map(|_| ());
+                    }
+                    let k = (start - base) as usize;
+                    lexer.lex(&bytes[..k], base)?;
+                    bytes = &bytes[k..];
+                    base = start;
+                    if lexer.between_objects(bytes[0]) {
+                        self.state = LayoutState::Objects {
+                            first,
+                            next: next + 1,
+                        };
+                    } else {
+                        self.off();
+                        deferred.get_or_insert_with(|| {
+                            Rejection::malformed(format!(
+                                "object stream at offset {at}: an object starts at offset {start} of its decoded data, inside a string, a comment, a token or an unclosed dictionary or array of the object before it (a reader would read there what was not inspected)"
+                            ))
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads header bytes: `Ok(Some(k))` when the header ended at `bytes[k]`
+    /// (the byte after its last integer), `Ok(None)` when it goes on.
+    fn header(&mut self, bytes: &[u8], base: u64) -> Result<Option<usize>, String> {
+        let LayoutState::Header {
+            first,
+            want,
+            mut got,
+            mut cur,
+        } = self.state
+        else {
+            return Ok(None);
+        };
+        const PAIRS: &str = "has a header that is not /N pairs of integers before /First";
+        for (i, &b) in bytes.iter().enumerate() {
+            let pos = base + i as u64;
+            if b.is_ascii_digit() {
+                if pos >= first {
+                    return Err(PAIRS.to_owned());
+                }
+                let digit = u64::from(b - b'0');
+                cur = Some(
+                    cur.unwrap_or(0)
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add(digit))
+                        .ok_or_else(|| PAIRS.to_owned())?,
+                );
+                continue;
+            }
+            if let Some(v) = cur.take() {
+                got += 1;
+                if got % 2 == 0 {
+                    // An offset, counted from `/First`.
+                    let off = u32::try_from(v)
+                        .map_err(|_| format!("has an object offset ({v}) past any stream's end"))?;
+                    self.starts.push(off);
+                }
+                if got == want {
+                    self.starts.sort_unstable();
+                    self.starts.dedup();
+                    self.state = LayoutState::Objects { first, next: 0 };
+                    return Ok(Some(i));
+                }
+            }
+            if !is_ws(b) || pos >= first {
+                return Err(PAIRS.to_owned());
+            }
+        }
+        self.state = LayoutState::Header {
+            first,
+            want,
+            got,
+            cur,
+        };
+        Ok(None)
+    }
+
+    /// The object stream's data ended: a problem, if its header did not.
+    fn end(&mut self) -> Option<&'static str> {
+        let unfinished = matches!(self.state, LayoutState::Header { .. });
+        self.off();
+        unfinished.then_some("ends before its header's /N pairs of integers do")
     }
 }
 
@@ -3835,7 +4081,7 @@ impl Pdf {
         // `/N` and `/First`, whatever `/Type` says.
         let objstm = dict.is_some()
             && (matches!(d.ty, DictType::ObjStm | DictType::Unresolved)
-                || (d.has_n && d.has_first));
+                || (d.n != IntEntry::Absent && d.first != IntEntry::Absent));
         let sink = match (d.decode_parms, d.filter) {
             (false, FilterKind::None) => Some(Sink::Raw),
             (false, FilterKind::Flate) => Some(Sink::Inflate),
@@ -3845,7 +4091,32 @@ impl Pdf {
         let mut probing = false;
         if objstm {
             match sink {
-                Some(sink) => self.objstm.begin(sink, kw_at),
+                Some(sink) => {
+                    self.objstm.begin(sink, kw_at);
+                    // Where its objects start: a reader finds each through
+                    // the header, not by reading the data in order.
+                    match (d.n, d.first) {
+                        (IntEntry::Int(n), IntEntry::Int(first)) => {
+                            if let Err(problem) = self.objstm.layout.expect(n, first) {
+                                self.deferred.get_or_insert_with(|| {
+                                    Rejection::malformed(format!(
+                                        "object stream at offset {kw_at} {problem}"
+                                    ))
+                                });
+                            }
+                        }
+                        // Without both, no reader reads it as an object
+                        // stream: its data is lexed in order all the same.
+                        (IntEntry::Absent, _) | (_, IntEntry::Absent) => {}
+                        _ => {
+                            self.deferred.get_or_insert_with(|| {
+                                Rejection::malformed(format!(
+                                    "object stream at offset {kw_at} has an /N or /First that is no direct integer: where its objects start cannot be told"
+                                ))
+                            });
+                        }
+                    }
+                }
                 None => {
                     let problem = if d.decode_parms {
                         "has /DecodeParms (predictors are not supported)"

@@ -2523,6 +2523,7 @@ fn corpus() -> &'static Corpus {
         let mut cases = hand_cases();
         cases.extend(hand_cases_2());
         cases.extend(hand_cases_3());
+        cases.extend(objstm_layout_cases());
         cases.extend(fixture_cases());
         cases.extend(generated_cases());
         let tools = tools_available();
@@ -3608,6 +3609,206 @@ cases!(
     f_facturx_xml_subtype_exe_bytes,
     f_facturx_xml_subtype_pdf_bytes,
     f_facturx_ef_stream_without_type,
+);
+
+// ---------------------------------------------------------------------------
+// Object streams: where a reader finds their objects
+// ---------------------------------------------------------------------------
+
+/// A file whose one object stream has `dict` (`{n}` and `{first}` filled
+/// in: the number of pairs in `header`, and `header`'s length) and the data
+/// `header` then `body`, deflated unless `raw`; the catalog's `/OpenAction`
+/// names object 4, which the header may place anywhere.
+fn objstm_layout(dict: &str, header: &str, body: &str, raw: bool) -> Vec<u8> {
+    let n = header.split_ascii_whitespace().count() / 2;
+    let dict = dict
+        .replace("{n}", &n.to_string())
+        .replace("{first}", &header.len().to_string());
+    let data = format!("{header}{body}").into_bytes();
+    let stm = if raw {
+        stream(&dict, &data)
+    } else {
+        stream(&format!("{dict} /Filter /FlateDecode"), &zlib(&data))
+    };
+    pdf(&objects("/OpenAction 4 0 R", "", CONTENT, &[stm]), "")
+}
+
+const OBJSTM: &str = "/Type /ObjStm /N {n} /First {first}";
+const JS_ACTION: &str = "<< /S /JavaScript /JS (app.alert) >>";
+
+fn objstm_layout_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut add = |c: Case| cases.push(c);
+    let hidden = "an object starts at offset";
+    // Object 4 starts inside a comment of object 5, read in order: a reader
+    // goes to its offset and finds the JavaScript action.
+    let in_comment = format!("null %{JS_ACTION}\n");
+    for (name, raw) in [
+        ("h_objstm_object_inside_a_comment", true),
+        ("h_objstm_object_inside_a_comment_flate", false),
+    ] {
+        add(case(
+            name,
+            objstm_layout(OBJSTM, "5 0 4 6\n", &in_comment, raw),
+            Want::Reject(MalformedImage, hidden),
+        ));
+    }
+    add(case(
+        "h_objstm_object_inside_a_string",
+        objstm_layout(
+            OBJSTM,
+            "5 0 4 5\n",
+            &format!("(pad {JS_ACTION} pad)\n"),
+            false,
+        ),
+        Want::Reject(MalformedImage, hidden),
+    ));
+    // An embedded executable, its file specification hidden so.
+    add(case(
+        "h_objstm_filespec_inside_a_comment",
+        objstm_layout(
+            OBJSTM,
+            "5 0 4 6\n",
+            "null %<< /Type /Filespec /F (a.exe) /E#46 << /F 9 0 R >> >>\n",
+            false,
+        ),
+        Want::Reject(MalformedImage, hidden),
+    ));
+    // Where a token, a dictionary or a `>>` of the object before goes on.
+    add(case(
+        "h_objstm_object_inside_a_word",
+        objstm_layout(OBJSTM, "5 0 4 2\n", "truefalse\n", true),
+        Want::Reject(MalformedImage, hidden),
+    ));
+    add(case(
+        "h_objstm_object_inside_a_name",
+        objstm_layout(OBJSTM, "5 0 4 5\n", "/Abcdef\n", true),
+        Want::Reject(MalformedImage, hidden),
+    ));
+    add(case(
+        "h_objstm_object_inside_a_dictionary",
+        objstm_layout(OBJSTM, "5 0 4 8\n", "<< /A 1 << /B 2 >> >>\n", true),
+        Want::Reject(MalformedImage, hidden),
+    ));
+    add(case(
+        "h_objstm_object_inside_a_hex_string",
+        objstm_layout(OBJSTM, "5 0 4 3\n", "<4142 4344>\n", true),
+        Want::Reject(MalformedImage, hidden),
+    ));
+    // What writers do: fine, in any order, with or without white space
+    // before an object, the first one right after the header.
+    add(case(
+        "h_objstm_layout_unsorted_offsets",
+        objstm_layout(OBJSTM, "5 11 4 0 ", "<< /A 1 >> [ (x) ]\n", false),
+        Want::Ok,
+    ));
+    add(case(
+        "h_objstm_layout_offset_on_white_space",
+        objstm_layout(OBJSTM, "4 0 5 10\n", "<< /A 1 >>  << /B (%) >>\n", false),
+        Want::Ok,
+    ));
+    add(case(
+        "h_objstm_layout_no_space_after_header",
+        objstm_layout(OBJSTM, "4 0 5 8", "<</A 1>>/Name\n", true),
+        Want::Ok,
+    ));
+    add(case(
+        "h_objstm_layout_name_then_dictionary",
+        objstm_layout(OBJSTM, "4 0 5 5", "/Name<</A 1>>", true),
+        Want::Ok,
+    ));
+    add(case(
+        "h_objstm_layout_offset_past_the_end",
+        objstm_layout(OBJSTM, "4 0 5 999 ", "<< /A 1 >>\n", false),
+        Want::Ok,
+    ));
+    add(case(
+        "h_objstm_layout_no_objects",
+        objstm_layout("/Type /ObjStm /N 0 /First 0", "", "", false),
+        Want::Ok,
+    ));
+    // Headers a reader cannot read as /N pairs of integers before /First.
+    let pairs = "has a header that is not /N pairs of integers before /First";
+    add(case(
+        "h_objstm_header_with_a_word",
+        objstm_layout(OBJSTM, "5 0 4 x ", "<< /A 1 >>\n", false),
+        Want::Reject(MalformedImage, pairs),
+    ));
+    add(case(
+        "h_objstm_header_with_a_comment",
+        objstm_layout(OBJSTM, "5 0 %c\n4 6 ", "<< /A 1 >>\n", false),
+        Want::Reject(MalformedImage, pairs),
+    ));
+    add(case(
+        "h_objstm_header_past_first",
+        objstm_layout(
+            "/Type /ObjStm /N 2 /First 3",
+            "5 0 4 6 ",
+            "<< /A 1 >>\n",
+            false,
+        ),
+        Want::Reject(MalformedImage, pairs),
+    ));
+    add(case(
+        "h_objstm_header_cut_short",
+        objstm_layout("/Type /ObjStm /N 3 /First 40", "5 0 4 6 ", "", false),
+        Want::Reject(MalformedImage, "ends before its header's /N pairs"),
+    ));
+    add(case(
+        "h_objstm_first_indirect",
+        objstm_layout(
+            "/Type /ObjStm /N {n} /First 9 0 R",
+            "5 0 4 6\n",
+            &in_comment,
+            false,
+        ),
+        Want::Reject(MalformedImage, "no direct integer"),
+    ));
+    add(case(
+        "h_objstm_n_indirect",
+        objstm_layout(
+            "/Type /ObjStm /N 9 0 R /First {first}",
+            "5 0 4 6\n",
+            &in_comment,
+            false,
+        ),
+        Want::Reject(MalformedImage, "no direct integer"),
+    ));
+    add(case(
+        "h_objstm_too_many_objects",
+        objstm_layout(
+            "/Type /ObjStm /N 65537 /First {first}",
+            "5 0 ",
+            "<< /A 1 >>\n",
+            false,
+        ),
+        Want::Reject(MalformedImage, "more than the 65536 the scanner follows"),
+    ));
+    cases
+}
+
+cases!(
+    h_objstm_object_inside_a_comment,
+    h_objstm_object_inside_a_comment_flate,
+    h_objstm_object_inside_a_string,
+    h_objstm_filespec_inside_a_comment,
+    h_objstm_object_inside_a_word,
+    h_objstm_object_inside_a_name,
+    h_objstm_object_inside_a_dictionary,
+    h_objstm_object_inside_a_hex_string,
+    h_objstm_layout_unsorted_offsets,
+    h_objstm_layout_offset_on_white_space,
+    h_objstm_layout_no_space_after_header,
+    h_objstm_layout_name_then_dictionary,
+    h_objstm_layout_offset_past_the_end,
+    h_objstm_layout_no_objects,
+    h_objstm_header_with_a_word,
+    h_objstm_header_with_a_comment,
+    h_objstm_header_past_first,
+    h_objstm_header_cut_short,
+    h_objstm_first_indirect,
+    h_objstm_n_indirect,
+    h_objstm_too_many_objects,
 );
 
 /// Every case in the corpus has a test of its own above.
