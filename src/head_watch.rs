@@ -28,6 +28,13 @@
 //!   invalid_request` and closes the connection. A partial field line is
 //!   held back from hyper until it ends (at most [`MAX_HELD`] bytes), so
 //!   that it is judged whole.
+//! - **A `Content-Length` hyper refuses** (not digits only, more than one
+//!   value, two lines that differ: RFC 9112 §6.3, which hyper answers with a
+//!   bare `400`): the name of each such line is turned into `X`s on its way
+//!   to hyper (the same length, an unknown field), and the head is noted
+//!   [`InvalidLength`]; the framing check answers `400 invalid_request` and
+//!   closes the connection. Only lines hyper reads are judged: as it does, a
+//!   `Content-Length` after a `Transfer-Encoding` hyper reads is left alone.
 //! - **A head over the limits** (64 KiB, 100 fields), which hyper refuses
 //!   with a bare `431`: it is cut short for hyper ([`Tracker::cut`]) and
 //!   marked [`HeadTooLarge`]; the framing check answers `431`.
@@ -101,6 +108,8 @@ pub const RENAMED: &[u8; 17] = b"X-Refused-Codings";
 /// A `Transfer-Encoding` field line's start, as httparse takes it (no white
 /// space before the colon).
 const TRANSFER_ENCODING: &[u8; 18] = b"transfer-encoding:";
+/// A `Content-Length` field line's start.
+const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
 
 /// What a connection's watch and its service share.
 #[derive(Debug)]
@@ -131,6 +140,9 @@ struct Note {
     /// Field lines hyper would have refused the head for were made harmless
     /// on their way to it ([`make_harmless`]).
     malformed: bool,
+    /// `Content-Length` lines hyper would have refused the head for were
+    /// renamed on their way to it.
+    invalid_length: bool,
     /// The head's length on the wire (empty lines before it included).
     len: usize,
 }
@@ -163,6 +175,14 @@ pub struct RefusedCoding;
 /// invalid_request` and closes the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MalformedField;
+
+/// Marks a request whose `Content-Length` hyper would have refused (not
+/// digits only, or two that differ: hyper answers those with a bare `400`):
+/// each such line reached hyper under another name, so what hyper read as
+/// the body is not what the client framed. The framing check answers `400
+/// invalid_request` and closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidLength;
 
 /// Marks a request whose head is not the one the watch expected: the watch
 /// and hyper no longer agree on where messages start on this connection.
@@ -250,6 +270,9 @@ impl HeadNotes {
         }
         if note.malformed {
             req.extensions_mut().insert(MalformedField);
+        }
+        if note.invalid_length {
+            req.extensions_mut().insert(InvalidLength);
         }
         if note.too_large {
             req.extensions_mut().insert(HeadTooLarge);
@@ -415,6 +438,8 @@ struct Tracker {
     codings: Vec<Vec<u8>>,
     /// A field line of the head being read was made harmless.
     malformed: bool,
+    /// The framing fields of the head being read, as hyper will read them.
+    framing: FramingSeen,
     /// Bytes of the head being read passed on so far, and its field lines.
     head_len: usize,
     fields: usize,
@@ -428,6 +453,55 @@ struct Tracker {
     h2: Option<Box<H2Tracker>>,
     /// Why the connection must fail before hyper reads what was fed last.
     refused: Option<Refused>,
+}
+
+/// What hyper's server will have read of a head's framing fields so far
+/// (hyper `proto::h1::role`): a `Transfer-Encoding` line it reads (after
+/// one, it skips `Content-Length` lines), the `Content-Length` it took, and
+/// whether one was refused on its way to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FramingSeen {
+    te: bool,
+    length: Length,
+    invalid: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Length {
+    #[default]
+    None,
+    Is(u64),
+    /// A line passed on in part, not judged: later ones are left to hyper.
+    Unknown,
+}
+
+impl FramingSeen {
+    /// A whole `Content-Length` field line's value (white space around it
+    /// trimmed): whether hyper refuses the head for it. hyper takes digits
+    /// only (no list, no sign), at most `u64::MAX - 2`, the same in every
+    /// line.
+    fn refuses_length(&mut self, value: &[u8]) -> bool {
+        if self.te {
+            return false;
+        }
+        let len = (!value.is_empty() && value.iter().all(u8::is_ascii_digit))
+            .then(|| {
+                value.iter().try_fold(0u64, |n, &d| {
+                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                })
+            })
+            .flatten()
+            .filter(|&n| n <= u64::MAX - 2);
+        match (len, self.length) {
+            (None, _) => true,
+            (Some(n), Length::Is(l)) => n != l,
+            (Some(n), Length::None) => {
+                self.length = Length::Is(n);
+                false
+            }
+            (Some(_), Length::Unknown) => false,
+        }
+    }
 }
 
 /// What the line scan of a head found in a read.
@@ -452,6 +526,7 @@ impl Tracker {
             line: Line::BeforeRequest,
             codings: Vec::new(),
             malformed: false,
+            framing: FramingSeen::default(),
             head_len: 0,
             fields: 0,
             last: b'\n',
@@ -682,8 +757,12 @@ impl Tracker {
                         break self.cut(data, line_start, part_room, notes);
                     }
                     let rest = &data[i..];
-                    let start = &rest[..rest.len().min(TRANSFER_ENCODING.len())];
-                    if !start.eq_ignore_ascii_case(&TRANSFER_ENCODING[..start.len()]) {
+                    let starts = |name: &[u8]| {
+                        let start = &rest[..rest.len().min(name.len())];
+                        start.eq_ignore_ascii_case(&name[..start.len()])
+                    };
+                    let te = starts(TRANSFER_ENCODING);
+                    if !te && !starts(CONTENT_LENGTH) {
                         self.line = Line::Rest;
                         continue;
                     }
@@ -692,6 +771,13 @@ impl Tracker {
                             // Counted again when it comes back whole.
                             self.fields -= 1;
                             break Scan::Hold(i);
+                        }
+                        // Passed on unjudged: hyper may read it, so what
+                        // follows is left to hyper.
+                        if te {
+                            self.framing.te = true;
+                        } else {
+                            self.framing.length = Length::Unknown;
                         }
                         self.line = Line::Rest;
                         continue;
@@ -702,11 +788,21 @@ impl Tracker {
                     let harmless = make_harmless(&mut data[i..=i + k]);
                     self.malformed |= harmless;
                     let line = &mut data[i..i + k];
-                    if !harmless && line.len() >= TRANSFER_ENCODING.len() {
-                        let value = line[TRANSFER_ENCODING.len()..]
-                            .trim_ascii_end()
-                            .trim_ascii_start();
-                        if !hyper_reads_chunked(value) {
+                    let name = if te {
+                        TRANSFER_ENCODING.len()
+                    } else {
+                        CONTENT_LENGTH.len()
+                    };
+                    if !harmless && line.len() >= name {
+                        let value = line[name..].trim_ascii_end().trim_ascii_start();
+                        if !te {
+                            if self.framing.refuses_length(value) {
+                                self.framing.invalid = true;
+                                line[..name - 1].fill(b'X');
+                            }
+                        } else if hyper_reads_chunked(value) {
+                            self.framing.te = true;
+                        } else {
                             self.codings.push(value.to_vec());
                             line[..RENAMED.len()].copy_from_slice(RENAMED);
                         }
@@ -782,6 +878,7 @@ impl Tracker {
                 codings: std::mem::take(&mut self.codings),
                 too_large: true,
                 malformed: std::mem::take(&mut self.malformed),
+                invalid_length: std::mem::take(&mut self.framing).invalid,
                 len: 0,
             },
         );
@@ -814,6 +911,7 @@ impl Tracker {
         self.head = Vec::new();
         self.codings = Vec::new();
         self.malformed = false;
+        self.framing = FramingSeen::default();
     }
 
     /// Parses a head at the start of `data`. `None`: incomplete. Otherwise
@@ -853,6 +951,7 @@ impl Tracker {
                 codings: std::mem::take(&mut self.codings),
                 too_large: false,
                 malformed: std::mem::take(&mut self.malformed),
+                invalid_length: std::mem::take(&mut self.framing).invalid,
                 len,
             },
         );
@@ -1244,7 +1343,11 @@ mod tests {
             .unwrap()
             .iter()
             .filter(|(_, n)| {
-                n.target.contains('#') || !n.codings.is_empty() || n.too_large || n.malformed
+                n.target.contains('#')
+                    || !n.codings.is_empty()
+                    || n.too_large
+                    || n.malformed
+                    || n.invalid_length
             })
             .map(|(k, n)| {
                 (
@@ -1301,6 +1404,111 @@ mod tests {
         assert_eq!(phase, Phase::Head);
     }
 
+    /// `Content-Length` lines hyper refuses the head for are renamed, the
+    /// head noted; those it skips (after a `Transfer-Encoding` it reads)
+    /// are left alone.
+    #[test]
+    fn renames_the_lengths_hyper_would_refuse() {
+        let x = "XXXXXXXXXXXXXX";
+        let cases: [(&str, &str, Phase, bool); 10] = [
+            (
+                "Content-Length: abc",
+                &format!("{x}: abc"),
+                Phase::Head,
+                false,
+            ),
+            (
+                "Content-Length: 1\r\nContent-Length: 2",
+                &format!("Content-Length: 1\r\n{x}: 2"),
+                Phase::Body(1),
+                false,
+            ),
+            (
+                "Content-Length: 1\r\ncontent-length:  1 ",
+                "Content-Length: 1\r\ncontent-length:  1 ",
+                Phase::Body(1),
+                false,
+            ),
+            (
+                "Content-Length: 5, 5",
+                &format!("{x}: 5, 5"),
+                Phase::Head,
+                false,
+            ),
+            (
+                "Content-Length: +5",
+                &format!("{x}: +5"),
+                Phase::Head,
+                false,
+            ),
+            ("CONTENT-LENGTH:", &format!("{x}:"), Phase::Head, false),
+            (
+                "Content-Length: 18446744073709551614",
+                &format!("{x}: 18446744073709551614"),
+                Phase::Head,
+                false,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: abc",
+                "Transfer-Encoding: chunked\r\nContent-Length: abc",
+                Phase::Chunked(Chunked::Start),
+                false,
+            ),
+            (
+                "Content-Length: abc\r\nTransfer-Encoding: chunked",
+                &format!("{x}: abc\r\nTransfer-Encoding: chunked"),
+                Phase::Chunked(Chunked::Start),
+                false,
+            ),
+            // A refused coding is renamed: hyper then reads the length after
+            // it, which it skipped before.
+            (
+                "Transfer-Encoding: gzip\r\nContent-Length: abc",
+                &format!("X-Refused-Codings: gzip\r\n{x}: abc"),
+                Phase::Head,
+                true,
+            ),
+        ];
+        for (fields, renamed, phase, coding) in cases {
+            let wire = format!("POST /a HTTP/1.1\r\n{fields}\r\n\r\n");
+            let (seen, notes, got) = every_split(wire.as_bytes());
+            assert_eq!(
+                String::from_utf8(seen).unwrap(),
+                format!("POST /a HTTP/1.1\r\n{renamed}\r\n\r\n"),
+                "{fields:?}"
+            );
+            assert_eq!(got, phase, "{fields:?}");
+            let invalid = fields != renamed;
+            let want: Vec<(u64, Note)> = if invalid {
+                vec![(
+                    0,
+                    Note {
+                        method: "POST".into(),
+                        target: "/a".into(),
+                        codings: if coding {
+                            vec![b"gzip".to_vec()]
+                        } else {
+                            vec![]
+                        },
+                        invalid_length: renamed.contains(x),
+                        ..Note::default()
+                    },
+                )]
+            } else {
+                vec![]
+            };
+            assert_eq!(notes, want, "{fields:?}");
+        }
+        // A line too long to hold back goes on unjudged, and so do the
+        // lengths after it: hyper judges them (its bare 400).
+        let long = format!(
+            "POST /a HTTP/1.1\r\nContent-Length: {}7\r\nContent-Length: 8\r\n\r\n",
+            " ".repeat(2 * MAX_HELD)
+        );
+        let (seen, notes, _) = through(long.as_bytes(), 100, 8192);
+        assert_eq!((seen.as_slice(), notes), (long.as_bytes(), vec![]));
+    }
+
     #[test]
     fn stops_where_hyper_would_refuse_or_change_protocol() {
         // The HTTP/2 preface: its frames are followed instead (h2_watch.rs);
@@ -1315,8 +1523,8 @@ mod tests {
             &HeadNotes::default(),
         );
         assert_eq!(t.phase, Phase::Off);
-        let lengths = b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
-        assert_eq!(every_split(lengths).2, Phase::Off);
+        let te_on_1_0 = b"POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(every_split(te_on_1_0).2, Phase::Off);
         // The gateway never answers CONNECT with a 2xx, so hyper serves the
         // connection on as HTTP/1.1: so does the watch.
         let connect = b"CONNECT h:1 HTTP/1.1\r\nHost: h:1\r\n\r\nGET /#x HTTP/1.1\r\n\r\n";
@@ -1357,6 +1565,7 @@ mod tests {
             target: "/a".into(),
             too_large: true,
             malformed: false,
+            invalid_length: false,
             codings: Vec::new(),
             len: 0,
         };
@@ -1529,6 +1738,7 @@ mod tests {
                             codings,
                             too_large: false,
                             malformed: false,
+                            invalid_length: false,
                             len: 0,
                         }
                     ),
@@ -1540,6 +1750,7 @@ mod tests {
                             codings: vec![b"gzip".to_vec()],
                             too_large: false,
                             malformed: false,
+                            invalid_length: false,
                             len: 0,
                         }
                     )
@@ -1893,6 +2104,7 @@ mod tests {
             codings,
             too_large: false,
             malformed: !malformed.is_empty(),
+            invalid_length: false,
             len: 0,
         });
         (wire, want, note)

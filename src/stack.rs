@@ -52,7 +52,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::context::RequestCtx;
 use crate::error::{BoxError, ErrorCode, GatewayError, ResponseBody};
 use crate::gateway::Gateway;
-use crate::head_watch::{HeadSize, HeadTooLarge, LostTrack, MalformedField, RefusedCoding};
+use crate::head_watch::{
+    HeadSize, HeadTooLarge, InvalidLength, LostTrack, MalformedField, RefusedCoding,
+};
 use crate::metrics::{RequestLabels, RouteLabel};
 use crate::proxy::ProxyService;
 use crate::request_id::{RequestId, X_REQUEST_ID};
@@ -143,6 +145,11 @@ where
         }
         if req.extensions().get::<RefusedCoding>().is_some() {
             return Err(GatewayError::NotImplemented);
+        }
+        if req.extensions().get::<InvalidLength>().is_some() {
+            return Err(GatewayError::InvalidRequest(
+                "an invalid Content-Length (RFC 9112 §6.3: one decimal length, the same in every Content-Length field)",
+            ));
         }
         let measured = req.extensions().get::<HeadSize>().map(|s| s.0);
         crate::framing::check(

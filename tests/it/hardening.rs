@@ -221,6 +221,41 @@ async fn framing_rfc9112_host_transfer_encoding_and_authorization() {
             501,
             "not_implemented",
         ),
+        // A Content-Length hyper refuses (its bare 400): the head watch gets
+        // it to the gateway's own 400.
+        (
+            "a content-length that is no number",
+            upload_head(&token, "content-length: abc\r\n"),
+            400,
+            "invalid_request",
+        ),
+        (
+            "a content-length list",
+            upload_head(&token, &format!("content-length: {0}, {0}\r\n", JPEG.len())),
+            400,
+            "invalid_request",
+        ),
+        (
+            "two content-lengths that differ",
+            upload_head(
+                &token,
+                &format!("{body_len}content-length: {}\r\n", JPEG.len() + 1),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "a signed content-length",
+            upload_head(&token, &format!("content-length: +{}\r\n", JPEG.len())),
+            400,
+            "invalid_request",
+        ),
+        (
+            "gzip then a content-length that is no number",
+            upload_head(&token, "transfer-encoding: gzip\r\ncontent-length: x\r\n"),
+            501,
+            "not_implemented",
+        ),
     ];
     for (name, head, status, code) in cases {
         let mut wire = head.into_bytes();
