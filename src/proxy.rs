@@ -853,8 +853,14 @@ fn content_type(headers: &HeaderMap) -> Result<MediaType, GatewayError> {
             "Content-Type is required: application/pdf, image/jpeg, image/jpg or image/png".into(),
         )
     })?;
-    value
-        .to_str()
+    // Only the type and subtype are read: a parameter may hold bytes past
+    // ASCII (RFC 9110 §5.5: `obs-text` in a quoted string, a file name, say).
+    let essence = value
+        .as_bytes()
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    std::str::from_utf8(essence)
         .ok()
         .and_then(MediaType::from_content_type)
         .ok_or_else(|| {
@@ -1270,6 +1276,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the type and subtype decide; a parameter may hold any bytes a
+    /// field value may (a Latin-1 file name, say).
+    #[test]
+    fn content_type_reads_the_type_whatever_the_parameters_hold() {
+        let of = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_bytes(v).unwrap());
+            content_type(&h).ok()
+        };
+        assert_eq!(of(b"image/jpeg; name=\"\xe9.jpg\""), Some(MediaType::Jpeg));
+        assert_eq!(of(b"IMAGE/PNG;x=\xff"), Some(MediaType::Png));
+        assert_eq!(of(b"application/pdf ; a=b"), Some(MediaType::Pdf));
+        assert_eq!(of(b"image/jp\xe9g"), None);
+        assert_eq!(of(b"text/html; x=image/jpeg"), None);
+    }
 
     #[test]
     fn the_token_is_redacted_written_as_is_or_percent_encoded() {
