@@ -18,11 +18,15 @@
 //!   [`MAX_IMAGES`] in all, same rules) or a trailer of at most [`MAX_TRAILER`]
 //!   bytes (camera maker data, padding) that hides no other file:
 //!   - its *start* must not look like another format (`%PDF`, `PK\3\4`, `MZ`, `#!`,
-//!     ELF, Mach-O, PNG, GIF, RAR, 7-Zip, gzip, OLE2 (legacy Office, MSI), RTF,
+//!     ELF, Mach-O, WebAssembly, a Windows shortcut, PNG, GIF, RAR, 7-Zip, gzip,
+//!     xz, Zstandard, bzip2, a Windows cabinet, OLE2 (legacy Office, MSI), RTF,
 //!     `<?xml`, `<svg`, `<script`, or any markup: `<`
 //!     and a letter, `!`, `?` or `/`), after leading padding (whitespace, NUL,
-//!     `FF` fill) and byte-order-mark bytes (`EF BB BF`, `FF FE`, `FE FF`), with
-//!     NUL bytes dropped (UTF-16/32 text);
+//!     `FF` fill) and byte-order-mark bytes (`EF BB BF`, `FF FE`, `FE FF`). A
+//!     signature is compared with the bytes that follow with NUL bytes dropped
+//!     (so UTF-16/32 text is found too), except those holding a NUL (xz, a
+//!     Windows shortcut, WebAssembly), which are compared with the bytes as
+//!     they are;
 //!   - and *nowhere* in it may another format's signature appear ([`NEEDLES`]):
 //!     ZIP local, central-directory and end-of-central-directory headers,
 //!     `%PDF`, the OLE2 compound-file header, `{\rtf1`, the interpreter lines of scripts (`#!/bin/`, `#!/usr/`: `#!`
@@ -153,9 +157,13 @@ enum Sig {
     NoMatch,
 }
 
-/// Classifies the start of a trailer (leading whitespace already stripped).
+/// Classifies the start of a trailer (leading padding already stripped), seen
+/// two ways: `text`, its bytes with NULs dropped (UTF-16/32 text), and `raw`,
+/// its bytes as they are. A signature that holds a NUL (xz, a Windows
+/// shortcut, WebAssembly) is compared with `raw`, the others with `text`
+/// (which `raw` can only match where `text` does too).
 /// `at_end`: no more bytes will come, so pending specific signatures are resolved.
-fn classify_trailer(prefix: &[u8], at_end: bool) -> Sig {
+fn classify_trailer(text: &[u8], raw: &[u8], at_end: bool) -> Sig {
     let eq = |a: &[u8], b: &[u8], ci: bool| {
         if ci {
             a.eq_ignore_ascii_case(b)
@@ -165,6 +173,7 @@ fn classify_trailer(prefix: &[u8], at_end: bool) -> Sig {
     };
     let mut pending = false;
     for &(sig, name, ci) in TRAILER_SIGS {
+        let prefix = if sig.contains(&0) { raw } else { text };
         if prefix.len() >= sig.len() {
             if eq(&prefix[..sig.len()], sig, ci) {
                 return Sig::Match(name);
@@ -177,7 +186,7 @@ fn classify_trailer(prefix: &[u8], at_end: bool) -> Sig {
         return Sig::Pending;
     }
     // Generic markup: '<' followed by a tag name, '!', '?' or '/'.
-    match prefix {
+    match text {
         [b'<', c, ..] if c.is_ascii_alphabetic() || matches!(c, b'!' | b'?' | b'/') => {
             Sig::Match("HTML")
         }
@@ -441,9 +450,12 @@ pub struct Jpeg {
     after_eoi: [u8; 3],
     after_eoi_len: u8,
     trailer_len: u64,
-    /// Leading-whitespace skipping and signature detection at the trailer start.
+    /// Leading-padding skipping and signature detection at the trailer start:
+    /// its first bytes with NULs dropped, and as they are.
     trailer_prefix: [u8; 8],
     trailer_prefix_len: u8,
+    trailer_raw: [u8; 8],
+    trailer_raw_len: u8,
     trailer_prefix_done: bool,
     trailer_start: u64,
     /// Signatures anywhere in the trailer.
@@ -493,6 +505,8 @@ impl Jpeg {
             trailer_len: 0,
             trailer_prefix: [0; 8],
             trailer_prefix_len: 0,
+            trailer_raw: [0; 8],
+            trailer_raw_len: 0,
             trailer_prefix_done: false,
             trailer_start: 0,
             trailer_window: NeedleWindow::new(),
@@ -539,8 +553,9 @@ impl Jpeg {
 
     fn trailer_end(&mut self) -> Result<(), Rejection> {
         if !self.trailer_prefix_done {
-            let n = self.trailer_prefix_len as usize;
-            if let Sig::Match(what) = classify_trailer(&self.trailer_prefix[..n], true) {
+            let text = &self.trailer_prefix[..self.trailer_prefix_len as usize];
+            let raw = &self.trailer_raw[..self.trailer_raw_len as usize];
+            if let Sig::Match(what) = classify_trailer(text, raw, true) {
                 return Err(self.trailer_looks_like(what));
             }
         }
@@ -565,12 +580,24 @@ impl Jpeg {
         }
         if !self.trailer_prefix_done {
             let n = self.trailer_prefix_len as usize;
-            if (n == 0 && is_trailer_lead(b)) || b == 0 {
-                // leading padding / byte order mark; NULs of UTF-16/32 text
+            let r = self.trailer_raw_len as usize;
+            if r == 0 && is_trailer_lead(b) {
+                // leading padding / byte order mark
             } else {
-                self.trailer_prefix[n] = b;
-                self.trailer_prefix_len += 1;
-                match classify_trailer(&self.trailer_prefix[..n + 1], false) {
+                // Every signature is resolved by 8 raw bytes, or by 8 bytes
+                // without NULs (no longer view can still be pending).
+                if r < self.trailer_raw.len() {
+                    self.trailer_raw[r] = b;
+                    self.trailer_raw_len += 1;
+                }
+                if b != 0 {
+                    // NULs of UTF-16/32 text are left out of the text view.
+                    self.trailer_prefix[n] = b;
+                    self.trailer_prefix_len += 1;
+                }
+                let text = &self.trailer_prefix[..self.trailer_prefix_len as usize];
+                let raw = &self.trailer_raw[..self.trailer_raw_len as usize];
+                match classify_trailer(text, raw, false) {
                     Sig::Match(what) => return Err(self.trailer_looks_like(what)),
                     Sig::Pending => {}
                     Sig::NoMatch => self.trailer_prefix_done = true,
@@ -992,9 +1019,17 @@ mod tests {
         s.finish().unwrap();
     }
 
+    /// `classify_trailer` on the start `p` as the scanner sees it: NULs
+    /// dropped for the text view, as it is for the raw one.
+    fn classify(p: &[u8], at_end: bool) -> Sig {
+        let text: Vec<u8> = p.iter().copied().filter(|&b| b != 0).collect();
+        classify_trailer(&text, p, at_end)
+    }
+
     #[test]
     fn trailer_signatures() {
         use Sig::*;
+        let classify_trailer = classify;
         assert_eq!(classify_trailer(b"PK\x03\x04rest", false), Match("ZIP"));
         assert_eq!(classify_trailer(b"PK\x03", false), Pending);
         assert_eq!(classify_trailer(b"PK\x03", true), NoMatch);
@@ -1029,6 +1064,47 @@ mod tests {
         assert_eq!(classify_trailer(b"<", true), NoMatch);
         assert_eq!(classify_trailer(b"<3 bin", false), NoMatch);
         assert_eq!(classify_trailer(b"\x01\x02", false), NoMatch);
+        // A signature with a NUL only matches the raw bytes; UTF-16 text only
+        // the view without NULs.
+        assert_eq!(classify_trailer(b"\xfd7zXZ\x04", false), NoMatch);
+        assert_eq!(classify_trailer(b"L\x01", false), NoMatch);
+        assert_eq!(classify_trailer(b"L\x00\x00", false), Pending);
+        assert_eq!(
+            classify_trailer(b"M\x00Z\x00", false),
+            Match("a Windows executable")
+        );
+    }
+
+    /// Every start-of-trailer signature, fed through the whole scanner in
+    /// every chunking and followed by what comes after it in a real file
+    /// (NULs among it): the signatures that hold a NUL (xz, a Windows
+    /// shortcut, WebAssembly) once never matched, since NULs were dropped
+    /// before the start was compared.
+    #[test]
+    fn every_start_signature_is_found_through_the_scanner() {
+        let rest = b"\x00\x04\xe6\xd6\xb4\x46\x02\x00\x21\x01\x16\x00";
+        for &(sig, name, _) in TRAILER_SIGS {
+            for lead in [&b""[..], b"\0\0 \r\n"] {
+                let t = [&tiny()[..], lead, sig, rest, &[0; 32]].concat();
+                let e = scan_every_split(&t).unwrap_err();
+                assert!(e.detail.ends_with(&format!("looks like {name}")), "{e}");
+            }
+        }
+        // As the files start, with the bytes the table leaves to the padding
+        // skip (WebAssembly's NUL, big-endian Mach-O's FE).
+        for (file, name) in [
+            (&b"\xfd7zXZ\x00\x00\x04\xe6\xd6\xb4\x46"[..], "xz"),
+            (b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0", "WebAssembly"),
+            (
+                b"L\0\0\0\x01\x14\x02\0\0\0\0\0\xc0\0\0\0\0\0\0\x46",
+                "a Windows shortcut",
+            ),
+            (b"\xfe\xed\xfa\xce\0\0\0\x07", "a Mach-O executable"),
+        ] {
+            let t = [&tiny()[..], file].concat();
+            let e = scan_every_split(&t).unwrap_err();
+            assert!(e.detail.ends_with(&format!("looks like {name}")), "{e}");
+        }
     }
 
     #[test]

@@ -1388,6 +1388,16 @@ fn jpeg_trailers_that_look_like_files() {
         (b"Rar!\x1a\x07\x00", "looks like RAR"),
         (b"7z\xBC\xAF\x27\x1C", "looks like 7-Zip"),
         (b"\x1f\x8b\x08\x00", "looks like gzip"),
+        // Signatures that hold NUL bytes, as the files start.
+        (b"\xfd7zXZ\x00\x00\x04\xe6\xd6\xb4\x46", "looks like xz"),
+        (
+            b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0",
+            "looks like WebAssembly",
+        ),
+        (
+            b"L\0\0\0\x01\x14\x02\0\0\0\0\0\xc0\0\0\0\0\0\0\x46",
+            "looks like a Windows shortcut",
+        ),
     ];
     for (trailer, needle) in cases {
         for lead in [&b""[..], b"\0\0\0\0", b"\r\n \t", b"\n"] {
