@@ -12,6 +12,11 @@
 //!   types 0 and 4, length a multiple of 3 with 1–256 entries;
 //! * IDAT present and consecutive;
 //! * IEND last, length 0, with nothing at all after it;
+//! * the chunks whose data length the specification (third edition) fixes
+//!   have that length: gAMA 4, cHRM 32, sRGB 1, pHYs 9, tIME 7, cICP 4,
+//!   mDCV 24, cLLI 8, acTL 8, and by colour type sBIT (1, 3, 3, 2, 4 for types
+//!   0, 2, 3, 4, 6) and bKGD (2, 6, 1, 2, 6); only these exact types (other
+//!   spellings are other chunks, free like every unknown ancillary chunk);
 //! * unknown critical chunks (uppercase first letter) are rejected; unknown
 //!   ancillary chunks (text, EXIF, …) are fine.
 //!
@@ -53,6 +58,38 @@ const FCTL_LEN: u32 = 26;
 /// `iTXt`, `iCCP`) may inflate to, together: libpng's own default cap on a
 /// chunk it decompresses (`PNG_USER_CHUNK_MALLOC_MAX`, 8 000 000 bytes).
 pub const MAX_ANCILLARY_INFLATE: u64 = 8_000_000;
+/// The data length the PNG specification (third edition) fixes for chunk
+/// type `t`, if it fixes one (sBIT's and bKGD's follow the colour type).
+/// IHDR, IEND, PLTE and fcTL are checked where their data is used. The
+/// mastering display and light level chunks are matched in the spelling of
+/// the Recommendation (`mDCV`, `cLLI`) and of the drafts before it (`mDCv`,
+/// `cLLi`, which encoders wrote, with the same layout).
+fn fixed_len(t: &[u8; 4], colour: u8) -> Option<u32> {
+    Some(match t {
+        b"gAMA" | b"cICP" => 4,
+        b"cHRM" => 32,
+        b"sRGB" => 1,
+        b"pHYs" => 9,
+        b"tIME" => 7,
+        b"mDCV" | b"mDCv" => 24,
+        b"cLLI" | b"cLLi" | b"acTL" => 8,
+        // One significant-bit count per channel (palette: per RGB channel).
+        b"sBIT" => match colour {
+            0 => 1,
+            4 => 2,
+            2 | 3 => 3,
+            _ => 4,
+        },
+        // A palette index, a 16-bit grey or three 16-bit samples.
+        b"bKGD" => match colour {
+            3 => 1,
+            0 | 4 => 2,
+            _ => 6,
+        },
+        _ => return None,
+    })
+}
+
 /// Output buffer of the inflater (reused for every stream of one PNG).
 const INFLATE_BUF: usize = 32 * 1024;
 /// Adam7's passes: first column, first row, column step, row step.
@@ -886,6 +923,20 @@ impl Png {
         if self.phase == Phase::Start && t != *b"IHDR" {
             return Err(self.err("the first chunk must be IHDR"));
         }
+        // Only after IHDR (just checked), so the colour type is known.
+        if let Some(want) = fixed_len(&t, self.colour_type)
+            && self.chunk_len != want
+        {
+            let of = if matches!(&t, b"sBIT" | b"bKGD") {
+                format!(" for colour type {}", self.colour_type)
+            } else {
+                String::new()
+            };
+            return Err(self.err(format_args!(
+                "length {} (must be {want}{of})",
+                self.chunk_len
+            )));
+        }
         match &t {
             b"IHDR" => {
                 if self.phase != Phase::Start {
@@ -1225,6 +1276,53 @@ mod tests {
         assert!(e.detail.contains("PNG chunk 61623144 at offset 33"), "{e}");
         let e = scan(&png(ihdr(1, 1, 8, 2), &[rgb(), chunk(b"IEND", b"x")])).unwrap_err();
         assert!(e.detail.contains("must be 0"), "{e}");
+    }
+
+    /// Chunks of a fixed length (gAMA, sRGB, pHYs…, the adversarial round's
+    /// cases): a wrong length is refused although the CRC is right.
+    #[test]
+    fn fixed_length_chunks() {
+        let with = |colour: u8, c: Vec<u8>| {
+            let bits = [8, 0, 24, 8][colour as usize];
+            let mut extra = vec![c];
+            if colour == 3 {
+                extra.push(chunk(b"PLTE", &[0; 3]));
+            }
+            extra.extend([idat(1, 1, bits), chunk(b"IEND", b"")]);
+            scan(&png(ihdr(1, 1, 8, colour), &extra))
+        };
+        assert_eq!(with(0, chunk(b"gAMA", &[0, 0, 0xb1, 0x8f])), Ok(()));
+        for (c, detail) in [
+            (
+                chunk(b"gAMA", &[0, 0, 0xb1, 0x8f, 0]),
+                "gAMA at offset 33: length 5 (must be 4)",
+            ),
+            (
+                chunk(b"sRGB", b""),
+                "sRGB at offset 33: length 0 (must be 1)",
+            ),
+            (
+                chunk(b"pHYs", b"\0"),
+                "pHYs at offset 33: length 1 (must be 9)",
+            ),
+        ] {
+            assert_eq!(
+                with(0, c).unwrap_err().detail,
+                format!("PNG chunk {detail}")
+            );
+        }
+        assert_eq!(with(2, chunk(b"bKGD", &[0; 6])), Ok(()));
+        assert_eq!(
+            with(2, chunk(b"bKGD", &[0; 2])).unwrap_err().detail,
+            "PNG chunk bKGD at offset 33: length 2 (must be 6 for colour type 2)"
+        );
+        assert_eq!(with(3, chunk(b"sBIT", &[8; 3])), Ok(()));
+        assert_eq!(
+            with(3, chunk(b"sBIT", &[8; 1])).unwrap_err().detail,
+            "PNG chunk sBIT at offset 33: length 1 (must be 3 for colour type 3)"
+        );
+        // Other spellings are unknown ancillary chunks: free.
+        assert_eq!(with(0, chunk(b"gAMa", &[0; 5])), Ok(()));
     }
 
     /// A 10 x 10 image whose data would inflate to 64 MiB: refused after

@@ -734,6 +734,86 @@ fn png_chunk_rules() {
     );
 }
 
+/// Chunks whose data length the PNG specification (third edition) fixes: a
+/// wrong length is refused even with the CRC right, in any chunking; the
+/// right one passes. sBIT's and bKGD's depend on the IHDR's colour type.
+#[test]
+fn png_fixed_length_chunks() {
+    // (fixture, its colour type)
+    let bases = [
+        ("pypng-adam7-1x1-gray1.png", 0u8),
+        ("pypng-adam7-5x7-rgb8.png", 2),
+        ("pypng-adam7-17x3-palette2.png", 3),
+        ("pypng-adam7-2x13-graya8.png", 4),
+        ("pypng-adam7-9x9-rgba16.png", 6),
+    ];
+    for (name, colour) in bases {
+        let base = png_parse(&fixture(name));
+        assert_eq!(base[0].data[9], colour, "{name}");
+        let sbit = [1, 0, 3, 3, 2, 0, 4][colour as usize];
+        let bkgd = [2, 0, 6, 1, 2, 0, 6][colour as usize];
+        let mut cases: Vec<(&[u8; 4], usize)> = vec![(b"sBIT", sbit), (b"bKGD", bkgd)];
+        if colour == 0 {
+            cases.extend([
+                (b"gAMA", 4),
+                (b"cHRM", 32),
+                (b"sRGB", 1),
+                (b"pHYs", 9),
+                (b"tIME", 7),
+                (b"cICP", 4),
+                (b"mDCV", 24),
+                (b"mDCv", 24),
+                (b"cLLI", 8),
+                (b"cLLi", 8),
+                (b"acTL", 8),
+            ]);
+        }
+        for (ty, n) in cases {
+            let with = |len: usize| {
+                let mut c = base.clone();
+                c.insert(1, chunk(ty, &vec![1; len]));
+                png_build(&c)
+            };
+            assert_eq!(
+                check_chunking(Kind::Png, &limits(), &with(n), &[]),
+                Ok(()),
+                "{name}: {}",
+                String::from_utf8_lossy(ty)
+            );
+            for bad in [0, n - 1, n + 1, 4 * n] {
+                if bad == n {
+                    continue;
+                }
+                let e = check_png_reject(&with(bad), "");
+                assert_eq!(
+                    e.detail,
+                    format!(
+                        "PNG chunk {} at offset 33: length {bad} (must be {n}{})",
+                        String::from_utf8_lossy(ty),
+                        if matches!(ty, b"sBIT" | b"bKGD") {
+                            format!(" for colour type {colour}")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    "{name}"
+                );
+            }
+        }
+    }
+    // Other cases of the letters are other (unknown, ancillary) chunks:
+    // free, as are private chunks.
+    let base = png_parse(&fixture("pypng-adam7-1x1-gray1.png"));
+    let mut c = base.clone();
+    for ty in [b"gAMa", b"sRGb", b"pHYS", b"tIMe", b"acTl", b"prIV"] {
+        c.insert(1, chunk(ty, b"12345"));
+    }
+    assert_eq!(
+        check_chunking(Kind::Png, &limits(), &png_build(&c), &[]),
+        Ok(())
+    );
+}
+
 // ---------------------------------------------------------------------------
 // PNG compressed data: inflated, to the byte
 // ---------------------------------------------------------------------------
