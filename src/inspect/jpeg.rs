@@ -9,6 +9,14 @@
 //! * Exactly one SOFn (`C0`–`CF` except `C4` DHT, `C8` JPG, `CC` DAC) before the
 //!   first SOS, with sane precision, 1–4 components, non-zero dimensions and
 //!   width × height ≤ [`Limits::max_pixels`].
+//! * DQT and DHT segments hold whole tables, their length ending where the
+//!   last table does (libjpeg refuses anything else: "Bogus marker length",
+//!   "Bogus Huffman table definition"): each quantization table is a Pq/Tq
+//!   byte (precision 0 or 1, id 0–3) and 64 values of 1 + Pq bytes; each
+//!   Huffman table a Tc/Th byte (class 0 or 1, id 0–3), 16 code counts
+//!   summing to at most 256, and that many values. Walked as they stream by,
+//!   the values skipped in bulk; an empty segment (no table) is fine, as
+//!   libjpeg has it.
 //! * SOS headers well formed (1–4 components, each one of the frame's); after each
 //!   SOS the entropy-coded data is skipped with `memchr`, honouring `FF 00` stuffing,
 //!   `FF D0`–`D7` restart markers and `FF FF` fill; any other marker ends the scan
@@ -91,6 +99,9 @@ enum State {
     Skip { remaining: u16 },
     /// Buffering the payload of a SOF or SOS segment into `self.hdr`.
     Header { need: u8 },
+    /// Walking the tables of a DQT or DHT segment (`self.marker`): `remaining`
+    /// bytes of the segment left, `table` where they are.
+    Tables { remaining: u16, table: Table },
     /// Inside entropy-coded data.
     Entropy,
     /// Inside entropy-coded data, just after an `FF`.
@@ -99,6 +110,17 @@ enum State {
     AfterEoi,
     /// After EOI: trailer bytes (byte-at-a-time, bounded by `MAX_TRAILER`).
     Trailer,
+}
+
+/// Where a DQT or DHT segment's tables are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// Expecting a table's first byte (DQT: Pq/Tq; DHT: Tc/Th).
+    Head,
+    /// DHT: the 16 code counts, `got` of them so far, summing to `sum`.
+    Counts { got: u8, sum: u16 },
+    /// The table's values (DQT: 64 of 1 or 2 bytes; DHT: one per code).
+    Values { left: u16 },
 }
 
 /// Trailer prefixes that mean "another file is hiding here", matched after optional
@@ -434,6 +456,8 @@ pub struct Jpeg {
     /// The marker whose segment is being read, and the offset of its `FF`.
     marker: u8,
     marker_off: u64,
+    /// The current segment's length field.
+    seg_len: u16,
     /// Payload buffer for SOF / SOS segments.
     hdr: [u8; HDR_BUF],
     hdr_len: u8,
@@ -491,6 +515,7 @@ impl Jpeg {
             pos: 0,
             marker: 0,
             marker_off: 0,
+            seg_len: 0,
             hdr: [0; HDR_BUF],
             hdr_len: 0,
             sof_seen: false,
@@ -524,13 +549,14 @@ impl Jpeg {
                 "JPEG truncated at offset {at}: missing EOI (image {} started at offset {})",
                 self.images, self.image_start
             ))),
-            State::Length { .. } | State::Skip { .. } | State::Header { .. } => {
-                Err(Rejection::malformed(format!(
-                    "JPEG {} segment at offset {}: truncated at offset {at} (missing EOI)",
-                    marker_name(self.marker),
-                    self.marker_off
-                )))
-            }
+            State::Length { .. }
+            | State::Skip { .. }
+            | State::Header { .. }
+            | State::Tables { .. } => Err(Rejection::malformed(format!(
+                "JPEG {} segment at offset {}: truncated at offset {at} (missing EOI)",
+                marker_name(self.marker),
+                self.marker_off
+            ))),
             State::Entropy | State::EntropyFf => Err(Rejection::malformed(format!(
                 "JPEG truncated at offset {at} inside entropy-coded data of scan {} (missing EOI)",
                 self.scans
@@ -692,6 +718,50 @@ impl Jpeg {
                         self.on_header()?;
                     }
                 }
+                State::Tables {
+                    mut remaining,
+                    mut table,
+                } => {
+                    // Values are skipped in bulk, heads and counts byte by byte;
+                    // a table's values never run past the segment (checked
+                    // when its size is known).
+                    while i < len && remaining > 0 {
+                        table = match table {
+                            Table::Values { left } => {
+                                let take = (left as usize).min(len - i) as u16;
+                                i += take as usize;
+                                remaining -= take;
+                                if take == left {
+                                    Table::Head
+                                } else {
+                                    Table::Values { left: left - take }
+                                }
+                            }
+                            Table::Head => {
+                                i += 1;
+                                remaining -= 1;
+                                self.table_head(chunk[i - 1], remaining)?
+                            }
+                            Table::Counts { got, sum } => {
+                                i += 1;
+                                remaining -= 1;
+                                let sum = sum + u16::from(chunk[i - 1]);
+                                if got < 15 {
+                                    Table::Counts { got: got + 1, sum }
+                                } else {
+                                    self.huffman_codes(sum, remaining)?
+                                }
+                            }
+                        };
+                    }
+                    if remaining > 0 {
+                        self.state = State::Tables { remaining, table };
+                    } else if table == Table::Head {
+                        self.state = State::Marker;
+                    } else {
+                        return Err(self.tables_inconsistent());
+                    }
+                }
                 State::Entropy | State::EntropyFf => {
                     i = self.entropy(chunk, i, base)?;
                 }
@@ -839,6 +909,7 @@ impl Jpeg {
             )));
         }
         let payload = seg_len - 2;
+        self.seg_len = seg_len;
         let bad_len = |what: &str| {
             Rejection::malformed(format!(
                 "JPEG {} segment at offset {off}: length {seg_len} inconsistent with {what}",
@@ -866,12 +937,88 @@ impl Jpeg {
             };
         } else if m == 0xDD && payload != 2 {
             return Err(bad_len("a restart interval"));
+        } else if matches!(m, 0xDB | 0xC4) && payload > 0 {
+            self.state = State::Tables {
+                remaining: payload,
+                table: Table::Head,
+            };
         } else if payload == 0 {
             self.state = State::Marker;
         } else {
             self.state = State::Skip { remaining: payload };
         }
         Ok(())
+    }
+
+    /// A DQT or DHT segment's length does not end where its tables do.
+    fn tables_inconsistent(&self) -> Rejection {
+        let (name, what) = if self.marker == 0xDB {
+            ("DQT", "quantization")
+        } else {
+            ("DHT", "Huffman")
+        };
+        Rejection::malformed(format!(
+            "JPEG {name} segment at offset {}: length {} inconsistent with its {what} tables",
+            self.marker_off, self.seg_len
+        ))
+    }
+
+    /// The first byte `b` of a DQT or DHT table, `remaining` segment bytes
+    /// after it: what follows it.
+    fn table_head(&self, b: u8, remaining: u16) -> Result<Table, Rejection> {
+        let off = self.marker_off;
+        let (class, id) = (b >> 4, b & 0x0F);
+        if self.marker == 0xDB {
+            // Pq (0: 8-bit, 1: 16-bit values), Tq, then 64 values.
+            if class > 1 {
+                return Err(Rejection::malformed(format!(
+                    "JPEG DQT segment at offset {off}: quantization table precision {class} (0 or 1)"
+                )));
+            }
+            if id > 3 {
+                return Err(Rejection::malformed(format!(
+                    "JPEG DQT segment at offset {off}: quantization table id {id} (0-3)"
+                )));
+            }
+            let left = 64 * (1 + u16::from(class));
+            if left > remaining {
+                return Err(self.tables_inconsistent());
+            }
+            return Ok(Table::Values { left });
+        }
+        // Tc (0: DC, 1: AC), Th, then 16 code counts and the codes' values.
+        if class > 1 {
+            return Err(Rejection::malformed(format!(
+                "JPEG DHT segment at offset {off}: Huffman table class {class} (0 or 1)"
+            )));
+        }
+        if id > 3 {
+            return Err(Rejection::malformed(format!(
+                "JPEG DHT segment at offset {off}: Huffman table id {id} (0-3)"
+            )));
+        }
+        if remaining < 16 {
+            return Err(self.tables_inconsistent());
+        }
+        Ok(Table::Counts { got: 0, sum: 0 })
+    }
+
+    /// A DHT table's counts sum to `codes`, `remaining` segment bytes after them.
+    fn huffman_codes(&self, codes: u16, remaining: u16) -> Result<Table, Rejection> {
+        if codes > 256 {
+            return Err(Rejection::malformed(format!(
+                "JPEG DHT segment at offset {}: Huffman table of {codes} codes (at most 256)",
+                self.marker_off
+            )));
+        }
+        if codes > remaining {
+            return Err(self.tables_inconsistent());
+        }
+        Ok(if codes == 0 {
+            Table::Head
+        } else {
+            Table::Values { left: codes }
+        })
     }
 
     fn on_header(&mut self) -> Result<(), Rejection> {
@@ -1276,6 +1423,107 @@ mod tests {
             let e = scan_every_split(&t).unwrap_err();
             assert!(e.detail.ends_with("looks like a Windows executable"), "{e}");
         }
+    }
+
+    /// `tiny()` with `seg` (marker, payload) inserted after SOI.
+    fn with_segment(m: u8, payload: &[u8]) -> Vec<u8> {
+        let t = tiny();
+        let len = (payload.len() + 2) as u16;
+        [&t[..2], &[0xFF, m], &len.to_be_bytes(), payload, &t[2..]].concat()
+    }
+
+    /// DQT and DHT segments: the length must end where the tables do
+    /// (libjpeg: "Bogus marker length", "Bogus Huffman table definition").
+    #[test]
+    fn dqt_and_dht_lengths_match_their_tables() {
+        let q8 = [&[0x00][..], &[1; 64]].concat();
+        let q16 = [&[0x13][..], &[1; 128]].concat();
+        // DC table 0 with 1 + 2 codes, AC table 3 with no code.
+        let h = [&[0x00, 1, 2][..], &[0; 14], &[7, 8, 9]].concat();
+        let h0 = [&[0x13][..], &[0; 16]].concat();
+        let h256 = [&[0x11][..], &[0; 14], &[255, 1], &[0; 256]].concat();
+        for (m, payload) in [
+            (0xDB, q8.clone()),
+            (0xDB, [&q8[..], &q16].concat()),
+            (0xDB, vec![]),
+            (0xC4, h.clone()),
+            (0xC4, [&h[..], &h0, &h256].concat()),
+            (0xC4, vec![]),
+        ] {
+            assert_eq!(
+                scan_every_split(&with_segment(m, &payload)),
+                Ok(()),
+                "{payload:?}"
+            );
+        }
+        let dqt = |detail: &str| format!("JPEG DQT segment at offset 2: {detail}");
+        let dht = |detail: &str| format!("JPEG DHT segment at offset 2: {detail}");
+        for (m, payload, detail) in [
+            // The adversarial round's cases: 10 of 64 values; 200 codes, 1 given.
+            (
+                0xDB,
+                [&[0x00][..], &[1; 10]].concat(),
+                dqt("length 13 inconsistent with its quantization tables"),
+            ),
+            (
+                0xC4,
+                [&[0x00][..], &[0; 15], &[200], &[0]].concat(),
+                dht("length 20 inconsistent with its Huffman tables"),
+            ),
+            // One byte short or over, in the last table.
+            (
+                0xDB,
+                [&q8[..], &q16[..128]].concat(),
+                dqt("length 195 inconsistent with its quantization tables"),
+            ),
+            (
+                0xDB,
+                [&q8[..], &[0]].concat(),
+                dqt("length 68 inconsistent with its quantization tables"),
+            ),
+            (
+                0xC4,
+                h[..h.len() - 1].to_vec(),
+                dht("length 21 inconsistent with its Huffman tables"),
+            ),
+            (
+                0xC4,
+                [&h[..], &h0[..10]].concat(),
+                dht("length 32 inconsistent with its Huffman tables"),
+            ),
+            (
+                0xDB,
+                [&[0x21][..], &[1; 64]].concat(),
+                dqt("quantization table precision 2 (0 or 1)"),
+            ),
+            (
+                0xDB,
+                [&[0x04][..], &[1; 64]].concat(),
+                dqt("quantization table id 4 (0-3)"),
+            ),
+            (
+                0xC4,
+                [&[0x20][..], &[0; 16]].concat(),
+                dht("Huffman table class 2 (0 or 1)"),
+            ),
+            (
+                0xC4,
+                [&[0x14][..], &[0; 16]].concat(),
+                dht("Huffman table id 4 (0-3)"),
+            ),
+            (
+                0xC4,
+                [&[0x00][..], &[0; 14], &[255, 2], &[0; 257]].concat(),
+                dht("Huffman table of 257 codes (at most 256)"),
+            ),
+        ] {
+            let e = scan_every_split(&with_segment(m, &payload)).unwrap_err();
+            assert_eq!(e.detail, detail);
+        }
+        // Cut inside the tables: truncated, as any segment.
+        let t = with_segment(0xDB, &q8);
+        let e = scan_every_split(&t[..40]).unwrap_err();
+        assert_eq!(e.detail, dqt("truncated at offset 40 (missing EOI)"));
     }
 
     #[test]

@@ -1302,14 +1302,34 @@ fn jpeg_bad_segment_length() {
             format!("JPEG DQT segment at offset {dqt}: invalid length {bad_len}")
         );
     }
-    // Too long by one / too short by one: the next marker is misaligned.
-    for delta in [1i32, -1] {
+    // Too long by one / too short by one: the DQT's tables say so (the
+    // next marker's FF read as a table's Pq/Tq, or a table cut short) ...
+    for (delta, detail) in [
+        (1i32, "quantization table precision 15 (0 or 1)".to_string()),
+        (
+            -1,
+            format!(
+                "length {} inconsistent with its quantization tables",
+                len - 1
+            ),
+        ),
+    ] {
         let mut bad = bytes.clone();
         bad[dqt + 2..dqt + 4].copy_from_slice(&((len as i32 + delta) as u16).to_be_bytes());
+        let e = check_jpeg_reject(&bad, "");
+        assert_eq!(
+            e.detail,
+            format!("JPEG DQT segment at offset {dqt}: {detail}")
+        );
+    }
+    // ... and a segment whose content is not checked misaligns the next marker.
+    let (app0, _, app0_len) = first_segment(&bytes, |m| m == 0xE0);
+    for delta in [1i32, -1] {
+        let mut bad = bytes.clone();
+        bad[app0 + 2..app0 + 4].copy_from_slice(&((app0_len as i32 + delta) as u16).to_be_bytes());
         check_jpeg_reject(&bad, "expected a marker");
     }
     // A length running past the end of the body.
-    let (app0, _, _) = first_segment(&bytes, |m| m == 0xE0);
     let mut bad = bytes[..app0 + 100].to_vec();
     bad[app0 + 2..app0 + 4].copy_from_slice(&0xFFFFu16.to_be_bytes());
     check_jpeg_reject(
@@ -1331,6 +1351,50 @@ fn jpeg_bad_segment_length() {
     let mut bad = bytes.clone();
     bad[sos + 5] = 9; // component id not in the frame
     check_jpeg_reject(&bad, "component 9 is not in the frame");
+}
+
+/// DQT and DHT segments whose length contradicts their tables (libjpeg:
+/// "Bogus marker length", "Bogus Huffman table definition"), at every split.
+#[test]
+fn jpeg_table_segments_match_their_lengths() {
+    let bytes = fixture("im-baseline.jpg");
+    let after_soi = |seg: &[u8]| concat(&[&bytes[..2], seg, &bytes[2..]]);
+    // A DQT with 10 of its 64 values; a DHT of 200 codes holding 1.
+    let dqt = concat(&[b"\xFF\xDB\x00\x0D\x00", &[1; 10]]);
+    let e = check_jpeg_reject(&after_soi(&dqt), "");
+    assert_eq!(
+        e.detail,
+        "JPEG DQT segment at offset 2: length 13 inconsistent with its quantization tables"
+    );
+    let dht = concat(&[b"\xFF\xC4\x00\x14\x00", &[0; 15], &[200, 0]]);
+    let e = check_jpeg_reject(&after_soi(&dht), "");
+    assert_eq!(
+        e.detail,
+        "JPEG DHT segment at offset 2: length 20 inconsistent with its Huffman tables"
+    );
+    // The fixture's own tables, damaged: a precision of 2, one code more.
+    let (q, _, _) = first_segment(&bytes, |m| m == 0xDB);
+    let mut bad = bytes.clone();
+    bad[q + 4] = 0x20;
+    check_jpeg_reject(
+        &bad,
+        &format!("JPEG DQT segment at offset {q}: quantization table precision 2 (0 or 1)"),
+    );
+    let (h, _, _) = first_segment(&bytes, |m| m == 0xC4);
+    let mut bad = bytes.clone();
+    bad[h + 5] += 1;
+    check_jpeg_reject(&bad, &format!("JPEG DHT segment at offset {h}: "));
+    // A DHT between the scans of a progressive file (reached from entropy data).
+    let prog = fixture("im-progressive.jpg");
+    let (sos, _, _) = first_segment(&prog, |m| m == 0xDA);
+    let h = sos
+        + prog[sos..]
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC4])
+            .unwrap();
+    let mut bad = prog.clone();
+    bad[h + 5] += 1;
+    check_jpeg_reject(&bad, &format!("JPEG DHT segment at offset {h}: "));
 }
 
 #[test]
