@@ -37,31 +37,60 @@
 //!     they are;
 //!   - and *nowhere* in it may another format's signature appear ([`NEEDLES`]):
 //!     ZIP local, central-directory and end-of-central-directory headers,
-//!     `%PDF`, the OLE2 compound-file header, `{\rtf1`, the interpreter lines of scripts (`#!/bin/`, `#!/usr/`: `#!`
-//!     alone is too short to look for in binary) and, ASCII case-insensitively,
-//!     HTML/SVG/XML/script markup (`<html`, `<!doctype`, `<head`, `<body`,
-//!     `<script`, `<iframe`, `<svg`, `<?xml`, `<?php`, `<xsl:stylesheet`,
-//!     `<object`, `<embed`, `<img`, …) and `javascript:` URLs. The search
-//!     runs over the trailer with NUL bytes dropped, so UTF-16 and UTF-32 text (NUL
-//!     bytes interleaved, whichever byte order) is found as well as ASCII/UTF-8.
+//!     `%PDF`, the OLE2 compound-file header, `{\rtf1`, the interpreter lines
+//!     of scripts (`#!/bin/`, `#!/usr/`, with or without spaces or tabs
+//!     before the `/`, which the kernel skips: `#!` alone is too short to look
+//!     for in binary) and, ASCII case-insensitively, HTML/SVG/XML/script
+//!     markup and `javascript:` URLs. The HTML tags are those of the WHATWG
+//!     MIME Sniffing standard's HTML patterns (§7.1: `<!DOCTYPE HTML`,
+//!     `<HTML`, `<HEAD`, `<SCRIPT`, `<IFRAME`, `<DIV`, `<FONT`, `<TABLE`,
+//!     `<STYLE`, `<TITLE`, `<BODY`, `<!--`; not the short `<H1`, `<BR`, `<A`,
+//!     `<B`, `<P`, see below), with `<svg`, `<?xml`, `<?php`,
+//!     `<xsl:stylesheet`, `<object`, `<embed`, `<img` and other tags that load
+//!     or run something. A tag name also counts after an XML namespace prefix
+//!     of any length (`<s:svg `, `<x:script>`: the prefix an XML name, then
+//!     `:`), as SVG or XHTML served as XML reads it. The search runs over the
+//!     trailer with NUL bytes dropped, so UTF-16 and UTF-32 text (NUL bytes
+//!     interleaved, whichever byte order) is found as well as ASCII/UTF-8.
 //!
 //! False positives. Camera trailers are binary, and a signature found in binary by
 //! chance would reject a real photo, so every needle is at least 4 fixed bytes,
-//! and a tag name (`<svg`, `<html`, …) only counts when a tag-name terminator
-//! follows it (whitespace, `/`, `>` or `:`), as in an HTML tokenizer: `<svgx` is
+//! and a tag name (`<svg`, `<html`, `<!--`, …) only counts when a tag-name
+//! terminator follows it (whitespace, `/`, `>` or `:`; a superset of the
+//! sniffing standard's space and `>`), as in an HTML tokenizer: `<svgx` is
 //! no SVG tag. For uniformly random bytes (compressed or encrypted maker data)
-//! a given position starts a match with probability about 4 × 2⁻³² (the three
-//! ZIP headers and `%PDF`, exact bytes) + 2 × 2⁻⁸ × 2⁻²¹ × 2⁻⁵ (`<svg`, `<img`:
-//! three case-folded letters and one of 8 terminators) + smaller terms (longer
-//! needles) ≈ 1.14 × 2⁻³⁰ ≈ 10⁻⁹: a maximal 64 KiB random trailer is rejected
-//! about once in 14 000, a 4 KiB one about once in 230 000. Without the
-//! terminator rule `<svg` and `<img` would be 2⁻²⁹ each, more than doubling
-//! that rate. Dropping NUL
+//! a given position starts a match with probability (a case-folded letter
+//! matches 2 bytes of 256, a terminator 8):
+//!
+//! * 4 × 2⁻³²: the three ZIP headers and `%PDF`, exact bytes;
+//! * 3 × 2⁻⁸ × 2⁻²¹ × 2⁻⁵ = 3 × 2⁻³⁴: `<svg`, `<img`, `<div`, three letters
+//!   and a terminator;
+//! * 2⁻³²⁻⁵ = 2⁻³⁷: `<!--` and a terminator; 2 × 2⁻³⁷: `<?xml`, `<?php`;
+//! * 8 × 2⁻⁴¹ (`<html`, `<head`, `<body`, `<font`, …, four letters), and
+//!   longer needles, smaller still;
+//! * a tag name after a namespace prefix: `<` (2⁻⁸), a first name byte (181
+//!   of 256), more name bytes (193 of 256 each: a factor 4 summed over every
+//!   length), `:` (2⁻⁸), then the name and terminator (2⁻²⁶): 3 × 2.8 ×
+//!   2⁻⁴² ≈ 2⁻³⁹ for the three-letter names, less for the others; `#!`,
+//!   blanks, `/bin/` or `/usr/`: about 2⁻⁶².
+//!
+//! In all ≈ 1.21 × 2⁻³⁰ ≈ 1.1 × 10⁻⁹ (computed from [`NEEDLES`] by a test):
+//! a maximal 64 KiB random trailer is rejected about once in 13 000, a
+//! 4 KiB one about once in 215 000 (before `<div`, `<!--` and the prefixed
+//! tags: 1.14 × 2⁻³⁰, once in 14 000). Without the terminator rule the
+//! three-letter tags would be 2⁻²⁹ each, more than doubling that rate.
+//! Left out for that reason: the sniffing standard's `<H1` and `<BR`, three
+//! fixed bytes (2⁻²⁸ and 2⁻²⁷ with a terminator, 2⁻³⁰ and 2⁻²⁹ even with only
+//! its space and `>`: each would double to quadruple the rate), and `<A`,
+//! `<B`, `<P` (2⁻²⁰: one random 64 KiB trailer in 16). They carry script only
+//! through attributes (`<b onmouseover=…>`), as any element name can,
+//! custom ones included, which no list of names closes; at the start of a
+//! trailer any markup is refused. Dropping NUL
 //! bytes only adds matches (no needle holds a NUL), about 1 % more on random
 //! data. Short signatures (`MZ`, `#!`, gzip, generic `<x` markup) would match
 //! random binary far too often, so they are only looked for at the start.
 //!
-//! State is under two hundred bytes whatever the body size, and `feed` never
+//! State is under 256 bytes (224 on x86-64) whatever the body size, and `feed` never
 //! allocates (only a rejection allocates its detail). The trailer is examined
 //! byte by byte (it is at most [`MAX_TRAILER`] bytes), so every chunking of the
 //! body gives the same verdict.
@@ -293,6 +322,11 @@ pub const NEEDLES: &[Needle] = &[
     tag(b"<body", "an HTML tag (<body)"),
     tag(b"<script", "a script tag (<script)"),
     tag(b"<iframe", "an HTML tag (<iframe)"),
+    tag(b"<!--", "an HTML comment (<!--)"),
+    tag(b"<div", "an HTML tag (<div)"),
+    tag(b"<font", "an HTML tag (<font)"),
+    tag(b"<table", "an HTML tag (<table)"),
+    tag(b"<title", "an HTML tag (<title)"),
     tag(b"<svg", "an SVG tag (<svg)"),
     tag(b"<object", "an HTML tag (<object)"),
     tag(b"<embed", "an HTML tag (<embed)"),
@@ -356,6 +390,178 @@ const NEEDLE_MAX: usize = {
 const WINDOW: usize = 16;
 const _: () = assert!(NEEDLE_MAX <= WINDOW);
 
+/// The longest tag name among the tag needles (without its `<`).
+const LOCAL_MAX: usize = {
+    let mut max = 0;
+    let mut i = 0;
+    while i < NEEDLES.len() {
+        if NEEDLES[i].tag && NEEDLES[i].sig.len() - 1 > max {
+            max = NEEDLES[i].sig.len() - 1;
+        }
+        i += 1;
+    }
+    max
+};
+
+/// A signature found in the trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hit {
+    /// What the trailer holds (a needle's `what`).
+    what: &'static str,
+    /// Trailer offset where the match starts.
+    at: u32,
+    /// A tag needle's name after an XML namespace prefix (`<s:svg`).
+    prefixed: bool,
+}
+
+/// Whether `b` may be a byte of an XML name (an NCName: a namespace prefix),
+/// its first (`first`) or a later one. Bytes of non-ASCII characters count.
+const fn is_name_byte(b: u8, first: bool) -> bool {
+    b.is_ascii_alphabetic()
+        || b == b'_'
+        || b >= 0x80
+        || (!first && (b.is_ascii_digit() || b == b'-' || b == b'.'))
+}
+
+/// The signatures a fixed window cannot hold, followed byte by byte: a tag
+/// needle's name after an XML namespace prefix of any length (`<s:svg `,
+/// `<x:script>`), and a script's interpreter line with blanks (spaces, tabs)
+/// before its path (`#! /bin/`; the kernel skips them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loose {
+    Idle,
+    /// `<` at `at`, then a prefix, `named` once it has a byte.
+    Prefix {
+        at: u32,
+        named: bool,
+    },
+    /// `<prefix:` at `at`, then `len` letters of a local name, lower-cased.
+    Local {
+        at: u32,
+        len: u8,
+        name: [u8; LOCAL_MAX],
+    },
+    /// `#` at `at`.
+    Hash {
+        at: u32,
+    },
+    /// `#!` at `at`, then `blanks` or not.
+    Bang {
+        at: u32,
+        blanks: bool,
+    },
+    /// `#!`, blanks, then `got` bytes of `/bin/` (or of `/usr/`: `usr`).
+    Path {
+        at: u32,
+        got: u8,
+        usr: bool,
+    },
+}
+
+impl Loose {
+    /// The next state after byte `b` (at trailer offset `off`), and a match
+    /// that ends with it.
+    #[inline]
+    fn step(self, b: u8, off: u32) -> (Self, Option<Hit>) {
+        use Loose::*;
+        match self {
+            Prefix { at, named } if is_name_byte(b, !named) => {
+                return (Prefix { at, named: true }, None);
+            }
+            Prefix { at, named: true } if b == b':' => {
+                let name = [0; LOCAL_MAX];
+                return (Local { at, len: 0, name }, None);
+            }
+            Local { at, len, mut name }
+                if b.is_ascii_alphabetic() && (len as usize) < LOCAL_MAX =>
+            {
+                name[len as usize] = b.to_ascii_lowercase();
+                return (
+                    Local {
+                        at,
+                        len: len + 1,
+                        name,
+                    },
+                    None,
+                );
+            }
+            Local { at, len, name } if is_tag_end(b) => {
+                let local = &name[..len as usize];
+                if let Some(n) = NEEDLES.iter().find(|n| n.tag && n.sig[1..] == *local) {
+                    let hit = Hit {
+                        what: n.what,
+                        at,
+                        prefixed: true,
+                    };
+                    return (Idle, Some(hit));
+                }
+            }
+            Hash { at } if b == b'!' => return (Bang { at, blanks: false }, None),
+            Bang { at, .. } if matches!(b, b' ' | b'\t') => {
+                return (Bang { at, blanks: true }, None);
+            }
+            // Without blanks, `#!/bin/` and `#!/usr/` are needles.
+            Bang { at, blanks: true } if b == b'/' => {
+                return (
+                    Path {
+                        at,
+                        got: 1,
+                        usr: false,
+                    },
+                    None,
+                );
+            }
+            Path { at, got: 1, .. } if matches!(b, b'b' | b'u') => {
+                return (
+                    Path {
+                        at,
+                        got: 2,
+                        usr: b == b'u',
+                    },
+                    None,
+                );
+            }
+            Path { at, got, usr } if got >= 2 => {
+                let (want, what) = if usr {
+                    (b"/usr/", "a script (#!/usr/)")
+                } else {
+                    (b"/bin/", "a script (#!/bin/)")
+                };
+                if b == want[got as usize] {
+                    if got == 4 {
+                        let hit = Hit {
+                            what,
+                            at,
+                            prefixed: false,
+                        };
+                        return (Idle, Some(hit));
+                    }
+                    return (
+                        Path {
+                            at,
+                            got: got + 1,
+                            usr,
+                        },
+                        None,
+                    );
+                }
+            }
+            _ => {}
+        }
+        match b {
+            b'<' => (
+                Prefix {
+                    at: off,
+                    named: false,
+                },
+                None,
+            ),
+            b'#' => (Hash { at: off }, None),
+            _ => (Idle, None),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct NeedleWindow {
     /// The last bytes pushed, newest in the low byte.
@@ -364,6 +570,8 @@ struct NeedleWindow {
     offs: [u32; WINDOW],
     /// Bytes pushed so far.
     count: u32,
+    /// Prefixed tags and interpreter lines with blanks.
+    loose: Loose,
 }
 
 impl NeedleWindow {
@@ -372,21 +580,24 @@ impl NeedleWindow {
             bytes: 0,
             offs: [0; WINDOW],
             count: 0,
+            loose: Loose::Idle,
         }
     }
 
-    /// Pushes trailer byte `b` at trailer offset `off`; returns the needle that
-    /// ends with it, if any, and the trailer offset where the match starts.
+    /// Pushes trailer byte `b` at trailer offset `off`; returns the signature
+    /// that ends with it, if any.
     #[inline]
-    fn push(&mut self, b: u8, off: u32) -> Option<(&'static Needle, u32)> {
+    fn push(&mut self, b: u8, off: u32) -> Option<Hit> {
         if b == 0 {
             return None;
         }
         self.bytes = (self.bytes << 8) | u128::from(b);
         self.offs[self.count as usize % WINDOW] = off;
         self.count += 1;
+        let loose;
+        (self.loose, loose) = self.loose.step(b, off);
         if !NEEDLE_ENDS[b as usize] {
-            return None;
+            return loose;
         }
         let have = (self.count as usize).min(WINDOW);
         let all = self.bytes.to_be_bytes();
@@ -412,10 +623,14 @@ impl NeedleWindow {
             if hit {
                 let back = (w.len() - start) as u32;
                 let at = self.offs[(self.count - back) as usize % WINDOW];
-                return Some((n, at));
+                return Some(Hit {
+                    what: n.what,
+                    at,
+                    prefixed: false,
+                });
             }
         }
-        None
+        loose
     }
 }
 
@@ -632,11 +847,16 @@ impl Jpeg {
         }
         // The trailer is at most MAX_TRAILER bytes, so its offsets fit in a u32.
         let rel = (off - self.trailer_start) as u32;
-        if let Some((needle, at)) = self.trailer_window.push(b, rel) {
+        if let Some(hit) = self.trailer_window.push(b, rel) {
+            let prefix = if hit.prefixed {
+                " with a namespace prefix"
+            } else {
+                ""
+            };
             return Err(Rejection::malformed(format!(
-                "JPEG: data after EOI holds {} at offset {}",
-                needle.what,
-                self.trailer_start + u64::from(at)
+                "JPEG: data after EOI holds {}{prefix} at offset {}",
+                hit.what,
+                self.trailer_start + u64::from(hit.at)
             )));
         }
         Ok(())
@@ -1386,6 +1606,87 @@ mod tests {
         }
     }
 
+    /// What the window cannot hold: tag names after an XML namespace prefix
+    /// of any length, interpreter lines with blanks before the path.
+    #[test]
+    fn prefixed_tags_and_spaced_interpreter_lines() {
+        let img = tiny();
+        let start = img.len() as u64 + 1;
+        for (t, what) in [
+            (
+                &b"<s:svg xmlns:s=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>"[..],
+                "an SVG tag (<svg) with a namespace prefix",
+            ),
+            (
+                b"<x:script xmlns:x=\"http://www.w3.org/1999/xhtml\">alert(1)</x:script>",
+                "a script tag (<script) with a namespace prefix",
+            ),
+            (
+                b"<a.b-c_9\xc3\xa9:IFrame/>",
+                "an HTML tag (<iframe) with a namespace prefix",
+            ),
+            (b"<x:div>", "an HTML tag (<div) with a namespace prefix"),
+            (b"#! /bin/sh\nrm -rf ~\n", "a script (#!/bin/)"),
+            (b"#!\t \t/usr/bin/env python", "a script (#!/usr/)"),
+        ] {
+            let want = format!("JPEG: data after EOI holds {what} at offset {start}");
+            let e = scan_every_split(&[&img[..], b"\x01", t, b"tail"].concat()).unwrap_err();
+            assert_eq!(e.detail, want);
+            // UTF-16, either byte order.
+            let le: Vec<u8> = t.iter().flat_map(|&b| [b, 0]).collect();
+            let e = scan(&[&img[..], b"\x01", &le].concat()).unwrap_err();
+            assert_eq!(e.detail, want, "UTF-16LE");
+            let be: Vec<u8> = t.iter().flat_map(|&b| [0, b]).collect();
+            let e = scan(&[&img[..], b"\x01", &be].concat()).unwrap_err();
+            assert_eq!(
+                e.detail,
+                want.replace(&start.to_string(), &(start + 1).to_string())
+            );
+        }
+        for t in [
+            &b"<s:svgx "[..], // a longer local name
+            b"<s:sv",         // cut by the end of the body
+            b"<1s:svg ",      // a prefix starts with a letter, `_` or non-ASCII
+            b"<:svg ",
+            b"<s: svg ",
+            b"<s:x:svg ",
+            b"<s:h1 <s:br> <s:scripts ",
+            b"#! /bim/sh #! bin/ # ! /bin/ #! /BIN/ #! /usr",
+        ] {
+            let r = scan_every_split(&[&img[..], b"\x01", t].concat());
+            assert_eq!(r, Ok(()), "{:?}", String::from_utf8_lossy(t));
+        }
+    }
+
+    /// The false-positive rate the module docs state, from the needles as
+    /// they are: the chance that a position of uniformly random bytes starts
+    /// a match (a letter of a folded needle matches 2 bytes of 256, a tag's
+    /// terminator 8; prefixed tags and interpreter lines with blanks add
+    /// under 2⁻³⁸).
+    #[test]
+    fn the_documented_false_positive_rate_holds() {
+        let terminators = (0..=255u8).filter(|&b| is_tag_end(b)).count();
+        assert_eq!(terminators, 8);
+        let p: f64 = NEEDLES
+            .iter()
+            .map(|n| {
+                let fixed: f64 = n
+                    .sig
+                    .iter()
+                    .map(|b| if n.fold && b.is_ascii_alphabetic() { 2.0 } else { 1.0 } / 256.0)
+                    .product();
+                fixed * if n.tag { 8.0 / 256.0 } else { 1.0 }
+            })
+            .sum();
+        let per_2_30 = p * 2f64.powi(30);
+        assert!((1.20..1.22).contains(&per_2_30), "{per_2_30} x 2^-30");
+        // With NUL bytes dropped (1 % more matches) and prefixed tags: a
+        // 64 KiB trailer once in about 13 000, a 4 KiB one in 215 000.
+        let once_in = |len: f64| 1.0 / (p * 1.01 * len);
+        assert!((13_000.0..14_000.0).contains(&once_in(65536.0)));
+        assert!((210_000.0..220_000.0).contains(&once_in(4096.0)));
+    }
+
     #[test]
     fn the_needle_window_keeps_offsets_across_dropped_nuls() {
         let mut w = NeedleWindow::new();
@@ -1396,8 +1697,8 @@ mod tests {
             .chain(*b"%\0\0P\0D\0\0\0F")
             .collect();
         for (i, &b) in bytes.iter().enumerate() {
-            if let Some((n, at)) = w.push(b, i as u32) {
-                hit = Some((n.what, at));
+            if let Some(h) = w.push(b, i as u32) {
+                hit = Some((h.what, h.at));
                 break;
             }
         }

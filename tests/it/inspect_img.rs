@@ -1618,6 +1618,12 @@ fn jpeg_trailer_signatures_anywhere() {
         (b"<embed src=x>", "an HTML tag (<embed)"),
         (b"<img src=x onerror=alert(1)>", "an HTML tag (<img)"),
         (b"JavaScript:alert(1)", "a javascript: URL"),
+        // WHATWG MIME sniffing's HTML patterns of 4 fixed bytes or more.
+        (b"<!-- x -->", "an HTML comment (<!--)"),
+        (b"<div onclick=alert(1)>x</div>", "an HTML tag (<div)"),
+        (b"<title>x</title>", "an HTML tag (<title)"),
+        (b"<TABLE>", "an HTML tag (<table)"),
+        (b"<font color=red>", "an HTML tag (<font)"),
     ];
     let mut junk = pseudo_random(600, 11);
     junk[0] = 0x01;
@@ -1666,6 +1672,30 @@ fn jpeg_trailer_signatures_anywhere() {
         // Every split, inside the image too.
         check_jpeg_reject(&concat(&[&bytes, trailer]), what);
     }
+    // Tag names after an XML namespace prefix, interpreter lines with blanks.
+    for (sig, what) in [
+        (
+            &b"<s:svg xmlns:s=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>"[..],
+            "an SVG tag (<svg) with a namespace prefix",
+        ),
+        (
+            b"<x:script xmlns:x=\"http://www.w3.org/1999/xhtml\">alert(1)</x:script>",
+            "a script tag (<script) with a namespace prefix",
+        ),
+        (b"#! /bin/sh\nrm -rf ~\n", "a script (#!/bin/)"),
+    ] {
+        for (trailer, at) in [
+            (concat(&[b"\x01", sig]), 1),
+            (concat(&[&junk[..300], sig, &junk[300..]]), 300),
+            (concat(&[b"\xFF\xFE", &utf16le(b"x"), &utf16le(sig)]), 4),
+        ] {
+            let e = expect_malformed(check_jpeg_trailer(&bytes, &trailer), what);
+            assert_eq!(
+                e.detail,
+                format!("JPEG: data after EOI holds {what} at offset {}", end + at),
+            );
+        }
+    }
     // A signature straddling a 16 KiB chunk boundary far into a long trailer.
     let mut long = pseudo_random(40_000, 5);
     long[0] = 0x01;
@@ -1696,6 +1726,11 @@ fn jpeg_trailers_near_signatures_accepted() {
         b"\x01<scrip",
         b"\x01PK\x05",
         b"\x01 < html>",
+        b"\x01<s:svgx <:svg <1:svg ",
+        b"\x01#! bin/sh #! /opt/x",
+        // WHATWG patterns of under 4 fixed bytes are left out (jpeg.rs has
+        // the arithmetic): random binary would match them too often.
+        b"\x01<br> <h1>x</h1> <a href=x> <b>x</b> <p>x</p>",
     ] {
         assert_eq!(check_jpeg(&concat(&[&bytes, t])), Ok(()), "trailer {t:?}");
     }
