@@ -8,7 +8,8 @@
 //!   (TEM, RST0–7) are allowed between segments.
 //! * Exactly one SOFn (`C0`–`CF` except `C4` DHT, `C8` JPG, `CC` DAC) before the
 //!   first SOS, with sane precision, 1–4 components, non-zero dimensions and
-//!   width × height ≤ [`Limits::max_pixels`].
+//!   width × height ≤ [`Limits::max_pixels`], the images of a multi-picture
+//!   file counted together.
 //! * DQT and DHT segments hold whole tables, their length ending where the
 //!   last table does (libjpeg refuses anything else: "Bogus marker length",
 //!   "Bogus Huffman table definition"): each quantization table is a Pq/Tq
@@ -684,6 +685,8 @@ pub struct Jpeg {
     /// Images started so far (1 after the first SOI), and where the current began.
     images: u32,
     image_start: u64,
+    /// The pixels of every frame so far, all images together.
+    pixels: u64,
     /// Offset of the last EOI's `FF`, and bytes seen after it.
     eoi_off: u64,
     after_eoi: [u8; 3],
@@ -739,6 +742,7 @@ impl Jpeg {
             component_ids: [0; 4],
             images: 0,
             image_start: 0,
+            pixels: 0,
             eoi_off: 0,
             after_eoi: [0; 3],
             after_eoi_len: 0,
@@ -1298,6 +1302,16 @@ impl Jpeg {
             return Err(Rejection::malformed(format!(
                 "JPEG {name} at offset {off}: {width} x {height} = {pixels} pixels exceeds the limit of {} (inspect.max_pixels)",
                 self.max_pixels
+            )));
+        }
+        // The images of a multi-picture file count together, as an animated
+        // PNG's frames do: sixteen frames at the limit would be sixteen
+        // times the decoding the limit allows.
+        self.pixels = self.pixels.saturating_add(pixels);
+        if self.pixels > self.max_pixels {
+            return Err(Rejection::malformed(format!(
+                "JPEG {name} at offset {off}: {width} x {height} pixels take the images of this file to {} pixels together, past the limit of {} (inspect.max_pixels)",
+                self.pixels, self.max_pixels
             )));
         }
         for k in 0..nf {

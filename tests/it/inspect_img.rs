@@ -1846,6 +1846,20 @@ fn jpeg_concatenated_images() {
     );
     let e2 = check_chunking(Kind::Jpeg, &limits(), &seventeen, &[sixteen.len()]);
     assert_eq!(e2, Err(e));
+    // The images' pixels count together against max_pixels, as an
+    // animated PNG's frames do: two 70 x 46 images are 6440.
+    let two = concat(&[&a, &a]);
+    let mut l = limits();
+    l.max_pixels = 6440;
+    assert_eq!(check_chunking(Kind::Jpeg, &l, &two, &[]), Ok(()));
+    l.max_pixels = 6439;
+    let e = check_chunking(Kind::Jpeg, &l, &two, &[a.len()]).unwrap_err();
+    assert!(
+        e.detail.contains(
+            "70 x 46 pixels take the images of this file to 6440 pixels together, past the limit of 6439"
+        ),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------
