@@ -90,9 +90,12 @@
 //!
 //!   Names inside strings, comments and ordinary stream data (content
 //!   streams, images, fonts, ...) are never looked at. But an object header
-//!   (`N G obj`) inside stream data is active content ([`HeaderWatch`]):
-//!   a cross-reference table can point a reader at it, and the lexer never
-//!   sees the object.
+//!   (`N G obj`: two numbers with white space between them, white space
+//!   or none before `obj`, where a comment, `%` to the end of the line,
+//!   counts as white space, as it does for a reader's tokenizer: `5 %x`
+//!   then `0 obj` on the next line) inside stream data is active content
+//!   ([`HeaderWatch`]): a cross-reference table can point a reader at it,
+//!   and the lexer never sees the object.
 //! * **Nesting** of `<<` / `[` deeper than `Limits::max_nesting` is
 //!   `malformed_image`, in the file and in object streams alike.
 //!
@@ -1470,13 +1473,10 @@ impl Lexer {
                     }
                 }
             };
-            // (A piece that ends in what may begin a header, `6 0 ` or
-            // `6 0 o`, is watched: the rest may come in the next piece.)
-            if quiet
-                && !body
-                    .last()
-                    .is_some_and(|&b| is_header_byte(b) || b == b'o' || b == b'b')
-            {
+            // (A piece that ends in what may begin a header, `6 0 `,
+            // `6 0 o` or `6 0 %x`, is watched: the rest may come in the
+            // next piece.)
+            if quiet && !HeaderWatch::may_carry(body) {
                 return Ok(());
             }
         }
@@ -3413,12 +3413,16 @@ impl StreamSkip {
 
 /// Follows a stream's data, chunk by chunk, for an object header (`N G obj`:
 /// digits, white space, digits, white space or none (`5 0obj` lexes as the
-/// same three tokens), `obj`, then a delimiter or white space). A cross-reference table may point a reader at such a header, and
+/// same three tokens), `obj`, then a delimiter or white space). A comment
+/// (`%` to the end of the line, CR or LF) is white space to a reader's
+/// tokenizer, and `%` is a delimiter: `5 %x\n0 %y\nobj` and `5 0%\nobj` are
+/// headers too. A cross-reference table may point a reader at such a header, and
 /// a reader rebuilding a damaged table finds it by searching the file: the
 /// object would be one the scanner never lexed. `obj` is searched for
-/// (memmem); the digits and white space before it are checked backwards,
-/// and what the data so far ends with is carried from chunk to chunk, so
-/// that the verdict is the same however the data is cut.
+/// (memmem); the digits and white space before it are checked backwards
+/// (back over a comment's line to its `%`: [`header_mask_at`]), and what
+/// the data so far ends with is carried from chunk to chunk, so that the
+/// verdict is the same however the data is cut.
 #[derive(Debug, Clone, Copy, Default)]
 struct HeaderWatch {
     /// Where the data so far may be in a header ([`header_step`]).
@@ -3429,23 +3433,47 @@ struct HeaderWatch {
 }
 
 /// In the first number, the white space after it, the second number, the
-/// white space after that (`obj` may follow).
+/// white space after that (`obj` may follow), in a comment after the first
+/// number and in one after the second (an end of line turns these two into
+/// the white space after that number).
 const H_N1: u8 = 1;
 const H_W1: u8 = 2;
 const H_N2: u8 = 4;
 const H_W2: u8 = 8;
+const H_C1: u8 = 16;
+const H_C2: u8 = 32;
+const H_C: u8 = H_C1 | H_C2;
 
-/// The header states after byte `b`: any digit may start a first number.
+/// The header states after byte `b`: any digit may start a first number
+/// (inside a comment too: a reader may be pointed anywhere).
 /// A number is taken as readers lex one: digits, with a sign or a point
 /// (`5 -0 obj`, `5 +00 obj` and `5.0 0 obj` name object 5 for some).
 fn header_step(mask: u8, b: u8) -> u8 {
+    // A comment goes on, whatever the byte, up to an end of line.
+    let comment = mask & H_C;
+    let after1 = mask & (H_N1 | H_W1) != 0;
+    let after2 = mask & (H_N2 | H_W2) != 0;
     if is_number_byte(b) {
-        H_N1 | if mask & (H_W1 | H_N2) != 0 { H_N2 } else { 0 }
+        H_N1 | comment | if mask & (H_W1 | H_N2) != 0 { H_N2 } else { 0 }
+    } else if b == b'\n' || b == b'\r' {
+        // The end of a comment: white space after its number.
+        let w1 = if after1 || comment & H_C1 != 0 {
+            H_W1
+        } else {
+            0
+        };
+        let w2 = if after2 || comment & H_C2 != 0 {
+            H_W2
+        } else {
+            0
+        };
+        w1 | w2
     } else if is_ws(b) {
-        (if mask & (H_N1 | H_W1) != 0 { H_W1 } else { 0 })
-            | (if mask & (H_N2 | H_W2) != 0 { H_W2 } else { 0 })
+        comment | (if after1 { H_W1 } else { 0 }) | (if after2 { H_W2 } else { 0 })
+    } else if b == b'%' {
+        comment | (if after1 { H_C1 } else { 0 }) | (if after2 { H_C2 } else { 0 })
     } else {
-        0
+        comment
     }
 }
 
@@ -3457,12 +3485,81 @@ fn is_header_byte(b: u8) -> bool {
     is_number_byte(b) || is_ws(b)
 }
 
+/// The header states before `data[p]`, given `lo_mask`, those before
+/// `data[lo]` (`lo <= p`; nothing before `lo` is read). They are stepped
+/// through from where a header may begin: back from `p` over digits and
+/// white space, to a byte that is neither and so ends any header, unless
+/// it is inside a comment ([`header_start`]).
+#[inline(always)]
+fn header_mask_at(data: &[u8], lo: usize, lo_mask: u8, p: usize) -> u8 {
+    let mut start = p;
+    while start > lo && is_header_byte(data[start - 1]) {
+        start -= 1;
+    }
+    let mut mask = lo_mask;
+    if start > lo {
+        (start, mask) = header_start(data, lo, lo_mask, start);
+    }
+    for &b in &data[start..p] {
+        mask = header_step(mask, b);
+    }
+    mask
+}
+
+/// Where [`header_mask_at`] steps from, and the states there, when
+/// `data[start - 1]` (`start > lo`) is neither a digit nor white space. It
+/// ends any header (states 0 after it) unless a comment after a number
+/// holds it: one begun on its line by a `%` right after a digit or white
+/// space (or at `lo`, after the states carried), or, if its line goes back
+/// to `lo`, one begun before (`lo_mask`). From the first such `%`, the walk
+/// goes on back.
+///
+/// (Out of line: it runs for each `obj` found and at each chunk's end, and
+/// mostly finds no such `%` on the line: most data has no comment.)
+#[inline(never)]
+fn header_start(data: &[u8], lo: usize, lo_mask: u8, mut start: usize) -> (usize, u8) {
+    loop {
+        let mut first = None;
+        let mut end = start;
+        let line_from_lo = loop {
+            match memchr::memrchr3(b'%', b'\n', b'\r', &data[lo..end]) {
+                Some(i) if data[lo + i] == b'%' => {
+                    end = lo + i;
+                    // Right after a number or white space?
+                    let after = if end > lo {
+                        is_header_byte(data[end - 1])
+                    } else {
+                        lo_mask & !H_C != 0
+                    };
+                    if after {
+                        first = Some(end);
+                    }
+                }
+                Some(_) => break false,
+                None => break true,
+            }
+        };
+        match first {
+            Some(q) => {
+                start = q;
+                while start > lo && is_header_byte(data[start - 1]) {
+                    start -= 1;
+                }
+                if start == lo {
+                    return (lo, lo_mask);
+                }
+            }
+            None if line_from_lo && lo_mask & H_C != 0 => return (lo, lo_mask),
+            None => return (start, 0),
+        }
+    }
+}
+
 impl HeaderWatch {
     /// Follows `data`, the stream's next bytes. The offset in `data` of the
     /// `obj` of a header, when one is complete (negative: it began before).
     fn feed(&mut self, obj: &memmem::Finder<'_>, data: &[u8]) -> Option<isize> {
         let mut from = 0;
-        let mut carried = self.mask;
         if self.kw > 0 {
             // An `obj` begun in the earlier data.
             while self.kw < 3 && from < data.len() && data[from] == b"obj"[self.kw as usize] {
@@ -3476,21 +3573,18 @@ impl HeaderWatch {
             if self.kw == 3 && is_delim_or_ws(data[from]) {
                 return Some(from as isize - 3);
             }
-            // Not a header after all: what follows starts afresh.
+            // Not a header after all: what follows starts afresh, but for a
+            // comment that the bytes of `obj` are in (`self.mask`).
             self.kw = 0;
-            carried = 0;
         }
         let len = data.len();
+        // Where the states are known: at `from` (those carried), then at
+        // each `obj` found, where the next walk back stops (the walks do not
+        // overlap: linear time, however many `obj` and comments).
+        let (mut lo, mut lo_mask) = (from, self.mask);
         for p in obj.find_iter(&data[from..]).map(|p| p + from) {
-            // The digits and white space right before it.
-            let mut start = p;
-            while start > from && is_header_byte(data[start - 1]) {
-                start -= 1;
-            }
-            let mut mask = if start == from { carried } else { 0 };
-            for &b in &data[start..p] {
-                mask = header_step(mask, b);
-            }
+            let mask = header_mask_at(data, lo, lo_mask, p);
+            (lo, lo_mask) = (p, mask);
             if mask & (H_N2 | H_W2) == 0 {
                 continue;
             }
@@ -3498,41 +3592,30 @@ impl HeaderWatch {
                 Some(&b) if is_delim_or_ws(b) => return Some(p as isize),
                 Some(_) => {}
                 None => {
-                    // Its delimiter comes later.
+                    // Its delimiter comes later. After `obj`, only a
+                    // comment that it is in goes on.
                     self.kw = 3;
-                    self.mask = 0;
+                    self.mask = mask & H_C;
                     return None;
                 }
             }
         }
-        // What the data ends with, for the next chunk.
-        let mut start = len;
-        while start > from && is_header_byte(data[start - 1]) {
-            start -= 1;
+        // What the data ends with, for the next chunk: an `o` or `ob` at
+        // the very end, after a header, may begin its `obj`.
+        let tail = &data[from..];
+        let k = if tail.ends_with(b"ob") {
+            2
+        } else {
+            usize::from(tail.ends_with(b"o"))
+        };
+        let mut mask = header_mask_at(data, lo, lo_mask, len - k);
+        if k > 0 && mask & (H_N2 | H_W2) != 0 {
+            self.kw = k as u8;
         }
-        let mut mask = if start == from { carried } else { 0 };
-        for &b in &data[start..] {
+        for &b in &data[len - k..] {
             mask = header_step(mask, b);
         }
         self.mask = mask;
-        // An `o` or `ob` at the very end, after a header.
-        for k in [2usize, 1] {
-            if len >= from + k && data[len - k..] == b"obj"[..k] {
-                let mut start = len - k;
-                while start > from && is_header_byte(data[start - 1]) {
-                    start -= 1;
-                }
-                let mut mask = if start == from { carried } else { 0 };
-                for &b in &data[start..len - k] {
-                    mask = header_step(mask, b);
-                }
-                if mask & (H_N2 | H_W2) != 0 {
-                    self.kw = k as u8;
-                    self.mask = 0;
-                }
-                break;
-            }
-        }
         None
     }
 
@@ -3545,6 +3628,18 @@ impl HeaderWatch {
     /// Nothing carried from the data before: what comes next starts afresh.
     fn idle(&self) -> bool {
         self.kw == 0 && self.mask == 0
+    }
+
+    /// Whether `piece`, fed with nothing carried and holding no `j` (no
+    /// `obj`), may leave something to carry: it ends in a digit, white
+    /// space, `o` or `ob` (`6 0 `, `6 0 o`), or in a comment (`%` on its
+    /// last line: `6 0 %x`).
+    #[inline(always)]
+    fn may_carry(piece: &[u8]) -> bool {
+        piece
+            .last()
+            .is_some_and(|&b| is_header_byte(b) || b == b'o' || b == b'b')
+            || memchr::memrchr3(b'%', b'\n', b'\r', piece).is_some_and(|i| piece[i] == b'%')
     }
 }
 
@@ -4599,6 +4694,149 @@ mod tests {
         }
         assert!(f.ok(0));
         assert!(!f.ok(APPROVED_CAP as u64), "past the cap: not approved");
+    }
+
+    /// `data` fed to a [`HeaderWatch`] in pieces cut at `cuts` (offsets,
+    /// in order): the offset of the `obj` of the first header found, one
+    /// right at the end of the data included (as the end of stream data).
+    fn header_in_pieces(data: &[u8], cuts: &[usize]) -> Option<usize> {
+        let finder = memmem::Finder::new(b"obj");
+        let mut w = HeaderWatch::default();
+        let mut at = 0;
+        for &end in cuts.iter().chain([&data.len()]) {
+            if let Some(p) = w.feed(&finder, &data[at..end]) {
+                return Some(at.checked_add_signed(p).expect("inside the data"));
+            }
+            at = end;
+        }
+        w.end().then(|| data.len() - 3)
+    }
+
+    /// The same, by running [`header_step`] over the data byte by byte.
+    fn header_by_steps(data: &[u8]) -> Option<usize> {
+        let mut mask = 0;
+        for (i, &b) in data.iter().enumerate() {
+            if mask & (H_N2 | H_W2) != 0
+                && data[i..].starts_with(b"obj")
+                && data.get(i + 3).is_none_or(|&b| is_delim_or_ws(b))
+            {
+                return Some(i);
+            }
+            mask = header_step(mask, b);
+        }
+        None
+    }
+
+    /// Where [`HeaderWatch`] finds a header in `data`, checked to be the
+    /// same in one piece, byte by byte, cut at any point and (short data)
+    /// at any two points, and the same as [`header_by_steps`].
+    fn header_every_cut(data: &[u8]) -> Option<usize> {
+        let what = String::from_utf8_lossy(data);
+        let one = header_in_pieces(data, &[]);
+        assert_eq!(one, header_by_steps(data), "{what:?}: step by step");
+        let bytes: Vec<usize> = (1..data.len()).collect();
+        assert_eq!(
+            header_in_pieces(data, &bytes),
+            one,
+            "{what:?}: byte by byte"
+        );
+        for a in 0..=data.len() {
+            assert_eq!(header_in_pieces(data, &[a]), one, "{what:?}: cut at {a}");
+            if data.len() <= 40 {
+                for b in a..=data.len() {
+                    assert_eq!(
+                        header_in_pieces(data, &[a, b]),
+                        one,
+                        "{what:?}: cut at {a} and {b}"
+                    );
+                }
+            }
+        }
+        one
+    }
+
+    /// A comment is white space in a header, as a reader's tokenizer reads
+    /// it: after either number (right after it, too: `%` is a delimiter),
+    /// any number of them, up to a CR or LF, however the data is cut.
+    #[test]
+    fn header_watch_comments_are_white_space() {
+        let long = format!("q 4 0 %{}\nobj ", "x".repeat(300));
+        for data in [
+            &b"q Q 4 0 %x\nobj << /S /JavaScript >>"[..],
+            b"q Q 4 %x\n0 obj <<",
+            b"q Q 4 0%\nobj<<",
+            b"q Q 4%\n0 obj ",
+            b"q Q 4%a\n0%b\robj ",
+            b"4 0 %a\r%b\r\n%c\nobj ",
+            b"4 %a\n %b\n0 %c\r\nobj/",
+            b"4\t%a\n\n%b\r0 \x00%c\nobj(",
+            b"q Q 4 0 %x\nobj",
+            long.as_bytes(),
+            // The numbers inside a comment: a reader pointed at them.
+            b"%4 0\nobj ",
+            b"x%y 4 0 %\nobj ",
+            // `obj` inside a comment after a number is a byte of it, and
+            // the comment goes on past it.
+            b"7 % 5 0 obz\n0 obj ",
+            b"7 % 5 0 objz\n0 obj ",
+            b"7 %obj\n0 obj ",
+        ] {
+            assert!(
+                header_every_cut(data).is_some(),
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        for data in [
+            &b"q Q 4 0 %x obj "[..],
+            b"4 %x obj\n",
+            b"4 %x\nobj ",
+            b"4 0 %x\nobjects",
+            b"4 0 x%\nobj ",
+            b"4 0 %x\n y obj ",
+            b"4 0 %x\n\n%y obj ",
+            b"4 0 %x\rz\nobj ",
+            b"(50%)\n3 objects 1 %c\nobjx 7 %obj\n",
+        ] {
+            assert_eq!(
+                header_every_cut(data),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
+        }
+    }
+
+    /// Data made of the bytes that matter to a header, at random: the
+    /// watch finds what running [`header_step`] over it finds, however cut.
+    #[test]
+    fn header_watch_agrees_with_the_steps_however_cut() {
+        const PARTS: [&[u8]; 18] = [
+            b"4", b"0", b"-", b" ", b"\n", b"\r", b"\t", b"%", b"%x\n", b"x", b"obj", b"o", b"ob",
+            b"j", b"/", b"\n0 obj", b" 4 ", b"%x obj",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut found, mut behind_comment) = (0, 0);
+        for _ in 0..3000 {
+            let n = next() % 14 + 1;
+            let data: Vec<u8> = (0..n)
+                .flat_map(|_| PARTS[(next() % PARTS.len() as u64) as usize])
+                .copied()
+                .collect();
+            if let Some(at) = header_every_cut(&data) {
+                found += 1;
+                behind_comment += usize::from(data[..at].contains(&b'%'));
+            }
+        }
+        // Both verdicts are common, and headers with a comment before them.
+        assert!((150..2850).contains(&found), "{found} of 3000");
+        assert!(behind_comment > 100, "{behind_comment} of {found}");
     }
 
     /// A small syntax-dense file: every kind of token (names with and

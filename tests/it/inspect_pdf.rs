@@ -3093,6 +3093,7 @@ fn hand_cases_3() -> Vec<Case> {
         Want::Ok,
     ));
     endstream_inside_data_cases(&mut add);
+    hidden_header_comment_cases(&mut add);
     cases
 }
 
@@ -3480,6 +3481,101 @@ fn endstream_inside_data_cases(add: &mut impl FnMut(Case)) {
             None => Want::Ok,
         };
         add(case(name, file, want));
+    }
+}
+
+/// The spellings of an object header with comments for white space (a
+/// reader's tokenizer skips `%` to the end of the line; `%` is a delimiter,
+/// so it may follow a number directly), each with its name.
+const COMMENTED_HEADERS: [(&str, &str); 3] = [
+    ("before_obj", "6 0 %x\nobj"),
+    ("between_numbers", "6 %x\n0 obj"),
+    ("right_after_number", "6 0%\nobj"),
+];
+
+/// (Fourth black-box round.) An object header whose white space is a
+/// comment, hidden in stream data (direct and indirect `/Length`) and in a
+/// string: qpdf and pikepdf resolve object 6 to the JavaScript action.
+fn hidden_header_comment_cases(add: &mut impl FnMut(Case)) {
+    for (name, header) in COMMENTED_HEADERS {
+        let js = "<< /S /JavaScript /JS (app.alert\\(1\\)) >>\nendobj\n";
+        let data = format!("q Q\n{header} {js}q Q\n").into_bytes();
+        add(case(
+            &format!("h_hidden_header_comment_{name}_stream"),
+            pdf(&page_with("/OpenAction 6 0 R", &[stream("", &data)]), ""),
+            Want::Reject(PdfActiveContent, "hides an object definition"),
+        ));
+        add(case(
+            &format!("h_hidden_header_comment_{name}_indirect_length"),
+            pdf(
+                &page_with("/OpenAction 6 0 R", &indirect_stream(&data, b"\nendstream")),
+                "",
+            ),
+            Want::Reject(PdfActiveContent, "hides an object definition"),
+        ));
+        add(case(
+            &format!("h_hidden_header_comment_{name}_string"),
+            pdf(
+                &page_with(
+                    "/OpenAction 6 0 R",
+                    &[obj(&format!(
+                        "<< /Subject ({header} << /S /JavaScript /JS (app.alert) >> endobj) >>"
+                    ))],
+                ),
+                "",
+            ),
+            Want::Reject(PdfActiveContent, "inside the string or comment at offset"),
+        ));
+    }
+    // Not headers: `obj` inside the comment (on its line), a comment after
+    // a single number, `obj` as the start of a longer word after a comment.
+    let data = b"q Q 6 0 %x obj\n(50%)\n3 objects 1 %c\nobjx 7 %obj\nBT (6 0 % obj) Tj ET\n";
+    add(case(
+        "h_hidden_header_comment_lookalikes_fine",
+        pdf(
+            &page_with(
+                "",
+                &[
+                    stream("", data),
+                    obj("<< /Subject (6 0 %x obj 1 %c\nobjx) >> % 6 0 % obj"),
+                ],
+            ),
+            "",
+        ),
+        Want::Ok,
+    ));
+}
+
+cases!(
+    h_hidden_header_comment_before_obj_stream,
+    h_hidden_header_comment_before_obj_indirect_length,
+    h_hidden_header_comment_before_obj_string,
+    h_hidden_header_comment_between_numbers_stream,
+    h_hidden_header_comment_between_numbers_indirect_length,
+    h_hidden_header_comment_between_numbers_string,
+    h_hidden_header_comment_right_after_number_stream,
+    h_hidden_header_comment_right_after_number_indirect_length,
+    h_hidden_header_comment_right_after_number_string,
+    h_hidden_header_comment_lookalikes_fine,
+);
+
+/// The headers behind comments are refused however the file is cut: in
+/// chunks of several sizes (every split point in two is checked for every
+/// case by `every_split_point_gives_the_one_shot_verdict_*`).
+#[test]
+fn hidden_headers_behind_comments_are_refused_in_chunks_of_any_size() {
+    for (name, _) in COMMENTED_HEADERS {
+        for place in ["stream", "indirect_length", "string"] {
+            let case = format!("h_hidden_header_comment_{name}_{place}");
+            let c = get(&case).expect("a hand-made case");
+            for size in [1, 2, 3, 4, 5, 7, 8, 13, 64, 1000, c.bytes.len()] {
+                let got = scan_pdf(&c.limits, &c.bytes, size);
+                assert!(
+                    matches!(&got, Err(r) if r.code == PdfActiveContent),
+                    "{case}, chunks of {size}: {got:?}"
+                );
+            }
+        }
     }
 }
 
