@@ -3234,7 +3234,8 @@ impl Layout {
                         self.off();
                         continue;
                     };
-                    let start = first + u64::from(off);
+                    // (A `/First` of 19 digits puts every object past the end.)
+                    let start = first.saturating_add(u64::from(off));
                     let end = base + bytes.len() as u64;
                     if start >= end {
                         return lexer.lex(bytes, base).map(|_| ());

@@ -3818,6 +3818,17 @@ fn objstm_layout_cases() -> Vec<Case> {
         objstm_layout(OBJSTM, "4 0 5 999 ", "<< /A 1 >>\n", false),
         Want::Ok,
     ));
+    // A /First no data reaches: every object past the end.
+    add(case(
+        "h_objstm_layout_first_past_any_end",
+        objstm_layout(
+            "/Type /ObjStm /N 2 /First 9999999999999999999",
+            "5 0 4 6 ",
+            "<< /A 1 >>\n",
+            false,
+        ),
+        Want::Ok,
+    ));
     add(case(
         "h_objstm_layout_no_objects",
         objstm_layout("/Type /ObjStm /N 0 /First 0", "", "", false),
@@ -3897,6 +3908,7 @@ cases!(
     h_objstm_layout_no_space_after_header,
     h_objstm_layout_name_then_dictionary,
     h_objstm_layout_offset_past_the_end,
+    h_objstm_layout_first_past_any_end,
     h_objstm_layout_no_objects,
     h_objstm_header_with_a_word,
     h_objstm_header_with_a_comment,
