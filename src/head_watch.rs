@@ -477,22 +477,13 @@ enum Length {
 
 impl FramingSeen {
     /// A whole `Content-Length` field line's value (white space around it
-    /// trimmed): whether hyper refuses the head for it. hyper takes digits
-    /// only (no list, no sign), at most `u64::MAX - 2`, the same in every
-    /// line.
+    /// trimmed): whether hyper refuses the head for it ([`hyper_length`],
+    /// the same in every line).
     fn refuses_length(&mut self, value: &[u8]) -> bool {
         if self.te {
             return false;
         }
-        let len = (!value.is_empty() && value.iter().all(u8::is_ascii_digit))
-            .then(|| {
-                value.iter().try_fold(0u64, |n, &d| {
-                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-                })
-            })
-            .flatten()
-            .filter(|&n| n <= u64::MAX - 2);
-        match (len, self.length) {
+        match (hyper_length(value), self.length) {
             (None, _) => true,
             (Some(n), Length::Is(l)) => n != l,
             (Some(n), Length::None) => {
@@ -502,6 +493,20 @@ impl FramingSeen {
             (Some(_), Length::Unknown) => false,
         }
     }
+}
+
+/// A `Content-Length` value as hyper's server takes one: digits only (no
+/// list, no sign, not empty), at most `u64::MAX - 2`.
+fn hyper_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .filter(|&n| n <= u64::MAX - 2)
 }
 
 /// What the line scan of a head found in a read.
@@ -970,12 +975,7 @@ impl Tracker {
                 }
                 te = Some(field.value);
             } else if field.name.eq_ignore_ascii_case("content-length") && te.is_none() {
-                let digits = !field.value.is_empty() && field.value.iter().all(u8::is_ascii_digit);
-                let value = std::str::from_utf8(field.value)
-                    .ok()
-                    .filter(|_| digits)
-                    .and_then(|v| v.parse::<u64>().ok());
-                match (value, length) {
+                match (hyper_length(field.value), length) {
                     (Some(v), None) => length = Some(v),
                     (Some(v), Some(l)) if v == l => {}
                     _ => {
